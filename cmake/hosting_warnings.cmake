@@ -1,0 +1,12 @@
+# Warnings and sanitizers apply to hosting's own targets only, never to a
+# consumer's: a newer compiler's new warning must not break someone's build.
+function(hosting_set_warnings target)
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic)
+  if(HOSTING_WERROR)
+    target_compile_options(${target} PRIVATE -Werror)
+  endif()
+  if(HOSTING_SANITIZE)
+    target_compile_options(${target} PUBLIC -fsanitize=${HOSTING_SANITIZE} -fno-omit-frame-pointer)
+    target_link_options(${target} PUBLIC -fsanitize=${HOSTING_SANITIZE})
+  endif()
+endfunction()

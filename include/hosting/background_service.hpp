@@ -1,0 +1,61 @@
+// background_service: a hosted service that runs one long coroutine.
+#pragma once
+
+#include <hosting/hosted_service.hpp>
+
+#include <boost/asio/awaitable.hpp>
+
+#include <exception>
+#include <functional>
+#include <memory>
+#include <stop_token>
+
+namespace hosting {
+
+namespace detail {
+struct background_service_access;
+}
+
+// Subclass it and implement execute().
+//
+// start() spawns execute() on the service's strand and returns at once, so
+// the next service starts without waiting for execute. stop() requests the
+// `stopping` token, cancels every Asio operation execute is awaiting (with
+// cancellation_type::terminal; no token needs to be passed by hand), and
+// waits until execute has ended or stop's own `cancel` fires.
+//
+// An execute that ends with operation_canceled, or with Asio's
+// operation_aborted, after the stop was requested has stopped normally. Any
+// other exception is a fault: it is logged with the service's name and, by
+// default, stops the host (host_options::background_service_exception_behavior).
+// An execute that returns normally is simply completed.
+//
+// Once cancelled, each further co_await inside execute throws at once; cleanup
+// that must await after the stop should first call
+// `co_await asio::this_coro::reset_cancellation_state()`.
+class background_service : public hosted_service {
+public:
+    background_service();
+    ~background_service() override;
+    background_service(const background_service&) = delete;
+    background_service& operator=(const background_service&) = delete;
+
+    asio::awaitable<void> start(std::stop_token cancel) override;
+    asio::awaitable<void> stop(std::stop_token cancel) override;
+
+    // Thread-safe snapshots of where execute is.
+    service_state state() const noexcept;
+    // The exception execute ended with, when state() is faulted.
+    std::exception_ptr exception() const;
+
+protected:
+    // Runs on the host's io_context, on this service's strand.
+    virtual asio::awaitable<void> execute(std::stop_token stopping) = 0;
+
+private:
+    friend struct detail::background_service_access;
+    struct execution;
+    std::shared_ptr<execution> execution_;
+};
+
+} // namespace hosting

@@ -1,0 +1,130 @@
+// Cancellation: std::stop_token is the token; this header adds what the
+// standard lacks for asynchronous code.
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/cancellation_type.hpp>
+
+#include <chrono>
+#include <exception>
+#include <initializer_list>
+#include <memory>
+#include <stop_token>
+#include <vector>
+
+namespace hosting {
+
+namespace asio = boost::asio;
+
+// Thrown by hosting's awaitable operations (delay, offload, ...) when the
+// token they were given fires, or when the awaiting coroutine is cancelled.
+class operation_canceled : public std::exception {
+public:
+    const char* what() const noexcept override { return "hosting: operation canceled"; }
+};
+
+// True for the exceptions that mean "this was cancelled": operation_canceled
+// and a boost::system::system_error carrying asio::error::operation_aborted.
+bool is_cancellation(const std::exception_ptr& error) noexcept;
+
+// A stop_source that is requested as soon as any of the tokens it is linked
+// to is requested (or when request_stop() is called on it directly).
+// Movable; the links are removed when it is destroyed.
+class linked_stop_source {
+public:
+    linked_stop_source() = default;
+    explicit linked_stop_source(std::initializer_list<std::stop_token> tokens);
+    explicit linked_stop_source(const std::vector<std::stop_token>& tokens);
+
+    // Links one more token. Thread-safe with respect to the linked tokens
+    // firing, not with respect to concurrent calls of link() itself.
+    void link(const std::stop_token& token);
+
+    std::stop_token get_token() const noexcept { return source_.get_token(); }
+    bool request_stop() noexcept { return source_.request_stop(); }
+    bool stop_requested() const noexcept { return source_.stop_requested(); }
+
+private:
+    struct forward {
+        std::stop_source target;
+        void operator()() noexcept { target.request_stop(); }
+    };
+    std::stop_source source_;
+    std::vector<std::unique_ptr<std::stop_callback<forward>>> links_;
+};
+
+// A stop_source that requests itself once `timeout` has elapsed on
+// steady_clock, measured by a timer on `executor` (so a blocked event loop
+// fires it late; the host's shutdown deadline does not rely on this).
+// Destroying it cancels the timer; the source itself then never fires by time.
+class timed_stop_source {
+public:
+    timed_stop_source(const asio::any_io_executor& executor,
+                      std::chrono::steady_clock::duration timeout);
+    ~timed_stop_source();
+    timed_stop_source(timed_stop_source&&) noexcept = default;
+    timed_stop_source& operator=(timed_stop_source&&) noexcept = default;
+
+    std::stop_token get_token() const noexcept;
+    bool request_stop() noexcept;
+    bool stop_requested() const noexcept;
+
+private:
+    struct state;
+    std::shared_ptr<state> state_;
+};
+
+// Bridges a std::stop_token to Asio's per-operation cancellation.
+//
+//   hosting::cancellation_bridge bridge{co_await asio::this_coro::executor, token};
+//   co_await socket.async_read_some(buf, asio::bind_cancellation_slot(bridge.slot(), asio::use_awaitable));
+//
+// When `token` fires (from any thread), `type` is emitted on the bridge's
+// signal, posted to `executor`: cancellation_signal::emit is not thread-safe,
+// so it must run where the operation runs. Give it the operation's own
+// executor (a strand when the operation lives on one). A signal has one slot:
+// bind one operation at a time. Binding a slot replaces the awaiting
+// coroutine's own slot for that operation; inside background_service::execute
+// pass the `stopping` token (or a token linked to it) so the host's stop still
+// reaches the operation.
+class cancellation_bridge {
+public:
+    cancellation_bridge(asio::any_io_executor executor, std::stop_token token,
+                        asio::cancellation_type type = asio::cancellation_type::terminal);
+    ~cancellation_bridge();
+    cancellation_bridge(const cancellation_bridge&) = delete;
+    cancellation_bridge& operator=(const cancellation_bridge&) = delete;
+
+    asio::cancellation_slot slot() noexcept;
+
+private:
+    struct state;
+    struct fire {
+        std::shared_ptr<state> target;
+        void operator()() noexcept;
+    };
+    std::shared_ptr<state> state_;
+    std::unique_ptr<std::stop_callback<fire>> callback_;
+};
+
+namespace detail {
+asio::awaitable<void> delay_for(std::chrono::steady_clock::duration duration, std::stop_token token);
+}
+
+// Waits for `duration` on the awaiting coroutine's executor.
+//
+// Completes after the duration. Throws operation_canceled when `token` fires
+// first, or when the awaiting coroutine is cancelled (for example at stop,
+// inside background_service::execute). A zero or negative duration completes
+// at once unless the token has already fired. Thread safety: the token may
+// be requested from any thread.
+template <class Rep, class Period>
+asio::awaitable<void> delay(std::chrono::duration<Rep, Period> duration, std::stop_token token = {})
+{
+    return detail::delay_for(std::chrono::ceil<std::chrono::steady_clock::duration>(duration),
+                             std::move(token));
+}
+
+} // namespace hosting

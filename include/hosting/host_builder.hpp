@@ -1,0 +1,62 @@
+// host_builder: collects services, options and logging, then builds a host.
+#pragma once
+
+#include <hosting/host_options.hpp>
+#include <hosting/logging.hpp>
+#include <hosting/services.hpp>
+
+#include <boost/asio/io_context.hpp>
+
+#include <string>
+#include <vector>
+
+namespace hosting {
+
+namespace asio = boost::asio;
+
+class host;
+
+class host_builder {
+public:
+    host_builder(int argc, char** argv);
+
+    // The command line, without the program name.
+    const std::vector<std::string>& args() const noexcept { return args_; }
+
+    service_collection& services() noexcept { return services_; }
+    host_options& options() noexcept { return options_; }
+    logging_options& logging() noexcept { return logging_; }
+
+    // Embeds the host in a program that owns `io` and the threads that run
+    // it. The host then creates no worker threads of its own. `io` must
+    // outlive the host.
+    host_builder& use_io_context(asio::io_context& io) noexcept;
+
+    // SIGINT, SIGTERM and SIGQUIT start a graceful stop, and a second one
+    // during the stop ends the process with 128 + the signal's number. On by
+    // default; switch it off when the program handles signals itself.
+    host_builder& use_console_lifetime(bool enabled = true) noexcept;
+
+    // Environment name for the startup log ("Production" unless
+    // HOSTING_ENVIRONMENT says otherwise).
+    const std::string& environment_name() const noexcept { return environment_; }
+    host_builder& environment_name(std::string name);
+
+    // Validates the options (std::invalid_argument naming the option),
+    // constructs every singleton, then every hosted service in registration
+    // order. A builder builds one host; a second build() throws
+    // std::logic_error.
+    host build();
+
+private:
+    std::vector<std::string> args_;
+    service_collection services_;
+    host_options options_;
+    logging_options logging_;
+    asio::io_context* external_io_ = nullptr;
+    bool console_lifetime_ = true;
+    bool built_ = false;
+    std::string environment_;
+};
+
+} // namespace hosting

@@ -1,0 +1,830 @@
+#include "host_core.hpp"
+
+#include <hosting/background_service.hpp>
+#include <hosting/cancellation.hpp>
+
+#include "background_service_access.hpp"
+#include "keep_alive.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <algorithm>
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <vector>
+
+namespace hosting::detail {
+
+struct lifetime_access {
+    static void fire_started(application_lifetime& l) { l.started_.request_stop(); }
+    static void fire_stopping(application_lifetime& l) { l.stopping_.request_stop(); }
+    static void fire_stopped(application_lifetime& l) { l.stopped_.request_stop(); }
+};
+
+namespace {
+
+std::string describe(const std::exception_ptr& error)
+{
+    if (!error)
+        return "no exception";
+    try {
+        std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+        return e.what();
+    } catch (...) {
+        return "an exception not derived from std::exception";
+    }
+}
+
+const char* signal_name(int number)
+{
+    switch (number) {
+    case SIGINT: return "SIGINT";
+    case SIGTERM: return "SIGTERM";
+    case SIGQUIT: return "SIGQUIT";
+    default: return "a signal";
+    }
+}
+
+std::string join_names(const std::vector<std::string>& names)
+{
+    std::string out;
+    for (const auto& n : names)
+        out += (out.empty() ? "'" : ", '") + n + "'";
+    return out;
+}
+
+// Gives the orchestrator a moment to report a late stop itself before the
+// blocking caller declares the loop stuck.
+constexpr auto report_grace = std::chrono::milliseconds(50);
+// How long a blocking stop waits for the worker threads after the deadline.
+constexpr auto thread_grace = std::chrono::milliseconds(100);
+
+} // namespace
+
+service_entry::service_entry(std::string n, std::shared_ptr<hosted_service> s, strand_type st)
+    : name(std::move(n)), service(std::move(s)), strand(std::move(st))
+{
+    lifecycle = dynamic_cast<hosted_lifecycle_service*>(service.get());
+    background = dynamic_cast<background_service*>(service.get());
+}
+
+void service_entry::set_error(std::exception_ptr e)
+{
+    std::lock_guard lock(error_mutex_);
+    error_ = std::move(e);
+}
+
+std::exception_ptr service_entry::error() const
+{
+    std::lock_guard lock(error_mutex_);
+    return error_;
+}
+
+host_core::host_core(settings s)
+    : settings_(std::move(s)),
+      loggers_(std::make_shared<logger_factory>(settings_.logging)),
+      lifetime_log_(loggers_->get("hosting.lifetime")),
+      host_log_(loggers_->get("hosting.host")),
+      owned_io_(settings_.external_io
+                    ? nullptr
+                    : std::make_unique<owned_io_context>(static_cast<int>(settings_.options.worker_threads))),
+      io_(settings_.external_io ? settings_.external_io : owned_io_.get()),
+      orch_(asio::make_strand(io_->get_executor())),
+      lifetime_(std::make_shared<application_lifetime>())
+{
+    stop_request_callback_.emplace(lifetime_->stop_requested(), on_stop_request{this});
+}
+
+host_core::~host_core()
+{
+    stop_request_callback_.reset();
+    if (!workers_.empty()) {
+        // Only when the host was destroyed from one of its own threads,
+        // which close() cannot join.
+        host_log_->critical("The host is destroyed from its own event loop; its threads are abandoned");
+        for (auto& t : workers_)
+            t.detach();
+    }
+    if (control_thread_.joinable())
+        control_thread_.detach();
+    if (owned_io_)
+        // Destroys pending handlers and coroutine frames while the services
+        // they refer to still exist.
+        owned_io_->shutdown();
+}
+
+void host_core::close()
+{
+    if (is_loop_thread()) {
+        host_log_->error("The host is destroyed from a thread that runs its io_context; it cannot be stopped cleanly");
+        return;
+    }
+    bool running;
+    {
+        std::lock_guard lock(mutex_);
+        running = threads_started_ && start_called_.load() && !stop_finished_ && !threads_joined_;
+    }
+    if (running) {
+        host_log_->warn("The host is destroyed while running; stopping it first");
+        stop_blocking();
+    }
+    join_threads(clock::now() + thread_grace);
+}
+
+void host_core::build(service_collection services, std::vector<detail::hosted_descriptor> hosted)
+{
+    services.add_singleton<application_lifetime>(lifetime_);
+    services.add_singleton<logger_factory>(loggers_);
+    services.add_singleton<asio::io_context>(std::shared_ptr<asio::io_context>(std::shared_ptr<void>{}, io_));
+    provider_ = std::make_unique<service_provider>(std::move(services));
+    provider_->construct_all();
+
+    for (auto& descriptor : hosted) {
+        auto service = descriptor.factory(*provider_);
+        if (!service)
+            throw std::logic_error("host_builder: the factory of " + descriptor.name + " returned null");
+        auto& entry = *entries_.emplace_back(std::make_unique<service_entry>(
+            descriptor.name, std::move(service), asio::make_strand(io_->get_executor())));
+        if (entry.background) {
+            background_service_access::set_observer(
+                *entry.background, [weak = weak_from_this(), e = &entry](service_state state, std::exception_ptr error) {
+                    auto self = weak.lock();
+                    if (!self)
+                        return;
+                    asio::post(self->orch_, [weak, e, state, error] {
+                        if (auto self = weak.lock())
+                            self->on_execute_end(*e, state, error);
+                    });
+                });
+        }
+    }
+}
+
+std::vector<service_status> host_core::statuses() const
+{
+    std::vector<service_status> out;
+    out.reserve(entries_.size());
+    for (const auto& e : entries_) {
+        auto state = e->state.load();
+        out.push_back({e->name, state, state == service_state::faulted ? e->error() : nullptr});
+    }
+    return out;
+}
+
+bool host_core::is_loop_thread() const { return io_->get_executor().running_in_this_thread(); }
+
+void host_core::fail(int code) noexcept
+{
+    int expected = 0;
+    exit_code_.compare_exchange_strong(expected, code);
+}
+
+clock::time_point host_core::stop_deadline() const noexcept
+{
+    auto at = stop_requested_at_.load();
+    if (at == 0)
+        return clock::time_point::max();
+    return clock::time_point(clock::duration(at)) + settings_.options.shutdown_timeout;
+}
+
+// ---------------------------------------------------------------------------
+// Stop requests
+
+void host_core::on_stop_requested_any_thread() noexcept
+{
+    auto now = std::max<clock::rep>(clock::now().time_since_epoch().count(), 1);
+    clock::rep expected = 0;
+    stop_requested_at_.compare_exchange_strong(expected, now);
+    {
+        std::lock_guard lock(mutex_);
+        stop_requested_flag_ = true;
+    }
+    changed_.notify_all();
+    try {
+        asio::post(orch_, [weak = weak_from_this()] {
+            if (auto self = weak.lock())
+                self->on_stop_requested_in_loop();
+        });
+    } catch (...) {
+    }
+}
+
+void host_core::on_stop_requested_in_loop()
+{
+    if (stop_seen_)
+        return;
+    stop_seen_ = true;
+    start_cancel_.request_stop();
+    notify_change();
+}
+
+// ---------------------------------------------------------------------------
+// Waiting on the orchestrator's strand
+
+asio::awaitable<void> host_core::wait_for_change(clock::time_point until)
+{
+    asio::steady_timer timer(orch_, until);
+    waiters_.push_back(&timer);
+    boost::system::error_code ec;
+    co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    std::erase(waiters_, &timer);
+}
+
+void host_core::notify_change()
+{
+    for (auto* timer : waiters_)
+        timer->cancel();
+}
+
+std::shared_ptr<pending_call> host_core::spawn_call(service_entry& entry, call_fn fn, std::stop_token token)
+{
+    auto call = std::make_shared<pending_call>();
+    call->entry = &entry;
+    asio::co_spawn(
+        entry.strand,
+        [fn = std::move(fn), e = &entry, token]() -> asio::awaitable<void> { co_await fn(*e, token); },
+        [weak = weak_from_this(), call](std::exception_ptr error) {
+            auto self = weak.lock();
+            if (!self)
+                return;
+            asio::post(self->orch_, [weak, call, error] {
+                auto self = weak.lock();
+                if (!self)
+                    return;
+                call->done = true;
+                call->error = error;
+                self->notify_change();
+            });
+        });
+    return call;
+}
+
+asio::awaitable<bool> host_core::wait_calls(const std::vector<std::shared_ptr<pending_call>>& calls,
+                                            const std::function<clock::time_point()>& deadline)
+{
+    for (;;) {
+        if (std::all_of(calls.begin(), calls.end(), [](const auto& c) { return c->done; }))
+            co_return true;
+        auto until = deadline();
+        if (clock::now() >= until)
+            co_return false;
+        co_await wait_for_change(until);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Start
+
+asio::awaitable<void> host_core::do_start()
+{
+    phase_ = phase::starting;
+    host_log_->debug("Hosting starting");
+    if (settings_.options.startup_timeout)
+        start_deadline_ = clock::now() + *settings_.options.startup_timeout;
+    // A std::function, not a lambda: wait_calls takes one, and a converted
+    // temporary inside a co_await expression is what GCC 12 mishandles.
+    const std::function<clock::time_point()> deadline = [this] {
+        auto d = start_deadline_.value_or(clock::time_point::max());
+        return std::min(d, stop_deadline());
+    };
+    auto token = start_cancel_.get_token();
+    std::string failure;
+
+    struct stage {
+        const char* what;
+        bool hook;
+        call_fn fn;
+    };
+    const std::vector<stage> stages = {
+        {"starting", true, [](service_entry& e, std::stop_token t) { return e.lifecycle->starting(t); }},
+        {"start", false, [](service_entry& e, std::stop_token t) { return e.service->start(t); }},
+        {"started", true, [](service_entry& e, std::stop_token t) { return e.lifecycle->started(t); }},
+    };
+    const bool concurrent = settings_.options.services_start_concurrently;
+
+    for (const auto& st : stages) {
+        if (!failure.empty() || stop_seen_)
+            break;
+        std::vector<service_entry*> targets;
+        for (auto& e : entries_)
+            if (!st.hook || e->lifecycle)
+                targets.push_back(e.get());
+
+        auto finish_call = [&](const std::shared_ptr<pending_call>& call) {
+            auto& e = *call->entry;
+            if (!call->done)
+                return;
+            if (call->error) {
+                if (stop_seen_ && is_cancellation(call->error)) {
+                    host_log_->debug("{} of service '{}' was cancelled by the stop", st.what, e.name);
+                    if (!st.hook)
+                        e.state = service_state::stopped;
+                } else {
+                    e.set_error(call->error);
+                    e.state = service_state::faulted;
+                    if (failure.empty())
+                        failure = "service '" + e.name + "' failed in " + st.what + "(): " + describe(call->error);
+                    host_log_->error("Service '{}' failed in {}(): {}", e.name, st.what, describe(call->error));
+                }
+            } else if (!st.hook) {
+                e.started = true;
+                if (e.state.load() == service_state::starting)
+                    e.state = service_state::running;
+                host_log_->debug("Started service '{}'", e.name);
+            }
+        };
+        auto timed_out = [&](const std::vector<std::shared_ptr<pending_call>>& calls) {
+            std::vector<std::string> late;
+            for (const auto& c : calls)
+                if (!c->done)
+                    late.push_back(c->entry->name);
+            start_cancel_.request_stop();
+            if (stop_seen_) {
+                host_log_->warn("The stop deadline passed while {} was still running in {}", st.what,
+                                join_names(late));
+            } else if (failure.empty()) {
+                failure = "startup_timeout of " + std::to_string(settings_.options.startup_timeout->count()) +
+                          " ms passed while " + st.what + "() was still running in " + join_names(late);
+                host_log_->error("The startup_timeout of {} ms passed while {}() was still running in {}",
+                                 settings_.options.startup_timeout->count(), st.what, join_names(late));
+            }
+        };
+
+        auto begin = [&](service_entry* e) {
+            if (!st.hook) {
+                e->state = service_state::starting;
+                host_log_->debug("Starting service '{}'", e->name);
+            }
+            return spawn_call(*e, st.fn, token);
+        };
+
+        if (concurrent) {
+            std::vector<std::shared_ptr<pending_call>> calls;
+            for (auto* e : targets)
+                calls.push_back(begin(e));
+            bool all_done = co_await wait_calls(calls, deadline);
+            for (const auto& c : calls)
+                finish_call(c);
+            if (!all_done)
+                timed_out(calls);
+        } else {
+            for (auto* e : targets) {
+                if (!failure.empty() || stop_seen_)
+                    break;
+                std::vector<std::shared_ptr<pending_call>> calls(1, begin(e));
+                bool done = co_await wait_calls(calls, deadline);
+                finish_call(calls.front());
+                if (!done) {
+                    timed_out(calls);
+                    break;
+                }
+            }
+        }
+    }
+
+    if (!failure.empty()) {
+        fail(1);
+        lifetime_->stop_application();
+        on_stop_requested_in_loop();
+        co_await stop_services();
+        throw start_failed("host: " + failure);
+    }
+    phase_ = phase::started;
+    notify_change();
+    if (stop_seen_) {
+        lifetime_log_->info("A stop was requested while starting; the remaining services were not started");
+        co_return;
+    }
+    lifetime_access::fire_started(*lifetime_);
+    lifetime_log_->info(settings_.console_lifetime ? "Application started. Press Ctrl+C to shut down."
+                                                   : "Application started.");
+    lifetime_log_->info("Hosting environment: {}", settings_.environment);
+    std::error_code ec;
+    lifetime_log_->info("Content root path: {}", std::filesystem::current_path(ec).string());
+    host_log_->debug("Hosting started");
+
+    if (settings_.options.stop_when_all_background_services_complete) {
+        bool any = false, all_ended = true;
+        for (auto& e : entries_)
+            if (e->background) {
+                any = true;
+                all_ended = all_ended && background_service_access::execute_ended(*e->background);
+            }
+        if (!any)
+            host_log_->warn("stop_when_all_background_services_complete is set but no background_service is registered");
+        else if (all_ended) {
+            lifetime_log_->info("All background services have completed; stopping the host");
+            lifetime_->stop_application();
+        }
+    }
+}
+
+void host_core::on_execute_end(service_entry& e, service_state state, std::exception_ptr error)
+{
+    if (e.state.load() != service_state::stopping)
+        e.state = state;
+    if (state == service_state::faulted) {
+        e.set_error(error);
+        host_log_->error("Background service '{}' faulted: {}", e.name, describe(error));
+        if (settings_.options.background_service_exception_behavior ==
+            background_service_exception_behavior::stop_host) {
+            fail(1);
+            if (!stop_seen_)
+                host_log_->error("Stopping the host because '{}' faulted "
+                                 "(background_service_exception_behavior::stop_host)",
+                                 e.name);
+            lifetime_->stop_application();
+        }
+    } else if (state == service_state::completed) {
+        host_log_->debug("Background service '{}' completed", e.name);
+    }
+
+    if (settings_.options.stop_when_all_background_services_complete && phase_ == phase::started && !stop_seen_) {
+        bool all_ended = std::all_of(entries_.begin(), entries_.end(), [](const auto& x) {
+            return !x->background || background_service_access::execute_ended(*x->background);
+        });
+        if (all_ended) {
+            lifetime_log_->info("All background services have completed; stopping the host");
+            lifetime_->stop_application();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Stop
+
+asio::awaitable<void> host_core::do_stop()
+{
+    // A direct stop() counts as a stop request: it starts the deadline clock.
+    lifetime_->stop_application();
+    on_stop_requested_in_loop();
+    while (phase_ == phase::starting)
+        co_await wait_for_change(clock::time_point::max());
+    if (phase_ == phase::created) {
+        phase_ = phase::stopped;
+    } else if (phase_ == phase::started) {
+        co_await stop_services();
+    }
+    while (phase_ != phase::stopped)
+        co_await wait_for_change(clock::time_point::max());
+}
+
+asio::awaitable<void> host_core::stop_services()
+{
+    phase_ = phase::stopping;
+    lifetime_log_->info("Application is shutting down...");
+    lifetime_access::fire_stopping(*lifetime_);
+
+    deadline_timer_.emplace(orch_, stop_deadline());
+    deadline_timer_->async_wait([weak = weak_from_this()](boost::system::error_code ec) {
+        if (auto self = weak.lock(); self && !ec)
+            self->stop_cancel_.request_stop();
+    });
+    const std::function<clock::time_point()> deadline = [this] { return stop_deadline(); };
+    auto token = stop_cancel_.get_token();
+    const bool concurrent = settings_.options.services_stop_concurrently;
+
+    std::vector<service_entry*> targets;
+    for (auto it = entries_.rbegin(); it != entries_.rend(); ++it)
+        if ((*it)->started)
+            targets.push_back(it->get());
+
+    std::vector<std::string> late;
+    auto note_late = [&](const std::string& name) {
+        if (std::find(late.begin(), late.end(), name) == late.end())
+            late.push_back(name);
+    };
+
+    struct stage {
+        const char* what;
+        bool hook;
+        call_fn fn;
+    };
+    const std::vector<stage> stages = {
+        {"stopping", true, [](service_entry& e, std::stop_token t) { return e.lifecycle->stopping(t); }},
+        {"stop", false, [](service_entry& e, std::stop_token t) { return e.service->stop(t); }},
+        {"stopped", true, [](service_entry& e, std::stop_token t) { return e.lifecycle->stopped(t); }},
+    };
+    for (const auto& st : stages) {
+        std::vector<std::shared_ptr<pending_call>> calls;
+        auto begin = [&](service_entry* e) {
+            if (!st.hook) {
+                if (e->state.load() == service_state::running)
+                    e->state = service_state::stopping;
+                host_log_->debug("Stopping service '{}'", e->name);
+            }
+            calls.push_back(spawn_call(*e, st.fn, token));
+        };
+        bool past_deadline = false;
+        for (auto* e : targets) {
+            if (st.hook && !e->lifecycle)
+                continue;
+            // Past the deadline every remaining stop is still called, so it
+            // sees its cancelled token, but not awaited.
+            begin(e);
+            if (!concurrent && !past_deadline) {
+                std::vector<std::shared_ptr<pending_call>> one(1, calls.back());
+                past_deadline = !co_await wait_calls(one, deadline);
+            }
+        }
+        if (concurrent)
+            co_await wait_calls(calls, deadline);
+
+        for (const auto& call : calls) {
+            auto& e = *call->entry;
+            if (!call->done) {
+                note_late(e.name);
+            } else if (call->error) {
+                fail(1);
+                host_log_->error("Service '{}' threw from {}(): {}", e.name, st.what, describe(call->error));
+                if (!st.hook) {
+                    e.set_error(call->error);
+                    e.state = service_state::faulted;
+                }
+            } else if (!st.hook) {
+                if (e.background && !background_service_access::execute_ended(*e.background)) {
+                    note_late(e.name);
+                } else {
+                    auto final_state = e.background ? e.background->state() : service_state::stopped;
+                    if (final_state == service_state::faulted)
+                        e.set_error(e.background->exception());
+                    e.state = final_state;
+                    host_log_->debug("Stopped service '{}'", e.name);
+                }
+            }
+        }
+    }
+
+    if (!late.empty()) {
+        fail(1);
+        host_log_->error("The shutdown deadline of {} ms passed; these services did not stop in time: {}",
+                         settings_.options.shutdown_timeout.count(), join_names(late));
+    }
+    deadline_timer_->cancel();
+    phase_ = phase::stopped;
+    lifetime_access::fire_stopped(*lifetime_);
+    host_log_->debug("Hosting stopped");
+    {
+        std::lock_guard lock(mutex_);
+        stop_finished_ = true;
+    }
+    changed_.notify_all();
+    notify_change();
+}
+
+// ---------------------------------------------------------------------------
+// Threads and signals
+
+void host_core::ensure_threads()
+{
+    {
+        std::lock_guard lock(mutex_);
+        if (threads_started_)
+            return;
+        threads_started_ = true;
+        if (owned_io_)
+            threads_running_ = settings_.options.worker_threads;
+    }
+    if (settings_.console_lifetime)
+        start_control_thread();
+    if (!owned_io_)
+        return;
+    work_.emplace(io_->get_executor());
+    for (std::size_t i = 0; i < settings_.options.worker_threads; ++i) {
+        workers_.emplace_back([this] {
+            for (;;) {
+                try {
+                    io_->run();
+                    break;
+                } catch (...) {
+                    // Every spawned operation has a handler that catches; an
+                    // exception here came from a user's raw handler.
+                    host_log_->error("Unhandled exception on the host's event loop: {}",
+                                     describe(std::current_exception()));
+                    fail(1);
+                    lifetime_->stop_application();
+                }
+            }
+            {
+                std::lock_guard lock(mutex_);
+                --threads_running_;
+            }
+            changed_.notify_all();
+        });
+    }
+}
+
+void host_core::start_control_thread()
+{
+    signals_.emplace(control_io_, SIGINT, SIGTERM, SIGQUIT);
+    wait_for_signal(*signals_);
+    control_thread_ = std::thread([this] { control_io_.run(); });
+}
+
+void host_core::wait_for_signal(asio::signal_set& signals)
+{
+    signals.async_wait([this](boost::system::error_code ec, int number) {
+        if (ec)
+            return;
+        if (lifetime_->stop_requested().stop_requested()) {
+            lifetime_log_->critical("Received {} while shutting down; exiting at once with code {}",
+                                    signal_name(number), 128 + number);
+            lifetime_log_->flush();
+            host_log_->flush();
+            std::_Exit(128 + number);
+        }
+        lifetime_log_->info("Received {}; shutting down (send it again to exit at once)", signal_name(number));
+        lifetime_->stop_application();
+        wait_for_signal(*signals_);
+    });
+}
+
+void host_core::join_threads(clock::time_point until)
+{
+    if (threads_joined_)
+        return;
+    threads_joined_ = true;
+    if (control_thread_.joinable()) {
+        asio::post(control_io_, [this] { signals_.reset(); });
+        control_thread_.join();
+    }
+    if (!owned_io_)
+        return;
+    work_.reset();
+    std::unique_lock lock(mutex_);
+    auto none_running = [this] { return threads_running_ == 0; };
+    if (!changed_.wait_until(lock, until, none_running)) {
+        lock.unlock();
+        io_->stop();
+        lock.lock();
+        changed_.wait_for(lock, thread_grace, none_running);
+    }
+    bool stuck = threads_running_ > 0;
+    lock.unlock();
+    if (!stuck) {
+        for (auto& t : workers_)
+            t.join();
+        workers_.clear();
+        return;
+    }
+    host_log_->error("A worker thread is still blocked inside a service; it is abandoned, and the host's "
+                     "state is kept in memory so that it can never run on freed memory");
+    for (auto& t : workers_)
+        t.detach();
+    workers_.clear();
+    keep_alive_forever(shared_from_this());
+}
+
+void host_core::report_stragglers(const char* where)
+{
+    std::vector<std::string> late;
+    for (const auto& e : entries_) {
+        auto s = e->state.load();
+        if (s == service_state::starting || s == service_state::running || s == service_state::stopping)
+            late.push_back(e->name);
+    }
+    fail(1);
+    host_log_->error("The shutdown deadline of {} ms passed {}; the event loop did not finish the stop. "
+                     "Services that did not stop in time: {}",
+                     settings_.options.shutdown_timeout.count(), where,
+                     late.empty() ? std::string("(none; the loop itself is blocked)") : join_names(late));
+}
+
+// ---------------------------------------------------------------------------
+// Public operations
+
+asio::awaitable<void> host_core::start()
+{
+    if (start_called_.exchange(true))
+        throw std::logic_error("host: start() called twice");
+    ensure_threads();
+    // Named, not a temporary inside the co_await: GCC 12 can destroy such
+    // temporaries twice.
+    auto body = [self = shared_from_this()] { return self->do_start(); };
+    co_await asio::co_spawn(orch_, std::move(body), asio::use_awaitable);
+}
+
+asio::awaitable<void> host_core::stop()
+{
+    if (!start_called_.load()) {
+        lifetime_->stop_application();
+        co_return;
+    }
+    auto body = [self = shared_from_this()] { return self->do_stop(); };
+    co_await asio::co_spawn(orch_, std::move(body), asio::use_awaitable);
+}
+
+asio::awaitable<int> host_core::wait_for_shutdown()
+{
+    auto body = [self = shared_from_this()]() -> asio::awaitable<void> {
+        while (!self->stop_seen_)
+            co_await self->wait_for_change(clock::time_point::max());
+    };
+    co_await asio::co_spawn(orch_, std::move(body), asio::use_awaitable);
+    co_await stop();
+    co_return exit_code();
+}
+
+void host_core::start_blocking()
+{
+    if (is_loop_thread())
+        throw std::logic_error("host: start_blocking() called on a thread that runs the host's io_context; "
+                               "use co_await host.start() there");
+    if (start_called_.exchange(true))
+        throw std::logic_error("host: start() called twice");
+    ensure_threads();
+    const auto began = clock::now();
+    asio::co_spawn(orch_, [self = shared_from_this()] { return self->do_start(); },
+                   [weak = weak_from_this()](std::exception_ptr error) {
+                       if (auto self = weak.lock()) {
+                           {
+                               std::lock_guard lock(self->mutex_);
+                               self->start_finished_ = true;
+                               self->start_error_ = error;
+                           }
+                           self->changed_.notify_all();
+                       }
+                   });
+
+    // The loop may be blocked by a service: bound the wait from here.
+    std::unique_lock lock(mutex_);
+    auto limit = [&] {
+        auto l = stop_requested_flag_ ? stop_deadline() + report_grace : clock::time_point::max();
+        if (settings_.options.startup_timeout)
+            l = std::min(l, began + *settings_.options.startup_timeout + report_grace);
+        return l;
+    };
+    while (!start_finished_) {
+        auto until = limit();
+        if (clock::now() >= until)
+            break;
+        if (until == clock::time_point::max())
+            changed_.wait(lock);
+        else
+            changed_.wait_until(lock, until);
+    }
+    if (!start_finished_) {
+        lock.unlock();
+        report_stragglers("during the start");
+        join_threads(clock::now());
+        throw start_failed("host: the start did not finish in time and the event loop does not respond");
+    }
+    auto error = start_error_;
+    lock.unlock();
+    if (error) {
+        join_threads(stop_deadline() + thread_grace);
+        std::rethrow_exception(error);
+    }
+}
+
+void host_core::stop_blocking()
+{
+    if (is_loop_thread())
+        throw std::logic_error("host: stop_blocking() called on a thread that runs the host's io_context; "
+                               "use co_await host.stop() there");
+    lifetime_->stop_application();
+    if (!start_called_.load() || !threads_started_)
+        return;
+    asio::co_spawn(orch_, [self = shared_from_this()] { return self->do_stop(); },
+                   [weak = weak_from_this()](std::exception_ptr) {
+                       if (auto self = weak.lock()) {
+                           {
+                               std::lock_guard lock(self->mutex_);
+                               self->stop_finished_ = true;
+                           }
+                           self->changed_.notify_all();
+                       }
+                   });
+    std::unique_lock lock(mutex_);
+    bool finished = changed_.wait_until(lock, stop_deadline() + report_grace, [this] { return stop_finished_; });
+    lock.unlock();
+    if (!finished)
+        report_stragglers("while the event loop was blocked");
+    join_threads(finished ? stop_deadline() + thread_grace : clock::now());
+}
+
+int host_core::run()
+{
+    if (is_loop_thread())
+        throw std::logic_error("host: run() called on a thread that runs the host's io_context");
+    try {
+        start_blocking();
+    } catch (const start_failed&) {
+        return exit_code() == 0 ? 1 : exit_code();
+    }
+    {
+        std::unique_lock lock(mutex_);
+        changed_.wait(lock, [this] { return stop_requested_flag_; });
+    }
+    stop_blocking();
+    return exit_code();
+}
+
+} // namespace hosting::detail

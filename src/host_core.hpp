@@ -1,0 +1,184 @@
+// The host's machinery; host.hpp only shows a handle to it.
+#pragma once
+
+#include <hosting/host.hpp>
+#include <hosting/host_options.hpp>
+#include <hosting/lifetime.hpp>
+#include <hosting/logging.hpp>
+#include <hosting/services.hpp>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace hosting {
+class background_service;
+}
+
+namespace hosting::detail {
+
+using clock = std::chrono::steady_clock;
+using strand_type = asio::strand<asio::io_context::executor_type>;
+
+// An io_context whose services (and so pending handlers and coroutine frames)
+// can be shut down before the objects those frames point at are destroyed.
+class owned_io_context : public asio::io_context {
+public:
+    using asio::io_context::io_context;
+    using asio::io_context::shutdown;
+};
+
+struct service_entry {
+    service_entry(std::string n, std::shared_ptr<hosted_service> s, strand_type st);
+
+    std::string name;
+    std::shared_ptr<hosted_service> service;
+    hosted_lifecycle_service* lifecycle = nullptr;
+    background_service* background = nullptr;
+    strand_type strand;
+    std::atomic<service_state> state{service_state::not_started};
+    bool started = false; // orchestrator strand only: start() succeeded, so stop() is owed
+
+    void set_error(std::exception_ptr e);
+    std::exception_ptr error() const;
+
+private:
+    mutable std::mutex error_mutex_;
+    std::exception_ptr error_;
+};
+
+// One start(), stop() or hook call running on a service's strand; its
+// result is delivered to the orchestrator's strand.
+struct pending_call {
+    service_entry* entry;
+    bool done = false;
+    std::exception_ptr error;
+};
+
+class host_core : public std::enable_shared_from_this<host_core> {
+public:
+    struct settings {
+        host_options options;
+        logging_options logging;
+        asio::io_context* external_io = nullptr;
+        bool console_lifetime = true;
+        std::string environment;
+    };
+
+    explicit host_core(settings s);
+    ~host_core();
+    // Stops a host that is still running and joins its threads; called by
+    // ~host while the core is still owned by a shared_ptr, so that a core
+    // whose thread is stuck can be kept alive instead of destroyed.
+    void close();
+
+    // Second construction step: needs shared_from_this.
+    void build(service_collection services, std::vector<detail::hosted_descriptor> hosted);
+
+    asio::awaitable<void> start();
+    asio::awaitable<void> stop();
+    asio::awaitable<int> wait_for_shutdown();
+    void start_blocking();
+    void stop_blocking();
+    int run();
+
+    int exit_code() const noexcept { return exit_code_.load(); }
+    service_provider& provider() noexcept { return *provider_; }
+    application_lifetime& lifetime() noexcept { return *lifetime_; }
+    std::vector<service_status> statuses() const;
+
+private:
+    // Orchestration; everything below runs on orch_ unless it says otherwise.
+    asio::awaitable<void> do_start();
+    asio::awaitable<void> do_stop();
+    asio::awaitable<void> stop_services();
+    using call_fn = std::function<asio::awaitable<void>(service_entry&, std::stop_token)>;
+    std::shared_ptr<pending_call> spawn_call(service_entry& entry, call_fn fn, std::stop_token token);
+    // Waits until every call is done or `deadline()` passes; false on timeout.
+    asio::awaitable<bool> wait_calls(const std::vector<std::shared_ptr<pending_call>>& calls,
+                                     const std::function<clock::time_point()>& deadline);
+    asio::awaitable<void> wait_for_change(clock::time_point until);
+    void notify_change();
+    void on_stop_requested_in_loop();
+    void on_execute_end(service_entry& entry, service_state state, std::exception_ptr error);
+    void fail(int code) noexcept;
+    clock::time_point stop_deadline() const noexcept;
+
+    // Any thread.
+    void on_stop_requested_any_thread() noexcept;
+    void ensure_threads();
+    void start_control_thread();
+    void wait_for_signal(asio::signal_set& signals);
+    void join_threads(clock::time_point until);
+    void report_stragglers(const char* where);
+    bool is_loop_thread() const;
+
+    settings settings_;
+    std::shared_ptr<logger_factory> loggers_;
+    std::shared_ptr<spdlog::logger> lifetime_log_;
+    std::shared_ptr<spdlog::logger> host_log_;
+
+    // Declared before everything that holds Asio objects, so it is destroyed
+    // after them; ~host_core shuts it down first so that frames die while the
+    // services they point at still exist.
+    std::unique_ptr<owned_io_context> owned_io_;
+    asio::io_context* io_;
+    std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
+    strand_type orch_;
+
+    std::shared_ptr<application_lifetime> lifetime_;
+    std::unique_ptr<service_provider> provider_;
+    std::vector<std::unique_ptr<service_entry>> entries_;
+
+    enum class phase { created, starting, started, stopping, stopped };
+    phase phase_ = phase::created;           // orch_ only
+    bool stop_seen_ = false;                 // orch_ only
+    std::stop_source start_cancel_;          // fired on a stop request or startup timeout
+    std::stop_source stop_cancel_;           // fired at the shutdown deadline
+    std::optional<clock::time_point> start_deadline_; // orch_ only
+    std::vector<asio::steady_timer*> waiters_; // orch_ only
+    std::optional<asio::steady_timer> deadline_timer_;
+
+    std::atomic<int> exit_code_{0};
+    std::atomic<clock::rep> stop_requested_at_{0}; // 0: not yet
+    std::atomic<bool> start_called_{false};
+
+    // Blocking callers wait on these.
+    mutable std::mutex mutex_;
+    std::condition_variable changed_;
+    bool stop_requested_flag_ = false; // mutex_
+    bool stop_finished_ = false;       // mutex_
+    bool start_finished_ = false;      // mutex_
+    std::exception_ptr start_error_;   // mutex_
+    std::size_t threads_running_ = 0;  // mutex_
+
+    std::vector<std::thread> workers_;
+    bool threads_started_ = false;
+    bool threads_joined_ = false;
+
+    // Signals are handled on a thread of their own so that a blocked service
+    // loop cannot delay the second-signal exit.
+    asio::io_context control_io_;
+    std::optional<asio::signal_set> signals_;
+    std::thread control_thread_;
+
+    struct on_stop_request {
+        host_core* core;
+        void operator()() noexcept { core->on_stop_requested_any_thread(); }
+    };
+    std::optional<std::stop_callback<on_stop_request>> stop_request_callback_;
+};
+
+} // namespace hosting::detail

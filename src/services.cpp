@@ -1,0 +1,106 @@
+#include <hosting/services.hpp>
+
+#include <cxxabi.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+namespace hosting {
+
+std::string_view to_string(service_state state) noexcept
+{
+    switch (state) {
+    case service_state::not_started: return "not_started";
+    case service_state::starting: return "starting";
+    case service_state::running: return "running";
+    case service_state::stopping: return "stopping";
+    case service_state::stopped: return "stopped";
+    case service_state::completed: return "completed";
+    case service_state::faulted: return "faulted";
+    }
+    return "unknown";
+}
+
+namespace detail {
+
+std::string demangle(const std::type_info& type)
+{
+    int status = 0;
+    std::unique_ptr<char, void (*)(void*)> name{abi::__cxa_demangle(type.name(), nullptr, nullptr, &status),
+                                                std::free};
+    return status == 0 && name ? std::string(name.get()) : std::string(type.name());
+}
+
+} // namespace detail
+
+service_collection& service_collection::add(const std::type_info& key, std::string name,
+                                             std::function<std::shared_ptr<void>(service_provider&)> factory)
+{
+    std::type_index index(key);
+    if (singletons_.contains(index))
+        throw std::invalid_argument("service_collection: " + name + " is already registered");
+    singletons_.emplace(index, detail::singleton_descriptor{std::move(name), std::move(factory)});
+    singleton_order_.push_back(index);
+    return *this;
+}
+
+service_provider::service_provider(service_collection registrations)
+{
+    for (auto& [key, descriptor] : registrations.singletons_)
+        entries_.emplace(key, entry{std::move(descriptor), nullptr, false});
+    order_ = std::move(registrations.singleton_order_);
+}
+
+service_provider::~service_provider()
+{
+    while (!constructed_.empty())
+        constructed_.pop_back();
+}
+
+void service_provider::construct_all()
+{
+    for (auto key : order_)
+        instance_of(*entries_.find(key));
+}
+
+void* service_provider::resolve(const std::type_info& type, std::string (*name)(), bool required)
+{
+    auto it = entries_.find(std::type_index(type));
+    if (it == entries_.end()) {
+        if (!required)
+            return nullptr;
+        std::string message = "service_provider: no service registered for " + name();
+        if (!construction_stack_.empty())
+            message += " (needed by " + entries_.at(construction_stack_.back()).descriptor.type_name + ")";
+        throw service_not_found(message);
+    }
+    return instance_of(*it);
+}
+
+void* service_provider::instance_of(std::pair<const std::type_index, entry>& item)
+{
+    entry& e = item.second;
+    if (e.instance)
+        return e.instance.get();
+    if (e.constructing) {
+        std::string cycle;
+        for (auto key : construction_stack_)
+            cycle += entries_.at(key).descriptor.type_name + " -> ";
+        throw std::logic_error("service_provider: dependency cycle: " + cycle + e.descriptor.type_name);
+    }
+    e.constructing = true;
+    construction_stack_.push_back(item.first);
+    try {
+        e.instance = e.descriptor.factory(*this);
+    } catch (...) {
+        construction_stack_.pop_back();
+        e.constructing = false;
+        throw;
+    }
+    construction_stack_.pop_back();
+    e.constructing = false;
+    constructed_.push_back(e.instance);
+    return e.instance.get();
+}
+
+} // namespace hosting

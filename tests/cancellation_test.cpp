@@ -1,0 +1,284 @@
+#include <hosting/cancellation.hpp>
+#include <hosting/offload.hpp>
+
+#include "support.hpp"
+
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <functional>
+#include <future>
+#include <latch>
+#include <thread>
+
+using namespace std::chrono_literals;
+namespace asio = boost::asio;
+
+namespace {
+
+// Runs `body` as a coroutine on a fresh io_context and returns what it threw.
+template <class F>
+std::exception_ptr run_coro(F body, asio::io_context& io)
+{
+    std::exception_ptr result;
+    bool finished = false;
+    asio::co_spawn(io, std::move(body), [&](std::exception_ptr e) {
+        result = e;
+        finished = true;
+    });
+    io.run();
+    REQUIRE(finished);
+    return result;
+}
+
+template <class F>
+std::exception_ptr run_coro(F body)
+{
+    asio::io_context io;
+    return run_coro(std::move(body), io);
+}
+
+bool is_canceled(const std::exception_ptr& e)
+{
+    try {
+        if (e)
+            std::rethrow_exception(e);
+    } catch (const hosting::operation_canceled&) {
+        return true;
+    } catch (...) {
+    }
+    return false;
+}
+
+} // namespace
+
+TEST_CASE("linked_stop_source fires when any linked token fires", "[cancellation]")
+{
+    std::stop_source a, b;
+    hosting::linked_stop_source linked{a.get_token(), b.get_token()};
+    CHECK_FALSE(linked.stop_requested());
+    b.request_stop();
+    CHECK(linked.stop_requested());
+    CHECK_FALSE(a.stop_requested());
+
+    std::stop_source fired;
+    fired.request_stop();
+    hosting::linked_stop_source already{fired.get_token()};
+    CHECK(already.get_token().stop_requested());
+
+    std::stop_source c;
+    hosting::linked_stop_source moved_from{c.get_token()};
+    hosting::linked_stop_source moved = std::move(moved_from);
+    std::jthread other([&] { c.request_stop(); });
+    other.join();
+    CHECK(moved.stop_requested());
+}
+
+TEST_CASE("timed_stop_source fires after its duration", "[cancellation]")
+{
+    asio::io_context io;
+    auto began = std::chrono::steady_clock::now();
+    hosting::timed_stop_source source(io.get_executor(), 50ms);
+    std::chrono::steady_clock::time_point fired_at{};
+    std::stop_callback cb(source.get_token(), [&] { fired_at = std::chrono::steady_clock::now(); });
+    io.run();
+    REQUIRE(source.stop_requested());
+    CHECK(fired_at - began >= 50ms);
+
+    // Destroyed before its time: never fires, and leaves no work behind.
+    asio::io_context io2;
+    std::stop_token token;
+    {
+        hosting::timed_stop_source early(io2.get_executor(), 1h);
+        token = early.get_token();
+    }
+    io2.run();
+    CHECK_FALSE(token.stop_requested());
+}
+
+TEST_CASE("delay waits and throws operation_canceled when its token fires", "[cancellation]")
+{
+    auto began = std::chrono::steady_clock::now();
+    CHECK(run_coro([]() -> asio::awaitable<void> { co_await hosting::delay(30ms); }) == nullptr);
+    CHECK(std::chrono::steady_clock::now() - began >= 30ms);
+
+    std::stop_source source;
+    std::jthread firer;
+    auto error = run_coro([&]() -> asio::awaitable<void> {
+        firer = std::jthread([&] { source.request_stop(); });
+        co_await hosting::delay(1h, source.get_token());
+    });
+    CHECK(is_canceled(error));
+
+    std::stop_source fired;
+    fired.request_stop();
+    CHECK(is_canceled(run_coro([&]() -> asio::awaitable<void> { co_await hosting::delay(0ms, fired.get_token()); })));
+}
+
+TEST_CASE("delay is cancelled by the awaiting coroutine's cancellation", "[cancellation]")
+{
+    asio::io_context io;
+    asio::cancellation_signal signal;
+    std::exception_ptr error;
+    asio::co_spawn(io, []() -> asio::awaitable<void> { co_await hosting::delay(1h); },
+                   asio::bind_cancellation_slot(signal.slot(), [&](std::exception_ptr e) { error = e; }));
+    asio::steady_timer t(io, 10ms);
+    t.async_wait([&](auto) { signal.emit(asio::cancellation_type::terminal); });
+    io.run();
+    CHECK(is_canceled(error));
+}
+
+TEST_CASE("cancellation_bridge cancels an Asio operation from another thread on its executor", "[cancellation][concurrency]")
+{
+    asio::io_context io;
+    auto work = asio::make_work_guard(io);
+    std::jthread loop([&] { io.run(); });
+    auto strand = asio::make_strand(io);
+    std::stop_source source;
+    std::promise<std::string> outcome;
+    asio::co_spawn(
+        strand,
+        [&]() -> asio::awaitable<void> {
+            auto ex = co_await asio::this_coro::executor;
+            hosting::cancellation_bridge bridge(ex, source.get_token());
+            asio::steady_timer timer(ex, 1h);
+            boost::system::error_code ec;
+            std::jthread firer([&] { source.request_stop(); });
+            co_await timer.async_wait(asio::bind_cancellation_slot(bridge.slot(), asio::redirect_error(asio::use_awaitable, ec)));
+            outcome.set_value(ec == asio::error::operation_aborted ? "aborted" : ec.message());
+        },
+        asio::detached);
+    auto f = outcome.get_future();
+    REQUIRE(f.wait_for(test::patience) == std::future_status::ready);
+    CHECK(f.get() == "aborted");
+    work.reset();
+}
+
+TEST_CASE("offload runs on the pool returns the result and resumes on the caller's executor", "[offload][concurrency]")
+{
+    asio::io_context io;
+    auto strand = asio::make_strand(io);
+    int result = 0;
+    bool on_strand_after = false;
+    std::thread::id pool_thread;
+    std::exception_ptr error;
+    asio::co_spawn(
+        strand,
+        [&]() -> asio::awaitable<void> {
+            result = co_await hosting::offload([&] {
+                pool_thread = std::this_thread::get_id();
+                return 6 * 7;
+            });
+            on_strand_after = strand.running_in_this_thread();
+            co_await hosting::offload([] {}); // void works too
+        },
+        [&](std::exception_ptr e) { error = e; });
+    io.run();
+    CHECK(error == nullptr);
+    CHECK(result == 42);
+    CHECK(on_strand_after);
+    CHECK(pool_thread != std::this_thread::get_id());
+}
+
+TEST_CASE("offload rethrows the function's exception", "[offload]")
+{
+    auto error = run_coro([]() -> asio::awaitable<void> {
+        co_await hosting::offload([]() -> int { throw std::runtime_error("pool failure"); });
+    });
+    REQUIRE(error);
+    CHECK_THROWS_WITH(std::rethrow_exception(error), "pool failure");
+}
+
+TEST_CASE("a cancelled offload resumes at once and drops the result; an unstarted one never runs", "[offload][concurrency]")
+{
+    std::latch release(1);
+    std::latch running(1);
+    std::stop_source source;
+    std::atomic<bool> finished_on_pool{false};
+    auto began = std::chrono::steady_clock::now();
+    auto error = run_coro([&]() -> asio::awaitable<void> {
+        std::jthread canceller([&] {
+            running.wait();
+            source.request_stop();
+        });
+        co_await hosting::offload(
+            [&] {
+                running.count_down();
+                release.wait();
+                finished_on_pool = true;
+                return 1;
+            },
+            source.get_token());
+    });
+    CHECK(is_canceled(error));
+    CHECK(std::chrono::steady_clock::now() - began < test::patience);
+    CHECK_FALSE(finished_on_pool.load()); // the caller did not wait for it
+    release.count_down();
+
+    std::stop_source fired;
+    fired.request_stop();
+    std::atomic<bool> ran{false};
+    error = run_coro([&]() -> asio::awaitable<void> {
+        co_await hosting::offload([&] { ran = true; }, fired.get_token());
+    });
+    CHECK(is_canceled(error));
+    CHECK_FALSE(ran.load());
+}
+
+TEST_CASE("an offload awaited by a cancelled coroutine resumes with operation_canceled", "[offload][concurrency]")
+{
+    asio::io_context io;
+    asio::cancellation_signal signal;
+    std::latch release(1);
+    std::latch running(1);
+    std::exception_ptr error;
+    bool done = false;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            co_await hosting::offload([&] {
+                running.count_down();
+                release.wait();
+            });
+        },
+        asio::bind_cancellation_slot(signal.slot(), [&](std::exception_ptr e) {
+            error = e;
+            done = true;
+        }));
+    asio::steady_timer t(io, 1ms);
+    std::function<void(boost::system::error_code)> poll = [&](boost::system::error_code) {
+        if (running.try_wait())
+            signal.emit(asio::cancellation_type::terminal);
+        else {
+            t.expires_after(1ms);
+            t.async_wait(poll);
+        }
+    };
+    t.async_wait(poll);
+    std::jthread releaser;
+    // The loop keeps running until the pool function ends (it counts as
+    // work), but the coroutine resumed before that.
+    asio::steady_timer check(io, 1ms);
+    std::function<void(boost::system::error_code)> check_done = [&](boost::system::error_code) {
+        if (done)
+            release.count_down();
+        else {
+            check.expires_after(1ms);
+            check.async_wait(check_done);
+        }
+    };
+    check.async_wait(check_done);
+    io.run();
+    CHECK(done);
+    CHECK(is_canceled(error));
+}

@@ -1,0 +1,95 @@
+// A program the process tests run as a child: signals, exit codes and the
+// hard deadline need a process boundary.
+#include <hosting/hosting.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <thread>
+
+using namespace std::chrono_literals;
+namespace asio = boost::asio;
+
+namespace {
+
+class ticker : public hosting::background_service {
+protected:
+    asio::awaitable<void> execute(std::stop_token stopping) override
+    {
+        for (int i = 0;; ++i) {
+            co_await hosting::delay(50ms, stopping);
+            if (i == 0)
+                std::printf("ticked\n"), std::fflush(stdout);
+        }
+    }
+};
+
+// A stop that ignores its token: only a second signal (or the deadline) ends it.
+class slow_stop : public hosting::hosted_service {
+public:
+    asio::awaitable<void> start(std::stop_token) override { co_return; }
+    asio::awaitable<void> stop(std::stop_token) override
+    {
+        std::printf("slow stop begun\n");
+        std::fflush(stdout);
+        co_await hosting::delay(60s);
+    }
+};
+
+// Blocks the host's only worker thread in a synchronous call once the host
+// has started, the way a careless service would.
+class blocker : public hosting::background_service {
+public:
+    explicit blocker(hosting::service_provider& provider)
+        : started_(provider.get<hosting::application_lifetime>().application_started())
+    {
+    }
+
+protected:
+    asio::awaitable<void> execute(std::stop_token) override
+    {
+        while (!started_.stop_requested())
+            co_await hosting::delay(5ms);
+        std::printf("blocking now\n");
+        std::fflush(stdout);
+        std::this_thread::sleep_for(60s);
+    }
+
+private:
+    std::stop_token started_;
+};
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    std::string scenario = argc > 1 ? argv[1] : "";
+    auto builder = hosting::host::create_builder(argc, argv);
+    if (scenario == "ticker") {
+        builder.services().add_hosted_service<ticker>();
+    } else if (scenario == "slow_stop") {
+        builder.options().shutdown_timeout = 60s;
+        builder.services().add_hosted_service<slow_stop>();
+    } else if (scenario == "blocking") {
+        builder.options().shutdown_timeout = 1s;
+        builder.services().add_hosted_service<ticker>();
+        builder.services().add_hosted_service<blocker>();
+    } else {
+        std::fprintf(stderr, "usage: %s ticker|slow_stop|blocking\n", argv[0]);
+        return 64;
+    }
+    auto host = builder.build();
+
+    // Measured from the stop request itself, which is what the promise is about.
+    std::atomic<std::int64_t> requested_at{0};
+    std::stop_callback on_stop(host.lifetime().stop_requested(), [&] {
+        requested_at = std::chrono::steady_clock::now().time_since_epoch().count();
+    });
+    int code = host.run();
+    auto took = std::chrono::steady_clock::now() -
+                std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(requested_at.load()));
+    std::printf("run returned %d after %lld ms\n", code,
+                static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(took).count()));
+    std::fflush(stdout);
+    return code;
+}

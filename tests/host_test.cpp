@@ -1,0 +1,666 @@
+#include <hosting/hosting.hpp>
+
+#include "support.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/use_future.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <future>
+#include <thread>
+
+using namespace std::chrono_literals;
+namespace asio = boost::asio;
+using test::recorder;
+
+namespace {
+
+struct behaviour {
+    bool fail_start = false;
+    bool fail_stop = false;
+    std::chrono::milliseconds start_delay{0};
+};
+
+class recording_service : public hosting::hosted_service {
+public:
+    recording_service(recorder* r, std::string name, behaviour b = {}) : r_(r), name_(std::move(name)), b_(b) {}
+
+    asio::awaitable<void> start(std::stop_token cancel) override
+    {
+        r_->add("start " + name_);
+        if (b_.start_delay.count() > 0)
+            co_await hosting::delay(b_.start_delay, cancel);
+        if (b_.fail_start)
+            throw std::runtime_error("boom in " + name_);
+        r_->add("started " + name_);
+    }
+    asio::awaitable<void> stop(std::stop_token) override
+    {
+        r_->add("stop " + name_);
+        if (b_.fail_stop)
+            throw std::runtime_error("stop boom in " + name_);
+        co_return;
+    }
+
+private:
+    recorder* r_;
+    std::string name_;
+    behaviour b_;
+};
+
+class lifecycle_service : public hosting::hosted_lifecycle_service {
+public:
+    lifecycle_service(recorder* r, std::string name) : r_(r), name_(std::move(name)) {}
+    asio::awaitable<void> starting(std::stop_token) override { r_->add("starting " + name_); co_return; }
+    asio::awaitable<void> start(std::stop_token) override { r_->add("start " + name_); co_return; }
+    asio::awaitable<void> started(std::stop_token) override { r_->add("started " + name_); co_return; }
+    asio::awaitable<void> stopping(std::stop_token) override { r_->add("stopping " + name_); co_return; }
+    asio::awaitable<void> stop(std::stop_token) override { r_->add("stop " + name_); co_return; }
+    asio::awaitable<void> stopped(std::stop_token) override { r_->add("stopped " + name_); co_return; }
+
+private:
+    recorder* r_;
+    std::string name_;
+};
+
+// Ticks until stopped; records each tick and how it ended.
+class ticker : public hosting::background_service {
+public:
+    ticker(recorder* r, std::string name) : r_(r), name_(std::move(name)) {}
+
+protected:
+    asio::awaitable<void> execute(std::stop_token stopping) override
+    {
+        try {
+            for (;;) {
+                co_await hosting::delay(10ms, stopping);
+                r_->add("tick " + name_);
+            }
+        } catch (const hosting::operation_canceled&) {
+            r_->add("canceled " + name_);
+            throw;
+        }
+    }
+
+private:
+    recorder* r_;
+    std::string name_;
+};
+
+class faulty : public hosting::background_service {
+public:
+    explicit faulty(recorder* r) : r_(r) {}
+
+protected:
+    asio::awaitable<void> execute(std::stop_token) override
+    {
+        co_await hosting::delay(20ms);
+        r_->add("fault");
+        throw std::runtime_error("the disk is on fire");
+    }
+
+private:
+    recorder* r_;
+};
+
+class finite_worker : public hosting::background_service {
+public:
+    finite_worker(recorder* r, std::string name, std::chrono::milliseconds d) : r_(r), name_(std::move(name)), d_(d) {}
+
+protected:
+    asio::awaitable<void> execute(std::stop_token stopping) override
+    {
+        co_await hosting::delay(d_, stopping);
+        r_->add("done " + name_);
+    }
+
+private:
+    recorder* r_;
+    std::string name_;
+    std::chrono::milliseconds d_;
+};
+
+void record_lifetime(hosting::host& host, recorder& r,
+                     std::vector<std::unique_ptr<std::stop_callback<std::function<void()>>>>& keep)
+{
+    auto& l = host.lifetime();
+    keep.push_back(std::make_unique<std::stop_callback<std::function<void()>>>(
+        l.application_started(), [&r] { r.add("app started"); }));
+    keep.push_back(std::make_unique<std::stop_callback<std::function<void()>>>(
+        l.application_stopping(), [&r] { r.add("app stopping"); }));
+    keep.push_back(std::make_unique<std::stop_callback<std::function<void()>>>(
+        l.application_stopped(), [&r] { r.add("app stopped"); }));
+}
+
+using callbacks = std::vector<std::unique_ptr<std::stop_callback<std::function<void()>>>>;
+
+} // namespace
+
+TEST_CASE("services start in registration order and stop in reverse; lifetime events in order", "[host]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    auto builder = test::make_builder(sink);
+    builder.services().add_hosted_service<recording_service>(&r, std::string("a")).name("a");
+    builder.services().add_hosted_service<recording_service>(&r, std::string("b")).name("b");
+    builder.services().add_hosted_service<recording_service>(&r, std::string("c")).name("c");
+    auto host = builder.build();
+    callbacks keep;
+    record_lifetime(host, r, keep);
+
+    host.start_blocking();
+    host.stop_blocking();
+
+    std::vector<std::string> expected{"start a", "started a", "start b",  "started b", "start c", "started c",
+                                      "app started", "app stopping", "stop c", "stop b", "stop a", "app stopped"};
+    CHECK(r.events() == expected);
+    CHECK(host.exit_code() == 0);
+    for (const auto& s : host.service_statuses())
+        CHECK(s.state == hosting::service_state::stopped);
+    CHECK(sink->has("Application started.", spdlog::level::info, "hosting.lifetime"));
+    CHECK(sink->has("Hosting environment: ", spdlog::level::info, "hosting.lifetime"));
+    CHECK(sink->has("Application is shutting down...", spdlog::level::info, "hosting.lifetime"));
+    CHECK(sink->has("Starting service 'a'", spdlog::level::debug));
+    CHECK(sink->has("Stopped service 'c'", spdlog::level::debug));
+}
+
+TEST_CASE("lifecycle hooks wrap every start and stop", "[host]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    auto builder = test::make_builder(sink);
+    builder.services().add_hosted_service<lifecycle_service>(&r, std::string("a"));
+    builder.services().add_hosted_service<lifecycle_service>(&r, std::string("b"));
+    auto host = builder.build();
+    host.start_blocking();
+    host.stop_blocking();
+    std::vector<std::string> expected{"starting a", "starting b", "start a",   "start b",  "started a", "started b",
+                                      "stopping b", "stopping a", "stop b",    "stop a",   "stopped b", "stopped a"};
+    CHECK(r.events() == expected);
+}
+
+TEST_CASE("services_start_concurrently overlaps the starts", "[host]")
+{
+    for (bool concurrently : {true, false}) {
+        auto sink = std::make_shared<test::capture_sink>();
+        recorder r;
+        auto builder = test::make_builder(sink);
+        builder.options().services_start_concurrently = concurrently;
+        builder.services().add_hosted_service<recording_service>(&r, std::string("a"), behaviour{false, false, 300ms}).name("a");
+        builder.services().add_hosted_service<recording_service>(&r, std::string("b"), behaviour{false, false, 300ms}).name("b");
+        auto host = builder.build();
+        auto began = std::chrono::steady_clock::now();
+        host.start_blocking();
+        auto took = std::chrono::steady_clock::now() - began;
+        host.stop_blocking();
+        INFO("concurrently=" << concurrently << " took "
+                             << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms");
+        if (concurrently)
+            CHECK(took < 550ms);
+        else
+            CHECK(took >= 600ms);
+        CHECK(host.exit_code() == 0);
+    }
+}
+
+TEST_CASE("a failing start stops the services already started in reverse and fails the run", "[host][failure]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    auto builder = test::make_builder(sink);
+    builder.services().add_hosted_service<recording_service>(&r, std::string("a")).name("a");
+    builder.services().add_hosted_service<recording_service>(&r, std::string("b")).name("b");
+    builder.services().add_hosted_service<recording_service>(&r, std::string("c"), behaviour{true}).name("c");
+    builder.services().add_hosted_service<recording_service>(&r, std::string("d")).name("d");
+    auto host = builder.build();
+    callbacks keep;
+    record_lifetime(host, r, keep);
+
+    CHECK(host.run() == 1);
+    std::vector<std::string> expected{"start a", "started a", "start b",      "started b", "start c",
+                                      "app stopping", "stop b", "stop a", "app stopped"};
+    CHECK(r.events() == expected);
+    CHECK(sink->has("Service 'c' failed in start(): boom in c", spdlog::level::err));
+    auto statuses = host.service_statuses();
+    CHECK(statuses[2].state == hosting::service_state::faulted);
+    CHECK(statuses[2].error != nullptr);
+    CHECK(statuses[3].state == hosting::service_state::not_started);
+}
+
+TEST_CASE("start() throws start_failed naming the service", "[host][failure]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    auto builder = test::make_builder(sink);
+    builder.services().add_hosted_service<recording_service>(&r, std::string("x"), behaviour{true}).name("migrator");
+    auto host = builder.build();
+    CHECK_THROWS_WITH(host.start_blocking(), Catch::Contains("migrator") && Catch::Contains("boom in x"));
+    CHECK(host.exit_code() == 1);
+}
+
+TEST_CASE("a throwing stop is logged the others still stop and the run fails", "[host][failure]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    auto builder = test::make_builder(sink);
+    builder.services().add_hosted_service<recording_service>(&r, std::string("a")).name("a");
+    builder.services().add_hosted_service<recording_service>(&r, std::string("b"), behaviour{false, true}).name("b");
+    builder.services().add_hosted_service<recording_service>(&r, std::string("c")).name("c");
+    auto host = builder.build();
+    host.start_blocking();
+    host.stop_blocking();
+    CHECK(r.contains("stop c"));
+    CHECK(r.contains("stop b"));
+    CHECK(r.contains("stop a"));
+    CHECK(host.exit_code() == 1);
+    CHECK(sink->has("Service 'b' threw from stop(): stop boom in b", spdlog::level::err));
+    CHECK(host.service_statuses()[1].state == hosting::service_state::faulted);
+    CHECK(host.service_statuses()[0].state == hosting::service_state::stopped);
+}
+
+TEST_CASE("a faulting execute stops the host with stop_host", "[host][failure]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    auto builder = test::make_builder(sink);
+    builder.services().add_hosted_service<ticker>(&r, std::string("t"));
+    builder.services().add_hosted_service<faulty>(&r).name("faulty");
+    auto host = builder.build();
+    CHECK(host.run() == 1);
+    CHECK(r.contains("fault"));
+    CHECK(r.contains("canceled t"));
+    CHECK(sink->has("Background service 'faulty' faulted: the disk is on fire", spdlog::level::err));
+    auto statuses = host.service_statuses();
+    CHECK(statuses[1].state == hosting::service_state::faulted);
+    CHECK(statuses[0].state == hosting::service_state::stopped);
+}
+
+TEST_CASE("a faulting execute leaves the others running with ignore", "[host][failure]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    auto builder = test::make_builder(sink);
+    builder.options().background_service_exception_behavior = hosting::background_service_exception_behavior::ignore;
+    builder.services().add_hosted_service<ticker>(&r, std::string("t"));
+    builder.services().add_hosted_service<faulty>(&r).name("faulty");
+    auto host = builder.build();
+    host.start_blocking();
+    REQUIRE(r.wait_for("fault"));
+    // The ticker keeps ticking after the fault.
+    auto ticks = r.count("tick t");
+    REQUIRE(r.wait_for_count(r.events().size() + 3));
+    CHECK(r.count("tick t") > ticks);
+    CHECK_FALSE(host.lifetime().stop_requested().stop_requested());
+    CHECK(host.service_statuses()[1].state == hosting::service_state::faulted);
+    host.stop_blocking();
+    CHECK(host.exit_code() == 0);
+    CHECK(sink->has("faulted: the disk is on fire", spdlog::level::err));
+}
+
+TEST_CASE("stop_when_all_background_services_complete runs to completion", "[host]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    auto builder = test::make_builder(sink);
+    builder.options().stop_when_all_background_services_complete = true;
+    builder.services().add_hosted_service<finite_worker>(&r, std::string("x"), 20ms);
+    builder.services().add_hosted_service<finite_worker>(&r, std::string("y"), 60ms);
+    auto host = builder.build();
+    CHECK(host.run() == 0);
+    CHECK(r.events() == std::vector<std::string>{"done x", "done y"});
+    for (const auto& s : host.service_statuses())
+        CHECK(s.state == hosting::service_state::completed);
+    CHECK(sink->has("All background services have completed"));
+}
+
+TEST_CASE("a completed run with a faulted worker returns non-zero", "[host][failure]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    auto builder = test::make_builder(sink);
+    builder.options().stop_when_all_background_services_complete = true;
+    builder.services().add_hosted_service<finite_worker>(&r, std::string("x"), 10ms);
+    builder.services().add_hosted_service<faulty>(&r).name("faulty");
+    auto host = builder.build();
+    CHECK(host.run() == 1);
+}
+
+namespace {
+class self_stopper : public hosting::background_service {
+public:
+    self_stopper(hosting::service_provider& p, recorder* r) : lifetime_(p.get<hosting::application_lifetime>()), r_(r) {}
+
+protected:
+    asio::awaitable<void> execute(std::stop_token stopping) override
+    {
+        co_await hosting::delay(10ms, stopping);
+        r_->add("asking to stop");
+        lifetime_.stop_application();
+        lifetime_.stop_application(); // idempotent
+        co_await hosting::delay(1h, stopping);
+    }
+
+private:
+    hosting::application_lifetime& lifetime_;
+    recorder* r_;
+};
+} // namespace
+
+TEST_CASE("stop_application() from a service stops the host", "[host]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    auto builder = test::make_builder(sink);
+    builder.services().add_hosted_service<self_stopper>(&r);
+    auto host = builder.build();
+    CHECK(host.run() == 0);
+    CHECK(r.contains("asking to stop"));
+    CHECK(host.service_statuses()[0].state == hosting::service_state::stopped);
+}
+
+TEST_CASE("stop_application() from another thread stops the host", "[host]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    auto builder = test::make_builder(sink);
+    builder.options().worker_threads = 2;
+    builder.services().add_hosted_service<ticker>(&r, std::string("t"));
+    auto host = builder.build();
+    std::jthread other([&] {
+        r.wait_for("tick t");
+        for (int i = 0; i < 3; ++i)
+            host.lifetime().stop_application();
+    });
+    CHECK(host.run() == 0);
+    CHECK(r.contains("canceled t"));
+}
+
+namespace {
+class timer_waiter : public hosting::background_service {
+public:
+    explicit timer_waiter(recorder* r) : r_(r) {}
+
+protected:
+    asio::awaitable<void> execute(std::stop_token) override
+    {
+        // No token passed: the host's stop cancels the awaited operation.
+        asio::steady_timer timer(co_await asio::this_coro::executor, 1h);
+        r_->add("waiting");
+        try {
+            co_await timer.async_wait(asio::use_awaitable);
+            r_->add("timer fired");
+        } catch (const boost::system::system_error& e) {
+            r_->add(e.code() == asio::error::operation_aborted ? "aborted" : "other error");
+            throw;
+        }
+    }
+
+private:
+    recorder* r_;
+};
+} // namespace
+
+TEST_CASE("an awaited Asio timer is aborted at stop without a token", "[host]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    auto builder = test::make_builder(sink);
+    builder.services().add_hosted_service<timer_waiter>(&r);
+    auto host = builder.build();
+    host.start_blocking();
+    REQUIRE(r.wait_for("waiting"));
+    auto began = std::chrono::steady_clock::now();
+    host.stop_blocking();
+    CHECK(std::chrono::steady_clock::now() - began < 2s);
+    CHECK(r.events() == std::vector<std::string>{"waiting", "aborted"});
+    CHECK(host.exit_code() == 0);
+    CHECK(host.service_statuses()[0].state == hosting::service_state::stopped);
+}
+
+namespace {
+// Ignores cancellation without blocking its thread.
+class stubborn : public hosting::background_service {
+protected:
+    asio::awaitable<void> execute(std::stop_token) override
+    {
+        for (;;) {
+            try {
+                co_await asio::this_coro::reset_cancellation_state();
+                co_await hosting::delay(20ms);
+            } catch (...) {
+            }
+        }
+    }
+};
+} // namespace
+
+TEST_CASE("the shutdown deadline abandons a service that ignores cancellation", "[host][failure]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    auto builder = test::make_builder(sink);
+    builder.options().shutdown_timeout = 300ms;
+    builder.services().add_hosted_service<ticker>(&r, std::string("t"));
+    builder.services().add_hosted_service<stubborn>().name("stubborn-one");
+    auto host = builder.build();
+    host.start_blocking();
+    auto began = std::chrono::steady_clock::now();
+    host.stop_blocking();
+    auto took = std::chrono::steady_clock::now() - began;
+    CHECK(took < 300ms + 250ms);
+    CHECK(host.exit_code() == 1);
+    CHECK(sink->has("did not stop in time: 'stubborn-one'", spdlog::level::err));
+    // The cooperative one was still stopped.
+    CHECK(r.contains("canceled t"));
+}
+
+TEST_CASE("a stop during the start cancels the remaining starts and is not a failure", "[host]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    auto builder = test::make_builder(sink);
+    builder.services().add_hosted_service<recording_service>(&r, std::string("a")).name("a");
+    builder.services().add_hosted_service<recording_service>(&r, std::string("slow"), behaviour{false, false, 1h}).name("slow");
+    builder.services().add_hosted_service<recording_service>(&r, std::string("c")).name("c");
+    auto host = builder.build();
+    callbacks keep;
+    record_lifetime(host, r, keep);
+    std::jthread stopper([&] {
+        if (r.wait_for("start slow"))
+            host.lifetime().stop_application();
+    });
+    CHECK(host.run() == 0);
+    auto events = r.events();
+    CHECK_FALSE(r.contains("app started"));
+    CHECK_FALSE(r.contains("start c"));
+    CHECK_FALSE(r.contains("stop slow")); // its start did not complete
+    CHECK(r.contains("stop a"));
+    CHECK(r.contains("app stopped"));
+}
+
+TEST_CASE("startup_timeout fails a start that hangs", "[host][failure]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    auto builder = test::make_builder(sink);
+    builder.options().startup_timeout = 200ms;
+    builder.services().add_hosted_service<recording_service>(&r, std::string("a")).name("a");
+    builder.services().add_hosted_service<recording_service>(&r, std::string("hang"), behaviour{false, false, 1h}).name("hang");
+    auto host = builder.build();
+    CHECK(host.run() == 1);
+    CHECK(r.contains("stop a"));
+    CHECK(sink->has("startup_timeout of 200 ms passed", spdlog::level::err));
+}
+
+TEST_CASE("build() rejects invalid options naming them", "[host][options]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    {
+        auto b = test::make_builder(sink);
+        b.options().shutdown_timeout = -1s;
+        CHECK_THROWS_MATCHES(b.build(), std::invalid_argument,
+                             Catch::Message("host_options: shutdown_timeout must not be negative (got -1000ms)"));
+    }
+    {
+        auto b = test::make_builder(sink);
+        b.options().worker_threads = 0;
+        CHECK_THROWS_WITH(b.build(), Catch::Contains("worker_threads"));
+    }
+    {
+        auto b = test::make_builder(sink);
+        b.options().startup_timeout = 0ms;
+        CHECK_THROWS_WITH(b.build(), Catch::Contains("startup_timeout"));
+    }
+    {
+        auto b = test::make_builder(sink);
+        b.options().background_service_exception_behavior =
+            static_cast<hosting::background_service_exception_behavior>(7);
+        CHECK_THROWS_WITH(b.build(), Catch::Contains("background_service_exception_behavior"));
+    }
+    {
+        auto b = test::make_builder(sink);
+        auto host = b.build();
+        CHECK_THROWS_AS(b.build(), std::logic_error);
+    }
+    hosting::host_options defaults;
+    CHECK(defaults.shutdown_timeout == 5s);
+    CHECK_FALSE(defaults.startup_timeout.has_value());
+    CHECK(defaults.background_service_exception_behavior == hosting::background_service_exception_behavior::stop_host);
+}
+
+namespace {
+// Checks that its coroutines never overlap, even with several worker threads.
+class strand_prober : public hosting::background_service {
+public:
+    strand_prober(recorder* r, std::atomic<int>* overlaps) : r_(r), overlaps_(overlaps) {}
+
+protected:
+    asio::awaitable<void> execute(std::stop_token) override
+    {
+        auto ex = co_await asio::this_coro::executor;
+        std::vector<std::future<void>> done;
+        for (int i = 0; i < 8; ++i)
+            done.push_back(asio::co_spawn(ex, probe(), asio::use_future));
+        for (int i = 0; i < 8; ++i)
+            co_await probe_until_ready(done[static_cast<std::size_t>(i)]);
+        r_->add("probed " + std::to_string(counter_));
+    }
+
+private:
+    asio::awaitable<void> probe()
+    {
+        for (int i = 0; i < 200; ++i) {
+            if (inside_.fetch_add(1) != 0)
+                overlaps_->fetch_add(1);
+            ++counter_; // a data race if the strand did not hold
+            inside_.fetch_sub(1);
+            co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
+        }
+    }
+    asio::awaitable<void> probe_until_ready(std::future<void>& f)
+    {
+        while (f.wait_for(0s) != std::future_status::ready)
+            co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
+        f.get();
+    }
+
+    recorder* r_;
+    std::atomic<int>* overlaps_;
+    std::atomic<int> inside_{0};
+    int counter_ = 0;
+};
+} // namespace
+
+TEST_CASE("a service's coroutines never run concurrently with several worker threads", "[host][concurrency]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    std::atomic<int> overlaps{0};
+    auto builder = test::make_builder(sink);
+    builder.options().worker_threads = 4;
+    builder.options().stop_when_all_background_services_complete = true;
+    builder.services().add_hosted_service<strand_prober>(&r, &overlaps);
+    builder.services().add_hosted_service<strand_prober>(&r, &overlaps);
+    auto host = builder.build();
+    CHECK(host.run() == 0);
+    CHECK(overlaps.load() == 0);
+    CHECK(r.count("probed 1600") == 2);
+}
+
+TEST_CASE("an embedded host runs on the program's io_context", "[host][embedded]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    asio::io_context io;
+    auto builder = test::make_builder(sink);
+    builder.use_io_context(io);
+    builder.services().add_hosted_service<ticker>(&r, std::string("t"));
+    auto host = builder.build();
+    CHECK(&host.services().get<asio::io_context>() == &io);
+
+    int code = -1;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            co_await host.start();
+            r.add("host started");
+            co_await hosting::delay(30ms);
+            host.lifetime().stop_application();
+            code = co_await host.wait_for_shutdown();
+        },
+        [&](std::exception_ptr e) {
+            if (e)
+                r.add("error");
+        });
+    io.run(); // returns when the host has stopped and nothing is left to do
+    CHECK(code == 0);
+    CHECK(r.contains("tick t"));
+    CHECK(r.contains("canceled t"));
+    CHECK_FALSE(r.contains("error"));
+}
+
+TEST_CASE("blocking calls from the host's own loop are refused", "[host][embedded]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    asio::io_context io;
+    auto builder = test::make_builder(sink);
+    builder.use_io_context(io);
+    auto host = builder.build();
+    bool threw = false;
+    asio::post(io, [&] {
+        try {
+            host.start_blocking();
+        } catch (const std::logic_error&) {
+            threw = true;
+        }
+    });
+    io.run();
+    CHECK(threw);
+}
+
+TEST_CASE("an embedded host is started and stopped by blocking calls from another thread", "[host][embedded]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    asio::io_context io;
+    auto guard = asio::make_work_guard(io);
+    std::jthread runner([&] { io.run(); });
+    auto builder = test::make_builder(sink);
+    builder.use_io_context(io);
+    builder.services().add_hosted_service<ticker>(&r, std::string("t"));
+    auto host = builder.build();
+    host.start_blocking();
+    REQUIRE(r.wait_for("tick t"));
+    host.stop_blocking();
+    CHECK(r.contains("canceled t"));
+    CHECK(host.exit_code() == 0);
+    guard.reset();
+}

@@ -1,0 +1,73 @@
+// Signals, exit codes and the hard deadline, across a process boundary.
+#include "support.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <csignal>
+#include <regex>
+
+using namespace std::chrono_literals;
+
+namespace {
+
+const std::string child = HOSTING_TEST_CHILD;
+
+// ThreadSanitizer sleeps a second at exit by default; that is not ours to time.
+const std::map<std::string, std::string> env{{"TSAN_OPTIONS", "atexit_sleep_ms=0"}};
+
+long run_took_ms(const std::string& output)
+{
+    std::smatch m;
+    static const std::regex pattern("run returned (-?\\d+) after (\\d+) ms");
+    REQUIRE(std::regex_search(output, m, pattern));
+    return std::stol(m[2]);
+}
+
+} // namespace
+
+TEST_CASE("SIGTERM SIGINT and SIGQUIT stop the host gracefully with exit code 0", "[process][signals]")
+{
+    for (int sig : {SIGTERM, SIGINT, SIGQUIT}) {
+        test::child_process p(child, {"ticker"}, env);
+        REQUIRE(p.wait_for_output("Application started. Press Ctrl+C to shut down."));
+        REQUIRE(p.wait_for_output("ticked"));
+        p.send_signal(sig);
+        auto code = p.wait_exit();
+        INFO(p.output());
+        REQUIRE(code);
+        CHECK(*code == 0);
+        CHECK(p.output().find("Application is shutting down...") != std::string::npos);
+        CHECK(p.output().find("Hosting environment: Production") != std::string::npos);
+        CHECK(p.output().find("run returned 0") != std::string::npos);
+    }
+}
+
+TEST_CASE("a second signal during the stop exits at once with 128 + the signal", "[process][signals]")
+{
+    test::child_process p(child, {"slow_stop"}, env);
+    REQUIRE(p.wait_for_output("Application started."));
+    p.send_signal(SIGTERM);
+    REQUIRE(p.wait_for_output("slow stop begun"));
+    p.send_signal(SIGINT);
+    auto code = p.wait_exit();
+    INFO(p.output());
+    REQUIRE(code);
+    CHECK(*code == 128 + SIGINT);
+    CHECK(p.output().find("exiting at once with code 130") != std::string::npos);
+}
+
+TEST_CASE("the deadline is hard even when a service blocks the loop's thread", "[process][deadline]")
+{
+    test::child_process p(child, {"blocking"}, env);
+    REQUIRE(p.wait_for_output("blocking now"));
+    p.send_signal(SIGTERM);
+    // The child must also exit, not hang in a destructor.
+    auto code = p.wait_exit();
+    INFO(p.output());
+    REQUIRE(code);
+    CHECK(*code == 1);
+    // shutdown_timeout is 1 s in that scenario; the promise is +250 ms.
+    CHECK(run_took_ms(p.output()) < 1000 + 250);
+    CHECK(p.output().find("did not stop in time") != std::string::npos);
+    CHECK(p.output().find("blocker'") != std::string::npos);
+}

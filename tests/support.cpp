@@ -1,0 +1,217 @@
+#include "support.hpp"
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdexcept>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char** environ;
+
+namespace test {
+
+void recorder::add(std::string event)
+{
+    {
+        std::lock_guard lock(mutex_);
+        events_.push_back(std::move(event));
+    }
+    changed_.notify_all();
+}
+
+std::vector<std::string> recorder::events() const
+{
+    std::lock_guard lock(mutex_);
+    return events_;
+}
+
+bool recorder::contains(const std::string& event) const { return count(event) > 0; }
+
+std::size_t recorder::count(const std::string& event) const
+{
+    std::lock_guard lock(mutex_);
+    return static_cast<std::size_t>(std::count(events_.begin(), events_.end(), event));
+}
+
+bool recorder::wait_for(const std::string& event, std::chrono::milliseconds timeout)
+{
+    std::unique_lock lock(mutex_);
+    return changed_.wait_for(lock, timeout, [&] {
+        return std::find(events_.begin(), events_.end(), event) != events_.end();
+    });
+}
+
+bool recorder::wait_for_count(std::size_t n, std::chrono::milliseconds timeout)
+{
+    std::unique_lock lock(mutex_);
+    return changed_.wait_for(lock, timeout, [&] { return events_.size() >= n; });
+}
+
+void capture_sink::sink_it_(const spdlog::details::log_msg& msg)
+{
+    spdlog::memory_buf_t formatted;
+    formatter_->format(msg, formatted);
+    lines_.push_back({msg.level, std::string(msg.logger_name.begin(), msg.logger_name.end()),
+                      std::string(msg.payload.begin(), msg.payload.end())});
+    changed_.notify_all();
+}
+
+std::vector<capture_sink::line> capture_sink::lines()
+{
+    std::lock_guard lock(mutex_);
+    return lines_;
+}
+
+bool capture_sink::has(const std::string& text, std::optional<spdlog::level::level_enum> level,
+                       const std::string& category)
+{
+    std::lock_guard lock(mutex_);
+    return std::any_of(lines_.begin(), lines_.end(), [&](const line& l) {
+        return l.text.find(text) != std::string::npos && (!level || l.level == *level) &&
+               (category.empty() || l.category == category);
+    });
+}
+
+bool capture_sink::wait_for(const std::string& text, std::chrono::milliseconds timeout)
+{
+    std::unique_lock lock(mutex_);
+    return changed_.wait_for(lock, timeout, [&] {
+        return std::any_of(lines_.begin(), lines_.end(),
+                           [&](const line& l) { return l.text.find(text) != std::string::npos; });
+    });
+}
+
+std::string capture_sink::dump()
+{
+    std::lock_guard lock(mutex_);
+    std::string out;
+    for (const auto& l : lines_)
+        out += "[" + l.category + "] " + l.text + "\n";
+    return out;
+}
+
+hosting::host_builder make_builder(std::shared_ptr<capture_sink> sink, spdlog::level::level_enum level)
+{
+    auto builder = hosting::host::create_builder();
+    builder.use_console_lifetime(false);
+    builder.logging().level = level;
+    builder.logging().sinks.push_back(std::move(sink));
+    if (std::getenv("HOSTING_TEST_VERBOSE"))
+        builder.logging().sinks.push_back(std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
+    return builder;
+}
+
+child_process::child_process(const std::string& path, const std::vector<std::string>& args,
+                             const std::map<std::string, std::string>& env)
+{
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0)
+        throw std::runtime_error("pipe2 failed");
+    std::vector<std::string> environment;
+    for (char** e = environ; *e; ++e) {
+        std::string entry = *e;
+        auto name = entry.substr(0, entry.find('='));
+        if (!env.contains(name))
+            environment.push_back(entry);
+    }
+    for (const auto& [k, v] : env)
+        environment.push_back(k + "=" + v);
+    std::vector<char*> argv{const_cast<char*>(path.c_str())};
+    for (const auto& a : args)
+        argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    std::vector<char*> envp;
+    for (auto& e : environment)
+        envp.push_back(e.data());
+    envp.push_back(nullptr);
+
+    pid_ = fork();
+    if (pid_ < 0)
+        throw std::runtime_error("fork failed");
+    if (pid_ == 0) {
+        dup2(fds[1], 1);
+        dup2(fds[1], 2);
+        execve(path.c_str(), argv.data(), envp.data());
+        _exit(127);
+    }
+    close(fds[1]);
+    out_fd_ = fds[0];
+    fcntl(out_fd_, F_SETFL, O_NONBLOCK);
+    pid_fd_ = static_cast<int>(syscall(SYS_pidfd_open, pid_, 0));
+    if (pid_fd_ < 0)
+        throw std::runtime_error("pidfd_open failed");
+}
+
+child_process::~child_process()
+{
+    if (!exit_code_) {
+        ::kill(pid_, SIGKILL);
+        int status = 0;
+        waitpid(pid_, &status, 0);
+    }
+    close(out_fd_);
+    close(pid_fd_);
+}
+
+bool child_process::pump(std::chrono::steady_clock::time_point until, const std::function<bool()>& done)
+{
+    while (!done()) {
+        if (exit_code_ && eof_)
+            return done();
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+        if (left.count() <= 0)
+            return false;
+        pollfd fds[2];
+        nfds_t count = 0;
+        if (!eof_)
+            fds[count++] = {out_fd_, POLLIN, 0};
+        if (!exit_code_)
+            fds[count++] = {pid_fd_, POLLIN, 0};
+        int n = poll(fds, count, static_cast<int>(left.count()));
+        if (n < 0 && errno != EINTR)
+            throw std::runtime_error("poll failed");
+        if (!eof_) {
+            char buf[4096];
+            for (;;) {
+                auto r = read(out_fd_, buf, sizeof buf);
+                if (r > 0)
+                    output_.append(buf, static_cast<std::size_t>(r));
+                else {
+                    if (r == 0)
+                        eof_ = true;
+                    break;
+                }
+            }
+        }
+        if (!exit_code_) {
+            int status = 0;
+            if (waitpid(pid_, &status, WNOHANG) == pid_)
+                exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        }
+    }
+    return true;
+}
+
+bool child_process::wait_for_output(const std::string& text, std::chrono::milliseconds timeout)
+{
+    return pump(std::chrono::steady_clock::now() + timeout,
+                [&] { return output_.find(text) != std::string::npos; });
+}
+
+void child_process::send_signal(int number) { ::kill(pid_, number); }
+
+std::optional<int> child_process::wait_exit(std::chrono::milliseconds timeout)
+{
+    pump(std::chrono::steady_clock::now() + timeout, [&] { return exit_code_.has_value() && eof_; });
+    return exit_code_;
+}
+
+} // namespace test

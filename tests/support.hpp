@@ -1,0 +1,99 @@
+// Test support: a log sink to wait on, an event recorder, a child process.
+#pragma once
+
+#include <hosting/host.hpp>
+
+#include <spdlog/sinks/base_sink.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace test {
+
+using namespace std::chrono_literals;
+
+// Generous bound for "this should happen": a busy 2-core machine running
+// sanitizers can be slow, but never this slow.
+inline constexpr auto patience = std::chrono::seconds(20);
+
+// An ordered record of what happened, that a test can wait on.
+class recorder {
+public:
+    void add(std::string event);
+    std::vector<std::string> events() const;
+    bool contains(const std::string& event) const;
+    // Waits until `event` has been recorded (or `timeout` passed).
+    bool wait_for(const std::string& event, std::chrono::milliseconds timeout = patience);
+    bool wait_for_count(std::size_t count, std::chrono::milliseconds timeout = patience);
+    std::size_t count(const std::string& event) const;
+
+private:
+    mutable std::mutex mutex_;
+    std::condition_variable changed_;
+    std::vector<std::string> events_;
+};
+
+// Keeps every formatted log line, with its level and category.
+class capture_sink : public spdlog::sinks::base_sink<std::mutex> {
+public:
+    struct line {
+        spdlog::level::level_enum level;
+        std::string category;
+        std::string text;
+    };
+    std::vector<line> lines();
+    // True when some line contains `text` (and has `level`, when given).
+    bool has(const std::string& text, std::optional<spdlog::level::level_enum> level = {},
+             const std::string& category = {});
+    bool wait_for(const std::string& text, std::chrono::milliseconds timeout = patience);
+    std::string dump();
+
+protected:
+    void sink_it_(const spdlog::details::log_msg& msg) override;
+    void flush_() override {}
+
+private:
+    std::vector<line> lines_;
+    std::condition_variable_any changed_;
+};
+
+// A builder whose logs go to `sink` (and to stderr when HOSTING_TEST_VERBOSE
+// is set), without console lifetime: tests that need signals use a child.
+hosting::host_builder make_builder(std::shared_ptr<capture_sink> sink,
+                                   spdlog::level::level_enum level = spdlog::level::debug);
+
+// A child process with stdout and stderr read through one pipe.
+class child_process {
+public:
+    child_process(const std::string& path, const std::vector<std::string>& args,
+                  const std::map<std::string, std::string>& env = {});
+    ~child_process();
+    child_process(const child_process&) = delete;
+    child_process& operator=(const child_process&) = delete;
+
+    // Reads output until it contains `text`; false on timeout or exit.
+    bool wait_for_output(const std::string& text, std::chrono::milliseconds timeout = patience);
+    void send_signal(int number);
+    // The exit code (128 + n when killed by signal n), or nothing on timeout.
+    std::optional<int> wait_exit(std::chrono::milliseconds timeout = patience);
+    const std::string& output() const noexcept { return output_; }
+
+private:
+    bool pump(std::chrono::steady_clock::time_point until, const std::function<bool()>& done);
+
+    int pid_ = -1;
+    int out_fd_ = -1;
+    int pid_fd_ = -1;
+    bool eof_ = false;
+    std::optional<int> exit_code_;
+    std::string output_;
+};
+
+} // namespace test
