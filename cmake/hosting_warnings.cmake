@@ -8,5 +8,10 @@ function(hosting_set_warnings target)
   if(HOSTING_SANITIZE)
     target_compile_options(${target} PUBLIC -fsanitize=${HOSTING_SANITIZE} -fno-omit-frame-pointer)
     target_link_options(${target} PUBLIC -fsanitize=${HOSTING_SANITIZE})
+    if(HOSTING_SANITIZE MATCHES "thread" AND CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+      # libstdc++'s std::stop_token uses atomic_thread_fence, which GCC
+      # warns TSan cannot model; the warning is about the library, not us.
+      target_compile_options(${target} PRIVATE -Wno-tsan)
+    endif()
   endif()
 endfunction()

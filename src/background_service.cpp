@@ -6,6 +6,7 @@
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -13,7 +14,6 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <atomic>
-#include <mutex>
 #include <optional>
 #include <stdexcept>
 
@@ -21,15 +21,44 @@ namespace hosting {
 
 // Shared with the spawned coroutine's completion handler, which may run
 // after stop() gave up waiting; so it is not part of the object itself.
+// Kept small: a host may hold ten thousand of these.
 struct background_service::execution {
     std::atomic<service_state> state{service_state::not_started};
     std::atomic<bool> ended{false};
-    mutable std::mutex error_mutex;
-    std::exception_ptr error;
+    std::exception_ptr error; // written once before `ended` is set
     std::stop_source stopping;
-    asio::cancellation_signal signal;              // strand only
-    std::optional<asio::steady_timer> ended_event; // strand only; cancelled when execute ends
+    asio::any_io_executor executor;                // set by launch
+    asio::cancellation_signal signal;              // executor only
+    asio::steady_timer* ended_event = nullptr;     // executor only; set while stop() waits
     detail::background_service_access::observer observer;
+
+    void on_end(std::exception_ptr e)
+    {
+        service_state final_state;
+        if (!e)
+            final_state = stopping.stop_requested() ? service_state::stopped : service_state::completed;
+        else if (stopping.stop_requested() && is_cancellation(e))
+            final_state = service_state::stopped;
+        else {
+            final_state = service_state::faulted;
+            error = e;
+        }
+        state = final_state;
+        ended.store(true, std::memory_order_release);
+        if (ended_event)
+            ended_event->cancel();
+        if (observer)
+            observer(final_state, final_state == service_state::faulted ? e : nullptr);
+    }
+
+    void cancel_execute()
+    {
+        stopping.request_stop();
+        if (!ended.load())
+            // On the executor execute runs on, so the emit is safe. terminal
+            // is the only type co_spawn accepts by default.
+            signal.emit(asio::cancellation_type::terminal);
+    }
 };
 
 background_service::background_service() : execution_(std::make_shared<execution>()) {}
@@ -40,42 +69,14 @@ service_state background_service::state() const noexcept { return execution_->st
 
 std::exception_ptr background_service::exception() const
 {
-    std::lock_guard lock(execution_->error_mutex);
+    if (!execution_->ended.load(std::memory_order_acquire))
+        return nullptr;
     return execution_->error;
 }
 
 asio::awaitable<void> background_service::start(std::stop_token)
 {
-    auto e = execution_;
-    if (e->state.load() != service_state::not_started)
-        throw std::logic_error("background_service: start() called twice on the same instance");
-    auto executor = co_await asio::this_coro::executor;
-    e->ended_event.emplace(executor, asio::steady_timer::time_point::max());
-    e->state = service_state::running;
-
-    auto on_end = [e](std::exception_ptr error) {
-        service_state final_state;
-        if (!error)
-            final_state = e->stopping.stop_requested() ? service_state::stopped : service_state::completed;
-        else if (e->stopping.stop_requested() && is_cancellation(error))
-            final_state = service_state::stopped;
-        else {
-            final_state = service_state::faulted;
-            std::lock_guard lock(e->error_mutex);
-            e->error = error;
-        }
-        e->state = final_state;
-        e->ended = true;
-        e->ended_event->cancel();
-        if (e->observer)
-            e->observer(final_state, final_state == service_state::faulted ? error : nullptr);
-    };
-    // The lambda is copied into the coroutine frame, so its captures live as
-    // long as the coroutine does.
-    asio::co_spawn(
-        executor, [this, e]() -> asio::awaitable<void> { co_await execute(e->stopping.get_token()); },
-        asio::bind_cancellation_slot(e->signal.slot(), std::move(on_end)));
-    co_return;
+    detail::background_service_access::launch(*this, co_await asio::this_coro::executor);
 }
 
 asio::awaitable<void> background_service::stop(std::stop_token cancel)
@@ -84,28 +85,34 @@ asio::awaitable<void> background_service::stop(std::stop_token cancel)
     if (e->state.load() == service_state::not_started)
         co_return;
     auto executor = co_await asio::this_coro::executor;
-    e->stopping.request_stop();
-    if (!e->ended.load())
-        // We run on the service's strand, where execute runs: emitting here
-        // is safe. terminal is the only type co_spawn accepts by default.
-        e->signal.emit(asio::cancellation_type::terminal);
+    e->cancel_execute();
+    if (e->ended.load())
+        co_return;
 
+    asio::steady_timer ended_event(executor, asio::steady_timer::time_point::max());
+    e->ended_event = &ended_event;
     struct wake {
         std::shared_ptr<execution> e;
         asio::any_io_executor executor;
         void operator()() noexcept
         {
             try {
-                asio::post(executor, [e = e] { e->ended_event->cancel(); });
+                asio::post(executor, [e = e] {
+                    if (e->ended_event)
+                        e->ended_event->cancel();
+                });
             } catch (...) {
             }
         }
     };
-    std::stop_callback<wake> on_cancel(cancel, wake{e, executor});
-    while (!e->ended.load() && !cancel.stop_requested()) {
-        boost::system::error_code ec;
-        co_await e->ended_event->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    {
+        std::stop_callback<wake> on_cancel(cancel, wake{e, executor});
+        while (!e->ended.load() && !cancel.stop_requested()) {
+            boost::system::error_code ec;
+            co_await ended_event.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        }
     }
+    e->ended_event = nullptr;
 }
 
 namespace detail {
@@ -113,6 +120,30 @@ namespace detail {
 void background_service_access::set_observer(background_service& service, observer fn)
 {
     service.execution_->observer = std::move(fn);
+}
+
+void background_service_access::launch(background_service& service, const asio::any_io_executor& executor)
+{
+    auto& e = service.execution_;
+    service_state expected = service_state::not_started;
+    if (!e->state.compare_exchange_strong(expected, service_state::running))
+        throw std::logic_error("background_service: started twice; create a new instance to run it again");
+    e->executor = executor;
+    // A member coroutine keeps `this` in its frame, and the token is a
+    // parameter copied there: nothing dangles once this function returns.
+    asio::co_spawn(executor, service.execute(e->stopping.get_token()),
+                   asio::bind_cancellation_slot(e->signal.slot(),
+                                                [e = e](std::exception_ptr error) { e->on_end(error); }));
+}
+
+void background_service_access::request_stop(background_service& service)
+{
+    auto& e = service.execution_;
+    if (e->state.load() == service_state::not_started || e->ended.load())
+        return;
+    // dispatch: from the host's own single-threaded loop this runs at once
+    // instead of costing a trip through the queue.
+    asio::dispatch(e->executor, [e = e] { e->cancel_execute(); });
 }
 
 bool background_service_access::execute_ended(const background_service& service) noexcept

@@ -9,14 +9,60 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/system/system_error.hpp>
 
+#include <boost/throw_exception.hpp>
+
+#include <cstring>
 #include <mutex>
+#include <optional>
+#include <typeinfo>
 
 namespace hosting {
+
+namespace {
+
+#if defined(__GLIBCXX__)
+// Rethrowing an exception_ptr to look at it costs a full unwind, and every
+// stopped background service ends with one. libstdc++ tells the exception's
+// exact type without a rethrow, and its exception_ptr is the address of the
+// thrown object; for the types Asio and hosting actually throw we can then
+// read the object directly. Anything else takes the portable path.
+static_assert(sizeof(std::exception_ptr) == sizeof(void*));
+
+const void* thrown_object(const std::exception_ptr& error) noexcept
+{
+    const void* object = nullptr;
+    std::memcpy(&object, &error, sizeof object);
+    return object;
+}
+
+std::optional<bool> is_cancellation_fast(const std::exception_ptr& error) noexcept
+{
+    const std::type_info* type = error.__cxa_exception_type();
+    if (!type)
+        return std::nullopt;
+    if (*type == typeid(operation_canceled))
+        return true;
+    if (*type == typeid(boost::wrapexcept<boost::system::system_error>)) {
+        auto* e = static_cast<const boost::wrapexcept<boost::system::system_error>*>(thrown_object(error));
+        return static_cast<const boost::system::system_error*>(e)->code() == asio::error::operation_aborted;
+    }
+    if (*type == typeid(boost::system::system_error))
+        return static_cast<const boost::system::system_error*>(thrown_object(error))->code() ==
+               asio::error::operation_aborted;
+    return std::nullopt;
+}
+#else
+std::optional<bool> is_cancellation_fast(const std::exception_ptr&) noexcept { return std::nullopt; }
+#endif
+
+} // namespace
 
 bool is_cancellation(const std::exception_ptr& error) noexcept
 {
     if (!error)
         return false;
+    if (auto fast = is_cancellation_fast(error))
+        return *fast;
     try {
         std::rethrow_exception(error);
     } catch (const operation_canceled&) {

@@ -68,22 +68,27 @@ constexpr auto thread_grace = std::chrono::milliseconds(100);
 
 } // namespace
 
-service_entry::service_entry(std::string n, std::shared_ptr<hosted_service> s, strand_type st)
+service_entry::service_entry(std::string n, std::shared_ptr<hosted_service> s, service_executor st)
     : name(std::move(n)), service(std::move(s)), strand(std::move(st))
 {
     lifecycle = dynamic_cast<hosted_lifecycle_service*>(service.get());
     background = dynamic_cast<background_service*>(service.get());
 }
 
+namespace {
+// Errors are rare; one lock for all entries keeps each entry small.
+std::mutex error_mutex;
+} // namespace
+
 void service_entry::set_error(std::exception_ptr e)
 {
-    std::lock_guard lock(error_mutex_);
+    std::lock_guard lock(error_mutex);
     error_ = std::move(e);
 }
 
 std::exception_ptr service_entry::error() const
 {
-    std::lock_guard lock(error_mutex_);
+    std::lock_guard lock(error_mutex);
     return error_;
 }
 
@@ -114,9 +119,10 @@ host_core::~host_core()
     }
     if (control_thread_.joinable())
         control_thread_.detach();
+    // Suspended orchestration frames die here, while the services they
+    // point at still exist; then the same for everything queued on the loop.
+    waiters_.clear();
     if (owned_io_)
-        // Destroys pending handlers and coroutine frames while the services
-        // they refer to still exist.
         owned_io_->shutdown();
 }
 
@@ -150,8 +156,13 @@ void host_core::build(service_collection services, std::vector<detail::hosted_de
         auto service = descriptor.factory(*provider_);
         if (!service)
             throw std::logic_error("host_builder: the factory of " + descriptor.name + " returned null");
-        auto& entry = *entries_.emplace_back(std::make_unique<service_entry>(
-            descriptor.name, std::move(service), asio::make_strand(io_->get_executor())));
+        // A strand keeps a service's coroutines from running concurrently;
+        // on a loop that only this host's single thread runs, nothing can.
+        service_executor executor = owned_io_ && settings_.options.worker_threads == 1
+                                        ? service_executor(io_->get_executor())
+                                        : service_executor(asio::make_strand(io_->get_executor()));
+        auto& entry = *entries_.emplace_back(
+            std::make_unique<service_entry>(descriptor.name, std::move(service), std::move(executor)));
         if (entry.background) {
             background_service_access::set_observer(
                 *entry.background, [weak = weak_from_this(), e = &entry](service_state state, std::exception_ptr error) {
@@ -230,17 +241,50 @@ void host_core::on_stop_requested_in_loop()
 
 asio::awaitable<void> host_core::wait_for_change(clock::time_point until)
 {
-    asio::steady_timer timer(orch_, until);
-    waiters_.push_back(&timer);
-    boost::system::error_code ec;
-    co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-    std::erase(waiters_, &timer);
+    // One timer, re-armed only when the deadline moves (it rarely does):
+    // arming a timer per wait costs two system calls when it is the
+    // earliest one, and that showed with thousands of services.
+    if (until != wake_armed_for_) {
+        wake_armed_for_ = until;
+        if (!wake_timer_)
+            wake_timer_.emplace(orch_);
+        wake_timer_->expires_at(until);
+        if (until != clock::time_point::max())
+            wake_timer_->async_wait([weak = weak_from_this()](boost::system::error_code ec) {
+                auto self = weak.lock();
+                if (!self || ec)
+                    return;
+                self->wake_armed_for_ = clock::time_point::max();
+                self->notify_change();
+            });
+    }
+    co_await asio::async_initiate<decltype(asio::use_awaitable), void()>(
+        [this](auto handler) {
+            using handler_type = decltype(handler);
+            struct waiter final : change_waiter {
+                explicit waiter(handler_type h) : pending(std::move(h)) {}
+                void resume() override { std::move(pending)(); }
+                handler_type pending;
+            };
+            waiters_.push_back(std::make_unique<waiter>(std::move(handler)));
+        },
+        asio::use_awaitable);
+}
+
+void host_core::disarm_wake()
+{
+    // A pending timer is work: it would keep the loop from running out of it.
+    if (wake_timer_ && wake_armed_for_ != clock::time_point::max()) {
+        wake_armed_for_ = clock::time_point::max();
+        wake_timer_->cancel();
+    }
 }
 
 void host_core::notify_change()
 {
-    for (auto* timer : waiters_)
-        timer->cancel();
+    for (auto& w : waiters_)
+        asio::post(orch_, [w = std::move(w)] { w->resume(); });
+    waiters_.clear();
 }
 
 std::shared_ptr<pending_call> host_core::spawn_call(service_entry& entry, call_fn fn, std::stop_token token)
@@ -364,11 +408,31 @@ asio::awaitable<void> host_core::do_start()
             }
             return spawn_call(*e, st.fn, token);
         };
+        // background_service::start is final: launching execute is all it
+        // does, and that needs no round trip through the service's strand.
+        auto launch = [&](service_entry* e) {
+            host_log_->debug("Starting service '{}'", e->name);
+            try {
+                background_service_access::launch(*e->background, e->strand);
+                e->started = true;
+                e->state = service_state::running;
+                host_log_->debug("Started service '{}'", e->name);
+            } catch (...) {
+                e->set_error(std::current_exception());
+                e->state = service_state::faulted;
+                failure = "service '" + e->name + "' failed in start(): " + describe(std::current_exception());
+                host_log_->error("Service '{}' failed in start(): {}", e->name, describe(std::current_exception()));
+            }
+        };
 
         if (concurrent) {
             std::vector<std::shared_ptr<pending_call>> calls;
-            for (auto* e : targets)
-                calls.push_back(begin(e));
+            for (auto* e : targets) {
+                if (!st.hook && e->background)
+                    launch(e);
+                else
+                    calls.push_back(begin(e));
+            }
             bool all_done = co_await wait_calls(calls, deadline);
             for (const auto& c : calls)
                 finish_call(c);
@@ -378,6 +442,10 @@ asio::awaitable<void> host_core::do_start()
             for (auto* e : targets) {
                 if (!failure.empty() || stop_seen_)
                     break;
+                if (!st.hook && e->background) {
+                    launch(e);
+                    continue;
+                }
                 std::vector<std::shared_ptr<pending_call>> calls(1, begin(e));
                 bool done = co_await wait_calls(calls, deadline);
                 finish_call(calls.front());
@@ -396,6 +464,7 @@ asio::awaitable<void> host_core::do_start()
         co_await stop_services();
         throw start_failed("host: " + failure);
     }
+    disarm_wake();
     phase_ = phase::started;
     notify_change();
     if (stop_seen_) {
@@ -428,6 +497,11 @@ asio::awaitable<void> host_core::do_start()
 
 void host_core::on_execute_end(service_entry& e, service_state state, std::exception_ptr error)
 {
+    if (e.stop_waiter) {
+        e.stop_waiter->done = true;
+        e.stop_waiter.reset();
+        notify_change();
+    }
     if (e.state.load() != service_state::stopping)
         e.state = state;
     if (state == service_state::faulted) {
@@ -519,6 +593,20 @@ asio::awaitable<void> host_core::stop_services()
                 if (e->state.load() == service_state::running)
                     e->state = service_state::stopping;
                 host_log_->debug("Stopping service '{}'", e->name);
+                if (e->background) {
+                    // Like background_service::stop, minus its coroutine: the
+                    // end of execute is reported by on_execute_end.
+                    auto call = std::make_shared<pending_call>();
+                    call->entry = e;
+                    if (background_service_access::execute_ended(*e->background)) {
+                        call->done = true;
+                    } else {
+                        e->stop_waiter = call;
+                        background_service_access::request_stop(*e->background);
+                    }
+                    calls.push_back(std::move(call));
+                    return;
+                }
             }
             calls.push_back(spawn_call(*e, st.fn, token));
         };
@@ -529,7 +617,7 @@ asio::awaitable<void> host_core::stop_services()
             // Past the deadline every remaining stop is still called, so it
             // sees its cancelled token, but not awaited.
             begin(e);
-            if (!concurrent && !past_deadline) {
+            if (!concurrent && !past_deadline && !calls.back()->done) {
                 std::vector<std::shared_ptr<pending_call>> one(1, calls.back());
                 past_deadline = !co_await wait_calls(one, deadline);
             }
@@ -568,6 +656,7 @@ asio::awaitable<void> host_core::stop_services()
                          settings_.options.shutdown_timeout.count(), join_names(late));
     }
     deadline_timer_->cancel();
+    disarm_wake();
     phase_ = phase::stopped;
     lifetime_access::fire_stopped(*lifetime_);
     host_log_->debug("Hosting stopped");

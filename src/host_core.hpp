@@ -31,6 +31,9 @@ namespace hosting::detail {
 
 using clock = std::chrono::steady_clock;
 using strand_type = asio::strand<asio::io_context::executor_type>;
+// A service's executor: its own strand, or the io_context itself when the
+// host owns a single-threaded loop and a strand would only cost time.
+using service_executor = asio::any_io_executor;
 
 // An io_context whose services (and so pending handlers and coroutine frames)
 // can be shut down before the objects those frames point at are destroyed.
@@ -41,21 +44,21 @@ public:
 };
 
 struct service_entry {
-    service_entry(std::string n, std::shared_ptr<hosted_service> s, strand_type st);
+    service_entry(std::string n, std::shared_ptr<hosted_service> s, service_executor ex);
 
     std::string name;
     std::shared_ptr<hosted_service> service;
     hosted_lifecycle_service* lifecycle = nullptr;
     background_service* background = nullptr;
-    strand_type strand;
+    service_executor strand;
     std::atomic<service_state> state{service_state::not_started};
     bool started = false; // orchestrator strand only: start() succeeded, so stop() is owed
+    std::shared_ptr<struct pending_call> stop_waiter; // orchestrator strand only
 
     void set_error(std::exception_ptr e);
     std::exception_ptr error() const;
 
 private:
-    mutable std::mutex error_mutex_;
     std::exception_ptr error_;
 };
 
@@ -111,6 +114,7 @@ private:
                                      const std::function<clock::time_point()>& deadline);
     asio::awaitable<void> wait_for_change(clock::time_point until);
     void notify_change();
+    void disarm_wake();
     void on_stop_requested_in_loop();
     void on_execute_end(service_entry& entry, service_state state, std::exception_ptr error);
     void fail(int code) noexcept;
@@ -148,7 +152,13 @@ private:
     std::stop_source start_cancel_;          // fired on a stop request or startup timeout
     std::stop_source stop_cancel_;           // fired at the shutdown deadline
     std::optional<clock::time_point> start_deadline_; // orch_ only
-    std::vector<asio::steady_timer*> waiters_; // orch_ only
+    struct change_waiter {
+        virtual ~change_waiter() = default;
+        virtual void resume() = 0;
+    };
+    std::vector<std::unique_ptr<change_waiter>> waiters_; // orch_ only
+    std::optional<asio::steady_timer> wake_timer_;         // orch_ only; wakes waiters at a deadline
+    clock::time_point wake_armed_for_ = clock::time_point::max();
     std::optional<asio::steady_timer> deadline_timer_;
 
     std::atomic<int> exit_code_{0};

@@ -40,8 +40,12 @@ public:
     background_service(const background_service&) = delete;
     background_service& operator=(const background_service&) = delete;
 
-    asio::awaitable<void> start(std::stop_token cancel) override;
-    asio::awaitable<void> stop(std::stop_token cancel) override;
+    // Final, so that no subclass can forget to launch or cancel execute
+    // (overriding StartAsync and forgetting base.StartAsync is a classic
+    // .NET bug). Put preparation at the top of execute and cleanup after
+    // the cancellation at its end.
+    asio::awaitable<void> start(std::stop_token cancel) final;
+    asio::awaitable<void> stop(std::stop_token cancel) final;
 
     // Thread-safe snapshots of where execute is.
     service_state state() const noexcept;

@@ -34,7 +34,10 @@ std::string demangle(const std::type_info& type);
 template <class T>
 std::string type_name()
 {
-    return demangle(typeid(T));
+    // Demangling is slow enough to matter when registering thousands of
+    // services of one type.
+    static const std::string name = demangle(typeid(T));
+    return name;
 }
 
 template <class T, class... Args>
