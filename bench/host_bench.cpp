@@ -38,6 +38,7 @@ using namespace std::chrono_literals;
 namespace {
 
 struct figures {
+    double build_ms = 0;  // services constructed (hosting only)
     double start_ms = 0;  // everything running
     double stop_ms = 0;   // everything ended
     double rss_kib = 0;   // resident growth while all are idle
@@ -159,11 +160,10 @@ figures hosting_services(int n)
     for (int i = 0; i < n; ++i)
         builder.services().add_hosted_service<idle_service>(&running);
     auto host = builder.build();
-    if (std::getenv("HOST_BENCH_DETAIL"))
-        std::fprintf(stderr, "build: %.2f ms\n", ms_since(began));
+    f.build_ms = ms_since(began);
+
+    began = clock_type::now();
     host.start_blocking();
-    if (std::getenv("HOST_BENCH_DETAIL"))
-        std::fprintf(stderr, "start_blocking returned: %.2f ms\n", ms_since(began));
     while (running.load() < n)
         std::this_thread::yield();
     f.start_ms = ms_since(began);
@@ -232,6 +232,19 @@ double median(std::vector<double> v)
 
 int main(int argc, char** argv)
 {
+    if (argc > 1 && std::string(argv[1]) == "--profile-start") {
+        // For a profiler: build and start only, then leave without a stop.
+        std::atomic<int> running{0};
+        auto builder = quiet_builder();
+        for (int i = 0; i < 100000; ++i)
+            builder.services().add_hosted_service<idle_service>(&running);
+        auto host = builder.build();
+        host.start_blocking();
+        while (running.load() < 100000)
+            std::this_thread::yield();
+        std::fflush(stdout);
+        _exit(0);
+    }
     if (argc > 1 && std::string(argv[1]) == "--profile") {
         // For a profiler: the host's start and stop alone, repeated.
         for (int i = 0; i < 20; ++i)
@@ -242,7 +255,7 @@ int main(int argc, char** argv)
     const int m = argc > 2 ? std::atoi(argv[2]) : 1000;
     const int rounds = 5;
 
-    std::vector<double> raw_start, raw_stop, raw_rss, host_start, host_stop, host_rss, raw_latency, host_latency;
+    std::vector<double> host_build, raw_start, raw_stop, raw_rss, host_start, host_stop, host_rss, raw_latency, host_latency;
     for (int r = 0; r < rounds; ++r) {
         auto a = isolated([&] {
             auto f = raw_asio(n);
@@ -250,14 +263,15 @@ int main(int argc, char** argv)
         });
         auto b = isolated([&] {
             auto f = hosting_services(n);
-            return std::vector<double>{f.start_ms, f.stop_ms, f.rss_kib};
+            return std::vector<double>{f.start_ms, f.stop_ms, f.rss_kib, f.build_ms};
         });
-        if (a.size() != 3 || b.size() != 3) {
+        if (a.size() != 3 || b.size() != 4) {
             std::fprintf(stderr, "a measurement failed\n");
             return 1;
         }
         raw_start.push_back(a[0]), raw_stop.push_back(a[1]), raw_rss.push_back(a[2]);
         host_start.push_back(b[0]), host_stop.push_back(b[1]), host_rss.push_back(b[2]);
+        host_build.push_back(b[3]);
         raw_latency.push_back(isolated([&] { return std::vector<double>{raw_stop_latency(m)}; }).at(0));
         host_latency.push_back(isolated([&] { return std::vector<double>{hosting_stop_latency(m)}; }).at(0));
     }
@@ -268,6 +282,8 @@ int main(int argc, char** argv)
     std::printf("host_bench: medians of %d rounds, each measurement in a fresh process\n", rounds);
     std::printf("%-44s %10s %10s\n", "", "hosting", "raw Asio");
     char label[96];
+    std::snprintf(label, sizeof label, "build() with %d services (no raw equivalent)", n);
+    std::printf("%-44s %10.2f %10s ms\n", label, median(host_build), "-");
     std::snprintf(label, sizeof label, "start %d background services (ms)", n);
     row(label, median(host_start), median(raw_start), "ms");
     std::snprintf(label, sizeof label, "stop %d background services (ms)", n);

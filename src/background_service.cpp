@@ -27,10 +27,10 @@ struct background_service::execution {
     std::atomic<bool> ended{false};
     std::exception_ptr error; // written once before `ended` is set
     std::stop_source stopping;
-    asio::any_io_executor executor;                // set by launch
-    asio::cancellation_signal signal;              // executor only
-    asio::steady_timer* ended_event = nullptr;     // executor only; set while stop() waits
-    detail::background_service_access::observer observer;
+    asio::cancellation_signal signal;          // executor only
+    asio::steady_timer* ended_event = nullptr; // executor only; set while stop() waits
+    std::shared_ptr<detail::background_service_access::observer> observer;
+    void* observer_cookie = nullptr;
 
     void on_end(std::exception_ptr e)
     {
@@ -48,7 +48,7 @@ struct background_service::execution {
         if (ended_event)
             ended_event->cancel();
         if (observer)
-            observer(final_state, final_state == service_state::faulted ? e : nullptr);
+            observer->execute_ended(observer_cookie, final_state, final_state == service_state::faulted ? e : nullptr);
     }
 
     void cancel_execute()
@@ -117,9 +117,11 @@ asio::awaitable<void> background_service::stop(std::stop_token cancel)
 
 namespace detail {
 
-void background_service_access::set_observer(background_service& service, observer fn)
+void background_service_access::set_observer(background_service& service, std::shared_ptr<observer> fn,
+                                             void* cookie)
 {
     service.execution_->observer = std::move(fn);
+    service.execution_->observer_cookie = cookie;
 }
 
 void background_service_access::launch(background_service& service, const asio::any_io_executor& executor)
@@ -128,7 +130,6 @@ void background_service_access::launch(background_service& service, const asio::
     service_state expected = service_state::not_started;
     if (!e->state.compare_exchange_strong(expected, service_state::running))
         throw std::logic_error("background_service: started twice; create a new instance to run it again");
-    e->executor = executor;
     // A member coroutine keeps `this` in its frame, and the token is a
     // parameter copied there: nothing dangles once this function returns.
     asio::co_spawn(executor, service.execute(e->stopping.get_token()),
@@ -136,14 +137,14 @@ void background_service_access::launch(background_service& service, const asio::
                                                 [e = e](std::exception_ptr error) { e->on_end(error); }));
 }
 
-void background_service_access::request_stop(background_service& service)
+void background_service_access::request_stop(background_service& service, const asio::any_io_executor& executor)
 {
     auto& e = service.execution_;
     if (e->state.load() == service_state::not_started || e->ended.load())
         return;
     // dispatch: from the host's own single-threaded loop this runs at once
     // instead of costing a trip through the queue.
-    asio::dispatch(e->executor, [e = e] { e->cancel_execute(); });
+    asio::dispatch(executor, [e = e] { e->cancel_execute(); });
 }
 
 bool background_service_access::execute_ended(const background_service& service) noexcept

@@ -9,15 +9,19 @@
 
 #include <boost/asio/any_io_executor.hpp>
 
-#include <functional>
+#include <exception>
+#include <memory>
 
 namespace hosting::detail {
 
 struct background_service_access {
-    // Called on the service's executor when execute ends, with the state it
-    // ended in (stopped, completed or faulted) and the exception, if any.
-    using observer = std::function<void(service_state, std::exception_ptr)>;
-    static void set_observer(background_service& service, observer fn);
+    struct observer {
+        virtual ~observer() = default;
+        // Called on the service's executor when execute ends, with the state
+        // it ended in (stopped, completed or faulted) and the exception.
+        virtual void execute_ended(void* cookie, service_state state, std::exception_ptr error) = 0;
+    };
+    static void set_observer(background_service& service, std::shared_ptr<observer> fn, void* cookie);
 
     // What start() does, from any thread: spawns execute on `executor`.
     static void launch(background_service& service, const asio::any_io_executor& executor);
@@ -25,7 +29,8 @@ struct background_service_access {
     // What stop() does before it waits: requests the stopping token and
     // cancels execute's awaited operation, both on the service's executor.
     // Completion is reported through the observer.
-    static void request_stop(background_service& service);
+    // `executor` is the one execute was launched on.
+    static void request_stop(background_service& service, const asio::any_io_executor& executor);
 
     // True once execute has ended (any thread).
     static bool execute_ended(const background_service& service) noexcept;

@@ -68,8 +68,9 @@ constexpr auto thread_grace = std::chrono::milliseconds(100);
 
 } // namespace
 
-service_entry::service_entry(std::string n, std::shared_ptr<hosted_service> s, service_executor st)
-    : name(std::move(n)), service(std::move(s)), strand(std::move(st))
+service_entry::service_entry(std::shared_ptr<const std::string> n, std::shared_ptr<hosted_service> s,
+                             service_executor st)
+    : name_storage(std::move(n)), name(*name_storage), service(std::move(s)), strand(std::move(st))
 {
     lifecycle = dynamic_cast<hosted_lifecycle_service*>(service.get());
     background = dynamic_cast<background_service*>(service.get());
@@ -152,10 +153,24 @@ void host_core::build(service_collection services, std::vector<detail::hosted_de
     provider_ = std::make_unique<service_provider>(std::move(services));
     provider_->construct_all();
 
+    // One observer for all background services, so each costs a pointer.
+    struct execute_observer final : background_service_access::observer {
+        std::weak_ptr<host_core> core;
+        strand_type orch;
+        execute_observer(std::weak_ptr<host_core> c, strand_type o) : core(std::move(c)), orch(std::move(o)) {}
+        void execute_ended(void* cookie, service_state state, std::exception_ptr error) override
+        {
+            asio::post(orch, [weak = core, e = static_cast<service_entry*>(cookie), state, error] {
+                if (auto self = weak.lock())
+                    self->on_execute_end(*e, state, error);
+            });
+        }
+    };
+    auto observer = std::make_shared<execute_observer>(weak_from_this(), orch_);
     for (auto& descriptor : hosted) {
         auto service = descriptor.factory(*provider_);
         if (!service)
-            throw std::logic_error("host_builder: the factory of " + descriptor.name + " returned null");
+            throw std::logic_error("host_builder: the factory of " + *descriptor.name + " returned null");
         // A strand keeps a service's coroutines from running concurrently;
         // on a loop that only this host's single thread runs, nothing can.
         service_executor executor = owned_io_ && settings_.options.worker_threads == 1
@@ -163,18 +178,8 @@ void host_core::build(service_collection services, std::vector<detail::hosted_de
                                         : service_executor(asio::make_strand(io_->get_executor()));
         auto& entry = *entries_.emplace_back(
             std::make_unique<service_entry>(descriptor.name, std::move(service), std::move(executor)));
-        if (entry.background) {
-            background_service_access::set_observer(
-                *entry.background, [weak = weak_from_this(), e = &entry](service_state state, std::exception_ptr error) {
-                    auto self = weak.lock();
-                    if (!self)
-                        return;
-                    asio::post(self->orch_, [weak, e, state, error] {
-                        if (auto self = weak.lock())
-                            self->on_execute_end(*e, state, error);
-                    });
-                });
-        }
+        if (entry.background)
+            background_service_access::set_observer(*entry.background, observer, &entry);
     }
 }
 
@@ -602,7 +607,7 @@ asio::awaitable<void> host_core::stop_services()
                         call->done = true;
                     } else {
                         e->stop_waiter = call;
-                        background_service_access::request_stop(*e->background);
+                        background_service_access::request_stop(*e->background, e->strand);
                     }
                     calls.push_back(std::move(call));
                     return;

@@ -44,9 +44,10 @@ public:
 };
 
 struct service_entry {
-    service_entry(std::string n, std::shared_ptr<hosted_service> s, service_executor ex);
+    service_entry(std::shared_ptr<const std::string> n, std::shared_ptr<hosted_service> s, service_executor ex);
 
-    std::string name;
+    std::shared_ptr<const std::string> name_storage; // shared by instances of one type
+    const std::string& name;
     std::shared_ptr<hosted_service> service;
     hosted_lifecycle_service* lifecycle = nullptr;
     background_service* background = nullptr;

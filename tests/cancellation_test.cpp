@@ -9,6 +9,7 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -281,4 +282,31 @@ TEST_CASE("an offload awaited by a cancelled coroutine resumes with operation_ca
     io.run();
     CHECK(done);
     CHECK(is_canceled(error));
+}
+
+TEST_CASE("is_cancellation recognises what Asio and hosting throw and nothing else", "[cancellation]")
+{
+    // What an aborted Asio operation really throws inside a coroutine.
+    asio::io_context io;
+    auto aborted = run_coro(
+        [&]() -> asio::awaitable<void> {
+            asio::steady_timer t2(co_await asio::this_coro::executor, 1h);
+            asio::post(io, [&] { t2.cancel(); });
+            co_await t2.async_wait(asio::use_awaitable);
+        },
+        io);
+    CHECK(hosting::is_cancellation(aborted));
+    CHECK(hosting::is_cancellation(std::make_exception_ptr(hosting::operation_canceled())));
+    CHECK(hosting::is_cancellation(std::make_exception_ptr(
+        boost::system::system_error(asio::error::operation_aborted))));
+    struct derived : boost::system::system_error {
+        using boost::system::system_error::system_error;
+    };
+    CHECK(hosting::is_cancellation(std::make_exception_ptr(derived(asio::error::operation_aborted))));
+    CHECK_FALSE(hosting::is_cancellation(std::make_exception_ptr(derived(asio::error::connection_reset))));
+    CHECK_FALSE(hosting::is_cancellation(std::make_exception_ptr(
+        boost::system::system_error(asio::error::timed_out))));
+    CHECK_FALSE(hosting::is_cancellation(std::make_exception_ptr(std::runtime_error("x"))));
+    CHECK_FALSE(hosting::is_cancellation(std::make_exception_ptr(42)));
+    CHECK_FALSE(hosting::is_cancellation(nullptr));
 }

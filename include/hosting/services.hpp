@@ -57,8 +57,16 @@ struct singleton_descriptor {
     std::function<std::shared_ptr<void>(service_provider&)> factory;
 };
 
+template <class T>
+const std::shared_ptr<const std::string>& shared_type_name()
+{
+    // One string for every instance of T, however many are registered.
+    static const auto name = std::make_shared<const std::string>(type_name<T>());
+    return name;
+}
+
 struct hosted_descriptor {
-    std::string name;
+    std::shared_ptr<const std::string> name;
     std::function<std::shared_ptr<hosted_service>(service_provider&)> factory;
 };
 
@@ -72,7 +80,7 @@ public:
     // The name used in logs and statuses; the type's name by default.
     hosted_service_registration& name(std::string value)
     {
-        descriptor_->name = std::move(value);
+        descriptor_->name = std::make_shared<const std::string>(std::move(value));
         return *this;
     }
 
@@ -92,7 +100,7 @@ public:
     hosted_service_registration add_hosted_service(Args&&... args)
     {
         auto& descriptor = hosted_.emplace_back();
-        descriptor.name = detail::type_name<T>();
+        descriptor.name = detail::shared_type_name<T>();
         descriptor.factory = [... captured = std::forward<Args>(args)](service_provider& provider) mutable {
             return std::shared_ptr<hosted_service>(detail::construct<T>(provider, captured...));
         };
