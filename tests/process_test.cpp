@@ -71,3 +71,47 @@ TEST_CASE("the deadline is hard even when a service blocks the loop's thread", "
     CHECK(p.output().find("did not stop in time") != std::string::npos);
     CHECK(p.output().find("blocker'") != std::string::npos);
 }
+
+#if defined(HOSTING_EXAMPLE_BACKGROUND_SERVICE)
+TEST_CASE("example background_service ticks and stops itself gracefully", "[process][examples]")
+{
+    test::child_process p(HOSTING_EXAMPLE_BACKGROUND_SERVICE, {"--ticks=3"}, env);
+    auto code = p.wait_exit();
+    INFO(p.output());
+    REQUIRE(code);
+    CHECK(*code == 0);
+    CHECK(p.output().find("tick 3") != std::string::npos);
+    CHECK(p.output().find("ticker stopped gracefully") != std::string::npos);
+}
+
+TEST_CASE("example hosted_service migrates before the next service starts", "[process][examples]")
+{
+    test::child_process p(HOSTING_EXAMPLE_HOSTED_SERVICE, {}, env);
+    REQUIRE(p.wait_for_output("Application started."));
+    REQUIRE(p.wait_for_output("warmed shard 1/4"));
+    p.send_signal(SIGTERM);
+    auto code = p.wait_exit();
+    INFO(p.output());
+    REQUIRE(code);
+    CHECK(*code == 0);
+    const auto& out = p.output();
+    auto migrated = out.find("migration applied");
+    auto warming = out.find("cache warm-up started");
+    auto started = out.find("Application started.");
+    REQUIRE(migrated != std::string::npos);
+    CHECK(migrated < warming);
+    CHECK(warming < started);
+    CHECK(out.find("cache warmer stopped") != std::string::npos);
+}
+
+TEST_CASE("example embedded runs the host on the program's own io_context", "[process][examples]")
+{
+    test::child_process p(HOSTING_EXAMPLE_EMBEDDED, {"--run-for-ms=300"}, env);
+    auto code = p.wait_exit();
+    INFO(p.output());
+    REQUIRE(code);
+    CHECK(*code == 0);
+    CHECK(p.output().find("report 1") != std::string::npos);
+    CHECK(p.output().find("program: host stopped with code 0") != std::string::npos);
+}
+#endif
