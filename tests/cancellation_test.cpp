@@ -200,7 +200,7 @@ TEST_CASE("offload rethrows the function's exception", "[offload]")
     CHECK_THROWS_WITH(std::rethrow_exception(error), "pool failure");
 }
 
-TEST_CASE("a cancelled offload resumes at once and drops the result; an unstarted one never runs", "[offload][concurrency]")
+TEST_CASE("a cancelled offload resumes at once and drops the result and an unstarted one never runs", "[offload][concurrency]")
 {
     std::latch release(1);
     std::latch running(1);

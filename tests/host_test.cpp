@@ -144,7 +144,7 @@ using callbacks = std::vector<std::unique_ptr<std::stop_callback<std::function<v
 
 } // namespace
 
-TEST_CASE("services start in registration order and stop in reverse; lifetime events in order", "[host]")
+TEST_CASE("services start in registration order and stop in reverse with lifetime events in order", "[host]")
 {
     auto sink = std::make_shared<test::capture_sink>();
     recorder r;
