@@ -127,6 +127,7 @@ struct cancellation_bridge::state {
     asio::any_io_executor executor;
     asio::cancellation_type type;
     asio::cancellation_signal signal;
+    bool alive = true; // executor only: false once the bridge is gone
 };
 
 void cancellation_bridge::fire::operator()() noexcept
@@ -135,7 +136,13 @@ void cancellation_bridge::fire::operator()() noexcept
     // the operation's executor. The post holds the state so a bridge that is
     // already gone makes the emit a harmless no-op.
     try {
-        asio::post(target->executor, [st = target] { st->signal.emit(st->type); });
+        asio::post(target->executor, [st = target] {
+            // The handler an operation leaves in the slot points into that
+            // operation's I/O object; once the bridge is gone, so may be the
+            // object.
+            if (st->alive)
+                st->signal.emit(st->type);
+        });
     } catch (...) {
         // post only throws on allocation failure; nothing sane to do here.
     }
@@ -150,9 +157,13 @@ cancellation_bridge::cancellation_bridge(asio::any_io_executor executor, std::st
 
 cancellation_bridge::~cancellation_bridge()
 {
-    // Deregister first (this waits for a callback running on another thread),
-    // then detach the slot so a late emit finds no handler.
+    // Deregister first (this waits for a callback running on another
+    // thread), then make a late posted emit a no-op and drop the handler
+    // the last operation left in the slot. Runs on the executor, like the
+    // posted emit, so the flag needs no lock.
     callback_.reset();
+    state_->alive = false;
+    state_->signal.slot().clear();
 }
 
 asio::cancellation_slot cancellation_bridge::slot() noexcept { return state_->signal.slot(); }

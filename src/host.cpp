@@ -60,6 +60,11 @@ std::string join_names(const std::vector<std::string>& names)
     return out;
 }
 
+clock::time_point saturating_add(clock::time_point t, clock::duration d)
+{
+    return t > clock::time_point::max() - d ? clock::time_point::max() : t + d;
+}
+
 // Gives the orchestrator a moment to report a late stop itself before the
 // blocking caller declares the loop stuck.
 constexpr auto report_grace = std::chrono::milliseconds(50);
@@ -130,7 +135,10 @@ host_core::~host_core()
 void host_core::close()
 {
     if (is_loop_thread()) {
-        host_log_->error("The host is destroyed from a thread that runs its io_context; it cannot be stopped cleanly");
+        // Its own thread cannot be joined, nor its loop shut down under it.
+        host_log_->error("The host is destroyed from a thread that runs its io_context; its state is kept "
+                         "in memory instead");
+        keep_alive_forever(shared_from_this());
         return;
     }
     bool running;
@@ -143,6 +151,13 @@ void host_core::close()
         stop_blocking();
     }
     join_threads(clock::now() + thread_grace);
+    if (!owned_io_ && abandoned_.load()) {
+        // Coroutines the deadline abandoned still sit on the program's
+        // io_context and point at the services: they must not die first.
+        host_log_->warn("Services that missed the shutdown deadline still have work on the program's "
+                        "io_context; the host's state is kept in memory");
+        keep_alive_forever(shared_from_this());
+    }
 }
 
 void host_core::build(service_collection services, std::vector<detail::hosted_descriptor> hosted)
@@ -207,7 +222,7 @@ clock::time_point host_core::stop_deadline() const noexcept
     auto at = stop_requested_at_.load();
     if (at == 0)
         return clock::time_point::max();
-    return clock::time_point(clock::duration(at)) + settings_.options.shutdown_timeout;
+    return saturating_add(clock::time_point(clock::duration(at)), settings_.options.shutdown_timeout);
 }
 
 // ---------------------------------------------------------------------------
@@ -395,9 +410,12 @@ asio::awaitable<void> host_core::do_start()
                 if (!c->done)
                     late.push_back(c->entry->name);
             start_cancel_.request_stop();
+            abandoned_ = true;
             if (stop_seen_) {
-                host_log_->warn("The stop deadline passed while {} was still running in {}", st.what,
-                                join_names(late));
+                fail(1);
+                host_log_->error("The shutdown deadline of {} ms passed; these services did not stop in time "
+                                 "(their {}() ignored the stop): {}",
+                                 settings_.options.shutdown_timeout.count(), st.what, join_names(late));
             } else if (failure.empty()) {
                 failure = "startup_timeout of " + std::to_string(settings_.options.startup_timeout->count()) +
                           " ms passed while " + st.what + "() was still running in " + join_names(late);
@@ -648,7 +666,8 @@ asio::awaitable<void> host_core::stop_services()
                     auto final_state = e.background ? e.background->state() : service_state::stopped;
                     if (final_state == service_state::faulted)
                         e.set_error(e.background->exception());
-                    e.state = final_state;
+                    if (e.state.load() != service_state::faulted)
+                        e.state = final_state;
                     host_log_->debug("Stopped service '{}'", e.name);
                 }
             }
@@ -657,6 +676,7 @@ asio::awaitable<void> host_core::stop_services()
 
     if (!late.empty()) {
         fail(1);
+        abandoned_ = true;
         host_log_->error("The shutdown deadline of {} ms passed; these services did not stop in time: {}",
                          settings_.options.shutdown_timeout.count(), join_names(late));
     }
@@ -727,7 +747,9 @@ void host_core::wait_for_signal(asio::signal_set& signals)
     signals.async_wait([this](boost::system::error_code ec, int number) {
         if (ec)
             return;
-        if (lifetime_->stop_requested().stop_requested()) {
+        // Only a second signal ends the process: a stop that began another
+        // way (stop_application, a fault) still deserves its graceful run.
+        if (signal_received_.exchange(true)) {
             lifetime_log_->critical("Received {} while shutting down; exiting at once with code {}",
                                     signal_name(number), 128 + number);
             lifetime_log_->flush();
@@ -850,10 +872,14 @@ void host_core::start_blocking()
     // The loop may be blocked by a service: bound the wait from here.
     std::unique_lock lock(mutex_);
     auto limit = [&] {
-        auto l = stop_requested_flag_ ? stop_deadline() + report_grace : clock::time_point::max();
+        // Once a stop is requested (a startup timeout requests one too), the
+        // services that started get the whole shutdown deadline.
+        if (stop_requested_flag_)
+            return saturating_add(stop_deadline(), report_grace);
         if (settings_.options.startup_timeout)
-            l = std::min(l, began + *settings_.options.startup_timeout + report_grace);
-        return l;
+            // Generous: the loop notices its own timeout first unless blocked.
+            return saturating_add(began + *settings_.options.startup_timeout, thread_grace + report_grace * 4);
+        return clock::time_point::max();
     };
     while (!start_finished_) {
         auto until = limit();
@@ -873,7 +899,7 @@ void host_core::start_blocking()
     auto error = start_error_;
     lock.unlock();
     if (error) {
-        join_threads(stop_deadline() + thread_grace);
+        join_threads(saturating_add(stop_deadline(), thread_grace));
         std::rethrow_exception(error);
     }
 }
@@ -884,8 +910,11 @@ void host_core::stop_blocking()
         throw std::logic_error("host: stop_blocking() called on a thread that runs the host's io_context; "
                                "use co_await host.stop() there");
     lifetime_->stop_application();
-    if (!start_called_.load() || !threads_started_)
-        return;
+    {
+        std::lock_guard lock(mutex_);
+        if (!start_called_.load() || !threads_started_)
+            return;
+    }
     asio::co_spawn(orch_, [self = shared_from_this()] { return self->do_stop(); },
                    [weak = weak_from_this()](std::exception_ptr) {
                        if (auto self = weak.lock()) {
@@ -897,11 +926,12 @@ void host_core::stop_blocking()
                        }
                    });
     std::unique_lock lock(mutex_);
-    bool finished = changed_.wait_until(lock, stop_deadline() + report_grace, [this] { return stop_finished_; });
+    bool finished =
+        changed_.wait_until(lock, saturating_add(stop_deadline(), report_grace), [this] { return stop_finished_; });
     lock.unlock();
     if (!finished)
         report_stragglers("while the event loop was blocked");
-    join_threads(finished ? stop_deadline() + thread_grace : clock::now());
+    join_threads(finished ? saturating_add(stop_deadline(), thread_grace) : clock::now());
 }
 
 int host_core::run()

@@ -165,6 +165,8 @@ private:
     std::atomic<int> exit_code_{0};
     std::atomic<clock::rep> stop_requested_at_{0}; // 0: not yet
     std::atomic<bool> start_called_{false};
+    std::atomic<bool> signal_received_{false};
+    std::atomic<bool> abandoned_{false}; // a deadline left a call of a service running
 
     // Blocking callers wait on these.
     mutable std::mutex mutex_;

@@ -24,11 +24,13 @@
 namespace hosting::detail {
 namespace {
 
+std::size_t pool_size() noexcept { return std::max(2u, std::thread::hardware_concurrency()); }
+
 asio::thread_pool& offload_pool()
 {
     // Never destroyed: joining it at exit would hang on an fn that blocks,
     // and the threads are gone with the process anyway.
-    static auto* pool = new asio::thread_pool(std::max(2u, std::thread::hardware_concurrency()));
+    static auto* pool = new asio::thread_pool(pool_size());
     return *pool;
 }
 
@@ -160,3 +162,7 @@ asio::awaitable<void> offload_erased(std::function<void()> work, std::stop_token
 }
 
 } // namespace hosting::detail
+
+namespace hosting {
+std::size_t offload_concurrency() noexcept { return detail::pool_size(); }
+} // namespace hosting

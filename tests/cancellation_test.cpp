@@ -310,3 +310,64 @@ TEST_CASE("is_cancellation recognises what Asio and hosting throw and nothing el
     CHECK_FALSE(hosting::is_cancellation(std::make_exception_ptr(42)));
     CHECK_FALSE(hosting::is_cancellation(nullptr));
 }
+
+TEST_CASE("an offload still queued when its token fires never runs", "[offload][concurrency]")
+{
+    // Occupy every pool thread, queue one more call behind them, cancel it.
+    const auto threads = hosting::offload_concurrency();
+    std::latch release(1);
+    std::atomic<bool> queued_ran{false};
+    std::stop_source cancel;
+    asio::io_context io;
+    std::size_t finished_blockers = 0;
+    std::exception_ptr queued_error;
+    bool queued_done = false;
+    for (std::size_t i = 0; i < threads; ++i)
+        asio::co_spawn(
+            io, [&]() -> asio::awaitable<void> { co_await hosting::offload([&] { release.wait(); }); },
+            [&](std::exception_ptr) { ++finished_blockers; });
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            co_await hosting::offload([&] { queued_ran = true; }, cancel.get_token());
+        },
+        [&](std::exception_ptr e) {
+            queued_error = e;
+            queued_done = true;
+            release.count_down(); // only now may the pool drain
+        });
+    // Runs after the call above reached the pool's queue.
+    asio::post(io, [&] { cancel.request_stop(); });
+    io.run();
+    // The pool is first-in first-out: once a later call has run, the
+    // cancelled one has been taken off the queue (and dropped).
+    for (std::size_t i = 0; i < threads; ++i)
+        CHECK(run_coro([]() -> asio::awaitable<void> { co_await hosting::offload([] {}); }) == nullptr);
+    CHECK(queued_done);
+    CHECK(is_canceled(queued_error));
+    CHECK(finished_blockers == threads);
+    CHECK_FALSE(queued_ran.load());
+}
+
+TEST_CASE("a cancellation_bridge destroyed before its token fires does nothing", "[cancellation][concurrency]")
+{
+    asio::io_context io;
+    std::stop_source source;
+    bool fired = false;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            auto ex = co_await asio::this_coro::executor;
+            {
+                asio::steady_timer timer(ex, 1ms);
+                hosting::cancellation_bridge bridge(ex, source.get_token());
+                co_await timer.async_wait(asio::bind_cancellation_slot(bridge.slot(), asio::use_awaitable));
+                fired = true;
+            } // bridge, then timer, destroyed; the slot still held the timer's handler
+            source.request_stop(); // a late emit must not touch the dead timer
+            co_await hosting::delay(5ms);
+        },
+        asio::detached);
+    io.run();
+    CHECK(fired);
+}

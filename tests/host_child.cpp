@@ -59,6 +59,31 @@ private:
     std::stop_token started_;
 };
 
+// Asks the host to stop, then takes its time stopping (cooperatively).
+class self_stopper : public hosting::hosted_service {
+public:
+    explicit self_stopper(hosting::service_provider& provider)
+        : lifetime_(provider.get<hosting::application_lifetime>())
+    {
+    }
+    asio::awaitable<void> start(std::stop_token) override
+    {
+        lifetime_.stop_application();
+        co_return;
+    }
+    asio::awaitable<void> stop(std::stop_token cancel) override
+    {
+        std::printf("slow stop begun\n");
+        std::fflush(stdout);
+        co_await hosting::delay(1500ms, cancel);
+        std::printf("slow stop done\n");
+        std::fflush(stdout);
+    }
+
+private:
+    hosting::application_lifetime& lifetime_;
+};
+
 } // namespace
 
 int main(int argc, char** argv)
@@ -74,8 +99,14 @@ int main(int argc, char** argv)
         builder.options().shutdown_timeout = 1s;
         builder.services().add_hosted_service<ticker>();
         builder.services().add_hosted_service<blocker>();
+    } else if (scenario == "no_console") {
+        builder.use_console_lifetime(false);
+        builder.services().add_hosted_service<ticker>();
+    } else if (scenario == "self_stop_slow") {
+        builder.options().shutdown_timeout = 30s;
+        builder.services().add_hosted_service<self_stopper>();
     } else {
-        std::fprintf(stderr, "usage: %s ticker|slow_stop|blocking\n", argv[0]);
+        std::fprintf(stderr, "usage: %s ticker|slow_stop|blocking|no_console|self_stop_slow\n", argv[0]);
         return 64;
     }
     auto host = builder.build();

@@ -56,6 +56,30 @@ TEST_CASE("a second signal during the stop exits at once with 128 + the signal",
     CHECK(p.output().find("exiting at once with code 130") != std::string::npos);
 }
 
+TEST_CASE("a first signal during a stop that began otherwise does not cut it short", "[process][signals]")
+{
+    test::child_process p(child, {"self_stop_slow"}, env);
+    REQUIRE(p.wait_for_output("slow stop begun"));
+    p.send_signal(SIGTERM);
+    auto code = p.wait_exit();
+    INFO(p.output());
+    REQUIRE(code);
+    CHECK(*code == 0);
+    CHECK(p.output().find("slow stop done") != std::string::npos);
+}
+
+TEST_CASE("without console lifetime the host leaves signals alone", "[process][signals]")
+{
+    test::child_process p(child, {"no_console"}, env);
+    REQUIRE(p.wait_for_output("ticked"));
+    p.send_signal(SIGTERM);
+    auto code = p.wait_exit();
+    INFO(p.output());
+    REQUIRE(code);
+    CHECK(*code == 128 + SIGTERM); // the default action: killed by the signal
+    CHECK(p.output().find("Application is shutting down") == std::string::npos);
+}
+
 TEST_CASE("the deadline is hard even when a service blocks the loop's thread", "[process][deadline]")
 {
     test::child_process p(child, {"blocking"}, env);

@@ -78,17 +78,25 @@ private:
 
 // Bridges a std::stop_token to Asio's per-operation cancellation.
 //
-//   hosting::cancellation_bridge bridge{co_await asio::this_coro::executor, token};
-//   co_await socket.async_read_some(buf, asio::bind_cancellation_slot(bridge.slot(), asio::use_awaitable));
+//   asio::steady_timer timer{executor, 1h};
+//   hosting::cancellation_bridge bridge{executor, token};
+//   co_await timer.async_wait(asio::bind_cancellation_slot(bridge.slot(), asio::use_awaitable));
 //
 // When `token` fires (from any thread), `type` is emitted on the bridge's
 // signal, posted to `executor`: cancellation_signal::emit is not thread-safe,
 // so it must run where the operation runs. Give it the operation's own
-// executor (a strand when the operation lives on one). A signal has one slot:
-// bind one operation at a time. Binding a slot replaces the awaiting
-// coroutine's own slot for that operation; inside background_service::execute
-// pass the `stopping` token (or a token linked to it) so the host's stop still
-// reaches the operation.
+// executor (a strand when the operation lives on one) and destroy the bridge
+// there too.
+//
+// Lifetimes: Asio leaves the last bound operation's handler in the slot, and
+// that handler points into the operation's I/O object. So bind only
+// operations of objects that outlive the bridge: declare the bridge after
+// them, as above. One operation at a time (a signal has one slot); binding the
+// next operation replaces the previous one's handler.
+//
+// Binding a slot replaces the awaiting coroutine's own slot for that
+// operation; inside background_service::execute pass the `stopping` token (or
+// a token linked to it) so the host's stop still reaches the operation.
 class cancellation_bridge {
 public:
     cancellation_bridge(asio::any_io_executor executor, std::stop_token token,

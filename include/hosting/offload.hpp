@@ -5,6 +5,7 @@
 
 #include <boost/asio/awaitable.hpp>
 
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -13,6 +14,9 @@
 #include <utility>
 
 namespace hosting {
+
+// The number of threads of the offload pool: max(2, hardware threads).
+std::size_t offload_concurrency() noexcept;
 
 namespace detail {
 asio::awaitable<void> offload_erased(std::function<void()> work, std::stop_token token);
