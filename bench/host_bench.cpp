@@ -59,6 +59,22 @@ double ms_since(clock_type::time_point t)
 
 // --- raw Asio -------------------------------------------------------------
 
+// What a user would write by hand: a coroutine awaiting a timer, cancelled
+// through its own signal.
+template <class Completion>
+void spawn_idle(asio::io_context& io, asio::cancellation_signal& signal, std::atomic<int>& running,
+                Completion done)
+{
+    asio::co_spawn(
+        io,
+        [&running]() -> asio::awaitable<void> {
+            asio::steady_timer timer(co_await asio::this_coro::executor, 1h);
+            ++running;
+            co_await timer.async_wait(asio::use_awaitable);
+        },
+        asio::bind_cancellation_slot(signal.slot(), std::move(done)));
+}
+
 figures raw_asio(int n)
 {
     asio::io_context io(1);
@@ -69,16 +85,8 @@ figures raw_asio(int n)
     double rss_before = resident_kib();
 
     auto began = clock_type::now();
-    for (auto& signal : signals) {
-        asio::co_spawn(
-            io,
-            [&running]() -> asio::awaitable<void> {
-                asio::steady_timer timer(co_await asio::this_coro::executor, 1h);
-                ++running;
-                co_await timer.async_wait(asio::use_awaitable);
-            },
-            asio::bind_cancellation_slot(signal.slot(), [&ended](std::exception_ptr) { ++ended; }));
-    }
+    for (auto& signal : signals)
+        spawn_idle(io, signal, running, [&ended](std::exception_ptr) { ++ended; });
     // Run until every coroutine waits on its timer.
     while (running.load() < n)
         io.run_one();
@@ -101,14 +109,7 @@ double raw_stop_latency(int n)
     std::vector<asio::cancellation_signal> signals(static_cast<std::size_t>(n));
     std::atomic<int> running{0};
     for (auto& signal : signals)
-        asio::co_spawn(
-            io,
-            [&running]() -> asio::awaitable<void> {
-                asio::steady_timer timer(co_await asio::this_coro::executor, 1h);
-                ++running;
-                co_await timer.async_wait(asio::use_awaitable);
-            },
-            asio::bind_cancellation_slot(signal.slot(), [](std::exception_ptr) {}));
+        spawn_idle(io, signal, running, [](std::exception_ptr) {});
     clock_type::time_point requested;
     std::thread loop([&] { io.run(); });
     while (running.load() < n)

@@ -65,6 +65,34 @@ clock::time_point saturating_add(clock::time_point t, clock::duration d)
     return t > clock::time_point::max() - d ? clock::time_point::max() : t + d;
 }
 
+// A start or a stop runs in three stages: the lifecycle hooks of all the
+// services, then the start or stop of each, then the hooks again.
+struct stage {
+    const char* what;
+    bool hook; // only hosted_lifecycle_service has it
+    std::function<asio::awaitable<void>(service_entry&, std::stop_token)> fn;
+};
+
+const std::vector<stage>& start_stages()
+{
+    static const std::vector<stage> stages = {
+        {"starting", true, [](service_entry& e, std::stop_token t) { return e.lifecycle->starting(t); }},
+        {"start", false, [](service_entry& e, std::stop_token t) { return e.service->start(t); }},
+        {"started", true, [](service_entry& e, std::stop_token t) { return e.lifecycle->started(t); }},
+    };
+    return stages;
+}
+
+const std::vector<stage>& stop_stages()
+{
+    static const std::vector<stage> stages = {
+        {"stopping", true, [](service_entry& e, std::stop_token t) { return e.lifecycle->stopping(t); }},
+        {"stop", false, [](service_entry& e, std::stop_token t) { return e.service->stop(t); }},
+        {"stopped", true, [](service_entry& e, std::stop_token t) { return e.lifecycle->stopped(t); }},
+    };
+    return stages;
+}
+
 // Gives the orchestrator a moment to report a late stop itself before the
 // blocking caller declares the loop stuck.
 constexpr auto report_grace = std::chrono::milliseconds(50);
@@ -361,16 +389,7 @@ asio::awaitable<void> host_core::do_start()
     auto token = start_cancel_.get_token();
     std::string failure;
 
-    struct stage {
-        const char* what;
-        bool hook;
-        call_fn fn;
-    };
-    const std::vector<stage> stages = {
-        {"starting", true, [](service_entry& e, std::stop_token t) { return e.lifecycle->starting(t); }},
-        {"start", false, [](service_entry& e, std::stop_token t) { return e.service->start(t); }},
-        {"started", true, [](service_entry& e, std::stop_token t) { return e.lifecycle->started(t); }},
-    };
+    const auto& stages = start_stages();
     const bool concurrent = settings_.options.services_start_concurrently;
 
     for (const auto& st : stages) {
@@ -599,16 +618,7 @@ asio::awaitable<void> host_core::stop_services()
             late.push_back(name);
     };
 
-    struct stage {
-        const char* what;
-        bool hook;
-        call_fn fn;
-    };
-    const std::vector<stage> stages = {
-        {"stopping", true, [](service_entry& e, std::stop_token t) { return e.lifecycle->stopping(t); }},
-        {"stop", false, [](service_entry& e, std::stop_token t) { return e.service->stop(t); }},
-        {"stopped", true, [](service_entry& e, std::stop_token t) { return e.lifecycle->stopped(t); }},
-    };
+    const auto& stages = stop_stages();
     for (const auto& st : stages) {
         std::vector<std::shared_ptr<pending_call>> calls;
         auto begin = [&](service_entry* e) {
