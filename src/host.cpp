@@ -817,10 +817,10 @@ void host_core::report_stragglers(const char* where)
             late.push_back(e->name);
     }
     fail(1);
-    host_log_->error("The shutdown deadline of {} ms passed {}; the event loop did not finish the stop. "
-                     "Services that did not stop in time: {}",
+    host_log_->error("The shutdown deadline of {} ms passed {} and the host's event loop does not respond: "
+                     "a service is blocking its thread. Services that did not stop in time: {}",
                      settings_.options.shutdown_timeout.count(), where,
-                     late.empty() ? std::string("(none; the loop itself is blocked)") : join_names(late));
+                     late.empty() ? std::string("(none)") : join_names(late));
 }
 
 // ---------------------------------------------------------------------------
@@ -940,7 +940,7 @@ void host_core::stop_blocking()
         changed_.wait_until(lock, saturating_add(stop_deadline(), report_grace), [this] { return stop_finished_; });
     lock.unlock();
     if (!finished)
-        report_stragglers("while the event loop was blocked");
+        report_stragglers("during the stop");
     join_threads(finished ? saturating_add(stop_deadline(), thread_grace) : clock::now());
 }
 

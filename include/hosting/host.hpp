@@ -51,28 +51,55 @@ public:
     // from a thread that runs the host's io_context.
     int run();
 
-    // Starts the services. Completes when every service has started, or
-    // throws start_failed after stopping the ones that had started. A stop
-    // requested during the start aborts it without error (application_started
-    // then never fires). Runs on the host's io_context whatever the caller's
-    // executor is; the caller resumes on its own executor. Call it once.
+    // Starts the services.
+    //
+    // Completes when every service has started; or, when a stop was
+    // requested during the start, once the start in progress has been
+    // cancelled (application_started then never fires, and that is not an
+    // error). Call it once.
+    // Lifetimes: the host must outlive the operation.
+    // Executor: the work runs on the host's io_context; the caller resumes
+    // on its own executor, which may be anything.
+    // Cancellation: by a stop request (stop_application(), a signal), not by
+    // the awaiting coroutine's cancellation slot; startup_timeout bounds it.
+    // Errors: throws start_failed naming the service when a start() or a
+    // lifecycle hook throws, or startup_timeout passes; the services that had
+    // started are stopped in reverse order by then, and exit_code() is 1.
+    // Thread safety: call it from one thread; stop_application() may be
+    // called from any thread meanwhile.
     asio::awaitable<void> start();
 
-    // Stops the services (reverse order, or concurrently). Completes when all
-    // stopped, or at shutdown_timeout with the stragglers named in the log.
-    // Never throws for a service's failure: see exit_code(). Safe to call
-    // more than once, and after a failed start (it then does nothing).
+    // Stops the services: reverse registration order, or concurrently with
+    // services_stop_concurrently.
+    //
+    // Completes when every started service has stopped, or at the shutdown
+    // deadline (shutdown_timeout after the first stop request) with the
+    // services that did not stop named in the log. Counts as a stop request
+    // itself. Safe to call more than once (later calls wait for the first),
+    // before start() (it does nothing) and after a failed start.
+    // Lifetimes: the host must outlive the operation.
+    // Executor: as start().
+    // Cancellation: none; the deadline bounds it. A service that blocks the
+    // loop's only thread keeps it from resuming: use stop_blocking() from
+    // another thread, or run(), when that must not hang.
+    // Errors: never throws for a service's failure; exit_code() is 1 when a
+    // stop() threw or a service missed the deadline.
+    // Thread safety: as start().
     asio::awaitable<void> stop();
 
     // Completes when a stop is requested, then stops (like .NET's
-    // WaitForShutdownAsync) and returns exit_code().
+    // WaitForShutdownAsync) and returns exit_code(). Executor, lifetimes and
+    // errors as stop().
     asio::awaitable<int> wait_for_shutdown();
 
     // Blocking forms of start() and stop(), for callers that are not
-    // coroutines. With use_io_context, the program's threads must be running
-    // the io_context; calling them from one of those threads throws
-    // std::logic_error instead of deadlocking. stop_blocking() returns at
-    // most 250 ms after the shutdown deadline even if the loop is blocked.
+    // coroutines. Without use_io_context they start (and join) the host's
+    // worker threads; with it, the program's threads must be running the
+    // io_context. Calling them from a thread that runs the host's io_context
+    // throws std::logic_error instead of deadlocking. stop_blocking() returns
+    // at most 250 ms after the shutdown deadline even when a service blocks
+    // the loop: the host's state is then kept in memory rather than freed
+    // under the blocked thread.
     void start_blocking();
     void stop_blocking();
 
