@@ -144,7 +144,10 @@ asio::awaitable<void> offload_erased(std::function<void()> work, std::stop_token
                     op->work = nullptr;
                     std::lock_guard lock(op->liveness->mutex);
                     if (op->liveness->alive)
-                        asio::post(op->executor, [op, error] { op->finish(error); });
+                        // Moved, so the exception dies on the caller's side:
+                        // its last owner must not be a pool thread that the
+                        // caller never synchronises with.
+                        asio::post(op->executor, [op, error = std::move(error)] { op->finish(error); });
                     else
                         // The loop is gone; its executors must not be touched,
                         // not even by a destructor. Only after a host gave up

@@ -202,8 +202,12 @@ TEST_CASE("offload rethrows the function's exception", "[offload]")
 
 TEST_CASE("a cancelled offload resumes at once and drops the result and an unstarted one never runs", "[offload][concurrency]")
 {
-    std::latch release(1);
+    // Outlives the test body: the pool may still be inside wait() when the
+    // caller has long resumed.
+    auto release_ptr = std::make_shared<std::latch>(1);
+    auto& release = *release_ptr;
     std::latch running(1);
+    std::latch pool_done(1);
     std::stop_source source;
     std::atomic<bool> finished_on_pool{false};
     auto began = std::chrono::steady_clock::now();
@@ -212,19 +216,23 @@ TEST_CASE("a cancelled offload resumes at once and drops the result and an unsta
             running.wait();
             source.request_stop();
         });
-        co_await hosting::offload(
-            [&] {
-                running.count_down();
-                release.wait();
-                finished_on_pool = true;
-                return 1;
-            },
-            source.get_token());
+        // Named: GCC 12 destroys a lambda temporary inside a co_await
+        // expression twice when its captures have destructors.
+        auto work = [&, release_ptr] {
+            running.count_down();
+            release_ptr->wait();
+            finished_on_pool = true;
+            pool_done.count_down();
+            return 1;
+        };
+        co_await hosting::offload(std::move(work), source.get_token());
     });
     CHECK(is_canceled(error));
     CHECK(std::chrono::steady_clock::now() - began < test::patience);
     CHECK_FALSE(finished_on_pool.load()); // the caller did not wait for it
     release.count_down();
+    pool_done.wait(); // the function finished on the pool all the same
+    CHECK(finished_on_pool.load());
 
     std::stop_source fired;
     fired.request_stop();
@@ -240,17 +248,21 @@ TEST_CASE("an offload awaited by a cancelled coroutine resumes with operation_ca
 {
     asio::io_context io;
     asio::cancellation_signal signal;
-    std::latch release(1);
+    auto release_ptr = std::make_shared<std::latch>(1);
+    auto& release = *release_ptr;
     std::latch running(1);
+    std::latch pool_done(1);
     std::exception_ptr error;
     bool done = false;
     asio::co_spawn(
         io,
         [&]() -> asio::awaitable<void> {
-            co_await hosting::offload([&] {
+            auto work = [&, release_ptr] {
                 running.count_down();
-                release.wait();
-            });
+                release_ptr->wait();
+                pool_done.count_down();
+            };
+            co_await hosting::offload(std::move(work));
         },
         asio::bind_cancellation_slot(signal.slot(), [&](std::exception_ptr e) {
             error = e;
@@ -280,6 +292,7 @@ TEST_CASE("an offload awaited by a cancelled coroutine resumes with operation_ca
     };
     check.async_wait(check_done);
     io.run();
+    pool_done.wait();
     CHECK(done);
     CHECK(is_canceled(error));
 }
