@@ -13,6 +13,8 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <spdlog/logger.h>
+
 #include <atomic>
 #include <optional>
 #include <stdexcept>
@@ -31,6 +33,8 @@ struct background_service::execution {
     asio::steady_timer* ended_event = nullptr; // executor only; set while stop() waits
     std::shared_ptr<detail::background_service_access::observer> observer;
     void* observer_cookie = nullptr;
+    std::shared_ptr<const std::string> name;
+    std::shared_ptr<spdlog::logger> logger;
 
     void on_end(std::exception_ptr e)
     {
@@ -72,6 +76,17 @@ std::exception_ptr background_service::exception() const
     if (!execution_->ended.load(std::memory_order_acquire))
         return nullptr;
     return execution_->error;
+}
+
+const std::string& background_service::service_name() const noexcept
+{
+    static const std::string none;
+    return execution_->name ? *execution_->name : none;
+}
+
+const std::shared_ptr<spdlog::logger>& background_service::service_logger() const noexcept
+{
+    return execution_->logger;
 }
 
 asio::awaitable<void> background_service::start(std::stop_token)
@@ -122,6 +137,13 @@ void background_service_access::set_observer(background_service& service, std::s
 {
     service.execution_->observer = std::move(fn);
     service.execution_->observer_cookie = cookie;
+}
+
+void background_service_access::set_identity(background_service& service, std::shared_ptr<const std::string> name,
+                                             std::shared_ptr<spdlog::logger> logger)
+{
+    service.execution_->name = std::move(name);
+    service.execution_->logger = std::move(logger);
 }
 
 void background_service_access::launch(background_service& service, const asio::any_io_executor& executor)

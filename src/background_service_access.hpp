@@ -10,6 +10,7 @@
 #include <boost/asio/any_io_executor.hpp>
 
 #include <exception>
+#include <string>
 #include <memory>
 
 namespace hosting::detail {
@@ -22,6 +23,10 @@ struct background_service_access {
         virtual void execute_ended(void* cookie, service_state state, std::exception_ptr error) = 0;
     };
     static void set_observer(background_service& service, std::shared_ptr<observer> fn, void* cookie);
+
+    // What service_name() and service_logger() return.
+    static void set_identity(background_service& service, std::shared_ptr<const std::string> name,
+                             std::shared_ptr<spdlog::logger> logger);
 
     // What start() does, from any thread: spawns execute on `executor`.
     static void launch(background_service& service, const asio::any_io_executor& executor);

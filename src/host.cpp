@@ -221,8 +221,11 @@ void host_core::build(service_collection services, std::vector<detail::hosted_de
                                         : service_executor(asio::make_strand(io_->get_executor()));
         auto& entry = *entries_.emplace_back(
             std::make_unique<service_entry>(descriptor.name, std::move(service), std::move(executor)));
-        if (entry.background)
+        if (entry.background) {
             background_service_access::set_observer(*entry.background, observer, &entry);
+            background_service_access::set_identity(*entry.background, entry.name_storage,
+                                                    loggers_->get(entry.name));
+        }
     }
 }
 
@@ -232,7 +235,7 @@ std::vector<service_status> host_core::statuses() const
     out.reserve(entries_.size());
     for (const auto& e : entries_) {
         auto state = e->state.load();
-        out.push_back({e->name, state, state == service_state::faulted ? e->error() : nullptr});
+        out.push_back({e->name, state, state == service_state::faulted ? e->error() : nullptr, e->service.get()});
     }
     return out;
 }

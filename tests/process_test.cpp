@@ -138,4 +138,26 @@ TEST_CASE("example embedded runs the host on the program's own io_context", "[pr
     CHECK(p.output().find("report 1") != std::string::npos);
     CHECK(p.output().find("program: host stopped with code 0") != std::string::npos);
 }
+
+TEST_CASE("example periodic_cache_refresh refreshes on schedule and stops itself", "[process][examples]")
+{
+    test::child_process p(HOSTING_EXAMPLE_PERIODIC_CACHE_REFRESH, {"--ticks=2"}, env);
+    auto code = p.wait_exit();
+    INFO(p.output());
+    REQUIRE(code);
+    CHECK(*code == 0);
+    CHECK(p.output().find("[cache] cache refreshed to version 2") != std::string::npos);
+}
+
+TEST_CASE("example cron_cleanup shows its schedule and runs it", "[process][examples]")
+{
+    test::child_process p(HOSTING_EXAMPLE_CRON_CLEANUP, {"--expression=* * * * * *"}, env);
+    REQUIRE(p.wait_for_output("next runs of \"* * * * * *\" in Europe/Berlin:"));
+    REQUIRE(p.wait_for_output("cleanup done (run 1"));
+    p.send_signal(SIGTERM);
+    auto code = p.wait_exit();
+    INFO(p.output());
+    REQUIRE(code);
+    CHECK(*code == 0);
+}
 #endif

@@ -9,6 +9,11 @@
 #include <functional>
 #include <memory>
 #include <stop_token>
+#include <string>
+
+namespace spdlog {
+class logger;
+}
 
 namespace hosting {
 
@@ -52,9 +57,18 @@ public:
     // The exception execute ended with, when state() is faulted.
     std::exception_ptr exception() const;
 
+    // The name the host registered this service under (its type's name
+    // unless add_hosted_service(...).name() said otherwise); empty outside a
+    // host. Set by host_builder::build(), before start.
+    const std::string& service_name() const noexcept;
+
 protected:
     // Runs on the host's io_context, on this service's strand.
     virtual asio::awaitable<void> execute(std::stop_token stopping) = 0;
+
+    // A logger whose category is service_name(), writing to the host's
+    // sinks; null outside a host.
+    const std::shared_ptr<spdlog::logger>& service_logger() const noexcept;
 
 private:
     friend struct detail::background_service_access;

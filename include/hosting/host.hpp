@@ -31,7 +31,8 @@ public:
 struct service_status {
     std::string name;
     service_state state;
-    std::exception_ptr error; // set when state is faulted
+    std::exception_ptr error;  // set when state is faulted
+    hosted_service* service;   // the instance; valid while the host lives
 };
 
 class host {
