@@ -222,7 +222,7 @@ struct cron_access {
         const unsigned w = wd.c_encoding();
 
         bool dom = (e.days_ >> d) & 1u;
-        if (!dom && e.last_day_offset_ >= 0 && static_cast<int>(last) - e.last_day_offset_ == static_cast<int>(d))
+        if (!dom && e.last_day_offsets_ && d <= last && ((e.last_day_offsets_ >> (last - d)) & 1u))
             dom = true;
         if (!dom && (e.last_weekday_of_month_ || e.nearest_weekday_) && (w >= 1 && w <= 5)) {
             if (e.last_weekday_of_month_) {
@@ -493,9 +493,10 @@ cron_expression cron_expression::parse(std::string_view text)
     };
     e.seconds_ = e.has_seconds_ ? plain_field(second_field, fields[i++]) : 1;
     e.minutes_ = plain_field(minute_field, fields[i++]);
-    const auto hour_text = fields[i++];
-    e.hours_ = static_cast<std::uint32_t>(plain_field(hour_field, hour_text));
-    e.every_hour_ = hour_text == "*";
+    e.hours_ = static_cast<std::uint32_t>(plain_field(hour_field, fields[i++]));
+    // Every hour, however it is spelled ("*", "*/1", "0-23"): then the
+    // expression is evaluated by elapsed time.
+    e.every_hour_ = e.hours_ == 0xFFFFFFu;
     const auto day_text = fields[i++];
     const auto month_text = fields[i++];
     const auto weekday_text = fields[i++];
@@ -505,13 +506,13 @@ cron_expression cron_expression::parse(std::string_view text)
     e.days_restricted_ = !(day_text.starts_with('*') || day_text == "?");
     for (auto element : split(day_text, ',')) {
         if (element == "L") {
-            e.last_day_offset_ = 0;
+            e.last_day_offsets_ |= 1u;
         } else if (element.starts_with("L-")) {
             int n = p.positive(day_field, element.substr(2), element, "offset");
             if (n > 30)
                 p.fail(day_field, "offset " + std::to_string(n) + " in '" + std::string(element) +
                                       "' out of range 1-30");
-            e.last_day_offset_ = n;
+            e.last_day_offsets_ |= std::uint32_t{1} << n;
         } else if (element == "LW") {
             e.last_weekday_of_month_ = true;
         } else if (element.size() > 1 && element.back() == 'W') {
@@ -551,12 +552,23 @@ cron_expression cron_expression::parse(std::string_view text)
     return e;
 }
 
+namespace {
+
+// system_clock counts nanoseconds: it ends in 2262, long before date/tz
+// does. An occurrence it cannot represent is no occurrence.
+std::optional<cron_expression::time_point> representable(std::optional<sys_seconds> s)
+{
+    using tp = cron_expression::time_point;
+    if (!s || *s > date::floor<seconds>(tp::max()) || *s < date::ceil<seconds>(tp::min()))
+        return std::nullopt;
+    return tp(*s);
+}
+
+} // namespace
+
 std::optional<cron_expression::time_point> cron_expression::next(time_point after, const time_zone& zone) const
 {
-    auto s = cron_access{*this}.next(tz(zone.zone_), date::floor<seconds>(after));
-    if (!s)
-        return std::nullopt;
-    return time_point(*s);
+    return representable(cron_access{*this}.next(tz(zone.zone_), date::floor<seconds>(after)));
 }
 
 std::optional<cron_expression::time_point> cron_expression::previous(time_point before,
@@ -564,11 +576,7 @@ std::optional<cron_expression::time_point> cron_expression::previous(time_point 
 {
     // Strictly before: a `before` with a fraction of a second still has its
     // whole second in front of it.
-    auto whole = date::ceil<seconds>(before);
-    auto s = cron_access{*this}.previous(tz(zone.zone_), whole);
-    if (!s)
-        return std::nullopt;
-    return time_point(*s);
+    return representable(cron_access{*this}.previous(tz(zone.zone_), date::ceil<seconds>(before)));
 }
 
 } // namespace hosting

@@ -5,6 +5,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -41,7 +42,10 @@ void periodic_timer::period(clock::duration value)
 {
     check_period(value);
     period_ = value;
-    next_slot_ = (last_slot_ == clock::time_point{} ? clock::now() : last_slot_) + value;
+    // From the last tick, but never in the past: shortening the period
+    // must not turn into a burst of catch-up ticks or phantom misses.
+    const auto now = clock::now();
+    next_slot_ = last_slot_ == clock::time_point{} ? now + value : std::max(last_slot_ + value, now);
     ++generation_;
     // Wakes a waiting next_tick, which then waits for the new slot.
     timer_->cancel();

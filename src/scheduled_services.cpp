@@ -237,7 +237,10 @@ asio::awaitable<void> periodic_service::execute(std::stop_token stopping)
     // the temporary twice).
     const detail::tick_runner::tick_fn body = [this](std::stop_token t) { return tick(t); };
     const detail::tick_runner::identity who{service_name(), service_logger()};
+    // Ticks stop at the host's stop, or when a concurrent tick faulted the
+    // service: either way they end as cancelled, not failed.
     linked_stop_source until{stopping, runner_->fault_token()};
+    const std::stop_token ticking = until.get_token();
     std::mt19937_64 random{std::random_device{}()};
     auto jitter = [&]() -> steady::duration {
         if (options_.jitter <= steady::duration::zero())
@@ -250,29 +253,36 @@ asio::awaitable<void> periodic_service::execute(std::stop_token stopping)
         if (options_.mode == schedule_mode::fixed_rate) {
             periodic_timer timer(executor, options_.interval, options_.initial_delay, options_.missed_ticks);
             runner_->next_due(to_system(timer.next_due()));
-            const std::stop_token ticking = until.get_token();
             while (co_await timer.next_tick(ticking)) {
-                runner_->missed(timer.missed_ticks());
+                // With fire_each every slot fires, late or not: none is missed.
+                if (options_.missed_ticks != missed_tick_policy::fire_each)
+                    runner_->missed(timer.missed_ticks());
                 runner_->next_due(to_system(timer.next_due()));
-                if (auto j = jitter(); j > steady::duration::zero())
-                    co_await delay(j, stopping);
-                co_await runner_->run(body, stopping, timer.scheduled_time(), who);
+                // Jitter is on purpose: it does not make a tick late.
+                auto scheduled = timer.scheduled_time();
+                if (auto j = jitter(); j > steady::duration::zero()) {
+                    scheduled += j;
+                    co_await delay(j, ticking);
+                }
+                co_await runner_->run(body, ticking, scheduled, who);
             }
         } else {
             auto scheduled = steady::now() + options_.initial_delay;
             runner_->next_due(to_system(scheduled));
-            co_await delay(options_.initial_delay, stopping);
+            co_await delay(options_.initial_delay, ticking);
             for (;;) {
-                if (auto j = jitter(); j > steady::duration::zero())
-                    co_await delay(j, stopping);
-                co_await runner_->run(body, stopping, scheduled, who);
+                if (auto j = jitter(); j > steady::duration::zero()) {
+                    scheduled += j;
+                    co_await delay(j, ticking);
+                }
+                co_await runner_->run(body, ticking, scheduled, who);
                 scheduled = steady::now() + options_.interval;
                 runner_->next_due(to_system(scheduled));
-                co_await delay(options_.interval, stopping);
+                co_await delay(options_.interval, ticking);
             }
         }
     } catch (...) {
-        if (!is_cancellation(std::current_exception()) || !stopping.stop_requested())
+        if (!is_cancellation(std::current_exception()) || !ticking.stop_requested())
             throw;
     }
     // Stopping (or faulted by a concurrent tick): end the ticks still running.
@@ -330,6 +340,7 @@ asio::awaitable<void> cron_service::execute(std::stop_token stopping)
     const detail::tick_runner::tick_fn body = [this](std::stop_token t) { return tick(t); };
     const detail::tick_runner::identity who{service_name(), service_logger()};
     linked_stop_source until{stopping, runner_->fault_token()};
+    const std::stop_token waiting = until.get_token();
     const auto log = service_logger();
     std::optional<system::time_point> last;
     try {
@@ -350,12 +361,11 @@ asio::awaitable<void> cron_service::execute(std::stop_token stopping)
             if (!next) {
                 if (log)
                     log->warn("'{}' has no further occurrence; the service completes", options_.expression);
-                co_return;
+                break; // through the drain below: ticks may still run
             }
             if (log)
                 log->debug("Next occurrence of '{}' ({}) at {}", options_.expression, options_.time_zone,
                            utc_text(*next));
-            const std::stop_token waiting = until.get_token();
             for (auto left = *next - system::now(); left > system::duration::zero(); left = *next - system::now()) {
                 if (waiting.stop_requested())
                     break;
@@ -366,7 +376,7 @@ asio::awaitable<void> cron_service::execute(std::stop_token stopping)
                 break;
             const auto late_by = std::chrono::duration_cast<steady::duration>(system::now() - *next);
             const auto scheduled = steady::now() - late_by;
-            co_await runner_->run(body, stopping, scheduled, who);
+            co_await runner_->run(body, waiting, scheduled, who);
             last = next;
         }
     } catch (...) {

@@ -170,6 +170,18 @@ TEST_CASE("cron: L, W, LW and #", "[cron]")
     CHECK(previous_in("0 0 * * 1#1", "Etc/UTC", "2024-06-01T00:00:00Z") == "2024-05-06T00:00:00Z");
 }
 
+TEST_CASE("cron: several L offsets, a spelled-out every hour, and the end of system_clock", "[cron]")
+{
+    CHECK(next_in("0 0 L,L-3 * *", "Etc/UTC", "2024-06-01T00:00:00Z") == "2024-06-27T00:00:00Z");
+    CHECK(next_in("0 0 L,L-3 * *", "Etc/UTC", "2024-06-27T00:00:00Z") == "2024-06-30T00:00:00Z");
+    // "0-23" is every hour too: elapsed time through the New York fall-back.
+    CHECK(next_in("*/15 0-23 * * *", "America/New_York", "2024-11-03T05:50:00Z") == "2024-11-03T06:00:00Z");
+    // Beyond 2262 system_clock cannot say when: no occurrence rather than garbage.
+    auto e = hosting::cron_expression::parse("0 0 1 1 *");
+    CHECK_FALSE(e.next(std::chrono::system_clock::time_point::max() - std::chrono::hours(24 * 30)).has_value());
+    CHECK_FALSE(e.previous(std::chrono::system_clock::time_point::min() + std::chrono::hours(24 * 30)).has_value());
+}
+
 TEST_CASE("cron: macros and field counts", "[cron]")
 {
     CHECK(next_in("@yearly", "Etc/UTC", "2024-06-01T00:00:00Z") == "2025-01-01T00:00:00Z");
@@ -215,6 +227,9 @@ TEST_CASE("cron: every parse error names the field, the token and the reason", "
         {"0 0 ?/2 * *", R"(cron: field 'day-of-month': '?' takes no step in "0 0 ?/2 * *")"},
         {"0 0 * * 6#x", R"(cron: field 'day-of-week': occurrence 'x' in '6#x' is not a number in "0 0 * * 6#x")"},
         {"0 0 * * 1-", R"(cron: field 'day-of-week': empty value in '1-' in "0 0 * * 1-")"},
+        {"0 0 * * 5W", R"(cron: field 'day-of-week': invalid token '5W' in "0 0 * * 5W")"},
+        {"0 0 L/2 * *", R"(cron: field 'day-of-month': invalid token 'L/2' in "0 0 L/2 * *")"},
+        {"0 0 l * *", R"(cron: field 'day-of-month': invalid token 'l' in "0 0 l * *")"},
         {"0 0 30 2 *",
          R"(cron: the expression never fires (no day matches its day-of-month, month and day-of-week) in "0 0 30 2 *")"},
         {"0 0 31 4,6,9,11 *",

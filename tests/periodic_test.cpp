@@ -180,6 +180,52 @@ TEST_CASE("periodic_timer takes a new period while it waits", "[scheduling]")
     });
 }
 
+TEST_CASE("periodic_timer: a shorter period after a long pause starts from now, not a burst", "[scheduling]")
+{
+    asio::io_context io;
+    run_on(io, [&]() -> asio::awaitable<void> {
+        hosting::periodic_timer timer(co_await asio::this_coro::executor, 30ms, 0ms,
+                                      hosting::missed_tick_policy::fire_each);
+        {
+            const bool ticked = co_await timer.next_tick();
+            REQUIRE(ticked);
+        }
+        block_loop(100ms);
+        const auto changed_at = steady::now();
+        timer.period(10ms); // last slot + 10 ms is long past
+        {
+            const bool ticked = co_await timer.next_tick();
+            REQUIRE(ticked);
+        }
+        CHECK(timer.missed_ticks() == 0);
+        CHECK(timer.scheduled_time() >= changed_at);
+        const auto first = timer.scheduled_time();
+        {
+            const bool ticked = co_await timer.next_tick();
+            REQUIRE(ticked);
+        }
+        CHECK(timer.scheduled_time() - first == 10ms); // a rhythm, not a catch-up burst
+        CHECK(steady::now() >= first + 10ms);
+    });
+}
+
+TEST_CASE("periodic_timer returns false when its token fires during the wait", "[scheduling][concurrency]")
+{
+    asio::io_context io;
+    std::stop_source source;
+    bool result = true;
+    steady::duration waited{};
+    run_on(io, [&]() -> asio::awaitable<void> {
+        hosting::periodic_timer timer(co_await asio::this_coro::executor, 1h);
+        std::jthread firer([&] { source.request_stop(); });
+        const auto began = steady::now();
+        result = co_await timer.next_tick(source.get_token());
+        waited = steady::now() - began;
+    });
+    CHECK_FALSE(result);
+    CHECK(waited < test::patience);
+}
+
 TEST_CASE("periodic_timer ends its loop when the token fires", "[scheduling]")
 {
     asio::io_context io;
@@ -365,29 +411,115 @@ TEST_CASE("periodic_service reports its last start, duration, outcome and next d
     CHECK(status.ticks >= 2);
 }
 
-TEST_CASE("periodic_service: jitter delays each tick by a random part of it", "[scheduling]")
+TEST_CASE("periodic_service: jitter moves each tick by a random part of it, without making it late", "[scheduling]")
 {
     hosting::periodic_options o;
     o.interval = 60ms;
     o.jitter = 40ms;
+    o.late_after = 30ms;
     periodic_run run;
     auto builder = test::make_builder(run.sink);
     builder.services()
         .add_hosted_service<recorded_ticks>(o, 1ms, &run.r, &run.starts, &run.in_flight, &run.max_in_flight, 0)
         .name("ticker");
     auto host = builder.build();
-    auto* service = dynamic_cast<recorded_ticks*>(host.service_statuses()[0].service);
     host.start_blocking();
-    std::vector<std::chrono::milliseconds> lateness;
-    for (std::size_t n = 1; n <= 6; ++n) {
-        REQUIRE(run.r.wait_for_count(n));
-        lateness.push_back(service->status().last_outcome.lateness);
-    }
+    REQUIRE(run.r.wait_for_count(8));
     host.stop_blocking();
-    bool some_delay = false;
-    for (auto l : lateness)
-        some_delay = some_delay || l >= 1ms;
-    CHECK(some_delay); // all six under a millisecond: about one chance in 10^9
+    // Slots are 60 ms apart; each start is its slot plus up to 40 ms.
+    bool uneven = false;
+    for (std::size_t i = 1; i < 8; ++i) {
+        auto gap = run.starts[i] - run.starts[i - 1];
+        uneven = uneven || gap < 59ms || gap > 61ms;
+    }
+    CHECK(uneven); // seven gaps all within a millisecond of 60: about one chance in 10^8
+    CHECK_FALSE(run.sink->has("late")); // jitter is on purpose, not lateness
+}
+
+TEST_CASE("periodic_service counts missed slots, except when it catches them all up", "[scheduling]")
+{
+    // Each first tick blocks the loop for 190 ms: slots every 50 ms pass.
+    class blocking_once : public hosting::periodic_service {
+    public:
+        blocking_once(hosting::periodic_options o, test::recorder* r) : periodic_service(o), r_(r) {}
+
+    protected:
+        asio::awaitable<void> tick(std::stop_token) override
+        {
+            if (first_) {
+                first_ = false;
+                block_loop(190ms);
+            }
+            r_->add("tick");
+            co_return;
+        }
+
+    private:
+        test::recorder* r_;
+        bool first_ = true;
+    };
+    for (auto policy : {hosting::missed_tick_policy::fire_once, hosting::missed_tick_policy::fire_each}) {
+        hosting::periodic_options o;
+        o.interval = 50ms;
+        o.missed_ticks = policy;
+        test::recorder r;
+        auto sink = std::make_shared<test::capture_sink>();
+        auto builder = test::make_builder(sink);
+        builder.services().add_hosted_service<blocking_once>(o, &r).name("blocker");
+        auto host = builder.build();
+        auto* service = dynamic_cast<blocking_once*>(host.service_statuses()[0].service);
+        host.start_blocking();
+        REQUIRE(r.wait_for_count(6));
+        auto status = service->status();
+        host.stop_blocking();
+        INFO("policy " << static_cast<int>(policy));
+        if (policy == hosting::missed_tick_policy::fire_each)
+            CHECK(status.missed == 0);
+        else
+            CHECK(status.missed >= 2);
+    }
+}
+
+TEST_CASE("periodic_service: a concurrent tick that faults cancels the others and faults the service", "[scheduling]")
+{
+    class faulting : public hosting::periodic_service {
+    public:
+        faulting(test::recorder* r)
+            : periodic_service({.interval = 30ms,
+                                .max_concurrent_ticks = 2,
+                                .on_exception = hosting::tick_exception_policy::fault_service}),
+              r_(r)
+        {
+        }
+
+    protected:
+        asio::awaitable<void> tick(std::stop_token stopping) override
+        {
+            if (++n_ == 1) {
+                r_->add("long tick");
+                co_await hosting::delay(1h, stopping); // cancelled when the other one faults
+                co_return;
+            }
+            throw std::runtime_error("second tick boom");
+        }
+
+    private:
+        test::recorder* r_;
+        int n_ = 0;
+    };
+    test::recorder r;
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    builder.services().add_hosted_service<faulting>(&r).name("faulting");
+    auto host = builder.build();
+    auto* service = dynamic_cast<faulting*>(host.service_statuses()[0].service);
+    auto began = steady::now();
+    CHECK(host.run() == 1);
+    CHECK(steady::now() - began < test::patience);
+    CHECK(host.service_statuses()[0].state == hosting::service_state::faulted);
+    auto status = service->status();
+    CHECK(status.failures == 1); // the cancelled long tick is not a failure
+    CHECK(sink->has("Background service 'faulting' faulted: second tick boom", spdlog::level::err));
 }
 
 TEST_CASE("periodic_options are validated, naming the option", "[scheduling]")
@@ -475,6 +607,55 @@ TEST_CASE("cron_service ticks at its occurrences and reports a late tick", "[sch
     CHECK(host.exit_code() == 0);
 }
 
+TEST_CASE("cron_service: fault_service and missed occurrences", "[scheduling][cron]")
+{
+    class cron_faulting : public hosting::cron_service {
+    public:
+        cron_faulting() : cron_service({.expression = "* * * * * *", .on_exception = hosting::tick_exception_policy::fault_service}) {}
+
+    protected:
+        asio::awaitable<void> tick(std::stop_token) override
+        {
+            throw std::runtime_error("cron boom");
+            co_return;
+        }
+    };
+    auto sink = std::make_shared<test::capture_sink>();
+    {
+        auto builder = test::make_builder(sink);
+        builder.services().add_hosted_service<cron_faulting>().name("cron");
+        auto host = builder.build();
+        CHECK(host.run() == 1);
+        CHECK(sink->has("Background service 'cron' faulted: cron boom", spdlog::level::err));
+    }
+
+    // A tick that runs 2.2 s on an every-second schedule misses occurrences.
+    class cron_slow : public hosting::cron_service {
+    public:
+        explicit cron_slow(test::recorder* r) : cron_service({.expression = "* * * * * *"}), r_(r) {}
+
+    protected:
+        asio::awaitable<void> tick(std::stop_token stopping) override
+        {
+            co_await hosting::delay(std::chrono::milliseconds(2200), stopping);
+            r_->add("slow tick");
+        }
+
+    private:
+        test::recorder* r_;
+    };
+    test::recorder r;
+    auto builder = test::make_builder(sink);
+    builder.services().add_hosted_service<cron_slow>(&r).name("slow");
+    auto host = builder.build();
+    auto* service = dynamic_cast<cron_slow*>(host.service_statuses()[0].service);
+    host.start_blocking();
+    REQUIRE(r.wait_for_count(2));
+    auto status = service->status();
+    host.stop_blocking();
+    CHECK(status.missed >= 2);
+}
+
 TEST_CASE("cron_service rejects a bad expression or zone when built", "[scheduling][cron]")
 {
     test::recorder r;
@@ -484,5 +665,17 @@ TEST_CASE("cron_service rejects a bad expression or zone when built", "[scheduli
         builder.services().add_hosted_service<every_second>(&r, std::string("0 24 * * *"));
         CHECK_THROWS_MATCHES(builder.build(), hosting::cron_parse_error,
                              Catch::Message(R"(cron: field 'hour': value 24 out of range 0-23 in "0 24 * * *")"));
+    }
+    {
+        class somewhere : public hosting::cron_service {
+        public:
+            somewhere() : cron_service({.expression = "0 0 * * *", .time_zone = "Mars/Olympus_Mons"}) {}
+
+        protected:
+            asio::awaitable<void> tick(std::stop_token) override { co_return; }
+        };
+        auto builder = test::make_builder(sink);
+        builder.services().add_hosted_service<somewhere>();
+        CHECK_THROWS_AS(builder.build(), hosting::unknown_time_zone);
     }
 }

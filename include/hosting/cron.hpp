@@ -48,7 +48,8 @@ private:
 // A parsed cron expression.
 //
 // Syntax: 5 fields (minute hour day-of-month month day-of-week) or 6 with
-// seconds first; `*`, lists `1,5`, ranges `1-5`, steps `*/15` and `10-40/10`;
+// seconds first; `*`, lists `1,5`, ranges `1-5`, steps `*/15`, `10-40/10` and
+// `5/15` (from 5 to the end of the field; Saturday, in day-of-week);
 // month names JAN-DEC and weekday names SUN-SAT (case-insensitive; 0 and 7
 // are Sunday); `?` for "no restriction" in day-of-month or day-of-week; in
 // day-of-month `L` (last day), `L-3` (three days before it), `15W` (the
@@ -63,7 +64,7 @@ private:
 // When one of them is unrestricted, the other one decides.
 //
 // Time zones and daylight-saving time:
-// - An expression whose hour field is `*` fires every hour and is evaluated
+// - An expression whose hour field covers every hour (`*`, `*/1`, `0-23`) is evaluated
 //   by elapsed time: it fires at every instant whose local wall-clock time
 //   matches, so "*/15 * * * *" keeps firing every 15 minutes through both
 //   transitions (twice through a repeated hour, never in a skipped one,
@@ -105,11 +106,11 @@ private:
     std::uint8_t last_weekdays_ = 0;  // bit n: last weekday n of the month ("5L")
     std::uint64_t nth_weekdays_ = 0;  // bit 8*k+n: k-th (1-5) weekday n ("6#3")
     std::uint32_t nearest_weekday_ = 0; // bit n: weekday nearest day n ("15W")
-    int last_day_offset_ = -1;        // "L" is 0, "L-3" is 3; -1 when absent
+    std::uint32_t last_day_offsets_ = 0; // bit n: n days before the last day ("L" is bit 0, "L-3" bit 3)
     bool last_weekday_of_month_ = false; // "LW"
     bool days_restricted_ = false;
     bool weekdays_restricted_ = false;
-    bool every_hour_ = false;         // hour field is "*": evaluated by elapsed time
+    bool every_hour_ = false;         // the hour field covers all 24 hours: evaluated by elapsed time
 };
 
 } // namespace hosting

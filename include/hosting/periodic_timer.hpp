@@ -52,9 +52,9 @@ public:
     asio::awaitable<bool> next_tick(std::stop_token token = {});
 
     // Changes the period from now on: the next slot becomes the last slot
-    // plus the new period (or now plus it, before the first tick). A
-    // next_tick() that is waiting picks it up at once. Throws
-    // std::invalid_argument when not positive.
+    // plus the new period, or now when that has already passed (now plus the
+    // period before the first tick). A next_tick() that is waiting picks it
+    // up at once. Throws std::invalid_argument when not positive.
     void period(clock::duration value);
     clock::duration period() const noexcept { return period_; }
 

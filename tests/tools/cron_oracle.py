@@ -56,14 +56,14 @@ class Expr:
         self.sec = set().union(*(plain(e, 0, 59) for e in sec.split(",")))
         self.min = set().union(*(plain(e, 0, 59) for e in mi.split(",")))
         self.hour = set().union(*(plain(e, 0, 23) for e in hr.split(",")))
-        self.every_hour = hr == "*"
+        self.every_hour = self.hour == set(range(24))
         self.mon = set().union(*(plain(e, 1, 12, MONTHS) for e in mon.split(",")))
-        self.days, self.L, self.LW, self.W = set(), None, False, set()
+        self.days, self.L, self.LW, self.W = set(), set(), False, set()
         for e in dom.split(","):
             if e == "L":
-                self.L = 0
+                self.L.add(0)
             elif e.startswith("L-"):
-                self.L = int(e[2:])
+                self.L.add(int(e[2:]))
             elif e == "LW":
                 self.LW = True
             elif e.endswith("W"):
@@ -78,7 +78,10 @@ class Expr:
             elif len(e) > 1 and e.endswith("L"):
                 self.lastw.add(value(e[:-1], DAYS, 0) % 7)
             else:
-                self.wdays |= {w % 7 for w in plain(e, 0, 6 if e.split("/")[0] in ("*", "?") else 7, DAYS)}
+                head = e.split("/")[0]
+                # "*" and "a/step" run to Saturday; only an explicit range may name 7.
+                to_saturday = head in ("*", "?") or ("/" in e and "-" not in head)
+                self.wdays |= {w % 7 for w in plain(e, 0, 6 if to_saturday else 7, DAYS)}
         self.dom_restricted = not (dom.startswith("*") or dom == "?")
         self.dow_restricted = not (dow.startswith("*") or dow == "?")
 
@@ -87,7 +90,7 @@ class Expr:
             return False
         last = calendar.monthrange(d.year, d.month)[1]
         w = (d.weekday() + 1) % 7
-        dom = d.day in self.days or (self.L is not None and d.day == last - self.L)
+        dom = d.day in self.days or (last - d.day) in self.L
         if self.LW:
             lw = last
             lwd = (dt.date(d.year, d.month, last).weekday() + 1) % 7
@@ -199,7 +202,7 @@ EXPRESSIONS = [
     "0 0 */2 * MON", "0 22 * JAN,JUL *", "*/20 9-17 * * 1-5", "0 0,12 1,15 * *", "45 1 * * *",
     "30 1 * * *", "0 2 * * *", "59 23 31 12 *", "0 0 * * 7", "@weekly", "@monthly", "@hourly",
     "*/10 * * * * *", "30 */5 * * * *", "0 30 2 * * *", "15 45 1 * * *", "0 0 12 ? * WED", "0 */30 * * *",
-    "10-50/20 * * * *", "0 3 * 3,10 SUN",
+    "10-50/20 * * * *", "0 3 * 3,10 SUN", "*/15 0-23 * * *", "0 0 L,L-3 * *", "0 12 * * 1/2",
 ]
 ZONES = ["Etc/UTC", "America/New_York", "Europe/London", "Australia/Lord_Howe", "Europe/Berlin",
          "Asia/Kolkata"]
