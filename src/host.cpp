@@ -193,6 +193,8 @@ void host_core::build(service_collection services, std::vector<detail::hosted_de
     services.add_singleton<application_lifetime>(lifetime_);
     services.add_singleton<logger_factory>(loggers_);
     services.add_singleton<asio::io_context>(std::shared_ptr<asio::io_context>(std::shared_ptr<void>{}, io_));
+    const host_lifetime_context context{*lifetime_, io_->get_executor(), *loggers_, settings_.options};
+    tell_lifetimes("attach", [&](host_lifetime& l) { l.attach(context); });
     provider_ = std::make_unique<service_provider>(std::move(services));
     provider_->construct_all();
 
@@ -242,6 +244,24 @@ std::vector<service_status> host_core::statuses() const
 
 bool host_core::is_loop_thread() const { return io_->get_executor().running_in_this_thread(); }
 
+template <class F>
+void host_core::tell_lifetimes(const char* hook, F&& call) noexcept
+{
+    for (auto& l : settings_.lifetimes) {
+        try {
+            call(*l);
+        } catch (...) {
+            host_log_->error("A host_lifetime threw from {}(): {}", hook, describe(std::current_exception()));
+        }
+    }
+}
+
+void host_core::tell_stopped() noexcept
+{
+    if (!lifetimes_stopped_.exchange(true))
+        tell_lifetimes("stopped", [code = exit_code()](host_lifetime& l) { l.stopped(code); });
+}
+
 void host_core::fail(int code) noexcept
 {
     int expected = 0;
@@ -264,6 +284,8 @@ void host_core::on_stop_requested_any_thread() noexcept
     auto now = std::max<clock::rep>(clock::now().time_since_epoch().count(), 1);
     clock::rep expected = 0;
     stop_requested_at_.compare_exchange_strong(expected, now);
+    // Here, not on the loop: the loop may be the thing that is stuck.
+    tell_lifetimes("stopping", [](host_lifetime& l) { l.stopping(); });
     {
         std::lock_guard lock(mutex_);
         stop_requested_flag_ = true;
@@ -517,6 +539,7 @@ asio::awaitable<void> host_core::do_start()
         co_return;
     }
     lifetime_access::fire_started(*lifetime_);
+    tell_lifetimes("started", [](host_lifetime& l) { l.started(); });
     lifetime_log_->info(settings_.console_lifetime ? "Application started. Press Ctrl+C to shut down."
                                                    : "Application started.");
     lifetime_log_->info("Hosting environment: {}", settings_.environment);
@@ -697,6 +720,7 @@ asio::awaitable<void> host_core::stop_services()
     disarm_wake();
     phase_ = phase::stopped;
     lifetime_access::fire_stopped(*lifetime_);
+    tell_stopped();
     host_log_->debug("Hosting stopped");
     {
         std::lock_guard lock(mutex_);
@@ -834,6 +858,7 @@ asio::awaitable<void> host_core::start()
     if (start_called_.exchange(true))
         throw std::logic_error("host: start() called twice");
     ensure_threads();
+    tell_lifetimes("starting", [](host_lifetime& l) { l.starting(); });
     // Named, not a temporary inside the co_await: GCC 12 can destroy such
     // temporaries twice.
     auto body = [self = shared_from_this()] { return self->do_start(); };
@@ -869,6 +894,7 @@ void host_core::start_blocking()
     if (start_called_.exchange(true))
         throw std::logic_error("host: start() called twice");
     ensure_threads();
+    tell_lifetimes("starting", [](host_lifetime& l) { l.starting(); });
     const auto began = clock::now();
     asio::co_spawn(orch_, [self = shared_from_this()] { return self->do_start(); },
                    [weak = weak_from_this()](std::exception_ptr error) {
@@ -944,6 +970,7 @@ void host_core::stop_blocking()
     lock.unlock();
     if (!finished)
         report_stragglers("during the stop");
+    tell_stopped();
     join_threads(finished ? saturating_add(stop_deadline(), thread_grace) : clock::now());
 }
 

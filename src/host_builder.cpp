@@ -50,6 +50,22 @@ host_builder& host_builder::use_console_lifetime(bool enabled) noexcept
     return *this;
 }
 
+host_builder& host_builder::add_lifetime(std::shared_ptr<host_lifetime> lifetime)
+{
+    if (!lifetime)
+        throw std::invalid_argument("host_builder: add_lifetime got a null lifetime");
+    lifetimes_.push_back(std::move(lifetime));
+    return *this;
+}
+
+host_builder& host_builder::use_systemd(systemd_options options)
+{
+    if (notifier_)
+        throw std::logic_error("host_builder: use_systemd() called twice");
+    notifier_ = std::make_shared<systemd_notifier>();
+    return add_lifetime(std::make_shared<systemd_lifetime>(notifier_, options));
+}
+
 host_builder& host_builder::environment_name(std::string name)
 {
     if (name.empty())
@@ -64,8 +80,15 @@ host host_builder::build()
         throw std::logic_error("host_builder: build() called twice; a builder builds one host");
     options_.validate();
     built_ = true;
+    if (notifier_) {
+        const bool to_journal = std::getenv("JOURNAL_STREAM") || notifier_->active();
+        if (to_journal && logging_.sinks.empty())
+            logging_.sinks.push_back(std::make_shared<journal_sink>());
+    }
+    // Services may always ask for the notifier; it only speaks under systemd.
+    services_.add_singleton<systemd_notifier>(notifier_ ? notifier_ : std::make_shared<systemd_notifier>(""));
     auto core = std::make_shared<detail::host_core>(
-        detail::host_core::settings{options_, logging_, external_io_, console_lifetime_, environment_});
+        detail::host_core::settings{options_, logging_, external_io_, console_lifetime_, environment_, lifetimes_});
     auto hosted = std::move(services_.hosted_);
     core->build(std::move(services_), std::move(hosted));
     return host(std::move(core));

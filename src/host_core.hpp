@@ -2,6 +2,7 @@
 #pragma once
 
 #include <hosting/host.hpp>
+#include <hosting/host_lifetime.hpp>
 #include <hosting/host_options.hpp>
 #include <hosting/lifetime.hpp>
 #include <hosting/logging.hpp>
@@ -79,6 +80,7 @@ public:
         asio::io_context* external_io = nullptr;
         bool console_lifetime = true;
         std::string environment;
+        std::vector<std::shared_ptr<host_lifetime>> lifetimes;
     };
 
     explicit host_core(settings s);
@@ -119,6 +121,10 @@ private:
     void on_stop_requested_in_loop();
     void on_execute_end(service_entry& entry, service_state state, std::exception_ptr error);
     void fail(int code) noexcept;
+    // Tells every host_lifetime; exceptions are logged.
+    template <class F>
+    void tell_lifetimes(const char* hook, F&& call) noexcept;
+    void tell_stopped() noexcept;
     clock::time_point stop_deadline() const noexcept;
 
     // Any thread.
@@ -167,6 +173,7 @@ private:
     std::atomic<bool> start_called_{false};
     std::atomic<bool> signal_received_{false};
     std::atomic<bool> abandoned_{false}; // a deadline left a call of a service running
+    std::atomic<bool> lifetimes_stopped_{false};
 
     // Blocking callers wait on these.
     mutable std::mutex mutex_;

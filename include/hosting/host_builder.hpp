@@ -4,9 +4,11 @@
 #include <hosting/host_options.hpp>
 #include <hosting/logging.hpp>
 #include <hosting/services.hpp>
+#include <hosting/systemd.hpp>
 
 #include <boost/asio/io_context.hpp>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -37,6 +39,18 @@ public:
     // default; switch it off when the program handles signals itself.
     host_builder& use_console_lifetime(bool enabled = true) noexcept;
 
+    // Adds a lifetime (see host_lifetime.hpp); they are told about the
+    // start and stop in the order they were added.
+    host_builder& add_lifetime(std::shared_ptr<host_lifetime> lifetime);
+
+    // Runs as a systemd service: adds a systemd_lifetime, registers the
+    // systemd_notifier for services (to send STATUS=), and, when the output
+    // goes to the journal and no sinks were set, logs in the journal's
+    // format. Without $NOTIFY_SOCKET it does nothing else, so the same
+    // program also runs by hand. Without use_systemd() the registered
+    // notifier is inactive.
+    host_builder& use_systemd(systemd_options options = {});
+
     // Environment name for the startup log ("Production" unless
     // HOSTING_ENVIRONMENT says otherwise).
     const std::string& environment_name() const noexcept { return environment_; }
@@ -55,6 +69,8 @@ private:
     logging_options logging_;
     asio::io_context* external_io_ = nullptr;
     bool console_lifetime_ = true;
+    std::vector<std::shared_ptr<host_lifetime>> lifetimes_;
+    std::shared_ptr<systemd_notifier> notifier_;
     bool built_ = false;
     std::string environment_;
 };

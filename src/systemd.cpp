@@ -1,0 +1,293 @@
+#include <hosting/systemd.hpp>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <spdlog/details/log_msg.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <thread>
+#include <unistd.h>
+
+namespace hosting {
+
+namespace {
+
+std::string env(const char* name)
+{
+    const char* value = std::getenv(name);
+    return value ? value : "";
+}
+
+} // namespace
+
+// ---------------------------------------------------------------------------
+// systemd_notifier
+
+systemd_notifier::systemd_notifier() : systemd_notifier(env("NOTIFY_SOCKET")) {}
+
+systemd_notifier::systemd_notifier(std::string socket) : socket_(std::move(socket))
+{
+    if (socket_.empty() || (socket_[0] != '/' && socket_[0] != '@'))
+        return; // not under systemd (or an address family we do not speak)
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (socket_.size() >= sizeof addr.sun_path)
+        return;
+    std::memcpy(addr.sun_path, socket_.data(), socket_.size());
+    if (socket_[0] == '@')
+        addr.sun_path[0] = '\0'; // abstract namespace
+    const auto length = offsetof(sockaddr_un, sun_path) + socket_.size() + (socket_[0] == '@' ? 0 : 1);
+    address_.assign(reinterpret_cast<const char*>(&addr), length);
+    fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+}
+
+systemd_notifier::~systemd_notifier()
+{
+    if (fd_ >= 0)
+        ::close(fd_);
+}
+
+bool systemd_notifier::notify(std::string_view message) const
+{
+    if (fd_ < 0)
+        return false;
+    // A datagram per message: sendto is atomic, so no lock is needed.
+    auto sent = ::sendto(fd_, message.data(), message.size(), MSG_NOSIGNAL,
+                         reinterpret_cast<const sockaddr*>(address_.data()),
+                         static_cast<socklen_t>(address_.size()));
+    return sent == static_cast<ssize_t>(message.size());
+}
+
+bool systemd_notifier::status(std::string_view text) const
+{
+    std::string message = "STATUS=";
+    message += text;
+    return notify(message);
+}
+
+// ---------------------------------------------------------------------------
+// systemd_lifetime
+
+// Shared with the watchdog thread and the heartbeat coroutine on the loop.
+struct systemd_lifetime::state {
+    std::shared_ptr<systemd_notifier> notifier;
+    std::chrono::microseconds watchdog{0};
+    std::chrono::milliseconds extend_every{0};
+
+    std::mutex mutex;
+    std::condition_variable changed;
+    enum class phase { idle, starting, running, stopping, stopped } current = phase::idle;
+    bool quit = false;
+
+    // steady_clock ticks of the loop's last heartbeat.
+    std::atomic<std::chrono::steady_clock::rep> heartbeat{0};
+    // Owned by the heartbeat coroutine, so it dies with the loop (or when
+    // the coroutine ends), never after the io_context. Set under `mutex`.
+    std::weak_ptr<asio::steady_timer> heartbeat_timer;
+    asio::any_io_executor loop;
+    std::thread thread;
+
+    void set(phase p)
+    {
+        {
+            std::lock_guard lock(mutex);
+            current = p;
+        }
+        changed.notify_all();
+    }
+
+    // Runs beside the loop: it must keep its rhythm when the loop cannot.
+    void run()
+    {
+        using namespace std::chrono;
+        const auto ping_every = watchdog.count() > 0 ? duration_cast<steady_clock::duration>(watchdog / 2)
+                                                     : steady_clock::duration::max();
+        auto next_ping = steady_clock::now() + ping_every;
+        auto next_extend = steady_clock::time_point::max();
+        auto seen = phase::idle;
+        std::unique_lock lock(mutex);
+        while (!quit) {
+            const auto now = steady_clock::now();
+            const bool extending = current == phase::starting || current == phase::stopping;
+            if (current != seen) {
+                // A start or stop that is quick needs no extension: the first
+                // one goes out once it has taken extend_every.
+                seen = current;
+                next_extend = now + extend_every;
+            }
+            if (extending && extend_every.count() > 0 && now >= next_extend) {
+                const auto usec = duration_cast<microseconds>(extend_every * 2).count();
+                lock.unlock();
+                notifier->notify("EXTEND_TIMEOUT_USEC=" + std::to_string(usec));
+                lock.lock();
+                next_extend = now + extend_every;
+            }
+            if (watchdog.count() > 0 && current == phase::running && now >= next_ping) {
+                // Only a loop that ran its heartbeat recently is alive.
+                const auto beat = steady_clock::time_point(steady_clock::duration(heartbeat.load()));
+                if (now - beat < ping_every) {
+                    lock.unlock();
+                    notifier->notify("WATCHDOG=1");
+                    lock.lock();
+                }
+                next_ping = now + ping_every;
+            }
+            auto wake = extending ? next_extend : steady_clock::time_point::max();
+            if (watchdog.count() > 0 && current == phase::running)
+                wake = std::min(wake, next_ping);
+            if (wake == steady_clock::time_point::max())
+                changed.wait(lock);
+            else
+                changed.wait_until(lock, wake);
+        }
+    }
+
+    // On the loop: beats every quarter of the watchdog interval.
+    static asio::awaitable<void> beat(std::shared_ptr<state> self, std::shared_ptr<asio::steady_timer> timer)
+    {
+        const auto every = std::chrono::duration_cast<std::chrono::steady_clock::duration>(self->watchdog / 4);
+        for (;;) {
+            self->heartbeat = std::chrono::steady_clock::now().time_since_epoch().count();
+            timer->expires_after(every);
+            boost::system::error_code ec;
+            co_await timer->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+            if (ec)
+                co_return;
+        }
+    }
+};
+
+systemd_lifetime::systemd_lifetime(std::shared_ptr<systemd_notifier> notifier, systemd_options options)
+    : notifier_(std::move(notifier)), options_(options), state_(std::make_shared<state>())
+{
+    state_->notifier = notifier_;
+    state_->extend_every = options_.extend_timeout_every;
+    // WATCHDOG_PID names the process systemd watches; another one (a child
+    // that inherited the environment) must not ping for it.
+    const auto usec = env("WATCHDOG_USEC");
+    const auto pid = env("WATCHDOG_PID");
+    if (!usec.empty() && (pid.empty() || pid == std::to_string(::getpid()))) {
+        char* end = nullptr;
+        auto value = std::strtoll(usec.c_str(), &end, 10);
+        if (end && *end == '\0' && value > 0)
+            watchdog_ = std::chrono::microseconds(value);
+    }
+    state_->watchdog = watchdog_;
+}
+
+systemd_lifetime::~systemd_lifetime()
+{
+    if (state_->thread.joinable()) {
+        {
+            std::lock_guard lock(state_->mutex);
+            state_->quit = true;
+        }
+        state_->changed.notify_all();
+        state_->thread.join();
+    }
+}
+
+void systemd_lifetime::attach(const host_lifetime_context& context)
+{
+    state_->loop = context.loop;
+}
+
+void systemd_lifetime::starting()
+{
+    if (!notifier_->active())
+        return;
+    state_->set(state::phase::starting);
+    if (!state_->thread.joinable())
+        state_->thread = std::thread([s = state_] { s->run(); });
+}
+
+void systemd_lifetime::started()
+{
+    if (!notifier_->active())
+        return;
+    notifier_->notify("READY=1");
+    if (watchdog_.count() > 0) {
+        // The heartbeat lives on the loop: a loop that cannot run it is dead.
+        state_->heartbeat = std::chrono::steady_clock::now().time_since_epoch().count();
+        // One strand for the timer: the loop may have several threads.
+        auto strand = asio::make_strand(state_->loop);
+        auto timer = std::make_shared<asio::steady_timer>(strand);
+        {
+            std::lock_guard lock(state_->mutex);
+            state_->heartbeat_timer = timer;
+        }
+        asio::co_spawn(strand, state::beat(state_, std::move(timer)), asio::detached);
+    }
+    state_->set(state::phase::running);
+}
+
+void systemd_lifetime::stopping()
+{
+    if (!notifier_->active())
+        return;
+    notifier_->notify("STOPPING=1");
+    state_->set(state::phase::stopping);
+    // The heartbeat must not keep the loop busy after the stop.
+    std::shared_ptr<asio::steady_timer> timer;
+    {
+        std::lock_guard lock(state_->mutex);
+        timer = state_->heartbeat_timer.lock();
+    }
+    if (timer)
+        asio::post(timer->get_executor(), [timer] { timer->cancel(); });
+}
+
+void systemd_lifetime::stopped(int)
+{
+    if (!notifier_->active())
+        return;
+    state_->set(state::phase::stopped);
+}
+
+// ---------------------------------------------------------------------------
+// journal_sink
+
+void journal_sink::log(const spdlog::details::log_msg& msg)
+{
+    if (!should_log(msg.level))
+        return;
+    int priority = 6;
+    switch (msg.level) {
+    case spdlog::level::trace:
+    case spdlog::level::debug: priority = 7; break;
+    case spdlog::level::info: priority = 6; break;
+    case spdlog::level::warn: priority = 4; break;
+    case spdlog::level::err: priority = 3; break;
+    case spdlog::level::critical: priority = 2; break;
+    default: break;
+    }
+    std::string line = "<" + std::to_string(priority) + ">[";
+    line.append(msg.logger_name.begin(), msg.logger_name.end());
+    line += "] ";
+    // One line per record: the journal splits on newlines.
+    for (char c : std::string_view(msg.payload.data(), msg.payload.size()))
+        line += (c == '\n' || c == '\r') ? ' ' : c;
+    line += '\n';
+    std::lock_guard lock(mutex_);
+    std::fwrite(line.data(), 1, line.size(), out_);
+}
+
+void journal_sink::flush()
+{
+    std::lock_guard lock(mutex_);
+    std::fflush(out_);
+}
+
+} // namespace hosting
