@@ -775,6 +775,8 @@ void host_core::ensure_threads()
 void host_core::start_control_thread()
 {
     signals_.emplace(control_io_, SIGINT, SIGTERM, SIGQUIT);
+    if (settings_.config)
+        signals_->add(SIGHUP);
     wait_for_signal(*signals_);
     control_thread_ = std::thread([this] { control_io_.run(); });
 }
@@ -784,6 +786,11 @@ void host_core::wait_for_signal(asio::signal_set& signals)
     signals.async_wait([this](boost::system::error_code ec, int number) {
         if (ec)
             return;
+        if (number == SIGHUP) {
+            reload_configuration();
+            wait_for_signal(*signals_);
+            return;
+        }
         // Only a second signal ends the process: a stop that began another
         // way (stop_application, a fault) still deserves its graceful run.
         if (signal_received_.exchange(true)) {
@@ -797,6 +804,19 @@ void host_core::wait_for_signal(asio::signal_set& signals)
         lifetime_->stop_application();
         wait_for_signal(*signals_);
     });
+}
+
+void host_core::reload_configuration()
+{
+    tell_lifetimes("reloading", [](host_lifetime& l) { l.reloading(); });
+    try {
+        settings_.config->reload();
+        lifetime_log_->info("Configuration reloaded (SIGHUP)");
+    } catch (const std::exception& e) {
+        // A broken file must not take the running program down with it.
+        lifetime_log_->error("Configuration reload failed; keeping the previous configuration: {}", e.what());
+    }
+    tell_lifetimes("reloaded", [](host_lifetime& l) { l.reloaded(); });
 }
 
 void host_core::join_threads(clock::time_point until)

@@ -3,7 +3,11 @@
 
 #include "host_core.hpp"
 
+#include <algorithm>
+#include <cctype>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <stdexcept>
 #include <string>
 
@@ -30,12 +34,113 @@ void host_options::validate() const
                                     ")");
 }
 
-host_builder::host_builder(int argc, char** argv)
+namespace {
+
+host_environment make_environment(int argc, char** argv)
 {
+    host_environment e;
+    const char* name = std::getenv("HOSTING_ENVIRONMENT");
+    e.environment_name = name && *name ? name : "Production";
+    e.application_name = argc > 0 && argv && argv[0] ? std::filesystem::path(argv[0]).filename().string() : "";
+    std::error_code ec;
+    e.content_root = std::filesystem::current_path(ec).string();
+    return e;
+}
+
+std::vector<std::string> arguments(int argc, char** argv)
+{
+    std::vector<std::string> out;
     for (int i = 1; i < argc && argv; ++i)
-        args_.emplace_back(argv[i]);
-    const char* environment = std::getenv("HOSTING_ENVIRONMENT");
-    environment_ = environment && *environment ? environment : "Production";
+        out.emplace_back(argv[i]);
+    return out;
+}
+
+std::optional<spdlog::level::level_enum> parse_level(std::string_view text)
+{
+    static const std::pair<const char*, spdlog::level::level_enum> names[] = {
+        {"trace", spdlog::level::trace},      {"debug", spdlog::level::debug},
+        {"information", spdlog::level::info}, {"info", spdlog::level::info},
+        {"warning", spdlog::level::warn},     {"warn", spdlog::level::warn},
+        {"error", spdlog::level::err},        {"critical", spdlog::level::critical},
+        {"none", spdlog::level::off},         {"off", spdlog::level::off},
+    };
+    for (const auto& [name, level] : names)
+        if (text.size() == std::strlen(name) &&
+            std::equal(text.begin(), text.end(), name, [](char a, char b) {
+                return std::tolower(static_cast<unsigned char>(a)) == b;
+            }))
+            return level;
+    return std::nullopt;
+}
+
+} // namespace
+
+host_builder::host_builder(int argc, char** argv)
+    : args_(arguments(argc, argv)),
+      environment_info_(make_environment(argc, argv)),
+      configuration_(configuration::from({
+          json_file_source((std::filesystem::path(environment_info_.content_root) / "appsettings.json").string()),
+          json_file_source((std::filesystem::path(environment_info_.content_root) /
+                            ("appsettings." + environment_info_.environment_name + ".json"))
+                               .string()),
+          environment_source(),
+          command_line_source(args_),
+      }))
+{
+}
+
+void host_builder::apply_configuration()
+{
+    auto h = configuration_.section("Hosting");
+    auto seconds = [&](const char* key) {
+        return std::chrono::milliseconds(static_cast<std::int64_t>(h.get<double>(key) * 1000.0));
+    };
+    if (h.value("ShutdownTimeoutSeconds"))
+        options_.shutdown_timeout = seconds("ShutdownTimeoutSeconds");
+    if (h.value("StartupTimeoutSeconds"))
+        options_.startup_timeout = seconds("StartupTimeoutSeconds");
+    if (h.value("WorkerThreads"))
+        options_.worker_threads = h.get<std::size_t>("WorkerThreads");
+    options_.services_start_concurrently = h.get<bool>("ServicesStartConcurrently", options_.services_start_concurrently);
+    options_.services_stop_concurrently = h.get<bool>("ServicesStopConcurrently", options_.services_stop_concurrently);
+    options_.stop_when_all_background_services_complete =
+        h.get<bool>("StopWhenAllBackgroundServicesComplete", options_.stop_when_all_background_services_complete);
+    if (auto b = h.value("BackgroundServiceExceptionBehavior")) {
+        std::string lower;
+        for (char c : *b)
+            lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        if (lower == "stophost" || lower == "stop_host")
+            options_.background_service_exception_behavior = background_service_exception_behavior::stop_host;
+        else if (lower == "ignore")
+            options_.background_service_exception_behavior = background_service_exception_behavior::ignore;
+        else
+            throw configuration_error("configuration: key 'Hosting:BackgroundServiceExceptionBehavior' has value \"" +
+                                      *b + "\", which is not StopHost or Ignore");
+    }
+
+    // Development logs at debug unless configuration says otherwise.
+    auto levels = configuration_.section("Logging:LogLevel");
+    if (environment_info_.is_development() && !levels.value("Default"))
+        logging_.level = spdlog::level::debug;
+    for (const auto& category : levels.children()) {
+        auto text = *levels.value(category);
+        auto level = parse_level(text);
+        if (!level)
+            throw configuration_error("configuration: key 'Logging:LogLevel:" + category + "' has value \"" + text +
+                                      "\", which is not a log level (Trace, Debug, Information, Warning, "
+                                      "Error, Critical or None)");
+        if (category == "Default" || category == "default")
+            logging_.level = *level;
+        else
+            logging_.category_levels[category] = *level;
+    }
+    if (auto format = configuration_.value("Logging:Console:FormatterName")) {
+        if (*format == "json" && logging_.sinks.empty())
+            logging_.sinks.push_back(std::make_shared<json_console_sink>());
+        else if (*format != "json" && *format != "simple")
+            throw configuration_error("configuration: key 'Logging:Console:FormatterName' has value \"" + *format +
+                                      "\", which is not simple or json");
+    }
 }
 
 host_builder& host_builder::use_io_context(asio::io_context& io) noexcept
@@ -70,7 +175,7 @@ host_builder& host_builder::environment_name(std::string name)
 {
     if (name.empty())
         throw std::invalid_argument("host_builder: environment_name must not be empty");
-    environment_ = std::move(name);
+    environment_info_.environment_name = std::move(name);
     return *this;
 }
 
@@ -78,6 +183,7 @@ host host_builder::build()
 {
     if (built_)
         throw std::logic_error("host_builder: build() called twice; a builder builds one host");
+    apply_configuration();
     options_.validate();
     built_ = true;
     if (notifier_) {
@@ -85,10 +191,14 @@ host host_builder::build()
         if (to_journal && logging_.sinks.empty())
             logging_.sinks.push_back(std::make_shared<journal_sink>());
     }
+    services_.add_singleton<hosting::configuration>(std::make_shared<hosting::configuration>(configuration_));
+    services_.add_singleton<host_environment>(std::make_shared<host_environment>(environment_info_));
+    services_.add_singleton<host_options>(std::make_shared<host_options>(options_));
     // Services may always ask for the notifier; it only speaks under systemd.
     services_.add_singleton<systemd_notifier>(notifier_ ? notifier_ : std::make_shared<systemd_notifier>(""));
     auto core = std::make_shared<detail::host_core>(
-        detail::host_core::settings{options_, logging_, external_io_, console_lifetime_, environment_, lifetimes_});
+        detail::host_core::settings{options_, logging_, external_io_, console_lifetime_,
+                                    environment_info_.environment_name, lifetimes_, configuration_});
     auto hosted = std::move(services_.hosted_);
     core->build(std::move(services_), std::move(hosted));
     return host(std::move(core));

@@ -81,6 +81,7 @@ public:
         bool console_lifetime = true;
         std::string environment;
         std::vector<std::shared_ptr<host_lifetime>> lifetimes;
+        std::optional<hosting::configuration> config;
     };
 
     explicit host_core(settings s);
@@ -132,6 +133,7 @@ private:
     void ensure_threads();
     void start_control_thread();
     void wait_for_signal(asio::signal_set& signals);
+    void reload_configuration();
     void join_threads(clock::time_point until);
     void report_stragglers(const char* where);
     bool is_loop_thread() const;

@@ -1,6 +1,13 @@
 #include <hosting/logging.hpp>
 
+#include <spdlog/details/log_msg.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
+
+#include <boost/json/object.hpp>
+#include <boost/json/serialize.hpp>
+
+#include <chrono>
+#include <ctime>
 
 namespace hosting {
 
@@ -38,6 +45,35 @@ std::shared_ptr<spdlog::logger> logger_factory::get(std::string_view category)
     logger->flush_on(spdlog::level::err);
     loggers_.emplace(std::string(category), logger);
     return logger;
+}
+
+void json_console_sink::log(const spdlog::details::log_msg& msg)
+{
+    if (!should_log(msg.level))
+        return;
+    auto t = std::chrono::system_clock::to_time_t(msg.time);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char stamp[32];
+    std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(msg.time.time_since_epoch()).count() % 1000;
+    boost::json::object o;
+    char full[48];
+    std::snprintf(full, sizeof full, "%s.%03dZ", stamp, static_cast<int>(ms));
+    o["time"] = full;
+    auto level = spdlog::level::to_string_view(msg.level);
+    o["level"] = std::string_view(level.data(), level.size());
+    o["category"] = std::string_view(msg.logger_name.data(), msg.logger_name.size());
+    o["message"] = std::string_view(msg.payload.data(), msg.payload.size());
+    auto line = boost::json::serialize(o) + "\n";
+    std::lock_guard lock(mutex_);
+    std::fwrite(line.data(), 1, line.size(), out_);
+}
+
+void json_console_sink::flush()
+{
+    std::lock_guard lock(mutex_);
+    std::fflush(out_);
 }
 
 } // namespace hosting

@@ -18,6 +18,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <thread>
+#include <time.h>
 #include <unistd.h>
 
 namespace hosting {
@@ -255,6 +256,16 @@ void systemd_lifetime::stopped(int)
         return;
     state_->set(state::phase::stopped);
 }
+
+void systemd_lifetime::reloading()
+{
+    timespec now{};
+    ::clock_gettime(CLOCK_MONOTONIC, &now);
+    const auto usec = static_cast<long long>(now.tv_sec) * 1000000 + now.tv_nsec / 1000;
+    notifier_->notify("RELOADING=1\nMONOTONIC_USEC=" + std::to_string(usec));
+}
+
+void systemd_lifetime::reloaded() { notifier_->notify("READY=1"); }
 
 // ---------------------------------------------------------------------------
 // journal_sink

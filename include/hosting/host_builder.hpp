@@ -1,6 +1,7 @@
 // host_builder: collects services, options and logging, then builds a host.
 #pragma once
 
+#include <hosting/configuration.hpp>
 #include <hosting/host_options.hpp>
 #include <hosting/logging.hpp>
 #include <hosting/services.hpp>
@@ -29,6 +30,21 @@ public:
     host_options& options() noexcept { return options_; }
     logging_options& logging() noexcept { return logging_; }
 
+    // Layered, later sources winning: appsettings.json, then
+    // appsettings.{Environment}.json (both optional, in the content root),
+    // then environment variables ("__" for ':'), then the command line
+    // (--Key=Value, --Key Value, --Section:Key=Value), then the sources added
+    // here in code. Malformed files throw configuration_error from
+    // create_builder, naming the file, line and column. build() applies
+    // Hosting:* to the options (ShutdownTimeoutSeconds,
+    // StartupTimeoutSeconds, WorkerThreads, ServicesStartConcurrently,
+    // ServicesStopConcurrently, StopWhenAllBackgroundServicesComplete,
+    // BackgroundServiceExceptionBehavior) and Logging:LogLevel:* to the
+    // logging levels, configuration winning over code, and registers the
+    // configuration for services. With console lifetime, SIGHUP reloads it.
+    hosting::configuration& configuration() noexcept { return configuration_; }
+    const host_environment& environment() const noexcept { return environment_info_; }
+
     // Embeds the host in a program that owns `io` and the threads that run
     // it. The host then creates no worker threads of its own. `io` must
     // outlive the host.
@@ -53,7 +69,7 @@ public:
 
     // Environment name for the startup log ("Production" unless
     // HOSTING_ENVIRONMENT says otherwise).
-    const std::string& environment_name() const noexcept { return environment_; }
+    const std::string& environment_name() const noexcept { return environment_info_.environment_name; }
     host_builder& environment_name(std::string name);
 
     // Validates the options (std::invalid_argument naming the option),
@@ -63,6 +79,8 @@ public:
     host build();
 
 private:
+    void apply_configuration();
+
     std::vector<std::string> args_;
     service_collection services_;
     host_options options_;
@@ -72,7 +90,8 @@ private:
     std::vector<std::shared_ptr<host_lifetime>> lifetimes_;
     std::shared_ptr<systemd_notifier> notifier_;
     bool built_ = false;
-    std::string environment_;
+    host_environment environment_info_;
+    hosting::configuration configuration_;
 };
 
 } // namespace hosting

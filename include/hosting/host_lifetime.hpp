@@ -41,6 +41,9 @@ public:
     virtual void stopping() {}
     // The stop has ended, or its deadline passed (exit_code is run()'s).
     virtual void stopped(int /*exit_code*/) {}
+    // Around a configuration reload (SIGHUP), whether it succeeded or not.
+    virtual void reloading() {}
+    virtual void reloaded() {}
 };
 
 } // namespace hosting

@@ -3,6 +3,9 @@
 
 #include <spdlog/common.h>
 #include <spdlog/logger.h>
+#include <spdlog/sinks/sink.h>
+
+#include <cstdio>
 
 #include <map>
 #include <memory>
@@ -45,6 +48,22 @@ private:
     logging_options options_;
     mutable std::mutex mutex_;
     std::map<std::string, std::shared_ptr<spdlog::logger>, std::less<>> loggers_;
+};
+
+// One JSON object per line on stderr, for log shippers:
+//   {"time":"2026-01-01T12:00:00.000Z","level":"info","category":"app","message":"..."}
+// Selected with Logging:Console:FormatterName = json.
+class json_console_sink : public spdlog::sinks::sink {
+public:
+    explicit json_console_sink(std::FILE* out = stderr) : out_(out) {}
+    void log(const spdlog::details::log_msg& msg) override;
+    void flush() override;
+    void set_pattern(const std::string&) override {}
+    void set_formatter(std::unique_ptr<spdlog::formatter>) override {}
+
+private:
+    std::mutex mutex_;
+    std::FILE* out_;
 };
 
 } // namespace hosting

@@ -68,6 +68,8 @@ public:
     void started() override;
     void stopping() override;
     void stopped(int exit_code) override;
+    void reloading() override;
+    void reloaded() override;
 
     // The watchdog interval systemd asked for, or zero.
     std::chrono::microseconds watchdog_interval() const noexcept { return watchdog_; }
