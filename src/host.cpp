@@ -588,7 +588,10 @@ void host_core::on_execute_end(service_entry& e, service_state state, std::excep
         host_log_->debug("Background service '{}' completed", e.name);
     }
 
-    if (settings_.options.stop_when_all_background_services_complete && phase_ == phase::started && !stop_seen_) {
+    // stop_requested(), not stop_seen_: a fault just above asked for the stop
+    // already, and the log must not call that a completion.
+    if (settings_.options.stop_when_all_background_services_complete && phase_ == phase::started &&
+        !lifetime_->stop_requested().stop_requested()) {
         bool all_ended = std::all_of(entries_.begin(), entries_.end(), [](const auto& x) {
             return !x->background || background_service_access::execute_ended(*x->background);
         });

@@ -110,7 +110,7 @@ hosting::host_builder make_builder(std::shared_ptr<capture_sink> sink, spdlog::l
 }
 
 child_process::child_process(const std::string& path, const std::vector<std::string>& args,
-                             const std::map<std::string, std::string>& env)
+                             const std::map<std::string, std::string>& env, const std::string& cwd)
 {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0)
@@ -139,6 +139,8 @@ child_process::child_process(const std::string& path, const std::vector<std::str
     if (pid_ == 0) {
         dup2(fds[1], 1);
         dup2(fds[1], 2);
+        if (!cwd.empty() && chdir(cwd.c_str()) != 0)
+            _exit(126);
         execve(path.c_str(), argv.data(), envp.data());
         _exit(127);
     }

@@ -73,7 +73,7 @@ hosting::host_builder make_builder(std::shared_ptr<capture_sink> sink,
 class child_process {
 public:
     child_process(const std::string& path, const std::vector<std::string>& args,
-                  const std::map<std::string, std::string>& env = {});
+                  const std::map<std::string, std::string>& env = {}, const std::string& cwd = {});
     ~child_process();
     child_process(const child_process&) = delete;
     child_process& operator=(const child_process&) = delete;

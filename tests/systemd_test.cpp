@@ -8,6 +8,9 @@
 
 #include <catch2/catch.hpp>
 
+#include <csignal>
+#include <map>
+
 #include <cstdio>
 #include <cstdlib>
 #include <poll.h>
@@ -281,3 +284,71 @@ TEST_CASE("systemd: use_systemd logs in the journal's format under the journal",
     REQUIRE(sinks.size() == 1);
     CHECK(dynamic_cast<hosting::journal_sink*>(sinks.front().get()) != nullptr);
 }
+
+#if defined(HOSTING_EXAMPLE_WORKER_SERVICE)
+TEST_CASE("systemd: the worker_service example under a notify socket, with reload and stop", "[systemd][process][examples]")
+{
+    notify_listener listener(false);
+    const std::map<std::string, std::string> env{{"NOTIFY_SOCKET", listener.address()},
+                                                 {"TSAN_OPTIONS", "atexit_sleep_ms=0"}};
+    test::child_process p(HOSTING_EXAMPLE_WORKER_SERVICE, {"--Worker:IntervalMilliseconds=100"}, env,
+                          HOSTING_EXAMPLE_WORKER_SERVICE_DIR);
+    CHECK(listener.receive_state() == "READY=1");
+    CHECK(listener.receive_state() == "STATUS=1 reports written");
+    p.send_signal(SIGHUP);
+    auto reloading = listener.receive_state();
+    REQUIRE(reloading);
+    CHECK(reloading->rfind("RELOADING=1\nMONOTONIC_USEC=", 0) == 0);
+    // STATUS updates may interleave; READY=1 must follow the reload.
+    std::optional<std::string> m;
+    do
+        m = listener.receive_state();
+    while (m && m->rfind("STATUS=", 0) == 0);
+    CHECK(m == "READY=1");
+    p.send_signal(SIGTERM);
+    do
+        m = listener.receive_state();
+    while (m && m->rfind("STATUS=", 0) == 0);
+    CHECK(m == "STOPPING=1");
+    auto code = p.wait_exit();
+    INFO(p.output());
+    REQUIRE(code);
+    CHECK(*code == 0);
+    // Under systemd the output is for the journal: priorities, no colours.
+    CHECK(p.output().find("<6>[hosting.lifetime] Application started.") != std::string::npos);
+    CHECK(p.output().find("<6>[reports] daily report #1") != std::string::npos);
+    CHECK(p.output().find("\x1b[") == std::string::npos);
+}
+
+TEST_CASE("systemd: the worker_service example as a scheduler-run job, succeeding and failing", "[process][examples]")
+{
+    const std::map<std::string, std::string> env{{"TSAN_OPTIONS", "atexit_sleep_ms=0"}};
+    {
+        test::child_process p(HOSTING_EXAMPLE_WORKER_SERVICE, {"--Worker:Runs=2"}, env, HOSTING_EXAMPLE_WORKER_SERVICE_DIR);
+        auto code = p.wait_exit();
+        INFO(p.output());
+        REQUIRE(code);
+        CHECK(*code == 0);
+        CHECK(p.output().find("daily report #2") != std::string::npos);
+        CHECK(p.output().find("All background services have completed") != std::string::npos);
+    }
+    {
+        test::child_process p(HOSTING_EXAMPLE_WORKER_SERVICE, {"--Worker:Runs=2", "--Worker:Fail=true"}, env,
+                              HOSTING_EXAMPLE_WORKER_SERVICE_DIR);
+        auto code = p.wait_exit();
+        INFO(p.output());
+        REQUIRE(code);
+        CHECK(*code == 1);
+        CHECK(p.output().find("Background service 'reports' faulted: the report source is unreachable") !=
+              std::string::npos);
+    }
+    {
+        test::child_process p(HOSTING_EXAMPLE_WORKER_SERVICE, {"--Worker:Runs=lots"}, env, HOSTING_EXAMPLE_WORKER_SERVICE_DIR);
+        auto code = p.wait_exit();
+        REQUIRE(code);
+        CHECK(*code == 2);
+        CHECK(p.output().find("configuration: key 'Worker:Runs' has value \"lots\", which is not an integer") !=
+              std::string::npos);
+    }
+}
+#endif
