@@ -7,6 +7,7 @@
 #include <boost/json/stream_parser.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <cctype>
 #include <fstream>
 #include <mutex>
@@ -53,6 +54,14 @@ void flatten(const boost::json::value& v, const std::string& key, configuration_
     case boost::json::kind::string: into[key] = std::string(v.get_string()); break;
     case boost::json::kind::bool_: into[key] = v.get_bool() ? "true" : "false"; break;
     case boost::json::kind::null: into[key] = ""; break;
+    case boost::json::kind::double_: {
+        // The shortest text that reads back the same (5.0 -> "5", 0.25 ->
+        // "0.25"); Boost.JSON's serializer would write "2.5E-1".
+        char buf[64];
+        auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v.get_double());
+        into[key] = ec == std::errc() ? std::string(buf, end) : boost::json::serialize(v);
+        break;
+    }
     default: into[key] = boost::json::serialize(v); break;
     }
 }
@@ -74,7 +83,11 @@ public:
         std::stringstream buffer;
         buffer << in.rdbuf();
         const std::string text = buffer.str();
-        boost::json::stream_parser parser;
+        // What .NET's appsettings.json readers accept too.
+        boost::json::parse_options options;
+        options.allow_comments = true;
+        options.allow_trailing_commas = true;
+        boost::json::stream_parser parser({}, options);
         boost::system::error_code ec;
         std::size_t consumed = parser.write(text.data(), text.size(), ec);
         if (!ec)
@@ -157,8 +170,8 @@ public:
             std::string_view a = args_[i];
             if (a.starts_with("--"))
                 a.remove_prefix(2);
-            else if (a.starts_with("/"))
-                a.remove_prefix(1);
+            else if (a.starts_with("/") && a.find('=') != std::string_view::npos)
+                a.remove_prefix(1); // only /Key=Value: a bare /path is a positional argument
             else
                 continue;
             if (a.empty())
@@ -259,9 +272,14 @@ struct configuration_root {
         return values;
     }
 
+    // Loads are serialised, so a reload racing an add_source cannot swap in
+    // a result that misses the new source.
+    std::mutex load_mutex;
+
     // Loads everything; throws before anything is swapped in.
     void load()
     {
+        std::lock_guard serial(load_mutex);
         std::vector<std::shared_ptr<configuration_source>> list;
         {
             std::lock_guard lock(mutex);

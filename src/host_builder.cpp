@@ -8,6 +8,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdexcept>
 #include <string>
 
@@ -73,6 +75,22 @@ std::optional<spdlog::level::level_enum> parse_level(std::string_view text)
     return std::nullopt;
 }
 
+// $JOURNAL_STREAM is "device:inode" of the journal's stream; a child that
+// inherited the variable but writes elsewhere must not use the format.
+bool stderr_is_journal()
+{
+    const char* stream = std::getenv("JOURNAL_STREAM");
+    if (!stream || !*stream)
+        return false;
+    unsigned long long device = 0, inode = 0;
+    if (std::sscanf(stream, "%llu:%llu", &device, &inode) != 2)
+        return false;
+    struct stat st {};
+    if (::fstat(STDERR_FILENO, &st) != 0)
+        return false;
+    return static_cast<unsigned long long>(st.st_dev) == device && static_cast<unsigned long long>(st.st_ino) == inode;
+}
+
 } // namespace
 
 host_builder::host_builder(int argc, char** argv)
@@ -93,7 +111,12 @@ void host_builder::apply_configuration()
 {
     auto h = configuration_.section("Hosting");
     auto seconds = [&](const char* key) {
-        return std::chrono::milliseconds(static_cast<std::int64_t>(h.get<double>(key) * 1000.0));
+        const double value = h.get<double>(key);
+        // A year is more than any host needs; beyond it (or NaN) is a typo.
+        if (!(value >= -1e-9 && value <= 365.0 * 24 * 3600))
+            throw configuration_error("configuration: key 'Hosting:" + std::string(key) + "' has value \"" +
+                                      *h.value(key) + "\", which is not a number of seconds between 0 and a year");
+        return std::chrono::milliseconds(static_cast<std::int64_t>(value * 1000.0));
     };
     if (h.value("ShutdownTimeoutSeconds"))
         options_.shutdown_timeout = seconds("ShutdownTimeoutSeconds");
@@ -123,13 +146,18 @@ void host_builder::apply_configuration()
     if (environment_info_.is_development() && !levels.value("Default"))
         logging_.level = spdlog::level::debug;
     for (const auto& category : levels.children()) {
-        auto text = *levels.value(category);
+        auto value = levels.value(category);
+        if (!value)
+            continue; // a section below LogLevel, not a level
+        const auto& text = *value;
         auto level = parse_level(text);
         if (!level)
             throw configuration_error("configuration: key 'Logging:LogLevel:" + category + "' has value \"" + text +
                                       "\", which is not a log level (Trace, Debug, Information, Warning, "
                                       "Error, Critical or None)");
-        if (category == "Default" || category == "default")
+        if (category.size() == 7 && std::equal(category.begin(), category.end(), "default", [](char a, char b) {
+                return std::tolower(static_cast<unsigned char>(a)) == b;
+            }))
             logging_.level = *level;
         else
             logging_.category_levels[category] = *level;
@@ -187,7 +215,7 @@ host host_builder::build()
     options_.validate();
     built_ = true;
     if (notifier_) {
-        const bool to_journal = std::getenv("JOURNAL_STREAM") || notifier_->active();
+        const bool to_journal = stderr_is_journal() || notifier_->active();
         if (to_journal && logging_.sinks.empty())
             logging_.sinks.push_back(std::make_shared<journal_sink>());
     }

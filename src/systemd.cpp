@@ -97,6 +97,7 @@ struct systemd_lifetime::state {
     // Owned by the heartbeat coroutine, so it dies with the loop (or when
     // the coroutine ends), never after the io_context. Set under `mutex`.
     std::weak_ptr<asio::steady_timer> heartbeat_timer;
+    std::atomic<bool> beating{false}; // cleared to end the heartbeat, checked at every beat
     asio::any_io_executor loop;
     std::thread thread;
 
@@ -115,7 +116,7 @@ struct systemd_lifetime::state {
         using namespace std::chrono;
         const auto ping_every = watchdog.count() > 0 ? duration_cast<steady_clock::duration>(watchdog / 2)
                                                      : steady_clock::duration::max();
-        auto next_ping = steady_clock::now() + ping_every;
+        auto next_ping = watchdog.count() > 0 ? steady_clock::now() + ping_every : steady_clock::time_point::max();
         auto next_extend = steady_clock::time_point::max();
         auto seen = phase::idle;
         std::unique_lock lock(mutex);
@@ -128,25 +129,32 @@ struct systemd_lifetime::state {
                 seen = current;
                 next_extend = now + extend_every;
             }
-            if (extending && extend_every.count() > 0 && now >= next_extend) {
+            const auto beat = steady_clock::time_point(steady_clock::duration(heartbeat.load()));
+            if (extending && extend_every.count() > 0 && now >= next_extend && now - beat < extend_every) {
+                // Only a start or stop that still makes progress (its loop
+                // still beats) deserves more time.
                 const auto usec = duration_cast<microseconds>(extend_every * 2).count();
                 lock.unlock();
                 notifier->notify("EXTEND_TIMEOUT_USEC=" + std::to_string(usec));
                 lock.lock();
                 next_extend = now + extend_every;
             }
-            if (watchdog.count() > 0 && current == phase::running && now >= next_ping) {
+            const bool watching = watchdog.count() > 0 && (current == phase::running || current == phase::stopping);
+            if (watching && now >= next_ping) {
                 // Only a loop that ran its heartbeat recently is alive.
-                const auto beat = steady_clock::time_point(steady_clock::duration(heartbeat.load()));
                 if (now - beat < ping_every) {
                     lock.unlock();
                     notifier->notify("WATCHDOG=1");
                     lock.lock();
+                    next_ping = now + ping_every;
+                } else {
+                    // Look again soon: a short stall must not cost a whole
+                    // period, or systemd's deadline passes before the next look.
+                    next_ping = now + ping_every / 8;
                 }
-                next_ping = now + ping_every;
             }
-            auto wake = extending ? next_extend : steady_clock::time_point::max();
-            if (watchdog.count() > 0 && current == phase::running)
+            auto wake = extending ? std::min(next_extend, now + extend_every / 4) : steady_clock::time_point::max();
+            if (watching)
                 wake = std::min(wake, next_ping);
             if (wake == steady_clock::time_point::max())
                 changed.wait(lock);
@@ -156,10 +164,19 @@ struct systemd_lifetime::state {
     }
 
     // On the loop: beats every quarter of the watchdog interval.
+    std::chrono::steady_clock::duration beat_every() const
+    {
+        using namespace std::chrono;
+        auto every = duration_cast<steady_clock::duration>(extend_every) / 4;
+        if (watchdog.count() > 0)
+            every = std::min(every, duration_cast<steady_clock::duration>(watchdog / 8));
+        return std::max<steady_clock::duration>(every, milliseconds(1));
+    }
+
     static asio::awaitable<void> beat(std::shared_ptr<state> self, std::shared_ptr<asio::steady_timer> timer)
     {
-        const auto every = std::chrono::duration_cast<std::chrono::steady_clock::duration>(self->watchdog / 4);
-        for (;;) {
+        const auto every = self->beat_every();
+        while (self->beating.load()) {
             self->heartbeat = std::chrono::steady_clock::now().time_since_epoch().count();
             timer->expires_after(every);
             boost::system::error_code ec;
@@ -210,6 +227,18 @@ void systemd_lifetime::starting()
     if (!notifier_->active())
         return;
     state_->set(state::phase::starting);
+    // The heartbeat lives on the loop: a loop that cannot run it is stuck,
+    // and then neither watchdog pings nor timeout extensions go out. It
+    // beats from the start, so that a start that hangs is not extended.
+    state_->heartbeat = std::chrono::steady_clock::now().time_since_epoch().count();
+    state_->beating = true;
+    auto strand = asio::make_strand(state_->loop); // the loop may have several threads
+    auto timer = std::make_shared<asio::steady_timer>(strand);
+    {
+        std::lock_guard lock(state_->mutex);
+        state_->heartbeat_timer = timer;
+    }
+    asio::co_spawn(strand, state::beat(state_, std::move(timer)), asio::detached);
     if (!state_->thread.joinable())
         state_->thread = std::thread([s = state_] { s->run(); });
 }
@@ -218,20 +247,16 @@ void systemd_lifetime::started()
 {
     if (!notifier_->active())
         return;
-    notifier_->notify("READY=1");
-    if (watchdog_.count() > 0) {
-        // The heartbeat lives on the loop: a loop that cannot run it is dead.
-        state_->heartbeat = std::chrono::steady_clock::now().time_since_epoch().count();
-        // One strand for the timer: the loop may have several threads.
-        auto strand = asio::make_strand(state_->loop);
-        auto timer = std::make_shared<asio::steady_timer>(strand);
-        {
-            std::lock_guard lock(state_->mutex);
-            state_->heartbeat_timer = timer;
-        }
-        asio::co_spawn(strand, state::beat(state_, std::move(timer)), asio::detached);
+    {
+        // A stop may have begun meanwhile (stopping() runs on the thread that
+        // asked): then it is too late to say READY.
+        std::lock_guard lock(state_->mutex);
+        if (state_->current != state::phase::starting)
+            return;
+        state_->current = state::phase::running;
     }
-    state_->set(state::phase::running);
+    notifier_->notify("READY=1");
+    state_->changed.notify_all();
 }
 
 void systemd_lifetime::stopping()
@@ -240,7 +265,16 @@ void systemd_lifetime::stopping()
         return;
     notifier_->notify("STOPPING=1");
     state_->set(state::phase::stopping);
-    // The heartbeat must not keep the loop busy after the stop.
+}
+
+void systemd_lifetime::stopped(int)
+{
+    if (!notifier_->active())
+        return;
+    state_->set(state::phase::stopped);
+    // The heartbeat must not keep the loop busy once the host is done. The
+    // flag ends it even if its timer already fired and its handler waits.
+    state_->beating = false;
     std::shared_ptr<asio::steady_timer> timer;
     {
         std::lock_guard lock(state_->mutex);
@@ -250,22 +284,29 @@ void systemd_lifetime::stopping()
         asio::post(timer->get_executor(), [timer] { timer->cancel(); });
 }
 
-void systemd_lifetime::stopped(int)
+bool systemd_lifetime::running() const
 {
-    if (!notifier_->active())
-        return;
-    state_->set(state::phase::stopped);
+    std::lock_guard lock(state_->mutex);
+    return state_->current == state::phase::running;
 }
 
 void systemd_lifetime::reloading()
 {
+    // Only a started service reloads, as far as systemd is concerned: READY=1
+    // during a start would tell it the start is over.
+    if (!notifier_->active() || !running())
+        return;
     timespec now{};
     ::clock_gettime(CLOCK_MONOTONIC, &now);
     const auto usec = static_cast<long long>(now.tv_sec) * 1000000 + now.tv_nsec / 1000;
     notifier_->notify("RELOADING=1\nMONOTONIC_USEC=" + std::to_string(usec));
 }
 
-void systemd_lifetime::reloaded() { notifier_->notify("READY=1"); }
+void systemd_lifetime::reloaded()
+{
+    if (notifier_->active() && running())
+        notifier_->notify("READY=1");
+}
 
 // ---------------------------------------------------------------------------
 // journal_sink

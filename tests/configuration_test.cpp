@@ -103,9 +103,10 @@ TEST_CASE("configuration: environment variables with a prefix", "[configuration]
 TEST_CASE("configuration: typed reads, sections and binding", "[configuration]")
 {
     scratch_dir dir;
-    dir.write("s.json", R"({"Worker": {"interval_seconds": 30, "name": "nightly", "enabled": true,
+    dir.write("s.json", R"({"Worker": {"interval_seconds": 30, "name": "nightly", "enabled": true, // comments are fine
+
                                        "tags": ["a", "b"], "ratio": 0.25},
-                           "Servers": [{"Host": "x"}, {"Host": "y"}]})");
+                           "Servers": [{"Host": "x"}, {"Host": "y"},]})"); // and trailing commas
     auto c = hosting::configuration::from({hosting::json_file_source(dir.file("s.json"), false)});
     CHECK(c.get<int>("Worker:interval_seconds") == 30);
     CHECK(c.get<double>("Worker:ratio") == 0.25);
@@ -123,6 +124,7 @@ TEST_CASE("configuration: typed reads, sections and binding", "[configuration]")
     CHECK(bound.name == "nightly");
     CHECK(bound.enabled);
     CHECK(bound.tags == std::vector<std::string>{"a", "b"});
+    CHECK(c.value("Worker:ratio") == "0.25"); // as written, not 2.5E-1
     CHECK(bound.interval == 0); // missing: the default
     // Case does not matter, and a string member keeps its text as it is.
     auto odd = hosting::configuration::from({hosting::memory_source({{"W:NAME", "007"}, {"W:Enabled", "TRUE"}})});
@@ -205,8 +207,31 @@ TEST_CASE("configuration: Hosting options and log levels come from configuration
     CHECK_THROWS_WITH(bad_level.build(), Catch::StartsWith("configuration: key 'Logging:LogLevel:Default' has value \"Loud\""));
 }
 
+TEST_CASE("configuration: the JSON console format and upper-case keys through configuration", "[configuration]")
+{
+    ::setenv("LOGGING__LOGLEVEL__DEFAULT", "Error", 1);
+    ::setenv("Logging__LogLevel__Some__Section", "x", 1); // a section, not a level: ignored
+    auto builder = hosting::host::create_builder();
+    builder.use_console_lifetime(false);
+    builder.configuration().add_source(hosting::memory_source({{"Logging:Console:FormatterName", "json"}}));
+    auto host = builder.build();
+    ::unsetenv("LOGGING__LOGLEVEL__DEFAULT");
+    ::unsetenv("Logging__LogLevel__Some__Section");
+    auto& loggers = host.services().get<hosting::logger_factory>();
+    CHECK(loggers.level_for("x") == spdlog::level::err);
+    REQUIRE(loggers.options().sinks.size() == 1);
+    CHECK(dynamic_cast<hosting::json_console_sink*>(loggers.options().sinks.front().get()) != nullptr);
+}
+
 TEST_CASE("configuration: Development logs at debug unless configured, and names its environment", "[configuration]")
 {
+    {
+        std::vector<std::string> args{"/usr/local/bin/reporter"};
+        std::vector<char*> argv{args[0].data()};
+        auto builder = hosting::host::create_builder(1, argv.data());
+        CHECK(builder.environment().application_name == "reporter");
+        CHECK(builder.environment().content_root == fs::current_path().string());
+    }
     ::setenv("HOSTING_ENVIRONMENT", "Development", 1);
     {
         auto builder = hosting::host::create_builder();

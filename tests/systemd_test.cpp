@@ -12,9 +12,14 @@
 #include <map>
 
 #include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
 #include <cstdlib>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <thread>
 #include <unistd.h>
@@ -114,6 +119,7 @@ private:
 
 TEST_CASE("systemd: READY, STATUS and STOPPING, in order, on a path and an abstract socket", "[systemd]")
 {
+    ::setenv("WATCHDOG_USEC", "2000000", 1); // pings are filtered out below; they must not disturb the order
     for (bool abstract : {false, true}) {
         INFO("abstract=" << abstract);
         notify_listener listener(abstract);
@@ -130,6 +136,43 @@ TEST_CASE("systemd: READY, STATUS and STOPPING, in order, on a path and an abstr
         CHECK(listener.receive_state() == "STOPPING=1");
         CHECK(host.exit_code() == 0);
     }
+    ::unsetenv("WATCHDOG_USEC");
+}
+
+TEST_CASE("systemd: a reload is announced with RELOADING and MONOTONIC_USEC, good or broken", "[systemd][signals]")
+{
+    notify_listener listener(false);
+    auto dir = std::filesystem::temp_directory_path() / ("hosting-reload-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    auto previous = std::filesystem::current_path();
+    std::filesystem::current_path(dir);
+    std::ofstream(dir / "appsettings.json") << R"({"A": "1"})";
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = hosting::host::create_builder();
+    builder.logging().sinks.push_back(sink);
+    builder.use_systemd();
+    auto host = builder.build();
+    host.start_blocking();
+    REQUIRE(listener.receive_state() == "READY=1");
+    for (const char* content : {R"({"A": "2"})", R"({"A": )"}) {
+        std::ofstream(dir / "appsettings.json") << content;
+        timespec now{};
+        ::clock_gettime(CLOCK_MONOTONIC, &now);
+        const long long before = static_cast<long long>(now.tv_sec) * 1000000 + now.tv_nsec / 1000;
+        ::kill(::getpid(), SIGHUP);
+        auto reloading = listener.receive_state();
+        REQUIRE(reloading);
+        REQUIRE(reloading->rfind("RELOADING=1\nMONOTONIC_USEC=", 0) == 0);
+        const long long stamp = std::stoll(reloading->substr(std::strlen("RELOADING=1\nMONOTONIC_USEC=")));
+        CHECK(stamp >= before);
+        CHECK(listener.receive_state() == "READY=1");
+    }
+    CHECK(host.services().get<hosting::configuration>().value("A") == "2"); // the broken file changed nothing
+    CHECK(sink->has("Configuration reload failed", spdlog::level::err));
+    host.stop_blocking();
+    CHECK(listener.receive_state() == "STOPPING=1");
+    std::filesystem::current_path(previous);
+    std::filesystem::remove_all(dir);
 }
 
 TEST_CASE("systemd: the watchdog pings only while the loop responds", "[systemd][concurrency]")
@@ -274,7 +317,10 @@ TEST_CASE("systemd: journal output has priority prefixes and one line per record
 
 TEST_CASE("systemd: use_systemd logs in the journal's format under the journal", "[systemd]")
 {
-    ::setenv("JOURNAL_STREAM", "8:12345", 1);
+    // The journal's stream is whatever stderr is: say so the way systemd does.
+    struct stat st {};
+    REQUIRE(::fstat(STDERR_FILENO, &st) == 0);
+    ::setenv("JOURNAL_STREAM", (std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino)).c_str(), 1);
     auto builder = hosting::host::create_builder();
     builder.use_console_lifetime(false);
     builder.use_systemd();
@@ -283,6 +329,17 @@ TEST_CASE("systemd: use_systemd logs in the journal's format under the journal",
     ::unsetenv("JOURNAL_STREAM");
     REQUIRE(sinks.size() == 1);
     CHECK(dynamic_cast<hosting::journal_sink*>(sinks.front().get()) != nullptr);
+
+    // An inherited JOURNAL_STREAM that is not our stderr: the usual format.
+    ::setenv("JOURNAL_STREAM", "1:1", 1);
+    auto other = hosting::host::create_builder();
+    other.use_console_lifetime(false);
+    other.use_systemd();
+    auto other_host = other.build();
+    ::unsetenv("JOURNAL_STREAM");
+    auto other_sinks = other_host.services().get<hosting::logger_factory>().options().sinks;
+    REQUIRE(other_sinks.size() == 1);
+    CHECK(dynamic_cast<hosting::journal_sink*>(other_sinks.front().get()) == nullptr);
 }
 
 #if defined(HOSTING_EXAMPLE_WORKER_SERVICE)

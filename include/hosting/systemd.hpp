@@ -53,11 +53,13 @@ struct systemd_options {
 };
 
 // READY=1 once the host has started, STOPPING=1 when the stop begins,
-// EXTEND_TIMEOUT_USEC while a start or stop is in progress, and WATCHDOG=1
-// every WATCHDOG_USEC/2 (when WATCHDOG_PID is absent or this process) but
-// only while the host's event loop is responsive: a loop blocked by a
-// misbehaving service stops the pings and systemd restarts the service.
-// Does nothing when the notifier is inactive.
+// EXTEND_TIMEOUT_USEC while a start or stop is in progress, RELOADING=1 and
+// READY=1 around a reload of a started host, and WATCHDOG=1 every
+// WATCHDOG_USEC/2 (when WATCHDOG_PID is absent or this process). Pings and
+// extensions go out only while a heartbeat on the host's event loop keeps
+// up: a loop blocked by a misbehaving service stops them, and systemd
+// restarts the service. (With several worker threads, one free thread keeps
+// the heartbeat going.) Does nothing when the notifier is inactive.
 class systemd_lifetime : public host_lifetime {
 public:
     systemd_lifetime(std::shared_ptr<systemd_notifier> notifier, systemd_options options = {});
@@ -75,6 +77,7 @@ public:
     std::chrono::microseconds watchdog_interval() const noexcept { return watchdog_; }
 
 private:
+    bool running() const;
     struct state;
     std::shared_ptr<systemd_notifier> notifier_;
     systemd_options options_;
