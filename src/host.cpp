@@ -4,6 +4,7 @@
 #include <hosting/cancellation.hpp>
 
 #include "background_service_access.hpp"
+#include "describe.hpp"
 #include "keep_alive.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -28,19 +29,6 @@ struct lifetime_access {
 };
 
 namespace {
-
-std::string describe(const std::exception_ptr& error)
-{
-    if (!error)
-        return "no exception";
-    try {
-        std::rethrow_exception(error);
-    } catch (const std::exception& e) {
-        return e.what();
-    } catch (...) {
-        return "an exception not derived from std::exception";
-    }
-}
 
 const char* signal_name(int number)
 {

@@ -12,6 +12,8 @@
 
 #include <spdlog/logger.h>
 
+#include "describe.hpp"
+
 #include <algorithm>
 #include <functional>
 #include <list>
@@ -25,17 +27,6 @@ namespace {
 
 using steady = std::chrono::steady_clock;
 using system = std::chrono::system_clock;
-
-std::string describe(const std::exception_ptr& error)
-{
-    try {
-        std::rethrow_exception(error);
-    } catch (const std::exception& e) {
-        return e.what();
-    } catch (...) {
-        return "an exception not derived from std::exception";
-    }
-}
 
 std::string ms(steady::duration d)
 {
@@ -166,7 +157,7 @@ private:
             outcome.result = tick_result::canceled;
         } else {
             outcome.result = tick_result::failed;
-            outcome.error = describe(error);
+            outcome.error = detail::describe(error);
             failed = true;
         }
         if (outcome.late && who.log)

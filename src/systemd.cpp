@@ -311,10 +311,8 @@ void systemd_lifetime::reloaded()
 // ---------------------------------------------------------------------------
 // journal_sink
 
-void journal_sink::log(const spdlog::details::log_msg& msg)
+std::string journal_sink::format(const spdlog::details::log_msg& msg) const
 {
-    if (!should_log(msg.level))
-        return;
     int priority = 6;
     switch (msg.level) {
     case spdlog::level::trace:
@@ -332,14 +330,7 @@ void journal_sink::log(const spdlog::details::log_msg& msg)
     for (char c : std::string_view(msg.payload.data(), msg.payload.size()))
         line += (c == '\n' || c == '\r') ? ' ' : c;
     line += '\n';
-    std::lock_guard lock(mutex_);
-    std::fwrite(line.data(), 1, line.size(), out_);
-}
-
-void journal_sink::flush()
-{
-    std::lock_guard lock(mutex_);
-    std::fflush(out_);
+    return line;
 }
 
 } // namespace hosting

@@ -3,8 +3,8 @@
 #pragma once
 
 #include <hosting/host_lifetime.hpp>
+#include <hosting/logging.hpp>
 
-#include <spdlog/sinks/sink.h>
 
 #include <chrono>
 #include <cstdio>
@@ -89,18 +89,12 @@ private:
 // colours, one line per record. host_builder::use_systemd() installs it when
 // the output goes to the journal ($JOURNAL_STREAM set, or under systemd) and
 // no sinks were configured.
-class journal_sink : public spdlog::sinks::sink {
+class journal_sink : public line_sink {
 public:
-    explicit journal_sink(std::FILE* out = stderr) : out_(out) {}
+    explicit journal_sink(std::FILE* out = stderr) : line_sink(out) {}
 
-    void log(const spdlog::details::log_msg& msg) override;
-    void flush() override;
-    void set_pattern(const std::string&) override {}
-    void set_formatter(std::unique_ptr<spdlog::formatter>) override {}
-
-private:
-    std::mutex mutex_;
-    std::FILE* out_;
+protected:
+    std::string format(const spdlog::details::log_msg& msg) const override;
 };
 
 } // namespace hosting
