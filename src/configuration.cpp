@@ -320,7 +320,16 @@ bool key_equals(std::string_view a, std::string_view b) noexcept { return iequal
 
 void throw_wrong_type(const std::string& key, const boost::json::value& v, const std::type_info& type)
 {
-    std::string shown = v.is_string() ? "\"" + std::string(v.get_string()) + "\"" : boost::json::serialize(v);
+    // Appended piece by piece: GCC 12 at -O3 warns (wrongly, -Wrestrict)
+    // about "literal" + std::string here.
+    std::string shown;
+    if (v.is_string()) {
+        shown = "\"";
+        shown.append(v.get_string().data(), v.get_string().size());
+        shown += "\"";
+    } else {
+        shown = boost::json::serialize(v);
+    }
     throw configuration_error("configuration: key '" + key + "' has value " + shown + ", which is not " +
                               type_label(type));
 }
