@@ -67,8 +67,11 @@ public:
     // notifier is inactive.
     host_builder& use_systemd(systemd_options options = {});
 
-    // Environment name for the startup log ("Production" unless
-    // HOSTING_ENVIRONMENT says otherwise).
+    // The environment's name ("Production" unless HOSTING_ENVIRONMENT says
+    // otherwise). appsettings.{Environment}.json is chosen when the builder
+    // is created, from HOSTING_ENVIRONMENT; setting the name here changes
+    // what host_environment and the log report, and the Development default
+    // log level, but reads no other file: set HOSTING_ENVIRONMENT for that.
     const std::string& environment_name() const noexcept { return environment_info_.environment_name; }
     host_builder& environment_name(std::string name);
 
