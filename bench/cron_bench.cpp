@@ -49,27 +49,19 @@ int main()
     for (const char* text : expressions) {
         auto e = hosting::cron_expression::parse(text);
         double parse = ns_per_call([&] { sink = sink + static_cast<long long>(hosting::cron_expression::parse(text).text().size()); }, calls / 10);
-        auto t = start;
-        double next_utc = ns_per_call(
-            [&] {
-                t = *e.next(t > latest ? start : t, utc);
-                sink = sink + t.time_since_epoch().count();
-            },
-            calls);
-        t = start;
-        double next_ny = ns_per_call(
-            [&] {
-                t = *e.next(t > latest ? start : t, ny);
-                sink = sink + t.time_since_epoch().count();
-            },
-            calls);
-        t = start;
-        double previous_ny = ns_per_call(
-            [&] {
-                t = *e.previous(t < earliest ? start : t, ny);
-                sink = sink + t.time_since_epoch().count();
-            },
-            calls);
+        // Each chain starts over before it leaves system_clock's range.
+        auto chained = [&](auto step) {
+            auto t = start;
+            return ns_per_call(
+                [&] {
+                    t = step(t);
+                    sink = sink + t.time_since_epoch().count();
+                },
+                calls);
+        };
+        double next_utc = chained([&](auto t) { return *e.next(t > latest ? start : t, utc); });
+        double next_ny = chained([&](auto t) { return *e.next(t > latest ? start : t, ny); });
+        double previous_ny = chained([&](auto t) { return *e.previous(t < earliest ? start : t, ny); });
         std::printf("%-18s %10.0f %12.0f %12.0f %14.0f\n", text, parse, next_utc, next_ny, previous_ny);
     }
     return 0;

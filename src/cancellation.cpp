@@ -9,6 +9,8 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/system/system_error.hpp>
 
+#include "timer_canceller.hpp"
+
 #include <boost/throw_exception.hpp>
 
 #include <cstring>
@@ -179,18 +181,7 @@ asio::awaitable<void> delay_for(std::chrono::steady_clock::duration duration, st
         co_return;
     }
     auto timer = std::make_shared<asio::steady_timer>(executor, duration);
-    // The token may fire on any thread; cancel the timer on its executor.
-    struct cancel_timer {
-        std::shared_ptr<asio::steady_timer> timer;
-        void operator()() noexcept
-        {
-            try {
-                asio::post(timer->get_executor(), [t = timer] { t->cancel(); });
-            } catch (...) {
-            }
-        }
-    };
-    std::stop_callback<cancel_timer> on_stop(token, cancel_timer{timer});
+    std::stop_callback<timer_canceller> on_stop(token, timer_canceller{timer});
     boost::system::error_code ec;
     // The coroutine's own cancellation slot still applies: a stop of the
     // enclosing background_service aborts the wait too. A coroutine that was

@@ -3,10 +3,8 @@
 
 #include "host_core.hpp"
 
-#include <algorithm>
-#include <cctype>
+#include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -67,10 +65,7 @@ std::optional<spdlog::level::level_enum> parse_level(std::string_view text)
         {"none", spdlog::level::off},         {"off", spdlog::level::off},
     };
     for (const auto& [name, level] : names)
-        if (text.size() == std::strlen(name) &&
-            std::equal(text.begin(), text.end(), name, [](char a, char b) {
-                return std::tolower(static_cast<unsigned char>(a)) == b;
-            }))
+        if (detail::key_equals(text, name))
             return level;
     return std::nullopt;
 }
@@ -129,12 +124,9 @@ void host_builder::apply_configuration()
     options_.stop_when_all_background_services_complete =
         h.get<bool>("StopWhenAllBackgroundServicesComplete", options_.stop_when_all_background_services_complete);
     if (auto b = h.value("BackgroundServiceExceptionBehavior")) {
-        std::string lower;
-        for (char c : *b)
-            lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-        if (lower == "stophost" || lower == "stop_host")
+        if (detail::key_equals(*b, "StopHost") || detail::key_equals(*b, "stop_host"))
             options_.background_service_exception_behavior = background_service_exception_behavior::stop_host;
-        else if (lower == "ignore")
+        else if (detail::key_equals(*b, "Ignore"))
             options_.background_service_exception_behavior = background_service_exception_behavior::ignore;
         else
             throw configuration_error("configuration: key 'Hosting:BackgroundServiceExceptionBehavior' has value \"" +
@@ -155,9 +147,7 @@ void host_builder::apply_configuration()
             throw configuration_error("configuration: key 'Logging:LogLevel:" + category + "' has value \"" + text +
                                       "\", which is not a log level (Trace, Debug, Information, Warning, "
                                       "Error, Critical or None)");
-        if (category.size() == 7 && std::equal(category.begin(), category.end(), "default", [](char a, char b) {
-                return std::tolower(static_cast<unsigned char>(a)) == b;
-            }))
+        if (detail::key_equals(category, "Default"))
             logging_.level = *level;
         else
             logging_.category_levels[category] = *level;

@@ -5,6 +5,8 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "timer_canceller.hpp"
+
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -53,21 +55,7 @@ void periodic_timer::period(clock::duration value)
 
 asio::awaitable<bool> periodic_timer::next_tick(std::stop_token token)
 {
-    struct wake {
-        std::weak_ptr<asio::steady_timer> timer;
-        asio::any_io_executor executor;
-        void operator()() noexcept
-        {
-            try {
-                asio::post(executor, [t = timer] {
-                    if (auto alive = t.lock())
-                        alive->cancel();
-                });
-            } catch (...) {
-            }
-        }
-    };
-    std::stop_callback<wake> on_stop(token, wake{timer_, timer_->get_executor()});
+    std::stop_callback<detail::timer_canceller> on_stop(token, detail::timer_canceller{timer_});
 
     std::uint64_t skipped = 0;
     for (;;) {

@@ -332,7 +332,6 @@ asio::awaitable<void> cron_service::execute(std::stop_token stopping)
     const detail::tick_runner::identity who{service_name(), service_logger()};
     linked_stop_source until{stopping, runner_->fault_token()};
     const std::stop_token waiting = until.get_token();
-    const auto log = service_logger();
     std::optional<system::time_point> last;
     try {
         for (;;) {
@@ -350,12 +349,12 @@ asio::awaitable<void> cron_service::execute(std::stop_token stopping)
             }
             runner_->next_due(next);
             if (!next) {
-                if (log)
-                    log->warn("'{}' has no further occurrence; the service completes", options_.expression);
+                if (who.log)
+                    who.log->warn("'{}' has no further occurrence; the service completes", options_.expression);
                 break; // through the drain below: ticks may still run
             }
-            if (log)
-                log->debug("Next occurrence of '{}' ({}) at {}", options_.expression, options_.time_zone,
+            if (who.log)
+                who.log->debug("Next occurrence of '{}' ({}) at {}", options_.expression, options_.time_zone,
                            utc_text(*next));
             for (auto left = *next - system::now(); left > system::duration::zero(); left = *next - system::now()) {
                 if (waiting.stop_requested())

@@ -57,8 +57,6 @@ bool recorder::wait_for_count(std::size_t n, std::chrono::milliseconds timeout)
 
 void capture_sink::sink_it_(const spdlog::details::log_msg& msg)
 {
-    spdlog::memory_buf_t formatted;
-    formatter_->format(msg, formatted);
     lines_.push_back({msg.level, std::string(msg.logger_name.begin(), msg.logger_name.end()),
                       std::string(msg.payload.begin(), msg.payload.end())});
     changed_.notify_all();
