@@ -469,6 +469,7 @@ asio::awaitable<void> host_core::do_start()
             host_log_->debug("Starting service '{}'", e->name);
             try {
                 background_service_access::launch(*e->background, e->strand);
+                ++background_running_;
                 e->started = true;
                 e->state = service_state::running;
                 host_log_->debug("Started service '{}'", e->name);
@@ -536,19 +537,22 @@ asio::awaitable<void> host_core::do_start()
     host_log_->debug("Hosting started");
 
     if (settings_.options.stop_when_all_background_services_complete) {
-        bool any = false, all_ended = true;
-        for (auto& e : entries_)
-            if (e->background) {
-                any = true;
-                all_ended = all_ended && background_service_access::execute_ended(*e->background);
-            }
-        if (!any)
+        if (std::none_of(entries_.begin(), entries_.end(), [](const auto& e) { return e->background; }))
             host_log_->warn("stop_when_all_background_services_complete is set but no background_service is registered");
-        else if (all_ended) {
-            lifetime_log_->info("All background services have completed; stopping the host");
-            lifetime_->stop_application();
-        }
+        else
+            stop_if_background_done();
     }
+}
+
+void host_core::stop_if_background_done()
+{
+    // stop_requested(), not stop_seen_: a fault may have asked for the stop
+    // already, and the log must not call that a completion.
+    if (!settings_.options.stop_when_all_background_services_complete || phase_ != phase::started ||
+        background_running_ > 0 || lifetime_->stop_requested().stop_requested())
+        return;
+    lifetime_log_->info("All background services have completed; stopping the host");
+    lifetime_->stop_application();
 }
 
 void host_core::on_execute_end(service_entry& e, service_state state, std::exception_ptr error)
@@ -576,18 +580,8 @@ void host_core::on_execute_end(service_entry& e, service_state state, std::excep
         host_log_->debug("Background service '{}' completed", e.name);
     }
 
-    // stop_requested(), not stop_seen_: a fault just above asked for the stop
-    // already, and the log must not call that a completion.
-    if (settings_.options.stop_when_all_background_services_complete && phase_ == phase::started &&
-        !lifetime_->stop_requested().stop_requested()) {
-        bool all_ended = std::all_of(entries_.begin(), entries_.end(), [](const auto& x) {
-            return !x->background || background_service_access::execute_ended(*x->background);
-        });
-        if (all_ended) {
-            lifetime_log_->info("All background services have completed; stopping the host");
-            lifetime_->stop_application();
-        }
-    }
+    --background_running_;
+    stop_if_background_done();
 }
 
 // ---------------------------------------------------------------------------

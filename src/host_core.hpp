@@ -121,6 +121,7 @@ private:
     void disarm_wake();
     void on_stop_requested_in_loop();
     void on_execute_end(service_entry& entry, service_state state, std::exception_ptr error);
+    void stop_if_background_done();
     void fail(int code) noexcept;
     // Tells every host_lifetime; exceptions are logged.
     template <class F>
@@ -158,6 +159,7 @@ private:
     enum class phase { created, starting, started, stopping, stopped };
     phase phase_ = phase::created;           // orch_ only
     bool stop_seen_ = false;                 // orch_ only
+    std::size_t background_running_ = 0;    // orch_ only: launched, execute not yet ended
     std::stop_source start_cancel_;          // fired on a stop request or startup timeout
     std::stop_source stop_cancel_;           // fired at the shutdown deadline
     std::optional<clock::time_point> start_deadline_; // orch_ only
