@@ -15,7 +15,9 @@
 
 #include <spdlog/logger.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <optional>
 #include <stdexcept>
 
@@ -35,6 +37,8 @@ struct background_service::execution {
     void* observer_cookie = nullptr;
     std::shared_ptr<const std::string> name;
     std::shared_ptr<spdlog::logger> logger;
+    std::atomic<std::int64_t> heartbeat_interval_ms{0};
+    std::atomic<std::chrono::steady_clock::rep> last_heartbeat{0};
 
     void on_end(std::exception_ptr e)
     {
@@ -87,6 +91,28 @@ const std::string& background_service::service_name() const noexcept
 const std::shared_ptr<spdlog::logger>& background_service::service_logger() const noexcept
 {
     return execution_->logger;
+}
+
+std::chrono::milliseconds background_service::heartbeat_interval() const noexcept
+{
+    return std::chrono::milliseconds(execution_->heartbeat_interval_ms.load(std::memory_order_relaxed));
+}
+
+std::chrono::steady_clock::time_point background_service::last_heartbeat() const noexcept
+{
+    return std::chrono::steady_clock::time_point(
+        std::chrono::steady_clock::duration(execution_->last_heartbeat.load(std::memory_order_relaxed)));
+}
+
+void background_service::expect_heartbeat(std::chrono::milliseconds interval) noexcept
+{
+    execution_->heartbeat_interval_ms.store(std::max<std::int64_t>(interval.count(), 0), std::memory_order_relaxed);
+}
+
+void background_service::heartbeat() noexcept
+{
+    execution_->last_heartbeat.store(std::chrono::steady_clock::now().time_since_epoch().count(),
+                                     std::memory_order_relaxed);
 }
 
 asio::awaitable<void> background_service::start(std::stop_token)
@@ -152,6 +178,7 @@ void background_service_access::launch(background_service& service, const asio::
     service_state expected = service_state::not_started;
     if (!e->state.compare_exchange_strong(expected, service_state::running))
         throw std::logic_error("background_service: started twice; create a new instance to run it again");
+    service.heartbeat();
     // A member coroutine keeps `this` in its frame, and the token is a
     // parameter copied there: nothing dangles once this function returns.
     asio::co_spawn(executor, service.execute(e->stopping.get_token()),

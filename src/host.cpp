@@ -5,6 +5,7 @@
 
 #include "background_service_access.hpp"
 #include "describe.hpp"
+#include "health_core.hpp"
 #include "keep_alive.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -15,6 +16,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
@@ -98,20 +100,41 @@ service_entry::service_entry(std::shared_ptr<const std::string> n, std::shared_p
 }
 
 namespace {
-// Errors are rare; one lock for all entries keeps each entry small.
-std::mutex error_mutex;
+// Errors and restarts are rare; one lock for all entries keeps each entry
+// small.
+std::mutex entry_mutex;
 } // namespace
 
 void service_entry::set_error(std::exception_ptr e)
 {
-    std::lock_guard lock(error_mutex);
+    std::lock_guard lock(entry_mutex);
     error_ = std::move(e);
 }
 
 std::exception_ptr service_entry::error() const
 {
-    std::lock_guard lock(error_mutex);
+    std::lock_guard lock(entry_mutex);
     return error_;
+}
+
+std::exception_ptr service_entry::error_unlocked() const { return error_; }
+
+std::shared_ptr<hosted_service> service_entry::instance() const
+{
+    std::lock_guard lock(entry_mutex);
+    return service;
+}
+
+void service_entry::replace(std::shared_ptr<hosted_service> s)
+{
+    {
+        std::lock_guard lock(entry_mutex);
+        std::swap(service, s);
+        lifecycle = dynamic_cast<hosted_lifecycle_service*>(service.get());
+        background = dynamic_cast<background_service*>(service.get());
+    }
+    // The old instance dies here, outside the lock: its destructor is the
+    // user's code.
 }
 
 host_core::host_core(settings s)
@@ -181,6 +204,23 @@ void host_core::build(service_collection services, std::vector<detail::hosted_de
     services.add_singleton<application_lifetime>(lifetime_);
     services.add_singleton<logger_factory>(loggers_);
     services.add_singleton<asio::io_context>(std::shared_ptr<asio::io_context>(std::shared_ptr<void>{}, io_));
+    metrics_ = std::make_shared<metrics_registry>();
+    health_ = std::make_shared<health_core>(settings_.health, std::move(settings_.checks),
+                                            std::move(settings_.publishers), metrics_, loggers_->get("hosting.health"));
+    services.add_singleton<metrics_registry>(metrics_);
+    services.add_singleton<health_core>(health_);
+    services.add_singleton<health_monitor>(std::make_shared<health_monitor>(health_));
+    if (settings_.endpoint) {
+        auto endpoint =
+            std::make_shared<health_endpoint>(*settings_.endpoint, health_, loggers_->get("hosting.health"));
+        services.add_singleton<health_endpoint>(endpoint);
+        // First: it starts before the services and stops after them, so
+        // probes can watch the whole start and stop.
+        detail::hosted_descriptor d;
+        d.name = std::make_shared<const std::string>("hosting.health_endpoint");
+        d.factory = [endpoint](service_provider&) { return std::shared_ptr<hosted_service>(endpoint); };
+        hosted.insert(hosted.begin(), std::move(d));
+    }
     const host_lifetime_context context{*lifetime_, io_->get_executor(), *loggers_, settings_.options};
     tell_lifetimes("attach", [&](host_lifetime& l) { l.attach(context); });
     provider_ = std::make_unique<service_provider>(std::move(services));
@@ -199,7 +239,7 @@ void host_core::build(service_collection services, std::vector<detail::hosted_de
             });
         }
     };
-    auto observer = std::make_shared<execute_observer>(weak_from_this(), orch_);
+    observer_ = std::make_shared<execute_observer>(weak_from_this(), orch_);
     for (auto& descriptor : hosted) {
         auto service = descriptor.factory(*provider_);
         if (!service)
@@ -211,21 +251,52 @@ void host_core::build(service_collection services, std::vector<detail::hosted_de
                                         : service_executor(asio::make_strand(io_->get_executor()));
         auto& entry = *entries_.emplace_back(
             std::make_unique<service_entry>(descriptor.name, std::move(service), std::move(executor)));
-        if (entry.background) {
-            background_service_access::set_observer(*entry.background, observer, &entry);
-            background_service_access::set_identity(*entry.background, entry.name_storage,
-                                                    loggers_->get(entry.name));
+        if (descriptor.restart) {
+            if (!entry.background)
+                throw std::invalid_argument("host_builder: service '" + entry.name +
+                                            "' has a restart policy but is not a background_service; only an "
+                                            "execute that ends can be restarted");
+            entry.supervised = std::make_unique<supervision>();
+            entry.supervised->policy = *descriptor.restart;
+            entry.supervised->factory = std::move(descriptor.factory);
         }
+        if (entry.background)
+            attach_background(entry);
     }
+    health_->attach(io_->get_executor(), [weak = weak_from_this()] {
+        auto self = weak.lock();
+        return self ? self->statuses() : std::vector<service_status>{};
+    });
+}
+
+void host_core::attach_background(service_entry& entry)
+{
+    background_service_access::set_observer(*entry.background, observer_, &entry);
+    background_service_access::set_identity(*entry.background, entry.name_storage, loggers_->get(entry.name));
 }
 
 std::vector<service_status> host_core::statuses() const
 {
     std::vector<service_status> out;
     out.reserve(entries_.size());
+    std::lock_guard lock(entry_mutex);
     for (const auto& e : entries_) {
-        auto state = e->state.load();
-        out.push_back({e->name, state, state == service_state::faulted ? e->error() : nullptr, e->service.get()});
+        auto& s = out.emplace_back();
+        s.name = e->name;
+        s.state = e->state.load();
+        s.service = e->service;
+        s.restarts = e->restarts.load();
+        s.faults = e->faults.load();
+        if (s.state == service_state::faulted || e->faults.load() > 0)
+            s.error = e->error_unlocked();
+        if (e->supervised) {
+            s.restart_pending = e->supervised->pending.load();
+            s.restarts_exhausted = e->supervised->exhausted.load();
+        }
+        if (e->background) {
+            s.heartbeat_interval = e->background->heartbeat_interval();
+            s.last_heartbeat = e->background->last_heartbeat();
+        }
     }
     return out;
 }
@@ -274,6 +345,8 @@ void host_core::on_stop_requested_any_thread() noexcept
     stop_requested_at_.compare_exchange_strong(expected, now);
     // Here, not on the loop: the loop may be the thing that is stuck.
     tell_lifetimes("stopping", [](host_lifetime& l) { l.stopping(); });
+    if (health_)
+        health_->set_ready(false);
     {
         std::lock_guard lock(mutex_);
         stop_requested_flag_ = true;
@@ -294,6 +367,7 @@ void host_core::on_stop_requested_in_loop()
         return;
     stop_seen_ = true;
     start_cancel_.request_stop();
+    cancel_restarts();
     notify_change();
 }
 
@@ -528,6 +602,8 @@ asio::awaitable<void> host_core::do_start()
         co_return;
     }
     lifetime_access::fire_started(*lifetime_);
+    health_->set_ready(true);
+    health_->start_tasks();
     tell_lifetimes("started", [](host_lifetime& l) { l.started(); });
     lifetime_log_->info(settings_.console_lifetime ? "Application started. Press Ctrl+C to shut down."
                                                    : "Application started.");
@@ -566,7 +642,13 @@ void host_core::on_execute_end(service_entry& e, service_state state, std::excep
         e.state = state;
     if (state == service_state::faulted) {
         e.set_error(error);
+        ++e.faults;
         host_log_->error("Background service '{}' faulted: {}", e.name, describe(error));
+    }
+    if (e.supervised && schedule_restart(e, state, error))
+        return; // still counts as running: it will be back
+    const bool exhausted = e.supervised && e.supervised->exhausted.load();
+    if (state == service_state::faulted || exhausted) {
         if (settings_.options.background_service_exception_behavior ==
             background_service_exception_behavior::stop_host) {
             fail(1);
@@ -582,6 +664,88 @@ void host_core::on_execute_end(service_entry& e, service_state state, std::excep
 
     --background_running_;
     stop_if_background_done();
+}
+
+bool host_core::schedule_restart(service_entry& e, service_state state, const std::exception_ptr& error)
+{
+    auto& sup = *e.supervised;
+    const auto& policy = sup.policy;
+    const bool wanted = state == service_state::faulted ||
+                        (state == service_state::completed && policy.mode == restart_mode::always);
+    if (!wanted || phase_ != phase::started || stop_seen_)
+        return false;
+    const auto now = clock::now();
+    while (!sup.recent.empty() && sup.recent.front() <= now - policy.window)
+        sup.recent.pop_front();
+    const auto what = state == service_state::faulted ? "faulted" : "completed";
+    if (sup.recent.size() >= policy.burst) {
+        sup.exhausted = true;
+        host_log_->error("Service '{}' {} after {} restarts within {} s; the restart limit is reached and it stays "
+                         "down{}",
+                         e.name, what, sup.recent.size(),
+                         std::chrono::duration_cast<std::chrono::seconds>(policy.window).count(),
+                         state == service_state::faulted ? "" : std::string(": ") + describe(error));
+        return false;
+    }
+    // The n-th restart within the window waits initial * multiplier^(n-1).
+    double delay_ms = static_cast<double>(policy.initial_delay.count()) *
+                      std::pow(policy.multiplier, static_cast<double>(sup.recent.size()));
+    delay_ms = std::min(delay_ms, static_cast<double>(policy.max_delay.count()));
+    if (policy.jitter > 0) {
+        std::uniform_real_distribution<double> spread(-policy.jitter, policy.jitter);
+        delay_ms *= 1.0 + spread(jitter_rng_);
+    }
+    const auto delay = std::chrono::milliseconds(static_cast<std::int64_t>(std::max(0.0, delay_ms)));
+    sup.recent.push_back(now);
+    sup.pending = true;
+    host_log_->warn("Service '{}' {}; restarting it in {} ms (restart {} of at most {} within {} s)", e.name, what,
+                    delay.count(), sup.recent.size(), policy.burst,
+                    std::chrono::duration_cast<std::chrono::seconds>(policy.window).count());
+    if (!sup.timer)
+        sup.timer.emplace(orch_);
+    sup.timer->expires_after(delay);
+    sup.timer->async_wait([weak = weak_from_this(), entry = &e](boost::system::error_code ec) {
+        auto self = weak.lock();
+        if (self && !ec)
+            self->restart_now(*entry);
+    });
+    return true;
+}
+
+void host_core::restart_now(service_entry& e)
+{
+    auto& sup = *e.supervised;
+    if (!sup.pending.exchange(false))
+        return; // cancelled by the stop meanwhile
+    try {
+        auto fresh = sup.factory(*provider_);
+        if (!dynamic_cast<background_service*>(fresh.get()))
+            throw std::logic_error("the factory returned " +
+                                   std::string(fresh ? "something that is not a background_service" : "null"));
+        e.replace(std::move(fresh));
+        attach_background(e);
+        background_service_access::launch(*e.background, e.strand);
+    } catch (...) {
+        host_log_->error("Service '{}' could not be re-created for its restart: {}", e.name,
+                         describe(std::current_exception()));
+        // Like an execute that faulted at once: backoff, then the limit.
+        on_execute_end(e, service_state::faulted, std::current_exception());
+        return;
+    }
+    ++e.restarts;
+    e.state = service_state::running;
+    host_log_->info("Restarted service '{}' (restart {})", e.name, e.restarts.load());
+}
+
+void host_core::cancel_restarts()
+{
+    for (auto& e : entries_) {
+        if (!e->supervised || !e->supervised->pending.exchange(false))
+            continue;
+        e->supervised->timer->cancel();
+        host_log_->debug("Service '{}' will not be restarted: the host is stopping", e->name);
+        --background_running_;
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -605,8 +769,26 @@ asio::awaitable<void> host_core::do_stop()
 
 asio::awaitable<void> host_core::stop_services()
 {
+    const bool was_started = phase_ == phase::started;
     phase_ = phase::stopping;
     lifetime_log_->info("Application is shutting down...");
+
+    // Draining: readiness turned false with the stop request; the services
+    // keep serving while load balancers notice, within the deadline.
+    const auto delay = settings_.options.shutdown_delay;
+    if (was_started && delay > std::chrono::milliseconds::zero()) {
+        const auto until = std::min(saturating_add(clock::time_point(clock::duration(stop_requested_at_.load())), delay),
+                                    stop_deadline());
+        lifetime_log_->info("Not ready any more; stopping the services in {} ms (shutdown_delay)",
+                            std::chrono::duration_cast<std::chrono::milliseconds>(until - clock::now()).count());
+        while (clock::now() < until)
+            co_await wait_for_change(until);
+    }
+    {
+        // Publishers and the loop monitor end before the services they watch.
+        auto stop_tasks = [h = health_, d = stop_deadline()] { return h->stop_tasks(d); };
+        co_await asio::co_spawn(health_->tasks_strand(), std::move(stop_tasks), asio::use_awaitable);
+    }
     lifetime_access::fire_stopping(*lifetime_);
 
     deadline_timer_.emplace(orch_, stop_deadline());

@@ -22,6 +22,13 @@ void host_options::validate() const
     if (shutdown_timeout < std::chrono::milliseconds::zero())
         throw std::invalid_argument("host_options: shutdown_timeout must not be negative (got " +
                                     ms(shutdown_timeout) + ")");
+    if (shutdown_delay < std::chrono::milliseconds::zero())
+        throw std::invalid_argument("host_options: shutdown_delay must not be negative (got " + ms(shutdown_delay) +
+                                    ")");
+    if (shutdown_delay > std::chrono::milliseconds::zero() && shutdown_delay >= shutdown_timeout)
+        throw std::invalid_argument("host_options: shutdown_delay (" + ms(shutdown_delay) +
+                                    ") must be shorter than shutdown_timeout (" + ms(shutdown_timeout) +
+                                    "): the delay counts inside the shutdown deadline");
     if (startup_timeout && *startup_timeout <= std::chrono::milliseconds::zero())
         throw std::invalid_argument("host_options: startup_timeout must be positive when set (got " +
                                     ms(*startup_timeout) + ")");
@@ -115,6 +122,8 @@ void host_builder::apply_configuration()
     };
     if (h.value("ShutdownTimeoutSeconds"))
         options_.shutdown_timeout = seconds("ShutdownTimeoutSeconds");
+    if (h.value("ShutdownDelaySeconds"))
+        options_.shutdown_delay = seconds("ShutdownDelaySeconds");
     if (h.value("StartupTimeoutSeconds"))
         options_.startup_timeout = seconds("StartupTimeoutSeconds");
     if (h.value("WorkerThreads"))
@@ -189,6 +198,15 @@ host_builder& host_builder::use_systemd(systemd_options options)
     return add_lifetime(std::make_shared<systemd_lifetime>(notifier_, options));
 }
 
+host_builder& host_builder::add_health_endpoint(health_endpoint_options options)
+{
+    if (endpoint_)
+        throw std::logic_error("host_builder: add_health_endpoint() called twice");
+    options.validate();
+    endpoint_ = std::move(options);
+    return *this;
+}
+
 host_builder& host_builder::environment_name(std::string name)
 {
     if (name.empty())
@@ -203,6 +221,7 @@ host host_builder::build()
         throw std::logic_error("host_builder: build() called twice; a builder builds one host");
     apply_configuration();
     options_.validate();
+    health_.validate();
     built_ = true;
     if (notifier_) {
         const bool to_journal = stderr_is_journal() || notifier_->active();
@@ -216,7 +235,8 @@ host host_builder::build()
     services_.add_singleton<systemd_notifier>(notifier_ ? notifier_ : std::make_shared<systemd_notifier>(""));
     auto core = std::make_shared<detail::host_core>(
         detail::host_core::settings{options_, logging_, external_io_, console_lifetime_,
-                                    environment_info_.environment_name, lifetimes_, configuration_});
+                                    environment_info_.environment_name, lifetimes_, configuration_, health_.options_,
+                                    std::move(health_.checks_), std::move(health_.publishers_), endpoint_});
     auto hosted = std::move(services_.hosted_);
     core->build(std::move(services_), std::move(hosted));
     return host(std::move(core));

@@ -1,12 +1,16 @@
 // The host's machinery; host.hpp only shows a handle to it.
 #pragma once
 
+#include <hosting/health.hpp>
+#include <hosting/health_endpoint.hpp>
 #include <hosting/host.hpp>
 #include <hosting/host_lifetime.hpp>
 #include <hosting/host_options.hpp>
 #include <hosting/lifetime.hpp>
 #include <hosting/logging.hpp>
 #include <hosting/services.hpp>
+
+#include "background_service_access.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -16,10 +20,13 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -29,6 +36,8 @@ class background_service;
 }
 
 namespace hosting::detail {
+
+class health_core;
 
 using clock = std::chrono::steady_clock;
 using strand_type = asio::strand<asio::io_context::executor_type>;
@@ -44,6 +53,16 @@ public:
     using asio::io_context::shutdown;
 };
 
+// What a restart policy needs; only services that have one pay for it.
+struct supervision {
+    restart_policy policy;
+    std::function<std::shared_ptr<hosted_service>(service_provider&)> factory;
+    std::deque<clock::time_point> recent; // orchestrator strand only: restarts within the window
+    std::optional<asio::steady_timer> timer; // orchestrator strand only
+    std::atomic<bool> pending{false};
+    std::atomic<bool> exhausted{false};
+};
+
 struct service_entry {
     service_entry(std::shared_ptr<const std::string> n, std::shared_ptr<hosted_service> s, service_executor ex);
 
@@ -56,9 +75,17 @@ struct service_entry {
     std::atomic<service_state> state{service_state::not_started};
     bool started = false; // orchestrator strand only: start() succeeded, so stop() is owed
     std::shared_ptr<struct pending_call> stop_waiter; // orchestrator strand only
+    std::atomic<std::uint32_t> restarts{0};
+    std::atomic<std::uint32_t> faults{0};
+    std::unique_ptr<supervision> supervised; // null without a restart policy
 
     void set_error(std::exception_ptr e);
     std::exception_ptr error() const;
+    std::exception_ptr error_unlocked() const; // with entry_mutex held (statuses())
+    // `service` and `background` change on a restart (on the orchestrator's
+    // strand); other threads read them through this.
+    std::shared_ptr<hosted_service> instance() const;
+    void replace(std::shared_ptr<hosted_service> s);
 
 private:
     std::exception_ptr error_;
@@ -82,6 +109,10 @@ public:
         std::string environment;
         std::vector<std::shared_ptr<host_lifetime>> lifetimes;
         std::optional<hosting::configuration> config;
+        health_options health;
+        std::vector<health_check_registration> checks;
+        std::vector<health_publisher_registration> publishers;
+        std::optional<health_endpoint_options> endpoint;
     };
 
     explicit host_core(settings s);
@@ -121,6 +152,12 @@ private:
     void disarm_wake();
     void on_stop_requested_in_loop();
     void on_execute_end(service_entry& entry, service_state state, std::exception_ptr error);
+    // Supervision: true when a restart was scheduled for the service that
+    // just ended, which then still counts as running.
+    bool schedule_restart(service_entry& entry, service_state state, const std::exception_ptr& error);
+    void restart_now(service_entry& entry);
+    void cancel_restarts();
+    void attach_background(service_entry& entry);
     void stop_if_background_done();
     void fail(int code) noexcept;
     // Tells every host_lifetime; exceptions are logged.
@@ -153,6 +190,10 @@ private:
     strand_type orch_;
 
     std::shared_ptr<application_lifetime> lifetime_;
+    std::shared_ptr<metrics_registry> metrics_;
+    std::shared_ptr<health_core> health_;
+    std::shared_ptr<background_service_access::observer> observer_;
+    std::minstd_rand jitter_rng_{std::random_device{}()}; // orch_ only
     std::unique_ptr<service_provider> provider_;
     std::vector<std::unique_ptr<service_entry>> entries_;
 

@@ -3,7 +3,10 @@
 #include <cxxabi.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <stdexcept>
+#include <string>
 
 namespace hosting {
 
@@ -101,6 +104,29 @@ void* service_provider::instance_of(std::pair<const std::type_index, entry>& ite
     e.constructing = false;
     constructed_.push_back(e.instance);
     return e.instance.get();
+}
+
+} // namespace hosting
+
+namespace hosting {
+
+void restart_policy::validate() const
+{
+    auto fail = [](const std::string& what) { throw std::invalid_argument("restart_policy: " + what); };
+    if (mode != restart_mode::never && mode != restart_mode::on_failure && mode != restart_mode::always)
+        fail("mode has an invalid value (" + std::to_string(static_cast<int>(mode)) + ")");
+    if (initial_delay < std::chrono::milliseconds::zero())
+        fail("initial_delay must not be negative");
+    if (max_delay < initial_delay)
+        fail("max_delay must not be shorter than initial_delay");
+    if (!(multiplier >= 1.0) || !std::isfinite(multiplier))
+        fail("multiplier must be at least 1");
+    if (!(jitter >= 0.0 && jitter <= 1.0))
+        fail("jitter must be between 0 and 1");
+    if (burst == 0)
+        fail("burst must be at least 1 (use restart_mode::never for no restarts)");
+    if (window <= std::chrono::milliseconds::zero())
+        fail("window must be positive");
 }
 
 } // namespace hosting

@@ -345,7 +345,7 @@ TEST_CASE("periodic_service: overlap never by default, up to a limit when asked"
     auto host = builder.build();
     host.start_blocking();
     REQUIRE(two.r.wait_for_count(4));
-    auto* service = dynamic_cast<recorded_ticks*>(host.service_statuses()[0].service);
+    auto* service = dynamic_cast<recorded_ticks*>(host.service_statuses()[0].service.get());
     REQUIRE(service);
     auto status = service->status();
     host.stop_blocking();
@@ -395,7 +395,7 @@ TEST_CASE("periodic_service reports its last start, duration, outcome and next d
         .add_hosted_service<recorded_ticks>(o, 5ms, &run.r, &run.starts, &run.in_flight, &run.max_in_flight, 0)
         .name("ticker");
     auto host = builder.build();
-    auto* service = dynamic_cast<recorded_ticks*>(host.service_statuses()[0].service);
+    auto* service = dynamic_cast<recorded_ticks*>(host.service_statuses()[0].service.get());
     REQUIRE(service);
     CHECK(service->status().last_outcome.result == hosting::tick_result::none);
     host.start_blocking();
@@ -467,7 +467,7 @@ TEST_CASE("periodic_service counts missed slots, except when it catches them all
         auto builder = test::make_builder(sink);
         builder.services().add_hosted_service<blocking_once>(o, &r).name("blocker");
         auto host = builder.build();
-        auto* service = dynamic_cast<blocking_once*>(host.service_statuses()[0].service);
+        auto* service = dynamic_cast<blocking_once*>(host.service_statuses()[0].service.get());
         host.start_blocking();
         REQUIRE(r.wait_for_count(6));
         auto status = service->status();
@@ -512,7 +512,7 @@ TEST_CASE("periodic_service: a concurrent tick that faults cancels the others an
     auto builder = test::make_builder(sink);
     builder.services().add_hosted_service<faulting>(&r).name("faulting");
     auto host = builder.build();
-    auto* service = dynamic_cast<faulting*>(host.service_statuses()[0].service);
+    auto* service = dynamic_cast<faulting*>(host.service_statuses()[0].service.get());
     auto began = steady::now();
     CHECK(host.run() == 1);
     CHECK(steady::now() - began < test::patience);
@@ -592,7 +592,7 @@ TEST_CASE("cron_service ticks at its occurrences and reports a late tick", "[sch
     builder.services().add_hosted_service<every_second>(&r).name("cron");
     builder.services().add_hosted_service<hog>(&r);
     auto host = builder.build();
-    auto* service = dynamic_cast<every_second*>(host.service_statuses()[0].service);
+    auto* service = dynamic_cast<every_second*>(host.service_statuses()[0].service.get());
     REQUIRE(service);
     host.start_blocking();
     REQUIRE(r.wait_for("hogged"));
@@ -648,7 +648,7 @@ TEST_CASE("cron_service: fault_service and missed occurrences", "[scheduling][cr
     auto builder = test::make_builder(sink);
     builder.services().add_hosted_service<cron_slow>(&r).name("slow");
     auto host = builder.build();
-    auto* service = dynamic_cast<cron_slow*>(host.service_statuses()[0].service);
+    auto* service = dynamic_cast<cron_slow*>(host.service_statuses()[0].service.get());
     host.start_blocking();
     REQUIRE(r.wait_for_count(2));
     auto status = service->status();

@@ -215,3 +215,92 @@ std::optional<int> child_process::wait_exit(std::chrono::milliseconds timeout)
 }
 
 } // namespace test
+
+// ---------------------------------------------------------------------------
+// HTTP
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/write.hpp>
+
+#include <thread>
+
+namespace test {
+
+namespace {
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = boost::asio::ip::tcp;
+} // namespace
+
+http_response http_get(unsigned short port, const std::string& target, const std::string& method)
+{
+    boost::asio::io_context io;
+    beast::tcp_stream stream(io);
+    stream.expires_after(patience);
+    stream.connect(tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), port));
+    http::request<http::string_body> req{http::string_to_verb(method), target, 11};
+    if (req.method() == http::verb::unknown)
+        req.method_string(method);
+    req.set(http::field::host, "127.0.0.1");
+    req.keep_alive(false);
+    http::write(stream, req);
+    beast::flat_buffer buffer;
+    http::response<http::string_body> res;
+    http::read(stream, buffer, res);
+    http_response out;
+    out.status = static_cast<int>(res.result_int());
+    out.body = res.body();
+    for (const auto& field : res) {
+        std::string name(field.name_string());
+        for (auto& c : name)
+            c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        out.headers[name] = std::string(field.value());
+    }
+    boost::system::error_code ec;
+    stream.socket().shutdown(tcp::socket::shutdown_both, ec);
+    return out;
+}
+
+raw_result raw_exchange(unsigned short port, const std::string& bytes, std::chrono::milliseconds timeout)
+{
+    boost::asio::io_context io;
+    tcp::socket socket(io);
+    socket.connect(tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), port));
+    raw_result out;
+    boost::asio::async_write(socket, boost::asio::buffer(bytes), [](boost::system::error_code, std::size_t) {});
+    char chunk[4096];
+    std::function<void(boost::system::error_code, std::size_t)> on_read = [&](boost::system::error_code ec,
+                                                                             std::size_t n) {
+        out.received.append(chunk, n);
+        if (ec) {
+            out.closed = true;
+            return;
+        }
+        socket.async_read_some(boost::asio::buffer(chunk), on_read);
+    };
+    socket.async_read_some(boost::asio::buffer(chunk), on_read);
+    io.run_for(timeout);
+    return out;
+}
+
+bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout)
+{
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+        if (condition())
+            return true;
+        if (std::chrono::steady_clock::now() >= until)
+            return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+}
+
+} // namespace test

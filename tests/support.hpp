@@ -97,3 +97,29 @@ private:
 };
 
 } // namespace test
+
+namespace test {
+
+// A real HTTP/1.1 client on loopback (Boost.Beast, blocking, bounded by
+// `patience`): one request per connection unless a session is used.
+struct http_response {
+    int status = 0;
+    std::string body;
+    std::map<std::string, std::string> headers; // lower-case names
+};
+http_response http_get(unsigned short port, const std::string& target, const std::string& method = "GET");
+
+// Sends raw bytes and reads whatever comes back until the server closes
+// the connection or `timeout` passes; `closed` tells which.
+struct raw_result {
+    std::string received;
+    bool closed = false;
+};
+raw_result raw_exchange(unsigned short port, const std::string& bytes,
+                        std::chrono::milliseconds timeout = patience);
+
+// Polls `condition` until true or `timeout`; for state that only a fresh
+// request can observe (an HTTP endpoint), where there is no event to wait on.
+bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout = patience);
+
+} // namespace test

@@ -5,6 +5,7 @@
 
 #include <boost/asio/awaitable.hpp>
 
+#include <chrono>
 #include <exception>
 #include <functional>
 #include <memory>
@@ -62,7 +63,21 @@ public:
     // host. Set by host_builder::build(), before start.
     const std::string& service_name() const noexcept;
 
+    // The interval declared with expect_heartbeat() (zero when none), and
+    // the last heartbeat (the launch of execute counts as one). Thread-safe.
+    std::chrono::milliseconds heartbeat_interval() const noexcept;
+    std::chrono::steady_clock::time_point last_heartbeat() const noexcept;
+
 protected:
+    // Declares that execute calls heartbeat() at least every `interval`
+    // while it runs; the host's health then reports the service as stuck
+    // (unhealthy) after interval * health_options::heartbeat_factor without
+    // one. Call it from the constructor. Zero withdraws the declaration.
+    void expect_heartbeat(std::chrono::milliseconds interval) noexcept;
+    // Says "still making progress"; cheap (one relaxed atomic store), from
+    // any thread.
+    void heartbeat() noexcept;
+
     // Runs on the host's io_context, on this service's strand.
     virtual asio::awaitable<void> execute(std::stop_token stopping) = 0;
 

@@ -2,6 +2,8 @@
 #pragma once
 
 #include <hosting/configuration.hpp>
+#include <hosting/health.hpp>
+#include <hosting/health_endpoint.hpp>
 #include <hosting/host_options.hpp>
 #include <hosting/logging.hpp>
 #include <hosting/services.hpp>
@@ -10,6 +12,7 @@
 #include <boost/asio/io_context.hpp>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -67,6 +70,15 @@ public:
     // notifier is inactive.
     host_builder& use_systemd(systemd_options options = {});
 
+    // Health checks, publishers and the health options (health.hpp). The
+    // host's own entries (services, event loop, readiness) need nothing here.
+    health_builder& health() noexcept { return health_; }
+
+    // Serves /health/live, /health/ready, /health and /metrics over HTTP
+    // (health_endpoint.hpp). Throws std::invalid_argument for bad options
+    // and std::logic_error when called twice.
+    host_builder& add_health_endpoint(health_endpoint_options options = {});
+
     // The environment's name ("Production" unless HOSTING_ENVIRONMENT says
     // otherwise). appsettings.{Environment}.json is chosen when the builder
     // is created, from HOSTING_ENVIRONMENT; setting the name here changes
@@ -92,6 +104,8 @@ private:
     bool console_lifetime_ = true;
     std::vector<std::shared_ptr<host_lifetime>> lifetimes_;
     std::shared_ptr<systemd_notifier> notifier_;
+    health_builder health_;
+    std::optional<health_endpoint_options> endpoint_;
     bool built_ = false;
     host_environment environment_info_;
     hosting::configuration configuration_;

@@ -19,6 +19,14 @@ struct host_options {
     // blocks its thread. Zero means "cancel at once". Must not be negative.
     std::chrono::milliseconds shutdown_timeout{std::chrono::seconds(5)};
 
+    // Draining: after a stop is requested, readiness turns false at once but
+    // the services keep running this long before application_stopping fires
+    // and they are stopped, so that load balancers stop sending traffic
+    // first. It counts inside shutdown_timeout (the deadline runs from the
+    // stop request), so it must be shorter: shutdown_timeout = shutdown_delay
+    // + the time the services need to stop. Zero (the default) means none.
+    std::chrono::milliseconds shutdown_delay{0};
+
     // Bound on the whole start; none by default. When it passes, the start
     // token fires and the start fails. Must be positive when set.
     std::optional<std::chrono::milliseconds> startup_timeout{};

@@ -3,6 +3,7 @@
 
 #include <hosting/hosted_service.hpp>
 
+#include <chrono>
 #include <concepts>
 #include <cstddef>
 #include <functional>
@@ -65,11 +66,49 @@ const std::shared_ptr<const std::string>& shared_type_name()
     return name;
 }
 
+} // namespace detail
+
+// When the host restarts a background_service whose execute ended.
+enum class restart_mode {
+    never,      // the default: an ended service stays ended
+    on_failure, // after execute faulted
+    always,     // after execute faulted or returned by itself
+};
+
+// A supervision policy, like systemd's Restart=, RestartSec= and
+// StartLimitBurst=/StartLimitIntervalSec=. The n-th restart within `window`
+// waits initial_delay * multiplier^(n-1), capped at max_delay, then spread by
+// +-jitter (a fraction) so that many services do not restart in step. When
+// `burst` restarts have happened within `window`, the next end is final:
+// host_options::background_service_exception_behavior applies to it.
+//
+// A restart builds a new instance with the registration's factory (the same
+// constructor and arguments as the first one) and launches its execute on the
+// same strand; the old instance is destroyed first, so nothing of its state
+// carries over.
+struct restart_policy {
+    restart_mode mode = restart_mode::never;
+    std::chrono::milliseconds initial_delay{std::chrono::seconds(1)};
+    std::chrono::milliseconds max_delay{std::chrono::minutes(1)};
+    double multiplier = 2.0;
+    double jitter = 0.2;
+    std::size_t burst = 5;
+    std::chrono::milliseconds window{std::chrono::minutes(5)};
+
+    static restart_policy never() { return {}; }
+    static restart_policy on_failure() { return {restart_mode::on_failure}; }
+    static restart_policy always() { return {restart_mode::always}; }
+
+    // Throws std::invalid_argument naming the first invalid member.
+    void validate() const;
+};
+
+namespace detail {
 struct hosted_descriptor {
     std::shared_ptr<const std::string> name;
     std::function<std::shared_ptr<hosted_service>(service_provider&)> factory;
+    std::shared_ptr<const restart_policy> restart; // null: never
 };
-
 } // namespace detail
 
 // What add_hosted_service returns, to adjust that one registration.
@@ -83,6 +122,19 @@ public:
         descriptor_->name = std::make_shared<const std::string>(std::move(value));
         return *this;
     }
+
+    // Restarts the service when its execute ends, per the policy; only a
+    // background_service can be restarted (build() throws
+    // std::invalid_argument naming any other). Validates the policy at once.
+    hosted_service_registration& restart(restart_policy policy)
+    {
+        policy.validate();
+        descriptor_->restart = policy.mode == restart_mode::never
+                                   ? nullptr
+                                   : std::make_shared<const restart_policy>(std::move(policy));
+        return *this;
+    }
+    hosted_service_registration& restart(restart_mode mode) { return restart(restart_policy{mode}); }
 
 private:
     detail::hosted_descriptor* descriptor_;

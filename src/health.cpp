@@ -1,0 +1,594 @@
+#include "health_core.hpp"
+
+#include <hosting/cancellation.hpp>
+
+#include "describe.hpp"
+
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/json/serialize.hpp>
+#include <boost/json/value.hpp>
+
+#include <spdlog/logger.h>
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <unordered_map>
+
+namespace hosting {
+
+using clock = std::chrono::steady_clock;
+
+std::string_view to_string(health_status status) noexcept
+{
+    switch (status) {
+    case health_status::healthy: return "Healthy";
+    case health_status::degraded: return "Degraded";
+    case health_status::unhealthy: return "Unhealthy";
+    }
+    return "Unknown";
+}
+
+health_check_result health_check_result::healthy(std::string description, std::map<std::string, std::string> data)
+{
+    return {health_status::healthy, std::move(description), std::move(data)};
+}
+
+health_check_result health_check_result::degraded(std::string description, std::map<std::string, std::string> data)
+{
+    return {health_status::degraded, std::move(description), std::move(data)};
+}
+
+health_check_result health_check_result::unhealthy(std::string description, std::map<std::string, std::string> data)
+{
+    return {health_status::unhealthy, std::move(description), std::move(data)};
+}
+
+const health_entry* health_report::find(std::string_view name) const noexcept
+{
+    for (const auto& e : entries)
+        if (e.name == name)
+            return &e;
+    return nullptr;
+}
+
+namespace {
+
+double seconds(std::chrono::nanoseconds d) { return std::chrono::duration<double>(d).count(); }
+
+std::string ms_text(clock::duration d)
+{
+    return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + " ms";
+}
+
+bool has_tag(const std::vector<std::string>& tags, std::string_view tag)
+{
+    return tag.empty() || std::find(tags.begin(), tags.end(), tag) != tags.end();
+}
+
+void aggregate(health_report& report)
+{
+    report.status = health_status::healthy;
+    for (const auto& e : report.entries)
+        report.status = std::max(report.status, e.status);
+}
+
+} // namespace
+
+std::string health_report::to_json() const
+{
+    boost::json::object root;
+    root["status"] = to_string(status);
+    root["totalDuration"] = seconds(total_duration);
+    boost::json::object all;
+    for (const auto& e : entries) {
+        boost::json::object o;
+        o["status"] = to_string(e.status);
+        o["description"] = e.description;
+        o["duration"] = seconds(e.duration);
+        boost::json::array tags;
+        for (const auto& t : e.tags)
+            tags.emplace_back(t);
+        o["tags"] = std::move(tags);
+        boost::json::object data;
+        for (const auto& [k, v] : e.data)
+            data[k] = v;
+        o["data"] = std::move(data);
+        if (!e.error.empty())
+            o["error"] = e.error;
+        all[e.name] = std::move(o);
+    }
+    root["entries"] = std::move(all);
+    return boost::json::serialize(root);
+}
+
+void health_options::validate() const
+{
+    if (!(heartbeat_factor >= 1.0) || !std::isfinite(heartbeat_factor))
+        throw std::invalid_argument("health_options: heartbeat_factor must be at least 1 (got " +
+                                    std::to_string(heartbeat_factor) + ")");
+    if (loop_lag_interval < std::chrono::milliseconds::zero())
+        throw std::invalid_argument("health_options: loop_lag_interval must not be negative");
+    if (loop_lag_threshold <= std::chrono::milliseconds::zero())
+        throw std::invalid_argument("health_options: loop_lag_threshold must be positive");
+    if (loop_name.empty())
+        throw std::invalid_argument("health_options: loop_name must not be empty");
+}
+
+health_builder& health_builder::add(health_check_registration check)
+{
+    if (check.name.empty())
+        throw std::invalid_argument("health: a check needs a name");
+    if (!check.fn)
+        throw std::invalid_argument("health: check '" + check.name + "' has an empty function");
+    if (check.timeout <= std::chrono::milliseconds::zero())
+        throw std::invalid_argument("health: check '" + check.name + "' needs a positive timeout");
+    checks_.push_back(std::move(check));
+    return *this;
+}
+
+health_builder& health_builder::add_publisher(std::string name, health_publisher_function fn,
+                                              health_publisher_options options)
+{
+    if (!fn)
+        throw std::invalid_argument("health: publisher '" + name + "' has an empty function");
+    if (options.period <= std::chrono::milliseconds::zero() || options.delay < std::chrono::milliseconds::zero())
+        throw std::invalid_argument("health: publisher '" + name +
+                                    "' needs a positive period and a delay that is not negative");
+    publishers_.push_back({std::move(name), std::move(fn), std::move(options)});
+    return *this;
+}
+
+void health_builder::validate() const
+{
+    options_.validate();
+    for (std::size_t i = 0; i < checks_.size(); ++i) {
+        const auto& name = checks_[i].name;
+        if (name.rfind("service:", 0) == 0 || name == "event_loop" || name == "readiness")
+            throw std::invalid_argument("health: check name '" + name + "' is reserved for the host's own entries");
+        for (std::size_t j = 0; j < i; ++j)
+            if (checks_[j].name == name)
+                throw std::invalid_argument("health: two checks are named '" + name + "'");
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+health_monitor::health_monitor(std::shared_ptr<detail::health_core> core) : core_(std::move(core)) {}
+health_monitor::~health_monitor() = default;
+
+asio::awaitable<health_report> health_monitor::check(std::string tag)
+{
+    return core_->check(std::move(tag));
+}
+
+health_report health_monitor::host_entries(std::string_view tag) const { return core_->host_entries(tag); }
+bool health_monitor::ready() const noexcept { return core_->ready(); }
+std::chrono::nanoseconds health_monitor::loop_lag() const noexcept { return core_->loop_lag(); }
+metrics_registry& health_monitor::metrics() noexcept { return core_->metrics(); }
+
+// ---------------------------------------------------------------------------
+
+namespace detail {
+
+health_core::health_core(health_options options, std::vector<health_check_registration> checks,
+                         std::vector<health_publisher_registration> publishers,
+                         std::shared_ptr<metrics_registry> metrics, std::shared_ptr<spdlog::logger> log)
+    : options_(std::move(options)),
+      checks_(std::move(checks)),
+      publishers_(std::move(publishers)),
+      metrics_(std::move(metrics)),
+      log_(std::move(log))
+{
+    if (options_.loop_lag_interval > std::chrono::milliseconds::zero())
+        lag_histogram_ = &metrics_->histogram(
+            "hosting_event_loop_lag_seconds", "How late the event loop ran a timer",
+            {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}, {{"loop", options_.loop_name}});
+    for (const auto& c : checks_)
+        check_metrics_.push_back(
+            {&metrics_->histogram("hosting_health_check_duration_seconds", "How long a health check took",
+                                  default_duration_buckets(), {{"check", c.name}}),
+             &metrics_->gauge("hosting_health_check_status",
+                              "The last result of a health check: 0 healthy, 1 degraded, 2 unhealthy",
+                              {{"check", c.name}})});
+}
+
+health_core::~health_core() = default;
+
+void health_core::attach(asio::any_io_executor host_executor, std::function<std::vector<service_status>()> statuses)
+{
+    host_executor_ = host_executor;
+    check_strand_.emplace(asio::make_strand(host_executor));
+    tasks_.emplace(asio::make_strand(host_executor));
+    statuses_ = std::move(statuses);
+    metrics_->add_collector([weak = weak_from_this()](metrics_writer& out) {
+        auto self = weak.lock();
+        if (!self)
+            return;
+        static constexpr service_state states[] = {
+            service_state::not_started, service_state::starting, service_state::running, service_state::stopping,
+            service_state::stopped,     service_state::completed, service_state::faulted,
+        };
+        auto all = self->statuses_();
+        for (const auto& s : all)
+            for (auto state : states)
+                out.gauge("hosting_service_state", "1 for the state a hosted service is in, 0 for the others",
+                          {{"service", s.name}, {"state", std::string(to_string(state))}}, s.state == state ? 1 : 0);
+        for (const auto& s : all)
+            out.counter("hosting_service_restarts_total", "How many times a service was restarted by its policy",
+                        {{"service", s.name}}, s.restarts);
+        for (const auto& s : all)
+            out.counter("hosting_service_faults_total", "How many times a service faulted", {{"service", s.name}},
+                        s.faults);
+        const auto now = clock::now();
+        for (const auto& s : all)
+            if (s.heartbeat_interval.count() > 0 && s.last_heartbeat != clock::time_point{})
+                out.gauge("hosting_service_heartbeat_age_seconds", "Time since a service's last heartbeat",
+                          {{"service", s.name}}, seconds(now - s.last_heartbeat));
+        out.gauge("hosting_ready", "1 when the host is ready for traffic", {}, self->ready() ? 1 : 0);
+    });
+}
+
+void health_core::set_ready(bool value) noexcept
+{
+    if (!value)
+        stopping_ = true;
+    // Once a stop began, nothing makes the host ready again.
+    ready_ = value && !stopping_.load();
+}
+
+std::chrono::nanoseconds health_core::loop_lag() const noexcept
+{
+    if (!monitoring_.load())
+        return std::chrono::nanoseconds::zero();
+    const auto last = clock::time_point(clock::duration(last_tick_.load()));
+    // A loop that is stuck right now has not ticked for a while: that is lag
+    // too, and the only way to see it while it lasts.
+    auto overdue = clock::now() - last - options_.loop_lag_interval;
+    return std::max(std::chrono::nanoseconds(last_lag_.load()), std::chrono::nanoseconds(overdue));
+}
+
+bool health_core::has_checks(std::string_view tag) const
+{
+    return std::any_of(checks_.begin(), checks_.end(), [&](const auto& c) { return has_tag(c.tags, tag); });
+}
+
+health_report health_core::host_entries(std::string_view tag) const
+{
+    health_report report;
+    const auto now = clock::now();
+    if (statuses_ && has_tag({"live", "service"}, tag)) {
+        std::unordered_map<std::string, int> seen;
+        for (const auto& s : statuses_()) {
+            health_entry e;
+            e.name = "service:" + s.name;
+            if (int n = ++seen[s.name]; n > 1)
+                e.name += "#" + std::to_string(n);
+            e.tags = {"live", "service"};
+            e.data["state"] = std::string(to_string(s.state));
+            e.data["restarts"] = std::to_string(s.restarts);
+            e.data["faults"] = std::to_string(s.faults);
+            const std::string error = s.error ? describe(s.error) : std::string();
+            if (!error.empty())
+                e.error = error;
+            if (s.restarts_exhausted) {
+                e.status = health_status::unhealthy;
+                e.description = "restart limit reached; " + std::string(to_string(s.state)) +
+                                (error.empty() ? std::string() : ": " + error);
+            } else if (s.restart_pending) {
+                e.status = health_status::degraded;
+                e.description = "restarting after it " +
+                                std::string(s.state == service_state::faulted ? "faulted: " + error : "completed");
+            } else if (s.state == service_state::faulted) {
+                e.status = health_status::unhealthy;
+                e.description = "faulted: " + error;
+            } else if (s.state == service_state::running && s.heartbeat_interval.count() > 0) {
+                const auto age = now - s.last_heartbeat;
+                e.data["heartbeat_age_ms"] = std::to_string(
+                    std::chrono::duration_cast<std::chrono::milliseconds>(age).count());
+                if (age > std::chrono::duration<double, std::milli>(static_cast<double>(s.heartbeat_interval.count()) *
+                                                                    options_.heartbeat_factor)) {
+                    e.status = health_status::unhealthy;
+                    e.description = "stuck: no heartbeat for " + ms_text(age) + " (expected every " +
+                                    ms_text(s.heartbeat_interval) + ")";
+                } else {
+                    e.description = "running";
+                }
+            } else {
+                e.description = std::string(to_string(s.state));
+            }
+            report.entries.push_back(std::move(e));
+        }
+    }
+    if (options_.loop_lag_interval.count() > 0 && has_tag({"live"}, tag)) {
+        health_entry e;
+        e.name = "event_loop";
+        e.tags = {"live"};
+        const auto lag = loop_lag();
+        e.data["loop"] = options_.loop_name;
+        e.data["lag_ms"] = std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(lag).count());
+        if (lag > options_.loop_lag_threshold) {
+            e.status = health_status::degraded;
+            e.description = "event loop '" + options_.loop_name + "' is " + ms_text(lag) + " late (threshold " +
+                            ms_text(options_.loop_lag_threshold) + ")";
+        } else {
+            e.description = monitoring_.load() ? "on time" : "not monitored yet";
+        }
+        report.entries.push_back(std::move(e));
+    }
+    if (has_tag({"ready"}, tag)) {
+        health_entry e;
+        e.name = "readiness";
+        e.tags = {"ready"};
+        if (ready()) {
+            e.description = "ready";
+        } else {
+            e.status = health_status::unhealthy;
+            e.description = stopping_.load() ? "not ready: stopping" : "not ready: starting";
+        }
+        report.entries.push_back(std::move(e));
+    }
+    aggregate(report);
+    return report;
+}
+
+// One run of the checks. The collector runs on a strand of the caller's
+// executor, not the host's loop, so that a blocked loop makes its checks
+// time out instead of making the caller wait.
+struct health_core::check_run {
+    struct slot {
+        const health_check_registration* check = nullptr;
+        clock::time_point started;
+        bool done = false;
+        health_entry entry;
+        std::stop_source stop;
+        // check_strand_ only. The check's coroutine holds its slot until it
+        // ends, which may be after the run has given up on it.
+        asio::cancellation_signal signal;
+    };
+
+    // First, so that it is destroyed last: it may own the execution context
+    // the strand and the timer belong to.
+    std::shared_ptr<void> keep_alive;
+    asio::strand<asio::any_io_executor> strand;
+    asio::steady_timer event;
+    std::vector<std::shared_ptr<slot>> slots;
+    std::size_t remaining = 0;
+
+    check_run(std::shared_ptr<void> keep, asio::any_io_executor ex)
+        : keep_alive(std::move(keep)), strand(asio::make_strand(ex)), event(strand, clock::time_point::max())
+    {
+    }
+
+    void finish(slot& s, health_entry entry)
+    {
+        if (s.done)
+            return;
+        s.done = true;
+        s.entry = std::move(entry);
+        --remaining;
+        event.cancel();
+    }
+};
+
+asio::awaitable<health_report> health_core::check(std::string tag, std::shared_ptr<void> keep_alive)
+{
+    const auto began = clock::now();
+    health_report report = host_entries(tag);
+    auto caller = co_await asio::this_coro::executor;
+    auto run = std::make_shared<check_run>(std::move(keep_alive), caller);
+    for (const auto& c : checks_) {
+        if (!has_tag(c.tags, tag))
+            continue;
+        auto& s = *run->slots.emplace_back(std::make_shared<check_run::slot>());
+        s.check = &c;
+        s.entry.name = c.name;
+        s.entry.tags = c.tags;
+        ++run->remaining;
+    }
+
+    auto collect = [self = shared_from_this(), run]() -> asio::awaitable<void> {
+        for (auto& sp : run->slots) {
+            std::shared_ptr<check_run::slot> s = sp;
+            s->started = clock::now();
+            auto body = [fn = s->check->fn, token = s->stop.get_token()]() -> asio::awaitable<health_check_result> {
+                co_return co_await fn(token);
+            };
+            // The handler holds the run weakly: once the caller is gone, a
+            // late check has nobody to report to.
+            std::weak_ptr<check_run> weak = run;
+            asio::co_spawn(
+                *self->check_strand_, std::move(body),
+                asio::bind_cancellation_slot(
+                    s->signal.slot(), [weak, s](std::exception_ptr error, health_check_result result) {
+                        auto alive = weak.lock();
+                        if (!alive)
+                            return;
+                        asio::post(alive->strand, [weak, s, error, result = std::move(result)]() mutable {
+                            auto run = weak.lock();
+                            if (!run)
+                                return;
+                            health_entry e = std::move(s->entry);
+                            e.duration = clock::now() - s->started;
+                            if (error) {
+                                e.status = s->check->failure_status;
+                                e.error = describe(error);
+                                e.description = "the check threw: " + e.error;
+                            } else {
+                                e.status = result.status;
+                                e.description = std::move(result.description);
+                                e.data = std::move(result.data);
+                            }
+                            run->finish(*s, std::move(e));
+                        });
+                    }));
+        }
+        while (run->remaining > 0) {
+            const auto now = clock::now();
+            auto next = clock::time_point::max();
+            for (auto& sp : run->slots) {
+                auto& s = *sp;
+                if (s.done)
+                    continue;
+                const auto due = s.started + s.check->timeout;
+                if (now < due) {
+                    next = std::min(next, due);
+                    continue;
+                }
+                health_entry e = std::move(s.entry);
+                e.duration = now - s.started;
+                e.status = s.check->failure_status;
+                e.error = "timed out after " + ms_text(s.check->timeout);
+                e.description = "the check " + e.error;
+                s.stop.request_stop();
+                asio::post(*self->check_strand_, [sp] { sp->signal.emit(asio::cancellation_type::terminal); });
+                run->finish(s, std::move(e));
+            }
+            if (run->remaining == 0)
+                break;
+            run->event.expires_at(next);
+            boost::system::error_code ec;
+            co_await run->event.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+            auto cs = co_await asio::this_coro::cancellation_state;
+            if (cs.cancelled() != asio::cancellation_type::none)
+                throw boost::system::system_error(asio::error::operation_aborted);
+        }
+    };
+    co_await asio::co_spawn(run->strand, std::move(collect), asio::use_awaitable);
+
+    for (std::size_t i = 0; i < run->slots.size(); ++i) {
+        const auto& e = run->slots[i]->entry;
+        record(*run->slots[i]->check, e);
+        report.entries.push_back(e);
+    }
+    aggregate(report);
+    report.total_duration = clock::now() - began;
+    co_return report;
+}
+
+void health_core::record(const health_check_registration& check, const health_entry& entry)
+{
+    const auto index = static_cast<std::size_t>(&check - checks_.data());
+    check_metrics_[index].duration->observe(seconds(entry.duration));
+    auto& gauge = *check_metrics_[index].status;
+    const auto now = static_cast<double>(entry.status);
+    const auto before = gauge.value();
+    gauge.set(now);
+    // On changes only: a probe polling every second must not flood the log.
+    if (now != before && entry.status != health_status::healthy)
+        log_->warn("Health check '{}' is {}: {}", check.name, to_string(entry.status), entry.description);
+    else if (now != before)
+        log_->info("Health check '{}' is Healthy again", check.name);
+}
+
+// ---------------------------------------------------------------------------
+// Tasks: the loop monitor and the publishers
+
+void health_core::spawn_task(std::function<asio::awaitable<void>(std::stop_token)> body, const char* what)
+{
+    auto& t = *tasks_running_.emplace_back(std::make_unique<task>());
+    auto run = [body = std::move(body), token = t.stop.get_token()]() -> asio::awaitable<void> {
+        co_await body(token);
+    };
+    asio::co_spawn(*tasks_, std::move(run),
+                   asio::bind_cancellation_slot(
+                       t.signal.slot(), [weak = weak_from_this(), tp = &t, what](std::exception_ptr error) {
+                           auto self = weak.lock();
+                           if (!self)
+                               return;
+                           if (error && !is_cancellation(error))
+                               self->log_->error("The health {} ended with an error: {}", what, describe(error));
+                           tp->running = false;
+                           if (self->tasks_ended_)
+                               self->tasks_ended_->cancel();
+                       }));
+}
+
+void health_core::start_tasks()
+{
+    asio::post(*tasks_, [self = shared_from_this()] {
+        if (self->stopping_.load())
+            return;
+        if (self->options_.loop_lag_interval.count() > 0)
+            self->spawn_task([self](std::stop_token stop) { return self->monitor_loop(stop); }, "loop monitor");
+        for (const auto& p : self->publishers_)
+            self->spawn_task([self, p = &p](std::stop_token stop) { return self->publish_loop(*p, stop); },
+                             "publisher");
+    });
+}
+
+asio::awaitable<void> health_core::stop_tasks(clock::time_point deadline)
+{
+    stopping_ = true;
+    for (auto& t : tasks_running_) {
+        t->stop.request_stop();
+        if (t->running)
+            t->signal.emit(asio::cancellation_type::terminal);
+    }
+    tasks_ended_.emplace(*tasks_, deadline);
+    auto any_running = [this] {
+        return std::any_of(tasks_running_.begin(), tasks_running_.end(), [](const auto& t) { return t->running; });
+    };
+    while (any_running() && clock::now() < deadline) {
+        boost::system::error_code ec;
+        co_await tasks_ended_->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+    if (any_running())
+        log_->warn("A health publisher did not stop by the shutdown deadline");
+    monitoring_ = false;
+}
+
+asio::awaitable<void> health_core::monitor_loop(std::stop_token stop)
+{
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    last_tick_ = clock::now().time_since_epoch().count();
+    monitoring_ = true;
+    bool late = false;
+    while (!stop.stop_requested()) {
+        const auto due = clock::now() + options_.loop_lag_interval;
+        timer.expires_at(due);
+        co_await timer.async_wait(asio::use_awaitable);
+        const auto now = clock::now();
+        const auto lag = std::max(now - due, clock::duration::zero());
+        last_lag_ = std::chrono::duration_cast<std::chrono::nanoseconds>(lag).count();
+        last_tick_ = now.time_since_epoch().count();
+        lag_histogram_->observe(seconds(lag));
+        if (lag > options_.loop_lag_threshold) {
+            log_->warn("Event loop '{}' ran a timer {} late (threshold {}): something blocks its thread",
+                       options_.loop_name, ms_text(lag), ms_text(options_.loop_lag_threshold));
+            late = true;
+        } else if (late) {
+            log_->info("Event loop '{}' is on time again", options_.loop_name);
+            late = false;
+        }
+    }
+}
+
+asio::awaitable<void> health_core::publish_loop(const health_publisher_registration& publisher, std::stop_token stop)
+{
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    auto next = clock::now() + publisher.options.delay;
+    while (!stop.stop_requested()) {
+        timer.expires_at(next);
+        co_await timer.async_wait(asio::use_awaitable);
+        auto report = co_await check(publisher.options.tag);
+        try {
+            co_await publisher.fn(report, stop);
+        } catch (...) {
+            if (stop.stop_requested() && is_cancellation(std::current_exception()))
+                throw;
+            log_->error("Health publisher '{}' failed: {}", publisher.name, describe(std::current_exception()));
+        }
+        // Fixed rate, but never two runs at once: a run that outlasted its
+        // period makes the next one start right away, once.
+        next = std::max(next + publisher.options.period, clock::now());
+    }
+}
+
+} // namespace detail
+} // namespace hosting
