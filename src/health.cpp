@@ -10,12 +10,11 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/json/serialize.hpp>
-#include <boost/json/value.hpp>
 
 #include <spdlog/logger.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <stdexcept>
 #include <unordered_map>
@@ -80,31 +79,91 @@ void aggregate(health_report& report)
 
 } // namespace
 
+namespace {
+
+// Written by hand rather than through a JSON DOM: probes ask for this many
+// times a second, and building the tree cost more than the rest of the
+// request.
+void append_string(std::string& out, std::string_view text)
+{
+    static constexpr char hex[] = "0123456789abcdef";
+    out += '"';
+    for (char c : text) {
+        const auto u = static_cast<unsigned char>(c);
+        switch (c) {
+        case '"': out += "\\\""; break;
+        case '\\': out += "\\\\"; break;
+        case '\n': out += "\\n"; break;
+        case '\r': out += "\\r"; break;
+        case '\t': out += "\\t"; break;
+        default:
+            if (u < 0x20) {
+                out += "\\u00";
+                out += hex[u >> 4];
+                out += hex[u & 15];
+            } else {
+                out += c;
+            }
+        }
+    }
+    out += '"';
+}
+
+void append_seconds(std::string& out, std::chrono::nanoseconds d)
+{
+    char buffer[32];
+    auto r = std::to_chars(buffer, buffer + sizeof buffer, seconds(d));
+    out.append(buffer, r.ptr);
+}
+
+} // namespace
+
 std::string health_report::to_json() const
 {
-    boost::json::object root;
-    root["status"] = to_string(status);
-    root["totalDuration"] = seconds(total_duration);
-    boost::json::object all;
+    std::string out;
+    out.reserve(128 + entries.size() * 192);
+    out += "{\"status\":";
+    append_string(out, to_string(status));
+    out += ",\"totalDuration\":";
+    append_seconds(out, total_duration);
+    out += ",\"entries\":{";
+    bool first = true;
     for (const auto& e : entries) {
-        boost::json::object o;
-        o["status"] = to_string(e.status);
-        o["description"] = e.description;
-        o["duration"] = seconds(e.duration);
-        boost::json::array tags;
-        for (const auto& t : e.tags)
-            tags.emplace_back(t);
-        o["tags"] = std::move(tags);
-        boost::json::object data;
-        for (const auto& [k, v] : e.data)
-            data[k] = v;
-        o["data"] = std::move(data);
-        if (!e.error.empty())
-            o["error"] = e.error;
-        all[e.name] = std::move(o);
+        if (!first)
+            out += ',';
+        first = false;
+        append_string(out, e.name);
+        out += ":{\"status\":";
+        append_string(out, to_string(e.status));
+        out += ",\"description\":";
+        append_string(out, e.description);
+        out += ",\"duration\":";
+        append_seconds(out, e.duration);
+        out += ",\"tags\":[";
+        for (std::size_t i = 0; i < e.tags.size(); ++i) {
+            if (i)
+                out += ',';
+            append_string(out, e.tags[i]);
+        }
+        out += "],\"data\":{";
+        bool first_datum = true;
+        for (const auto& [k, v] : e.data) {
+            if (!first_datum)
+                out += ',';
+            first_datum = false;
+            append_string(out, k);
+            out += ':';
+            append_string(out, v);
+        }
+        out += '}';
+        if (!e.error.empty()) {
+            out += ",\"error\":";
+            append_string(out, e.error);
+        }
+        out += '}';
     }
-    root["entries"] = std::move(all);
-    return boost::json::serialize(root);
+    out += "}}";
+    return out;
 }
 
 void health_options::validate() const

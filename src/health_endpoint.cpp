@@ -23,6 +23,7 @@
 
 #include <spdlog/logger.h>
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <stdexcept>
@@ -186,7 +187,22 @@ struct health_endpoint::impl : std::enable_shared_from_this<health_endpoint::imp
         std::string_view content_type = "application/json";
         route r = route::other;
         bool allow_get = false;
+        bool unread_input = false; // the request was refused before it was read whole
     };
+
+    // Closing a socket with unread input makes the kernel send a reset,
+    // which can destroy the error response before the client reads it; so
+    // read and drop what the client still sends, for a bounded time and size,
+    // the way web servers do a lingering close.
+    static asio::awaitable<void> linger(const std::shared_ptr<impl>& self, beast::tcp_stream& stream)
+    {
+        boost::system::error_code ec;
+        stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+        stream.expires_after(std::min<std::chrono::milliseconds>(self->options.read_timeout, std::chrono::seconds(1)));
+        char sink[4096];
+        for (std::size_t total = 0; !ec && total < 1024 * 1024 && !self->closing;)
+            total += co_await stream.async_read_some(asio::buffer(sink), asio::redirect_error(asio::use_awaitable, ec));
+    }
 
     static asio::awaitable<reply> answer(std::shared_ptr<impl> self, const http::request<http::string_body>& req)
     {
@@ -264,12 +280,15 @@ struct health_endpoint::impl : std::enable_shared_from_this<health_endpoint::imp
                 out = co_await answer(self, parser.get());
             } else if (ec == http::error::header_limit || ec == http::error::buffer_overflow) {
                 out = reply{431, error_json("request header too large")};
+                out.unread_input = true;
             } else if (ec == http::error::body_limit) {
                 out = reply{413, error_json("request body too large")};
+                out.unread_input = true;
             } else if (ec == http::error::end_of_stream || ec == http::error::partial_message) {
                 break; // the client closed
             } else if (ec.category() == http::make_error_code(http::error::bad_method).category()) {
                 out = reply{400, error_json("malformed request: " + ec.message())};
+                out.unread_input = true;
             } else {
                 break; // timeout, reset, or the stop closing the socket
             }
@@ -287,6 +306,8 @@ struct health_endpoint::impl : std::enable_shared_from_this<health_endpoint::imp
             res.prepare_payload();
             stream.expires_after(self->options.read_timeout);
             co_await http::async_write(stream, res, asio::redirect_error(asio::use_awaitable, ec));
+            if (!ec && out.unread_input)
+                co_await linger(self, stream);
             if (ec || !keep_alive)
                 break;
         }

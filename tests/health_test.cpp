@@ -15,6 +15,7 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <csignal>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -218,7 +219,7 @@ TEST_CASE("health checks run concurrently, each with its timeout, and the worst 
             throw std::runtime_error("database unreachable");
         }, {"bad"})
         .add_check("meh", []() -> asio::awaitable<hosting::health_check_result> {
-            co_return hosting::health_check_result::degraded("queue is long", {{"depth", "1200"}});
+            co_return hosting::health_check_result::degraded("queue is \"long\"\n\t\x01\\", {{"depth", "1200"}});
         }, {"soft", "ready"});
     auto host = builder.build();
     host.start_blocking();
@@ -249,6 +250,7 @@ TEST_CASE("health checks run concurrently, each with its timeout, and the worst 
     auto s = body_json(soft);
     CHECK(s.at("status").as_string() == "Degraded");
     CHECK(s.at("entries").at("meh").at("data").at("depth").as_string() == "1200");
+    CHECK(s.at("entries").at("meh").at("description").as_string() == "queue is \"long\"\n\t\x01\\");
     CHECK(entry_status(s, "readiness") == "Healthy");
 
     // The whole report: worst wins.
@@ -688,3 +690,32 @@ TEST_CASE("publishers push the report after start, on a period, without overlapp
     CHECK(ready_when_first.load());
     CHECK(host.exit_code() == 0);
 }
+
+// ---------------------------------------------------------------------------
+// The example, end to end
+
+#ifdef HOSTING_EXAMPLE_HEALTH
+TEST_CASE("the health example serves its endpoint and restarts its flaky exporter", "[health][example]")
+{
+    test::child_process child(HOSTING_EXAMPLE_HEALTH, {"--Health:Port=0", "--Health:ExporterLifespanMs=200"});
+    REQUIRE(child.wait_for_output("listening on http://127.0.0.1:"));
+    REQUIRE(child.wait_for_output("/health\n"));
+    REQUIRE(child.wait_for_output("Restarted service 'exporter' (restart 1)"));
+    std::smatch m;
+    const std::string output = child.output();
+    REQUIRE(std::regex_search(output, m, std::regex("listening on http://127.0.0.1:(\\d+)/health")));
+    const auto port = static_cast<unsigned short>(std::stoi(m[1]));
+
+    auto live = test::http_get(port, "/health/live");
+    CHECK((live.status == 200 || live.status == 503));
+    CHECK(live.body.find("service:exporter") != std::string::npos);
+    auto ready = test::http_get(port, "/health/ready");
+    CHECK(ready.status == 200);
+    CHECK(ready.body.find("spool ready") != std::string::npos);
+    auto metrics = test::http_get(port, "/metrics").body;
+    CHECK(std::regex_search(metrics, std::regex("hosting_service_restarts_total\\{service=\"exporter\"\\} [1-9]")));
+
+    child.send_signal(SIGTERM);
+    CHECK(child.wait_exit() == 0);
+}
+#endif
