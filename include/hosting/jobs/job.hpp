@@ -1,0 +1,144 @@
+// jobs/job.hpp: what a persistent job is, its states and how they change.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace hosting::jobs {
+
+// Jobs outlive processes, so their times are wall-clock times.
+using clock = std::chrono::system_clock;
+using time_point = clock::time_point;
+
+using job_id = std::int64_t;
+
+enum class job_state : std::uint8_t {
+    scheduled, // waits for its run_at
+    available, // may be claimed by a worker
+    awaiting,  // a continuation waiting for its parent to end
+    running,   // claimed by a node, under a lease
+    retryable, // failed with attempts left; available again at its run_at
+    succeeded,
+    failed,    // attempts used up; kept until pruned, never silently dropped
+    cancelled,
+    deleted,
+};
+inline constexpr std::size_t job_state_count = 9;
+
+std::string_view to_string(job_state state) noexcept;
+// Throws std::invalid_argument naming the text when it is not a state.
+job_state parse_job_state(std::string_view text);
+
+// Whether a job in this state will not run again by itself.
+constexpr bool is_final(job_state s) noexcept
+{
+    return s == job_state::succeeded || s == job_state::failed || s == job_state::cancelled ||
+           s == job_state::deleted;
+}
+
+// The state machine. Everything else is rejected with invalid_transition:
+//   scheduled, retryable -> available (due), running (claimed when due)
+//   available            -> running
+//   awaiting             -> available (parent ended as the condition wants),
+//                           deleted (it did not)
+//   running              -> succeeded, retryable, failed, cancelled,
+//                           scheduled (snoozed), available (released at
+//                           shutdown, or its node's lease expired)
+//   succeeded, failed, cancelled, deleted -> available (requeue)
+//   any state that is not final -> cancelled, deleted
+//   any final state but deleted -> deleted
+bool can_transition(job_state from, job_state to) noexcept;
+
+class invalid_transition : public std::logic_error {
+public:
+    invalid_transition(job_id id, job_state from, job_state to);
+    job_state from() const noexcept { return from_; }
+    job_state to() const noexcept { return to_; }
+
+private:
+    job_state from_;
+    job_state to_;
+};
+
+// Thrown by client calls on an id that does not exist.
+class job_not_found : public std::runtime_error {
+public:
+    explicit job_not_found(job_id id);
+};
+
+// One line of a job's history.
+struct state_change {
+    job_state from;
+    job_state to;
+    time_point at;
+    std::string reason;
+    std::string error; // for failures
+};
+
+// A set of states, for unique keys and queries.
+class state_set {
+public:
+    constexpr state_set() = default;
+    constexpr state_set(std::initializer_list<job_state> states)
+    {
+        for (auto s : states)
+            bits_ |= bit(s);
+    }
+    constexpr bool contains(job_state s) const noexcept { return (bits_ & bit(s)) != 0; }
+    constexpr std::uint32_t bits() const noexcept { return bits_; }
+    static constexpr state_set from_bits(std::uint32_t bits) noexcept
+    {
+        state_set s;
+        s.bits_ = bits;
+        return s;
+    }
+    constexpr bool empty() const noexcept { return bits_ == 0; }
+
+private:
+    static constexpr std::uint32_t bit(job_state s) noexcept { return 1u << static_cast<unsigned>(s); }
+    std::uint32_t bits_ = 0;
+};
+
+// While a job with a unique key is in one of these states, enqueueing the
+// same key returns that job instead of creating another.
+inline constexpr state_set default_unique_states{job_state::scheduled, job_state::available, job_state::awaiting,
+                                                 job_state::running, job_state::retryable};
+
+// Per-call options of client::enqueue and friends; unset members take the
+// kind's defaults.
+struct job_options {
+    std::optional<std::string> queue;
+    std::optional<int> priority; // lower runs first
+    std::optional<int> max_attempts;
+    std::optional<std::chrono::milliseconds> timeout;
+    std::string unique_key; // empty: none
+    state_set unique_states = default_unique_states;
+};
+
+// A job as stored.
+struct job {
+    job_id id = 0;
+    std::string kind;
+    std::string queue;
+    std::string args; // JSON
+    int priority = 0;
+    job_state state = job_state::available;
+    int attempt = 0; // attempts started so far
+    int max_attempts = 1;
+    std::chrono::milliseconds timeout{0}; // zero: none
+    time_point created_at{};
+    time_point run_at{};
+    std::string unique_key;
+    std::string lease_owner; // node id, while running
+    time_point lease_expires{};
+    std::string last_error;
+    bool cancel_requested = false;
+    std::vector<state_change> history; // filled by queries that ask for it
+};
+
+} // namespace hosting::jobs

@@ -1,0 +1,228 @@
+// jobs/server.hpp: kinds, handlers, and the server that runs them.
+#pragma once
+
+#include <hosting/background_service.hpp>
+#include <hosting/host_builder.hpp>
+#include <hosting/jobs/client.hpp>
+#include <hosting/jobs/storage.hpp>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/json/parse.hpp>
+#include <boost/json/value_to.hpp>
+
+#include <chrono>
+#include <concepts>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <vector>
+
+namespace spdlog {
+class logger;
+}
+
+namespace hosting::jobs {
+
+// Where the engine reads the time: the system clock, or a manual one in
+// tests (so that retries and schedules are tested without sleeping).
+class time_source {
+public:
+    virtual ~time_source() = default;
+    virtual time_point now() const = 0;
+    // Called when the time jumps (a manual clock advanced): the server
+    // re-reads what is due.
+    virtual void on_change(std::function<void()>) {}
+};
+
+class system_time_source final : public time_source {
+public:
+    time_point now() const override { return clock::now(); }
+};
+
+// Starts where it is told and moves only by advance(). Thread-safe.
+class manual_time_source final : public time_source {
+public:
+    explicit manual_time_source(time_point start);
+    time_point now() const override;
+    void advance(clock::duration by);
+    void on_change(std::function<void()> fn) override;
+
+private:
+    mutable std::mutex mutex_;
+    time_point now_;
+    std::vector<std::function<void()>> listeners_;
+};
+
+// What a handler knows about the attempt it runs.
+class job_context {
+public:
+    job_context(const job& j, std::stop_token stop, std::shared_ptr<spdlog::logger> log);
+
+    job_id id() const noexcept { return id_; }
+    int attempt() const noexcept { return attempt_; }
+    int max_attempts() const noexcept { return max_attempts_; }
+    const std::string& kind() const noexcept { return kind_; }
+    const std::string& queue() const noexcept { return queue_; }
+    // "<id>:<attempt>": delivery is at least once, so a handler with side
+    // effects elsewhere passes this along to make a repeat harmless.
+    std::string idempotency_key() const;
+    // Fires on the job's timeout, on cancel(), and at shutdown; every Asio
+    // operation the handler awaits is cancelled then too.
+    std::stop_token stop_token() const noexcept { return stop_; }
+    const std::shared_ptr<spdlog::logger>& logger() const noexcept { return log_; }
+
+private:
+    job_id id_;
+    int attempt_;
+    int max_attempts_;
+    std::string kind_;
+    std::string queue_;
+    std::stop_token stop_;
+    std::shared_ptr<spdlog::logger> log_;
+};
+
+// Thrown from a handler to run the job again later without counting the
+// attempt: co_await something; throw jobs::snooze(30s);
+class snooze : public std::exception {
+public:
+    explicit snooze(std::chrono::milliseconds delay) : delay_(delay) {}
+    std::chrono::milliseconds delay() const noexcept { return delay_; }
+    const char* what() const noexcept override { return "jobs: snooze"; }
+
+private:
+    std::chrono::milliseconds delay_;
+};
+
+// A job whose stored arguments do not convert to the kind's type fails at
+// once with this, without retries.
+class bad_arguments : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+struct retry_policy {
+    int max_attempts = 10;
+    // The wait before attempt n + 1 after attempt n failed; the default is
+    // Sidekiq's: n^4 s + 15 s + a random 0..10 * (n + 1) s.
+    std::function<std::chrono::milliseconds(int attempt)> backoff;
+
+    std::chrono::milliseconds delay_after(int attempt) const;
+    static std::chrono::milliseconds default_backoff(int attempt);
+};
+
+// A kind's defaults; per-call job_options override queue, priority,
+// max_attempts and timeout.
+struct kind_options {
+    std::string queue = "default";
+    int priority = 0;
+    retry_policy retry;
+    std::chrono::milliseconds timeout{0}; // zero: none
+};
+
+struct queue_options {
+    std::string name;
+    std::size_t concurrency = 0; // at most this many of its jobs at once; zero: up to the worker count
+};
+
+struct server_options {
+    std::size_t workers = 10;
+    // Claimed in this order: an earlier queue wins when workers are short.
+    std::vector<queue_options> queues{{"default", 0}};
+    // How often the server looks for work other processes enqueued; work
+    // this process enqueues wakes it at once.
+    std::chrono::milliseconds poll_interval{std::chrono::seconds(1)};
+    // Leases: the server renews its jobs' leases every heartbeat_interval
+    // for lease_duration; a node silent for that long has its jobs
+    // recovered by any other.
+    std::chrono::milliseconds heartbeat_interval{std::chrono::seconds(2)};
+    std::chrono::milliseconds lease_duration{std::chrono::seconds(10)};
+    // At stop, running jobs are asked to stop and get this long (but never
+    // past the host's deadline) before they are released back to available.
+    std::chrono::milliseconds shutdown_grace{std::chrono::seconds(3)};
+    std::string node_id; // default: host name, pid and a random suffix
+    std::shared_ptr<time_source> clock;
+
+    void validate() const;
+};
+
+namespace detail {
+
+struct kind_entry {
+    std::string name;
+    kind_options options;
+    std::function<asio::awaitable<void>(const std::string& args, job_context& context)> invoke;
+};
+
+void register_kind(engine& e, kind_entry entry);
+
+} // namespace detail
+
+// What add_jobs returns: registers kinds before the host is built.
+class jobs_registration {
+public:
+    explicit jobs_registration(std::shared_ptr<detail::engine> engine) : engine_(std::move(engine)) {}
+
+    // The kind's name is what is stored: never a C++ type name, so renaming
+    // a type breaks nothing. `handler(Args, job_context&)` returns
+    // asio::awaitable<void>; Args converts from JSON with value_to.
+    // Registering a name twice throws std::invalid_argument.
+    template <class Args, class F>
+        requires std::invocable<F&, Args, job_context&>
+    jobs_registration& register_kind(std::string name, F handler, kind_options options = {})
+    {
+        detail::kind_entry e;
+        e.name = std::move(name);
+        e.options = std::move(options);
+        e.invoke = [handler = std::move(handler)](const std::string& text,
+                                                   job_context& context) -> asio::awaitable<void> {
+            Args args = parse<Args>(text);
+            co_await handler(std::move(args), context);
+        };
+        detail::register_kind(*engine_, std::move(e));
+        return *this;
+    }
+
+private:
+    template <class Args>
+    static Args parse(const std::string& text)
+    {
+        try {
+            return boost::json::value_to<Args>(boost::json::parse(text));
+        } catch (const std::exception& e) {
+            throw bad_arguments(std::string("jobs: the arguments do not convert: ") + e.what() + " (" + text + ")");
+        }
+    }
+    std::shared_ptr<detail::engine> engine_;
+};
+
+// The server: a background_service (registered as "hosting.jobs") that
+// claims jobs in batches, runs their handlers on the host's loop, and
+// records how they ended. A job enqueued in this process wakes it at once;
+// work from other processes is found by polling. At stop it stops claiming,
+// asks running jobs to stop, and releases those that do not end within
+// shutdown_grace back to available, their attempt not counted.
+class server final : public background_service {
+public:
+    explicit server(std::shared_ptr<detail::engine> engine);
+    ~server() override;
+    const std::string& node_id() const noexcept;
+    // Looks for work now, from any thread.
+    void wake();
+
+protected:
+    asio::awaitable<void> execute(std::stop_token stopping) override;
+
+private:
+    struct run;
+    std::shared_ptr<detail::engine> engine_;
+    std::shared_ptr<run> run_;
+};
+
+// Adds the job system to a host: registers a jobs::client (a singleton
+// services can ask for) and the server (a hosted service, "hosting.jobs"),
+// both on `store`.
+jobs_registration add_jobs(host_builder& builder, std::shared_ptr<storage> store, server_options options = {});
+
+} // namespace hosting::jobs

@@ -1,0 +1,59 @@
+// jobs/sqlite_storage.hpp: jobs in a SQLite file, the default storage.
+#pragma once
+
+#include <hosting/jobs/storage.hpp>
+
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+
+namespace hosting::jobs {
+
+struct sqlite_options {
+    // WAL mode always. full (the default) syncs the WAL at every commit, so
+    // a committed job survives a power loss. normal syncs only at
+    // checkpoints: a committed job survives the process crashing, but the
+    // last commits can be lost if the machine loses power; it commits about
+    // five times faster.
+    enum class durability { full, normal };
+    durability sync = durability::full;
+    // How long a call waits for another process's write lock before it
+    // fails with storage_error.
+    std::chrono::milliseconds busy_timeout{std::chrono::seconds(10)};
+};
+
+// One connection, in WAL mode, with the schema migrated on open (versions
+// are recorded in the file). Several processes may share the file: claims
+// and leases are transactions, so a job is never claimed twice. Blocking:
+// the engine calls it from its own thread, never from the host's loop.
+class sqlite_storage final : public storage {
+public:
+    // Opens (creating it when missing) and migrates the file; throws
+    // storage_error naming the file and SQLite's message.
+    explicit sqlite_storage(std::string path, sqlite_options options = {});
+    ~sqlite_storage() override;
+
+    std::vector<enqueue_result> enqueue(std::span<const enqueue_request> jobs, time_point now) override;
+    std::vector<job> complete_and_claim(std::span<const completion> done, const claim_request& claim,
+                                        time_point now) override;
+    std::vector<job_id> heartbeat(const std::string& node, time_point lease_until, time_point now) override;
+    std::vector<job_id> recover_expired(time_point now) override;
+    job_state change_state(job_id id, job_state to, const std::string& reason, time_point now) override;
+    std::optional<job> find(job_id id, bool with_history = true) override;
+    std::vector<job> list(const job_filter& filter) override;
+    job_counts counts() override;
+    std::optional<time_point> next_due() override;
+
+    const std::string& path() const noexcept { return path_; }
+    // The schema version this library writes.
+    static constexpr int schema_version = 1;
+
+private:
+    struct connection;
+    std::string path_;
+    std::mutex mutex_;
+    std::unique_ptr<connection> db_;
+};
+
+} // namespace hosting::jobs

@@ -1,0 +1,153 @@
+// jobs/storage.hpp: where jobs live. The engine's whole contract with a
+// database, shaped so that SQLite (one writer, no group commit) and
+// PostgreSQL (SKIP LOCKED claims, LISTEN/NOTIFY) can both serve it well:
+// every call is one transaction, and the calls that matter for throughput
+// take batches.
+#pragma once
+
+#include <hosting/jobs/job.hpp>
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace hosting::jobs {
+
+struct enqueue_request {
+    std::string kind;
+    std::string queue;
+    std::string args;
+    int priority = 0;
+    int max_attempts = 1;
+    std::chrono::milliseconds timeout{0};
+    std::optional<time_point> run_at; // none: available now
+    std::string unique_key;
+    state_set unique_states = default_unique_states;
+    std::string reason = "enqueued";
+};
+
+struct enqueue_result {
+    job_id id = 0;
+    bool created = false; // false: a job with the unique key was returned
+};
+
+// How a claimed attempt ended.
+enum class outcome : std::uint8_t {
+    succeeded,
+    retry,     // failed with attempts left: retryable at run_at
+    failed,    // failed for good
+    cancelled, // cancel() reached it
+    snoozed,   // asked to run later: scheduled at run_at, the attempt not counted
+    released,  // not finished at shutdown: available again, the attempt not counted
+};
+
+// Matched against the claim: a completion from a node whose lease was lost
+// (the job recovered and claimed again elsewhere) changes nothing.
+struct completion {
+    job_id id = 0;
+    int attempt = 0; // the attempt the claim started
+    outcome what = outcome::succeeded;
+    time_point run_at{}; // retry and snoozed
+    std::string error;   // retry, failed
+    std::string reason;
+};
+
+// What a claim may take: up to `count` jobs of each queue (in this order, so
+// earlier queues win), of the kinds this node knows.
+struct claim_request {
+    std::string node;
+    std::vector<std::pair<std::string, std::size_t>> queues;
+    std::vector<std::string> kinds;
+    time_point lease_until{};
+};
+
+struct job_filter {
+    std::optional<job_state> state;
+    std::optional<std::string> queue;
+    std::optional<std::string> kind;
+    std::size_t limit = 100;
+    std::size_t offset = 0;
+    bool with_history = false;
+};
+
+struct job_counts {
+    std::array<std::int64_t, job_state_count> by_state{};
+    std::int64_t operator[](job_state s) const noexcept { return by_state[static_cast<std::size_t>(s)]; }
+};
+
+// Each call is one transaction and either fully happens or throws
+// storage_error. Implementations are safe to call from several threads (the
+// engine calls each from one thread at a time, off the host's loop).
+class storage {
+public:
+    virtual ~storage() = default;
+
+    // Inserts the jobs, honouring unique keys, and returns one result per
+    // request in order.
+    virtual std::vector<enqueue_result> enqueue(std::span<const enqueue_request> jobs, time_point now) = 0;
+
+    // Records the completions (those of claim.node's own running attempts),
+    // makes due scheduled and retryable jobs
+    // available, then claims jobs for `claim` (marking them running under
+    // its lease, attempt + 1): the engine's hot path, fused so that a drain
+    // costs one commit per batch.
+    virtual std::vector<job> complete_and_claim(std::span<const completion> done, const claim_request& claim,
+                                                time_point now) = 0;
+
+    // The node is alive: extends the lease of its running jobs to
+    // `lease_until`, and returns those of them that cancel() asked to stop.
+    virtual std::vector<job_id> heartbeat(const std::string& node, time_point lease_until, time_point now) = 0;
+
+    // Running jobs whose lease expired before `now` (their node died) become
+    // available again; returns them.
+    virtual std::vector<job_id> recover_expired(time_point now) = 0;
+
+    // A transition asked for from outside the engine (cancel, delete_job,
+    // requeue). Throws job_not_found or invalid_transition. Cancelling a
+    // running job only sets cancel_requested; the node that runs it ends it.
+    // Returns the state the job is in afterwards.
+    virtual job_state change_state(job_id id, job_state to, const std::string& reason, time_point now) = 0;
+
+    virtual std::optional<job> find(job_id id, bool with_history = true) = 0;
+    virtual std::vector<job> list(const job_filter& filter) = 0;
+    virtual job_counts counts() = 0;
+
+    // When the next scheduled or retryable job is due, if any.
+    virtual std::optional<time_point> next_due() = 0;
+};
+
+class storage_error : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+// In memory: for tests and ephemeral work; nothing survives the process.
+class memory_storage final : public storage {
+public:
+    memory_storage();
+    ~memory_storage() override;
+
+    std::vector<enqueue_result> enqueue(std::span<const enqueue_request> jobs, time_point now) override;
+    std::vector<job> complete_and_claim(std::span<const completion> done, const claim_request& claim,
+                                        time_point now) override;
+    std::vector<job_id> heartbeat(const std::string& node, time_point lease_until, time_point now) override;
+    std::vector<job_id> recover_expired(time_point now) override;
+    job_state change_state(job_id id, job_state to, const std::string& reason, time_point now) override;
+    std::optional<job> find(job_id id, bool with_history = true) override;
+    std::vector<job> list(const job_filter& filter) override;
+    job_counts counts() override;
+    std::optional<time_point> next_due() override;
+
+private:
+    struct state;
+    std::mutex mutex_;
+    std::unique_ptr<state> state_;
+};
+
+} // namespace hosting::jobs

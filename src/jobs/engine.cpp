@@ -1,0 +1,391 @@
+#include "engine.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+
+#include <random>
+#include <unistd.h>
+
+namespace hosting::jobs {
+
+// ---------------------------------------------------------------------------
+// Time
+
+manual_time_source::manual_time_source(time_point start) : now_(start) {}
+
+time_point manual_time_source::now() const
+{
+    std::lock_guard lock(mutex_);
+    return now_;
+}
+
+void manual_time_source::advance(clock::duration by)
+{
+    std::vector<std::function<void()>> listeners;
+    {
+        std::lock_guard lock(mutex_);
+        now_ += by;
+        listeners = listeners_;
+    }
+    for (auto& l : listeners)
+        l();
+}
+
+void manual_time_source::on_change(std::function<void()> fn)
+{
+    std::lock_guard lock(mutex_);
+    listeners_.push_back(std::move(fn));
+}
+
+// ---------------------------------------------------------------------------
+// Policies and options
+
+std::chrono::milliseconds retry_policy::default_backoff(int attempt)
+{
+    thread_local std::mt19937 rng{std::random_device{}()};
+    const auto n = static_cast<std::int64_t>(std::max(attempt, 1));
+    std::uniform_int_distribution<std::int64_t> jitter_ms(0, 10'000 * (n + 1));
+    return std::chrono::seconds(n * n * n * n + 15) + std::chrono::milliseconds(jitter_ms(rng));
+}
+
+std::chrono::milliseconds retry_policy::delay_after(int attempt) const
+{
+    return backoff ? backoff(attempt) : default_backoff(attempt);
+}
+
+void server_options::validate() const
+{
+    auto fail = [](const std::string& what) { throw std::invalid_argument("jobs::server_options: " + what); };
+    if (workers == 0)
+        fail("workers must be at least 1");
+    if (queues.empty())
+        fail("queues must name at least one queue");
+    for (std::size_t i = 0; i < queues.size(); ++i) {
+        if (queues[i].name.empty())
+            fail("a queue needs a name");
+        for (std::size_t j = 0; j < i; ++j)
+            if (queues[j].name == queues[i].name)
+                fail("queue '" + queues[i].name + "' is listed twice");
+    }
+    if (poll_interval <= std::chrono::milliseconds::zero())
+        fail("poll_interval must be positive");
+    if (heartbeat_interval <= std::chrono::milliseconds::zero())
+        fail("heartbeat_interval must be positive");
+    if (lease_duration <= heartbeat_interval * 2)
+        fail("lease_duration must be more than twice heartbeat_interval, or a slow heartbeat loses its leases");
+    if (shutdown_grace < std::chrono::milliseconds::zero())
+        fail("shutdown_grace must not be negative");
+}
+
+job_context::job_context(const job& j, std::stop_token stop, std::shared_ptr<spdlog::logger> log)
+    : id_(j.id),
+      attempt_(j.attempt),
+      max_attempts_(j.max_attempts),
+      kind_(j.kind),
+      queue_(j.queue),
+      stop_(std::move(stop)),
+      log_(std::move(log))
+{
+}
+
+std::string job_context::idempotency_key() const { return std::to_string(id_) + ":" + std::to_string(attempt_); }
+
+namespace detail {
+
+void register_kind(engine& e, kind_entry entry) { e.add_kind(std::move(entry)); }
+
+namespace {
+std::string default_node_id()
+{
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    std::random_device rd;
+    static constexpr char digits[] = "0123456789abcdef";
+    std::string suffix;
+    for (int i = 0; i < 6; ++i)
+        suffix += digits[rd() % 16];
+    return std::string(host) + ":" + std::to_string(::getpid()) + ":" + suffix;
+}
+} // namespace
+
+engine::engine(std::shared_ptr<storage> store, server_options options)
+    : store_(std::move(store)), options_(std::move(options))
+{
+    if (!store_)
+        throw std::invalid_argument("jobs: add_jobs needs a storage");
+    options_.validate();
+    if (!options_.clock)
+        options_.clock = std::make_shared<system_time_source>();
+    if (options_.node_id.empty())
+        options_.node_id = default_node_id();
+    thread_ = std::thread([this] { loop(); });
+}
+
+engine::~engine()
+{
+    {
+        std::lock_guard lock(mutex_);
+        stopping_ = true;
+    }
+    changed_.notify_all();
+    thread_.join();
+}
+
+void engine::add_kind(kind_entry entry)
+{
+    if (entry.name.empty())
+        throw std::invalid_argument("jobs: a kind needs a name");
+    if (entry.options.retry.max_attempts < 1)
+        throw std::invalid_argument("jobs: kind '" + entry.name + "' needs max_attempts of at least 1");
+    auto name = entry.name;
+    if (!kinds_.emplace(name, std::move(entry)).second)
+        throw std::invalid_argument("jobs: kind '" + name + "' is registered twice");
+}
+
+const kind_entry* engine::kind(const std::string& name) const
+{
+    auto it = kinds_.find(name);
+    return it == kinds_.end() ? nullptr : &it->second;
+}
+
+std::vector<std::string> engine::kind_names() const
+{
+    std::vector<std::string> out;
+    for (const auto& [name, k] : kinds_)
+        out.push_back(name);
+    return out;
+}
+
+enqueue_request engine::make_request(std::string kind_name, std::string args, const job_options& options,
+                                     std::optional<time_point> run_at) const
+{
+    if (kind_name.empty())
+        throw std::invalid_argument("jobs: enqueue needs a kind");
+    enqueue_request r;
+    const kind_options defaults;
+    const auto* k = kind(kind_name);
+    const auto& base = k ? k->options : defaults;
+    r.kind = std::move(kind_name);
+    r.args = std::move(args);
+    r.queue = options.queue.value_or(base.queue);
+    r.priority = options.priority.value_or(base.priority);
+    r.max_attempts = options.max_attempts.value_or(base.retry.max_attempts);
+    r.timeout = options.timeout.value_or(base.timeout);
+    r.run_at = run_at;
+    r.unique_key = options.unique_key;
+    r.unique_states = options.unique_states;
+    if (r.queue.empty())
+        throw std::invalid_argument("jobs: job of kind '" + r.kind + "' has an empty queue name");
+    if (r.max_attempts < 1)
+        throw std::invalid_argument("jobs: job of kind '" + r.kind + "' needs max_attempts of at least 1");
+    if (r.timeout < std::chrono::milliseconds::zero())
+        throw std::invalid_argument("jobs: job of kind '" + r.kind + "' has a negative timeout");
+    if (run_at)
+        r.reason = "scheduled";
+    return r;
+}
+
+void engine::submit_enqueue(enqueue_request request, enqueue_done done)
+{
+    {
+        std::lock_guard lock(mutex_);
+        enqueues_.emplace_back(std::move(request), std::move(done));
+    }
+    changed_.notify_one();
+}
+
+void engine::submit(std::function<void(storage&)> op)
+{
+    {
+        std::lock_guard lock(mutex_);
+        ops_.push_back(std::move(op));
+    }
+    changed_.notify_one();
+}
+
+void engine::set_waker(std::function<void()> fn)
+{
+    std::lock_guard lock(mutex_);
+    waker_ = std::move(fn);
+}
+
+void engine::wake_server()
+{
+    std::function<void()> fn;
+    {
+        std::lock_guard lock(mutex_);
+        fn = waker_;
+    }
+    if (fn)
+        fn();
+}
+
+void engine::set_local_cancel(std::function<void(job_id)> fn)
+{
+    std::lock_guard lock(mutex_);
+    local_cancel_ = std::move(fn);
+}
+
+void engine::cancel_local(job_id id)
+{
+    std::function<void(job_id)> fn;
+    {
+        std::lock_guard lock(mutex_);
+        fn = local_cancel_;
+    }
+    if (fn)
+        fn(id);
+}
+
+void engine::loop()
+{
+    for (;;) {
+        std::vector<std::pair<enqueue_request, enqueue_done>> batch;
+        std::deque<std::function<void(storage&)>> ops;
+        {
+            std::unique_lock lock(mutex_);
+            changed_.wait(lock, [&] { return stopping_ || !enqueues_.empty() || !ops_.empty(); });
+            if (enqueues_.empty() && ops_.empty())
+                return; // stopping, and nothing left to do
+            batch.swap(enqueues_);
+            ops.swap(ops_);
+        }
+        if (!batch.empty()) {
+            std::vector<enqueue_request> requests;
+            requests.reserve(batch.size());
+            for (auto& [r, done] : batch)
+                requests.push_back(std::move(r));
+            std::vector<enqueue_result> results;
+            std::exception_ptr error;
+            try {
+                results = store_->enqueue(requests, now());
+            } catch (...) {
+                error = std::current_exception();
+            }
+            for (std::size_t i = 0; i < batch.size(); ++i)
+                batch[i].second(error, error ? enqueue_result{} : results[i]);
+            if (!error)
+                wake_server();
+        }
+        for (auto& op : ops)
+            op(*store_);
+    }
+}
+
+} // namespace detail
+
+// ---------------------------------------------------------------------------
+// Client
+
+client::client(std::shared_ptr<detail::engine> engine) : engine_(std::move(engine)) {}
+
+time_point client::now() const { return engine_->now(); }
+
+asio::awaitable<job_id> client::submit(std::string kind, std::string args, job_options options,
+                                       std::optional<time_point> run_at)
+{
+    auto request = engine_->make_request(std::move(kind), std::move(args), options, run_at);
+    auto* e = engine_.get();
+    // Named: GCC 12 destroys a lambda temporary twice inside co_await.
+    auto initiation = [e, request = std::move(request)](auto handler) mutable {
+            using handler_type = decltype(handler);
+            auto h = std::make_shared<handler_type>(std::move(handler));
+            auto work = asio::make_work_guard(asio::get_associated_executor(*h));
+            e->submit_enqueue(std::move(request), [h, work](std::exception_ptr error, enqueue_result r) mutable {
+                auto ex = work.get_executor();
+                asio::post(ex, [h, error, id = r.id]() mutable { std::move(*h)(error, id); });
+                work.reset();
+            });
+        };
+    auto result = co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, job_id)>(
+        std::move(initiation), asio::use_awaitable);
+    co_return result;
+}
+
+job_id client::submit_blocking(std::string kind, std::string args, job_options options,
+                               std::optional<time_point> run_at)
+{
+    auto request = engine_->make_request(std::move(kind), std::move(args), options, run_at);
+    auto promise = std::make_shared<std::promise<job_id>>();
+    auto future = promise->get_future();
+    engine_->submit_enqueue(std::move(request), [promise](std::exception_ptr error, enqueue_result r) {
+        if (error)
+            promise->set_exception(error);
+        else
+            promise->set_value(r.id);
+    });
+    return future.get();
+}
+
+namespace {
+std::function<job_state(storage&)> change(job_id id, job_state to, std::string reason, time_point now)
+{
+    return [id, to, reason = std::move(reason), now](storage& s) { return s.change_state(id, to, reason, now); };
+}
+} // namespace
+
+asio::awaitable<void> client::transition(job_id id, job_state to, std::string reason)
+{
+    auto fn = change(id, to, std::move(reason), now());
+    co_await engine_->call<job_state>(std::move(fn));
+    if (to == job_state::available)
+        engine_->wake_server();
+    else
+        engine_->cancel_local(id);
+}
+
+asio::awaitable<void> client::cancel(job_id id) { return transition(id, job_state::cancelled, "cancelled by a client"); }
+asio::awaitable<void> client::delete_job(job_id id) { return transition(id, job_state::deleted, "deleted by a client"); }
+asio::awaitable<void> client::requeue(job_id id) { return transition(id, job_state::available, "requeued by a client"); }
+
+void client::cancel_blocking(job_id id)
+{
+    engine_->call_blocking<job_state>(change(id, job_state::cancelled, "cancelled by a client", now()));
+    engine_->cancel_local(id);
+}
+
+void client::delete_job_blocking(job_id id)
+{
+    engine_->call_blocking<job_state>(change(id, job_state::deleted, "deleted by a client", now()));
+    engine_->cancel_local(id);
+}
+
+void client::requeue_blocking(job_id id)
+{
+    engine_->call_blocking<job_state>(change(id, job_state::available, "requeued by a client", now()));
+    engine_->wake_server();
+}
+
+asio::awaitable<std::optional<job>> client::find(job_id id)
+{
+    std::function<std::optional<job>(storage&)> fn = [id](storage& s) { return s.find(id, true); };
+    co_return co_await engine_->call<std::optional<job>>(std::move(fn));
+}
+
+std::optional<job> client::find_blocking(job_id id)
+{
+    return engine_->call_blocking<std::optional<job>>([id](storage& s) { return s.find(id, true); });
+}
+
+asio::awaitable<std::vector<job>> client::list(job_filter filter)
+{
+    std::function<std::vector<job>(storage&)> fn = [filter](storage& s) { return s.list(filter); };
+    co_return co_await engine_->call<std::vector<job>>(std::move(fn));
+}
+
+std::vector<job> client::list_blocking(job_filter filter)
+{
+    return engine_->call_blocking<std::vector<job>>([filter](storage& s) { return s.list(filter); });
+}
+
+asio::awaitable<job_counts> client::counts()
+{
+    std::function<job_counts(storage&)> fn = [](storage& s) { return s.counts(); };
+    co_return co_await engine_->call<job_counts>(std::move(fn));
+}
+
+job_counts client::counts_blocking()
+{
+    return engine_->call_blocking<job_counts>([](storage& s) { return s.counts(); });
+}
+
+} // namespace hosting::jobs

@@ -1,0 +1,62 @@
+#include <hosting/jobs/job.hpp>
+
+#include <array>
+
+namespace hosting::jobs {
+
+namespace {
+constexpr std::array<std::string_view, job_state_count> names = {
+    "scheduled", "available", "awaiting", "running", "retryable", "succeeded", "failed", "cancelled", "deleted",
+};
+} // namespace
+
+std::string_view to_string(job_state state) noexcept
+{
+    const auto i = static_cast<std::size_t>(state);
+    return i < names.size() ? names[i] : "unknown";
+}
+
+job_state parse_job_state(std::string_view text)
+{
+    for (std::size_t i = 0; i < names.size(); ++i)
+        if (names[i] == text)
+            return static_cast<job_state>(i);
+    throw std::invalid_argument("jobs: '" + std::string(text) + "' is not a job state");
+}
+
+bool can_transition(job_state from, job_state to) noexcept
+{
+    using s = job_state;
+    if (from == to)
+        return false;
+    if (to == s::cancelled)
+        return !is_final(from);
+    if (to == s::deleted)
+        return from != s::deleted;
+    switch (from) {
+    case s::scheduled:
+    case s::retryable: return to == s::available || to == s::running;
+    case s::available: return to == s::running;
+    case s::awaiting: return to == s::available;
+    case s::running:
+        return to == s::succeeded || to == s::retryable || to == s::failed || to == s::scheduled ||
+               to == s::available;
+    case s::succeeded:
+    case s::failed:
+    case s::cancelled:
+    case s::deleted: return to == s::available;
+    }
+    return false;
+}
+
+invalid_transition::invalid_transition(job_id id, job_state from, job_state to)
+    : std::logic_error("jobs: job " + std::to_string(id) + " cannot go from " + std::string(to_string(from)) +
+                       " to " + std::string(to_string(to))),
+      from_(from),
+      to_(to)
+{
+}
+
+job_not_found::job_not_found(job_id id) : std::runtime_error("jobs: no job " + std::to_string(id)) {}
+
+} // namespace hosting::jobs

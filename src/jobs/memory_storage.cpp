@@ -1,0 +1,288 @@
+#include <hosting/jobs/storage.hpp>
+
+#include <algorithm>
+#include <limits>
+#include <map>
+#include <set>
+#include <tuple>
+#include <unordered_map>
+
+namespace hosting::jobs {
+
+struct memory_storage::state {
+    job_id next = 1;
+    std::map<job_id, job> jobs;
+    std::unordered_map<job_id, state_set> unique_states;
+    std::map<std::string, job_id> unique;                            // key -> the job holding it
+    std::set<std::tuple<std::string, int, time_point, job_id>> ready; // available: queue, priority, run_at, id
+    std::set<std::pair<time_point, job_id>> due;                     // scheduled and retryable, by run_at
+    std::set<job_id> running;
+
+    static std::tuple<std::string, int, time_point, job_id> ready_key(const job& j)
+    {
+        return {j.queue, j.priority, j.run_at, j.id};
+    }
+
+    void unindex(const job& j)
+    {
+        switch (j.state) {
+        case job_state::available: ready.erase(ready_key(j)); break;
+        case job_state::scheduled:
+        case job_state::retryable: due.erase({j.run_at, j.id}); break;
+        case job_state::running: running.erase(j.id); break;
+        default: break;
+        }
+    }
+
+    void index(const job& j)
+    {
+        switch (j.state) {
+        case job_state::available: ready.insert(ready_key(j)); break;
+        case job_state::scheduled:
+        case job_state::retryable: due.insert({j.run_at, j.id}); break;
+        case job_state::running: running.insert(j.id); break;
+        default: break;
+        }
+    }
+
+    // Every change of state goes through here, so that the history, the
+    // indexes and the unique key never disagree.
+    void transition(job& j, job_state to, time_point now, std::string reason, std::string error = {},
+                    std::optional<time_point> run_at = {})
+    {
+        if (!can_transition(j.state, to))
+            throw invalid_transition(j.id, j.state, to);
+        if (!j.unique_key.empty()) {
+            const auto held = unique_states.at(j.id);
+            if (held.contains(to) && !held.contains(j.state)) {
+                auto [it, inserted] = unique.emplace(j.unique_key, j.id);
+                if (!inserted && it->second != j.id)
+                    throw storage_error("jobs: job " + std::to_string(j.id) + " cannot become " +
+                                        std::string(to_string(to)) + ": job " + std::to_string(it->second) +
+                                        " holds its unique key '" + j.unique_key + "'");
+            } else if (!held.contains(to) && held.contains(j.state)) {
+                unique.erase(j.unique_key);
+            }
+        }
+        unindex(j);
+        j.history.push_back({j.state, to, now, std::move(reason), error});
+        j.state = to;
+        if (run_at)
+            j.run_at = *run_at;
+        if (!error.empty())
+            j.last_error = std::move(error);
+        if (to != job_state::running) {
+            j.lease_owner.clear();
+            j.lease_expires = {};
+        }
+        index(j);
+    }
+};
+
+memory_storage::memory_storage() : state_(std::make_unique<state>()) {}
+memory_storage::~memory_storage() = default;
+
+std::vector<enqueue_result> memory_storage::enqueue(std::span<const enqueue_request> requests, time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& s = *state_;
+    std::vector<enqueue_result> out;
+    out.reserve(requests.size());
+    for (const auto& r : requests) {
+        const auto initial = r.run_at && *r.run_at > now ? job_state::scheduled : job_state::available;
+        if (!r.unique_key.empty() && r.unique_states.contains(initial)) {
+            if (auto it = s.unique.find(r.unique_key); it != s.unique.end()) {
+                out.push_back({it->second, false});
+                continue;
+            }
+        }
+        job j;
+        j.id = s.next++;
+        j.kind = r.kind;
+        j.queue = r.queue;
+        j.args = r.args;
+        j.priority = r.priority;
+        j.state = initial;
+        j.max_attempts = r.max_attempts;
+        j.timeout = r.timeout;
+        j.created_at = now;
+        j.run_at = r.run_at.value_or(now);
+        j.unique_key = r.unique_key;
+        j.history.push_back({initial, initial, now, r.reason, {}});
+        if (!r.unique_key.empty()) {
+            s.unique_states[j.id] = r.unique_states;
+            if (r.unique_states.contains(initial))
+                s.unique.emplace(r.unique_key, j.id);
+        }
+        auto& stored = s.jobs.emplace(j.id, std::move(j)).first->second;
+        s.index(stored);
+        out.push_back({stored.id, true});
+    }
+    return out;
+}
+
+std::vector<job> memory_storage::complete_and_claim(std::span<const completion> done, const claim_request& claim,
+                                                    time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& s = *state_;
+    for (const auto& c : done) {
+        auto it = s.jobs.find(c.id);
+        // Deleted (or cancelled and requeued) while it ran: the result is moot.
+        if (it == s.jobs.end() || it->second.state != job_state::running || it->second.lease_owner != claim.node ||
+            it->second.attempt != c.attempt)
+            continue;
+        auto& j = it->second;
+        j.cancel_requested = false;
+        switch (c.what) {
+        case outcome::succeeded: s.transition(j, job_state::succeeded, now, c.reason); break;
+        case outcome::retry: s.transition(j, job_state::retryable, now, c.reason, c.error, c.run_at); break;
+        case outcome::failed: s.transition(j, job_state::failed, now, c.reason, c.error); break;
+        case outcome::cancelled: s.transition(j, job_state::cancelled, now, c.reason, c.error); break;
+        case outcome::snoozed:
+            --j.attempt;
+            s.transition(j, job_state::scheduled, now, c.reason, {}, c.run_at);
+            break;
+        case outcome::released:
+            --j.attempt;
+            s.transition(j, job_state::available, now, c.reason);
+            break;
+        }
+    }
+    while (!s.due.empty() && s.due.begin()->first <= now) {
+        auto& j = s.jobs.at(s.due.begin()->second);
+        s.transition(j, job_state::available, now, "due");
+    }
+    std::vector<job> claimed;
+    for (const auto& [queue, count] : claim.queues) {
+        auto it = s.ready.lower_bound({queue, std::numeric_limits<int>::min(), time_point::min(), 0});
+        std::size_t taken = 0;
+        while (taken < count && it != s.ready.end() && std::get<0>(*it) == queue) {
+            auto& j = s.jobs.at(std::get<3>(*it));
+            ++it; // before the transition unindexes it
+            if (std::find(claim.kinds.begin(), claim.kinds.end(), j.kind) == claim.kinds.end())
+                continue;
+            s.transition(j, job_state::running, now, "claimed by " + claim.node);
+            ++j.attempt;
+            j.lease_owner = claim.node;
+            j.lease_expires = claim.lease_until;
+            job copy = j;
+            copy.history.clear();
+            claimed.push_back(std::move(copy));
+            ++taken;
+        }
+    }
+    return claimed;
+}
+
+std::vector<job_id> memory_storage::heartbeat(const std::string& node, time_point lease_until, time_point)
+{
+    std::lock_guard lock(mutex_);
+    auto& s = *state_;
+    std::vector<job_id> cancel;
+    for (auto id : s.running) {
+        auto& j = s.jobs.at(id);
+        if (j.lease_owner != node)
+            continue;
+        j.lease_expires = lease_until;
+        if (j.cancel_requested)
+            cancel.push_back(id);
+    }
+    return cancel;
+}
+
+std::vector<job_id> memory_storage::recover_expired(time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& s = *state_;
+    std::vector<job_id> expired;
+    for (auto id : s.running)
+        if (s.jobs.at(id).lease_expires < now)
+            expired.push_back(id);
+    for (auto id : expired) {
+        auto& j = s.jobs.at(id);
+        const auto reason = "the lease of node " + j.lease_owner + " expired";
+        // The attempt counts: a job that kills its node must not loop forever.
+        if (j.attempt >= j.max_attempts)
+            s.transition(j, job_state::failed, now, reason, reason);
+        else
+            s.transition(j, job_state::available, now, reason);
+    }
+    return expired;
+}
+
+job_state memory_storage::change_state(job_id id, job_state to, const std::string& reason, time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& s = *state_;
+    auto it = s.jobs.find(id);
+    if (it == s.jobs.end())
+        throw job_not_found(id);
+    auto& j = it->second;
+    if (j.state == job_state::running && to == job_state::cancelled) {
+        j.cancel_requested = true;
+        return j.state;
+    }
+    if (!can_transition(j.state, to))
+        throw invalid_transition(id, j.state, to);
+    if (j.state == job_state::running)
+        j.cancel_requested = true; // deleted while running: its node stops it
+    if (to == job_state::available) {
+        j.attempt = 0;
+        s.transition(j, to, now, reason, {}, now);
+    } else {
+        s.transition(j, to, now, reason);
+    }
+    return j.state;
+}
+
+std::optional<job> memory_storage::find(job_id id, bool with_history)
+{
+    std::lock_guard lock(mutex_);
+    auto it = state_->jobs.find(id);
+    if (it == state_->jobs.end())
+        return std::nullopt;
+    job copy = it->second;
+    if (!with_history)
+        copy.history.clear();
+    return copy;
+}
+
+std::vector<job> memory_storage::list(const job_filter& filter)
+{
+    std::lock_guard lock(mutex_);
+    std::vector<job> out;
+    std::size_t skipped = 0;
+    for (const auto& [id, j] : state_->jobs) {
+        if ((filter.state && j.state != *filter.state) || (filter.queue && j.queue != *filter.queue) ||
+            (filter.kind && j.kind != *filter.kind))
+            continue;
+        if (skipped++ < filter.offset)
+            continue;
+        if (out.size() >= filter.limit)
+            break;
+        out.push_back(j);
+        if (!filter.with_history)
+            out.back().history.clear();
+    }
+    return out;
+}
+
+job_counts memory_storage::counts()
+{
+    std::lock_guard lock(mutex_);
+    job_counts c;
+    for (const auto& [id, j] : state_->jobs)
+        ++c.by_state[static_cast<std::size_t>(j.state)];
+    return c;
+}
+
+std::optional<time_point> memory_storage::next_due()
+{
+    std::lock_guard lock(mutex_);
+    if (state_->due.empty())
+        return std::nullopt;
+    return state_->due.begin()->first;
+}
+
+} // namespace hosting::jobs

@@ -1,0 +1,642 @@
+#include <hosting/jobs/sqlite_storage.hpp>
+
+#include <boost/json/parse.hpp>
+#include <boost/json/value.hpp>
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <unordered_map>
+
+namespace hosting::jobs {
+
+namespace {
+
+std::int64_t micros(time_point t)
+{
+    return std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
+}
+
+time_point from_micros(std::int64_t us)
+{
+    return time_point(std::chrono::duration_cast<clock::duration>(std::chrono::microseconds(us)));
+}
+
+int code(job_state s) { return static_cast<int>(s); }
+
+// A prepared statement, reset after each use.
+class statement {
+public:
+    statement(sqlite3* db, const char* sql) : db_(db)
+    {
+        if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt_, nullptr) != SQLITE_OK)
+            throw storage_error(std::string("jobs: sqlite cannot prepare a statement: ") + sqlite3_errmsg(db));
+    }
+    ~statement() { sqlite3_finalize(stmt_); }
+    statement(const statement&) = delete;
+    statement& operator=(const statement&) = delete;
+
+    statement& bind(int i, std::int64_t v)
+    {
+        check(sqlite3_bind_int64(stmt_, i, v));
+        return *this;
+    }
+    statement& bind(int i, int v) { return bind(i, static_cast<std::int64_t>(v)); }
+    statement& bind(int i, std::string_view v)
+    {
+        check(sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
+        return *this;
+    }
+    statement& bind_null(int i)
+    {
+        check(sqlite3_bind_null(stmt_, i));
+        return *this;
+    }
+
+    // True while there is a row.
+    bool step()
+    {
+        const int rc = sqlite3_step(stmt_);
+        if (rc == SQLITE_ROW)
+            return true;
+        if (rc == SQLITE_DONE)
+            return false;
+        std::string message = sqlite3_errmsg(db_);
+        sqlite3_reset(stmt_);
+        throw storage_error("jobs: sqlite: " + message);
+    }
+    void run()
+    {
+        while (step()) {
+        }
+    }
+    void reset()
+    {
+        sqlite3_reset(stmt_);
+        sqlite3_clear_bindings(stmt_);
+    }
+
+    std::int64_t integer(int i) const { return sqlite3_column_int64(stmt_, i); }
+    bool is_null(int i) const { return sqlite3_column_type(stmt_, i) == SQLITE_NULL; }
+    std::string text(int i) const
+    {
+        auto* p = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, i));
+        return p ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(stmt_, i))) : std::string();
+    }
+
+private:
+    void check(int rc)
+    {
+        if (rc != SQLITE_OK)
+            throw storage_error(std::string("jobs: sqlite cannot bind: ") + sqlite3_errmsg(db_));
+    }
+    sqlite3* db_;
+    sqlite3_stmt* stmt_ = nullptr;
+};
+
+// Resets the statement when the scope ends, however it ends.
+struct using_statement {
+    statement& s;
+    ~using_statement() { s.reset(); }
+};
+
+const char* const job_columns = "id, kind, queue, args, priority, state, attempt, max_attempts, timeout_ms, "
+                                "created_at, run_at, unique_key, lease_owner, lease_expires, last_error, "
+                                "cancel_requested, history";
+
+const char* const migration_1 = R"sql(
+CREATE TABLE jobs (
+    id               INTEGER PRIMARY KEY,
+    kind             TEXT    NOT NULL,
+    queue            TEXT    NOT NULL,
+    args             TEXT    NOT NULL,
+    priority         INTEGER NOT NULL,
+    state            INTEGER NOT NULL,
+    attempt          INTEGER NOT NULL DEFAULT 0,
+    max_attempts     INTEGER NOT NULL,
+    timeout_ms       INTEGER NOT NULL,
+    created_at       INTEGER NOT NULL,
+    run_at           INTEGER NOT NULL,
+    unique_key       TEXT,
+    unique_states    INTEGER NOT NULL DEFAULT 0,
+    -- The unique key while the state is one of unique_states, else NULL:
+    -- the unique index then enforces "one job per key in those states".
+    unique_slot      TEXT UNIQUE,
+    lease_owner      TEXT,
+    lease_expires    INTEGER,
+    last_error       TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    -- [[from, to, at_us, reason, error], ...]
+    history          TEXT    NOT NULL
+);
+-- Partial indexes: claims and promotions only ever look at these rows.
+CREATE INDEX jobs_ready   ON jobs (queue, priority, run_at, id) WHERE state = 1;
+CREATE INDEX jobs_due     ON jobs (run_at) WHERE state IN (0, 4);
+CREATE INDEX jobs_running ON jobs (lease_owner) WHERE state = 3;
+CREATE INDEX jobs_state   ON jobs (state, id);
+)sql";
+
+} // namespace
+
+struct sqlite_storage::connection {
+    sqlite3* db = nullptr;
+    std::unique_ptr<statement> begin, commit, rollback;
+    std::unique_ptr<statement> insert, find_unique, complete, promote, claim, heartbeat, expired, state_of,
+        transition, requeue, find, next_due, counts;
+
+    explicit connection(const std::string& path, const sqlite_options& options)
+    {
+        const int rc = sqlite3_open_v2(path.c_str(), &db,
+                                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+        if (rc != SQLITE_OK) {
+            std::string message = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+            sqlite3_close(db);
+            throw storage_error("jobs: cannot open the SQLite file '" + path + "': " + message);
+        }
+        sqlite3_busy_timeout(db, static_cast<int>(options.busy_timeout.count()));
+        exec("PRAGMA journal_mode = WAL", path);
+        exec(options.sync == sqlite_options::durability::full ? "PRAGMA synchronous = FULL"
+                                                               : "PRAGMA synchronous = NORMAL",
+             path);
+        exec("PRAGMA foreign_keys = ON", path);
+        migrate(path);
+        prepare();
+    }
+    ~connection()
+    {
+        begin.reset();
+        commit.reset();
+        rollback.reset();
+        insert.reset();
+        find_unique.reset();
+        complete.reset();
+        promote.reset();
+        claim.reset();
+        heartbeat.reset();
+        expired.reset();
+        state_of.reset();
+        transition.reset();
+        requeue.reset();
+        find.reset();
+        next_due.reset();
+        counts.reset();
+        sqlite3_close(db);
+    }
+
+    void exec(const char* sql, const std::string& path)
+    {
+        char* error = nullptr;
+        if (sqlite3_exec(db, sql, nullptr, nullptr, &error) != SQLITE_OK) {
+            std::string message = error ? error : sqlite3_errmsg(db);
+            sqlite3_free(error);
+            throw storage_error("jobs: SQLite file '" + path + "': " + message);
+        }
+    }
+
+    void migrate(const std::string& path)
+    {
+        exec("BEGIN IMMEDIATE", path);
+        try {
+            exec("CREATE TABLE IF NOT EXISTS hosting_jobs_schema (version INTEGER NOT NULL)", path);
+            int version = 0;
+            {
+                statement s(db, "SELECT max(version) FROM hosting_jobs_schema");
+                if (s.step() && !s.is_null(0))
+                    version = static_cast<int>(s.integer(0));
+            }
+            if (version > schema_version)
+                throw storage_error("jobs: SQLite file '" + path + "' has schema version " + std::to_string(version) +
+                                    ", newer than this program's " + std::to_string(schema_version));
+            if (version < 1) {
+                exec(migration_1, path);
+                exec("INSERT INTO hosting_jobs_schema (version) VALUES (1)", path);
+            }
+            exec("COMMIT", path);
+        } catch (...) {
+            sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+            throw;
+        }
+    }
+
+    void prepare()
+    {
+        begin = std::make_unique<statement>(db, "BEGIN IMMEDIATE");
+        commit = std::make_unique<statement>(db, "COMMIT");
+        rollback = std::make_unique<statement>(db, "ROLLBACK");
+        insert = std::make_unique<statement>(
+            db, "INSERT INTO jobs (kind, queue, args, priority, state, max_attempts, timeout_ms, created_at, run_at, "
+                "unique_key, unique_states, unique_slot, history) "
+                "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, json_array(json_array(?5, ?5, ?8, ?13, '')))"
+                " ON CONFLICT (unique_slot) DO NOTHING RETURNING id");
+        find_unique = std::make_unique<statement>(db, "SELECT id FROM jobs WHERE unique_slot = ?1");
+        // ?2 new state, ?3 attempt delta, ?4 run_at or NULL, ?5 error or NULL, ?6 now, ?7 reason
+        complete = std::make_unique<statement>(
+            db, "UPDATE jobs SET state = ?2, attempt = attempt + ?3, run_at = coalesce(?4, run_at), "
+                "last_error = coalesce(?5, last_error), lease_owner = NULL, lease_expires = NULL, "
+                "cancel_requested = 0, "
+                "history = json_insert(history, '$[#]', json_array(state, ?2, ?6, ?7, coalesce(?5, ''))), "
+                "unique_slot = CASE WHEN (unique_states >> ?2) & 1 THEN unique_key END "
+                "WHERE id = ?1 AND state = 3 AND lease_owner = ?8 AND attempt = ?9");
+        promote = std::make_unique<statement>(
+            db, "UPDATE jobs SET state = 1, "
+                "history = json_insert(history, '$[#]', json_array(state, 1, ?1, 'due', '')), "
+                "unique_slot = CASE WHEN (unique_states >> 1) & 1 THEN unique_key END "
+                "WHERE state IN (0, 4) AND run_at <= ?1");
+        // ?1 node, ?2 lease_until, ?3 now, ?4 queue, ?5 kinds (JSON array), ?6 limit
+        claim = std::make_unique<statement>(
+            db, "UPDATE jobs SET state = 3, attempt = attempt + 1, lease_owner = ?1, lease_expires = ?2, "
+                "history = json_insert(history, '$[#]', json_array(state, 3, ?3, 'claimed by ' || ?1, '')), "
+                "unique_slot = CASE WHEN (unique_states >> 3) & 1 THEN unique_key END "
+                "WHERE id IN (SELECT id FROM jobs WHERE state = 1 AND queue = ?4 "
+                "AND kind IN (SELECT value FROM json_each(?5)) ORDER BY priority, run_at, id LIMIT ?6) "
+                "RETURNING id, kind, queue, args, priority, attempt, max_attempts, timeout_ms, created_at, run_at, "
+                "unique_key, last_error");
+        heartbeat = std::make_unique<statement>(
+            db, "UPDATE jobs SET lease_expires = ?2 WHERE state = 3 AND lease_owner = ?1 "
+                "RETURNING id, cancel_requested");
+        expired = std::make_unique<statement>(
+            db, "SELECT id, attempt, max_attempts, lease_owner FROM jobs WHERE state = 3 AND lease_expires < ?1");
+        state_of = std::make_unique<statement>(db, "SELECT state FROM jobs WHERE id = ?1");
+        // An outside transition: ?2 new state, ?3 now, ?4 reason, ?5 cancel_requested
+        transition = std::make_unique<statement>(
+            db, "UPDATE jobs SET state = ?2, cancel_requested = ?5, lease_owner = NULL, lease_expires = NULL, "
+                "history = json_insert(history, '$[#]', json_array(state, ?2, ?3, ?4, '')), "
+                "unique_slot = CASE WHEN (unique_states >> ?2) & 1 THEN unique_key END "
+                "WHERE id = ?1");
+        requeue = std::make_unique<statement>(
+            db, "UPDATE jobs SET state = 1, attempt = 0, run_at = ?2, cancel_requested = 0, "
+                "history = json_insert(history, '$[#]', json_array(state, 1, ?2, ?3, '')), "
+                "unique_slot = CASE WHEN (unique_states >> 1) & 1 THEN unique_key END "
+                "WHERE id = ?1");
+        find = std::make_unique<statement>(db, (std::string("SELECT ") + job_columns + " FROM jobs WHERE id = ?1").c_str());
+        next_due = std::make_unique<statement>(db, "SELECT min(run_at) FROM jobs WHERE state IN (0, 4)");
+        counts = std::make_unique<statement>(db, "SELECT state, count(*) FROM jobs GROUP BY state");
+    }
+
+    // Runs `body` in one write transaction.
+    template <class F>
+    auto write(F&& body)
+    {
+        {
+            using_statement u{*begin};
+            begin->run();
+        }
+        try {
+            if constexpr (std::is_void_v<decltype(body())>) {
+                body();
+                using_statement u{*commit};
+                commit->run();
+            } else {
+                auto result = body();
+                using_statement u{*commit};
+                commit->run();
+                return result;
+            }
+        } catch (...) {
+            using_statement u{*rollback};
+            try {
+                rollback->run();
+            } catch (...) {
+            }
+            throw;
+        }
+    }
+
+    static job read_job(const statement& s, bool with_history)
+    {
+        job j;
+        j.id = s.integer(0);
+        j.kind = s.text(1);
+        j.queue = s.text(2);
+        j.args = s.text(3);
+        j.priority = static_cast<int>(s.integer(4));
+        j.state = static_cast<job_state>(s.integer(5));
+        j.attempt = static_cast<int>(s.integer(6));
+        j.max_attempts = static_cast<int>(s.integer(7));
+        j.timeout = std::chrono::milliseconds(s.integer(8));
+        j.created_at = from_micros(s.integer(9));
+        j.run_at = from_micros(s.integer(10));
+        j.unique_key = s.text(11);
+        j.lease_owner = s.text(12);
+        j.lease_expires = s.is_null(13) ? time_point{} : from_micros(s.integer(13));
+        j.last_error = s.text(14);
+        j.cancel_requested = s.integer(15) != 0;
+        if (with_history) {
+            auto history = boost::json::parse(s.text(16));
+            for (const auto& item : history.as_array()) {
+                const auto& a = item.as_array();
+                j.history.push_back({static_cast<job_state>(a.at(0).to_number<int>()),
+                                     static_cast<job_state>(a.at(1).to_number<int>()),
+                                     from_micros(a.at(2).to_number<std::int64_t>()),
+                                     std::string(a.at(3).as_string()), std::string(a.at(4).as_string())});
+            }
+        }
+        return j;
+    }
+
+    job_state current_state(job_id id)
+    {
+        using_statement u{*state_of};
+        state_of->bind(1, id);
+        if (!state_of->step())
+            throw job_not_found(id);
+        return static_cast<job_state>(state_of->integer(0));
+    }
+
+    void apply_transition(job_id id, job_state to, time_point now, const std::string& reason, bool cancel_requested)
+    {
+        using_statement u{*transition};
+        transition->bind(1, id).bind(2, code(to)).bind(3, micros(now)).bind(4, reason).bind(
+            5, cancel_requested ? 1 : 0);
+        transition->run();
+    }
+};
+
+sqlite_storage::sqlite_storage(std::string path, sqlite_options options)
+    : path_(std::move(path)), db_(std::make_unique<connection>(path_, options))
+{
+}
+
+sqlite_storage::~sqlite_storage() = default;
+
+std::vector<enqueue_result> sqlite_storage::enqueue(std::span<const enqueue_request> requests, time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    return c.write([&] {
+        std::vector<enqueue_result> out;
+        out.reserve(requests.size());
+        for (const auto& r : requests) {
+            const auto initial = r.run_at && *r.run_at > now ? job_state::scheduled : job_state::available;
+            auto& s = *c.insert;
+            using_statement u{s};
+            s.bind(1, r.kind).bind(2, r.queue).bind(3, r.args).bind(4, r.priority).bind(5, code(initial));
+            s.bind(6, r.max_attempts).bind(7, static_cast<std::int64_t>(r.timeout.count())).bind(8, micros(now));
+            s.bind(9, micros(r.run_at.value_or(now)));
+            if (r.unique_key.empty()) {
+                s.bind_null(10).bind(11, 0).bind_null(12);
+            } else {
+                s.bind(10, r.unique_key).bind(11, static_cast<std::int64_t>(r.unique_states.bits()));
+                if (r.unique_states.contains(initial))
+                    s.bind(12, r.unique_key);
+                else
+                    s.bind_null(12);
+            }
+            s.bind(13, r.reason);
+            if (s.step()) {
+                out.push_back({s.integer(0), true});
+                continue;
+            }
+            using_statement u2{*c.find_unique};
+            c.find_unique->bind(1, r.unique_key);
+            if (!c.find_unique->step())
+                throw storage_error("jobs: sqlite: an insert conflicted but no job holds unique key '" +
+                                    r.unique_key + "'");
+            out.push_back({c.find_unique->integer(0), false});
+        }
+        return out;
+    });
+}
+
+std::vector<job> sqlite_storage::complete_and_claim(std::span<const completion> done, const claim_request& claim,
+                                                    time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    const auto at = micros(now);
+    return c.write([&] {
+        for (const auto& d : done) {
+            job_state to = job_state::succeeded;
+            int attempt_delta = 0;
+            bool with_run_at = false;
+            switch (d.what) {
+            case outcome::succeeded: to = job_state::succeeded; break;
+            case outcome::retry:
+                to = job_state::retryable;
+                with_run_at = true;
+                break;
+            case outcome::failed: to = job_state::failed; break;
+            case outcome::cancelled: to = job_state::cancelled; break;
+            case outcome::snoozed:
+                to = job_state::scheduled;
+                attempt_delta = -1;
+                with_run_at = true;
+                break;
+            case outcome::released:
+                to = job_state::available;
+                attempt_delta = -1;
+                break;
+            }
+            auto& s = *c.complete;
+            using_statement u{s};
+            s.bind(1, d.id).bind(2, code(to)).bind(3, attempt_delta);
+            if (with_run_at)
+                s.bind(4, micros(d.run_at));
+            else
+                s.bind_null(4);
+            if (d.error.empty())
+                s.bind_null(5);
+            else
+                s.bind(5, d.error);
+            s.bind(6, at).bind(7, d.reason).bind(8, claim.node).bind(9, d.attempt);
+            s.run();
+        }
+        {
+            using_statement u{*c.promote};
+            c.promote->bind(1, at);
+            c.promote->run();
+        }
+        std::vector<job> claimed;
+        if (claim.kinds.empty())
+            return claimed;
+        std::string kinds = "[";
+        for (const auto& k : claim.kinds) {
+            if (kinds.size() > 1)
+                kinds += ',';
+            kinds += '"';
+            for (char ch : k) {
+                if (ch == '"' || ch == '\\')
+                    kinds += '\\';
+                kinds += ch;
+            }
+            kinds += '"';
+        }
+        kinds += ']';
+        for (const auto& [queue, count] : claim.queues) {
+            if (count == 0)
+                continue;
+            auto& s = *c.claim;
+            using_statement u{s};
+            s.bind(1, claim.node).bind(2, micros(claim.lease_until)).bind(3, at).bind(4, queue).bind(5, kinds);
+            s.bind(6, static_cast<std::int64_t>(count));
+            const auto first = claimed.size();
+            while (s.step()) {
+                job j;
+                j.id = s.integer(0);
+                j.kind = s.text(1);
+                j.queue = s.text(2);
+                j.args = s.text(3);
+                j.priority = static_cast<int>(s.integer(4));
+                j.state = job_state::running;
+                j.attempt = static_cast<int>(s.integer(5));
+                j.max_attempts = static_cast<int>(s.integer(6));
+                j.timeout = std::chrono::milliseconds(s.integer(7));
+                j.created_at = from_micros(s.integer(8));
+                j.run_at = from_micros(s.integer(9));
+                j.unique_key = s.text(10);
+                j.last_error = s.text(11);
+                j.lease_owner = claim.node;
+                j.lease_expires = claim.lease_until;
+                claimed.push_back(std::move(j));
+            }
+            // RETURNING does not keep the subquery's order.
+            std::sort(claimed.begin() + static_cast<std::ptrdiff_t>(first), claimed.end(),
+                      [](const job& a, const job& b) {
+                          return std::tie(a.priority, a.run_at, a.id) < std::tie(b.priority, b.run_at, b.id);
+                      });
+        }
+        return claimed;
+    });
+}
+
+std::vector<job_id> sqlite_storage::heartbeat(const std::string& node, time_point lease_until, time_point)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    return c.write([&] {
+        std::vector<job_id> cancel;
+        using_statement u{*c.heartbeat};
+        c.heartbeat->bind(1, node).bind(2, micros(lease_until));
+        while (c.heartbeat->step())
+            if (c.heartbeat->integer(1) != 0)
+                cancel.push_back(c.heartbeat->integer(0));
+        return cancel;
+    });
+}
+
+std::vector<job_id> sqlite_storage::recover_expired(time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    return c.write([&] {
+        struct found {
+            job_id id;
+            int attempt;
+            bool attempts_left;
+            std::string owner;
+        };
+        std::vector<found> expired;
+        {
+            using_statement u{*c.expired};
+            c.expired->bind(1, micros(now));
+            while (c.expired->step())
+                expired.push_back({c.expired->integer(0), static_cast<int>(c.expired->integer(1)),
+                                   c.expired->integer(1) < c.expired->integer(2), c.expired->text(3)});
+        }
+        std::vector<job_id> out;
+        for (const auto& f : expired) {
+            const std::string reason = "the lease of node " + f.owner + " expired";
+            auto& s = *c.complete;
+            using_statement u{s};
+            // The attempt counts: a job that kills its node must not loop forever.
+            s.bind(1, f.id).bind(2, code(f.attempts_left ? job_state::available : job_state::failed)).bind(3, 0);
+            s.bind_null(4);
+            if (f.attempts_left)
+                s.bind_null(5);
+            else
+                s.bind(5, reason);
+            s.bind(6, micros(now)).bind(7, reason).bind(8, f.owner).bind(9, f.attempt);
+            s.run();
+            out.push_back(f.id);
+        }
+        return out;
+    });
+}
+
+job_state sqlite_storage::change_state(job_id id, job_state to, const std::string& reason, time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    return c.write([&] {
+        const auto from = c.current_state(id);
+        if (from == job_state::running && to == job_state::cancelled) {
+            statement s(c.db, "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1");
+            s.bind(1, id);
+            s.run();
+            return from;
+        }
+        if (!can_transition(from, to))
+            throw invalid_transition(id, from, to);
+        if (to == job_state::available) {
+            using_statement u{*c.requeue};
+            c.requeue->bind(1, id).bind(2, micros(now)).bind(3, reason);
+            c.requeue->run();
+        } else {
+            c.apply_transition(id, to, now, reason, from == job_state::running);
+        }
+        return to;
+    });
+}
+
+std::optional<job> sqlite_storage::find(job_id id, bool with_history)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    using_statement u{*c.find};
+    c.find->bind(1, id);
+    if (!c.find->step())
+        return std::nullopt;
+    return connection::read_job(*c.find, with_history);
+}
+
+std::vector<job> sqlite_storage::list(const job_filter& filter)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    std::string sql = std::string("SELECT ") + job_columns + " FROM jobs WHERE 1";
+    if (filter.state)
+        sql += " AND state = ?1";
+    if (filter.queue)
+        sql += " AND queue = ?2";
+    if (filter.kind)
+        sql += " AND kind = ?3";
+    sql += " ORDER BY id LIMIT ?4 OFFSET ?5";
+    statement s(c.db, sql.c_str());
+    if (filter.state)
+        s.bind(1, code(*filter.state));
+    if (filter.queue)
+        s.bind(2, *filter.queue);
+    if (filter.kind)
+        s.bind(3, *filter.kind);
+    s.bind(4, static_cast<std::int64_t>(filter.limit)).bind(5, static_cast<std::int64_t>(filter.offset));
+    std::vector<job> out;
+    while (s.step())
+        out.push_back(connection::read_job(s, filter.with_history));
+    return out;
+}
+
+job_counts sqlite_storage::counts()
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    using_statement u{*c.counts};
+    job_counts out;
+    while (c.counts->step()) {
+        const auto state = c.counts->integer(0);
+        if (state >= 0 && state < static_cast<std::int64_t>(job_state_count))
+            out.by_state[static_cast<std::size_t>(state)] = c.counts->integer(1);
+    }
+    return out;
+}
+
+std::optional<time_point> sqlite_storage::next_due()
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    using_statement u{*c.next_due};
+    if (c.next_due->step() && !c.next_due->is_null(0))
+        return from_micros(c.next_due->integer(0));
+    return std::nullopt;
+}
+
+} // namespace hosting::jobs

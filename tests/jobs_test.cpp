@@ -1,0 +1,461 @@
+#include <hosting/hosting.hpp>
+#include <hosting/jobs/server.hpp>
+#include <hosting/jobs/sqlite_storage.hpp>
+
+#include "support.hpp"
+
+#include <boost/describe/class.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <filesystem>
+#include <set>
+#include <thread>
+
+using namespace std::chrono_literals;
+namespace asio = boost::asio;
+namespace jobs = hosting::jobs;
+using jobs::job_state;
+
+namespace {
+
+struct add_args {
+    int a = 0;
+    int b = 0;
+};
+BOOST_DESCRIBE_STRUCT(add_args, (), (a, b))
+
+// A fresh SQLite file per test, removed afterwards.
+struct temp_db {
+    std::filesystem::path path;
+    temp_db()
+    {
+        static std::atomic<int> n{0};
+        path = std::filesystem::temp_directory_path() /
+               ("hosting-jobs-" + std::to_string(::getpid()) + "-" + std::to_string(n++) + ".db");
+        std::filesystem::remove(path);
+    }
+    ~temp_db()
+    {
+        std::error_code ec;
+        for (const char* suffix : {"", "-wal", "-shm"})
+            std::filesystem::remove(path.string() + suffix, ec);
+    }
+};
+
+// Both storages, so that every behaviour is checked on each.
+std::shared_ptr<jobs::storage> make_storage(const std::string& which, temp_db& db)
+{
+    if (which == "memory")
+        return std::make_shared<jobs::memory_storage>();
+    return std::make_shared<jobs::sqlite_storage>(db.path.string());
+}
+
+jobs::server_options quick_server(std::shared_ptr<jobs::time_source> clock = {})
+{
+    jobs::server_options o;
+    o.workers = 4;
+    o.poll_interval = 50ms;
+    o.heartbeat_interval = 100ms;
+    o.lease_duration = 1s;
+    o.shutdown_grace = 500ms;
+    o.node_id = "test-node";
+    o.clock = std::move(clock);
+    return o;
+}
+
+// Waits until the job is in `state`, by asking the client; a job's state
+// lives in storage, with no event to wait on.
+bool wait_state(jobs::client& c, jobs::job_id id, job_state state)
+{
+    return test::eventually([&] {
+        auto j = c.find_blocking(id);
+        return j && j->state == state;
+    });
+}
+
+} // namespace
+
+TEST_CASE("jobs: the state machine allows exactly its transitions", "[jobs]")
+{
+    using s = job_state;
+    CHECK(jobs::can_transition(s::available, s::running));
+    CHECK(jobs::can_transition(s::scheduled, s::available));
+    CHECK(jobs::can_transition(s::retryable, s::available));
+    CHECK(jobs::can_transition(s::running, s::succeeded));
+    CHECK(jobs::can_transition(s::running, s::retryable));
+    CHECK(jobs::can_transition(s::running, s::failed));
+    CHECK(jobs::can_transition(s::running, s::scheduled));
+    CHECK(jobs::can_transition(s::running, s::available));
+    CHECK(jobs::can_transition(s::failed, s::available));
+    CHECK(jobs::can_transition(s::succeeded, s::deleted));
+    CHECK(jobs::can_transition(s::awaiting, s::available));
+    CHECK_FALSE(jobs::can_transition(s::succeeded, s::running));
+    CHECK_FALSE(jobs::can_transition(s::failed, s::cancelled));
+    CHECK_FALSE(jobs::can_transition(s::deleted, s::deleted));
+    CHECK_FALSE(jobs::can_transition(s::available, s::succeeded));
+    CHECK_FALSE(jobs::can_transition(s::scheduled, s::failed));
+    CHECK_FALSE(jobs::can_transition(s::awaiting, s::running));
+    int allowed = 0;
+    for (std::size_t a = 0; a < jobs::job_state_count; ++a)
+        for (std::size_t b = 0; b < jobs::job_state_count; ++b)
+            allowed += jobs::can_transition(static_cast<s>(a), static_cast<s>(b));
+    CHECK(allowed == 28);
+    CHECK(jobs::parse_job_state("retryable") == s::retryable);
+    CHECK_THROWS_WITH(jobs::parse_job_state("done"), Catch::Contains("'done' is not a job state"));
+}
+
+TEST_CASE("jobs: storages claim, complete, recover and reject invalid transitions", "[jobs][storage]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto store = make_storage(which, db);
+    const auto t0 = jobs::clock::now();
+    jobs::enqueue_request r;
+    r.kind = "k";
+    r.queue = "default";
+    r.args = "{}";
+    r.max_attempts = 2;
+    auto ids = store->enqueue(std::vector<jobs::enqueue_request>{r, r, r}, t0);
+    REQUIRE(ids.size() == 3);
+
+    jobs::claim_request claim{"node-a", {{"default", 2}}, {"k"}, t0 + 10s};
+    auto claimed = store->complete_and_claim({}, claim, t0);
+    REQUIRE(claimed.size() == 2);
+    CHECK(claimed[0].id == ids[0].id);
+    CHECK(claimed[0].attempt == 1);
+    CHECK(claimed[0].lease_owner == "node-a");
+
+    // Node a dies; its lease expires and the jobs come back.
+    auto recovered = store->recover_expired(t0 + 11s);
+    CHECK(recovered.size() == 2);
+    auto j = store->find(ids[0].id);
+    REQUIRE(j);
+    CHECK(j->state == job_state::available);
+    CHECK(j->history.back().reason == "the lease of node node-a expired");
+
+    // Node b claims them; node a's late completion changes nothing.
+    jobs::claim_request claim_b{"node-b", {{"default", 3}}, {"k"}, t0 + 30s};
+    claimed = store->complete_and_claim({}, claim_b, t0 + 12s);
+    CHECK(claimed.size() == 3);
+    std::vector<jobs::completion> stale{{ids[0].id, 1, jobs::outcome::succeeded, {}, {}, "late"}};
+    store->complete_and_claim(stale, claim, t0 + 13s);
+    CHECK(store->find(ids[0].id)->state == job_state::running);
+    std::vector<jobs::completion> real{{ids[0].id, 2, jobs::outcome::succeeded, {}, {}, "ok"}};
+    jobs::claim_request none{"node-b", {}, {"k"}, t0 + 30s};
+    store->complete_and_claim(real, none, t0 + 14s);
+    CHECK(store->find(ids[0].id)->state == job_state::succeeded);
+
+    // Attempts used up: a second expired lease fails the job.
+    CHECK(store->recover_expired(t0 + 40s).size() == 2);
+    CHECK(store->find(ids[1].id)->state == job_state::failed);
+    CHECK(store->find(ids[1].id)->last_error == "the lease of node node-b expired");
+
+    CHECK_THROWS_AS(store->change_state(ids[0].id, job_state::cancelled, "x", t0), jobs::invalid_transition);
+    CHECK_THROWS_AS(store->change_state(ids[2].id, job_state::available, "x", t0), jobs::invalid_transition);
+    CHECK_THROWS_AS(store->change_state(424242, job_state::deleted, "x", t0), jobs::job_not_found);
+    CHECK(store->change_state(ids[0].id, job_state::available, "requeue", t0) == job_state::available);
+    CHECK(store->find(ids[0].id)->attempt == 0);
+    auto counts = store->counts();
+    CHECK(counts[job_state::available] == 2); // ids[0] requeued, ids[2] recovered
+    CHECK(counts[job_state::failed] == 1);
+
+    // The whole history, in order, with times.
+    auto full = store->find(ids[0].id);
+    std::vector<job_state> path;
+    for (const auto& h : full->history)
+        path.push_back(h.to);
+    CHECK(path == std::vector<job_state>{job_state::available, job_state::running, job_state::available,
+                                         job_state::running, job_state::succeeded, job_state::available});
+}
+
+TEST_CASE("jobs: unique keys hold under concurrent enqueue", "[jobs][storage]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto store = make_storage(which, db);
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    auto registration = jobs::add_jobs(builder, store, quick_server());
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+
+    std::vector<std::thread> threads;
+    std::mutex mutex;
+    std::set<jobs::job_id> seen;
+    for (int t = 0; t < 8; ++t)
+        threads.emplace_back([&] {
+            for (int i = 0; i < 25; ++i) {
+                jobs::job_options o;
+                o.unique_key = "report:2026-11-25";
+                auto id = client.enqueue_blocking("report", std::string("daily"), o);
+                std::lock_guard lock(mutex);
+                seen.insert(id);
+            }
+        });
+    for (auto& t : threads)
+        t.join();
+    CHECK(seen.size() == 1);
+    CHECK(client.counts_blocking()[job_state::available] == 1);
+    // Once the job is final, the key is free again.
+    client.cancel_blocking(*seen.begin());
+    jobs::job_options o;
+    o.unique_key = "report:2026-11-25";
+    CHECK(client.enqueue_blocking("report", std::string("daily"), o) != *seen.begin());
+}
+
+TEST_CASE("jobs: a server runs jobs, retries with backoff on an injected clock, and fails them for good",
+          "[jobs][server]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto clock = std::make_shared<jobs::manual_time_source>(jobs::clock::now());
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    test::recorder r;
+    std::atomic<int> sum{0};
+    jobs::kind_options flaky_options;
+    flaky_options.retry.max_attempts = 3;
+    auto jobs_reg = jobs::add_jobs(builder, make_storage(which, db), quick_server(clock));
+    jobs_reg
+        .register_kind<add_args>("add",
+                                 [&](add_args args, jobs::job_context&) -> asio::awaitable<void> {
+                                     sum += args.a + args.b;
+                                     r.add("added");
+                                     co_return;
+                                 })
+        .register_kind<std::string>(
+            "flaky",
+            [&](std::string, jobs::job_context& context) -> asio::awaitable<void> {
+                r.add("attempt " + std::to_string(context.attempt()));
+                co_await asio::this_coro::executor;
+                throw std::runtime_error("remote said no");
+            },
+            flaky_options);
+    auto host = builder.build();
+    host.start_blocking();
+    auto& client = host.services().get<jobs::client>();
+
+    auto id = client.enqueue_blocking("add", add_args{2, 3});
+    REQUIRE(r.wait_for("added"));
+    REQUIRE(wait_state(client, id, job_state::succeeded));
+    CHECK(sum.load() == 5);
+    CHECK(client.find_blocking(id)->args == R"({"a":2,"b":3})");
+
+    auto flaky = client.enqueue_blocking("flaky", std::string("x"));
+    for (int attempt = 1; attempt <= 2; ++attempt) {
+        REQUIRE(r.wait_for("attempt " + std::to_string(attempt)));
+        REQUIRE(wait_state(client, flaky, job_state::retryable));
+        auto j = client.find_blocking(flaky);
+        // attempt^4 + 15 s, plus up to 10 * (attempt + 1) s of jitter.
+        const auto wait = j->run_at - clock->now();
+        const auto base = std::chrono::seconds(attempt * attempt * attempt * attempt + 15);
+        CHECK(wait >= base);
+        CHECK(wait <= base + std::chrono::seconds(10 * (attempt + 1)));
+        CHECK(j->last_error == "remote said no");
+        CHECK_FALSE(r.contains("attempt " + std::to_string(attempt + 1)));
+        clock->advance(wait);
+    }
+    REQUIRE(r.wait_for("attempt 3"));
+    REQUIRE(wait_state(client, flaky, job_state::failed));
+    auto failed = client.find_blocking(flaky);
+    CHECK(failed->attempt == 3);
+    CHECK(failed->history.back().reason == "attempt 3 of 3 failed; no attempts left");
+    CHECK(failed->history.back().error == "remote said no");
+
+    host.stop_blocking();
+    CHECK(host.exit_code() == 0);
+}
+
+TEST_CASE("jobs: timeout, cancel and bad arguments reach or end the handler", "[jobs][server]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    test::recorder r;
+    jobs::kind_options once;
+    once.retry.max_attempts = 1;
+    auto reg = jobs::add_jobs(builder, make_storage(which, db), quick_server());
+    reg.register_kind<std::string>(
+        "wait",
+        [&](std::string name, jobs::job_context& context) -> asio::awaitable<void> {
+            r.add("started " + name);
+            try {
+                co_await hosting::delay(std::chrono::hours(1), context.stop_token());
+            } catch (...) {
+                r.add("stopped " + name);
+                throw;
+            }
+        },
+        once);
+    reg.register_kind<add_args>("add", [&](add_args, jobs::job_context&) -> asio::awaitable<void> { co_return; },
+                                once);
+    auto host = builder.build();
+    host.start_blocking();
+    auto& client = host.services().get<jobs::client>();
+
+    jobs::job_options quick;
+    quick.timeout = 100ms;
+    auto timed = client.enqueue_blocking("wait", std::string("timed"), quick);
+    REQUIRE(r.wait_for("stopped timed"));
+    REQUIRE(wait_state(client, timed, job_state::failed));
+    CHECK(client.find_blocking(timed)->last_error == "timed out after 100 ms");
+
+    auto cancelled = client.enqueue_blocking("wait", std::string("cancelled"));
+    REQUIRE(r.wait_for("started cancelled"));
+    client.cancel_blocking(cancelled);
+    REQUIRE(r.wait_for("stopped cancelled"));
+    REQUIRE(wait_state(client, cancelled, job_state::cancelled));
+
+    auto bad = client.enqueue_blocking("add", std::string("not an object"));
+    REQUIRE(wait_state(client, bad, job_state::failed));
+    auto j = client.find_blocking(bad);
+    CHECK(j->attempt == 1);
+    CHECK(j->last_error.find("do not convert") != std::string::npos);
+
+    // A kind nobody here knows waits; it is neither lost nor failed.
+    auto unknown = client.enqueue_blocking("mystery", std::string("?"));
+    auto after = client.enqueue_blocking("add", add_args{1, 1});
+    REQUIRE(wait_state(client, after, job_state::succeeded));
+    CHECK(client.find_blocking(unknown)->state == job_state::available);
+
+    CHECK_THROWS_AS(client.cancel_blocking(after), jobs::invalid_transition);
+    CHECK_THROWS_AS(client.requeue_blocking(unknown), jobs::invalid_transition);
+    CHECK_THROWS_AS(client.cancel_blocking(999999), jobs::job_not_found);
+    host.stop_blocking();
+    CHECK(host.exit_code() == 0);
+}
+
+TEST_CASE("jobs: at shutdown running jobs go back to available, their attempt not counted", "[jobs][server]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto store = make_storage(which, db);
+    auto sink = std::make_shared<test::capture_sink>();
+    test::recorder r;
+    jobs::job_id id = 0;
+    {
+        auto builder = test::make_builder(sink);
+        jobs::add_jobs(builder, store, quick_server())
+            .register_kind<std::string>("long", [&](std::string, jobs::job_context&) -> asio::awaitable<void> {
+                r.add("started");
+                co_await hosting::delay(std::chrono::hours(1));
+            });
+        auto host = builder.build();
+        host.start_blocking();
+        id = host.services().get<jobs::client>().enqueue_blocking("long", std::string("x"));
+        REQUIRE(r.wait_for("started"));
+        host.stop_blocking();
+        CHECK(host.exit_code() == 0);
+    }
+    auto j = store->find(id);
+    REQUIRE(j);
+    CHECK(j->state == job_state::available);
+    CHECK(j->attempt == 0);
+    CHECK(j->history.back().reason == "released: the server stopped before it finished");
+}
+
+TEST_CASE("jobs: per-queue concurrency limits hold under load", "[jobs][server]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    auto options = quick_server();
+    options.workers = 6;
+    options.queues = {{"serial", 1}, {"wide", 3}};
+    std::atomic<int> serial_now{0}, serial_most{0}, wide_now{0}, wide_most{0};
+    test::recorder r;
+    auto track = [](std::atomic<int>& now, std::atomic<int>& most) {
+        int n = ++now;
+        int seen = most.load();
+        while (n > seen && !most.compare_exchange_weak(seen, n)) {
+        }
+    };
+    jobs::kind_options serial;
+    serial.queue = "serial";
+    jobs::kind_options wide;
+    wide.queue = "wide";
+    jobs::add_jobs(builder, make_storage(which, db), options)
+        .register_kind<int>(
+            "serial",
+            [&](int, jobs::job_context&) -> asio::awaitable<void> {
+                track(serial_now, serial_most);
+                co_await hosting::delay(5ms);
+                --serial_now;
+                r.add("done");
+            },
+            serial)
+        .register_kind<int>(
+            "wide",
+            [&](int, jobs::job_context&) -> asio::awaitable<void> {
+                track(wide_now, wide_most);
+                co_await hosting::delay(20ms);
+                --wide_now;
+                r.add("done");
+            },
+            wide);
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    for (int i = 0; i < 15; ++i) {
+        client.enqueue_blocking("serial", i);
+        client.enqueue_blocking("wide", i);
+    }
+    host.start_blocking();
+    REQUIRE(r.wait_for_count(30));
+    host.stop_blocking();
+    CHECK(serial_most.load() == 1);
+    CHECK(wide_most.load() <= 3);
+    CHECK(wide_most.load() >= 2); // they did overlap: the limit, not luck, kept it at 3
+}
+
+TEST_CASE("jobs: a SQLite file keeps its jobs and schema across opens, and two connections never share a claim",
+          "[jobs][storage]")
+{
+    temp_db db;
+    const auto t0 = jobs::clock::now();
+    {
+        jobs::sqlite_storage store(db.path.string());
+        std::vector<jobs::enqueue_request> batch(200);
+        for (auto& r : batch) {
+            r.kind = "k";
+            r.queue = "default";
+            r.args = "1";
+        }
+        store.enqueue(batch, t0);
+    }
+    jobs::sqlite_storage a(db.path.string());
+    jobs::sqlite_storage b(db.path.string());
+    CHECK(a.counts()[job_state::available] == 200);
+
+    std::vector<jobs::job_id> by_a, by_b;
+    auto drain = [&](jobs::sqlite_storage& s, const std::string& node, std::vector<jobs::job_id>& out) {
+        for (;;) {
+            jobs::claim_request c{node, {{"default", 7}}, {"k"}, t0 + 60s};
+            auto got = s.complete_and_claim({}, c, t0);
+            if (got.empty())
+                return;
+            for (auto& j : got)
+                out.push_back(j.id);
+        }
+    };
+    std::thread ta([&] { drain(a, "a", by_a); });
+    std::thread tb([&] { drain(b, "b", by_b); });
+    ta.join();
+    tb.join();
+    std::set<jobs::job_id> all(by_a.begin(), by_a.end());
+    all.insert(by_b.begin(), by_b.end());
+    CHECK(by_a.size() + by_b.size() == 200);
+    CHECK(all.size() == 200);
+    CHECK(a.counts()[job_state::running] == 200);
+
+    CHECK_THROWS_AS(jobs::sqlite_storage("/nonexistent-dir/x.db"), jobs::storage_error);
+}
