@@ -295,10 +295,16 @@ void health_core::attach(asio::any_io_executor host_executor, std::function<std:
 
 void health_core::set_ready(bool value) noexcept
 {
-    if (!value)
+    if (!value) {
         stopping_ = true;
-    // Once a stop began, nothing makes the host ready again.
-    ready_ = value && !stopping_.load();
+        readiness_ = is_stopping;
+        return;
+    }
+    // Once a stop began nothing makes the host ready again, even a start
+    // that finishes on another thread at the same moment.
+    int expected = is_starting;
+    if (readiness_.compare_exchange_strong(expected, is_ready))
+        was_ready_ = true;
 }
 
 std::chrono::nanoseconds health_core::loop_lag() const noexcept
@@ -419,9 +425,30 @@ struct health_core::check_run {
     std::vector<std::shared_ptr<slot>> slots;
     std::size_t remaining = 0;
 
-    check_run(std::shared_ptr<void> keep, asio::any_io_executor ex)
-        : keep_alive(std::move(keep)), strand(asio::make_strand(ex)), event(strand, clock::time_point::max())
+    asio::any_io_executor checks; // where the checks run
+
+    check_run(std::shared_ptr<void> keep, asio::any_io_executor ex, asio::any_io_executor check_executor)
+        : keep_alive(std::move(keep)),
+          strand(asio::make_strand(ex)),
+          event(strand, clock::time_point::max()),
+          checks(std::move(check_executor))
     {
+    }
+
+    // Whoever gave up on the run (a cancelled publisher, a closed
+    // connection, the stop) also gives up on its checks: they are told to
+    // stop instead of running on without a deadline.
+    ~check_run()
+    {
+        for (auto& s : slots) {
+            if (s->done)
+                continue;
+            s->stop.request_stop();
+            try {
+                asio::post(checks, [s] { s->signal.emit(asio::cancellation_type::terminal); });
+            } catch (...) {
+            }
+        }
     }
 
     void finish(slot& s, health_entry entry)
@@ -440,7 +467,7 @@ asio::awaitable<health_report> health_core::check(std::string tag, std::shared_p
     const auto began = clock::now();
     health_report report = host_entries(tag);
     auto caller = co_await asio::this_coro::executor;
-    auto run = std::make_shared<check_run>(std::move(keep_alive), caller);
+    auto run = std::make_shared<check_run>(std::move(keep_alive), caller, *check_strand_);
     for (const auto& c : checks_) {
         if (!has_tag(c.tags, tag))
             continue;
@@ -470,7 +497,8 @@ asio::awaitable<health_report> health_core::check(std::string tag, std::shared_p
                             return;
                         asio::post(alive->strand, [weak, s, error, result = std::move(result)]() mutable {
                             auto run = weak.lock();
-                            if (!run)
+                            // Timed out already: its entry says so, and stays.
+                            if (!run || s->done)
                                 return;
                             health_entry e = std::move(s->entry);
                             e.duration = clock::now() - s->started;

@@ -41,7 +41,10 @@ public:
     health_report host_entries(std::string_view tag) const;
     // Whether a check has `tag` (any check, when it is empty).
     bool has_checks(std::string_view tag) const;
-    bool ready() const noexcept { return ready_.load(); }
+    bool ready() const noexcept { return readiness_.load() == is_ready; }
+    // Whether the host was ever ready: a stop during the start has nothing
+    // to drain.
+    bool was_ready() const noexcept { return was_ready_.load(); }
     std::chrono::nanoseconds loop_lag() const noexcept;
     metrics_registry& metrics() noexcept { return *metrics_; }
 
@@ -69,7 +72,9 @@ private:
     std::optional<asio::any_io_executor> host_executor_;
     std::optional<asio::strand<asio::any_io_executor>> check_strand_; // where checks run
     std::optional<asio::strand<asio::any_io_executor>> tasks_;  // monitor and publishers
-    std::atomic<bool> ready_{false};
+    enum { is_starting, is_ready, is_stopping };
+    std::atomic<int> readiness_{is_starting};
+    std::atomic<bool> was_ready_{false};
     std::atomic<bool> stopping_{false};
 
     // Loop lag, written by the monitor, read from any thread.

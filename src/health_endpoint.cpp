@@ -222,8 +222,8 @@ struct health_endpoint::impl : std::enable_shared_from_this<health_endpoint::imp
             r = route::metrics;
         if (r == route::other)
             co_return reply{404, error_json("no such path; try /health, /health/live, /health/ready or /metrics")};
-        if (req.method() != http::verb::get) {
-            reply out{405, error_json("only GET is allowed"), "application/json", r};
+        if (req.method() != http::verb::get && req.method() != http::verb::head) {
+            reply out{405, error_json("only GET and HEAD are allowed"), "application/json", r};
             out.allow_get = true;
             co_return out;
         }
@@ -249,8 +249,12 @@ struct health_endpoint::impl : std::enable_shared_from_this<health_endpoint::imp
             }
         }
         health_report report;
-        if (self->health->has_checks(tag))
-            report = co_await self->health->check(tag, self->io);
+        if (self->health->has_checks(tag)) {
+            // Named: a converted temporary inside co_await is what GCC 12
+            // can destroy twice.
+            std::shared_ptr<void> keep = self->io;
+            report = co_await self->health->check(tag, std::move(keep));
+        }
         else
             report = self->health->host_entries(tag);
         co_return reply{report.status == health_status::unhealthy ? 503u : 200u, report.to_json(),
@@ -260,8 +264,21 @@ struct health_endpoint::impl : std::enable_shared_from_this<health_endpoint::imp
     static asio::awaitable<void> session(std::shared_ptr<impl> self, tcp::socket socket)
     {
         beast::tcp_stream stream(std::move(socket));
-        self->connections.insert(&stream);
-        self->open_connections->set(static_cast<double>(self->connections.size()));
+        // However the session ends (an exception included), it leaves the set.
+        struct registration {
+            impl& owner;
+            beast::tcp_stream* stream;
+            registration(impl& o, beast::tcp_stream* s) : owner(o), stream(s)
+            {
+                owner.connections.insert(stream);
+                owner.open_connections->set(static_cast<double>(owner.connections.size()));
+            }
+            ~registration()
+            {
+                owner.connections.erase(stream);
+                owner.open_connections->set(static_cast<double>(owner.connections.size()));
+            }
+        } registered(*self, &stream);
         // The buffer's cap is what keeps a flood of bytes from growing memory.
         beast::flat_buffer buffer(self->options.max_header_bytes + self->options.max_body_bytes + 1024);
         for (;;) {
@@ -275,9 +292,24 @@ struct health_endpoint::impl : std::enable_shared_from_this<health_endpoint::imp
                 break;
             reply out{0, {}};
             bool keep_alive = false;
+            bool head = false;
             if (!ec) {
                 keep_alive = parser.get().keep_alive();
-                out = co_await answer(self, parser.get());
+                std::exception_ptr failure;
+                try {
+                    out = co_await answer(self, parser.get());
+                } catch (...) {
+                    failure = std::current_exception();
+                }
+                if (failure) {
+                    // A throwing metrics collector, say: the client gets a
+                    // 500, the log the reason, and the endpoint stays up.
+                    self->log->error("Health endpoint: {} {} failed: {}", std::string(parser.get().method_string()),
+                                     std::string(parser.get().target()), detail::describe(failure));
+                    out = reply{500, error_json("internal error; see the log")};
+                    keep_alive = false;
+                }
+                head = parser.get().method() == http::verb::head;
             } else if (ec == http::error::header_limit || ec == http::error::buffer_overflow) {
                 out = reply{431, error_json("request header too large")};
                 out.unread_input = true;
@@ -304,6 +336,8 @@ struct health_endpoint::impl : std::enable_shared_from_this<health_endpoint::imp
             res.keep_alive(keep_alive);
             res.body() = std::move(out.body);
             res.prepare_payload();
+            if (head)
+                res.body().clear(); // Content-Length stays the GET's
             stream.expires_after(self->options.read_timeout);
             co_await http::async_write(stream, res, asio::redirect_error(asio::use_awaitable, ec));
             if (!ec && out.unread_input)
@@ -313,8 +347,6 @@ struct health_endpoint::impl : std::enable_shared_from_this<health_endpoint::imp
         }
         boost::system::error_code ignored;
         stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
-        self->connections.erase(&stream);
-        self->open_connections->set(static_cast<double>(self->connections.size()));
     }
 };
 
@@ -327,6 +359,13 @@ health_endpoint::health_endpoint(health_endpoint_options options, std::shared_pt
 
 health_endpoint::~health_endpoint()
 {
+    if (impl_->thread.joinable() && impl_->thread.get_id() == std::this_thread::get_id()) {
+        // The endpoint's own thread dropped the last reference to the host:
+        // it cannot join itself, and it is about to return anyway.
+        impl_->io->stop();
+        impl_->thread.detach();
+        return;
+    }
     if (impl_->thread.joinable()) {
         impl_->io->stop();
         impl_->thread.join();

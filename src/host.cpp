@@ -261,7 +261,7 @@ void host_core::build(service_collection services, std::vector<detail::hosted_de
             entry.supervised->factory = std::move(descriptor.factory);
         }
         if (entry.background)
-            attach_background(entry);
+            attach_background(entry, *entry.background);
     }
     health_->attach(io_->get_executor(), [weak = weak_from_this()] {
         auto self = weak.lock();
@@ -269,10 +269,10 @@ void host_core::build(service_collection services, std::vector<detail::hosted_de
     });
 }
 
-void host_core::attach_background(service_entry& entry)
+void host_core::attach_background(service_entry& entry, background_service& service)
 {
-    background_service_access::set_observer(*entry.background, observer_, &entry);
-    background_service_access::set_identity(*entry.background, entry.name_storage, loggers_->get(entry.name));
+    background_service_access::set_observer(service, observer_, &entry);
+    background_service_access::set_identity(service, entry.name_storage, loggers_->get(entry.name));
 }
 
 std::vector<service_status> host_core::statuses() const
@@ -648,7 +648,10 @@ void host_core::on_execute_end(service_entry& e, service_state state, std::excep
     if (e.supervised && schedule_restart(e, state, error))
         return; // still counts as running: it will be back
     const bool exhausted = e.supervised && e.supervised->exhausted.load();
-    if (state == service_state::faulted || exhausted) {
+    // A supervised service that faults while the host stops would have been
+    // restarted: the stop is no reason to call it a failure of the run.
+    const bool absorbed = e.supervised && !exhausted && stop_seen_;
+    if ((state == service_state::faulted || exhausted) && !absorbed) {
         if (settings_.options.background_service_exception_behavior ==
             background_service_exception_behavior::stop_host) {
             fail(1);
@@ -672,7 +675,7 @@ bool host_core::schedule_restart(service_entry& e, service_state state, const st
     const auto& policy = sup.policy;
     const bool wanted = state == service_state::faulted ||
                         (state == service_state::completed && policy.mode == restart_mode::always);
-    if (!wanted || phase_ != phase::started || stop_seen_)
+    if (!wanted || stop_seen_ || phase_ == phase::stopping || phase_ == phase::stopped)
         return false;
     const auto now = clock::now();
     while (!sup.recent.empty() && sup.recent.front() <= now - policy.window)
@@ -684,7 +687,7 @@ bool host_core::schedule_restart(service_entry& e, service_state state, const st
                          "down{}",
                          e.name, what, sup.recent.size(),
                          std::chrono::duration_cast<std::chrono::seconds>(policy.window).count(),
-                         state == service_state::faulted ? "" : std::string(": ") + describe(error));
+                         state == service_state::faulted ? std::string(": ") + describe(error) : std::string());
         return false;
     }
     // The n-th restart within the window waits initial * multiplier^(n-1).
@@ -719,12 +722,16 @@ void host_core::restart_now(service_entry& e)
         return; // cancelled by the stop meanwhile
     try {
         auto fresh = sup.factory(*provider_);
-        if (!dynamic_cast<background_service*>(fresh.get()))
+        auto* background = dynamic_cast<background_service*>(fresh.get());
+        if (!background)
             throw std::logic_error("the factory returned " +
                                    std::string(fresh ? "something that is not a background_service" : "null"));
+        // Launched before it replaces the old one: if the launch throws, the
+        // entry still holds an instance whose execute has ended, which a
+        // stop handles.
+        attach_background(e, *background);
+        background_service_access::launch(*background, e.strand);
         e.replace(std::move(fresh));
-        attach_background(e);
-        background_service_access::launch(*e.background, e.strand);
     } catch (...) {
         host_log_->error("Service '{}' could not be re-created for its restart: {}", e.name,
                          describe(std::current_exception()));
@@ -776,7 +783,7 @@ asio::awaitable<void> host_core::stop_services()
     // Draining: readiness turned false with the stop request; the services
     // keep serving while load balancers notice, within the deadline.
     const auto delay = settings_.options.shutdown_delay;
-    if (was_started && delay > std::chrono::milliseconds::zero()) {
+    if (was_started && health_->was_ready() && delay > std::chrono::milliseconds::zero()) {
         const auto until = std::min(saturating_add(clock::time_point(clock::duration(stop_requested_at_.load())), delay),
                                     stop_deadline());
         lifetime_log_->info("Not ready any more; stopping the services in {} ms (shutdown_delay)",
@@ -786,7 +793,10 @@ asio::awaitable<void> host_core::stop_services()
     }
     {
         // Publishers and the loop monitor end before the services they watch.
-        auto stop_tasks = [h = health_, d = stop_deadline()] { return h->stop_tasks(d); };
+        // A publisher that ignores its cancellation gets a second, not the
+        // services' deadline; its frame owns what it uses, so leaving it is safe.
+        const auto until = std::min(stop_deadline(), clock::now() + std::chrono::seconds(1));
+        auto stop_tasks = [h = health_, until] { return h->stop_tasks(until); };
         co_await asio::co_spawn(health_->tasks_strand(), std::move(stop_tasks), asio::use_awaitable);
     }
     lifetime_access::fire_stopping(*lifetime_);

@@ -157,7 +157,7 @@ private:
     bool schedule_restart(service_entry& entry, service_state state, const std::exception_ptr& error);
     void restart_now(service_entry& entry);
     void cancel_restarts();
-    void attach_background(service_entry& entry);
+    void attach_background(service_entry& entry, background_service& service);
     void stop_if_background_done();
     void fail(int code) noexcept;
     // Tells every host_lifetime; exceptions are logged.

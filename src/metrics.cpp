@@ -141,6 +141,8 @@ metric_histogram::metric_histogram(std::vector<double> bounds)
 
 void metric_histogram::observe(double value) noexcept
 {
+    if (std::isnan(value))
+        return; // one NaN would poison the sum forever
     auto it = std::lower_bound(bounds_.begin(), bounds_.end(), value);
     buckets_[static_cast<std::size_t>(it - bounds_.begin())].fetch_add(1, std::memory_order_relaxed);
     sum_.fetch_add(value, std::memory_order_relaxed);

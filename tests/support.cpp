@@ -253,8 +253,10 @@ http_response http_get(unsigned short port, const std::string& target, const std
     req.keep_alive(false);
     http::write(stream, req);
     beast::flat_buffer buffer;
-    http::response<http::string_body> res;
-    http::read(stream, buffer, res);
+    http::response_parser<http::string_body> parser;
+    parser.skip(req.method() == http::verb::head); // a HEAD answer has a length but no body
+    http::read(stream, buffer, parser);
+    auto res = parser.release();
     http_response out;
     out.status = static_cast<int>(res.result_int());
     out.body = res.body();

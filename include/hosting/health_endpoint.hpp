@@ -47,12 +47,13 @@ struct health_endpoint_options {
 //   GET /metrics       Prometheus text format 0.0.4
 // 200 when healthy or degraded, 503 when unhealthy, as JSON; 404 for other
 // paths, 405 for other methods (HEAD is GET without the body), 400 for
-// malformed requests. Checks run on the host's loop with their timeouts, so a
+// malformed requests, 500 (and a log line) when answering threw. Checks run on the host's loop with their timeouts, so a
 // blocked loop shows as timed-out checks, not as a hung endpoint.
 //
 // Registered by host_builder::add_health_endpoint() as the first hosted
 // service: it starts first and stops last, so probes see readiness turn
-// false during the shutdown delay and the stop.
+// false during the shutdown delay and the stop. (With
+// services_stop_concurrently it stops alongside the others.)
 class health_endpoint final : public hosted_service {
 public:
     health_endpoint(health_endpoint_options options, std::shared_ptr<detail::health_core> health,

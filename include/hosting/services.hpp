@@ -83,9 +83,10 @@ enum class restart_mode {
 // host_options::background_service_exception_behavior applies to it.
 //
 // A restart builds a new instance with the registration's factory (the same
-// constructor and arguments as the first one) and launches its execute on the
-// same strand; the old instance is destroyed first, so nothing of its state
-// carries over.
+// constructor and arguments as the first one), launches its execute on the
+// same strand, and then destroys the old instance, so nothing of its state
+// carries over. (The new one exists before the old one dies: a resource the
+// constructor takes exclusively belongs in execute.)
 struct restart_policy {
     restart_mode mode = restart_mode::never;
     std::chrono::milliseconds initial_delay{std::chrono::seconds(1)};
