@@ -1,5 +1,7 @@
 #include "engine.hpp"
 
+#include <hosting/cron.hpp>
+
 #include <boost/asio/co_spawn.hpp>
 
 #include <random>
@@ -173,6 +175,7 @@ enqueue_request engine::make_request(std::string kind_name, std::string args, co
     r.run_at = run_at;
     r.unique_key = options.unique_key;
     r.unique_states = options.unique_states;
+    r.concurrency_key = options.concurrency_key;
     if (r.queue.empty())
         throw std::invalid_argument("jobs: job of kind '" + r.kind + "' has an empty queue name");
     if (r.max_attempts < 1)
@@ -261,8 +264,14 @@ void engine::loop()
             } catch (...) {
                 error = std::current_exception();
             }
-            for (std::size_t i = 0; i < batch.size(); ++i)
-                batch[i].second(error, error ? enqueue_result{} : results[i]);
+            for (std::size_t i = 0; i < batch.size(); ++i) {
+                if (error)
+                    batch[i].second(error, {});
+                else if (!results[i].error.empty())
+                    batch[i].second(std::make_exception_ptr(job_not_found(requests[i].parent_id)), results[i]);
+                else
+                    batch[i].second(nullptr, results[i]);
+            }
             if (!error)
                 wake_server();
         }
@@ -284,6 +293,11 @@ asio::awaitable<job_id> client::submit(std::string kind, std::string args, job_o
                                        std::optional<time_point> run_at)
 {
     auto request = engine_->make_request(std::move(kind), std::move(args), options, run_at);
+    co_return co_await enqueue_request_async(std::move(request));
+}
+
+asio::awaitable<job_id> client::enqueue_request_async(enqueue_request request)
+{
     auto* e = engine_.get();
     // Named: GCC 12 destroys a lambda temporary twice inside co_await.
     auto initiation = [e, request = std::move(request)](auto handler) mutable {
@@ -304,7 +318,11 @@ asio::awaitable<job_id> client::submit(std::string kind, std::string args, job_o
 job_id client::submit_blocking(std::string kind, std::string args, job_options options,
                                std::optional<time_point> run_at)
 {
-    auto request = engine_->make_request(std::move(kind), std::move(args), options, run_at);
+    return enqueue_request_blocking(engine_->make_request(std::move(kind), std::move(args), options, run_at));
+}
+
+job_id client::enqueue_request_blocking(enqueue_request request)
+{
     auto promise = std::make_shared<std::promise<job_id>>();
     auto future = promise->get_future();
     engine_->submit_enqueue(std::move(request), [promise](std::exception_ptr error, enqueue_result r) {
@@ -388,4 +406,150 @@ job_counts client::counts_blocking()
     return engine_->call_blocking<job_counts>([](storage& s) { return s.counts(); });
 }
 
+asio::awaitable<job_id> client::submit_continuation(job_id parent, std::string kind, std::string args,
+                                                    continuation_condition condition, job_options options)
+{
+    auto request = engine_->make_request(std::move(kind), std::move(args), options, std::nullopt);
+    request.parent_id = parent;
+    request.condition = condition;
+    request.reason = "continues job " + std::to_string(parent);
+    co_return co_await enqueue_request_async(std::move(request));
+}
+
+job_id client::submit_continuation_blocking(job_id parent, std::string kind, std::string args,
+                                            continuation_condition condition, job_options options)
+{
+    auto request = engine_->make_request(std::move(kind), std::move(args), options, std::nullopt);
+    request.parent_id = parent;
+    request.condition = condition;
+    request.reason = "continues job " + std::to_string(parent);
+    return enqueue_request_blocking(std::move(request));
+}
+
+recurring_job client::make_recurring(std::string id, std::string cron, std::string zone, std::string kind,
+                                     std::string args, const job_options& options, missed_policy missed) const
+{
+    if (id.empty())
+        throw std::invalid_argument("jobs: a recurring job needs an id");
+    auto expression = cron_expression::parse(cron);
+    auto tz = time_zone::locate(zone);
+    auto request = engine_->make_request(kind, args, options, std::nullopt);
+    recurring_job r;
+    r.id = std::move(id);
+    r.cron = std::move(cron);
+    r.zone = std::move(zone);
+    r.kind = std::move(kind);
+    r.args = std::move(args);
+    r.queue = request.queue;
+    r.priority = request.priority;
+    r.max_attempts = request.max_attempts;
+    r.timeout = request.timeout;
+    r.missed = missed;
+    auto next = expression.next(now(), tz);
+    if (!next)
+        throw std::invalid_argument("jobs: recurring job '" + r.id + "' never fires");
+    r.next_fire = *next;
+    return r;
+}
+
+asio::awaitable<void> client::upsert_recurring(recurring_job r)
+{
+    std::function<bool(storage&)> fn = [r = std::move(r)](storage& s) {
+        s.upsert_recurring(r);
+        return true;
+    };
+    co_await engine_->call<bool>(std::move(fn));
+    engine_->wake_server();
+}
+
+void client::upsert_recurring_blocking(recurring_job r)
+{
+    engine_->call_blocking<bool>([r = std::move(r)](storage& s) {
+        s.upsert_recurring(r);
+        return true;
+    });
+    engine_->wake_server();
+}
+
+asio::awaitable<bool> client::remove_recurring(std::string id)
+{
+    std::function<bool(storage&)> fn = [id = std::move(id)](storage& s) { return s.remove_recurring(id); };
+    co_return co_await engine_->call<bool>(std::move(fn));
+}
+
+bool client::remove_recurring_blocking(std::string id)
+{
+    return engine_->call_blocking<bool>([id = std::move(id)](storage& s) { return s.remove_recurring(id); });
+}
+
+namespace {
+std::optional<recurring_job> find_recurring(storage& s, const std::string& id)
+{
+    for (auto& r : s.list_recurring())
+        if (r.id == id)
+            return r;
+    return std::nullopt;
+}
+} // namespace
+
+asio::awaitable<job_id> client::trigger_recurring(std::string id)
+{
+    std::function<std::optional<recurring_job>(storage&)> fn = [id](storage& s) { return find_recurring(s, id); };
+    auto r = co_await engine_->call<std::optional<recurring_job>>(std::move(fn));
+    if (!r)
+        throw std::invalid_argument("jobs: no recurring job '" + id + "'");
+    co_return co_await enqueue_request_async(engine_->trigger_request(*r));
+}
+
+job_id client::trigger_recurring_blocking(std::string id)
+{
+    auto r = engine_->call_blocking<std::optional<recurring_job>>([id](storage& s) { return find_recurring(s, id); });
+    if (!r)
+        throw std::invalid_argument("jobs: no recurring job '" + id + "'");
+    return enqueue_request_blocking(engine_->trigger_request(*r));
+}
+
+asio::awaitable<std::vector<recurring_job>> client::list_recurring()
+{
+    std::function<std::vector<recurring_job>(storage&)> fn = [](storage& s) { return s.list_recurring(); };
+    co_return co_await engine_->call<std::vector<recurring_job>>(std::move(fn));
+}
+
+std::vector<recurring_job> client::list_recurring_blocking()
+{
+    return engine_->call_blocking<std::vector<recurring_job>>([](storage& s) { return s.list_recurring(); });
+}
+
+namespace detail {
+
+enqueue_request engine::occurrence_request(const recurring_job& r, time_point fire) const
+{
+    enqueue_request q;
+    q.kind = r.kind;
+    q.queue = r.queue;
+    q.args = r.args;
+    q.priority = r.priority;
+    q.max_attempts = r.max_attempts;
+    q.timeout = r.timeout;
+    q.run_at = fire;
+    q.recurring_id = r.id;
+    // Every state: an occurrence is enqueued once, ever.
+    q.unique_key = "recurring:" + r.id + ":" +
+                   std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(fire.time_since_epoch()).count());
+    q.unique_states = state_set::from_bits((1u << job_state_count) - 1);
+    q.reason = "occurrence of recurring job '" + r.id + "'";
+    return q;
+}
+
+enqueue_request engine::trigger_request(const recurring_job& r) const
+{
+    auto q = occurrence_request(r, now());
+    q.run_at.reset();
+    q.unique_key.clear();
+    q.unique_states = default_unique_states;
+    q.reason = "recurring job '" + r.id + "' triggered by a client";
+    return q;
+}
+
+} // namespace detail
 } // namespace hosting::jobs

@@ -38,6 +38,10 @@ public:
     enqueue_request make_request(std::string kind, std::string args, const job_options& options,
                                  std::optional<time_point> run_at) const;
 
+    // One occurrence of a recurring job, and a run triggered by hand.
+    enqueue_request occurrence_request(const recurring_job& r, time_point fire) const;
+    enqueue_request trigger_request(const recurring_job& r) const;
+
     // Every enqueue waiting when the storage thread wakes is committed in one
     // transaction: SQLite has no group commit of its own.
     using enqueue_done = std::function<void(std::exception_ptr, enqueue_result)>;

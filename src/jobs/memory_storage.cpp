@@ -17,6 +17,10 @@ struct memory_storage::state {
     std::set<std::tuple<std::string, int, time_point, job_id>> ready; // available: queue, priority, run_at, id
     std::set<std::pair<time_point, job_id>> due;                     // scheduled and retryable, by run_at
     std::set<job_id> running;
+    std::multimap<job_id, job_id> children;  // parent -> continuations
+    std::set<std::string> held_keys;         // concurrency keys of running jobs
+    std::set<job_id> flagged;                // noted as of an unknown kind
+    std::map<std::string, recurring_job> recurring;
 
     static std::tuple<std::string, int, time_point, job_id> ready_key(const job& j)
     {
@@ -65,6 +69,12 @@ struct memory_storage::state {
             }
         }
         unindex(j);
+        if (!j.concurrency_key.empty()) {
+            if (to == job_state::running)
+                held_keys.insert(j.concurrency_key);
+            else if (j.state == job_state::running)
+                held_keys.erase(j.concurrency_key);
+        }
         j.history.push_back({j.state, to, now, std::move(reason), error});
         j.state = to;
         if (run_at)
@@ -76,28 +86,69 @@ struct memory_storage::state {
             j.lease_expires = {};
         }
         index(j);
+        if (is_final(to))
+            resolve_children(j.id, to, now);
     }
-};
 
-memory_storage::memory_storage() : state_(std::make_unique<state>()) {}
-memory_storage::~memory_storage() = default;
-
-std::vector<enqueue_result> memory_storage::enqueue(std::span<const enqueue_request> requests, time_point now)
-{
-    std::lock_guard lock(mutex_);
-    auto& s = *state_;
-    std::vector<enqueue_result> out;
-    out.reserve(requests.size());
-    for (const auto& r : requests) {
-        const auto initial = r.run_at && *r.run_at > now ? job_state::scheduled : job_state::available;
-        if (!r.unique_key.empty() && r.unique_states.contains(initial)) {
-            if (auto it = s.unique.find(r.unique_key); it != s.unique.end()) {
-                out.push_back({it->second, false});
+    // A parent reached a final state: each awaiting continuation becomes
+    // available or, when its condition is not met, deleted.
+    void resolve_children(job_id parent, job_state ended, time_point now)
+    {
+        auto [first, last] = children.equal_range(parent);
+        std::vector<job_id> ids;
+        for (auto it = first; it != last; ++it)
+            ids.push_back(it->second);
+        children.erase(first, last);
+        for (auto id : ids) {
+            auto& child = jobs.at(id);
+            if (child.state != job_state::awaiting)
                 continue;
+            if (condition_met(child.condition, ended))
+                transition(child, job_state::available, now,
+                           "parent " + std::to_string(parent) + " " + std::string(to_string(ended)), {}, now);
+            else
+                transition(child, job_state::deleted, now, unmet_reason(parent, ended, child.condition));
+        }
+    }
+
+    static bool condition_met(continuation_condition c, job_state parent)
+    {
+        switch (c) {
+        case continuation_condition::on_success: return parent == job_state::succeeded;
+        case continuation_condition::on_any_final: return is_final(parent);
+        case continuation_condition::on_deleted: return parent == job_state::deleted;
+        }
+        return false;
+    }
+
+    static std::string unmet_reason(job_id parent, job_state ended, continuation_condition c)
+    {
+        const char* wanted = c == continuation_condition::on_success ? "succeeded" : "was deleted";
+        return "parent " + std::to_string(parent) + " ended " + std::string(to_string(ended)) +
+               "; the continuation runs only when it " + wanted;
+    }
+
+    void add(const enqueue_request& r, time_point now, std::vector<enqueue_result>& out)
+    {
+        auto initial = r.run_at && *r.run_at > now ? job_state::scheduled : job_state::available;
+        const job* parent = nullptr;
+        if (r.parent_id != 0) {
+            auto it = jobs.find(r.parent_id);
+            if (it == jobs.end()) {
+                out.push_back({0, false, "jobs: no job " + std::to_string(r.parent_id) + " to continue"});
+                return;
+            }
+            parent = &it->second;
+            initial = job_state::awaiting;
+        }
+        if (!r.unique_key.empty() && r.unique_states.contains(initial)) {
+            if (auto it = unique.find(r.unique_key); it != unique.end()) {
+                out.push_back({it->second, false, {}});
+                return;
             }
         }
         job j;
-        j.id = s.next++;
+        j.id = next++;
         j.kind = r.kind;
         j.queue = r.queue;
         j.args = r.args;
@@ -108,16 +159,38 @@ std::vector<enqueue_result> memory_storage::enqueue(std::span<const enqueue_requ
         j.created_at = now;
         j.run_at = r.run_at.value_or(now);
         j.unique_key = r.unique_key;
+        j.concurrency_key = r.concurrency_key;
+        j.parent_id = r.parent_id;
+        j.condition = r.condition;
+        j.recurring_id = r.recurring_id;
         j.history.push_back({initial, initial, now, r.reason, {}});
         if (!r.unique_key.empty()) {
-            s.unique_states[j.id] = r.unique_states;
+            unique_states[j.id] = r.unique_states;
             if (r.unique_states.contains(initial))
-                s.unique.emplace(r.unique_key, j.id);
+                unique.emplace(r.unique_key, j.id);
         }
-        auto& stored = s.jobs.emplace(j.id, std::move(j)).first->second;
-        s.index(stored);
-        out.push_back({stored.id, true});
+        const auto id = j.id;
+        auto& stored = jobs.emplace(id, std::move(j)).first->second;
+        index(stored);
+        out.push_back({id, true, {}});
+        if (parent) {
+            children.emplace(r.parent_id, id);
+            if (is_final(parent->state))
+                resolve_children(r.parent_id, parent->state, now);
+        }
     }
+};
+
+memory_storage::memory_storage() : state_(std::make_unique<state>()) {}
+memory_storage::~memory_storage() = default;
+
+std::vector<enqueue_result> memory_storage::enqueue(std::span<const enqueue_request> requests, time_point now)
+{
+    std::lock_guard lock(mutex_);
+    std::vector<enqueue_result> out;
+    out.reserve(requests.size());
+    for (const auto& r : requests)
+        state_->add(r, now, out);
     return out;
 }
 
@@ -161,6 +234,8 @@ std::vector<job> memory_storage::complete_and_claim(std::span<const completion> 
             auto& j = s.jobs.at(std::get<3>(*it));
             ++it; // before the transition unindexes it
             if (std::find(claim.kinds.begin(), claim.kinds.end(), j.kind) == claim.kinds.end())
+                continue;
+            if (!j.concurrency_key.empty() && s.held_keys.contains(j.concurrency_key))
                 continue;
             s.transition(j, job_state::running, now, "claimed by " + claim.node);
             ++j.attempt;
@@ -283,6 +358,99 @@ std::optional<time_point> memory_storage::next_due()
     if (state_->due.empty())
         return std::nullopt;
     return state_->due.begin()->first;
+}
+
+} // namespace hosting::jobs
+
+namespace hosting::jobs {
+
+std::size_t memory_storage::prune(job_state state, time_point before, std::size_t limit)
+{
+    std::lock_guard lock(mutex_);
+    auto& s = *state_;
+    std::vector<job_id> doomed;
+    for (const auto& [id, j] : s.jobs) {
+        if (doomed.size() >= limit)
+            break;
+        if (j.state == state && !j.history.empty() && j.history.back().at < before)
+            doomed.push_back(id);
+    }
+    for (auto id : doomed) {
+        auto& j = s.jobs.at(id);
+        s.unindex(j);
+        if (!j.unique_key.empty()) {
+            if (auto it = s.unique.find(j.unique_key); it != s.unique.end() && it->second == id)
+                s.unique.erase(it);
+            s.unique_states.erase(id);
+        }
+        s.flagged.erase(id);
+        s.jobs.erase(id);
+    }
+    return doomed.size();
+}
+
+std::size_t memory_storage::flag_unknown_kinds(const std::vector<std::string>& known, const std::string& node,
+                                               time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& s = *state_;
+    std::size_t noted = 0;
+    for (const auto& key : s.ready) {
+        auto& j = s.jobs.at(std::get<3>(key));
+        if (std::find(known.begin(), known.end(), j.kind) != known.end() || s.flagged.contains(j.id))
+            continue;
+        s.flagged.insert(j.id);
+        j.history.push_back({j.state, j.state, now,
+                             "node " + node + " does not know kind '" + j.kind + "'; waiting for one that does", {}});
+        ++noted;
+    }
+    return noted;
+}
+
+void memory_storage::upsert_recurring(const recurring_job& r)
+{
+    std::lock_guard lock(mutex_);
+    auto& slot = state_->recurring[r.id];
+    const bool same_schedule = !slot.id.empty() && slot.cron == r.cron && slot.zone == r.zone;
+    auto kept_next = slot.next_fire;
+    auto kept_last = slot.last_fire;
+    slot = r;
+    if (same_schedule) {
+        slot.next_fire = kept_next;
+        slot.last_fire = kept_last;
+    }
+}
+
+bool memory_storage::remove_recurring(const std::string& id)
+{
+    std::lock_guard lock(mutex_);
+    return state_->recurring.erase(id) > 0;
+}
+
+std::vector<recurring_job> memory_storage::list_recurring()
+{
+    std::lock_guard lock(mutex_);
+    std::vector<recurring_job> out;
+    for (const auto& [id, r] : state_->recurring)
+        out.push_back(r);
+    return out;
+}
+
+bool memory_storage::fire_recurring(const std::string& id, time_point expected, time_point next_fire,
+                                    std::span<const enqueue_request> occurrences, time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& s = *state_;
+    auto it = s.recurring.find(id);
+    if (it == s.recurring.end() || it->second.next_fire != expected)
+        return false;
+    std::vector<enqueue_result> ignored;
+    for (const auto& r : occurrences)
+        s.add(r, now, ignored);
+    it->second.next_fire = next_fire;
+    if (!occurrences.empty())
+        it->second.last_fire = expected;
+    return true;
 }
 
 } // namespace hosting::jobs

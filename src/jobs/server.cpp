@@ -1,6 +1,7 @@
 #include "engine.hpp"
 
 #include <hosting/cancellation.hpp>
+#include <hosting/cron.hpp>
 #include <hosting/logging.hpp>
 
 #include "../describe.hpp"
@@ -28,6 +29,63 @@ constexpr std::size_t prefetch_per_worker = 32;
 
 std::string ms_text(std::chrono::milliseconds d) { return std::to_string(d.count()) + " ms"; }
 
+struct recurring_result {
+    std::optional<time_point> next;
+    std::size_t fired = 0;
+    std::vector<std::string> errors;
+};
+
+// Enqueues the due occurrences of every recurring job, on the storage
+// thread. Several servers may run it at once: fire_recurring lets exactly
+// one of them move a schedule on, and the occurrence's unique key backs that.
+recurring_result recurring_pass(storage& s, const detail::engine& e, time_point now, clock::duration tolerance)
+{
+    recurring_result out;
+    auto earliest = [&](time_point t) { out.next = out.next ? std::min(*out.next, t) : t; };
+    for (const auto& r : s.list_recurring()) {
+        if (r.next_fire > now) {
+            earliest(r.next_fire);
+            continue;
+        }
+        try {
+            const auto expression = cron_expression::parse(r.cron);
+            const auto zone = time_zone::locate(r.zone);
+            std::vector<time_point> fires;
+            for (std::optional<time_point> t = r.next_fire; t && *t <= now && fires.size() < max_missed_runs;
+                 t = expression.next(*t, zone))
+                fires.push_back(*t);
+            const auto next = expression.next(now, zone);
+            std::vector<enqueue_request> occurrences;
+            const auto missed = fires.size() - 1;
+            switch (r.missed) {
+            case missed_policy::run_all:
+                for (auto f : fires)
+                    occurrences.push_back(e.occurrence_request(r, f));
+                break;
+            case missed_policy::run_once:
+                occurrences.push_back(e.occurrence_request(r, fires.back()));
+                if (missed > 0)
+                    occurrences.back().reason += " (one run for " + std::to_string(fires.size()) + " occurrences)";
+                break;
+            case missed_policy::skip:
+                if (now - fires.back() <= tolerance)
+                    occurrences.push_back(e.occurrence_request(r, fires.back()));
+                break;
+            }
+            // Never firing again (only near the end of time): park it far away.
+            const auto moved_to = next.value_or(time_point::max() - std::chrono::hours(24 * 365));
+            if (s.fire_recurring(r.id, r.next_fire, moved_to, occurrences, now))
+                out.fired += occurrences.size();
+            earliest(moved_to);
+        } catch (const storage_error&) {
+            throw;
+        } catch (const std::exception& ex) {
+            out.errors.push_back("recurring job '" + r.id + "': " + ex.what());
+        }
+    }
+    return out;
+}
+
 } // namespace
 
 struct server::run : std::enable_shared_from_this<server::run> {
@@ -39,6 +97,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
         cause why = cause::none;
         std::optional<asio::steady_timer> timeout;
         std::unique_ptr<job_context> context;
+        std::chrono::steady_clock::time_point started;
     };
 
     std::shared_ptr<detail::engine> engine;
@@ -51,6 +110,20 @@ struct server::run : std::enable_shared_from_this<server::run> {
     std::deque<job> buffered;
     std::unordered_map<job_id, std::shared_ptr<active>> running;
     std::unordered_map<std::string, std::size_t> running_in_queue;
+    std::unordered_map<std::string, std::size_t> running_of_kind;
+    bool recurring_dirty = true; // read the recurring jobs again
+    std::optional<time_point> next_recurring;
+    metrics_registry* metrics = nullptr;
+    struct kind_metrics {
+        metric_counter* succeeded;
+        metric_counter* failed;
+        metric_counter* retried;
+        metric_histogram* duration;
+    };
+    std::unordered_map<std::string, kind_metrics> by_kind;
+    std::shared_ptr<std::atomic<std::int64_t>> state_counts =
+        std::shared_ptr<std::atomic<std::int64_t>>(new std::atomic<std::int64_t>[job_state_count](),
+                                                   std::default_delete<std::atomic<std::int64_t>[]>());
     std::unordered_map<std::string, std::size_t> buffered_in_queue;
     std::optional<time_point> next_due;
     std::optional<asio::steady_timer> idle_event; // wakes the shutdown wait
@@ -119,7 +192,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
             return;
         for (const auto& q : options().queues) {
             for (auto it = buffered.begin(); it != buffered.end() && running.size() < options().workers;) {
-                if (it->queue != q.name || count(running_in_queue, q.name) >= capacity(q)) {
+                if (it->queue != q.name || count(running_in_queue, q.name) >= capacity(q) || kind_full(it->kind)) {
                     ++it;
                     continue;
                 }
@@ -129,6 +202,30 @@ struct server::run : std::enable_shared_from_this<server::run> {
                 start(std::move(j));
             }
         }
+    }
+
+    bool kind_full(const std::string& name) const
+    {
+        const auto* kind = engine->kind(name);
+        return kind && kind->options.concurrency > 0 && count(running_of_kind, name) >= kind->options.concurrency;
+    }
+
+    kind_metrics& metrics_for(const std::string& kind)
+    {
+        auto it = by_kind.find(kind);
+        if (it != by_kind.end())
+            return it->second;
+        const metric_labels labels{{"kind", kind}};
+        auto outcome = [&](const char* o) {
+            return &metrics->counter("hosting_jobs_completed_total", "Job attempts that ended, by kind and outcome",
+                                     {{"kind", kind}, {"outcome", o}});
+        };
+        return by_kind
+            .emplace(kind, kind_metrics{outcome("succeeded"), outcome("failed"), outcome("retried"),
+                                        &metrics->histogram("hosting_jobs_duration_seconds",
+                                                            "How long job handlers ran", default_duration_buckets(),
+                                                            labels)})
+            .first->second;
     }
 
     void start(job j)
@@ -142,6 +239,8 @@ struct server::run : std::enable_shared_from_this<server::run> {
         auto a = std::make_shared<active>();
         a->j = std::move(j);
         ++running_in_queue[a->j.queue];
+        ++running_of_kind[a->j.kind];
+        a->started = std::chrono::steady_clock::now();
         running.emplace(a->j.id, a);
         a->context = std::make_unique<job_context>(a->j, a->stop.get_token(), log);
         if (a->j.timeout > std::chrono::milliseconds::zero()) {
@@ -228,6 +327,17 @@ struct server::run : std::enable_shared_from_this<server::run> {
             }
         }
         --running_in_queue[j.queue];
+        --running_of_kind[j.kind];
+        if (metrics) {
+            auto& m = metrics_for(j.kind);
+            m.duration->observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - a.started).count());
+            if (c.what == outcome::succeeded)
+                m.succeeded->inc();
+            else if (c.what == outcome::failed)
+                m.failed->inc();
+            else if (c.what == outcome::retry)
+                m.retried->inc();
+        }
         done.push_back(std::move(c));
         running.erase(j.id); // `a` may die here: nothing below touches it
         start_ready();
@@ -258,6 +368,36 @@ struct server::run : std::enable_shared_from_this<server::run> {
         }
     }
 
+    // Deletes finished jobs past their retention, a batch per transaction so
+    // that claims interleave with it.
+    asio::awaitable<void> prune()
+    {
+        const auto& keep = options().retention;
+        const std::pair<job_state, std::optional<std::chrono::milliseconds>> rules[] = {
+            {job_state::succeeded, keep.succeeded},
+            {job_state::cancelled, keep.cancelled},
+            {job_state::deleted, keep.deleted},
+            {job_state::failed, keep.failed},
+        };
+        std::size_t total = 0;
+        for (const auto& [state, age] : rules) {
+            if (!age)
+                continue;
+            for (int round = 0; round < 100; ++round) {
+                std::function<std::size_t(storage&)> batch = [state = state, before = now() - *age,
+                                                              limit = keep.batch](storage& s) {
+                    return s.prune(state, before, limit);
+                };
+                const auto n = co_await engine->call<std::size_t>(std::move(batch));
+                total += n;
+                if (n < keep.batch)
+                    break;
+            }
+        }
+        if (total > 0)
+            log->info("Pruned {} finished jobs past their retention", total);
+    }
+
     std::function<std::pair<std::vector<job>, std::optional<time_point>>(storage&)> claim_op()
     {
         return [d = std::exchange(done, {}), c = make_claim(), at = now()](storage& s) {
@@ -267,7 +407,10 @@ struct server::run : std::enable_shared_from_this<server::run> {
     }
 };
 
-server::server(std::shared_ptr<detail::engine> engine) : engine_(std::move(engine)) {}
+server::server(service_provider& provider, std::shared_ptr<detail::engine> engine)
+    : engine_(std::move(engine)), metrics_(provider.try_get<metrics_registry>())
+{
+}
 server::~server() = default;
 
 const std::string& server::node_id() const noexcept { return engine_->node(); }
@@ -287,6 +430,15 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
         r->log = std::make_shared<spdlog::logger>("hosting.jobs"); // outside a host: silent
     r->ex = co_await asio::this_coro::executor;
     r->wake_timer.emplace(r->ex);
+    r->metrics = metrics_;
+    if (metrics_) {
+        metrics_->add_collector([counts = r->state_counts](metrics_writer& out) {
+            for (std::size_t i = 0; i < job_state_count; ++i)
+                out.gauge("hosting_jobs", "Jobs in storage by state, as of the last heartbeat",
+                          {{"state", std::string(to_string(static_cast<job_state>(i)))}},
+                          static_cast<double>(counts.get()[i].load()));
+        });
+    }
     run_ = r;
     std::weak_ptr<run> weak = r;
     engine_->set_waker([weak] {
@@ -315,14 +467,20 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
     // recover the jobs of nodes that died.
     auto heartbeat_loop = [r]() -> asio::awaitable<void> {
         asio::steady_timer timer(r->ex);
+        auto next_prune = std::chrono::steady_clock::now();
         for (;;) {
             timer.expires_after(r->options().heartbeat_interval);
             co_await timer.async_wait(asio::use_awaitable);
             const auto now = r->now();
             std::function<std::pair<std::vector<job_id>, std::size_t>(storage&)> beat =
-                [node = r->engine->node(), until = now + r->options().lease_duration, now](storage& s) {
+                [node = r->engine->node(), until = now + r->options().lease_duration, now,
+                 known = r->engine->kind_names(), counts = r->state_counts](storage& s) {
                     auto cancels = s.heartbeat(node, until, now);
                     auto recovered = s.recover_expired(now);
+                    s.flag_unknown_kinds(known, node, now);
+                    const auto c = s.counts();
+                    for (std::size_t i = 0; i < job_state_count; ++i)
+                        counts.get()[i] = c.by_state[i];
                     return std::make_pair(std::move(cancels), recovered.size());
                 };
             try {
@@ -330,9 +488,14 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
                     std::move(beat));
                 for (auto id : cancels)
                     r->cancel_local(id);
-                if (recovered > 0) {
+                if (recovered > 0)
                     r->log->warn("Recovered {} jobs whose node's lease expired", recovered);
-                    r->poke();
+                // Other processes may have changed the recurring jobs.
+                r->recurring_dirty = true;
+                r->poke();
+                if (std::chrono::steady_clock::now() >= next_prune) {
+                    next_prune = std::chrono::steady_clock::now() + r->options().retention.interval;
+                    co_await r->prune();
                 }
             } catch (const storage_error& e) {
                 r->log->error("Jobs heartbeat failed: {}", e.what());
@@ -345,6 +508,24 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
     try {
         while (!stopping.stop_requested()) {
             r->woken = false;
+            if (r->recurring_dirty || (r->next_recurring && *r->next_recurring <= r->now())) {
+                r->recurring_dirty = false;
+                std::function<recurring_result(storage&)> pass =
+                    [e = engine_, at = r->now(), tolerance = std::chrono::duration_cast<clock::duration>(
+                                                     engine_->options().heartbeat_interval * 2)](storage& s) {
+                        return recurring_pass(s, *e, at, tolerance);
+                    };
+                try {
+                    auto fired = co_await engine_->call<recurring_result>(std::move(pass));
+                    r->next_recurring = fired.next;
+                    for (const auto& error : fired.errors)
+                        r->log->error("Jobs scheduler: {}", error);
+                } catch (const storage_error& e) {
+                    r->log->error("Jobs scheduler: the storage call failed: {}", e.what());
+                }
+                if (stopping.stop_requested())
+                    break;
+            }
             auto op = r->claim_op();
             std::pair<std::vector<job>, std::optional<time_point>> result;
             try {
@@ -363,6 +544,8 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
             auto wait = std::chrono::duration_cast<clock::duration>(engine_->options().poll_interval);
             if (r->next_due)
                 wait = std::min(wait, std::max(clock::duration::zero(), *r->next_due - r->now()));
+            if (r->next_recurring)
+                wait = std::min(wait, std::max(clock::duration::zero(), *r->next_recurring - r->now()));
             r->wake_timer->expires_after(wait);
             boost::system::error_code ec;
             co_await r->wake_timer->async_wait(asio::redirect_error(asio::use_awaitable, ec));
@@ -407,6 +590,19 @@ jobs_registration add_jobs(host_builder& builder, std::shared_ptr<storage> store
     auto engine = std::make_shared<detail::engine>(std::move(store), std::move(options));
     builder.services().add_singleton<client>(std::make_shared<client>(engine));
     builder.services().add_hosted_service<server>(engine).name("hosting.jobs");
+    // Readiness depends on the storage: a server that cannot reach it must
+    // not receive traffic that enqueues.
+    builder.health().add_check(
+        "jobs_storage",
+        [engine](std::stop_token) -> asio::awaitable<health_check_result> {
+            std::function<job_counts(storage&)> fn = [](storage& s) { return s.counts(); };
+            auto counts = co_await engine->call<job_counts>(std::move(fn));
+            co_return health_check_result::healthy(
+                "reachable", {{"available", std::to_string(counts[job_state::available])},
+                              {"running", std::to_string(counts[job_state::running])},
+                              {"failed", std::to_string(counts[job_state::failed])}});
+        },
+        {std::string(health_tags::ready), "jobs"}, std::chrono::seconds(5));
     return jobs_registration(engine);
 }
 

@@ -1,6 +1,7 @@
 #include <hosting/jobs/sqlite_storage.hpp>
 
 #include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
 
 #include <sqlite3.h>
@@ -102,7 +103,7 @@ struct using_statement {
 
 const char* const job_columns = "id, kind, queue, args, priority, state, attempt, max_attempts, timeout_ms, "
                                 "created_at, run_at, unique_key, lease_owner, lease_expires, last_error, "
-                                "cancel_requested, history";
+                                "cancel_requested, history, concurrency_key, parent_id, condition, recurring_id";
 
 const char* const migration_1 = R"sql(
 CREATE TABLE jobs (
@@ -126,14 +127,37 @@ CREATE TABLE jobs (
     lease_expires    INTEGER,
     last_error       TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
+    concurrency_key  TEXT,
+    parent_id        INTEGER,
+    condition        INTEGER NOT NULL DEFAULT 0,
+    recurring_id     TEXT,
+    unknown_flagged  INTEGER NOT NULL DEFAULT 0,
+    updated_at       INTEGER NOT NULL,
     -- [[from, to, at_us, reason, error], ...]
     history          TEXT    NOT NULL
+);
+CREATE TABLE recurring_jobs (
+    id           TEXT    PRIMARY KEY,
+    cron         TEXT    NOT NULL,
+    zone         TEXT    NOT NULL,
+    kind         TEXT    NOT NULL,
+    args         TEXT    NOT NULL,
+    queue        TEXT    NOT NULL,
+    priority     INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    timeout_ms   INTEGER NOT NULL,
+    missed       INTEGER NOT NULL,
+    next_fire    INTEGER NOT NULL,
+    last_fire    INTEGER
 );
 -- Partial indexes: claims and promotions only ever look at these rows.
 CREATE INDEX jobs_ready   ON jobs (queue, priority, run_at, id) WHERE state = 1;
 CREATE INDEX jobs_due     ON jobs (run_at) WHERE state IN (0, 4);
 CREATE INDEX jobs_running ON jobs (lease_owner) WHERE state = 3;
 CREATE INDEX jobs_state   ON jobs (state, id);
+CREATE INDEX jobs_aged    ON jobs (state, updated_at);
+CREATE INDEX jobs_waiting ON jobs (parent_id) WHERE state = 2;
+CREATE INDEX jobs_held    ON jobs (concurrency_key) WHERE state = 3 AND concurrency_key IS NOT NULL;
 )sql";
 
 } // namespace
@@ -141,8 +165,8 @@ CREATE INDEX jobs_state   ON jobs (state, id);
 struct sqlite_storage::connection {
     sqlite3* db = nullptr;
     std::unique_ptr<statement> begin, commit, rollback;
-    std::unique_ptr<statement> insert, find_unique, complete, promote, claim, heartbeat, expired, state_of,
-        transition, requeue, find, next_due, counts;
+    std::unique_ptr<statement> insert, find_unique, complete, promote, candidates, key_held, claim, heartbeat,
+        expired, state_of, transition, requeue, find, next_due, counts, children, parent_state;
 
     explicit connection(const std::string& path, const sqlite_options& options)
     {
@@ -171,7 +195,11 @@ struct sqlite_storage::connection {
         find_unique.reset();
         complete.reset();
         promote.reset();
+        candidates.reset();
+        key_held.reset();
         claim.reset();
+        children.reset();
+        parent_state.reset();
         heartbeat.reset();
         expired.reset();
         state_of.reset();
@@ -225,32 +253,42 @@ struct sqlite_storage::connection {
         rollback = std::make_unique<statement>(db, "ROLLBACK");
         insert = std::make_unique<statement>(
             db, "INSERT INTO jobs (kind, queue, args, priority, state, max_attempts, timeout_ms, created_at, run_at, "
-                "unique_key, unique_states, unique_slot, history) "
-                "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, json_array(json_array(?5, ?5, ?8, ?13, '')))"
+                "unique_key, unique_states, unique_slot, history, concurrency_key, parent_id, condition, recurring_id, "
+                "updated_at) "
+                "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, json_array(json_array(?5, ?5, ?8, ?13, '')), "
+                "?14, ?15, ?16, ?17, ?8)"
                 " ON CONFLICT (unique_slot) DO NOTHING RETURNING id");
         find_unique = std::make_unique<statement>(db, "SELECT id FROM jobs WHERE unique_slot = ?1");
         // ?2 new state, ?3 attempt delta, ?4 run_at or NULL, ?5 error or NULL, ?6 now, ?7 reason
         complete = std::make_unique<statement>(
             db, "UPDATE jobs SET state = ?2, attempt = attempt + ?3, run_at = coalesce(?4, run_at), "
                 "last_error = coalesce(?5, last_error), lease_owner = NULL, lease_expires = NULL, "
-                "cancel_requested = 0, "
+                "cancel_requested = 0, updated_at = ?6, "
                 "history = json_insert(history, '$[#]', json_array(state, ?2, ?6, ?7, coalesce(?5, ''))), "
                 "unique_slot = CASE WHEN (unique_states >> ?2) & 1 THEN unique_key END "
                 "WHERE id = ?1 AND state = 3 AND lease_owner = ?8 AND attempt = ?9");
         promote = std::make_unique<statement>(
-            db, "UPDATE jobs SET state = 1, "
+            db, "UPDATE jobs SET state = 1, updated_at = ?1, "
                 "history = json_insert(history, '$[#]', json_array(state, 1, ?1, 'due', '')), "
                 "unique_slot = CASE WHEN (unique_states >> 1) & 1 THEN unique_key END "
                 "WHERE state IN (0, 4) AND run_at <= ?1");
-        // ?1 node, ?2 lease_until, ?3 now, ?4 queue, ?5 kinds (JSON array), ?6 limit
+        // ?1 queue, ?2 kinds (JSON array), ?3 limit
+        candidates = std::make_unique<statement>(
+            db, "SELECT id, concurrency_key FROM jobs WHERE state = 1 AND queue = ?1 "
+                "AND kind IN (SELECT value FROM json_each(?2)) ORDER BY priority, run_at, id LIMIT ?3");
+        key_held = std::make_unique<statement>(
+            db, "SELECT 1 FROM jobs WHERE state = 3 AND concurrency_key = ?1 LIMIT 1");
+        // ?1 node, ?2 lease_until, ?3 now, ?4 ids (JSON array)
         claim = std::make_unique<statement>(
             db, "UPDATE jobs SET state = 3, attempt = attempt + 1, lease_owner = ?1, lease_expires = ?2, "
+                "updated_at = ?3, "
                 "history = json_insert(history, '$[#]', json_array(state, 3, ?3, 'claimed by ' || ?1, '')), "
                 "unique_slot = CASE WHEN (unique_states >> 3) & 1 THEN unique_key END "
-                "WHERE id IN (SELECT id FROM jobs WHERE state = 1 AND queue = ?4 "
-                "AND kind IN (SELECT value FROM json_each(?5)) ORDER BY priority, run_at, id LIMIT ?6) "
+                "WHERE state = 1 AND id IN (SELECT value FROM json_each(?4)) "
                 "RETURNING id, kind, queue, args, priority, attempt, max_attempts, timeout_ms, created_at, run_at, "
-                "unique_key, last_error");
+                "unique_key, last_error, concurrency_key, parent_id, condition, recurring_id");
+        children = std::make_unique<statement>(db, "SELECT id, condition FROM jobs WHERE parent_id = ?1 AND state = 2");
+        parent_state = std::make_unique<statement>(db, "SELECT state FROM jobs WHERE id = ?1");
         heartbeat = std::make_unique<statement>(
             db, "UPDATE jobs SET lease_expires = ?2 WHERE state = 3 AND lease_owner = ?1 "
                 "RETURNING id, cancel_requested");
@@ -260,11 +298,12 @@ struct sqlite_storage::connection {
         // An outside transition: ?2 new state, ?3 now, ?4 reason, ?5 cancel_requested
         transition = std::make_unique<statement>(
             db, "UPDATE jobs SET state = ?2, cancel_requested = ?5, lease_owner = NULL, lease_expires = NULL, "
+                "updated_at = ?3, "
                 "history = json_insert(history, '$[#]', json_array(state, ?2, ?3, ?4, '')), "
                 "unique_slot = CASE WHEN (unique_states >> ?2) & 1 THEN unique_key END "
                 "WHERE id = ?1");
         requeue = std::make_unique<statement>(
-            db, "UPDATE jobs SET state = 1, attempt = 0, run_at = ?2, cancel_requested = 0, "
+            db, "UPDATE jobs SET state = 1, attempt = 0, run_at = ?2, cancel_requested = 0, updated_at = ?2, "
                 "history = json_insert(history, '$[#]', json_array(state, 1, ?2, ?3, '')), "
                 "unique_slot = CASE WHEN (unique_states >> 1) & 1 THEN unique_key END "
                 "WHERE id = ?1");
@@ -321,6 +360,10 @@ struct sqlite_storage::connection {
         j.lease_expires = s.is_null(13) ? time_point{} : from_micros(s.integer(13));
         j.last_error = s.text(14);
         j.cancel_requested = s.integer(15) != 0;
+        j.concurrency_key = s.text(17);
+        j.parent_id = s.is_null(18) ? 0 : s.integer(18);
+        j.condition = static_cast<continuation_condition>(s.integer(19));
+        j.recurring_id = s.text(20);
         if (with_history) {
             auto history = boost::json::parse(s.text(16));
             for (const auto& item : history.as_array()) {
@@ -345,10 +388,44 @@ struct sqlite_storage::connection {
 
     void apply_transition(job_id id, job_state to, time_point now, const std::string& reason, bool cancel_requested)
     {
-        using_statement u{*transition};
-        transition->bind(1, id).bind(2, code(to)).bind(3, micros(now)).bind(4, reason).bind(
-            5, cancel_requested ? 1 : 0);
-        transition->run();
+        {
+            using_statement u{*transition};
+            transition->bind(1, id).bind(2, code(to)).bind(3, micros(now)).bind(4, reason).bind(
+                5, cancel_requested ? 1 : 0);
+            transition->run();
+        }
+        if (is_final(to))
+            resolve_children(id, to, now);
+    }
+
+    // A parent reached a final state: each awaiting continuation becomes
+    // available or, when its condition is not met, deleted.
+    void resolve_children(job_id parent, job_state ended, time_point now)
+    {
+        std::vector<std::pair<job_id, continuation_condition>> waiting;
+        {
+            using_statement u{*children};
+            children->bind(1, parent);
+            while (children->step())
+                waiting.emplace_back(children->integer(0), static_cast<continuation_condition>(children->integer(1)));
+        }
+        for (const auto& [id, condition] : waiting) {
+            bool met = condition == continuation_condition::on_success   ? ended == job_state::succeeded
+                       : condition == continuation_condition::on_deleted ? ended == job_state::deleted
+                                                                         : is_final(ended);
+            if (met) {
+                using_statement u{*requeue};
+                requeue->bind(1, id).bind(2, micros(now)).bind(
+                    3, "parent " + std::to_string(parent) + " " + std::string(to_string(ended)));
+                requeue->run();
+            } else {
+                const char* wanted = condition == continuation_condition::on_success ? "succeeded" : "was deleted";
+                apply_transition(id, job_state::deleted, now,
+                                 "parent " + std::to_string(parent) + " ended " + std::string(to_string(ended)) +
+                                     "; the continuation runs only when it " + wanted,
+                                 false);
+            }
+        }
     }
 };
 
@@ -367,7 +444,18 @@ std::vector<enqueue_result> sqlite_storage::enqueue(std::span<const enqueue_requ
         std::vector<enqueue_result> out;
         out.reserve(requests.size());
         for (const auto& r : requests) {
-            const auto initial = r.run_at && *r.run_at > now ? job_state::scheduled : job_state::available;
+            auto initial = r.run_at && *r.run_at > now ? job_state::scheduled : job_state::available;
+            std::optional<job_state> parent;
+            if (r.parent_id != 0) {
+                using_statement up{*c.parent_state};
+                c.parent_state->bind(1, r.parent_id);
+                if (!c.parent_state->step()) {
+                    out.push_back({0, false, "jobs: no job " + std::to_string(r.parent_id) + " to continue"});
+                    continue;
+                }
+                parent = static_cast<job_state>(c.parent_state->integer(0));
+                initial = job_state::awaiting;
+            }
             auto& s = *c.insert;
             using_statement u{s};
             s.bind(1, r.kind).bind(2, r.queue).bind(3, r.args).bind(4, r.priority).bind(5, code(initial));
@@ -383,8 +471,25 @@ std::vector<enqueue_result> sqlite_storage::enqueue(std::span<const enqueue_requ
                     s.bind_null(12);
             }
             s.bind(13, r.reason);
+            if (r.concurrency_key.empty())
+                s.bind_null(14);
+            else
+                s.bind(14, r.concurrency_key);
+            if (r.parent_id == 0)
+                s.bind_null(15);
+            else
+                s.bind(15, r.parent_id);
+            s.bind(16, static_cast<int>(r.condition));
+            if (r.recurring_id.empty())
+                s.bind_null(17);
+            else
+                s.bind(17, r.recurring_id);
             if (s.step()) {
-                out.push_back({s.integer(0), true});
+                const auto id = s.integer(0);
+                out.push_back({id, true, {}});
+                s.reset();
+                if (parent && is_final(*parent))
+                    c.resolve_children(r.parent_id, *parent, now);
                 continue;
             }
             using_statement u2{*c.find_unique};
@@ -392,7 +497,7 @@ std::vector<enqueue_result> sqlite_storage::enqueue(std::span<const enqueue_requ
             if (!c.find_unique->step())
                 throw storage_error("jobs: sqlite: an insert conflicted but no job holds unique key '" +
                                     r.unique_key + "'");
-            out.push_back({c.find_unique->integer(0), false});
+            out.push_back({c.find_unique->integer(0), false, {}});
         }
         return out;
     });
@@ -440,6 +545,10 @@ std::vector<job> sqlite_storage::complete_and_claim(std::span<const completion> 
                 s.bind(5, d.error);
             s.bind(6, at).bind(7, d.reason).bind(8, claim.node).bind(9, d.attempt);
             s.run();
+            if (sqlite3_changes(c.db) > 0 && is_final(to)) {
+                s.reset();
+                c.resolve_children(d.id, to, now);
+            }
         }
         {
             using_statement u{*c.promote};
@@ -465,10 +574,44 @@ std::vector<job> sqlite_storage::complete_and_claim(std::span<const completion> 
         for (const auto& [queue, count] : claim.queues) {
             if (count == 0)
                 continue;
+            // Candidates first: a job whose concurrency key a running job
+            // holds (or an earlier candidate took) is passed over.
+            std::vector<job_id> ids;
+            std::vector<std::string> taken_keys;
+            {
+                auto& q = *c.candidates;
+                using_statement u{q};
+                q.bind(1, queue).bind(2, kinds).bind(3, static_cast<std::int64_t>(count + 64));
+                std::vector<std::pair<job_id, std::string>> found;
+                while (q.step())
+                    found.emplace_back(q.integer(0), q.text(1));
+                for (auto& [id, key] : found) {
+                    if (ids.size() >= count)
+                        break;
+                    if (!key.empty()) {
+                        if (std::find(taken_keys.begin(), taken_keys.end(), key) != taken_keys.end())
+                            continue;
+                        using_statement uk{*c.key_held};
+                        c.key_held->bind(1, key);
+                        if (c.key_held->step())
+                            continue;
+                        taken_keys.push_back(key);
+                    }
+                    ids.push_back(id);
+                }
+            }
+            if (ids.empty())
+                continue;
+            std::string id_list = "[";
+            for (auto id : ids) {
+                if (id_list.size() > 1)
+                    id_list += ',';
+                id_list += std::to_string(id);
+            }
+            id_list += ']';
             auto& s = *c.claim;
             using_statement u{s};
-            s.bind(1, claim.node).bind(2, micros(claim.lease_until)).bind(3, at).bind(4, queue).bind(5, kinds);
-            s.bind(6, static_cast<std::int64_t>(count));
+            s.bind(1, claim.node).bind(2, micros(claim.lease_until)).bind(3, at).bind(4, id_list);
             const auto first = claimed.size();
             while (s.step()) {
                 job j;
@@ -485,6 +628,10 @@ std::vector<job> sqlite_storage::complete_and_claim(std::span<const completion> 
                 j.run_at = from_micros(s.integer(9));
                 j.unique_key = s.text(10);
                 j.last_error = s.text(11);
+                j.concurrency_key = s.text(12);
+                j.parent_id = s.is_null(13) ? 0 : s.integer(13);
+                j.condition = static_cast<continuation_condition>(s.integer(14));
+                j.recurring_id = s.text(15);
                 j.lease_owner = claim.node;
                 j.lease_expires = claim.lease_until;
                 claimed.push_back(std::move(j));
@@ -547,6 +694,9 @@ std::vector<job_id> sqlite_storage::recover_expired(time_point now)
                 s.bind(5, reason);
             s.bind(6, micros(now)).bind(7, reason).bind(8, f.owner).bind(9, f.attempt);
             s.run();
+            s.reset();
+            if (!f.attempts_left)
+                c.resolve_children(f.id, job_state::failed, now);
             out.push_back(f.id);
         }
         return out;
@@ -637,6 +787,138 @@ std::optional<time_point> sqlite_storage::next_due()
     if (c.next_due->step() && !c.next_due->is_null(0))
         return from_micros(c.next_due->integer(0));
     return std::nullopt;
+}
+
+} // namespace hosting::jobs
+
+namespace hosting::jobs {
+
+std::size_t sqlite_storage::prune(job_state state, time_point before, std::size_t limit)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    return c.write([&] {
+        statement s(c.db, "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state = ?1 AND updated_at < ?2 "
+                          "LIMIT ?3)");
+        s.bind(1, code(state)).bind(2, micros(before)).bind(3, static_cast<std::int64_t>(limit));
+        s.run();
+        return static_cast<std::size_t>(sqlite3_changes(c.db));
+    });
+}
+
+std::size_t sqlite_storage::flag_unknown_kinds(const std::vector<std::string>& known, const std::string& node,
+                                               time_point now)
+{
+    std::string kinds = "[";
+    for (const auto& k : known) {
+        if (kinds.size() > 1)
+            kinds += ',';
+        kinds += boost::json::serialize(boost::json::value(k));
+    }
+    kinds += ']';
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    return c.write([&] {
+        statement s(c.db, "UPDATE jobs SET unknown_flagged = 1, "
+                          "history = json_insert(history, '$[#]', json_array(state, state, ?2, 'node ' || ?3 || "
+                          "' does not know kind ''' || kind || '''; waiting for one that does', '')) "
+                          "WHERE state = 1 AND unknown_flagged = 0 AND kind NOT IN (SELECT value FROM json_each(?1))");
+        s.bind(1, kinds).bind(2, micros(now)).bind(3, node);
+        s.run();
+        return static_cast<std::size_t>(sqlite3_changes(c.db));
+    });
+}
+
+void sqlite_storage::upsert_recurring(const recurring_job& r)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.write([&] {
+        // The schedule's own next_fire survives when cron and zone did not change.
+        statement s(c.db,
+                    "INSERT INTO recurring_jobs (id, cron, zone, kind, args, queue, priority, max_attempts, "
+                    "timeout_ms, missed, next_fire, last_fire) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, "
+                    "NULL) ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, args = excluded.args, "
+                    "queue = excluded.queue, priority = excluded.priority, max_attempts = excluded.max_attempts, "
+                    "timeout_ms = excluded.timeout_ms, missed = excluded.missed, "
+                    "next_fire = CASE WHEN cron = excluded.cron AND zone = excluded.zone THEN next_fire "
+                    "ELSE excluded.next_fire END, cron = excluded.cron, zone = excluded.zone");
+        s.bind(1, r.id).bind(2, r.cron).bind(3, r.zone).bind(4, r.kind).bind(5, r.args).bind(6, r.queue);
+        s.bind(7, r.priority).bind(8, r.max_attempts).bind(9, static_cast<std::int64_t>(r.timeout.count()));
+        s.bind(10, static_cast<int>(r.missed)).bind(11, micros(r.next_fire));
+        s.run();
+    });
+}
+
+bool sqlite_storage::remove_recurring(const std::string& id)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    return c.write([&] {
+        statement s(c.db, "DELETE FROM recurring_jobs WHERE id = ?1");
+        s.bind(1, id);
+        s.run();
+        return sqlite3_changes(c.db) > 0;
+    });
+}
+
+std::vector<recurring_job> sqlite_storage::list_recurring()
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    statement s(c.db, "SELECT id, cron, zone, kind, args, queue, priority, max_attempts, timeout_ms, missed, "
+                      "next_fire, last_fire FROM recurring_jobs ORDER BY id");
+    std::vector<recurring_job> out;
+    while (s.step()) {
+        recurring_job r;
+        r.id = s.text(0);
+        r.cron = s.text(1);
+        r.zone = s.text(2);
+        r.kind = s.text(3);
+        r.args = s.text(4);
+        r.queue = s.text(5);
+        r.priority = static_cast<int>(s.integer(6));
+        r.max_attempts = static_cast<int>(s.integer(7));
+        r.timeout = std::chrono::milliseconds(s.integer(8));
+        r.missed = static_cast<missed_policy>(s.integer(9));
+        r.next_fire = from_micros(s.integer(10));
+        if (!s.is_null(11))
+            r.last_fire = from_micros(s.integer(11));
+        out.push_back(std::move(r));
+    }
+    return out;
+}
+
+bool sqlite_storage::fire_recurring(const std::string& id, time_point expected, time_point next_fire,
+                                    std::span<const enqueue_request> occurrences, time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    return c.write([&] {
+        statement s(c.db, "UPDATE recurring_jobs SET next_fire = ?3, last_fire = coalesce(?4, last_fire) "
+                          "WHERE id = ?1 AND next_fire = ?2");
+        s.bind(1, id).bind(2, micros(expected)).bind(3, micros(next_fire));
+        if (occurrences.empty())
+            s.bind_null(4);
+        else
+            s.bind(4, micros(occurrences.back().run_at.value_or(expected)));
+        s.run();
+        if (sqlite3_changes(c.db) == 0)
+            return false;
+        for (const auto& r : occurrences) {
+            auto& i = *c.insert;
+            using_statement u{i};
+            i.bind(1, r.kind).bind(2, r.queue).bind(3, r.args).bind(4, r.priority);
+            i.bind(5, code(job_state::available));
+            i.bind(6, r.max_attempts).bind(7, static_cast<std::int64_t>(r.timeout.count())).bind(8, micros(now));
+            i.bind(9, micros(r.run_at.value_or(now)));
+            i.bind(10, r.unique_key).bind(11, static_cast<std::int64_t>(r.unique_states.bits()));
+            i.bind(12, r.unique_key).bind(13, r.reason).bind_null(14).bind_null(15).bind(16, 0);
+            i.bind(17, r.recurring_id);
+            i.run();
+        }
+        return true;
+    });
 }
 
 } // namespace hosting::jobs

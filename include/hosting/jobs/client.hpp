@@ -65,6 +65,56 @@ public:
         return submit_blocking(std::string(kind), to_json(args), std::move(options), now() + delay);
     }
 
+    // A continuation: awaiting until `parent` reaches a final state, then
+    // available if `condition` holds, else deleted with the reason. A parent
+    // that already ended is judged at once. Throws job_not_found for an
+    // unknown parent.
+    template <class Args>
+    asio::awaitable<job_id> continue_with(job_id parent, std::string_view kind, const Args& args,
+                                          continuation_condition condition = continuation_condition::on_success,
+                                          job_options options = {})
+    {
+        return submit_continuation(parent, std::string(kind), to_json(args), condition, std::move(options));
+    }
+    template <class Args>
+    job_id continue_with_blocking(job_id parent, std::string_view kind, const Args& args,
+                                  continuation_condition condition = continuation_condition::on_success,
+                                  job_options options = {})
+    {
+        return submit_continuation_blocking(parent, std::string(kind), to_json(args), condition, std::move(options));
+    }
+
+    // Recurring jobs: each occurrence of `cron` in `zone` (an IANA name)
+    // enqueues one job, exactly once however many servers share the storage
+    // (the occurrence's time is part of its unique key). Updating a
+    // recurring job whose schedule is unchanged keeps its next occurrence.
+    // Throws cron_parse_error, unknown_time_zone or std::invalid_argument.
+    template <class Args>
+    asio::awaitable<void> add_or_update_recurring(std::string id, std::string cron, std::string zone,
+                                                  std::string_view kind, const Args& args, job_options options = {},
+                                                  missed_policy missed = missed_policy::run_once)
+    {
+        return upsert_recurring(make_recurring(std::move(id), std::move(cron), std::move(zone), std::string(kind),
+                                               to_json(args), options, missed));
+    }
+    template <class Args>
+    void add_or_update_recurring_blocking(std::string id, std::string cron, std::string zone, std::string_view kind,
+                                          const Args& args, job_options options = {},
+                                          missed_policy missed = missed_policy::run_once)
+    {
+        upsert_recurring_blocking(make_recurring(std::move(id), std::move(cron), std::move(zone), std::string(kind),
+                                                 to_json(args), options, missed));
+    }
+    // False when there was no such recurring job.
+    asio::awaitable<bool> remove_recurring(std::string id);
+    bool remove_recurring_blocking(std::string id);
+    // Enqueues one run now, outside the schedule; throws
+    // std::invalid_argument for an unknown id.
+    asio::awaitable<job_id> trigger_recurring(std::string id);
+    job_id trigger_recurring_blocking(std::string id);
+    asio::awaitable<std::vector<recurring_job>> list_recurring();
+    std::vector<recurring_job> list_recurring_blocking();
+
     // A job that is not running is cancelled at once; a running one is asked
     // to stop (its handler's stop token fires, on whichever node runs it)
     // and ends cancelled. Throws job_not_found, or invalid_transition for a
@@ -97,6 +147,16 @@ private:
                                    std::optional<time_point> run_at);
     job_id submit_blocking(std::string kind, std::string args, job_options options, std::optional<time_point> run_at);
     asio::awaitable<void> transition(job_id id, job_state to, std::string reason);
+    asio::awaitable<job_id> submit_continuation(job_id parent, std::string kind, std::string args,
+                                                continuation_condition condition, job_options options);
+    job_id submit_continuation_blocking(job_id parent, std::string kind, std::string args,
+                                        continuation_condition condition, job_options options);
+    recurring_job make_recurring(std::string id, std::string cron, std::string zone, std::string kind,
+                                 std::string args, const job_options& options, missed_policy missed) const;
+    asio::awaitable<void> upsert_recurring(recurring_job r);
+    void upsert_recurring_blocking(recurring_job r);
+    asio::awaitable<job_id> enqueue_request_async(enqueue_request request);
+    job_id enqueue_request_blocking(enqueue_request request);
 
     std::shared_ptr<detail::engine> engine_;
 };

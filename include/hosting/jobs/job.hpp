@@ -109,6 +109,14 @@ private:
 inline constexpr state_set default_unique_states{job_state::scheduled, job_state::available, job_state::awaiting,
                                                  job_state::running, job_state::retryable};
 
+// When a continuation runs, given how its parent ended. An unmet condition
+// deletes the continuation, with the reason in its history.
+enum class continuation_condition : std::uint8_t {
+    on_success,   // the parent succeeded (the default)
+    on_any_final, // the parent succeeded, failed, was cancelled or deleted
+    on_deleted,   // the parent was deleted
+};
+
 // Per-call options of client::enqueue and friends; unset members take the
 // kind's defaults.
 struct job_options {
@@ -118,6 +126,10 @@ struct job_options {
     std::optional<std::chrono::milliseconds> timeout;
     std::string unique_key; // empty: none
     state_set unique_states = default_unique_states;
+    // Jobs sharing a concurrency key never run at the same time, on any node:
+    // the key is held by the running job's lease, so it cannot expire under
+    // a job that still runs, and a dead node's key frees when its lease does.
+    std::string concurrency_key;
 };
 
 // A job as stored.
@@ -138,7 +150,36 @@ struct job {
     time_point lease_expires{};
     std::string last_error;
     bool cancel_requested = false;
+    std::string concurrency_key;
+    job_id parent_id = 0; // a continuation's parent; 0: none
+    continuation_condition condition = continuation_condition::on_success;
+    std::string recurring_id; // the recurring job this is an occurrence of
     std::vector<state_change> history; // filled by queries that ask for it
+};
+
+// What to do about occurrences of a recurring job that passed while no
+// server ran.
+enum class missed_policy : std::uint8_t {
+    run_once, // one run for all of them (the default)
+    run_all,  // one run for each, up to max_missed_runs
+    skip,     // none; wait for the next occurrence
+};
+inline constexpr std::size_t max_missed_runs = 1000;
+
+// A recurring job: a cron expression in a time zone, and what to enqueue.
+struct recurring_job {
+    std::string id;
+    std::string cron;
+    std::string zone = "UTC";
+    std::string kind;
+    std::string args; // JSON
+    std::string queue;
+    int priority = 0;
+    int max_attempts = 1;
+    std::chrono::milliseconds timeout{0};
+    missed_policy missed = missed_policy::run_once;
+    time_point next_fire{};
+    std::optional<time_point> last_fire;
 };
 
 } // namespace hosting::jobs

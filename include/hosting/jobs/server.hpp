@@ -3,6 +3,7 @@
 
 #include <hosting/background_service.hpp>
 #include <hosting/host_builder.hpp>
+#include <hosting/metrics.hpp>
 #include <hosting/jobs/client.hpp>
 #include <hosting/jobs/storage.hpp>
 
@@ -119,6 +120,20 @@ struct kind_options {
     int priority = 0;
     retry_policy retry;
     std::chrono::milliseconds timeout{0}; // zero: none
+    // At most this many jobs of the kind run at once on one server; zero:
+    // no limit of its own.
+    std::size_t concurrency = 0;
+};
+
+// How long finished jobs are kept before pruning deletes them; none keeps
+// them forever. Failed jobs are kept by default: someone should look.
+struct retention_options {
+    std::optional<std::chrono::milliseconds> succeeded = std::chrono::hours(24 * 7);
+    std::optional<std::chrono::milliseconds> cancelled = std::chrono::hours(24 * 7);
+    std::optional<std::chrono::milliseconds> deleted = std::chrono::hours(24 * 7);
+    std::optional<std::chrono::milliseconds> failed;
+    std::chrono::milliseconds interval{std::chrono::minutes(1)}; // how often a server prunes
+    std::size_t batch = 1000;                                     // rows per transaction
 };
 
 struct queue_options {
@@ -143,6 +158,7 @@ struct server_options {
     std::chrono::milliseconds shutdown_grace{std::chrono::seconds(3)};
     std::string node_id; // default: host name, pid and a random suffix
     std::shared_ptr<time_source> clock;
+    retention_options retention;
 
     void validate() const;
 };
@@ -205,7 +221,7 @@ private:
 // shutdown_grace back to available, their attempt not counted.
 class server final : public background_service {
 public:
-    explicit server(std::shared_ptr<detail::engine> engine);
+    server(service_provider& provider, std::shared_ptr<detail::engine> engine);
     ~server() override;
     const std::string& node_id() const noexcept;
     // Looks for work now, from any thread.
@@ -217,6 +233,7 @@ protected:
 private:
     struct run;
     std::shared_ptr<detail::engine> engine_;
+    metrics_registry* metrics_ = nullptr;
     std::shared_ptr<run> run_;
 };
 

@@ -44,6 +44,14 @@ public:
     std::vector<job> list(const job_filter& filter) override;
     job_counts counts() override;
     std::optional<time_point> next_due() override;
+    std::size_t prune(job_state state, time_point before, std::size_t limit) override;
+    std::size_t flag_unknown_kinds(const std::vector<std::string>& known, const std::string& node,
+                                   time_point now) override;
+    void upsert_recurring(const recurring_job& r) override;
+    bool remove_recurring(const std::string& id) override;
+    std::vector<recurring_job> list_recurring() override;
+    bool fire_recurring(const std::string& id, time_point expected, time_point next_fire,
+                        std::span<const enqueue_request> occurrences, time_point now) override;
 
     const std::string& path() const noexcept { return path_; }
     // The schema version this library writes.

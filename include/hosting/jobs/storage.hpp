@@ -29,12 +29,17 @@ struct enqueue_request {
     std::optional<time_point> run_at; // none: available now
     std::string unique_key;
     state_set unique_states = default_unique_states;
+    std::string concurrency_key;
+    job_id parent_id = 0; // a continuation: awaiting until its parent is final
+    continuation_condition condition = continuation_condition::on_success;
+    std::string recurring_id;
     std::string reason = "enqueued";
 };
 
 struct enqueue_result {
     job_id id = 0;
     bool created = false; // false: a job with the unique key was returned
+    std::string error;    // this one job was refused (its parent does not exist)
 };
 
 // How a claimed attempt ended.
@@ -120,6 +125,27 @@ public:
 
     // When the next scheduled or retryable job is due, if any.
     virtual std::optional<time_point> next_due() = 0;
+
+    // Deletes up to `limit` jobs in `state` that reached it before `before`
+    // (one batch, so that pruning never holds the write lock for long);
+    // returns how many.
+    virtual std::size_t prune(job_state state, time_point before, std::size_t limit) = 0;
+
+    // Available jobs whose kind is none of `known` get one note in their
+    // history saying so (once per job); returns how many were noted.
+    virtual std::size_t flag_unknown_kinds(const std::vector<std::string>& known, const std::string& node,
+                                           time_point now) = 0;
+
+    // Recurring jobs. upsert keeps next_fire when the schedule (cron and
+    // zone) did not change, so that redeploying never skips nor repeats.
+    virtual void upsert_recurring(const recurring_job& r) = 0;
+    virtual bool remove_recurring(const std::string& id) = 0;
+    virtual std::vector<recurring_job> list_recurring() = 0;
+    // Enqueues `occurrences` and moves next_fire from `expected` to
+    // `next_fire`, only if it still is `expected`: of several servers racing
+    // for one occurrence, exactly one wins. False when another did.
+    virtual bool fire_recurring(const std::string& id, time_point expected, time_point next_fire,
+                                std::span<const enqueue_request> occurrences, time_point now) = 0;
 };
 
 class storage_error : public std::runtime_error {
@@ -143,6 +169,14 @@ public:
     std::vector<job> list(const job_filter& filter) override;
     job_counts counts() override;
     std::optional<time_point> next_due() override;
+    std::size_t prune(job_state state, time_point before, std::size_t limit) override;
+    std::size_t flag_unknown_kinds(const std::vector<std::string>& known, const std::string& node,
+                                   time_point now) override;
+    void upsert_recurring(const recurring_job& r) override;
+    bool remove_recurring(const std::string& id) override;
+    std::vector<recurring_job> list_recurring() override;
+    bool fire_recurring(const std::string& id, time_point expected, time_point next_fire,
+                        std::span<const enqueue_request> occurrences, time_point now) override;
 
 private:
     struct state;

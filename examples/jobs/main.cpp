@@ -1,0 +1,166 @@
+// Persistent background jobs on a SQLite file: fire and forget, scheduled,
+// chained and recurring jobs that survive a crash.
+//
+//   jobs                                   # the demo: enqueue, schedule, chain, recur; stops when done
+//   jobs --Jobs:Mode=enqueue --Jobs:Count=10000   # only enqueue N jobs of kind "record"
+//   jobs --Jobs:Mode=work                  # only run jobs, until none is left
+//   jobs --Jobs:Database=/var/lib/app/jobs.db ...
+//
+// Kill it with kill -9 at any moment and start it again: every job that was
+// enqueued runs to the end (jobs that were running when it died run again
+// once their lease expires: delivery is at least once).
+#include <hosting/hosting.hpp>
+#include <hosting/jobs/server.hpp>
+#include <hosting/jobs/sqlite_storage.hpp>
+
+#include <boost/asio/this_coro.hpp>
+#include <boost/describe/class.hpp>
+
+#include <spdlog/logger.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+namespace asio = boost::asio;
+namespace jobs = hosting::jobs;
+using namespace std::chrono_literals;
+
+struct email {
+    std::string to;
+    std::string subject;
+};
+BOOST_DESCRIBE_STRUCT(email, (), (to, subject))
+
+struct image {
+    std::string path;
+    int width = 0;
+};
+BOOST_DESCRIBE_STRUCT(image, (), (path, width))
+
+// Watches the storage and stops the program once no work is left (with
+// --Jobs:StopWhenDone, the default outside the demo's recurring part).
+class stop_when_done : public hosting::background_service {
+public:
+    stop_when_done(hosting::service_provider& provider, std::size_t recurring_runs)
+        : client_(provider.get<jobs::client>()),
+          lifetime_(provider.get<hosting::application_lifetime>()),
+          recurring_runs_(recurring_runs)
+    {
+    }
+
+protected:
+    asio::awaitable<void> execute(std::stop_token stopping) override
+    {
+        for (;;) {
+            co_await hosting::delay(200ms, stopping);
+            auto counts = co_await client_.counts();
+            const auto pending = counts[jobs::job_state::available] + counts[jobs::job_state::running] +
+                                 counts[jobs::job_state::scheduled] + counts[jobs::job_state::retryable] +
+                                 counts[jobs::job_state::awaiting];
+            std::size_t recurring_done = 0;
+            if (recurring_runs_ > 0) {
+                jobs::job_filter f;
+                f.kind = "report";
+                f.state = jobs::job_state::succeeded;
+                recurring_done = (co_await client_.list(f)).size();
+            }
+            if (pending == 0 && recurring_done >= recurring_runs_) {
+                service_logger()->info("No work left: {} succeeded, {} failed", counts[jobs::job_state::succeeded],
+                                       counts[jobs::job_state::failed]);
+                if (recurring_runs_ > 0)
+                    co_await client_.remove_recurring("report");
+                lifetime_.stop_application();
+                co_return;
+            }
+        }
+    }
+
+private:
+    jobs::client& client_;
+    hosting::application_lifetime& lifetime_;
+    std::size_t recurring_runs_;
+};
+
+int main(int argc, char** argv)
+{
+    auto builder = hosting::host::create_builder(argc, argv);
+    auto& config = builder.configuration();
+    const auto mode = config.get<std::string>("Jobs:Mode", "demo");
+    const auto path = config.get<std::string>("Jobs:Database", "jobs.db");
+
+    jobs::sqlite_options sqlite;
+    if (config.get<std::string>("Jobs:Sync", "full") == "normal")
+        sqlite.sync = jobs::sqlite_options::durability::normal;
+    jobs::server_options server;
+    server.workers = config.get<std::size_t>("Jobs:Workers", 4);
+    server.lease_duration = std::chrono::milliseconds(config.get<int>("Jobs:LeaseMs", 10000));
+    server.heartbeat_interval = std::chrono::milliseconds(config.get<int>("Jobs:HeartbeatMs", 2000));
+    server.poll_interval = std::chrono::milliseconds(config.get<int>("Jobs:PollMs", 1000));
+    const bool print_runs = config.get<bool>("Jobs:PrintRuns", false);
+
+    auto storage = std::make_shared<jobs::sqlite_storage>(path, sqlite);
+    auto registration = jobs::add_jobs(builder, storage, server);
+    registration
+        .register_kind<email>("send_email",
+                              [](email e, jobs::job_context& context) -> asio::awaitable<void> {
+                                  co_await hosting::delay(50ms, context.stop_token());
+                                  context.logger()->info("sent '{}' to {} (job {}, attempt {})", e.subject, e.to,
+                                                         context.id(), context.attempt());
+                              })
+        .register_kind<image>("resize",
+                              [](image i, jobs::job_context& context) -> asio::awaitable<void> {
+                                  co_await hosting::delay(100ms, context.stop_token());
+                                  context.logger()->info("resized {} to {} px", i.path, i.width);
+                              })
+        .register_kind<image>("publish",
+                              [](image i, jobs::job_context& context) -> asio::awaitable<void> {
+                                  co_await asio::this_coro::executor;
+                                  context.logger()->info("published {} after its resize", i.path);
+                              })
+        .register_kind<std::string>("report",
+                                    [](std::string name, jobs::job_context& context) -> asio::awaitable<void> {
+                                        co_await asio::this_coro::executor;
+                                        context.logger()->info("recurring report '{}' (job {})", name, context.id());
+                                    })
+        .register_kind<int>("record", [print_runs](int n, jobs::job_context& context) -> asio::awaitable<void> {
+            co_await asio::this_coro::executor;
+            if (print_runs) {
+                // One write per line, so that two processes' lines never mix.
+                const auto line = "ran " + std::to_string(context.id()) + " " + std::to_string(n) + "\n";
+                std::fwrite(line.data(), 1, line.size(), stdout);
+                std::fflush(stdout);
+            }
+        });
+
+    const bool demo = mode == "demo";
+    if (mode == "work" || demo)
+        builder.services().add_hosted_service<stop_when_done>(std::size_t{demo ? 2u : 0u}).name("stop_when_done");
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+
+    if (mode == "enqueue") {
+        const int count = config.get<int>("Jobs:Count", 1000);
+        // Many blocking calls from one thread: each waits for its commit.
+        // (Concurrent callers would share commits.)
+        for (int i = 0; i < count; ++i)
+            client.enqueue_blocking("record", i);
+        std::printf("enqueued %d jobs into %s\n", count, path.c_str());
+        return 0;
+    }
+    if (demo) {
+        auto id = client.enqueue_blocking("send_email", email{"ada@example.com", "Welcome"});
+        std::printf("enqueued job %lld: send_email\n", static_cast<long long>(id));
+        id = client.schedule_blocking("send_email", email{"ada@example.com", "Two seconds later"}, 2s);
+        std::printf("scheduled job %lld in 2 s\n", static_cast<long long>(id));
+        auto resize = client.enqueue_blocking("resize", image{"cat.png", 640});
+        auto publish = client.continue_with_blocking(resize, "publish", image{"cat.png", 640});
+        std::printf("chained job %lld (publish) after job %lld (resize)\n", static_cast<long long>(publish),
+                    static_cast<long long>(resize));
+        client.add_or_update_recurring_blocking("report", "*/2 * * * * *", "Europe/Berlin", "report",
+                                                std::string("every two seconds"));
+        std::printf("recurring job 'report' every 2 s (Europe/Berlin); the demo stops after two runs\n");
+    }
+    return host.run();
+}
