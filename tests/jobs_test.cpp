@@ -1,4 +1,5 @@
 #include <hosting/hosting.hpp>
+#include <hosting/cron.hpp>
 #include <hosting/jobs/server.hpp>
 #include <hosting/jobs/sqlite_storage.hpp>
 
@@ -458,4 +459,281 @@ TEST_CASE("jobs: a SQLite file keeps its jobs and schema across opens, and two c
     CHECK(a.counts()[job_state::running] == 200);
 
     CHECK_THROWS_AS(jobs::sqlite_storage("/nonexistent-dir/x.db"), jobs::storage_error);
+}
+
+TEST_CASE("jobs: continuations run or are deleted by their condition", "[jobs][server]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    test::recorder r;
+    jobs::kind_options once;
+    once.retry.max_attempts = 1;
+    jobs::add_jobs(builder, make_storage(which, db), quick_server())
+        .register_kind<std::string>(
+            "step",
+            [&](std::string name, jobs::job_context&) -> asio::awaitable<void> {
+                co_await asio::this_coro::executor;
+                r.add(name);
+                if (name.rfind("fail", 0) == 0)
+                    throw std::runtime_error("step " + name + " failed");
+            },
+            once);
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    using c = jobs::continuation_condition;
+
+    // Chained before the server starts, so every parent is still pending.
+    auto ok = client.enqueue_blocking("step", std::string("ok"));
+    auto after_ok = client.continue_with_blocking(ok, "step", std::string("after ok"));
+    auto any_after_ok = client.continue_with_blocking(ok, "step", std::string("any after ok"), c::on_any_final);
+    auto deleted_after_ok = client.continue_with_blocking(ok, "step", std::string("deleted after ok"), c::on_deleted);
+    auto bad = client.enqueue_blocking("step", std::string("fail"));
+    auto after_bad = client.continue_with_blocking(bad, "step", std::string("after bad"));
+    auto any_after_bad = client.continue_with_blocking(bad, "step", std::string("any after bad"), c::on_any_final);
+    auto grandchild = client.continue_with_blocking(after_bad, "step", std::string("grandchild"), c::on_deleted);
+    CHECK(client.find_blocking(after_ok)->state == job_state::awaiting);
+    CHECK_THROWS_AS(client.continue_with_blocking(987654, "step", std::string("orphan")), jobs::job_not_found);
+
+    host.start_blocking();
+    REQUIRE(wait_state(client, after_ok, job_state::succeeded));
+    REQUIRE(wait_state(client, any_after_ok, job_state::succeeded));
+    REQUIRE(wait_state(client, deleted_after_ok, job_state::deleted));
+    REQUIRE(wait_state(client, bad, job_state::failed));
+    REQUIRE(wait_state(client, after_bad, job_state::deleted));
+    REQUIRE(wait_state(client, any_after_bad, job_state::succeeded));
+    // Deleting after_bad satisfied its own on_deleted continuation.
+    REQUIRE(wait_state(client, grandchild, job_state::succeeded));
+    CHECK(client.find_blocking(after_bad)->history.back().reason ==
+          "parent " + std::to_string(bad) + " ended failed; the continuation runs only when it succeeded");
+    CHECK_FALSE(r.contains("after bad"));
+    CHECK_FALSE(r.contains("deleted after ok"));
+
+    // A parent that already ended is judged at once.
+    auto late = client.continue_with_blocking(ok, "step", std::string("late"));
+    REQUIRE(wait_state(client, late, job_state::succeeded));
+    host.stop_blocking();
+}
+
+TEST_CASE("jobs: per-kind and per-key limits hold under load", "[jobs][server]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    auto options = quick_server();
+    options.workers = 8;
+    std::mutex mutex;
+    std::map<std::string, int> now_by_key, most_by_key;
+    std::atomic<int> kind_now{0}, kind_most{0};
+    test::recorder r;
+    jobs::kind_options limited;
+    limited.concurrency = 2;
+    auto reg = jobs::add_jobs(builder, make_storage(which, db), options);
+    reg.register_kind<int>(
+        "limited",
+        [&](int, jobs::job_context&) -> asio::awaitable<void> {
+            int n = ++kind_now;
+            int seen = kind_most.load();
+            while (n > seen && !kind_most.compare_exchange_weak(seen, n)) {
+            }
+            co_await hosting::delay(10ms);
+            --kind_now;
+            r.add("limited");
+        },
+        limited);
+    reg.register_kind<std::string>("keyed", [&](std::string key, jobs::job_context&) -> asio::awaitable<void> {
+        {
+            std::lock_guard lock(mutex);
+            auto n = ++now_by_key[key];
+            most_by_key[key] = std::max(most_by_key[key], n);
+        }
+        co_await hosting::delay(10ms);
+        {
+            std::lock_guard lock(mutex);
+            --now_by_key[key];
+        }
+        r.add("keyed");
+    });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    for (int i = 0; i < 12; ++i) {
+        client.enqueue_blocking("limited", i);
+        for (const char* key : {"account-1", "account-2"}) {
+            jobs::job_options o;
+            o.concurrency_key = key;
+            client.enqueue_blocking("keyed", std::string(key), o);
+        }
+    }
+    host.start_blocking();
+    REQUIRE(r.wait_for_count(36));
+    host.stop_blocking();
+    CHECK(kind_most.load() <= 2);
+    CHECK(kind_most.load() == 2);
+    CHECK(most_by_key["account-1"] == 1);
+    CHECK(most_by_key["account-2"] == 1);
+}
+
+TEST_CASE("jobs: unknown kinds are noted in their history and wait", "[jobs][server]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    jobs::add_jobs(builder, make_storage(which, db), quick_server())
+        .register_kind<int>("known", [](int, jobs::job_context&) -> asio::awaitable<void> { co_return; });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    auto unknown = client.enqueue_blocking("renamed_kind", 1);
+    host.start_blocking();
+    REQUIRE(test::eventually([&] { return client.find_blocking(unknown)->history.size() >= 2; }));
+    auto j = client.find_blocking(unknown);
+    CHECK(j->state == job_state::available);
+    CHECK(j->history.back().reason ==
+          "node test-node does not know kind 'renamed_kind'; waiting for one that does");
+    host.stop_blocking();
+    // Noted once, not at every heartbeat.
+    CHECK(client.find_blocking(unknown)->history.size() == 2);
+}
+
+TEST_CASE("jobs: finished jobs are pruned after their retention, failed ones kept", "[jobs][storage]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto store = make_storage(which, db);
+    const auto t0 = jobs::clock::now();
+    jobs::enqueue_request r;
+    r.kind = "k";
+    r.queue = "default";
+    r.args = "0";
+    std::vector<jobs::enqueue_request> batch(5, r);
+    auto ids = store->enqueue(batch, t0);
+    jobs::claim_request claim{"n", {{"default", 5}}, {"k"}, t0 + 60s};
+    auto claimed = store->complete_and_claim({}, claim, t0);
+    REQUIRE(claimed.size() == 5);
+    std::vector<jobs::completion> done;
+    for (int i = 0; i < 4; ++i)
+        done.push_back({claimed[static_cast<std::size_t>(i)].id, 1, jobs::outcome::succeeded, {}, {}, "ok"});
+    done.push_back({claimed[4].id, 1, jobs::outcome::failed, {}, "broken", "failed"});
+    store->complete_and_claim(done, {"n", {}, {"k"}, t0 + 60s}, t0 + 1s);
+    CHECK(store->prune(job_state::succeeded, t0 + 1s, 100) == 0); // not older than that yet
+    CHECK(store->prune(job_state::succeeded, t0 + 2s, 3) == 3);   // one batch
+    CHECK(store->prune(job_state::succeeded, t0 + 2s, 3) == 1);
+    CHECK(store->counts()[job_state::succeeded] == 0);
+    CHECK(store->counts()[job_state::failed] == 1);
+}
+
+namespace {
+// 2026-03-29 in Europe/Berlin: clocks jump from 02:00 to 03:00.
+jobs::time_point utc(int y, unsigned mo, unsigned d, int h, int mi)
+{
+    std::tm tm{};
+    tm.tm_year = y - 1900;
+    tm.tm_mon = static_cast<int>(mo) - 1;
+    tm.tm_mday = static_cast<int>(d);
+    tm.tm_hour = h;
+    tm.tm_min = mi;
+    return jobs::clock::from_time_t(timegm(&tm));
+}
+} // namespace
+
+TEST_CASE("jobs: recurring jobs fire once per occurrence across a daylight-saving change", "[jobs][recurring]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    // 00:30 UTC = 01:30 CET, the night of the spring change.
+    auto clock = std::make_shared<jobs::manual_time_source>(utc(2026, 3, 29, 0, 30));
+    auto store = make_storage(which, db);
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    test::recorder r;
+    jobs::add_jobs(builder, store, quick_server(clock))
+        .register_kind<std::string>("nightly", [&](std::string, jobs::job_context& context) -> asio::awaitable<void> {
+            co_await asio::this_coro::executor;
+            r.add("ran " + std::to_string(context.id()));
+        });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    // 02:30 local does not exist that night: it runs at 03:00 CEST (01:00 UTC).
+    client.add_or_update_recurring_blocking("nightly", "30 2 * * *", "Europe/Berlin", "nightly", std::string("x"));
+    auto defs = client.list_recurring_blocking();
+    REQUIRE(defs.size() == 1);
+    CHECK(defs[0].next_fire == utc(2026, 3, 29, 1, 0));
+    host.start_blocking();
+
+    clock->advance(30min); // 01:00 UTC
+    REQUIRE(r.wait_for_count(1));
+    defs = client.list_recurring_blocking();
+    // The next night has 02:30 again: 00:30 UTC in summer time.
+    CHECK(defs[0].next_fire == utc(2026, 3, 30, 0, 30));
+    jobs::job_filter f;
+    f.kind = "nightly";
+    auto runs = client.list_blocking(f);
+    REQUIRE(runs.size() == 1);
+    CHECK(runs[0].recurring_id == "nightly");
+
+    // Updating with the same schedule keeps the next occurrence; the unique
+    // key would refuse a second run of the same occurrence anyway.
+    client.add_or_update_recurring_blocking("nightly", "30 2 * * *", "Europe/Berlin", "nightly", std::string("y"));
+    CHECK(client.list_recurring_blocking()[0].next_fire == utc(2026, 3, 30, 0, 30));
+    auto triggered = client.trigger_recurring_blocking("nightly");
+    REQUIRE(wait_state(client, triggered, job_state::succeeded));
+    CHECK(client.list_blocking(f).size() == 2);
+    CHECK(client.remove_recurring_blocking("nightly"));
+    CHECK_FALSE(client.remove_recurring_blocking("nightly"));
+    CHECK_THROWS_AS(client.trigger_recurring_blocking("nightly"), std::invalid_argument);
+    CHECK_THROWS_AS(client.add_or_update_recurring_blocking("bad", "61 * * * *", "UTC", "nightly", 1),
+                    hosting::cron_parse_error);
+    CHECK_THROWS_AS(client.add_or_update_recurring_blocking("bad", "* * * * *", "Mars/Olympus", "nightly", 1),
+                    hosting::unknown_time_zone);
+    host.stop_blocking();
+}
+
+TEST_CASE("jobs: missed occurrences run once, all, or not at all", "[jobs][recurring]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    const auto policy = GENERATE(jobs::missed_policy::run_once, jobs::missed_policy::run_all, jobs::missed_policy::skip);
+    INFO(which << " policy " << static_cast<int>(policy));
+    auto clock = std::make_shared<jobs::manual_time_source>(utc(2026, 6, 1, 12, 0));
+    auto store = make_storage(which, db);
+    {
+        // Defined while no server runs; then the servers are down 5 hours.
+        auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+        jobs::add_jobs(builder, store, quick_server(clock));
+        auto host = builder.build();
+        jobs::job_options o;
+        host.services().get<jobs::client>().add_or_update_recurring_blocking("hourly", "0 * * * *", "UTC", "tick",
+                                                                             1, o, policy);
+    }
+    clock->advance(std::chrono::hours(5) + 10min); // 17:10: 13:00 .. 17:00 passed
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    test::recorder r;
+    jobs::add_jobs(builder, store, quick_server(clock))
+        .register_kind<int>("tick", [&](int, jobs::job_context&) -> asio::awaitable<void> {
+            co_await asio::this_coro::executor;
+            r.add("tick");
+        });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    host.start_blocking();
+    REQUIRE(test::eventually([&] { return client.list_recurring_blocking()[0].next_fire == utc(2026, 6, 1, 18, 0); }));
+    const std::size_t expected = policy == jobs::missed_policy::run_all ? 5 : policy == jobs::missed_policy::run_once ? 1 : 0;
+    if (expected > 0)
+        REQUIRE(r.wait_for_count(expected));
+    jobs::job_filter f;
+    f.kind = "tick";
+    CHECK(client.list_blocking(f).size() == expected);
+    // And the next occurrence is on time again, for every policy.
+    clock->advance(50min);
+    REQUIRE(r.wait_for_count(expected + 1));
+    host.stop_blocking();
+    CHECK(client.list_blocking(f).size() == expected + 1);
 }
