@@ -10,7 +10,10 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <csignal>
 #include <filesystem>
+#include <map>
+#include <sstream>
 #include <set>
 #include <thread>
 
@@ -737,3 +740,106 @@ TEST_CASE("jobs: missed occurrences run once, all, or not at all", "[jobs][recur
     host.stop_blocking();
     CHECK(client.list_blocking(f).size() == expected + 1);
 }
+
+// ---------------------------------------------------------------------------
+// Processes: examples/jobs as the worker
+
+#ifdef HOSTING_EXAMPLE_JOBS
+namespace {
+
+void enqueue_records(const std::string& path, int count)
+{
+    jobs::sqlite_storage store(path);
+    std::vector<jobs::enqueue_request> batch;
+    for (int i = 1; i <= count; ++i) {
+        jobs::enqueue_request r;
+        r.kind = "record";
+        r.queue = "default";
+        r.args = std::to_string(i);
+        r.max_attempts = 3;
+        batch.push_back(std::move(r));
+    }
+    store.enqueue(batch, jobs::clock::now());
+}
+
+// "ran <id> <n>" lines -> how often each id ran.
+std::map<std::int64_t, int> runs_in(const std::string& output)
+{
+    std::map<std::int64_t, int> out;
+    std::istringstream lines(output);
+    std::string line;
+    while (std::getline(lines, line))
+        if (line.rfind("ran ", 0) == 0)
+            ++out[std::stoll(line.substr(4, line.find(' ', 4) - 4))];
+    return out;
+}
+
+std::vector<std::string> worker_args(const temp_db& db)
+{
+    return {"--Jobs:Mode=work", "--Jobs:Database=" + db.path.string(), "--Jobs:PrintRuns=true",
+            "--Jobs:LeaseMs=1500", "--Jobs:HeartbeatMs=300", "--Jobs:PollMs=100",
+            "--Logging:LogLevel:Default=Warning"};
+}
+
+} // namespace
+
+TEST_CASE("jobs: two server processes on one SQLite file never run a job twice", "[jobs][process]")
+{
+    temp_db db;
+    enqueue_records(db.path.string(), 3000);
+    test::child_process a(HOSTING_EXAMPLE_JOBS, worker_args(db));
+    test::child_process b(HOSTING_EXAMPLE_JOBS, worker_args(db));
+    CHECK(a.wait_exit(60s) == 0);
+    CHECK(b.wait_exit(60s) == 0);
+    auto runs_a = runs_in(a.output());
+    auto runs_b = runs_in(b.output());
+    std::size_t twice = 0;
+    for (const auto& [id, n] : runs_a)
+        twice += n > 1 || runs_b.contains(id);
+    for (const auto& [id, n] : runs_b)
+        twice += n > 1;
+    CHECK(twice == 0);
+    CHECK(runs_a.size() + runs_b.size() == 3000);
+    CHECK(!runs_a.empty());
+    CHECK(!runs_b.empty());
+    jobs::sqlite_storage store(db.path.string());
+    CHECK(store.counts()[job_state::succeeded] == 3000);
+}
+
+TEST_CASE("jobs: a worker killed with SIGKILL mid-run loses nothing", "[jobs][process]")
+{
+    temp_db db;
+    constexpr int total = 10000;
+    enqueue_records(db.path.string(), total);
+    std::map<std::int64_t, int> before;
+    {
+        test::child_process victim(HOSTING_EXAMPLE_JOBS, worker_args(db));
+        // Somewhere in the middle: the 2000th job has run.
+        REQUIRE(victim.wait_for_output(" 2000\n", 60s));
+        victim.send_signal(SIGKILL);
+        CHECK(victim.wait_exit() == 128 + SIGKILL);
+        before = runs_in(victim.output());
+    }
+    {
+        jobs::sqlite_storage store(db.path.string());
+        const auto counts = store.counts();
+        INFO("succeeded before the restart: " << counts[job_state::succeeded]);
+        CHECK(counts[job_state::succeeded] < total); // it really died mid-run
+    }
+    test::child_process survivor(HOSTING_EXAMPLE_JOBS, worker_args(db));
+    CHECK(survivor.wait_exit(120s) == 0);
+    auto after = runs_in(survivor.output());
+    jobs::sqlite_storage store(db.path.string());
+    const auto counts = store.counts();
+    CHECK(counts[job_state::succeeded] == total);
+    CHECK(counts[job_state::failed] == 0);
+    CHECK(counts[job_state::available] + counts[job_state::running] + counts[job_state::retryable] == 0);
+    // Every job ran; the ones the killed node held ran again (at least once).
+    std::set<std::int64_t> all;
+    for (const auto& [id, n] : before)
+        all.insert(id);
+    for (const auto& [id, n] : after)
+        all.insert(id);
+    CHECK(all.size() == static_cast<std::size_t>(total));
+}
+#endif
