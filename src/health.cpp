@@ -221,9 +221,9 @@ void health_builder::validate() const
 health_monitor::health_monitor(std::shared_ptr<detail::health_core> core) : core_(std::move(core)) {}
 health_monitor::~health_monitor() = default;
 
-asio::awaitable<health_report> health_monitor::check(std::string tag)
+asio::awaitable<health_report> health_monitor::check(std::string_view tag)
 {
-    return core_->check(std::move(tag));
+    return core_->check(std::string(tag));
 }
 
 health_report health_monitor::host_entries(std::string_view tag) const { return core_->host_entries(tag); }
@@ -663,9 +663,13 @@ asio::awaitable<void> health_core::publish_loop(const health_publisher_registrat
     while (!stop.stop_requested()) {
         timer.expires_at(next);
         co_await timer.async_wait(asio::use_awaitable);
-        auto report = co_await check(publisher.options.tag);
+        // Operations made before their co_await: GCC 12 can destroy the
+        // by-value arguments of a suspending expression twice.
+        auto checking = check(publisher.options.tag);
+        auto report = co_await std::move(checking);
         try {
-            co_await publisher.fn(report, stop);
+            auto publishing = publisher.fn(report, stop);
+            co_await std::move(publishing);
         } catch (...) {
             if (stop.stop_requested() && is_cancellation(std::current_exception()))
                 throw;

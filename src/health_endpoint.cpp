@@ -253,7 +253,10 @@ struct health_endpoint::impl : std::enable_shared_from_this<health_endpoint::imp
             // Named: a converted temporary inside co_await is what GCC 12
             // can destroy twice.
             std::shared_ptr<void> keep = self->io;
-            report = co_await self->health->check(tag, std::move(keep));
+            // The operation is made outside the co_await: its by-value
+            // arguments must not be temporaries of a suspending expression.
+            auto op = self->health->check(tag, std::move(keep));
+            report = co_await std::move(op);
         }
         else
             report = self->health->host_entries(tag);
@@ -297,7 +300,8 @@ struct health_endpoint::impl : std::enable_shared_from_this<health_endpoint::imp
                 keep_alive = parser.get().keep_alive();
                 std::exception_ptr failure;
                 try {
-                    out = co_await answer(self, parser.get());
+                    auto op = answer(self, parser.get());
+                    out = co_await std::move(op);
                 } catch (...) {
                     failure = std::current_exception();
                 }

@@ -164,7 +164,9 @@ public:
     // host's own entries with that tag.
     // Executor: any; the caller resumes on its own executor.
     // Errors: none; a check's failure is in its entry.
-    asio::awaitable<health_report> check(std::string tag = {});
+    // (A string_view, not a string: a string temporary inside a co_await
+    // expression is what GCC 12 can destroy twice.)
+    asio::awaitable<health_report> check(std::string_view tag = {});
 
     // The host's own entries (services, event loop, readiness) with `tag`,
     // or all; no check runs, so it costs microseconds. Thread-safe.

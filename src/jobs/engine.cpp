@@ -289,30 +289,29 @@ client::client(std::shared_ptr<detail::engine> engine) : engine_(std::move(engin
 
 time_point client::now() const { return engine_->now(); }
 
-asio::awaitable<job_id> client::submit(std::string kind, std::string args, job_options options,
+asio::awaitable<job_id> client::submit(std::string kind, std::string args, const job_options& options,
                                        std::optional<time_point> run_at)
 {
+    // Validation throws here, at the call, before anything is awaited.
     auto request = engine_->make_request(std::move(kind), std::move(args), options, run_at);
-    co_return co_await enqueue_request_async(std::move(request));
+    return enqueue_request_async(std::move(request));
 }
 
-asio::awaitable<job_id> client::enqueue_request_async(enqueue_request request)
+asio::awaitable<job_id> client::enqueue_request_async(enqueue_request&& request)
 {
     auto* e = engine_.get();
-    // Named: GCC 12 destroys a lambda temporary twice inside co_await.
     auto initiation = [e, request = std::move(request)](auto handler) mutable {
-            using handler_type = decltype(handler);
-            auto h = std::make_shared<handler_type>(std::move(handler));
-            auto work = asio::make_work_guard(asio::get_associated_executor(*h));
-            e->submit_enqueue(std::move(request), [h, work](std::exception_ptr error, enqueue_result r) mutable {
-                auto ex = work.get_executor();
-                asio::post(ex, [h, error, id = r.id]() mutable { std::move(*h)(error, id); });
-                work.reset();
-            });
-        };
-    auto result = co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, job_id)>(
+        using handler_type = decltype(handler);
+        auto h = std::make_shared<handler_type>(std::move(handler));
+        auto work = asio::make_work_guard(asio::get_associated_executor(*h));
+        e->submit_enqueue(std::move(request), [h, work](std::exception_ptr error, enqueue_result r) mutable {
+            auto ex = work.get_executor();
+            asio::post(ex, [h, error, id = r.id]() mutable { std::move(*h)(error, id); });
+            work.reset();
+        });
+    };
+    return asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, job_id)>(
         std::move(initiation), asio::use_awaitable);
-    co_return result;
 }
 
 job_id client::submit_blocking(std::string kind, std::string args, job_options options,
@@ -407,13 +406,13 @@ job_counts client::counts_blocking()
 }
 
 asio::awaitable<job_id> client::submit_continuation(job_id parent, std::string kind, std::string args,
-                                                    continuation_condition condition, job_options options)
+                                                    continuation_condition condition, const job_options& options)
 {
     auto request = engine_->make_request(std::move(kind), std::move(args), options, std::nullopt);
     request.parent_id = parent;
     request.condition = condition;
     request.reason = "continues job " + std::to_string(parent);
-    co_return co_await enqueue_request_async(std::move(request));
+    return enqueue_request_async(std::move(request));
 }
 
 job_id client::submit_continuation_blocking(job_id parent, std::string kind, std::string args,
@@ -452,14 +451,18 @@ recurring_job client::make_recurring(std::string id, std::string cron, std::stri
     return r;
 }
 
+namespace {
+asio::awaitable<void> finish_bool(asio::awaitable<bool> op) { co_await std::move(op); }
+} // namespace
+
 asio::awaitable<void> client::upsert_recurring(recurring_job r)
 {
-    std::function<bool(storage&)> fn = [r = std::move(r)](storage& s) {
+    std::function<bool(storage&)> fn = [r = std::move(r), e = engine_](storage& s) {
         s.upsert_recurring(r);
+        e->wake_server(); // from the storage thread, once it is stored
         return true;
     };
-    co_await engine_->call<bool>(std::move(fn));
-    engine_->wake_server();
+    return finish_bool(engine_->call<bool>(std::move(fn)));
 }
 
 void client::upsert_recurring_blocking(recurring_job r)
@@ -471,10 +474,10 @@ void client::upsert_recurring_blocking(recurring_job r)
     engine_->wake_server();
 }
 
-asio::awaitable<bool> client::remove_recurring(std::string id)
+asio::awaitable<bool> client::remove_recurring(std::string_view id)
 {
-    std::function<bool(storage&)> fn = [id = std::move(id)](storage& s) { return s.remove_recurring(id); };
-    co_return co_await engine_->call<bool>(std::move(fn));
+    std::function<bool(storage&)> fn = [id = std::string(id)](storage& s) { return s.remove_recurring(id); };
+    return engine_->call<bool>(std::move(fn));
 }
 
 bool client::remove_recurring_blocking(std::string id)
@@ -492,13 +495,15 @@ std::optional<recurring_job> find_recurring(storage& s, const std::string& id)
 }
 } // namespace
 
-asio::awaitable<job_id> client::trigger_recurring(std::string id)
+asio::awaitable<job_id> client::trigger_recurring(std::string_view name)
 {
+    const std::string id(name);
     std::function<std::optional<recurring_job>(storage&)> fn = [id](storage& s) { return find_recurring(s, id); };
     auto r = co_await engine_->call<std::optional<recurring_job>>(std::move(fn));
     if (!r)
         throw std::invalid_argument("jobs: no recurring job '" + id + "'");
-    co_return co_await enqueue_request_async(engine_->trigger_request(*r));
+    auto request = engine_->trigger_request(*r);
+    co_return co_await enqueue_request_async(std::move(request));
 }
 
 job_id client::trigger_recurring_blocking(std::string id)

@@ -50,9 +50,11 @@ public:
     void submit(std::function<void(storage&)> op);
 
     // Runs `fn` on the storage thread and resumes the caller on its own
-    // executor with the result.
+    // executor with the result. Not a coroutine, and taking a reference: a
+    // by-value argument would be a temporary inside the caller's co_await,
+    // which GCC 12 can destroy twice.
     template <class R>
-    asio::awaitable<R> call(std::function<R(storage&)> fn)
+    asio::awaitable<R> call(std::function<R(storage&)>&& fn)
     {
         return asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, R)>(
             [this, fn = std::move(fn)](auto handler) mutable {

@@ -25,7 +25,7 @@ namespace {
 // How many claimed jobs may wait for a worker, per unit of a queue's
 // concurrency: a claim of a few jobs per transaction would make every
 // commit's flush the bottleneck.
-constexpr std::size_t prefetch_per_worker = 32;
+constexpr std::size_t prefetch_per_worker = 64;
 
 std::string ms_text(std::chrono::milliseconds d) { return std::to_string(d.count()) + " ms"; }
 
@@ -402,7 +402,9 @@ struct server::run : std::enable_shared_from_this<server::run> {
     {
         return [d = std::exchange(done, {}), c = make_claim(), at = now()](storage& s) {
             auto claimed = s.complete_and_claim(d, c, at);
-            return std::make_pair(std::move(claimed), s.next_due());
+            // Only an idle server sleeps, and needs to know until when.
+            auto due = claimed.empty() ? s.next_due() : std::nullopt;
+            return std::make_pair(std::move(claimed), due);
         };
     }
 };

@@ -29,6 +29,11 @@ class engine;
 //
 // Arguments are any type Boost.JSON can convert (value_from): a described
 // struct, a map, a string. They are stored as readable JSON.
+//
+// The awaitable calls take their arguments by reference and have overloads
+// instead of default arguments: under GCC 12, a temporary with a destructor
+// inside a co_await expression (a default `job_options{}`, say) can be
+// destroyed twice. Pass named objects to them.
 class client {
 public:
     explicit client(std::shared_ptr<detail::engine> engine);
@@ -36,9 +41,14 @@ public:
     // Fire and forget: available now. Returns the job's id, or with a
     // unique_key whose job exists in one of its unique_states, that job's id.
     template <class Args>
-    asio::awaitable<job_id> enqueue(std::string_view kind, const Args& args, job_options options = {})
+    asio::awaitable<job_id> enqueue(std::string_view kind, const Args& args, const job_options& options)
     {
-        return submit(std::string(kind), to_json(args), std::move(options), std::nullopt);
+        return submit(std::string(kind), to_json(args), options, std::nullopt);
+    }
+    template <class Args>
+    asio::awaitable<job_id> enqueue(std::string_view kind, const Args& args)
+    {
+        return submit(std::string(kind), to_json(args), job_options{}, std::nullopt);
     }
     template <class Args>
     job_id enqueue_blocking(std::string_view kind, const Args& args, job_options options = {})
@@ -48,15 +58,26 @@ public:
 
     // Runs no earlier than `at` (or `delay` from now).
     template <class Args>
-    asio::awaitable<job_id> schedule(std::string_view kind, const Args& args, time_point at, job_options options = {})
+    asio::awaitable<job_id> schedule(std::string_view kind, const Args& args, time_point at,
+                                     const job_options& options)
     {
-        return submit(std::string(kind), to_json(args), std::move(options), at);
+        return submit(std::string(kind), to_json(args), options, at);
+    }
+    template <class Args>
+    asio::awaitable<job_id> schedule(std::string_view kind, const Args& args, time_point at)
+    {
+        return submit(std::string(kind), to_json(args), job_options{}, at);
     }
     template <class Args>
     asio::awaitable<job_id> schedule(std::string_view kind, const Args& args, std::chrono::milliseconds delay,
-                                     job_options options = {})
+                                     const job_options& options)
     {
-        return submit(std::string(kind), to_json(args), std::move(options), now() + delay);
+        return submit(std::string(kind), to_json(args), options, now() + delay);
+    }
+    template <class Args>
+    asio::awaitable<job_id> schedule(std::string_view kind, const Args& args, std::chrono::milliseconds delay)
+    {
+        return submit(std::string(kind), to_json(args), job_options{}, now() + delay);
     }
     template <class Args>
     job_id schedule_blocking(std::string_view kind, const Args& args, std::chrono::milliseconds delay,
@@ -71,10 +92,15 @@ public:
     // unknown parent.
     template <class Args>
     asio::awaitable<job_id> continue_with(job_id parent, std::string_view kind, const Args& args,
-                                          continuation_condition condition = continuation_condition::on_success,
-                                          job_options options = {})
+                                          continuation_condition condition, const job_options& options)
     {
-        return submit_continuation(parent, std::string(kind), to_json(args), condition, std::move(options));
+        return submit_continuation(parent, std::string(kind), to_json(args), condition, options);
+    }
+    template <class Args>
+    asio::awaitable<job_id> continue_with(job_id parent, std::string_view kind, const Args& args,
+                                          continuation_condition condition = continuation_condition::on_success)
+    {
+        return submit_continuation(parent, std::string(kind), to_json(args), condition, job_options{});
     }
     template <class Args>
     job_id continue_with_blocking(job_id parent, std::string_view kind, const Args& args,
@@ -90,12 +116,20 @@ public:
     // recurring job whose schedule is unchanged keeps its next occurrence.
     // Throws cron_parse_error, unknown_time_zone or std::invalid_argument.
     template <class Args>
-    asio::awaitable<void> add_or_update_recurring(std::string id, std::string cron, std::string zone,
-                                                  std::string_view kind, const Args& args, job_options options = {},
+    asio::awaitable<void> add_or_update_recurring(std::string_view id, std::string_view cron, std::string_view zone,
+                                                  std::string_view kind, const Args& args, const job_options& options,
                                                   missed_policy missed = missed_policy::run_once)
     {
-        return upsert_recurring(make_recurring(std::move(id), std::move(cron), std::move(zone), std::string(kind),
-                                               to_json(args), options, missed));
+        return upsert_recurring(make_recurring(std::string(id), std::string(cron), std::string(zone),
+                                               std::string(kind), to_json(args), options, missed));
+    }
+    template <class Args>
+    asio::awaitable<void> add_or_update_recurring(std::string_view id, std::string_view cron, std::string_view zone,
+                                                  std::string_view kind, const Args& args)
+    {
+        return upsert_recurring(make_recurring(std::string(id), std::string(cron), std::string(zone),
+                                               std::string(kind), to_json(args), job_options{},
+                                               missed_policy::run_once));
     }
     template <class Args>
     void add_or_update_recurring_blocking(std::string id, std::string cron, std::string zone, std::string_view kind,
@@ -106,11 +140,11 @@ public:
                                                  to_json(args), options, missed));
     }
     // False when there was no such recurring job.
-    asio::awaitable<bool> remove_recurring(std::string id);
+    asio::awaitable<bool> remove_recurring(std::string_view id);
     bool remove_recurring_blocking(std::string id);
     // Enqueues one run now, outside the schedule; throws
     // std::invalid_argument for an unknown id.
-    asio::awaitable<job_id> trigger_recurring(std::string id);
+    asio::awaitable<job_id> trigger_recurring(std::string_view id);
     job_id trigger_recurring_blocking(std::string id);
     asio::awaitable<std::vector<recurring_job>> list_recurring();
     std::vector<recurring_job> list_recurring_blocking();
@@ -143,19 +177,21 @@ private:
         return boost::json::serialize(boost::json::value_from(args));
     }
     time_point now() const;
-    asio::awaitable<job_id> submit(std::string kind, std::string args, job_options options,
+    asio::awaitable<job_id> submit(std::string kind, std::string args, const job_options& options,
                                    std::optional<time_point> run_at);
     job_id submit_blocking(std::string kind, std::string args, job_options options, std::optional<time_point> run_at);
     asio::awaitable<void> transition(job_id id, job_state to, std::string reason);
     asio::awaitable<job_id> submit_continuation(job_id parent, std::string kind, std::string args,
-                                                continuation_condition condition, job_options options);
+                                                continuation_condition condition, const job_options& options);
     job_id submit_continuation_blocking(job_id parent, std::string kind, std::string args,
                                         continuation_condition condition, job_options options);
     recurring_job make_recurring(std::string id, std::string cron, std::string zone, std::string kind,
                                  std::string args, const job_options& options, missed_policy missed) const;
+    // Not coroutines: they take their work before anything is awaited.
     asio::awaitable<void> upsert_recurring(recurring_job r);
     void upsert_recurring_blocking(recurring_job r);
-    asio::awaitable<job_id> enqueue_request_async(enqueue_request request);
+    // Not a coroutine: the request moves into the operation at once.
+    asio::awaitable<job_id> enqueue_request_async(enqueue_request&& request);
     job_id enqueue_request_blocking(enqueue_request request);
 
     std::shared_ptr<detail::engine> engine_;

@@ -194,7 +194,10 @@ public:
         e.invoke = [handler = std::move(handler)](const std::string& text,
                                                    job_context& context) -> asio::awaitable<void> {
             Args args = parse<Args>(text);
-            co_await handler(std::move(args), context);
+            // Made before the co_await: GCC 12 can destroy the by-value
+            // arguments of a suspending expression twice.
+            auto op = handler(std::move(args), context);
+            co_await std::move(op);
         };
         detail::register_kind(*engine_, std::move(e));
         return *this;

@@ -1,0 +1,282 @@
+// Enqueue and drain throughput, and enqueue-to-start latency, of the job
+// engine on memory_storage and sqlite_storage (FULL and NORMAL), beside bare
+// SQLite doing the same claims and completions with no engine around it.
+//
+//   jobs_bench [jobs=50000] [latency_samples=2000]
+//
+// One figure per line, naming the storage and its setting.
+#include <hosting/hosting.hpp>
+#include <hosting/jobs/server.hpp>
+#include <hosting/jobs/sqlite_storage.hpp>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/this_coro.hpp>
+
+#include <spdlog/sinks/null_sink.h>
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+namespace asio = boost::asio;
+namespace jobs = hosting::jobs;
+using clock_type = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string with_commas(double value)
+{
+    auto n = static_cast<long long>(value + 0.5);
+    std::string digits = std::to_string(n), out;
+    for (std::size_t i = 0; i < digits.size(); ++i) {
+        if (i > 0 && (digits.size() - i) % 3 == 0)
+            out += ',';
+        out += digits[i];
+    }
+    return out;
+}
+
+std::string temp_file(const char* name)
+{
+    // The current directory, not a tmpfs: flushes must reach a disk.
+    auto path = std::filesystem::current_path() / (std::string("hosting-bench-") + name + "-" +
+                                                          std::to_string(::getpid()) + ".db");
+    for (const char* suffix : {"", "-wal", "-shm"})
+        std::filesystem::remove(path.string() + suffix);
+    return path.string();
+}
+
+void remove_file(const std::string& path)
+{
+    for (const char* suffix : {"", "-wal", "-shm"})
+        std::filesystem::remove(path + suffix);
+}
+
+struct setup {
+    const char* label;
+    std::function<std::shared_ptr<jobs::storage>()> make;
+};
+
+// Counts handler starts, and wakes whoever waits for a number of them.
+struct progress {
+    std::mutex mutex;
+    std::condition_variable changed;
+    std::size_t done = 0;
+    std::atomic<std::int64_t> last_start_ns{0};
+
+    void add()
+    {
+        last_start_ns = clock_type::now().time_since_epoch().count();
+        {
+            std::lock_guard lock(mutex);
+            ++done;
+        }
+        changed.notify_all();
+    }
+    void wait_for(std::size_t n)
+    {
+        std::unique_lock lock(mutex);
+        changed.wait(lock, [&] { return done >= n; });
+    }
+};
+
+hosting::host_builder quiet_builder()
+{
+    auto builder = hosting::host::create_builder();
+    builder.use_console_lifetime(false);
+    builder.logging().sinks.push_back(std::make_shared<spdlog::sinks::null_sink_mt>());
+    builder.health().options().loop_lag_interval = std::chrono::milliseconds::zero();
+    return builder;
+}
+
+void run_engine(const setup& s, std::size_t count, std::size_t latency_samples)
+{
+    auto store = s.make();
+    progress p;
+    auto builder = quiet_builder();
+    jobs::server_options options;
+    options.workers = 2;
+    options.poll_interval = 1s;
+    jobs::add_jobs(builder, store, options)
+        .register_kind<int>("noop", [&p](int, jobs::job_context&) -> asio::awaitable<void> {
+            p.add();
+            co_return;
+        });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+
+    // Enqueue from 64 concurrent callers: the engine commits what arrives
+    // together in one transaction.
+    {
+        asio::io_context io(1);
+        constexpr std::size_t callers = 64;
+        const auto began = clock_type::now();
+        for (std::size_t c = 0; c < callers; ++c)
+            asio::co_spawn(
+                io,
+                [&, c]() -> asio::awaitable<void> {
+                    for (std::size_t i = c; i < count; i += callers)
+                        co_await client.enqueue("noop", static_cast<int>(i));
+                },
+                asio::detached);
+        io.run();
+        const double seconds = std::chrono::duration<double>(clock_type::now() - began).count();
+        std::printf("%-14s enqueue (64 callers):     %12s jobs/s\n", s.label,
+                    with_commas(static_cast<double>(count) / seconds).c_str());
+    }
+    {
+        constexpr std::size_t single = 2000;
+        const auto began = clock_type::now();
+        for (std::size_t i = 0; i < single; ++i)
+            client.enqueue_blocking("noop", static_cast<int>(i));
+        const double seconds = std::chrono::duration<double>(clock_type::now() - began).count();
+        std::printf("%-14s enqueue (1 caller):       %12s jobs/s\n", s.label,
+                    with_commas(static_cast<double>(single) / seconds).c_str());
+    }
+    const std::size_t total = count + 2000;
+
+    // Drain with two workers, from the start of the host to the last start.
+    const auto began = clock_type::now();
+    host.start_blocking();
+    p.wait_for(total);
+    const double seconds =
+        std::chrono::duration<double>(clock_type::time_point(clock_type::duration(p.last_start_ns.load())) - began)
+            .count();
+    std::printf("%-14s drain (2 workers):        %12s jobs/s\n", s.label,
+                with_commas(static_cast<double>(total) / seconds).c_str());
+
+    // Latency: one job at a time, from the enqueue call to the handler.
+    std::vector<double> micros;
+    micros.reserve(latency_samples);
+    for (std::size_t i = 0; i < latency_samples; ++i) {
+        std::size_t before;
+        {
+            std::lock_guard lock(p.mutex);
+            before = p.done;
+        }
+        const auto sent = clock_type::now();
+        client.enqueue_blocking("noop", 0);
+        p.wait_for(before + 1);
+        const auto started = clock_type::time_point(clock_type::duration(p.last_start_ns.load()));
+        micros.push_back(std::chrono::duration<double, std::micro>(started - sent).count());
+    }
+    std::sort(micros.begin(), micros.end());
+    std::printf("%-14s enqueue-to-start p50:     %12.0f us\n", s.label, micros[micros.size() / 2]);
+    std::printf("%-14s enqueue-to-start p99:     %12.0f us\n", s.label, micros[micros.size() * 99 / 100]);
+    host.stop_blocking();
+}
+
+// Bare SQLite: the same schema shape, claims of 128 fused with the previous
+// batch's completion, one connection, no engine.
+void run_bare(const char* label, const char* synchronous, std::size_t count)
+{
+    const auto path = temp_file("bare");
+    sqlite3* db = nullptr;
+    sqlite3_open(path.c_str(), &db);
+    auto exec = [&](const char* sql) { sqlite3_exec(db, sql, nullptr, nullptr, nullptr); };
+    exec("PRAGMA journal_mode = WAL");
+    exec(synchronous);
+    exec("CREATE TABLE jobs (id INTEGER PRIMARY KEY, kind TEXT, queue TEXT, args TEXT, priority INTEGER, "
+         "state INTEGER, attempt INTEGER, run_at INTEGER, lease_owner TEXT, history TEXT)");
+    exec("CREATE INDEX ready ON jobs (queue, priority, run_at, id) WHERE state = 1");
+    {
+        sqlite3_stmt* insert = nullptr;
+        sqlite3_prepare_v2(db,
+                           "INSERT INTO jobs (kind, queue, args, priority, state, attempt, run_at, history) "
+                           "VALUES ('noop', 'default', ?1, 0, 1, 0, 0, '[]')",
+                           -1, &insert, nullptr);
+        for (std::size_t i = 0; i < count; i += 100) {
+            exec("BEGIN");
+            for (std::size_t j = i; j < std::min(count, i + 100); ++j) {
+                sqlite3_bind_int64(insert, 1, static_cast<sqlite3_int64>(j));
+                sqlite3_step(insert);
+                sqlite3_reset(insert);
+            }
+            exec("COMMIT");
+        }
+        sqlite3_finalize(insert);
+    }
+    sqlite3_stmt* claim = nullptr;
+    sqlite3_stmt* complete = nullptr;
+    sqlite3_prepare_v2(db,
+                       "UPDATE jobs SET state = 3, attempt = attempt + 1, lease_owner = 'bare', "
+                       "history = json_insert(history, '$[#]', json_array(1, 3, 0, 'claimed', '')) "
+                       "WHERE id IN (SELECT id FROM jobs WHERE state = 1 AND queue = 'default' "
+                       "ORDER BY priority, run_at, id LIMIT 128) RETURNING id, args",
+                       -1, &claim, nullptr);
+    sqlite3_prepare_v2(db,
+                       "UPDATE jobs SET state = 5, lease_owner = NULL, "
+                       "history = json_insert(history, '$[#]', json_array(3, 5, 0, 'succeeded', '')) "
+                       "WHERE id = ?1 AND state = 3",
+                       -1, &complete, nullptr);
+    std::vector<sqlite3_int64> previous;
+    std::size_t drained = 0;
+    const auto began = clock_type::now();
+    for (;;) {
+        exec("BEGIN IMMEDIATE");
+        for (auto id : previous) {
+            sqlite3_bind_int64(complete, 1, id);
+            sqlite3_step(complete);
+            sqlite3_reset(complete);
+        }
+        previous.clear();
+        while (sqlite3_step(claim) == SQLITE_ROW)
+            previous.push_back(sqlite3_column_int64(claim, 0));
+        sqlite3_reset(claim);
+        exec("COMMIT");
+        drained += previous.size();
+        if (previous.empty())
+            break;
+    }
+    const double seconds = std::chrono::duration<double>(clock_type::now() - began).count();
+    std::printf("%-14s drain (claims of 128):    %12s jobs/s\n", label,
+                with_commas(static_cast<double>(drained) / seconds).c_str());
+    sqlite3_finalize(claim);
+    sqlite3_finalize(complete);
+    sqlite3_close(db);
+    remove_file(path);
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    const std::size_t count = argc > 1 ? std::strtoul(argv[1], nullptr, 10) : 50000;
+    const std::size_t samples = argc > 2 ? std::strtoul(argv[2], nullptr, 10) : 2000;
+    std::printf("jobs_bench: %zu no-op jobs, %zu latency samples, files in the current directory\n", count, samples);
+
+    run_bare("bare sqlite FULL", "PRAGMA synchronous = FULL", count);
+    run_bare("bare sqlite NORMAL", "PRAGMA synchronous = NORMAL", count);
+
+    const auto full_path = temp_file("full");
+    const auto normal_path = temp_file("normal");
+    const std::vector<setup> setups = {
+        {"memory", [] { return std::make_shared<jobs::memory_storage>(); }},
+        {"sqlite FULL", [&] { return std::make_shared<jobs::sqlite_storage>(full_path); }},
+        {"sqlite NORMAL",
+         [&] {
+             jobs::sqlite_options o;
+             o.sync = jobs::sqlite_options::durability::normal;
+             return std::make_shared<jobs::sqlite_storage>(normal_path, o);
+         }},
+    };
+    for (const auto& s : setups)
+        run_engine(s, count, samples);
+    remove_file(full_path);
+    remove_file(normal_path);
+    return 0;
+}
