@@ -99,6 +99,7 @@ int main(int argc, char** argv)
     server.heartbeat_interval = std::chrono::milliseconds(config.get<int>("Jobs:HeartbeatMs", 2000));
     server.poll_interval = std::chrono::milliseconds(config.get<int>("Jobs:PollMs", 1000));
     const bool print_runs = config.get<bool>("Jobs:PrintRuns", false);
+    const auto record_time = std::chrono::milliseconds(config.get<int>("Jobs:RecordMs", 0));
 
     auto storage = std::make_shared<jobs::sqlite_storage>(path, sqlite);
     auto registration = jobs::add_jobs(builder, storage, server);
@@ -124,8 +125,9 @@ int main(int argc, char** argv)
                                         co_await asio::this_coro::executor;
                                         context.logger()->info("recurring report '{}' (job {})", name, context.id());
                                     })
-        .register_kind<int>("record", [print_runs](int n, jobs::job_context& context) -> asio::awaitable<void> {
-            co_await asio::this_coro::executor;
+        .register_kind<int>("record", [print_runs, record_time](int n, jobs::job_context& context) -> asio::awaitable<void> {
+            if (record_time.count() > 0)
+                co_await hosting::delay(record_time, context.stop_token());
             if (print_runs) {
                 // One write per line, so that two processes' lines never mix.
                 const auto line = "ran " + std::to_string(context.id()) + " " + std::to_string(n) + "\n";
