@@ -483,7 +483,8 @@ asio::awaitable<health_report> health_core::check(std::string tag, std::shared_p
             std::shared_ptr<check_run::slot> s = sp;
             s->started = clock::now();
             auto body = [fn = s->check->fn, token = s->stop.get_token()]() -> asio::awaitable<health_check_result> {
-                co_return co_await fn(token);
+                auto op = fn(token); // made outside the co_await: see delay()
+                co_return co_await std::move(op);
             };
             // The handler holds the run weakly: once the caller is gone, a
             // late check has nobody to report to.
@@ -580,7 +581,8 @@ void health_core::spawn_task(std::function<asio::awaitable<void>(std::stop_token
 {
     auto& t = *tasks_running_.emplace_back(std::make_unique<task>());
     auto run = [body = std::move(body), token = t.stop.get_token()]() -> asio::awaitable<void> {
-        co_await body(token);
+        auto op = body(token);
+        co_await std::move(op);
     };
     asio::co_spawn(*tasks_, std::move(run),
                    asio::bind_cancellation_slot(

@@ -5,6 +5,9 @@
 
 #include "support.hpp"
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/describe/class.hpp>
 
 #include <catch2/catch.hpp>
@@ -144,6 +147,8 @@ TEST_CASE("jobs: storages claim, complete, recover and reject invalid transition
     jobs::claim_request claim_b{"node-b", {{"default", 3}}, {"k"}, t0 + 30s};
     claimed = store->complete_and_claim({}, claim_b, t0 + 12s);
     CHECK(claimed.size() == 3);
+    // A running job cannot be requeued from outside: it would run twice.
+    CHECK_THROWS_AS(store->change_state(ids[1].id, job_state::available, "x", t0 + 12s), jobs::invalid_transition);
     std::vector<jobs::completion> stale{{ids[0].id, 1, jobs::outcome::succeeded, {}, {}, "late"}};
     store->complete_and_claim(stale, claim, t0 + 13s);
     CHECK(store->find(ids[0].id)->state == job_state::running);
@@ -209,6 +214,10 @@ TEST_CASE("jobs: unique keys hold under concurrent enqueue", "[jobs][storage]")
     jobs::job_options o;
     o.unique_key = "report:2026-11-25";
     CHECK(client.enqueue_blocking("report", std::string("daily"), o) != *seen.begin());
+    // A key that lets go in a pending state is refused at once.
+    o.unique_states = {job_state::available};
+    CHECK_THROWS_WITH(client.enqueue_blocking("report", std::string("daily"), o),
+                      Catch::Contains("unique_states must include every state that is not final"));
 }
 
 TEST_CASE("jobs: a server runs jobs, retries with backoff on an injected clock, and fails them for good",
@@ -789,11 +798,13 @@ TEST_CASE("jobs: two server processes on one SQLite file never run a job twice",
 {
     temp_db db;
     enqueue_records(db.path.string(), 3000);
-    // Each job takes a millisecond, so that both processes are at work
-    // together for a while rather than one draining everything first.
+    // Each job takes 3 ms, so that one process alone needs seconds, and b
+    // starts once a is at work: both then share the queue for a while, however
+    // slowly a sanitizer makes them start.
     auto args = worker_args(db);
-    args.push_back("--Jobs:RecordMs=1");
+    args.push_back("--Jobs:RecordMs=3");
     test::child_process a(HOSTING_EXAMPLE_JOBS, args);
+    REQUIRE(a.wait_for_output("ran ", 60s));
     test::child_process b(HOSTING_EXAMPLE_JOBS, args);
     CHECK(a.wait_exit(60s) == 0);
     CHECK(b.wait_exit(60s) == 0);
@@ -849,3 +860,222 @@ TEST_CASE("jobs: a worker killed with SIGKILL mid-run loses nothing", "[jobs][pr
     CHECK(all.size() == static_cast<std::size_t>(total));
 }
 #endif
+
+TEST_CASE("jobs: every client call, awaited", "[jobs][client]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto clock = std::make_shared<jobs::manual_time_source>(utc(2026, 6, 1, 12, 0));
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    test::recorder r;
+    std::atomic<int> snoozes{0};
+    jobs::add_jobs(builder, make_storage(which, db), quick_server(clock))
+        .register_kind<std::string>("note", [&](std::string text, jobs::job_context& context) -> asio::awaitable<void> {
+            co_await asio::this_coro::executor;
+            if (text == "snooze" && snoozes++ == 0)
+                throw jobs::snooze(std::chrono::minutes(10));
+            r.add(text + " " + context.idempotency_key());
+        });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    host.start_blocking();
+
+    // Arguments are named before the co_await: see the README on GCC 12.
+    const std::string now_text = "now", later = "later", chained_text = "chained", snooze_text = "snooze",
+                      never = "never", hourly = "hourly", cancel_text = "cancel";
+    jobs::job_id now_id = 0;
+    asio::io_context io;
+    std::exception_ptr failure;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            auto id = co_await client.enqueue("note", now_text);
+            now_id = id;
+            jobs::job_options options;
+            options.priority = 5;
+            options.queue = "default";
+            auto scheduled = co_await client.schedule("note", later, std::chrono::milliseconds(60'000), options);
+            auto found = co_await client.find(scheduled);
+            REQUIRE(found);
+            CHECK(found->state == job_state::scheduled);
+            CHECK(found->priority == 5);
+            co_await client.continue_with(id, "note", chained_text);
+            co_await client.enqueue("note", snooze_text);
+            auto doomed = co_await client.schedule("note", never, std::chrono::milliseconds(60'000));
+            co_await client.delete_job(doomed);
+            jobs::job_filter deleted_only;
+            deleted_only.state = job_state::deleted;
+            deleted_only.with_history = true;
+            auto listed = co_await client.list(deleted_only);
+            REQUIRE(listed.size() == 1);
+            CHECK(listed[0].id == doomed);
+            CHECK(listed[0].history.back().reason == "deleted by a client");
+            auto counts = co_await client.counts();
+            CHECK(counts[job_state::deleted] == 1);
+            co_await client.add_or_update_recurring("hourly", "0 * * * *", "UTC", "note", hourly);
+            auto recurring = co_await client.list_recurring();
+            CHECK(recurring.size() == 1);
+            auto triggered = co_await client.trigger_recurring("hourly");
+            CHECK(triggered > 0);
+            const bool removed = co_await client.remove_recurring("hourly");
+            CHECK(removed);
+            // Requeue a finished job: its attempts start again.
+            while ((co_await client.find(id))->state != job_state::succeeded)
+                co_await hosting::delay(5ms);
+            co_await client.requeue(id);
+            auto cancel_me = co_await client.schedule("note", cancel_text, std::chrono::milliseconds(60'000));
+            co_await client.cancel(cancel_me);
+            auto cancelled = co_await client.find(cancel_me);
+            CHECK(cancelled->state == job_state::cancelled);
+        },
+        [&](std::exception_ptr e) { failure = e; });
+    io.run();
+    if (failure)
+        std::rethrow_exception(failure);
+
+    // The requeued job ran again as a fresh first attempt: same id, attempt 1.
+    const auto first_attempt = "now " + std::to_string(now_id) + ":1";
+    REQUIRE(test::eventually([&] { return r.count(first_attempt) == 2; }));
+    CHECK(r.wait_for("chained " + std::to_string(now_id + 2) + ":1"));
+    // The snoozed job waits ten minutes without using an attempt.
+    auto all = client.list_blocking(jobs::job_filter{});
+    const jobs::job* snoozed = nullptr;
+    for (const auto& j : all)
+        if (j.args == "\"snooze\"")
+            snoozed = &j;
+    REQUIRE(snoozed);
+    REQUIRE(wait_state(client, snoozed->id, job_state::scheduled));
+    CHECK(client.find_blocking(snoozed->id)->attempt == 0);
+    clock->advance(std::chrono::minutes(10));
+    REQUIRE(r.wait_for("snooze " + std::to_string(snoozed->id) + ":1"));
+    host.stop_blocking();
+}
+
+TEST_CASE("jobs: of two servers racing for a recurring occurrence, one wins", "[jobs][recurring]")
+{
+    temp_db db;
+    const auto t0 = utc(2026, 6, 1, 12, 0);
+    jobs::sqlite_storage a(db.path.string());
+    jobs::sqlite_storage b(db.path.string());
+    jobs::recurring_job r;
+    r.id = "r";
+    r.cron = "0 * * * *";
+    r.kind = "k";
+    r.args = "1";
+    r.queue = "default";
+    r.next_fire = t0;
+    a.upsert_recurring(r);
+    jobs::enqueue_request occurrence;
+    occurrence.kind = std::string("k");
+    occurrence.queue = std::string("default");
+    occurrence.args = std::string("1");
+    occurrence.unique_key = std::string("recurring:r:1");
+    occurrence.unique_states = jobs::state_set::from_bits((1u << jobs::job_state_count) - 1);
+    occurrence.recurring_id = std::string("r");
+    std::vector<jobs::enqueue_request> occurrences{occurrence};
+    const bool first = a.fire_recurring("r", t0, t0 + 1h, occurrences, t0);
+    const bool second = b.fire_recurring("r", t0, t0 + 1h, occurrences, t0);
+    CHECK(first);
+    CHECK_FALSE(second);
+    CHECK(a.counts()[job_state::available] == 1);
+    CHECK(b.list_recurring()[0].next_fire == t0 + 1h);
+}
+
+namespace {
+// A storage that can be made to fail, to see the health check notice.
+class failing_storage final : public jobs::storage {
+public:
+    std::atomic<bool> down{false};
+    jobs::memory_storage inner;
+    void check()
+    {
+        if (down)
+            throw jobs::storage_error("jobs: storage unreachable (test)");
+    }
+    std::vector<jobs::enqueue_result> enqueue(std::span<const jobs::enqueue_request> j, jobs::time_point n) override
+    {
+        check();
+        return inner.enqueue(j, n);
+    }
+    std::vector<jobs::job> complete_and_claim(std::span<const jobs::completion> d, const jobs::claim_request& c,
+                                              jobs::time_point n) override
+    {
+        check();
+        return inner.complete_and_claim(d, c, n);
+    }
+    std::vector<jobs::job_id> heartbeat(const std::string& node, jobs::time_point l, jobs::time_point n) override
+    {
+        check();
+        return inner.heartbeat(node, l, n);
+    }
+    std::vector<jobs::job_id> recover_expired(jobs::time_point n) override { return inner.recover_expired(n); }
+    job_state change_state(jobs::job_id id, job_state to, const std::string& r, jobs::time_point n) override
+    {
+        return inner.change_state(id, to, r, n);
+    }
+    std::optional<jobs::job> find(jobs::job_id id, bool h) override { return inner.find(id, h); }
+    std::vector<jobs::job> list(const jobs::job_filter& f) override { return inner.list(f); }
+    jobs::job_counts counts() override
+    {
+        check();
+        return inner.counts();
+    }
+    std::optional<jobs::time_point> next_due() override { return inner.next_due(); }
+    std::size_t prune(job_state s, jobs::time_point b, std::size_t l) override { return inner.prune(s, b, l); }
+    std::size_t flag_unknown_kinds(const std::vector<std::string>& k, const std::string& n, jobs::time_point t) override
+    {
+        return inner.flag_unknown_kinds(k, n, t);
+    }
+    void upsert_recurring(const jobs::recurring_job& r) override { inner.upsert_recurring(r); }
+    bool remove_recurring(const std::string& id) override { return inner.remove_recurring(id); }
+    std::vector<jobs::recurring_job> list_recurring() override { return inner.list_recurring(); }
+    bool fire_recurring(const std::string& id, jobs::time_point e, jobs::time_point n,
+                        std::span<const jobs::enqueue_request> o, jobs::time_point t) override
+    {
+        return inner.fire_recurring(id, e, n, o, t);
+    }
+};
+} // namespace
+
+TEST_CASE("jobs: metrics count outcomes and a health check reports an unreachable storage", "[jobs][health]")
+{
+    auto store = std::make_shared<failing_storage>();
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    test::recorder r;
+    jobs::add_jobs(builder, store, quick_server())
+        .register_kind<int>("count", [&](int, jobs::job_context&) -> asio::awaitable<void> {
+            co_await asio::this_coro::executor;
+            r.add("counted");
+        });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    host.start_blocking();
+    client.enqueue_blocking("count", 1);
+    REQUIRE(r.wait_for("counted"));
+    auto& metrics = host.services().get<hosting::metrics_registry>();
+    REQUIRE(test::eventually([&] {
+        return metrics.render().find("hosting_jobs_completed_total{kind=\"count\",outcome=\"succeeded\"} 1\n") !=
+               std::string::npos;
+    }));
+    CHECK(metrics.render().find("hosting_jobs_duration_seconds_count{kind=\"count\"} 1\n") != std::string::npos);
+
+    auto& monitor = host.services().get<hosting::health_monitor>();
+    auto healthy = [&] {
+        asio::io_context io;
+        std::optional<hosting::health_report> report;
+        asio::co_spawn(io, monitor.check("jobs"), [&](std::exception_ptr, hosting::health_report rep) {
+            report = std::move(rep);
+        });
+        io.run();
+        return report->find("jobs_storage")->status;
+    };
+    CHECK(healthy() == hosting::health_status::healthy);
+    store->down = true;
+    CHECK(healthy() == hosting::health_status::unhealthy);
+    REQUIRE(sink->wait_for("storage unreachable (test)"));
+    store->down = false;
+    host.stop_blocking();
+}

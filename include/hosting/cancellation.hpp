@@ -128,11 +128,19 @@ asio::awaitable<void> delay_for(std::chrono::steady_clock::duration duration, st
 // inside background_service::execute). A zero or negative duration completes
 // at once unless the token has already fired. Thread safety: the token may
 // be requested from any thread.
+//
+// The token is taken by reference and copied here, outside the caller's
+// co_await expression: GCC 12 can destroy a by-value temporary of a
+// suspending expression twice (and a stop_token's count with it).
 template <class Rep, class Period>
-asio::awaitable<void> delay(std::chrono::duration<Rep, Period> duration, std::stop_token token = {})
+asio::awaitable<void> delay(std::chrono::duration<Rep, Period> duration, const std::stop_token& token)
 {
-    return detail::delay_for(std::chrono::ceil<std::chrono::steady_clock::duration>(duration),
-                             std::move(token));
+    return detail::delay_for(std::chrono::ceil<std::chrono::steady_clock::duration>(duration), token);
+}
+template <class Rep, class Period>
+asio::awaitable<void> delay(std::chrono::duration<Rep, Period> duration)
+{
+    return detail::delay_for(std::chrono::ceil<std::chrono::steady_clock::duration>(duration), std::stop_token{});
 }
 
 } // namespace hosting

@@ -176,6 +176,15 @@ enqueue_request engine::make_request(std::string kind_name, std::string args, co
     r.unique_key = options.unique_key;
     r.unique_states = options.unique_states;
     r.concurrency_key = options.concurrency_key;
+    // A key that lets go in one pending state and is taken again in another
+    // could find another job holding it at a moment the engine cannot fail.
+    constexpr state_set pending = default_unique_states;
+    if (!r.unique_key.empty())
+        for (std::size_t i = 0; i < job_state_count; ++i)
+            if (pending.contains(static_cast<job_state>(i)) && !r.unique_states.contains(static_cast<job_state>(i)))
+                throw std::invalid_argument("jobs: unique_states must include every state that is not final "
+                                            "(scheduled, available, awaiting, running, retryable); it may add "
+                                            "final ones");
     if (r.queue.empty())
         throw std::invalid_argument("jobs: job of kind '" + r.kind + "' has an empty queue name");
     if (r.max_attempts < 1)
@@ -383,13 +392,13 @@ std::optional<job> client::find_blocking(job_id id)
     return engine_->call_blocking<std::optional<job>>([id](storage& s) { return s.find(id, true); });
 }
 
-asio::awaitable<std::vector<job>> client::list(job_filter filter)
+asio::awaitable<std::vector<job>> client::list(const job_filter& filter)
 {
     std::function<std::vector<job>(storage&)> fn = [filter](storage& s) { return s.list(filter); };
-    co_return co_await engine_->call<std::vector<job>>(std::move(fn));
+    return engine_->call<std::vector<job>>(std::move(fn));
 }
 
-std::vector<job> client::list_blocking(job_filter filter)
+std::vector<job> client::list_blocking(const job_filter& filter)
 {
     return engine_->call_blocking<std::vector<job>>([filter](storage& s) { return s.list(filter); });
 }
@@ -457,7 +466,9 @@ asio::awaitable<void> finish_bool(asio::awaitable<bool> op) { co_await std::move
 
 asio::awaitable<void> client::upsert_recurring(recurring_job r)
 {
-    std::function<bool(storage&)> fn = [r = std::move(r), e = engine_](storage& s) {
+    // A raw pointer: the op runs on the engine's own thread, which the engine
+    // outlives; a shared_ptr here could make that thread destroy the engine.
+    std::function<bool(storage&)> fn = [r = std::move(r), e = engine_.get()](storage& s) {
         s.upsert_recurring(r);
         e->wake_server(); // from the storage thread, once it is stored
         return true;
@@ -497,7 +508,12 @@ std::optional<recurring_job> find_recurring(storage& s, const std::string& id)
 
 asio::awaitable<job_id> client::trigger_recurring(std::string_view name)
 {
-    const std::string id(name);
+    // Not a coroutine: the view is copied before the caller's line ends.
+    return trigger(std::string(name));
+}
+
+asio::awaitable<job_id> client::trigger(std::string id)
+{
     std::function<std::optional<recurring_job>(storage&)> fn = [id](storage& s) { return find_recurring(s, id); };
     auto r = co_await engine_->call<std::optional<recurring_job>>(std::move(fn));
     if (!r)

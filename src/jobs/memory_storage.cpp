@@ -298,12 +298,15 @@ job_state memory_storage::change_state(job_id id, job_state to, const std::strin
         j.cancel_requested = true;
         return j.state;
     }
-    if (!can_transition(j.state, to))
+    // From outside, available means requeue: only a job that ended can be
+    // requeued (a running one would end up with two runs).
+    if (!can_transition(j.state, to) || (to == job_state::available && !is_final(j.state)))
         throw invalid_transition(id, j.state, to);
     if (j.state == job_state::running)
         j.cancel_requested = true; // deleted while running: its node stops it
     if (to == job_state::available) {
         j.attempt = 0;
+        j.cancel_requested = false;
         s.transition(j, to, now, reason, {}, now);
     } else {
         s.transition(j, to, now, reason);

@@ -111,7 +111,9 @@ struct server::run : std::enable_shared_from_this<server::run> {
     std::unordered_map<job_id, std::shared_ptr<active>> running;
     std::unordered_map<std::string, std::size_t> running_in_queue;
     std::unordered_map<std::string, std::size_t> running_of_kind;
+    std::unordered_map<std::string, std::size_t> buffered_of_kind;
     bool recurring_dirty = true; // read the recurring jobs again
+    bool pruning = false;
     std::optional<time_point> next_recurring;
     metrics_registry* metrics = nullptr;
     struct kind_metrics {
@@ -153,7 +155,15 @@ struct server::run : std::enable_shared_from_this<server::run> {
     {
         claim_request c;
         c.node = engine->node();
-        c.kinds = engine->kind_names();
+        // A kind at its limit is not claimed: prefetched jobs of it would
+        // only wait here while other nodes could run them.
+        for (auto& name : engine->kind_names()) {
+            const auto* kind = engine->kind(name);
+            if (kind && kind->options.concurrency > 0 &&
+                count(running_of_kind, name) + count(buffered_of_kind, name) >= kind->options.concurrency)
+                continue;
+            c.kinds.push_back(std::move(name));
+        }
         c.lease_until = now() + options().lease_duration;
         if (stopping)
             return c;
@@ -178,7 +188,16 @@ struct server::run : std::enable_shared_from_this<server::run> {
     void accept(std::vector<job> claimed)
     {
         for (auto& j : claimed) {
+            // Claimed again while this node still holds it: its lease was
+            // lost (a stalled heartbeat) and it was recovered. The copy here
+            // keeps running; the new claim waits for its lease to expire.
+            if (running.contains(j.id) ||
+                std::any_of(buffered.begin(), buffered.end(), [&](const job& b) { return b.id == j.id; })) {
+                log->warn("Job {} was claimed again while this node still runs it: its lease was lost", j.id);
+                continue;
+            }
             ++buffered_in_queue[j.queue];
+            ++buffered_of_kind[j.kind];
             buffered.push_back(std::move(j));
         }
         start_ready();
@@ -199,6 +218,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
                 job j = std::move(*it);
                 it = buffered.erase(it);
                 --buffered_in_queue[j.queue];
+                --buffered_of_kind[j.kind];
                 start(std::move(j));
             }
         }
@@ -359,6 +379,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
             if (it->id != id)
                 continue;
             --buffered_in_queue[it->queue];
+            --buffered_of_kind[it->kind];
             done.push_back({it->id, it->attempt, outcome::cancelled, {}, {}, "cancelled before it started"});
             buffered.erase(it);
             woken = true;
@@ -398,10 +419,23 @@ struct server::run : std::enable_shared_from_this<server::run> {
             log->info("Pruned {} finished jobs past their retention", total);
     }
 
+    // The completions in flight, kept until their transaction committed: a
+    // failed call puts them back, or their jobs would stay running (and
+    // leased by this node's heartbeat) for as long as the process lives.
+    std::shared_ptr<std::vector<completion>> in_flight;
+
+    void restore_in_flight()
+    {
+        if (in_flight && !in_flight->empty())
+            done.insert(done.begin(), in_flight->begin(), in_flight->end());
+        in_flight.reset();
+    }
+
     std::function<std::pair<std::vector<job>, std::optional<time_point>>(storage&)> claim_op()
     {
-        return [d = std::exchange(done, {}), c = make_claim(), at = now()](storage& s) {
-            auto claimed = s.complete_and_claim(d, c, at);
+        in_flight = std::make_shared<std::vector<completion>>(std::exchange(done, {}));
+        return [d = in_flight, c = make_claim(), at = now()](storage& s) {
+            auto claimed = s.complete_and_claim(*d, c, at);
             // Only an idle server sleeps, and needs to know until when.
             auto due = claimed.empty() ? s.next_due() : std::nullopt;
             return std::make_pair(std::move(claimed), due);
@@ -419,7 +453,7 @@ const std::string& server::node_id() const noexcept { return engine_->node(); }
 
 void server::wake()
 {
-    if (auto r = run_)
+    if (auto r = run_.load())
         r->poke();
 }
 
@@ -441,7 +475,7 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
                           static_cast<double>(counts.get()[i].load()));
         });
     }
-    run_ = r;
+    run_.store(r);
     std::weak_ptr<run> weak = r;
     engine_->set_waker([weak] {
         if (auto alive = weak.lock())
@@ -495,9 +529,15 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
                 // Other processes may have changed the recurring jobs.
                 r->recurring_dirty = true;
                 r->poke();
-                if (std::chrono::steady_clock::now() >= next_prune) {
+                if (std::chrono::steady_clock::now() >= next_prune && !r->pruning) {
+                    // On its own: a long prune must not hold up lease renewals.
                     next_prune = std::chrono::steady_clock::now() + r->options().retention.interval;
-                    co_await r->prune();
+                    r->pruning = true;
+                    asio::co_spawn(r->ex, r->prune(), [r](std::exception_ptr e) {
+                        r->pruning = false;
+                        if (e && !is_cancellation(e))
+                            r->log->error("Jobs pruning failed: {}", hosting::detail::describe(e));
+                    });
                 }
             } catch (const storage_error& e) {
                 r->log->error("Jobs heartbeat failed: {}", e.what());
@@ -513,7 +553,7 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
             if (r->recurring_dirty || (r->next_recurring && *r->next_recurring <= r->now())) {
                 r->recurring_dirty = false;
                 std::function<recurring_result(storage&)> pass =
-                    [e = engine_, at = r->now(), tolerance = std::chrono::duration_cast<clock::duration>(
+                    [e = engine_.get(), at = r->now(), tolerance = std::chrono::duration_cast<clock::duration>(
                                                      engine_->options().heartbeat_interval * 2)](storage& s) {
                         return recurring_pass(s, *e, at, tolerance);
                     };
@@ -532,11 +572,12 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
             std::pair<std::vector<job>, std::optional<time_point>> result;
             try {
                 result = co_await engine_->call<std::pair<std::vector<job>, std::optional<time_point>>>(std::move(op));
+                r->in_flight.reset();
             } catch (const storage_error& e) {
-                // The storage is unreachable: keep the completions' jobs
-                // leased (their leases expire and they are recovered) and
-                // try again after a poll interval.
+                // The storage is unreachable: keep the completions for the
+                // next try, after a poll interval.
                 r->log->error("Jobs storage call failed: {}", e.what());
+                r->restore_in_flight();
             }
             const bool claimed_any = !result.first.empty();
             r->next_due = result.second;

@@ -562,13 +562,7 @@ std::vector<job> sqlite_storage::complete_and_claim(std::span<const completion> 
         for (const auto& k : claim.kinds) {
             if (kinds.size() > 1)
                 kinds += ',';
-            kinds += '"';
-            for (char ch : k) {
-                if (ch == '"' || ch == '\\')
-                    kinds += '\\';
-                kinds += ch;
-            }
-            kinds += '"';
+            kinds += boost::json::serialize(boost::json::value(k));
         }
         kinds += ']';
         for (const auto& [queue, count] : claim.queues) {
@@ -715,7 +709,9 @@ job_state sqlite_storage::change_state(job_id id, job_state to, const std::strin
             s.run();
             return from;
         }
-        if (!can_transition(from, to))
+        // From outside, available means requeue: only a job that ended can
+        // be requeued (a running one would end up with two runs).
+        if (!can_transition(from, to) || (to == job_state::available && !is_final(from)))
             throw invalid_transition(id, from, to);
         if (to == job_state::available) {
             using_statement u{*c.requeue};

@@ -165,8 +165,8 @@ public:
     // Queries, with the history when asked.
     asio::awaitable<std::optional<job>> find(job_id id);
     std::optional<job> find_blocking(job_id id);
-    asio::awaitable<std::vector<job>> list(job_filter filter);
-    std::vector<job> list_blocking(job_filter filter);
+    asio::awaitable<std::vector<job>> list(const job_filter& filter);
+    std::vector<job> list_blocking(const job_filter& filter);
     asio::awaitable<job_counts> counts();
     job_counts counts_blocking();
 
@@ -181,6 +181,7 @@ private:
                                    std::optional<time_point> run_at);
     job_id submit_blocking(std::string kind, std::string args, job_options options, std::optional<time_point> run_at);
     asio::awaitable<void> transition(job_id id, job_state to, std::string reason);
+    asio::awaitable<job_id> trigger(std::string id);
     asio::awaitable<job_id> submit_continuation(job_id parent, std::string kind, std::string args,
                                                 continuation_condition condition, const job_options& options);
     job_id submit_continuation_blocking(job_id parent, std::string kind, std::string args,

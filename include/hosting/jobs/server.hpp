@@ -11,6 +11,7 @@
 #include <boost/json/parse.hpp>
 #include <boost/json/value_to.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <concepts>
 #include <functional>
@@ -237,7 +238,7 @@ private:
     struct run;
     std::shared_ptr<detail::engine> engine_;
     metrics_registry* metrics_ = nullptr;
-    std::shared_ptr<run> run_;
+    std::atomic<std::shared_ptr<run>> run_; // wake() reads it from any thread
 };
 
 // Adds the job system to a host: registers a jobs::client (a singleton
