@@ -18,7 +18,7 @@
 
 #include <spdlog/logger.h>
 
-#include <atomic>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <string>
@@ -98,6 +98,9 @@ int main(int argc, char** argv)
     server.lease_duration = std::chrono::milliseconds(config.get<int>("Jobs:LeaseMs", 10000));
     server.heartbeat_interval = std::chrono::milliseconds(config.get<int>("Jobs:HeartbeatMs", 2000));
     server.poll_interval = std::chrono::milliseconds(config.get<int>("Jobs:PollMs", 1000));
+    // The grace must end before the leases it no longer renews do.
+    server.shutdown_grace =
+        std::min(server.shutdown_grace, (server.lease_duration - server.heartbeat_interval) / 2);
     const bool print_runs = config.get<bool>("Jobs:PrintRuns", false);
     const auto record_time = std::chrono::milliseconds(config.get<int>("Jobs:RecordMs", 0));
 

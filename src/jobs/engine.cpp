@@ -76,6 +76,10 @@ void server_options::validate() const
         fail("lease_duration must be more than twice heartbeat_interval, or a slow heartbeat loses its leases");
     if (shutdown_grace < std::chrono::milliseconds::zero())
         fail("shutdown_grace must not be negative");
+    // The heartbeat stops when the grace begins: a grace longer than what is
+    // left of the leases would let other nodes recover jobs still running here.
+    if (shutdown_grace >= lease_duration - heartbeat_interval)
+        fail("shutdown_grace must be shorter than lease_duration - heartbeat_interval");
 }
 
 job_context::job_context(const job& j, std::stop_token stop, std::shared_ptr<spdlog::logger> log)

@@ -277,6 +277,12 @@ std::vector<job_id> memory_storage::recover_expired(time_point now)
     for (auto id : expired) {
         auto& j = s.jobs.at(id);
         const auto reason = "the lease of node " + j.lease_owner + " expired";
+        // A job asked to stop does not start again because its node died.
+        if (j.cancel_requested) {
+            j.cancel_requested = false;
+            s.transition(j, job_state::cancelled, now, reason + " while a cancel was pending");
+            continue;
+        }
         // The attempt counts: a job that kills its node must not loop forever.
         if (j.attempt >= j.max_attempts)
             s.transition(j, job_state::failed, now, reason, reason);
@@ -418,10 +424,9 @@ void memory_storage::upsert_recurring(const recurring_job& r)
     auto kept_next = slot.next_fire;
     auto kept_last = slot.last_fire;
     slot = r;
-    if (same_schedule) {
+    slot.last_fire = kept_last;
+    if (same_schedule)
         slot.next_fire = kept_next;
-        slot.last_fire = kept_last;
-    }
 }
 
 bool memory_storage::remove_recurring(const std::string& id)
@@ -452,7 +457,7 @@ bool memory_storage::fire_recurring(const std::string& id, time_point expected, 
         s.add(r, now, ignored);
     it->second.next_fire = next_fire;
     if (!occurrences.empty())
-        it->second.last_fire = expected;
+        it->second.last_fire = occurrences.back().run_at.value_or(expected);
     return true;
 }
 

@@ -547,6 +547,7 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
     asio::co_spawn(r->ex, std::move(heartbeat_loop),
                    asio::bind_cancellation_slot(r->heartbeat_stop.slot(), [](std::exception_ptr) {}));
 
+    std::exception_ptr fault;
     try {
         while (!stopping.stop_requested()) {
             r->woken = false;
@@ -594,8 +595,10 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
             co_await r->wake_timer->async_wait(asio::redirect_error(asio::use_awaitable, ec));
         }
     } catch (...) {
+        // A fault still goes through the shutdown below (heartbeat stopped,
+        // jobs released), then ends execute with its exception.
         if (!stopping.stop_requested() || !is_cancellation(std::current_exception()))
-            throw;
+            fault = std::current_exception();
     }
 
     // Stopping: no more claims; running jobs are asked to stop and get the
@@ -626,6 +629,8 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
     engine_->set_waker({});
     engine_->set_local_cancel({});
     r->log->info("Jobs server {} stopped", engine_->node());
+    if (fault)
+        std::rethrow_exception(fault);
 }
 
 jobs_registration add_jobs(host_builder& builder, std::shared_ptr<storage> store, server_options options)

@@ -293,7 +293,8 @@ struct sqlite_storage::connection {
             db, "UPDATE jobs SET lease_expires = ?2 WHERE state = 3 AND lease_owner = ?1 "
                 "RETURNING id, cancel_requested");
         expired = std::make_unique<statement>(
-            db, "SELECT id, attempt, max_attempts, lease_owner FROM jobs WHERE state = 3 AND lease_expires < ?1");
+            db, "SELECT id, attempt, max_attempts, lease_owner, cancel_requested FROM jobs "
+                "WHERE state = 3 AND lease_expires < ?1");
         state_of = std::make_unique<statement>(db, "SELECT state FROM jobs WHERE id = ?1");
         // An outside transition: ?2 new state, ?3 now, ?4 reason, ?5 cancel_requested
         transition = std::make_unique<statement>(
@@ -665,6 +666,7 @@ std::vector<job_id> sqlite_storage::recover_expired(time_point now)
             int attempt;
             bool attempts_left;
             std::string owner;
+            bool cancel_requested;
         };
         std::vector<found> expired;
         {
@@ -672,11 +674,18 @@ std::vector<job_id> sqlite_storage::recover_expired(time_point now)
             c.expired->bind(1, micros(now));
             while (c.expired->step())
                 expired.push_back({c.expired->integer(0), static_cast<int>(c.expired->integer(1)),
-                                   c.expired->integer(1) < c.expired->integer(2), c.expired->text(3)});
+                                   c.expired->integer(1) < c.expired->integer(2), c.expired->text(3),
+                                   c.expired->integer(4) != 0});
         }
         std::vector<job_id> out;
         for (const auto& f : expired) {
             const std::string reason = "the lease of node " + f.owner + " expired";
+            // A job asked to stop does not start again because its node died.
+            if (f.cancel_requested) {
+                c.apply_transition(f.id, job_state::cancelled, now, reason + " while a cancel was pending", false);
+                out.push_back(f.id);
+                continue;
+            }
             auto& s = *c.complete;
             using_statement u{s};
             // The attempt counts: a job that kills its node must not loop forever.
