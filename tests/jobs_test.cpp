@@ -203,6 +203,10 @@ TEST_CASE("jobs: unique keys hold under concurrent enqueue", "[jobs][storage]")
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
     auto registration = jobs::add_jobs(builder, store, quick_server());
+    jobs::kind_options digest;
+    digest.unique_key = jobs::kind_options::unique_by_arguments();
+    registration.register_kind<std::string>(
+        "digest", [](std::string, jobs::job_context&) -> asio::awaitable<void> { co_return; }, digest);
     auto host = builder.build();
     auto& client = host.services().get<jobs::client>();
 
@@ -228,6 +232,11 @@ TEST_CASE("jobs: unique keys hold under concurrent enqueue", "[jobs][storage]")
     jobs::job_options o;
     o.unique_key = "report:2026-11-25";
     CHECK(client.enqueue_blocking("report", std::string("daily"), o) != *seen.begin());
+    // A kind's own rule: equal arguments make one job.
+    const auto a1 = client.enqueue_blocking("digest", std::string("user-7"));
+    CHECK(client.enqueue_blocking("digest", std::string("user-7")) == a1);
+    CHECK(client.enqueue_blocking("digest", std::string("user-8")) != a1);
+    CHECK(client.find_blocking(a1)->unique_key == "digest:\"user-7\"");
     // A key that lets go in a pending state is refused at once.
     o.unique_states = {job_state::available};
     CHECK_THROWS_WITH(client.enqueue_blocking("report", std::string("daily"), o),
@@ -1071,10 +1080,12 @@ TEST_CASE("jobs: metrics count outcomes and a health check reports an unreachabl
     REQUIRE(r.wait_for("counted"));
     auto& metrics = host.services().get<hosting::metrics_registry>();
     REQUIRE(test::eventually([&] {
-        return metrics.render().find("hosting_jobs_completed_total{kind=\"count\",outcome=\"succeeded\"} 1\n") !=
+        return metrics.render().find(
+                   "hosting_jobs_completed_total{kind=\"count\",queue=\"default\",outcome=\"succeeded\"} 1\n") !=
                std::string::npos;
     }));
-    CHECK(metrics.render().find("hosting_jobs_duration_seconds_count{kind=\"count\"} 1\n") != std::string::npos);
+    CHECK(metrics.render().find("hosting_jobs_duration_seconds_count{kind=\"count\",queue=\"default\"} 1\n") !=
+          std::string::npos);
 
     auto& monitor = host.services().get<hosting::health_monitor>();
     auto healthy = [&] {

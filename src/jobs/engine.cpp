@@ -179,6 +179,10 @@ enqueue_request engine::make_request(std::string kind_name, std::string args, co
     r.run_at = run_at;
     r.unique_key = options.unique_key;
     r.unique_states = options.unique_states;
+    if (r.unique_key.empty() && k && base.unique_key) {
+        r.unique_key = r.kind + ":" + base.unique_key(r.args);
+        r.unique_states = base.unique_states;
+    }
     r.concurrency_key = options.concurrency_key;
     // A key that lets go in one pending state and is taken again in another
     // could find another job holding it at a moment the engine cannot fail.

@@ -230,21 +230,23 @@ struct server::run : std::enable_shared_from_this<server::run> {
         return kind && kind->options.concurrency > 0 && count(running_of_kind, name) >= kind->options.concurrency;
     }
 
-    kind_metrics& metrics_for(const std::string& kind)
+    kind_metrics& metrics_for(const std::string& kind, const std::string& queue)
     {
-        auto it = by_kind.find(kind);
+        const auto key = kind + '\n' + queue;
+        auto it = by_kind.find(key);
         if (it != by_kind.end())
             return it->second;
-        const metric_labels labels{{"kind", kind}};
+        const metric_labels labels{{"kind", kind}, {"queue", queue}};
         auto outcome = [&](const char* o) {
-            return &metrics->counter("hosting_jobs_completed_total", "Job attempts that ended, by kind and outcome",
-                                     {{"kind", kind}, {"outcome", o}});
+            return &metrics->counter("hosting_jobs_completed_total",
+                                     "Job attempts that ended, by kind, queue and outcome",
+                                     {{"kind", kind}, {"queue", queue}, {"outcome", o}});
         };
         return by_kind
-            .emplace(kind, kind_metrics{outcome("succeeded"), outcome("failed"), outcome("retried"),
-                                        &metrics->histogram("hosting_jobs_duration_seconds",
-                                                            "How long job handlers ran", default_duration_buckets(),
-                                                            labels)})
+            .emplace(key, kind_metrics{outcome("succeeded"), outcome("failed"), outcome("retried"),
+                                       &metrics->histogram("hosting_jobs_duration_seconds",
+                                                           "How long job handlers ran, by kind and queue",
+                                                           default_duration_buckets(), labels)})
             .first->second;
     }
 
@@ -349,7 +351,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
         --running_in_queue[j.queue];
         --running_of_kind[j.kind];
         if (metrics) {
-            auto& m = metrics_for(j.kind);
+            auto& m = metrics_for(j.kind, j.queue);
             m.duration->observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - a.started).count());
             if (c.what == outcome::succeeded)
                 m.succeeded->inc();

@@ -124,6 +124,16 @@ struct kind_options {
     // At most this many jobs of the kind run at once on one server; zero:
     // no limit of its own.
     std::size_t concurrency = 0;
+    // The kind's uniqueness rule, for calls that give no unique_key: the key
+    // is the kind's name and what this returns for the stored arguments
+    // (unique_by_arguments() makes equal arguments one job). Empty: none.
+    std::function<std::string(std::string_view args_json)> unique_key;
+    state_set unique_states = default_unique_states;
+
+    static std::function<std::string(std::string_view)> unique_by_arguments()
+    {
+        return [](std::string_view args) { return std::string(args); };
+    }
 };
 
 // How long finished jobs are kept before pruning deletes them; none keeps
