@@ -166,6 +166,7 @@ int main(int argc, char** argv)
         client.add_or_update_recurring_blocking("report", "*/2 * * * * *", "Europe/Berlin", "report",
                                                 std::string("every two seconds"));
         std::printf("recurring job 'report' every 2 s (Europe/Berlin); the demo stops after two runs\n");
+        std::fflush(stdout); // before the host's log lines, which go to stderr
     }
     return host.run();
 }
