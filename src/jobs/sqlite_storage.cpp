@@ -53,6 +53,8 @@ public:
         check(sqlite3_bind_null(stmt_, i));
         return *this;
     }
+    // NULL for an empty string: the columns that mean "none" that way.
+    statement& bind_or_null(int i, std::string_view v) { return v.empty() ? bind_null(i) : bind(i, v); }
 
     // True while there is a row.
     bool step()
@@ -279,14 +281,15 @@ struct sqlite_storage::connection {
         key_held = std::make_unique<statement>(
             db, "SELECT 1 FROM jobs WHERE state = 3 AND concurrency_key = ?1 LIMIT 1");
         // ?1 node, ?2 lease_until, ?3 now, ?4 ids (JSON array)
-        claim = std::make_unique<statement>(
-            db, "UPDATE jobs SET state = 3, attempt = attempt + 1, lease_owner = ?1, lease_expires = ?2, "
-                "updated_at = ?3, "
-                "history = json_insert(history, '$[#]', json_array(state, 3, ?3, 'claimed by ' || ?1, '')), "
-                "unique_slot = CASE WHEN (unique_states >> 3) & 1 THEN unique_key END "
-                "WHERE state = 1 AND id IN (SELECT value FROM json_each(?4)) "
-                "RETURNING id, kind, queue, args, priority, attempt, max_attempts, timeout_ms, created_at, run_at, "
-                "unique_key, last_error, concurrency_key, parent_id, condition, recurring_id");
+        // Returns the same columns as find, so that read_job reads both.
+        std::string claim_sql = "UPDATE jobs SET state = 3, attempt = attempt + 1, lease_owner = ?1, "
+                                "lease_expires = ?2, updated_at = ?3, "
+                                "history = json_insert(history, '$[#]', json_array(state, 3, ?3, "
+                                "'claimed by ' || ?1, '')), "
+                                "unique_slot = CASE WHEN (unique_states >> 3) & 1 THEN unique_key END "
+                                "WHERE state = 1 AND id IN (SELECT value FROM json_each(?4)) RETURNING ";
+        claim_sql += job_columns;
+        claim = std::make_unique<statement>(db, claim_sql.c_str());
         children = std::make_unique<statement>(db, "SELECT id, condition FROM jobs WHERE parent_id = ?1 AND state = 2");
         parent_state = std::make_unique<statement>(db, "SELECT state FROM jobs WHERE id = ?1");
         heartbeat = std::make_unique<statement>(
@@ -387,6 +390,49 @@ struct sqlite_storage::connection {
         return static_cast<job_state>(state_of->integer(0));
     }
 
+    // Inserts one job, inside the caller's transaction: the one path for
+    // enqueues and recurring occurrences alike.
+    enqueue_result add(const enqueue_request& r, time_point now)
+    {
+        auto initial = r.run_at && *r.run_at > now ? job_state::scheduled : job_state::available;
+        std::optional<job_state> parent;
+        if (r.parent_id != 0) {
+            using_statement up{*parent_state};
+            parent_state->bind(1, r.parent_id);
+            if (!parent_state->step())
+                return {0, false, "jobs: no job " + std::to_string(r.parent_id) + " to continue"};
+            parent = static_cast<job_state>(parent_state->integer(0));
+            initial = job_state::awaiting;
+        }
+        auto& s = *insert;
+        using_statement u{s};
+        s.bind(1, r.kind).bind(2, r.queue).bind(3, r.args).bind(4, r.priority).bind(5, code(initial));
+        s.bind(6, r.max_attempts).bind(7, static_cast<std::int64_t>(r.timeout.count())).bind(8, micros(now));
+        s.bind(9, micros(r.run_at.value_or(now)));
+        s.bind_or_null(10, r.unique_key);
+        s.bind(11, r.unique_key.empty() ? 0 : static_cast<std::int64_t>(r.unique_states.bits()));
+        s.bind_or_null(12, r.unique_states.contains(initial) ? std::string_view(r.unique_key) : std::string_view());
+        s.bind(13, r.reason).bind_or_null(14, r.concurrency_key);
+        if (r.parent_id == 0)
+            s.bind_null(15);
+        else
+            s.bind(15, r.parent_id);
+        s.bind(16, static_cast<int>(r.condition)).bind_or_null(17, r.recurring_id);
+        if (s.step()) {
+            const auto id = s.integer(0);
+            s.reset();
+            if (parent && is_final(*parent))
+                resolve_children(r.parent_id, *parent, now);
+            return {id, true, {}};
+        }
+        using_statement u2{*find_unique};
+        find_unique->bind(1, r.unique_key);
+        if (!find_unique->step())
+            throw storage_error("jobs: sqlite: an insert conflicted but no job holds unique key '" + r.unique_key +
+                                "'");
+        return {find_unique->integer(0), false, {}};
+    }
+
     void apply_transition(job_id id, job_state to, time_point now, const std::string& reason, bool cancel_requested)
     {
         {
@@ -444,62 +490,8 @@ std::vector<enqueue_result> sqlite_storage::enqueue(std::span<const enqueue_requ
     return c.write([&] {
         std::vector<enqueue_result> out;
         out.reserve(requests.size());
-        for (const auto& r : requests) {
-            auto initial = r.run_at && *r.run_at > now ? job_state::scheduled : job_state::available;
-            std::optional<job_state> parent;
-            if (r.parent_id != 0) {
-                using_statement up{*c.parent_state};
-                c.parent_state->bind(1, r.parent_id);
-                if (!c.parent_state->step()) {
-                    out.push_back({0, false, "jobs: no job " + std::to_string(r.parent_id) + " to continue"});
-                    continue;
-                }
-                parent = static_cast<job_state>(c.parent_state->integer(0));
-                initial = job_state::awaiting;
-            }
-            auto& s = *c.insert;
-            using_statement u{s};
-            s.bind(1, r.kind).bind(2, r.queue).bind(3, r.args).bind(4, r.priority).bind(5, code(initial));
-            s.bind(6, r.max_attempts).bind(7, static_cast<std::int64_t>(r.timeout.count())).bind(8, micros(now));
-            s.bind(9, micros(r.run_at.value_or(now)));
-            if (r.unique_key.empty()) {
-                s.bind_null(10).bind(11, 0).bind_null(12);
-            } else {
-                s.bind(10, r.unique_key).bind(11, static_cast<std::int64_t>(r.unique_states.bits()));
-                if (r.unique_states.contains(initial))
-                    s.bind(12, r.unique_key);
-                else
-                    s.bind_null(12);
-            }
-            s.bind(13, r.reason);
-            if (r.concurrency_key.empty())
-                s.bind_null(14);
-            else
-                s.bind(14, r.concurrency_key);
-            if (r.parent_id == 0)
-                s.bind_null(15);
-            else
-                s.bind(15, r.parent_id);
-            s.bind(16, static_cast<int>(r.condition));
-            if (r.recurring_id.empty())
-                s.bind_null(17);
-            else
-                s.bind(17, r.recurring_id);
-            if (s.step()) {
-                const auto id = s.integer(0);
-                out.push_back({id, true, {}});
-                s.reset();
-                if (parent && is_final(*parent))
-                    c.resolve_children(r.parent_id, *parent, now);
-                continue;
-            }
-            using_statement u2{*c.find_unique};
-            c.find_unique->bind(1, r.unique_key);
-            if (!c.find_unique->step())
-                throw storage_error("jobs: sqlite: an insert conflicted but no job holds unique key '" +
-                                    r.unique_key + "'");
-            out.push_back({c.find_unique->integer(0), false, {}});
-        }
+        for (const auto& r : requests)
+            out.push_back(c.add(r, now));
         return out;
     });
 }
@@ -540,11 +532,7 @@ std::vector<job> sqlite_storage::complete_and_claim(std::span<const completion> 
                 s.bind(4, micros(d.run_at));
             else
                 s.bind_null(4);
-            if (d.error.empty())
-                s.bind_null(5);
-            else
-                s.bind(5, d.error);
-            s.bind(6, at).bind(7, d.reason).bind(8, claim.node).bind(9, d.attempt);
+            s.bind_or_null(5, d.error).bind(6, at).bind(7, d.reason).bind(8, claim.node).bind(9, d.attempt);
             s.run();
             if (sqlite3_changes(c.db) > 0 && is_final(to)) {
                 s.reset();
@@ -608,29 +596,8 @@ std::vector<job> sqlite_storage::complete_and_claim(std::span<const completion> 
             using_statement u{s};
             s.bind(1, claim.node).bind(2, micros(claim.lease_until)).bind(3, at).bind(4, id_list);
             const auto first = claimed.size();
-            while (s.step()) {
-                job j;
-                j.id = s.integer(0);
-                j.kind = s.text(1);
-                j.queue = s.text(2);
-                j.args = s.text(3);
-                j.priority = static_cast<int>(s.integer(4));
-                j.state = job_state::running;
-                j.attempt = static_cast<int>(s.integer(5));
-                j.max_attempts = static_cast<int>(s.integer(6));
-                j.timeout = std::chrono::milliseconds(s.integer(7));
-                j.created_at = from_micros(s.integer(8));
-                j.run_at = from_micros(s.integer(9));
-                j.unique_key = s.text(10);
-                j.last_error = s.text(11);
-                j.concurrency_key = s.text(12);
-                j.parent_id = s.is_null(13) ? 0 : s.integer(13);
-                j.condition = static_cast<continuation_condition>(s.integer(14));
-                j.recurring_id = s.text(15);
-                j.lease_owner = claim.node;
-                j.lease_expires = claim.lease_until;
-                claimed.push_back(std::move(j));
-            }
+            while (s.step())
+                claimed.push_back(connection::read_job(s, false));
             // RETURNING does not keep the subquery's order.
             std::sort(claimed.begin() + static_cast<std::ptrdiff_t>(first), claimed.end(),
                       [](const job& a, const job& b) {
@@ -690,11 +657,7 @@ std::vector<job_id> sqlite_storage::recover_expired(time_point now)
             using_statement u{s};
             // The attempt counts: a job that kills its node must not loop forever.
             s.bind(1, f.id).bind(2, code(f.attempts_left ? job_state::available : job_state::failed)).bind(3, 0);
-            s.bind_null(4);
-            if (f.attempts_left)
-                s.bind_null(5);
-            else
-                s.bind(5, reason);
+            s.bind_null(4).bind_or_null(5, f.attempts_left ? std::string_view() : std::string_view(reason));
             s.bind(6, micros(now)).bind(7, reason).bind(8, f.owner).bind(9, f.attempt);
             s.run();
             s.reset();
@@ -910,18 +873,8 @@ bool sqlite_storage::fire_recurring(const std::string& id, time_point expected, 
         s.run();
         if (sqlite3_changes(c.db) == 0)
             return false;
-        for (const auto& r : occurrences) {
-            auto& i = *c.insert;
-            using_statement u{i};
-            i.bind(1, r.kind).bind(2, r.queue).bind(3, r.args).bind(4, r.priority);
-            i.bind(5, code(job_state::available));
-            i.bind(6, r.max_attempts).bind(7, static_cast<std::int64_t>(r.timeout.count())).bind(8, micros(now));
-            i.bind(9, micros(r.run_at.value_or(now)));
-            i.bind(10, r.unique_key).bind(11, static_cast<std::int64_t>(r.unique_states.bits()));
-            i.bind(12, r.unique_key).bind(13, r.reason).bind_null(14).bind_null(15).bind(16, 0);
-            i.bind(17, r.recurring_id);
-            i.run();
-        }
+        for (const auto& r : occurrences)
+            c.add(r, now);
         return true;
     });
 }
