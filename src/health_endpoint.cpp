@@ -20,6 +20,8 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
+#include <boost/json/object.hpp>
+#include <boost/json/serialize.hpp>
 
 #include <spdlog/logger.h>
 
@@ -109,15 +111,7 @@ std::optional<std::string> url_decode(std::string_view text)
 
 std::string error_json(std::string_view message)
 {
-    std::string out = "{\"error\":\"";
-    for (char c : message) {
-        if (c == '"' || c == '\\')
-            out += '\\';
-        if (static_cast<unsigned char>(c) >= 0x20)
-            out += c;
-    }
-    out += "\"}";
-    return out;
+    return boost::json::serialize(boost::json::object{{"error", message}});
 }
 
 } // namespace

@@ -32,6 +32,8 @@ public:
     void add_kind(kind_entry entry);
     const kind_entry* kind(const std::string& name) const;
     std::vector<std::string> kind_names() const;
+    // All kinds, for hot paths that must not copy them; fixed once the host runs.
+    const std::map<std::string, kind_entry, std::less<>>& kinds() const noexcept { return kinds_; }
 
     // Applies the kind's defaults (when this process knows the kind) and
     // validates the call.

@@ -157,12 +157,11 @@ struct server::run : std::enable_shared_from_this<server::run> {
         c.node = engine->node();
         // A kind at its limit is not claimed: prefetched jobs of it would
         // only wait here while other nodes could run them.
-        for (auto& name : engine->kind_names()) {
-            const auto* kind = engine->kind(name);
-            if (kind && kind->options.concurrency > 0 &&
-                count(running_of_kind, name) + count(buffered_of_kind, name) >= kind->options.concurrency)
+        for (const auto& [name, kind] : engine->kinds()) {
+            const auto limit = kind.options.concurrency;
+            if (limit > 0 && count(running_of_kind, name) + count(buffered_of_kind, name) >= limit)
                 continue;
-            c.kinds.push_back(std::move(name));
+            c.kinds.push_back(name);
         }
         c.lease_until = now() + options().lease_duration;
         if (stopping)
@@ -491,7 +490,7 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
         if (auto alive = weak.lock())
             alive->poke();
     });
-    if (engine_->kind_names().empty())
+    if (engine_->kinds().empty())
         r->log->warn("The jobs server has no kinds registered; it will claim nothing");
     r->log->info("Jobs server {} started: {} workers, queues {}", engine_->node(), engine_->options().workers,
                  [&] {
