@@ -59,6 +59,19 @@ std::shared_ptr<jobs::storage> make_storage(const std::string& which, temp_db& d
     return std::make_shared<jobs::sqlite_storage>(db.path.string());
 }
 
+// A plain request in the default queue, for the tests that talk to a
+// storage directly. (Strings are moved in: assigning literals in a loop
+// draws a false -Wrestrict from GCC 12 at -O3.)
+jobs::enqueue_request request(std::string kind, std::string args, int max_attempts = 1)
+{
+    jobs::enqueue_request r;
+    r.kind = std::move(kind);
+    r.queue = std::string("default");
+    r.args = std::move(args);
+    r.max_attempts = max_attempts;
+    return r;
+}
+
 jobs::server_options quick_server(std::shared_ptr<jobs::time_source> clock = {})
 {
     jobs::server_options o;
@@ -134,11 +147,7 @@ TEST_CASE("jobs: storages claim, complete, recover and reject invalid transition
     INFO(which);
     auto store = make_storage(which, db);
     const auto t0 = jobs::clock::now();
-    jobs::enqueue_request r;
-    r.kind = "k";
-    r.queue = "default";
-    r.args = "{}";
-    r.max_attempts = 2;
+    const auto r = request("k", "{}", 2);
     auto ids = store->enqueue(std::vector<jobs::enqueue_request>{r, r, r}, t0);
     REQUIRE(ids.size() == 3);
 
@@ -460,14 +469,7 @@ TEST_CASE("jobs: a SQLite file keeps its jobs and schema across opens, and two c
     const auto t0 = jobs::clock::now();
     {
         jobs::sqlite_storage store(db.path.string());
-        // Moved in, not assigned from literals: GCC 12 at -O3 warns falsely
-        // (-Wrestrict) about std::string::assign in this loop.
-        std::vector<jobs::enqueue_request> batch(200);
-        for (auto& r : batch) {
-            r.kind = std::string("k");
-            r.queue = std::string("default");
-            r.args = std::string("1");
-        }
+        std::vector<jobs::enqueue_request> batch(200, request("k", "1"));
         store.enqueue(batch, t0);
     }
     jobs::sqlite_storage a(db.path.string());
@@ -644,11 +646,7 @@ TEST_CASE("jobs: finished jobs are pruned after their retention, failed ones kep
     INFO(which);
     auto store = make_storage(which, db);
     const auto t0 = jobs::clock::now();
-    jobs::enqueue_request r;
-    r.kind = "k";
-    r.queue = "default";
-    r.args = "0";
-    std::vector<jobs::enqueue_request> batch(5, r);
+    std::vector<jobs::enqueue_request> batch(5, request("k", "0"));
     auto ids = store->enqueue(batch, t0);
     jobs::claim_request claim{"n", {{"default", 5}}, {"k"}, t0 + 60s};
     auto claimed = store->complete_and_claim({}, claim, t0);
@@ -785,14 +783,8 @@ void enqueue_records(const std::string& path, int count)
 {
     jobs::sqlite_storage store(path);
     std::vector<jobs::enqueue_request> batch;
-    for (int i = 1; i <= count; ++i) {
-        jobs::enqueue_request r;
-        r.kind = "record";
-        r.queue = "default";
-        r.args = std::to_string(i);
-        r.max_attempts = 3;
-        batch.push_back(std::move(r));
-    }
+    for (int i = 1; i <= count; ++i)
+        batch.push_back(request("record", std::to_string(i), 3));
     store.enqueue(batch, jobs::clock::now());
 }
 
@@ -990,12 +982,9 @@ TEST_CASE("jobs: of two servers racing for a recurring occurrence, one wins", "[
     r.queue = "default";
     r.next_fire = t0;
     a.upsert_recurring(r);
-    jobs::enqueue_request occurrence;
-    occurrence.kind = std::string("k");
-    occurrence.queue = std::string("default");
-    occurrence.args = std::string("1");
+    auto occurrence = request("k", "1");
     occurrence.unique_key = std::string("recurring:r:1");
-    occurrence.unique_states = jobs::state_set::from_bits((1u << jobs::job_state_count) - 1);
+    occurrence.unique_states = jobs::state_set::all();
     occurrence.recurring_id = std::string("r");
     std::vector<jobs::enqueue_request> occurrences{occurrence};
     const bool first = a.fire_recurring("r", t0, t0 + 1h, occurrences, t0);

@@ -565,7 +565,7 @@ enqueue_request engine::occurrence_request(const recurring_job& r, time_point fi
     // Every state: an occurrence is enqueued once, ever.
     q.unique_key = "recurring:" + r.id + ":" +
                    std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(fire.time_since_epoch()).count());
-    q.unique_states = state_set::from_bits((1u << job_state_count) - 1);
+    q.unique_states = state_set::all();
     q.reason = "occurrence of recurring job '" + r.id + "'";
     return q;
 }

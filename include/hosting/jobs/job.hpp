@@ -98,6 +98,7 @@ public:
         return s;
     }
     constexpr bool empty() const noexcept { return bits_ == 0; }
+    static constexpr state_set all() noexcept { return from_bits((1u << job_state_count) - 1); }
 
 private:
     static constexpr std::uint32_t bit(job_state s) noexcept { return 1u << static_cast<unsigned>(s); }
