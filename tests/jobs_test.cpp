@@ -1093,3 +1093,72 @@ TEST_CASE("jobs: metrics count outcomes and a health check reports an unreachabl
     store->down = false;
     host.stop_blocking();
 }
+
+TEST_CASE("jobs: a job enqueued in this process starts without waiting for a poll", "[jobs][server]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    // Polls and heartbeats far beyond the test's patience: only the
+    // wake-up can start the job in time.
+    auto options = quick_server();
+    options.poll_interval = std::chrono::hours(1);
+    options.heartbeat_interval = std::chrono::hours(1);
+    options.lease_duration = std::chrono::hours(3);
+    test::recorder r;
+    jobs::add_jobs(builder, make_storage(which, db), options)
+        .register_kind<int>("ping", [&](int, jobs::job_context&) -> asio::awaitable<void> {
+            co_await asio::this_coro::executor;
+            r.add("ran");
+        });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    host.start_blocking();
+    // Once the first job's completion has committed, the server's last claim
+    // found nothing and it sleeps: the second job needs the wake-up.
+    auto first = client.enqueue_blocking("ping", 1);
+    REQUIRE(wait_state(client, first, job_state::succeeded));
+    client.enqueue_blocking("ping", 2);
+    CHECK(r.wait_for_count(2));
+    host.stop_blocking();
+}
+
+TEST_CASE("jobs: the server prunes finished jobs past their retention and keeps failed ones", "[jobs][server]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto clock = std::make_shared<jobs::manual_time_source>(utc(2026, 6, 1, 12, 0));
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    auto options = quick_server(clock);
+    options.retention.succeeded = std::chrono::hours(1);
+    options.retention.interval = 50ms;
+    jobs::kind_options once;
+    once.retry.max_attempts = 1;
+    test::recorder r;
+    jobs::add_jobs(builder, make_storage(which, db), options)
+        .register_kind<int>(
+            "work",
+            [&](int n, jobs::job_context&) -> asio::awaitable<void> {
+                co_await asio::this_coro::executor;
+                r.add("ran");
+                if (n < 0)
+                    throw std::runtime_error("negative");
+            },
+            once);
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    host.start_blocking();
+    auto ok = client.enqueue_blocking("work", 1);
+    auto bad = client.enqueue_blocking("work", -1);
+    REQUIRE(wait_state(client, ok, job_state::succeeded));
+    REQUIRE(wait_state(client, bad, job_state::failed));
+    clock->advance(std::chrono::hours(2));
+    REQUIRE(test::eventually([&] { return !client.find_blocking(ok); }));
+    CHECK(client.find_blocking(bad)->state == job_state::failed);
+    CHECK(sink->has("Pruned 1 finished jobs past their retention"));
+    host.stop_blocking();
+}
