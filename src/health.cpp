@@ -296,7 +296,6 @@ void health_core::attach(asio::any_io_executor host_executor, std::function<std:
 void health_core::set_ready(bool value) noexcept
 {
     if (!value) {
-        stopping_ = true;
         readiness_ = is_stopping;
         return;
     }
@@ -394,7 +393,7 @@ health_report health_core::host_entries(std::string_view tag) const
             e.description = "ready";
         } else {
             e.status = health_status::unhealthy;
-            e.description = stopping_.load() ? "not ready: stopping" : "not ready: starting";
+            e.description = readiness_.load() == is_stopping ? "not ready: stopping" : "not ready: starting";
         }
         report.entries.push_back(std::move(e));
     }
@@ -601,7 +600,7 @@ void health_core::spawn_task(std::function<asio::awaitable<void>(std::stop_token
 void health_core::start_tasks()
 {
     asio::post(*tasks_, [self = shared_from_this()] {
-        if (self->stopping_.load())
+        if (self->readiness_.load() == is_stopping)
             return;
         if (self->options_.loop_lag_interval.count() > 0)
             self->spawn_task([self](std::stop_token stop) { return self->monitor_loop(stop); }, "loop monitor");
@@ -613,7 +612,7 @@ void health_core::start_tasks()
 
 asio::awaitable<void> health_core::stop_tasks(clock::time_point deadline)
 {
-    stopping_ = true;
+    readiness_ = is_stopping;
     for (auto& t : tasks_running_) {
         t->stop.request_stop();
         if (t->running)

@@ -75,7 +75,6 @@ private:
     enum { is_starting, is_ready, is_stopping };
     std::atomic<int> readiness_{is_starting};
     std::atomic<bool> was_ready_{false};
-    std::atomic<bool> stopping_{false};
 
     // Loop lag, written by the monitor, read from any thread.
     std::atomic<bool> monitoring_{false};
