@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <mutex>
 #include <stdexcept>
 #include <unordered_map>
 
@@ -416,10 +417,20 @@ struct health_core::check_run {
         asio::cancellation_signal signal;
     };
 
+    // How a check, on the host's side, reaches the run on the caller's side.
+    // It must never own the run: the last owner destroys the strand and the
+    // timer, which is only safe in the caller's execution context, and the
+    // caller may destroy that context as soon as the run is over.
+    struct mailbox {
+        std::mutex mutex;
+        const asio::strand<asio::any_io_executor>* strand = nullptr; // null once the run is gone
+    };
+
     // First, so that it is destroyed last: it may own the execution context
     // the strand and the timer belong to.
     std::shared_ptr<void> keep_alive;
     asio::strand<asio::any_io_executor> strand;
+    std::shared_ptr<mailbox> box = std::make_shared<mailbox>();
     asio::steady_timer event;
     std::vector<std::shared_ptr<slot>> slots;
     std::size_t remaining = 0;
@@ -432,6 +443,7 @@ struct health_core::check_run {
           event(strand, clock::time_point::max()),
           checks(std::move(check_executor))
     {
+        box->strand = &strand;
     }
 
     // Whoever gave up on the run (a cancelled publisher, a closed
@@ -439,6 +451,11 @@ struct health_core::check_run {
     // stop instead of running on without a deadline.
     ~check_run()
     {
+        {
+            // Waits for a check that is posting its result right now.
+            std::lock_guard lock(box->mutex);
+            box->strand = nullptr;
+        }
         for (auto& s : slots) {
             if (s->done)
                 continue;
@@ -485,17 +502,20 @@ asio::awaitable<health_report> health_core::check(std::string tag, std::shared_p
                 auto op = fn(token); // made outside the co_await: see delay()
                 co_return co_await std::move(op);
             };
-            // The handler holds the run weakly: once the caller is gone, a
-            // late check has nobody to report to.
+            // The handler holds the run weakly, and locks it only on the
+            // caller's strand: once the caller is gone, a late check has
+            // nobody to report to.
             std::weak_ptr<check_run> weak = run;
             asio::co_spawn(
                 *self->check_strand_, std::move(body),
                 asio::bind_cancellation_slot(
-                    s->signal.slot(), [weak, s](std::exception_ptr error, health_check_result result) {
-                        auto alive = weak.lock();
-                        if (!alive)
+                    s->signal.slot(), [weak, box = run->box, s](std::exception_ptr error, health_check_result result) {
+                        // Held across the post, so that the strand copies
+                        // the post makes are gone before the run can be.
+                        std::lock_guard lock(box->mutex);
+                        if (!box->strand)
                             return;
-                        asio::post(alive->strand, [weak, s, error, result = std::move(result)]() mutable {
+                        asio::post(*box->strand, [weak, s, error, result = std::move(result)]() mutable {
                             auto run = weak.lock();
                             // Timed out already: its entry says so, and stays.
                             if (!run || s->done)
