@@ -1,6 +1,7 @@
 #include <hosting/offload.hpp>
 
 #include "keep_alive.hpp"
+#include "remote_completion.hpp"
 
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/associated_executor.hpp>
@@ -34,40 +35,17 @@ asio::thread_pool& offload_pool()
     return *pool;
 }
 
-// Tells pool threads whether the caller's execution context still exists, so
-// a result is never posted to a destroyed io_context. One per context.
-struct context_liveness {
-    std::mutex mutex;
-    bool alive = true;
-};
-
-class liveness_service : public asio::execution_context::service {
-public:
-    static asio::execution_context::id id;
-
-    explicit liveness_service(asio::execution_context& owner)
-        : asio::execution_context::service(owner), liveness(std::make_shared<context_liveness>())
-    {
-    }
-
-    void shutdown() override
-    {
-        std::lock_guard lock(liveness->mutex);
-        liveness->alive = false;
-    }
-
-    std::shared_ptr<context_liveness> liveness;
-};
-
-asio::execution_context::id liveness_service::id;
-
+// Whoever drops the last reference to an op may be any thread, after the
+// caller's context is gone. So the op holds the caller's executors only
+// until finish(), which runs on the caller's side, and other threads read
+// them under the context's liveness mutex (see remote_completion).
 template <class Handler>
 struct offload_op {
     std::atomic<bool> done{false};
     std::function<void()> work;     // touched by the pool only
     std::optional<Handler> handler; // by the claimer of `done`
-    asio::any_io_executor executor;                              // where the caller resumes
-    std::optional<asio::any_io_executor> tracked;                // keeps the caller's loop running
+    asio::any_io_executor executor; // where the caller resumes; under liveness->mutex
+    std::optional<asio::any_io_executor> tracked; // keeps the caller's loop running
     asio::cancellation_slot slot;
     std::shared_ptr<context_liveness> liveness;
 
@@ -77,12 +55,17 @@ struct offload_op {
     };
     std::unique_ptr<std::stop_callback<on_stop>> stop_callback;
 
-    static void post_finish(const std::shared_ptr<offload_op>& op) noexcept
+    static void post_finish(std::shared_ptr<offload_op> op) noexcept
     {
-        if (!op || op->done.load())
+        if (!op)
+            return;
+        auto live = op->liveness;
+        std::lock_guard lock(live->mutex);
+        if (!live->alive || op->done.load())
             return;
         try {
-            asio::post(op->executor, [op] { op->finish(std::make_exception_ptr(operation_canceled())); });
+            asio::any_io_executor ex = op->executor;
+            asio::post(ex, [op = std::move(op)] { op->finish(std::make_exception_ptr(operation_canceled())); });
         } catch (...) {
         }
     }
@@ -94,9 +77,15 @@ struct offload_op {
             return;
         if (slot.is_connected())
             slot.clear();
-        stop_callback.reset();
+        stop_callback.reset(); // waits for an on_stop running now, so not under the mutex
         auto h = std::move(*handler);
         handler.reset();
+        asio::any_io_executor ex; // destroyed here, on the caller's side
+        {
+            std::lock_guard lock(liveness->mutex);
+            ex = std::move(executor);
+            executor = asio::any_io_executor();
+        }
         tracked.reset();
         std::move(h)(error);
     }
@@ -109,7 +98,7 @@ asio::awaitable<void> offload_erased(std::function<void()> work, std::stop_token
     if (token.stop_requested())
         throw operation_canceled();
     auto executor = co_await asio::this_coro::executor;
-    auto& liveness = asio::use_service<liveness_service>(asio::query(executor, asio::execution::context));
+    auto liveness = liveness_of(asio::query(executor, asio::execution::context));
 
     try {
         co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr)>(
@@ -120,7 +109,7 @@ asio::awaitable<void> offload_erased(std::function<void()> work, std::stop_token
                 op->executor = asio::get_associated_executor(handler, executor);
                 op->tracked.emplace(asio::prefer(executor, asio::execution::outstanding_work.tracked));
                 op->slot = asio::get_associated_cancellation_slot(handler);
-                op->liveness = liveness.liveness;
+                op->liveness = liveness;
                 op->handler.emplace(std::move(handler));
                 if (op->slot.is_connected()) {
                     std::weak_ptr<op_type> weak = op;
@@ -130,7 +119,7 @@ asio::awaitable<void> offload_erased(std::function<void()> work, std::stop_token
                 op->stop_callback = std::make_unique<std::stop_callback<typename op_type::on_stop>>(
                     token, typename op_type::on_stop{op});
 
-                asio::post(offload_pool(), [op] {
+                asio::post(offload_pool(), [op]() mutable {
                     if (op->done.load()) { // cancelled before it started: never run
                         op->work = nullptr;
                         return;
@@ -142,17 +131,25 @@ asio::awaitable<void> offload_erased(std::function<void()> work, std::stop_token
                         error = std::current_exception();
                     }
                     op->work = nullptr;
-                    std::lock_guard lock(op->liveness->mutex);
-                    if (op->liveness->alive)
-                        // Moved, so the exception dies on the caller's side:
-                        // its last owner must not be a pool thread that the
-                        // caller never synchronises with.
-                        asio::post(op->executor, [op, error = std::move(error)] { op->finish(error); });
-                    else
+                    auto liveness = op->liveness;
+                    std::lock_guard lock(liveness->mutex);
+                    if (op->done.load()) {
+                        // Cancelled while it ran: the caller has resumed, and
+                        // finish() took the executors back to its side.
+                    } else if (liveness->alive) {
+                        // The op and the exception move to the caller's side,
+                        // and the executor copy dies under the lock: the
+                        // caller may destroy its context as soon as it has
+                        // resumed, and the last owner of a strand must not be
+                        // a pool thread (see remote_completion).
+                        asio::any_io_executor executor = op->executor;
+                        asio::post(executor, [op = std::move(op), error = std::move(error)] { op->finish(error); });
+                    } else {
                         // The loop is gone; its executors must not be touched,
                         // not even by a destructor. Only after a host gave up
                         // on a blocked loop at its deadline.
-                        keep_alive_forever(op);
+                        keep_alive_forever(std::move(op));
+                    }
                 });
             },
             asio::use_awaitable);

@@ -318,14 +318,10 @@ asio::awaitable<job_id> client::enqueue_request_async(enqueue_request&& request)
 {
     auto* e = engine_.get();
     auto initiation = [e, request = std::move(request)](auto handler) mutable {
-        using handler_type = decltype(handler);
-        auto h = std::make_shared<handler_type>(std::move(handler));
-        auto work = asio::make_work_guard(asio::get_associated_executor(*h));
-        e->submit_enqueue(std::move(request), [h, work](std::exception_ptr error, enqueue_result r) mutable {
-            auto ex = work.get_executor();
-            asio::post(ex, [h, error, id = r.id]() mutable { std::move(*h)(error, id); });
-            work.reset();
-        });
+        using completion = hosting::detail::remote_completion<decltype(handler), std::exception_ptr, job_id>;
+        auto done = std::make_shared<completion>(std::move(handler));
+        e->submit_enqueue(std::move(request),
+                          [done](std::exception_ptr error, enqueue_result r) { done->complete(std::move(error), r.id); });
     };
     return asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, job_id)>(
         std::move(initiation), asio::use_awaitable);

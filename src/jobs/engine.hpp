@@ -5,9 +5,10 @@
 #include <hosting/jobs/client.hpp>
 #include <hosting/jobs/server.hpp>
 
+#include "../remote_completion.hpp"
+
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
-#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -60,10 +61,9 @@ public:
     {
         return asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, R)>(
             [this, fn = std::move(fn)](auto handler) mutable {
-                using handler_type = decltype(handler);
-                auto h = std::make_shared<handler_type>(std::move(handler));
-                auto work = asio::make_work_guard(asio::get_associated_executor(*h));
-                submit([fn = std::move(fn), h, work = std::move(work)](storage& s) mutable {
+                using completion = hosting::detail::remote_completion<decltype(handler), std::exception_ptr, R>;
+                auto done = std::make_shared<completion>(std::move(handler));
+                submit([fn = std::move(fn), done](storage& s) mutable {
                     std::exception_ptr error;
                     R result{};
                     try {
@@ -71,11 +71,7 @@ public:
                     } catch (...) {
                         error = std::current_exception();
                     }
-                    auto ex = work.get_executor();
-                    asio::post(ex, [h, error, result = std::move(result)]() mutable {
-                        std::move(*h)(error, std::move(result));
-                    });
-                    work.reset();
+                    done->complete(std::move(error), std::move(result));
                 });
             },
             asio::use_awaitable);
