@@ -316,6 +316,136 @@ TEST_CASE("jobs: a server runs jobs, retries with backoff on an injected clock, 
     CHECK(host.exit_code() == 0);
 }
 
+TEST_CASE("jobs: bad server options name what is wrong, and the shutdown grace must fit the host's deadline",
+          "[jobs]")
+{
+    auto store = std::make_shared<jobs::memory_storage>();
+    {
+        auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+        auto options = quick_server();
+        options.workers = 0;
+        CHECK_THROWS_WITH(jobs::add_jobs(builder, store, options), Catch::Contains("workers must be at least 1"));
+    }
+    auto options = quick_server();
+    options.lease_duration = 30s;
+    options.heartbeat_interval = 1s;
+    options.shutdown_grace = 3s;
+    {
+        auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+        builder.options().shutdown_timeout = 5s;
+        builder.options().shutdown_delay = 2s;
+        jobs::add_jobs(builder, store, options);
+        CHECK_THROWS_AS(builder.build(), std::invalid_argument);
+    }
+    {
+        auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+        builder.options().shutdown_timeout = 3s;
+        jobs::add_jobs(builder, store, options);
+        CHECK_THROWS_WITH(builder.build(),
+                          Catch::Contains("shutdown_grace (3000 ms) plus 500 ms to release unfinished jobs must fit "
+                                          "in the host's shutdown_timeout (3000 ms) minus its shutdown_delay (0 ms)"));
+    }
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    builder.options().shutdown_timeout = 5s;
+    jobs::add_jobs(builder, store, options);
+    CHECK_NOTHROW(builder.build());
+}
+
+TEST_CASE("jobs: a running job that is deleted keeps its lease and key until its node has stopped it",
+          "[jobs][storage]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto store = make_storage(which, db);
+    const auto t0 = jobs::clock::now();
+    auto keyed = request("k", "{}", 3);
+    keyed.concurrency_key = std::string("account-7");
+    auto ids = store->enqueue(std::vector<jobs::enqueue_request>{keyed, keyed, keyed}, t0);
+    REQUIRE(ids.size() == 3);
+    auto child = request("not-claimed-here", "{}");
+    child.parent_id = ids[0].id;
+    child.condition = jobs::continuation_condition::on_deleted;
+    const auto continuation = store->enqueue(std::vector<jobs::enqueue_request>{child}, t0)[0].id;
+
+    jobs::claim_request claim{"node-a", {{"default", 8}}, {"k"}, t0 + 10s};
+    auto claimed = store->complete_and_claim({}, claim, t0);
+    REQUIRE(claimed.size() == 1); // one holder of the key at a time
+    REQUIRE(claimed[0].id == ids[0].id);
+
+    // Deleted from elsewhere: still running, under its lease, and holding
+    // the key, until its node has stopped the handler.
+    CHECK(store->change_state(ids[0].id, job_state::deleted, "deleted by a client", t0 + 1s) == job_state::running);
+    auto j = store->find(ids[0].id);
+    CHECK(j->state == job_state::running);
+    CHECK(j->cancel_requested);
+    CHECK(j->delete_requested);
+    CHECK(store->complete_and_claim({}, claim, t0 + 1s).empty());
+    // A cancel now does not turn the delete into a cancel.
+    CHECK(store->change_state(ids[0].id, job_state::cancelled, "x", t0 + 1s) == job_state::running);
+    CHECK(store->find(ids[0].id)->delete_requested);
+    CHECK(store->heartbeat("node-a", t0 + 12s, t0 + 2s) == std::vector<jobs::job_id>{ids[0].id});
+
+    // Whatever the attempt's outcome, the job ends deleted, which meets the
+    // continuation's condition, and the key passes on.
+    std::vector<jobs::completion> done{{ids[0].id, 1, jobs::outcome::succeeded, {}, {}, "succeeded"}};
+    claimed = store->complete_and_claim(done, claim, t0 + 3s);
+    j = store->find(ids[0].id);
+    CHECK(j->state == job_state::deleted);
+    CHECK_FALSE(j->cancel_requested);
+    CHECK_FALSE(j->delete_requested);
+    CHECK(j->history.back().reason == "deleted while running; the attempt ended: succeeded");
+    CHECK(store->find(continuation)->state == job_state::available);
+    REQUIRE(claimed.size() == 1);
+    CHECK(claimed[0].id == ids[1].id);
+
+    // A node that dies with a delete pending: its job ends deleted, not
+    // available again.
+    CHECK(store->change_state(ids[1].id, job_state::deleted, "deleted by a client", t0 + 4s) == job_state::running);
+    CHECK(store->recover_expired(t0 + 20s) == std::vector<jobs::job_id>{ids[1].id});
+    j = store->find(ids[1].id);
+    CHECK(j->state == job_state::deleted);
+    CHECK(j->history.back().reason == "the lease of node node-a expired while a delete was pending");
+    CHECK(store->complete_and_claim({}, claim, t0 + 21s).at(0).id == ids[2].id);
+}
+
+TEST_CASE("jobs: a job deleted by another node stops before the next job with its key starts", "[jobs][server]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto store = make_storage(which, db);
+    test::recorder r;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    jobs::add_jobs(builder, store, quick_server())
+        .register_kind<std::string>(
+            "hold",
+            [&](std::string name, jobs::job_context& context) -> asio::awaitable<void> {
+                r.add("started " + name);
+                try {
+                    co_await hosting::delay(std::chrono::hours(1), context.stop_token());
+                } catch (...) {
+                    r.add("stopped " + name);
+                    throw;
+                }
+            });
+    auto host = builder.build();
+    host.start_blocking();
+    auto& client = host.services().get<jobs::client>();
+    jobs::job_options keyed;
+    keyed.concurrency_key = std::string("the-key");
+    auto first = client.enqueue_blocking("hold", std::string("first"), keyed);
+    REQUIRE(r.wait_for("started first"));
+    client.enqueue_blocking("hold", std::string("second"), keyed);
+    // Straight to the storage, as another process would: this node hears of
+    // it at its next heartbeat.
+    store->change_state(first, job_state::deleted, "deleted elsewhere", jobs::clock::now());
+    REQUIRE(r.wait_for("started second"));
+    CHECK(r.events() == std::vector<std::string>{"started first", "stopped first", "started second"});
+    REQUIRE(wait_state(client, first, job_state::deleted));
+    host.stop_blocking();
+}
+
 TEST_CASE("jobs: timeout, cancel and bad arguments reach or end the handler", "[jobs][server]")
 {
     temp_db db;

@@ -5,6 +5,7 @@
 #include <map>
 #include <set>
 #include <tuple>
+#include <utility>
 #include <unordered_map>
 
 namespace hosting::jobs {
@@ -207,6 +208,10 @@ std::vector<job> memory_storage::complete_and_claim(std::span<const completion> 
             continue;
         auto& j = it->second;
         j.cancel_requested = false;
+        if (std::exchange(j.delete_requested, false)) {
+            s.transition(j, job_state::deleted, now, "deleted while running; the attempt ended: " + c.reason, c.error);
+            continue;
+        }
         switch (c.what) {
         case outcome::succeeded: s.transition(j, job_state::succeeded, now, c.reason); break;
         case outcome::retry: s.transition(j, job_state::retryable, now, c.reason, c.error, c.run_at); break;
@@ -280,7 +285,10 @@ std::vector<job_id> memory_storage::recover_expired(time_point now)
         // A job asked to stop does not start again because its node died.
         if (j.cancel_requested) {
             j.cancel_requested = false;
-            s.transition(j, job_state::cancelled, now, reason + " while a cancel was pending");
+            if (std::exchange(j.delete_requested, false))
+                s.transition(j, job_state::deleted, now, reason + " while a delete was pending");
+            else
+                s.transition(j, job_state::cancelled, now, reason + " while a cancel was pending");
             continue;
         }
         // The attempt counts: a job that kills its node must not loop forever.
@@ -300,16 +308,15 @@ job_state memory_storage::change_state(job_id id, job_state to, const std::strin
     if (it == s.jobs.end())
         throw job_not_found(id);
     auto& j = it->second;
-    if (j.state == job_state::running && to == job_state::cancelled) {
+    if (j.state == job_state::running && (to == job_state::cancelled || to == job_state::deleted)) {
         j.cancel_requested = true;
+        j.delete_requested = j.delete_requested || to == job_state::deleted;
         return j.state;
     }
     // From outside, available means requeue: only a job that ended can be
     // requeued (a running one would end up with two runs).
     if (!can_transition(j.state, to) || (to == job_state::available && !is_final(j.state)))
         throw invalid_transition(id, j.state, to);
-    if (j.state == job_state::running)
-        j.cancel_requested = true; // deleted while running: its node stops it
     if (to == job_state::available) {
         j.attempt = 0;
         j.cancel_requested = false;

@@ -2,6 +2,7 @@
 
 #include <hosting/cancellation.hpp>
 #include <hosting/cron.hpp>
+#include <hosting/host_options.hpp>
 #include <hosting/logging.hpp>
 
 #include "../describe.hpp"
@@ -444,9 +445,27 @@ struct server::run : std::enable_shared_from_this<server::run> {
     }
 };
 
+namespace {
+// What the release of unfinished jobs needs after the grace: one commit.
+constexpr std::chrono::milliseconds release_margin{500};
+} // namespace
+
 server::server(service_provider& provider, std::shared_ptr<detail::engine> engine)
     : engine_(std::move(engine)), metrics_(provider.try_get<metrics_registry>())
 {
+    // The grace runs inside the host's deadline: one that does not fit would
+    // have the host abandon the server before it puts its jobs back, and
+    // they would wait for their leases to expire instead.
+    if (const auto* host = provider.try_get<host_options>()) {
+        const auto room = host->shutdown_timeout - host->shutdown_delay;
+        const auto grace = engine_->options().shutdown_grace;
+        if (grace + release_margin > room)
+            throw std::invalid_argument(
+                "jobs::server_options: shutdown_grace (" + std::to_string(grace.count()) + " ms) plus " +
+                std::to_string(release_margin.count()) + " ms to release unfinished jobs must fit in the host's " +
+                "shutdown_timeout (" + std::to_string(host->shutdown_timeout.count()) + " ms) minus its " +
+                "shutdown_delay (" + std::to_string(host->shutdown_delay.count()) + " ms)");
+    }
 }
 server::~server() = default;
 

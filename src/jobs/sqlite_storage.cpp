@@ -261,14 +261,22 @@ struct sqlite_storage::connection {
                 "?14, ?15, ?16, ?17, ?8)"
                 " ON CONFLICT (unique_slot) DO NOTHING RETURNING id");
         find_unique = std::make_unique<statement>(db, "SELECT id FROM jobs WHERE unique_slot = ?1");
-        // ?2 new state, ?3 attempt delta, ?4 run_at or NULL, ?5 error or NULL, ?6 now, ?7 reason
+        // ?2 new state, ?3 attempt delta, ?4 run_at or NULL, ?5 error or NULL, ?6 now, ?7 reason.
+        // A job deleted while it ran (cancel_requested = 2) ends deleted,
+        // whatever the attempt's outcome. Returns the state it ended in.
         complete = std::make_unique<statement>(
-            db, "UPDATE jobs SET state = ?2, attempt = attempt + ?3, run_at = coalesce(?4, run_at), "
+            db, "UPDATE jobs SET state = CASE WHEN cancel_requested = 2 THEN 8 ELSE ?2 END, "
+                "attempt = attempt + CASE WHEN cancel_requested = 2 THEN 0 ELSE ?3 END, "
+                "run_at = CASE WHEN cancel_requested = 2 THEN run_at ELSE coalesce(?4, run_at) END, "
                 "last_error = coalesce(?5, last_error), lease_owner = NULL, lease_expires = NULL, "
                 "cancel_requested = 0, updated_at = ?6, "
-                "history = json_insert(history, '$[#]', json_array(state, ?2, ?6, ?7, coalesce(?5, ''))), "
-                "unique_slot = CASE WHEN (unique_states >> ?2) & 1 THEN unique_key END "
-                "WHERE id = ?1 AND state = 3 AND lease_owner = ?8 AND attempt = ?9");
+                "history = json_insert(history, '$[#]', json_array(state, "
+                "CASE WHEN cancel_requested = 2 THEN 8 ELSE ?2 END, ?6, "
+                "CASE WHEN cancel_requested = 2 THEN 'deleted while running; the attempt ended: ' || ?7 ELSE ?7 END, "
+                "coalesce(?5, ''))), "
+                "unique_slot = CASE WHEN (unique_states >> CASE WHEN cancel_requested = 2 THEN 8 ELSE ?2 END) & 1 "
+                "THEN unique_key END "
+                "WHERE id = ?1 AND state = 3 AND lease_owner = ?8 AND attempt = ?9 RETURNING state");
         promote = std::make_unique<statement>(
             db, "UPDATE jobs SET state = 1, updated_at = ?1, "
                 "history = json_insert(history, '$[#]', json_array(state, 1, ?1, 'due', '')), "
@@ -299,9 +307,9 @@ struct sqlite_storage::connection {
             db, "SELECT id, attempt, max_attempts, lease_owner, cancel_requested FROM jobs "
                 "WHERE state = 3 AND lease_expires < ?1");
         state_of = std::make_unique<statement>(db, "SELECT state FROM jobs WHERE id = ?1");
-        // An outside transition: ?2 new state, ?3 now, ?4 reason, ?5 cancel_requested
+        // An outside transition of a job that is not running: ?2 new state, ?3 now, ?4 reason
         transition = std::make_unique<statement>(
-            db, "UPDATE jobs SET state = ?2, cancel_requested = ?5, lease_owner = NULL, lease_expires = NULL, "
+            db, "UPDATE jobs SET state = ?2, cancel_requested = 0, lease_owner = NULL, lease_expires = NULL, "
                 "updated_at = ?3, "
                 "history = json_insert(history, '$[#]', json_array(state, ?2, ?3, ?4, '')), "
                 "unique_slot = CASE WHEN (unique_states >> ?2) & 1 THEN unique_key END "
@@ -364,6 +372,7 @@ struct sqlite_storage::connection {
         j.lease_expires = s.is_null(13) ? time_point{} : from_micros(s.integer(13));
         j.last_error = s.text(14);
         j.cancel_requested = s.integer(15) != 0;
+        j.delete_requested = s.integer(15) == 2;
         j.concurrency_key = s.text(17);
         j.parent_id = s.is_null(18) ? 0 : s.integer(18);
         j.condition = static_cast<continuation_condition>(s.integer(19));
@@ -433,12 +442,11 @@ struct sqlite_storage::connection {
         return {find_unique->integer(0), false, {}};
     }
 
-    void apply_transition(job_id id, job_state to, time_point now, const std::string& reason, bool cancel_requested)
+    void apply_transition(job_id id, job_state to, time_point now, const std::string& reason)
     {
         {
             using_statement u{*transition};
-            transition->bind(1, id).bind(2, code(to)).bind(3, micros(now)).bind(4, reason).bind(
-                5, cancel_requested ? 1 : 0);
+            transition->bind(1, id).bind(2, code(to)).bind(3, micros(now)).bind(4, reason);
             transition->run();
         }
         if (is_final(to))
@@ -469,8 +477,7 @@ struct sqlite_storage::connection {
                 const char* wanted = condition == continuation_condition::on_success ? "succeeded" : "was deleted";
                 apply_transition(id, job_state::deleted, now,
                                  "parent " + std::to_string(parent) + " ended " + std::string(to_string(ended)) +
-                                     "; the continuation runs only when it " + wanted,
-                                 false);
+                                     "; the continuation runs only when it " + wanted);
             }
         }
     }
@@ -533,11 +540,12 @@ std::vector<job> sqlite_storage::complete_and_claim(std::span<const completion> 
             else
                 s.bind_null(4);
             s.bind_or_null(5, d.error).bind(6, at).bind(7, d.reason).bind(8, claim.node).bind(9, d.attempt);
-            s.run();
-            if (sqlite3_changes(c.db) > 0 && is_final(to)) {
-                s.reset();
-                c.resolve_children(d.id, to, now);
-            }
+            if (!s.step())
+                continue; // not this node's attempt any more: the result is moot
+            const auto ended = static_cast<job_state>(s.integer(0));
+            s.reset();
+            if (is_final(ended))
+                c.resolve_children(d.id, ended, now);
         }
         {
             using_statement u{*c.promote};
@@ -633,7 +641,7 @@ std::vector<job_id> sqlite_storage::recover_expired(time_point now)
             int attempt;
             bool attempts_left;
             std::string owner;
-            bool cancel_requested;
+            std::int64_t cancel_requested; // 2: a delete
         };
         std::vector<found> expired;
         {
@@ -642,14 +650,19 @@ std::vector<job_id> sqlite_storage::recover_expired(time_point now)
             while (c.expired->step())
                 expired.push_back({c.expired->integer(0), static_cast<int>(c.expired->integer(1)),
                                    c.expired->integer(1) < c.expired->integer(2), c.expired->text(3),
-                                   c.expired->integer(4) != 0});
+                                   c.expired->integer(4)});
         }
         std::vector<job_id> out;
         for (const auto& f : expired) {
             const std::string reason = "the lease of node " + f.owner + " expired";
             // A job asked to stop does not start again because its node died.
-            if (f.cancel_requested) {
-                c.apply_transition(f.id, job_state::cancelled, now, reason + " while a cancel was pending", false);
+            if (f.cancel_requested == 2) {
+                c.apply_transition(f.id, job_state::deleted, now, reason + " while a delete was pending");
+                out.push_back(f.id);
+                continue;
+            }
+            if (f.cancel_requested != 0) {
+                c.apply_transition(f.id, job_state::cancelled, now, reason + " while a cancel was pending");
                 out.push_back(f.id);
                 continue;
             }
@@ -675,9 +688,11 @@ job_state sqlite_storage::change_state(job_id id, job_state to, const std::strin
     auto& c = *db_;
     return c.write([&] {
         const auto from = c.current_state(id);
-        if (from == job_state::running && to == job_state::cancelled) {
-            statement s(c.db, "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1");
-            s.bind(1, id);
+        // The node running it stops it, and its completion ends it; until
+        // then it keeps its lease and its concurrency key.
+        if (from == job_state::running && (to == job_state::cancelled || to == job_state::deleted)) {
+            statement s(c.db, "UPDATE jobs SET cancel_requested = max(cancel_requested, ?2) WHERE id = ?1");
+            s.bind(1, id).bind(2, to == job_state::deleted ? 2 : 1);
             s.run();
             return from;
         }
@@ -690,7 +705,7 @@ job_state sqlite_storage::change_state(job_id id, job_state to, const std::strin
             c.requeue->bind(1, id).bind(2, micros(now)).bind(3, reason);
             c.requeue->run();
         } else {
-            c.apply_transition(id, to, now, reason, from == job_state::running);
+            c.apply_transition(id, to, now, reason);
         }
         return to;
     });

@@ -155,7 +155,9 @@ public:
     // job that already ended.
     asio::awaitable<void> cancel(job_id id);
     void cancel_blocking(job_id id);
-    // Deletes a job in any state but deleted (a running one is stopped).
+    // Deletes a job in any state but deleted. A running one is stopped like
+    // cancel() does, and becomes deleted once its handler has stopped; it
+    // holds its concurrency key until then.
     asio::awaitable<void> delete_job(job_id id);
     void delete_job_blocking(job_id id);
     // Makes a finished job available again, with its attempts reset.

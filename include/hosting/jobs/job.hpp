@@ -151,6 +151,9 @@ struct job {
     time_point lease_expires{};
     std::string last_error;
     bool cancel_requested = false;
+    // delete_job() reached it while it ran: it holds its lease and its
+    // concurrency key until its handler has stopped, then ends deleted.
+    bool delete_requested = false;
     std::string concurrency_key;
     job_id parent_id = 0; // a continuation's parent; 0: none
     continuation_condition condition = continuation_condition::on_success;

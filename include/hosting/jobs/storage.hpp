@@ -114,8 +114,11 @@ public:
     virtual std::vector<job_id> recover_expired(time_point now) = 0;
 
     // A transition asked for from outside the engine (cancel, delete_job,
-    // requeue). Throws job_not_found or invalid_transition. Cancelling a
-    // running job only sets cancel_requested; the node that runs it ends it.
+    // requeue). Throws job_not_found or invalid_transition. Cancelling or
+    // deleting a running job only sets cancel_requested (and
+    // delete_requested): the job keeps its lease and its concurrency key
+    // until the node that runs it has stopped it, and its completion, or the
+    // recovery of its expired lease, then ends it cancelled or deleted.
     // Returns the state the job is in afterwards.
     virtual job_state change_state(job_id id, job_state to, const std::string& reason, time_point now) = 0;
 
