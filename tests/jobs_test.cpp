@@ -351,6 +351,36 @@ TEST_CASE("jobs: bad server options name what is wrong, and the shutdown grace m
     CHECK_NOTHROW(builder.build());
 }
 
+TEST_CASE("jobs: prefetch bounds how many jobs a node claims ahead of its workers", "[jobs][server]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    const std::size_t prefetch = GENERATE(std::size_t{1}, std::size_t{64});
+    INFO(which << " prefetch " << prefetch);
+    auto store = make_storage(which, db);
+    test::recorder r;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    auto options = quick_server();
+    options.workers = 2;
+    options.prefetch = prefetch;
+    jobs::add_jobs(builder, store, options)
+        .register_kind<int>("hold", [&](int, jobs::job_context& context) -> asio::awaitable<void> {
+            r.add("started");
+            co_await hosting::delay(std::chrono::hours(1), context.stop_token());
+        });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    for (int i = 0; i < 10; ++i)
+        client.enqueue_blocking("hold", i);
+    host.start_blocking();
+    REQUIRE(r.wait_for_count(2));
+    // Claimed means running in storage, started or not: with prefetch 1 a
+    // node holds only what its workers run, so a crash charges nobody else.
+    CHECK(store->counts()[job_state::running] == (prefetch == 1 ? 2 : 10));
+    host.stop_blocking();
+    CHECK(store->counts()[job_state::available] == 10);
+}
+
 TEST_CASE("jobs: a running job that is deleted keeps its lease and key until its node has stopped it",
           "[jobs][storage]")
 {

@@ -23,11 +23,6 @@ namespace hosting::jobs {
 
 namespace {
 
-// How many claimed jobs may wait for a worker, per unit of a queue's
-// concurrency: a claim of a few jobs per transaction would make every
-// commit's flush the bottleneck.
-constexpr std::size_t prefetch_per_worker = 64;
-
 std::string ms_text(std::chrono::milliseconds d) { return std::to_string(d.count()) + " ms"; }
 
 struct recurring_result {
@@ -167,10 +162,13 @@ struct server::run : std::enable_shared_from_this<server::run> {
         c.lease_until = now() + options().lease_duration;
         if (stopping)
             return c;
-        std::size_t room = options().workers * prefetch_per_worker;
+        // Claims of a few jobs per transaction would make every commit's
+        // flush the bottleneck: jobs are claimed ahead, up to `prefetch`.
+        const auto prefetch = options().prefetch;
+        std::size_t room = options().workers * prefetch;
         room -= std::min(room, buffered.size());
         for (const auto& q : options().queues) {
-            auto limit = capacity(q) * prefetch_per_worker;
+            auto limit = capacity(q) * prefetch;
             auto has = count(buffered_in_queue, q.name) + count(running_in_queue, q.name);
             auto want = std::min(room, limit - std::min(limit, has));
             c.queues.emplace_back(q.name, want);

@@ -164,9 +164,16 @@ struct server_options {
     // recovered by any other.
     std::chrono::milliseconds heartbeat_interval{std::chrono::seconds(2)};
     std::chrono::milliseconds lease_duration{std::chrono::seconds(10)};
-    // At stop, running jobs are asked to stop and get this long (but never
-    // past the host's deadline) before they are released back to available.
+    // At stop, running jobs are asked to stop and get this long before they
+    // are released back to available. It must fit in the host's deadline,
+    // with 500 ms to spare for the release: the host's build() checks.
     std::chrono::milliseconds shutdown_grace{std::chrono::seconds(3)};
+    // How many jobs a claim may take per worker (per unit of a queue's
+    // concurrency), counting those running: claims of many jobs per commit
+    // are what make a fast drain. A node that dies charges an attempt to
+    // every job it had claimed, started or not; 1 claims only for free
+    // workers, so that a crash charges only jobs that had started.
+    std::size_t prefetch = 64;
     std::string node_id; // default: host name, pid and a random suffix
     std::shared_ptr<time_source> clock;
     retention_options retention;
