@@ -381,6 +381,41 @@ TEST_CASE("jobs: prefetch bounds how many jobs a node claims ahead of its worker
     CHECK(store->counts()[job_state::available] == 10);
 }
 
+TEST_CASE("jobs: a node that claims back a job it still runs carries the run on under the new claim",
+          "[jobs][server]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto store = make_storage(which, db);
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    test::recorder r;
+    std::stop_source gate;
+    jobs::add_jobs(builder, store, quick_server())
+        .register_kind<int>("hold", [&](int, jobs::job_context&) -> asio::awaitable<void> {
+            r.add("started");
+            try {
+                co_await hosting::delay(std::chrono::hours(1), gate.get_token());
+            } catch (const hosting::operation_canceled&) {
+            }
+        });
+    auto host = builder.build();
+    host.start_blocking();
+    auto& client = host.services().get<jobs::client>();
+    auto id = client.enqueue_blocking("hold", 1);
+    REQUIRE(r.wait_for("started"));
+    // What another node with its clock past this one's lease would do, as
+    // when this node's heartbeat stalls.
+    REQUIRE(store->recover_expired(jobs::clock::now() + std::chrono::hours(1)) == std::vector<jobs::job_id>{id});
+    REQUIRE(sink->wait_for("was claimed again while this node still holds it"));
+    CHECK(client.find_blocking(id)->attempt == 2);
+    gate.request_stop();
+    REQUIRE(wait_state(client, id, job_state::succeeded));
+    CHECK(r.count("started") == 1);
+    host.stop_blocking();
+}
+
 TEST_CASE("jobs: a running job that is deleted keeps its lease and key until its node has stopped it",
           "[jobs][storage]")
 {

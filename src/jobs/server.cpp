@@ -187,11 +187,21 @@ struct server::run : std::enable_shared_from_this<server::run> {
     {
         for (auto& j : claimed) {
             // Claimed again while this node still holds it: its lease was
-            // lost (a stalled heartbeat) and it was recovered. The copy here
-            // keeps running; the new claim waits for its lease to expire.
-            if (running.contains(j.id) ||
-                std::any_of(buffered.begin(), buffered.end(), [&](const job& b) { return b.id == j.id; })) {
-                log->warn("Job {} was claimed again while this node still runs it: its lease was lost", j.id);
+            // lost (a stalled heartbeat), it was recovered, and this claim
+            // took it back. The run here goes on under the new claim, so that
+            // its end counts: otherwise the new claim, renewed by this node's
+            // heartbeats and run by nobody, would hold the job forever.
+            job* mine = nullptr;
+            if (auto it = running.find(j.id); it != running.end())
+                mine = &it->second->j;
+            else if (auto b = std::find_if(buffered.begin(), buffered.end(), [&](const job& x) { return x.id == j.id; });
+                     b != buffered.end())
+                mine = &*b;
+            if (mine) {
+                log->warn("Job {} was claimed again while this node still holds it (its lease was lost); it goes on "
+                          "as attempt {}",
+                          j.id, j.attempt);
+                mine->attempt = j.attempt;
                 continue;
             }
             ++buffered_in_queue[j.queue];
