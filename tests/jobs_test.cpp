@@ -12,6 +12,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <sqlite3.h>
+
 #include <atomic>
 #include <csignal>
 #include <filesystem>
@@ -693,6 +695,51 @@ TEST_CASE("jobs: a SQLite file keeps its jobs and schema across opens, and two c
     CHECK(a.counts()[job_state::running] == 200);
 
     CHECK_THROWS_AS(jobs::sqlite_storage("/nonexistent-dir/x.db"), jobs::storage_error);
+}
+
+TEST_CASE("jobs: a SQLite file of schema 1 migrates, and its counts match its rows", "[jobs][storage]")
+{
+    temp_db db;
+    const auto t0 = jobs::clock::now();
+    {
+        jobs::sqlite_storage store(db.path.string());
+        store.enqueue(std::vector<jobs::enqueue_request>(5, request("k", "1")), t0);
+        store.enqueue(std::vector<jobs::enqueue_request>(3, request("gone", "1")), t0);
+        jobs::claim_request claim{"a", {{"default", 2}}, {"k"}, t0 + 60s};
+        store.complete_and_claim({}, claim, t0);
+    }
+    // Back to what schema 1 wrote: no counts table, triggers or kinds index.
+    {
+        sqlite3* raw = nullptr;
+        REQUIRE(sqlite3_open(db.path.c_str(), &raw) == SQLITE_OK);
+        const char* downgrade = "DROP TRIGGER jobs_counted_insert; DROP TRIGGER jobs_counted_delete; "
+                                "DROP TRIGGER jobs_counted_update; DROP TABLE job_counts; "
+                                "DELETE FROM hosting_jobs_schema WHERE version = 2;";
+        CHECK(sqlite3_exec(raw, downgrade, nullptr, nullptr, nullptr) == SQLITE_OK);
+        sqlite3_close(raw);
+    }
+    jobs::sqlite_storage store(db.path.string());
+    auto counts = store.counts();
+    CHECK(counts[job_state::available] == 6);
+    CHECK(counts[job_state::running] == 2);
+    // From here the triggers keep them: through claims, transitions,
+    // unknown-kind notes and pruning.
+    std::vector<jobs::completion> done{{1, 1, jobs::outcome::succeeded, {}, {}, "ok"}};
+    jobs::claim_request none{"a", {}, {"k"}, t0 + 60s};
+    store.complete_and_claim(done, none, t0 + 1s);
+    store.change_state(8, job_state::deleted, "x", t0 + 1s);
+    CHECK(store.flag_unknown_kinds({"k"}, "a", t0 + 1s) == 2);
+    CHECK(store.flag_unknown_kinds({"k"}, "a", t0 + 2s) == 0); // once per job
+    CHECK(store.prune(job_state::deleted, t0 + 1h, 10) == 1);
+    counts = store.counts();
+    CHECK(counts[job_state::available] == 5);
+    CHECK(counts[job_state::running] == 1);
+    CHECK(counts[job_state::succeeded] == 1);
+    CHECK(counts[job_state::deleted] == 0);
+    std::int64_t total = 0;
+    for (std::size_t i = 0; i < jobs::job_state_count; ++i)
+        total += counts.by_state[i];
+    CHECK(total == 7);
 }
 
 TEST_CASE("jobs: continuations run or are deleted by their condition", "[jobs][server]")

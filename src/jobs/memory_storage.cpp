@@ -21,6 +21,7 @@ struct memory_storage::state {
     std::multimap<job_id, job_id> children;  // parent -> continuations
     std::set<std::string> held_keys;         // concurrency keys of running jobs
     std::set<job_id> flagged;                // noted as of an unknown kind
+    job_counts counts;                       // kept by index() and unindex()
     std::map<std::string, recurring_job> recurring;
 
     static std::tuple<std::string, int, time_point, job_id> ready_key(const job& j)
@@ -28,8 +29,11 @@ struct memory_storage::state {
         return {j.queue, j.priority, j.run_at, j.id};
     }
 
+    // Every job enters and leaves its state's indexes here, which keeps the
+    // counts, so that counts() is not a walk over every job.
     void unindex(const job& j)
     {
+        --counts.by_state[static_cast<std::size_t>(j.state)];
         switch (j.state) {
         case job_state::available: ready.erase(ready_key(j)); break;
         case job_state::scheduled:
@@ -41,6 +45,7 @@ struct memory_storage::state {
 
     void index(const job& j)
     {
+        ++counts.by_state[static_cast<std::size_t>(j.state)];
         switch (j.state) {
         case job_state::available: ready.insert(ready_key(j)); break;
         case job_state::scheduled:
@@ -362,10 +367,7 @@ std::vector<job> memory_storage::list(const job_filter& filter)
 job_counts memory_storage::counts()
 {
     std::lock_guard lock(mutex_);
-    job_counts c;
-    for (const auto& [id, j] : state_->jobs)
-        ++c.by_state[static_cast<std::size_t>(j.state)];
-    return c;
+    return state_->counts;
 }
 
 std::optional<time_point> memory_storage::next_due()

@@ -16,6 +16,7 @@
 
 #include <spdlog/logger.h>
 
+#include <algorithm>
 #include <deque>
 #include <unordered_map>
 
@@ -532,16 +533,26 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
     auto heartbeat_loop = [r]() -> asio::awaitable<void> {
         asio::steady_timer timer(r->ex);
         auto next_prune = std::chrono::steady_clock::now();
+        auto next_survey = std::chrono::steady_clock::now();
+        // The cost of the last look for unknown kinds, which scans the
+        // available jobs: it runs at most 2% of the time, so that a deep
+        // backlog does not keep the storage thread from claims.
+        auto survey_cost = std::make_shared<std::atomic<std::int64_t>>(0);
         for (;;) {
             timer.expires_after(r->options().heartbeat_interval);
             co_await timer.async_wait(asio::use_awaitable);
             const auto now = r->now();
+            const bool survey = std::chrono::steady_clock::now() >= next_survey;
             std::function<std::pair<std::vector<job_id>, std::size_t>(storage&)> beat =
                 [node = r->engine->node(), until = now + r->options().lease_duration, now,
-                 known = r->engine->kind_names(), counts = r->state_counts](storage& s) {
+                 known = r->engine->kind_names(), counts = r->state_counts, survey, survey_cost](storage& s) {
                     auto cancels = s.heartbeat(node, until, now);
                     auto recovered = s.recover_expired(now);
-                    s.flag_unknown_kinds(known, node, now);
+                    if (survey) {
+                        const auto began = std::chrono::steady_clock::now();
+                        s.flag_unknown_kinds(known, node, now);
+                        *survey_cost = (std::chrono::steady_clock::now() - began).count();
+                    }
                     const auto c = s.counts();
                     for (std::size_t i = 0; i < job_state_count; ++i)
                         counts.get()[i] = c.by_state[i];
@@ -550,6 +561,11 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
             try {
                 auto [cancels, recovered] = co_await r->engine->call<std::pair<std::vector<job_id>, std::size_t>>(
                     std::move(beat));
+                if (survey)
+                    next_survey = std::chrono::steady_clock::now() +
+                                  std::max<std::chrono::steady_clock::duration>(
+                                      r->options().heartbeat_interval,
+                                      std::chrono::steady_clock::duration(*survey_cost * 50));
                 for (auto id : cancels)
                     r->cancel_local(id);
                 if (recovered > 0)

@@ -162,6 +162,25 @@ CREATE INDEX jobs_waiting ON jobs (parent_id) WHERE state = 2;
 CREATE INDEX jobs_held    ON jobs (concurrency_key) WHERE state = 3 AND concurrency_key IS NOT NULL;
 )sql";
 
+// Counting by state cost a scan of the whole table on every heartbeat,
+// which a table holding a week of finished jobs cannot afford. Triggers
+// keep the counts in step with every write, from any process.
+const char* const migration_2 = R"sql(
+CREATE TABLE job_counts (state INTEGER PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+WITH RECURSIVE s(state) AS (SELECT 0 UNION ALL SELECT state + 1 FROM s WHERE state < 8)
+INSERT INTO job_counts SELECT s.state, (SELECT count(*) FROM jobs WHERE jobs.state = s.state) FROM s;
+CREATE TRIGGER jobs_counted_insert AFTER INSERT ON jobs BEGIN
+    UPDATE job_counts SET n = n + 1 WHERE state = new.state;
+END;
+CREATE TRIGGER jobs_counted_delete AFTER DELETE ON jobs BEGIN
+    UPDATE job_counts SET n = n - 1 WHERE state = old.state;
+END;
+CREATE TRIGGER jobs_counted_update AFTER UPDATE OF state ON jobs WHEN old.state <> new.state BEGIN
+    UPDATE job_counts SET n = n - 1 WHERE state = old.state;
+    UPDATE job_counts SET n = n + 1 WHERE state = new.state;
+END;
+)sql";
+
 } // namespace
 
 struct sqlite_storage::connection {
@@ -240,6 +259,10 @@ struct sqlite_storage::connection {
             if (version < 1) {
                 exec(migration_1, path);
                 exec("INSERT INTO hosting_jobs_schema (version) VALUES (1)", path);
+            }
+            if (version < 2) {
+                exec(migration_2, path);
+                exec("INSERT INTO hosting_jobs_schema (version) VALUES (2)", path);
             }
             exec("COMMIT", path);
         } catch (...) {
@@ -321,7 +344,7 @@ struct sqlite_storage::connection {
                 "WHERE id = ?1");
         find = std::make_unique<statement>(db, (std::string("SELECT ") + job_columns + " FROM jobs WHERE id = ?1").c_str());
         next_due = std::make_unique<statement>(db, "SELECT min(run_at) FROM jobs WHERE state IN (0, 4)");
-        counts = std::make_unique<statement>(db, "SELECT state, count(*) FROM jobs GROUP BY state");
+        counts = std::make_unique<statement>(db, "SELECT state, n FROM job_counts");
     }
 
     // Runs `body` in one write transaction.
@@ -801,14 +824,31 @@ std::size_t sqlite_storage::flag_unknown_kinds(const std::vector<std::string>& k
     kinds += ']';
     std::lock_guard lock(mutex_);
     auto& c = *db_;
+    // Read first, outside a write transaction: the scan of the available
+    // jobs then blocks no other process's writes, and most scans find none.
+    std::vector<std::string> unknown;
+    {
+        statement s(c.db, "SELECT DISTINCT kind FROM jobs WHERE state = 1 AND unknown_flagged = 0 "
+                          "AND kind NOT IN (SELECT value FROM json_each(?1))");
+        s.bind(1, kinds);
+        while (s.step())
+            unknown.push_back(s.text(0));
+    }
+    if (unknown.empty())
+        return 0;
     return c.write([&] {
+        std::size_t flagged = 0;
         statement s(c.db, "UPDATE jobs SET unknown_flagged = 1, "
                           "history = json_insert(history, '$[#]', json_array(state, state, ?2, 'node ' || ?3 || "
                           "' does not know kind ''' || kind || '''; waiting for one that does', '')) "
-                          "WHERE state = 1 AND unknown_flagged = 0 AND kind NOT IN (SELECT value FROM json_each(?1))");
-        s.bind(1, kinds).bind(2, micros(now)).bind(3, node);
-        s.run();
-        return static_cast<std::size_t>(sqlite3_changes(c.db));
+                          "WHERE state = 1 AND kind = ?1 AND unknown_flagged = 0");
+        for (const auto& kind : unknown) {
+            s.bind(1, kind).bind(2, micros(now)).bind(3, node);
+            s.run();
+            flagged += static_cast<std::size_t>(sqlite3_changes(c.db));
+            s.reset();
+        }
+        return flagged;
     });
 }
 

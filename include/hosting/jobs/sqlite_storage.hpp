@@ -55,7 +55,7 @@ public:
 
     const std::string& path() const noexcept { return path_; }
     // The schema version this library writes.
-    static constexpr int schema_version = 1;
+    static constexpr int schema_version = 2;
 
 private:
     struct connection;
