@@ -263,6 +263,8 @@ void host_core::build(service_collection services, std::vector<detail::hosted_de
         if (entry.background)
             attach_background(entry, *entry.background);
     }
+    if (settings_.endpoint)
+        entries_.front()->brackets = true; // inserted first, above
     health_->attach(io_->get_executor(), [weak = weak_from_this()] {
         auto self = weak.lock();
         return self ? self->statuses() : std::vector<service_status>{};
@@ -557,13 +559,20 @@ asio::awaitable<void> host_core::do_start()
 
         if (concurrent) {
             std::vector<std::shared_ptr<pending_call>> calls;
+            bool all_done = true;
             for (auto* e : targets) {
                 if (!st.hook && e->background)
                     launch(e);
                 else
                     calls.push_back(begin(e));
+                if (e->brackets) {
+                    all_done = co_await wait_calls(calls, deadline);
+                    if (!all_done)
+                        break;
+                }
             }
-            bool all_done = co_await wait_calls(calls, deadline);
+            if (all_done)
+                all_done = co_await wait_calls(calls, deadline);
             for (const auto& c : calls)
                 finish_call(c);
             if (!all_done)
@@ -850,6 +859,8 @@ asio::awaitable<void> host_core::stop_services()
         for (auto* e : targets) {
             if (st.hook && !e->lifecycle)
                 continue;
+            if (concurrent && e->brackets)
+                co_await wait_calls(calls, deadline);
             // Past the deadline every remaining stop is still called, so it
             // sees its cancelled token, but not awaited.
             begin(e);

@@ -78,6 +78,10 @@ struct service_entry {
     std::atomic<std::uint32_t> restarts{0};
     std::atomic<std::uint32_t> faults{0};
     std::unique_ptr<supervision> supervised; // null without a restart policy
+    // The host's health endpoint: it starts before the other services and
+    // stops after them even when they start or stop concurrently, so that
+    // probes see the whole start and stop.
+    bool brackets = false;
 
     void set_error(std::exception_ptr e);
     std::exception_ptr error() const;

@@ -490,6 +490,59 @@ TEST_CASE("readiness is false while starting, true once started, and false as so
     CHECK(sink->has("shutdown_delay"));
 }
 
+namespace {
+class gated_stop : public hosting::hosted_service {
+public:
+    gated_stop(recorder* r, std::stop_source* gate) : r_(r), gate_(gate) {}
+    asio::awaitable<void> start(std::stop_token) override { co_return; }
+    asio::awaitable<void> stop(std::stop_token) override
+    {
+        r_->add("stop began");
+        try {
+            co_await hosting::delay(std::chrono::hours(1), gate_->get_token());
+        } catch (const hosting::operation_canceled&) {
+            // The gate opened.
+        }
+    }
+
+private:
+    recorder* r_;
+    std::stop_source* gate_;
+};
+} // namespace
+
+TEST_CASE("the endpoint starts first and stops last even when services start and stop concurrently",
+          "[health][http]")
+{
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    builder.options().services_start_concurrently = true;
+    builder.options().services_stop_concurrently = true;
+    builder.options().shutdown_timeout = 20s;
+    builder.add_health_endpoint(loopback());
+    recorder r;
+    std::stop_source start_gate, stop_gate;
+    builder.services().add_hosted_service<gated_start>(&start_gate).name("slow-start");
+    builder.services().add_hosted_service<gated_stop>(&r, &stop_gate).name("slow-stop");
+    auto host = builder.build();
+    std::jthread starter([&] { host.start_blocking(); });
+    auto& endpoint = host.services().get<hosting::health_endpoint>();
+    REQUIRE(test::eventually([&] { return endpoint.port() != 0; }));
+    const auto port = endpoint.port();
+    CHECK(test::http_get(port, "/health/ready").body.find("not ready: starting") != std::string::npos);
+    start_gate.request_stop();
+    starter.join();
+
+    std::jthread stopper([&] { host.stop_blocking(); });
+    REQUIRE(r.wait_for("stop began"));
+    // The other stops are under way; the endpoint still answers.
+    auto during = test::http_get(port, "/health/ready");
+    CHECK(during.status == 503);
+    CHECK(during.body.find("not ready: stopping") != std::string::npos);
+    stop_gate.request_stop();
+    stopper.join();
+    CHECK(host.exit_code() == 0);
+}
+
 TEST_CASE("shutdown_delay must fit inside the shutdown deadline", "[health]")
 {
     auto sink = std::make_shared<test::capture_sink>();
