@@ -97,6 +97,21 @@ bool wait_state(jobs::client& c, jobs::job_id id, job_state state)
     });
 }
 
+// A handler that records "started <name>", runs until its job's stop token
+// fires, then records "stopped <name>".
+auto until_stopped(test::recorder& r)
+{
+    return [&r](std::string name, jobs::job_context& context) -> asio::awaitable<void> {
+        r.add("started " + name);
+        try {
+            co_await hosting::delay(std::chrono::hours(1), context.stop_token());
+        } catch (...) {
+            r.add("stopped " + name);
+            throw;
+        }
+    };
+}
+
 } // namespace
 
 TEST_CASE("jobs: the state machine allows exactly its transitions", "[jobs]")
@@ -484,18 +499,7 @@ TEST_CASE("jobs: a job deleted by another node stops before the next job with it
     auto store = make_storage(which, db);
     test::recorder r;
     auto builder = test::make_builder(std::make_shared<test::capture_sink>());
-    jobs::add_jobs(builder, store, quick_server())
-        .register_kind<std::string>(
-            "hold",
-            [&](std::string name, jobs::job_context& context) -> asio::awaitable<void> {
-                r.add("started " + name);
-                try {
-                    co_await hosting::delay(std::chrono::hours(1), context.stop_token());
-                } catch (...) {
-                    r.add("stopped " + name);
-                    throw;
-                }
-            });
+    jobs::add_jobs(builder, store, quick_server()).register_kind<std::string>("hold", until_stopped(r));
     auto host = builder.build();
     host.start_blocking();
     auto& client = host.services().get<jobs::client>();
@@ -524,18 +528,7 @@ TEST_CASE("jobs: timeout, cancel and bad arguments reach or end the handler", "[
     jobs::kind_options once;
     once.retry.max_attempts = 1;
     auto reg = jobs::add_jobs(builder, make_storage(which, db), quick_server());
-    reg.register_kind<std::string>(
-        "wait",
-        [&](std::string name, jobs::job_context& context) -> asio::awaitable<void> {
-            r.add("started " + name);
-            try {
-                co_await hosting::delay(std::chrono::hours(1), context.stop_token());
-            } catch (...) {
-                r.add("stopped " + name);
-                throw;
-            }
-        },
-        once);
+    reg.register_kind<std::string>("wait", until_stopped(r), once);
     reg.register_kind<add_args>("add", [&](add_args, jobs::job_context&) -> asio::awaitable<void> { co_return; },
                                 once);
     auto host = builder.build();
