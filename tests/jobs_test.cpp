@@ -1077,10 +1077,14 @@ TEST_CASE("jobs: a worker killed with SIGKILL mid-run loses nothing", "[jobs][pr
 {
     temp_db db;
     constexpr int total = 10000;
+    const int prefetch = GENERATE(1, 64);
+    INFO("prefetch " << prefetch);
     enqueue_records(db.path.string(), total);
+    auto args = worker_args(db);
+    args.push_back("--Jobs:Prefetch=" + std::to_string(prefetch));
     std::map<std::int64_t, int> before;
     {
-        test::child_process victim(HOSTING_EXAMPLE_JOBS, worker_args(db));
+        test::child_process victim(HOSTING_EXAMPLE_JOBS, args);
         // Somewhere in the middle: the 2000th job has run.
         REQUIRE(victim.wait_for_output(" 2000\n", 60s));
         victim.send_signal(SIGKILL);
@@ -1093,7 +1097,7 @@ TEST_CASE("jobs: a worker killed with SIGKILL mid-run loses nothing", "[jobs][pr
         INFO("succeeded before the restart: " << counts[job_state::succeeded]);
         CHECK(counts[job_state::succeeded] < total); // it really died mid-run
     }
-    test::child_process survivor(HOSTING_EXAMPLE_JOBS, worker_args(db));
+    test::child_process survivor(HOSTING_EXAMPLE_JOBS, args);
     CHECK(survivor.wait_exit(120s) == 0);
     auto after = runs_in(survivor.output());
     jobs::sqlite_storage store(db.path.string());
@@ -1108,6 +1112,16 @@ TEST_CASE("jobs: a worker killed with SIGKILL mid-run loses nothing", "[jobs][pr
     for (const auto& [id, n] : after)
         all.insert(id);
     CHECK(all.size() == static_cast<std::size_t>(total));
+    // The crash charged an attempt to each job the node had claimed: with
+    // prefetch 1, only those its 4 workers ran.
+    jobs::job_filter everything;
+    everything.limit = total;
+    std::size_t charged = 0;
+    for (const auto& j : store.list(everything))
+        charged += j.attempt > 1;
+    INFO("charged " << charged);
+    CHECK(charged >= 1);
+    CHECK(charged <= static_cast<std::size_t>(4 * prefetch));
 }
 #endif
 

@@ -98,6 +98,8 @@ int main(int argc, char** argv)
     server.lease_duration = std::chrono::milliseconds(config.get<int>("Jobs:LeaseMs", 10000));
     server.heartbeat_interval = std::chrono::milliseconds(config.get<int>("Jobs:HeartbeatMs", 2000));
     server.poll_interval = std::chrono::milliseconds(config.get<int>("Jobs:PollMs", 1000));
+    // 1: a kill -9 charges an attempt only to the jobs that had started.
+    server.prefetch = config.get<std::size_t>("Jobs:Prefetch", server.prefetch);
     // The grace must end before the leases it no longer renews do.
     server.shutdown_grace =
         std::min(server.shutdown_grace, (server.lease_duration - server.heartbeat_interval) / 2);
