@@ -4,6 +4,7 @@
 
 #include "describe.hpp"
 #include "health_core.hpp"
+#include "remote_completion.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -27,7 +28,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <map>
+#include <mutex>
+#include <optional>
+#include <stop_token>
 #include <stdexcept>
 #include <system_error>
 #include <thread>
@@ -132,7 +137,11 @@ struct health_endpoint::impl : std::enable_shared_from_this<health_endpoint::imp
     metric_counter* rejected = nullptr;
     metric_gauge* open_connections = nullptr;
 
-    std::atomic<bool> thread_done{false};
+    // The end of the io thread, told to a stop() waiting for it.
+    std::mutex end_mutex;
+    bool thread_done = false;               // under end_mutex
+    std::function<void()> on_thread_done;   // under end_mutex
+    std::optional<std::stop_callback<std::function<void()>>> on_deadline;
 
     impl(health_endpoint_options o, std::shared_ptr<detail::health_core> h, std::shared_ptr<spdlog::logger> l)
         : options(std::move(o)), health(std::move(h)), log(std::move(l))
@@ -399,7 +408,14 @@ asio::awaitable<void> health_endpoint::start(std::stop_token)
                 self->log->error("Health endpoint: unexpected error: {}", detail::describe(std::current_exception()));
             }
         }
-        self->thread_done = true;
+        std::function<void()> tell;
+        {
+            std::lock_guard lock(self->end_mutex);
+            self->thread_done = true;
+            tell = std::move(self->on_thread_done);
+        }
+        if (tell)
+            tell();
     });
     s.log->info("Health endpoint listening on http://{}:{}/health", s.options.address, s.bound_port.load());
     co_return;
@@ -427,15 +443,30 @@ asio::awaitable<void> health_endpoint::stop(std::stop_token cancel)
             self->io->stop();
     });
 
-    // Wait without blocking the caller's thread: poll the thread's end on the
-    // caller's executor, bounded by the stop's own deadline.
-    asio::steady_timer poll(co_await asio::this_coro::executor);
-    while (!self->thread_done.load() && !cancel.stop_requested()) {
-        poll.expires_after(std::chrono::milliseconds(5));
-        boost::system::error_code ec;
-        co_await poll.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    // Waits, without blocking the caller's thread, for the io thread's end or
+    // the stop's own deadline, whichever comes first.
+    auto ended = asio::async_initiate<decltype(asio::use_awaitable), void()>(
+        [self, cancel](auto handler) {
+            auto done = std::make_shared<detail::remote_completion<decltype(handler)>>(std::move(handler));
+            std::function<void()> fire = [done] { done->complete(); };
+            std::lock_guard lock(self->end_mutex);
+            if (self->thread_done) {
+                fire();
+                return;
+            }
+            self->on_thread_done = fire;
+            self->on_deadline.emplace(cancel, std::move(fire));
+        },
+        asio::use_awaitable);
+    co_await std::move(ended);
+    bool thread_done = false;
+    {
+        std::lock_guard lock(self->end_mutex);
+        thread_done = self->thread_done;
+        self->on_thread_done = nullptr;
     }
-    if (self->thread_done.load()) {
+    self->on_deadline.reset(); // waits for a callback running now, so not under end_mutex
+    if (thread_done) {
         self->thread.join();
         // Destroys suspended sessions now; checks they were waiting for hold
         // the io_context itself until they finish.
