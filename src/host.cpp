@@ -566,8 +566,10 @@ asio::awaitable<void> host_core::do_start()
                 else
                     calls.push_back(begin(e));
                 if (e->brackets) {
+                    // As in a sequential start: a stop, or the endpoint's
+                    // failure, leaves the others unstarted.
                     all_done = co_await wait_calls(calls, deadline);
-                    if (!all_done)
+                    if (!all_done || stop_seen_ || calls.back()->error)
                         break;
                 }
             }

@@ -53,6 +53,9 @@ struct offload_op {
         std::weak_ptr<offload_op> op;
         void operator()() noexcept { post_finish(op.lock()); }
     };
+    // Installed by the initiating thread while a fired token may already have
+    // sent finish() to another of the caller's threads.
+    std::mutex stop_callback_mutex;
     std::unique_ptr<std::stop_callback<on_stop>> stop_callback;
 
     static void post_finish(std::shared_ptr<offload_op> op) noexcept
@@ -77,7 +80,15 @@ struct offload_op {
             return;
         if (slot.is_connected())
             slot.clear();
-        stop_callback.reset(); // waits for an on_stop running now, so not under the mutex
+        {
+            // Destroyed outside both mutexes: it waits for an on_stop
+            // running now, which takes the liveness mutex.
+            std::unique_ptr<std::stop_callback<on_stop>> callback;
+            {
+                std::lock_guard lock(stop_callback_mutex);
+                callback = std::move(stop_callback);
+            }
+        }
         auto h = std::move(*handler);
         handler.reset();
         asio::any_io_executor ex; // destroyed here, on the caller's side
@@ -116,8 +127,14 @@ asio::awaitable<void> offload_erased(std::function<void()> work, std::stop_token
                     op->slot.assign([weak](asio::cancellation_type) { op_type::post_finish(weak.lock()); });
                 }
                 // A token that already fired calls on_stop right here.
-                op->stop_callback = std::make_unique<std::stop_callback<typename op_type::on_stop>>(
+                auto callback = std::make_unique<std::stop_callback<typename op_type::on_stop>>(
                     token, typename op_type::on_stop{op});
+                {
+                    std::lock_guard lock(op->stop_callback_mutex);
+                    // finish() ran already: it will not reset it, so it goes now.
+                    if (!op->done.load())
+                        op->stop_callback = std::move(callback);
+                }
 
                 asio::post(offload_pool(), [op]() mutable {
                     if (op->done.load()) { // cancelled before it started: never run

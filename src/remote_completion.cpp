@@ -1,5 +1,7 @@
 #include "remote_completion.hpp"
 
+#include <boost/asio/detail/strand_executor_service.hpp>
+
 namespace hosting::detail {
 namespace {
 
@@ -29,6 +31,11 @@ asio::execution_context::id liveness_service::id;
 
 std::shared_ptr<context_liveness> liveness_of(asio::execution_context& context)
 {
+    // A context shuts its services down newest first. The strand service,
+    // made first here if it does not exist yet, is then shut down after the
+    // liveness service: a post to a strand whose service has shut down would
+    // destroy the posted function on the posting thread.
+    asio::use_service<asio::detail::strand_executor_service>(context);
     return asio::use_service<liveness_service>(context).liveness;
 }
 

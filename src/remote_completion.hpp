@@ -55,6 +55,21 @@ public:
     remote_completion(const remote_completion&) = delete;
     remote_completion& operator=(const remote_completion&) = delete;
 
+    // Never completed (its thread dropped it): the handler is still destroyed
+    // on the caller's side, without being called, as Asio does with the
+    // handlers of operations that will never complete.
+    ~remote_completion()
+    {
+        std::lock_guard lock(liveness_->mutex);
+        if (!handler_ || keep_if_gone())
+            return;
+        asio::any_io_executor executor = asio::get_associated_executor(*handler_, *work_);
+        try {
+            asio::post(executor, [handler = std::move(*handler_), work = std::move(*work_)] {});
+        } catch (...) {
+        }
+    }
+
     // Once, from any thread.
     void complete(Args... args)
     {
@@ -62,13 +77,8 @@ public:
         std::lock_guard lock(liveness->mutex);
         if (!handler_)
             return; // completed already
-        if (!liveness->alive) {
-            keep_alive_forever(std::make_shared<std::tuple<Handler, asio::any_io_executor>>(
-                std::move(*handler_), std::move(*work_)));
-            handler_.reset();
-            work_.reset();
+        if (keep_if_gone())
             return;
-        }
         // A copy, destroyed before the lock is released: the function below
         // may run, and the caller finish, before post() returns.
         asio::any_io_executor executor = asio::get_associated_executor(*handler_, *work_);
@@ -81,6 +91,19 @@ public:
     }
 
 private:
+    // With the mutex held: a caller's context that is gone must not see its
+    // executors touched, not even by a destructor.
+    bool keep_if_gone()
+    {
+        if (liveness_->alive)
+            return false;
+        keep_alive_forever(
+            std::make_shared<std::tuple<Handler, asio::any_io_executor>>(std::move(*handler_), std::move(*work_)));
+        handler_.reset();
+        work_.reset();
+        return true;
+    }
+
     std::optional<asio::any_io_executor> work_; // keeps the caller's context running
     std::shared_ptr<context_liveness> liveness_;
     std::optional<Handler> handler_;

@@ -68,8 +68,8 @@ void server_options::validate() const
             if (queues[j].name == queues[i].name)
                 fail("queue '" + queues[i].name + "' is listed twice");
     }
-    if (prefetch == 0)
-        fail("prefetch must be at least 1 (1 claims only for free workers)");
+    if (prefetch == 0 || prefetch > 10'000)
+        fail("prefetch must be between 1 (claims only for free workers) and 10000");
     if (poll_interval <= std::chrono::milliseconds::zero())
         fail("poll_interval must be positive");
     if (heartbeat_interval <= std::chrono::milliseconds::zero())

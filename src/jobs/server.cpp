@@ -167,7 +167,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
         // flush the bottleneck: jobs are claimed ahead, up to `prefetch`.
         const auto prefetch = options().prefetch;
         std::size_t room = options().workers * prefetch;
-        room -= std::min(room, buffered.size());
+        room -= std::min(room, buffered.size() + running.size());
         for (const auto& q : options().queues) {
             auto limit = capacity(q) * prefetch;
             auto has = count(buffered_in_queue, q.name) + count(running_in_queue, q.name);
@@ -192,17 +192,22 @@ struct server::run : std::enable_shared_from_this<server::run> {
             // took it back. The run here goes on under the new claim, so that
             // its end counts: otherwise the new claim, renewed by this node's
             // heartbeats and run by nobody, would hold the job forever.
-            job* mine = nullptr;
+            // A run that ended meanwhile has its completion waiting in
+            // `done`: it then completes the new claim.
+            int* mine = nullptr;
             if (auto it = running.find(j.id); it != running.end())
-                mine = &it->second->j;
+                mine = &it->second->j.attempt;
             else if (auto b = std::find_if(buffered.begin(), buffered.end(), [&](const job& x) { return x.id == j.id; });
                      b != buffered.end())
-                mine = &*b;
+                mine = &b->attempt;
+            else if (auto d = std::find_if(done.begin(), done.end(), [&](const completion& c) { return c.id == j.id; });
+                     d != done.end())
+                mine = &d->attempt;
             if (mine) {
                 log->warn("Job {} was claimed again while this node still holds it (its lease was lost); it goes on "
                           "as attempt {}",
                           j.id, j.attempt);
-                mine->attempt = j.attempt;
+                *mine = j.attempt;
                 continue;
             }
             ++buffered_in_queue[j.queue];
@@ -460,20 +465,24 @@ constexpr std::chrono::milliseconds release_margin{500};
 } // namespace
 
 server::server(service_provider& provider, std::shared_ptr<detail::engine> engine)
-    : engine_(std::move(engine)), metrics_(provider.try_get<metrics_registry>())
+    : engine_(std::move(engine)), metrics_(provider.try_get<metrics_registry>()), grace_(engine_->options().shutdown_grace)
 {
     // The grace runs inside the host's deadline: one that does not fit would
     // have the host abandon the server before it puts its jobs back, and
-    // they would wait for their leases to expire instead.
+    // they would wait for their leases to expire instead. A host may want a
+    // short deadline (0 cancels at once), so the grace is cut to fit, and
+    // execute() says so.
     if (const auto* host = provider.try_get<host_options>()) {
-        const auto room = host->shutdown_timeout - host->shutdown_delay;
-        const auto grace = engine_->options().shutdown_grace;
-        if (grace + release_margin > room)
-            throw std::invalid_argument(
-                "jobs::server_options: shutdown_grace (" + std::to_string(grace.count()) + " ms) plus " +
-                std::to_string(release_margin.count()) + " ms to release unfinished jobs must fit in the host's " +
-                "shutdown_timeout (" + std::to_string(host->shutdown_timeout.count()) + " ms) minus its " +
-                "shutdown_delay (" + std::to_string(host->shutdown_delay.count()) + " ms)");
+        const auto room = host->shutdown_timeout - host->shutdown_delay - release_margin;
+        const auto fits = std::max(std::chrono::milliseconds::zero(), room);
+        if (grace_ > fits) {
+            grace_note_ = "The jobs server's shutdown_grace of " + std::to_string(grace_.count()) +
+                          " ms is cut to " + std::to_string(fits.count()) + " ms, to fit the host's shutdown_timeout (" +
+                          std::to_string(host->shutdown_timeout.count()) + " ms) minus its shutdown_delay (" +
+                          std::to_string(host->shutdown_delay.count()) + " ms) minus " +
+                          std::to_string(release_margin.count()) + " ms to release unfinished jobs";
+            grace_ = fits;
+        }
     }
 }
 server::~server() = default;
@@ -493,6 +502,8 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
     r->log = service_logger();
     if (!r->log)
         r->log = std::make_shared<spdlog::logger>("hosting.jobs"); // outside a host: silent
+    if (!grace_note_.empty())
+        r->log->warn("{}", grace_note_);
     r->ex = co_await asio::this_coro::executor;
     r->wake_timer.emplace(r->ex);
     r->metrics = metrics_;
@@ -653,7 +664,7 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
     for (auto& [id, a] : r->running)
         r->interrupt(*a, run::cause::shutdown);
     r->idle_event.emplace(r->ex, asio::steady_timer::time_point::max());
-    const auto grace_end = std::chrono::steady_clock::now() + engine_->options().shutdown_grace;
+    const auto grace_end = std::chrono::steady_clock::now() + grace_;
     while (!r->running.empty() && std::chrono::steady_clock::now() < grace_end) {
         r->idle_event->expires_at(grace_end);
         boost::system::error_code ec;

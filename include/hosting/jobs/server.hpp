@@ -165,14 +165,16 @@ struct server_options {
     std::chrono::milliseconds heartbeat_interval{std::chrono::seconds(2)};
     std::chrono::milliseconds lease_duration{std::chrono::seconds(10)};
     // At stop, running jobs are asked to stop and get this long before they
-    // are released back to available. It must fit in the host's deadline,
-    // with 500 ms to spare for the release: the host's build() checks.
+    // are released back to available. It runs inside the host's deadline,
+    // with 500 ms to spare for the release: a grace that does not fit is cut
+    // to fit, with a warning in the log.
     std::chrono::milliseconds shutdown_grace{std::chrono::seconds(3)};
-    // How many jobs a claim may take per worker (per unit of a queue's
+    // How many jobs a node may hold per worker (per unit of a queue's
     // concurrency), counting those running: claims of many jobs per commit
     // are what make a fast drain. A node that dies charges an attempt to
-    // every job it had claimed, started or not; 1 claims only for free
-    // workers, so that a crash charges only jobs that had started.
+    // every job it had claimed, started or not; 1 claims no more than there
+    // are free workers, so that a crash charges only jobs that had started
+    // (or wait for their kind's concurrency limit).
     std::size_t prefetch = 64;
     std::string node_id; // default: host name, pid and a random suffix
     std::shared_ptr<time_source> clock;
@@ -255,6 +257,8 @@ private:
     struct run;
     std::shared_ptr<detail::engine> engine_;
     metrics_registry* metrics_ = nullptr;
+    std::chrono::milliseconds grace_;  // shutdown_grace, cut to fit the host's deadline
+    std::string grace_note_;           // why it was cut, logged when execute begins
     std::atomic<std::shared_ptr<run>> run_; // wake() reads it from any thread
 };
 
