@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <initializer_list>
 #include <mutex>
 #include <stdexcept>
 #include <unordered_map>
@@ -67,6 +68,12 @@ std::string ms_text(clock::duration d)
 }
 
 bool has_tag(const std::vector<std::string>& tags, std::string_view tag)
+{
+    return tag.empty() || std::find(tags.begin(), tags.end(), tag) != tags.end();
+}
+
+// For the host's own entries, whose tags are fixed: no vector per request.
+bool has_tag(std::initializer_list<std::string_view> tags, std::string_view tag)
 {
     return tag.empty() || std::find(tags.begin(), tags.end(), tag) != tags.end();
 }
@@ -262,7 +269,6 @@ health_core::~health_core() = default;
 
 void health_core::attach(asio::any_io_executor host_executor, std::function<std::vector<service_status>()> statuses)
 {
-    host_executor_ = host_executor;
     check_strand_.emplace(asio::make_strand(host_executor));
     tasks_.emplace(asio::make_strand(host_executor));
     statuses_ = std::move(statuses);
@@ -327,7 +333,7 @@ health_report health_core::host_entries(std::string_view tag) const
 {
     health_report report;
     const auto now = clock::now();
-    if (statuses_ && has_tag({"live", "service"}, tag)) {
+    if (statuses_ && has_tag({health_tags::live, "service"}, tag)) {
         std::unordered_map<std::string, int> seen;
         for (const auto& s : statuses_()) {
             health_entry e;
@@ -370,7 +376,7 @@ health_report health_core::host_entries(std::string_view tag) const
             report.entries.push_back(std::move(e));
         }
     }
-    if (options_.loop_lag_interval.count() > 0 && has_tag({"live"}, tag)) {
+    if (options_.loop_lag_interval.count() > 0 && has_tag({health_tags::live}, tag)) {
         health_entry e;
         e.name = "event_loop";
         e.tags = {"live"};
@@ -386,7 +392,7 @@ health_report health_core::host_entries(std::string_view tag) const
         }
         report.entries.push_back(std::move(e));
     }
-    if (has_tag({"ready"}, tag)) {
+    if (has_tag({health_tags::ready}, tag)) {
         health_entry e;
         e.name = "readiness";
         e.tags = {"ready"};

@@ -69,7 +69,6 @@ private:
     std::shared_ptr<metrics_registry> metrics_;
     std::shared_ptr<spdlog::logger> log_;
     std::function<std::vector<service_status>()> statuses_;
-    std::optional<asio::any_io_executor> host_executor_;
     std::optional<asio::strand<asio::any_io_executor>> check_strand_; // where checks run
     std::optional<asio::strand<asio::any_io_executor>> tasks_;  // monitor and publishers
     enum { is_starting, is_ready, is_stopping };

@@ -1,7 +1,5 @@
 #include <hosting/health_endpoint.hpp>
 
-#include <hosting/cancellation.hpp>
-
 #include "describe.hpp"
 #include "health_core.hpp"
 #include "remote_completion.hpp"
@@ -13,7 +11,6 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
@@ -438,7 +435,7 @@ asio::awaitable<void> health_endpoint::stop(std::stop_token cancel)
     });
     auto timer = std::make_shared<asio::steady_timer>(*self->io, std::chrono::milliseconds(200));
     timer->async_wait([self, timer](boost::system::error_code) { self->io->stop(); });
-    asio::post(*self->io, [self, timer] {
+    asio::post(*self->io, [self] {
         if (self->connections.empty())
             self->io->stop();
     });

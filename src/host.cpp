@@ -111,19 +111,7 @@ void service_entry::set_error(std::exception_ptr e)
     error_ = std::move(e);
 }
 
-std::exception_ptr service_entry::error() const
-{
-    std::lock_guard lock(entry_mutex);
-    return error_;
-}
-
 std::exception_ptr service_entry::error_unlocked() const { return error_; }
-
-std::shared_ptr<hosted_service> service_entry::instance() const
-{
-    std::lock_guard lock(entry_mutex);
-    return service;
-}
 
 void service_entry::replace(std::shared_ptr<hosted_service> s)
 {
@@ -208,7 +196,6 @@ void host_core::build(service_collection services, std::vector<detail::hosted_de
     health_ = std::make_shared<health_core>(settings_.health, std::move(settings_.checks),
                                             std::move(settings_.publishers), metrics_, loggers_->get("hosting.health"));
     services.add_singleton<metrics_registry>(metrics_);
-    services.add_singleton<health_core>(health_);
     services.add_singleton<health_monitor>(std::make_shared<health_monitor>(health_));
     if (settings_.endpoint) {
         auto endpoint =

@@ -84,11 +84,9 @@ struct service_entry {
     bool brackets = false;
 
     void set_error(std::exception_ptr e);
-    std::exception_ptr error() const;
     std::exception_ptr error_unlocked() const; // with entry_mutex held (statuses())
     // `service` and `background` change on a restart (on the orchestrator's
-    // strand); other threads read them through this.
-    std::shared_ptr<hosted_service> instance() const;
+    // strand), under entry_mutex, which other threads take to read them.
     void replace(std::shared_ptr<hosted_service> s);
 
 private:
