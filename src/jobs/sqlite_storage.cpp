@@ -7,7 +7,6 @@
 #include <sqlite3.h>
 
 #include <algorithm>
-#include <unordered_map>
 
 namespace hosting::jobs {
 
@@ -103,9 +102,33 @@ struct using_statement {
     ~using_statement() { s.reset(); }
 };
 
-const char* const job_columns = "id, kind, queue, args, priority, state, attempt, max_attempts, timeout_ms, "
-                                "created_at, run_at, unique_key, lease_owner, lease_expires, last_error, "
-                                "cancel_requested, history, concurrency_key, parent_id, condition, recurring_id";
+// The columns read_job reads. Without the history, NULL takes its place:
+// a claim need not copy every claimed job's whole history.
+std::string job_columns(bool with_history)
+{
+    return std::string("id, kind, queue, args, priority, state, attempt, max_attempts, timeout_ms, "
+                       "created_at, run_at, unique_key, lease_owner, lease_expires, last_error, cancel_requested, ") +
+           (with_history ? "history" : "NULL") + ", concurrency_key, parent_id, condition, recurring_id";
+}
+
+// A JSON array of strings, for json_each.
+std::string json_array_of(const std::vector<std::string>& items)
+{
+    std::string out = "[";
+    for (const auto& item : items) {
+        if (out.size() > 1)
+            out += ',';
+        out += boost::json::serialize(boost::json::string_view(item));
+    }
+    out += ']';
+    return out;
+}
+
+// The closer of the connection's handle, declared before its statements so
+// that they are finalized first, whichever way the connection ends.
+struct database_closer {
+    void operator()(sqlite3* db) const { sqlite3_close(db); }
+};
 
 const char* const migration_1 = R"sql(
 CREATE TABLE jobs (
@@ -184,20 +207,20 @@ END;
 } // namespace
 
 struct sqlite_storage::connection {
-    sqlite3* db = nullptr;
+    std::unique_ptr<sqlite3, database_closer> handle;
+    sqlite3* db = nullptr; // handle's
     std::unique_ptr<statement> begin, commit, rollback;
     std::unique_ptr<statement> insert, find_unique, complete, promote, candidates, key_held, claim, heartbeat,
-        expired, state_of, transition, requeue, find, next_due, counts, children, parent_state;
+        expired, state_of, transition, requeue, find, next_due, counts, children;
 
     explicit connection(const std::string& path, const sqlite_options& options)
     {
         const int rc = sqlite3_open_v2(path.c_str(), &db,
                                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
-        if (rc != SQLITE_OK) {
-            std::string message = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-            sqlite3_close(db);
-            throw storage_error("jobs: cannot open the SQLite file '" + path + "': " + message);
-        }
+        handle.reset(db); // sqlite3_open_v2 may return a handle even when it fails
+        if (rc != SQLITE_OK)
+            throw storage_error("jobs: cannot open the SQLite file '" + path +
+                                "': " + (db ? sqlite3_errmsg(db) : sqlite3_errstr(rc)));
         sqlite3_busy_timeout(db, static_cast<int>(options.busy_timeout.count()));
         exec("PRAGMA journal_mode = WAL", path);
         exec(options.sync == sqlite_options::durability::full ? "PRAGMA synchronous = FULL"
@@ -206,30 +229,6 @@ struct sqlite_storage::connection {
         exec("PRAGMA foreign_keys = ON", path);
         migrate(path);
         prepare();
-    }
-    ~connection()
-    {
-        begin.reset();
-        commit.reset();
-        rollback.reset();
-        insert.reset();
-        find_unique.reset();
-        complete.reset();
-        promote.reset();
-        candidates.reset();
-        key_held.reset();
-        claim.reset();
-        children.reset();
-        parent_state.reset();
-        heartbeat.reset();
-        expired.reset();
-        state_of.reset();
-        transition.reset();
-        requeue.reset();
-        find.reset();
-        next_due.reset();
-        counts.reset();
-        sqlite3_close(db);
     }
 
     void exec(const char* sql, const std::string& path)
@@ -287,19 +286,18 @@ struct sqlite_storage::connection {
         // ?2 new state, ?3 attempt delta, ?4 run_at or NULL, ?5 error or NULL, ?6 now, ?7 reason.
         // A job deleted while it ran (cancel_requested = 2) ends deleted,
         // whatever the attempt's outcome. Returns the state it ended in.
+        const std::string deleting = "cancel_requested = 2";
+        const std::string ended = "(CASE WHEN " + deleting + " THEN 8 ELSE ?2 END)";
         complete = std::make_unique<statement>(
-            db, "UPDATE jobs SET state = CASE WHEN cancel_requested = 2 THEN 8 ELSE ?2 END, "
-                "attempt = attempt + CASE WHEN cancel_requested = 2 THEN 0 ELSE ?3 END, "
-                "run_at = CASE WHEN cancel_requested = 2 THEN run_at ELSE coalesce(?4, run_at) END, "
-                "last_error = coalesce(?5, last_error), lease_owner = NULL, lease_expires = NULL, "
-                "cancel_requested = 0, updated_at = ?6, "
-                "history = json_insert(history, '$[#]', json_array(state, "
-                "CASE WHEN cancel_requested = 2 THEN 8 ELSE ?2 END, ?6, "
-                "CASE WHEN cancel_requested = 2 THEN 'deleted while running; the attempt ended: ' || ?7 ELSE ?7 END, "
-                "coalesce(?5, ''))), "
-                "unique_slot = CASE WHEN (unique_states >> CASE WHEN cancel_requested = 2 THEN 8 ELSE ?2 END) & 1 "
-                "THEN unique_key END "
-                "WHERE id = ?1 AND state = 3 AND lease_owner = ?8 AND attempt = ?9 RETURNING state");
+            db, ("UPDATE jobs SET state = " + ended + ", attempt = attempt + CASE WHEN " + deleting +
+                 " THEN 0 ELSE ?3 END, run_at = CASE WHEN " + deleting +
+                 " THEN run_at ELSE coalesce(?4, run_at) END, last_error = coalesce(?5, last_error), "
+                 "lease_owner = NULL, lease_expires = NULL, cancel_requested = 0, updated_at = ?6, "
+                 "history = json_insert(history, '$[#]', json_array(state, " + ended + ", ?6, CASE WHEN " + deleting +
+                 " THEN 'deleted while running; the attempt ended: ' || ?7 ELSE ?7 END, coalesce(?5, ''))), "
+                 "unique_slot = CASE WHEN (unique_states >> " + ended + ") & 1 THEN unique_key END "
+                 "WHERE id = ?1 AND state = 3 AND lease_owner = ?8 AND attempt = ?9 RETURNING state")
+                    .c_str());
         promote = std::make_unique<statement>(
             db, "UPDATE jobs SET state = 1, updated_at = ?1, "
                 "history = json_insert(history, '$[#]', json_array(state, 1, ?1, 'due', '')), "
@@ -319,10 +317,9 @@ struct sqlite_storage::connection {
                                 "'claimed by ' || ?1, '')), "
                                 "unique_slot = CASE WHEN (unique_states >> 3) & 1 THEN unique_key END "
                                 "WHERE state = 1 AND id IN (SELECT value FROM json_each(?4)) RETURNING ";
-        claim_sql += job_columns;
+        claim_sql += job_columns(false);
         claim = std::make_unique<statement>(db, claim_sql.c_str());
         children = std::make_unique<statement>(db, "SELECT id, condition FROM jobs WHERE parent_id = ?1 AND state = 2");
-        parent_state = std::make_unique<statement>(db, "SELECT state FROM jobs WHERE id = ?1");
         heartbeat = std::make_unique<statement>(
             db, "UPDATE jobs SET lease_expires = ?2 WHERE state = 3 AND lease_owner = ?1 "
                 "RETURNING id, cancel_requested");
@@ -342,7 +339,7 @@ struct sqlite_storage::connection {
                 "history = json_insert(history, '$[#]', json_array(state, 1, ?2, ?3, '')), "
                 "unique_slot = CASE WHEN (unique_states >> 1) & 1 THEN unique_key END "
                 "WHERE id = ?1");
-        find = std::make_unique<statement>(db, (std::string("SELECT ") + job_columns + " FROM jobs WHERE id = ?1").c_str());
+        find = std::make_unique<statement>(db, ("SELECT " + job_columns(true) + " FROM jobs WHERE id = ?1").c_str());
         next_due = std::make_unique<statement>(db, "SELECT min(run_at) FROM jobs WHERE state IN (0, 4)");
         counts = std::make_unique<statement>(db, "SELECT state, n FROM job_counts");
     }
@@ -413,13 +410,20 @@ struct sqlite_storage::connection {
         return j;
     }
 
-    job_state current_state(job_id id)
+    std::optional<job_state> state_if_any(job_id id)
     {
         using_statement u{*state_of};
         state_of->bind(1, id);
         if (!state_of->step())
-            throw job_not_found(id);
+            return std::nullopt;
         return static_cast<job_state>(state_of->integer(0));
+    }
+
+    job_state current_state(job_id id)
+    {
+        if (auto state = state_if_any(id))
+            return *state;
+        throw job_not_found(id);
     }
 
     // Inserts one job, inside the caller's transaction: the one path for
@@ -429,11 +433,9 @@ struct sqlite_storage::connection {
         auto initial = r.run_at && *r.run_at > now ? job_state::scheduled : job_state::available;
         std::optional<job_state> parent;
         if (r.parent_id != 0) {
-            using_statement up{*parent_state};
-            parent_state->bind(1, r.parent_id);
-            if (!parent_state->step())
+            parent = state_if_any(r.parent_id);
+            if (!parent)
                 return {0, false, "jobs: no job " + std::to_string(r.parent_id) + " to continue"};
-            parent = static_cast<job_state>(parent_state->integer(0));
             initial = job_state::awaiting;
         }
         auto& s = *insert;
@@ -578,13 +580,7 @@ std::vector<job> sqlite_storage::complete_and_claim(std::span<const completion> 
         std::vector<job> claimed;
         if (claim.kinds.empty())
             return claimed;
-        std::string kinds = "[";
-        for (const auto& k : claim.kinds) {
-            if (kinds.size() > 1)
-                kinds += ',';
-            kinds += boost::json::serialize(boost::json::value(k));
-        }
-        kinds += ']';
+        const auto kinds = json_array_of(claim.kinds);
         for (const auto& [queue, count] : claim.queues) {
             if (count == 0)
                 continue;
@@ -749,7 +745,7 @@ std::vector<job> sqlite_storage::list(const job_filter& filter)
 {
     std::lock_guard lock(mutex_);
     auto& c = *db_;
-    std::string sql = std::string("SELECT ") + job_columns + " FROM jobs WHERE 1";
+    std::string sql = "SELECT " + job_columns(filter.with_history) + " FROM jobs WHERE 1";
     if (filter.state)
         sql += " AND state = ?1";
     if (filter.queue)
@@ -815,13 +811,7 @@ std::size_t sqlite_storage::prune(job_state state, time_point before, std::size_
 std::size_t sqlite_storage::flag_unknown_kinds(const std::vector<std::string>& known, const std::string& node,
                                                time_point now)
 {
-    std::string kinds = "[";
-    for (const auto& k : known) {
-        if (kinds.size() > 1)
-            kinds += ',';
-        kinds += boost::json::serialize(boost::json::value(k));
-    }
-    kinds += ']';
+    const auto kinds = json_array_of(known);
     std::lock_guard lock(mutex_);
     auto& c = *db_;
     // Read first, outside a write transaction: the scan of the available
