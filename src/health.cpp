@@ -3,6 +3,7 @@
 #include <hosting/cancellation.hpp>
 
 #include "describe.hpp"
+#include "duration_text.hpp"
 
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -62,10 +63,7 @@ namespace {
 
 double seconds(std::chrono::nanoseconds d) { return std::chrono::duration<double>(d).count(); }
 
-std::string ms_text(clock::duration d)
-{
-    return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + " ms";
-}
+using detail::ms_text;
 
 bool has_tag(const std::vector<std::string>& tags, std::string_view tag)
 {

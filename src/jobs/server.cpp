@@ -6,6 +6,7 @@
 #include <hosting/logging.hpp>
 
 #include "../describe.hpp"
+#include "../duration_text.hpp"
 
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
@@ -24,7 +25,7 @@ namespace hosting::jobs {
 
 namespace {
 
-std::string ms_text(std::chrono::milliseconds d) { return std::to_string(d.count()) + " ms"; }
+using hosting::detail::ms_text;
 
 struct recurring_result {
     std::optional<time_point> next;
@@ -124,7 +125,6 @@ struct server::run : std::enable_shared_from_this<server::run> {
         std::shared_ptr<std::atomic<std::int64_t>>(new std::atomic<std::int64_t>[job_state_count](),
                                                    std::default_delete<std::atomic<std::int64_t>[]>());
     std::unordered_map<std::string, std::size_t> buffered_in_queue;
-    std::optional<time_point> next_due;
     std::optional<asio::steady_timer> idle_event; // wakes the shutdown wait
     // Here, not in execute's frame: the heartbeat coroutine clears its slot
     // when it ends, which may be after execute returned.
@@ -133,14 +133,18 @@ struct server::run : std::enable_shared_from_this<server::run> {
     const server_options& options() const { return engine->options(); }
     time_point now() const { return engine->now(); }
 
+    // On the server's executor: the main loop looks for work again.
+    void wake()
+    {
+        woken = true;
+        if (wake_timer)
+            wake_timer->cancel();
+    }
+
     // From any thread.
     void poke()
     {
-        asio::post(ex, [self = shared_from_this()] {
-            self->woken = true;
-            if (self->wake_timer)
-                self->wake_timer->cancel();
-        });
+        asio::post(ex, [self = shared_from_this()] { self->wake(); });
     }
 
     std::size_t capacity(const queue_options& q) const
@@ -282,12 +286,8 @@ struct server::run : std::enable_shared_from_this<server::run> {
         if (a->j.timeout > std::chrono::milliseconds::zero()) {
             a->timeout.emplace(ex, a->j.timeout);
             a->timeout->async_wait([weak = std::weak_ptr<active>(a)](boost::system::error_code ec) {
-                auto alive = weak.lock();
-                if (ec || !alive || alive->why != cause::none)
-                    return;
-                alive->why = cause::timeout;
-                alive->stop.request_stop();
-                alive->signal.emit(asio::cancellation_type::terminal);
+                if (auto alive = weak.lock(); alive && !ec)
+                    interrupt(*alive, cause::timeout);
             });
         }
         asio::co_spawn(ex, kind->invoke(a->j.args, *a->context),
@@ -296,7 +296,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
                        }));
     }
 
-    void interrupt(active& a, cause why)
+    static void interrupt(active& a, cause why)
     {
         if (a.why != cause::none)
             return;
@@ -377,9 +377,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
         done.push_back(std::move(c));
         running.erase(j.id); // `a` may die here: nothing below touches it
         start_ready();
-        woken = true;
-        if (wake_timer)
-            wake_timer->cancel();
+        wake();
         if (idle_event)
             idle_event->cancel();
     }
@@ -398,9 +396,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
             --buffered_of_kind[it->kind];
             done.push_back({it->id, it->attempt, outcome::cancelled, {}, {}, "cancelled before it started"});
             buffered.erase(it);
-            woken = true;
-            if (wake_timer)
-                wake_timer->cancel();
+            wake();
             return;
         }
     }
@@ -476,11 +472,10 @@ server::server(service_provider& provider, std::shared_ptr<detail::engine> engin
         const auto room = host->shutdown_timeout - host->shutdown_delay - release_margin;
         const auto fits = std::max(std::chrono::milliseconds::zero(), room);
         if (grace_ > fits) {
-            grace_note_ = "The jobs server's shutdown_grace of " + std::to_string(grace_.count()) +
-                          " ms is cut to " + std::to_string(fits.count()) + " ms, to fit the host's shutdown_timeout (" +
-                          std::to_string(host->shutdown_timeout.count()) + " ms) minus its shutdown_delay (" +
-                          std::to_string(host->shutdown_delay.count()) + " ms) minus " +
-                          std::to_string(release_margin.count()) + " ms to release unfinished jobs";
+            grace_note_ = "The jobs server's shutdown_grace of " + ms_text(grace_) + " is cut to " + ms_text(fits) +
+                          ", to fit the host's shutdown_timeout (" + ms_text(host->shutdown_timeout) +
+                          ") minus its shutdown_delay (" + ms_text(host->shutdown_delay) + ") minus " +
+                          ms_text(release_margin) + " to release unfinished jobs";
             grace_ = fits;
         }
     }
@@ -549,6 +544,8 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
         // available jobs: it runs at most 2% of the time, so that a deep
         // backlog does not keep the storage thread from claims.
         auto survey_cost = std::make_shared<std::atomic<std::int64_t>>(0);
+        // Fixed once the host runs: not copied for every beat.
+        const auto known = std::make_shared<const std::vector<std::string>>(r->engine->kind_names());
         for (;;) {
             timer.expires_after(r->options().heartbeat_interval);
             co_await timer.async_wait(asio::use_awaitable);
@@ -556,12 +553,12 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
             const bool survey = std::chrono::steady_clock::now() >= next_survey;
             std::function<std::pair<std::vector<job_id>, std::size_t>(storage&)> beat =
                 [node = r->engine->node(), until = now + r->options().lease_duration, now,
-                 known = r->engine->kind_names(), counts = r->state_counts, survey, survey_cost](storage& s) {
+                 known, counts = r->state_counts, survey, survey_cost](storage& s) {
                     auto cancels = s.heartbeat(node, until, now);
                     auto recovered = s.recover_expired(now);
                     if (survey) {
                         const auto began = std::chrono::steady_clock::now();
-                        s.flag_unknown_kinds(known, node, now);
+                        s.flag_unknown_kinds(*known, node, now);
                         *survey_cost = (std::chrono::steady_clock::now() - began).count();
                     }
                     const auto c = s.counts();
@@ -636,13 +633,13 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
                 r->restore_in_flight();
             }
             const bool claimed_any = !result.first.empty();
-            r->next_due = result.second;
+            const auto next_due = result.second;
             r->accept(std::move(result.first));
             if (r->woken || claimed_any)
                 continue;
             auto wait = std::chrono::duration_cast<clock::duration>(engine_->options().poll_interval);
-            if (r->next_due)
-                wait = std::min(wait, std::max(clock::duration::zero(), *r->next_due - r->now()));
+            if (next_due)
+                wait = std::min(wait, std::max(clock::duration::zero(), *next_due - r->now()));
             if (r->next_recurring)
                 wait = std::min(wait, std::max(clock::duration::zero(), *r->next_recurring - r->now()));
             r->wake_timer->expires_after(wait);
