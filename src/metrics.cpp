@@ -248,42 +248,36 @@ metrics_registry::family& metrics_registry::find_or_add(std::string_view name, s
     return *families_.back();
 }
 
+template <class Metric>
+Metric& metrics_registry::series_of(std::string_view name, std::string_view help, metric_type type,
+                                    const metric_labels& labels, std::unique_ptr<Metric> made)
+{
+    std::lock_guard lock(mutex_);
+    auto& f = find_or_add(name, help, type);
+    auto* s = f.find(labels);
+    if (!s)
+        s = f.all.emplace_back(std::make_unique<family::series>(family::series{labels, open_labels(labels), std::move(made)}))
+                .get();
+    return *std::get<std::unique_ptr<Metric>>(s->metric);
+}
+
 metric_counter& metrics_registry::counter(std::string_view name, std::string_view help, const metric_labels& labels)
 {
     check_labels(name, labels, false);
-    std::lock_guard lock(mutex_);
-    auto& f = find_or_add(name, help, metric_type::counter);
-    if (auto* s = f.find(labels))
-        return *std::get<0>(s->metric);
-    auto& s = *f.all.emplace_back(std::make_unique<family::series>(
-        family::series{labels, open_labels(labels), std::make_unique<metric_counter>()}));
-    return *std::get<0>(s.metric);
+    return series_of(name, help, metric_type::counter, labels, std::make_unique<metric_counter>());
 }
 
 metric_gauge& metrics_registry::gauge(std::string_view name, std::string_view help, const metric_labels& labels)
 {
     check_labels(name, labels, false);
-    std::lock_guard lock(mutex_);
-    auto& f = find_or_add(name, help, metric_type::gauge);
-    if (auto* s = f.find(labels))
-        return *std::get<1>(s->metric);
-    auto& s = *f.all.emplace_back(std::make_unique<family::series>(
-        family::series{labels, open_labels(labels), std::make_unique<metric_gauge>()}));
-    return *std::get<1>(s.metric);
+    return series_of(name, help, metric_type::gauge, labels, std::make_unique<metric_gauge>());
 }
 
 metric_histogram& metrics_registry::histogram(std::string_view name, std::string_view help,
                                               std::vector<double> bounds, const metric_labels& labels)
 {
     check_labels(name, labels, true);
-    auto made = std::make_unique<metric_histogram>(std::move(bounds));
-    std::lock_guard lock(mutex_);
-    auto& f = find_or_add(name, help, metric_type::histogram);
-    if (auto* s = f.find(labels))
-        return *std::get<2>(s->metric);
-    auto& s = *f.all.emplace_back(
-        std::make_unique<family::series>(family::series{labels, open_labels(labels), std::move(made)}));
-    return *std::get<2>(s.metric);
+    return series_of(name, help, metric_type::histogram, labels, std::make_unique<metric_histogram>(std::move(bounds)));
 }
 
 void metrics_registry::add_collector(std::function<void(metrics_writer&)> collector)

@@ -117,6 +117,10 @@ public:
 private:
     struct family;
     family& find_or_add(std::string_view name, std::string_view help, metric_type type);
+    // The series of `labels` in the family `name`, made of `made` when new.
+    template <class Metric>
+    Metric& series_of(std::string_view name, std::string_view help, metric_type type, const metric_labels& labels,
+                      std::unique_ptr<Metric> made);
     mutable std::mutex mutex_;
     std::vector<std::unique_ptr<family>> families_;
     std::vector<std::function<void(metrics_writer&)>> collectors_;
