@@ -755,7 +755,8 @@ TEST_CASE("publishers push the report after start, on a period, without overlapp
 {
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
-    std::atomic<int> running{0}, most{0}, runs{0};
+    std::atomic<int> runs{0};
+    test::high_water overlap;
     std::atomic<bool> ready_when_first{false};
     recorder r;
     hosting::health_monitor* monitor = nullptr;
@@ -767,13 +768,10 @@ TEST_CASE("publishers push the report after start, on a period, without overlapp
         [&](const hosting::health_report& report, std::stop_token) -> asio::awaitable<void> {
             if (runs.load() == 0)
                 ready_when_first = monitor && monitor->ready() && report.find("readiness") != nullptr;
-            int now = ++running;
-            int seen = most.load();
-            while (now > seen && !most.compare_exchange_weak(seen, now)) {
-            }
+            overlap.enter();
             // Longer than the period: the next run must wait for this one.
             co_await hosting::delay(120ms);
-            --running;
+            overlap.leave();
             ++runs;
             r.add("published");
         },
@@ -783,7 +781,7 @@ TEST_CASE("publishers push the report after start, on a period, without overlapp
     host.start_blocking();
     REQUIRE(r.wait_for_count(3));
     host.stop_blocking();
-    CHECK(most.load() == 1);
+    CHECK(overlap.most() == 1);
     CHECK(ready_when_first.load());
     CHECK(host.exit_code() == 0);
 }

@@ -613,14 +613,8 @@ TEST_CASE("jobs: per-queue concurrency limits hold under load", "[jobs][server]"
     auto options = quick_server();
     options.workers = 6;
     options.queues = {{"serial", 1}, {"wide", 3}};
-    std::atomic<int> serial_now{0}, serial_most{0}, wide_now{0}, wide_most{0};
+    test::high_water serial_jobs, wide_jobs;
     test::recorder r;
-    auto track = [](std::atomic<int>& now, std::atomic<int>& most) {
-        int n = ++now;
-        int seen = most.load();
-        while (n > seen && !most.compare_exchange_weak(seen, n)) {
-        }
-    };
     jobs::kind_options serial;
     serial.queue = "serial";
     jobs::kind_options wide;
@@ -629,18 +623,18 @@ TEST_CASE("jobs: per-queue concurrency limits hold under load", "[jobs][server]"
         .register_kind<int>(
             "serial",
             [&](int, jobs::job_context&) -> asio::awaitable<void> {
-                track(serial_now, serial_most);
+                serial_jobs.enter();
                 co_await hosting::delay(5ms);
-                --serial_now;
+                serial_jobs.leave();
                 r.add("done");
             },
             serial)
         .register_kind<int>(
             "wide",
             [&](int, jobs::job_context&) -> asio::awaitable<void> {
-                track(wide_now, wide_most);
+                wide_jobs.enter();
                 co_await hosting::delay(20ms);
-                --wide_now;
+                wide_jobs.leave();
                 r.add("done");
             },
             wide);
@@ -653,9 +647,9 @@ TEST_CASE("jobs: per-queue concurrency limits hold under load", "[jobs][server]"
     host.start_blocking();
     REQUIRE(r.wait_for_count(30));
     host.stop_blocking();
-    CHECK(serial_most.load() == 1);
-    CHECK(wide_most.load() <= 3);
-    CHECK(wide_most.load() >= 2); // they did overlap: the limit, not luck, kept it at 3
+    CHECK(serial_jobs.most() == 1);
+    CHECK(wide_jobs.most() <= 3);
+    CHECK(wide_jobs.most() >= 2); // they did overlap: the limit, not luck, kept it at 3
 }
 
 TEST_CASE("jobs: a SQLite file keeps its jobs and schema across opens, and two connections never share a claim",
@@ -808,7 +802,7 @@ TEST_CASE("jobs: per-kind and per-key limits hold under load", "[jobs][server]")
     options.workers = 8;
     std::mutex mutex;
     std::map<std::string, int> now_by_key, most_by_key;
-    std::atomic<int> kind_now{0}, kind_most{0};
+    test::high_water limited_jobs;
     test::recorder r;
     jobs::kind_options limited;
     limited.concurrency = 2;
@@ -816,12 +810,9 @@ TEST_CASE("jobs: per-kind and per-key limits hold under load", "[jobs][server]")
     reg.register_kind<int>(
         "limited",
         [&](int, jobs::job_context&) -> asio::awaitable<void> {
-            int n = ++kind_now;
-            int seen = kind_most.load();
-            while (n > seen && !kind_most.compare_exchange_weak(seen, n)) {
-            }
+            limited_jobs.enter();
             co_await hosting::delay(10ms);
-            --kind_now;
+            limited_jobs.leave();
             r.add("limited");
         },
         limited);
@@ -851,8 +842,8 @@ TEST_CASE("jobs: per-kind and per-key limits hold under load", "[jobs][server]")
     host.start_blocking();
     REQUIRE(r.wait_for_count(36));
     host.stop_blocking();
-    CHECK(kind_most.load() <= 2);
-    CHECK(kind_most.load() == 2);
+    CHECK(limited_jobs.most() <= 2);
+    CHECK(limited_jobs.most() == 2);
     CHECK(most_by_key["account-1"] == 1);
     CHECK(most_by_key["account-2"] == 1);
 }

@@ -38,10 +38,12 @@ struct lives {
     }
 };
 
-// Faults in its first `failures` lives, then runs until stopped.
-class flaky : public hosting::background_service {
+// Ends by itself in its first `early` lives, faulting or returning, then
+// runs until stopped.
+class mortal : public hosting::background_service {
 public:
-    flaky(lives* l, int failures) : lives_(l), failures_(failures) {}
+    enum class ending { fault, completion };
+    mortal(lives* l, int early, ending how) : lives_(l), early_(early), how_(how) {}
 
 protected:
     asio::awaitable<void> execute(std::stop_token stopping) override
@@ -49,34 +51,28 @@ protected:
         const int life = lives_->launch();
         lives_->events.add("life " + std::to_string(life));
         co_await asio::this_coro::executor;
-        if (life <= failures_)
-            throw std::runtime_error("flaky failure " + std::to_string(life));
+        if (life <= early_) {
+            if (how_ == ending::fault)
+                throw std::runtime_error("flaky failure " + std::to_string(life));
+            co_return;
+        }
         co_await hosting::delay(std::chrono::hours(1), stopping);
     }
 
 private:
     lives* lives_;
-    int failures_;
+    int early_;
+    ending how_;
 };
 
-// Returns by itself in its first `completions` lives, then runs until stopped.
-class quitter : public hosting::background_service {
+class flaky : public mortal {
 public:
-    quitter(lives* l, int completions) : lives_(l), completions_(completions) {}
+    flaky(lives* l, int failures) : mortal(l, failures, ending::fault) {}
+};
 
-protected:
-    asio::awaitable<void> execute(std::stop_token stopping) override
-    {
-        const int life = lives_->launch();
-        lives_->events.add("life " + std::to_string(life));
-        if (life <= completions_)
-            co_return;
-        co_await hosting::delay(std::chrono::hours(1), stopping);
-    }
-
-private:
-    lives* lives_;
-    int completions_;
+class quitter : public mortal {
+public:
+    quitter(lives* l, int completions) : mortal(l, completions, ending::completion) {}
 };
 
 class plain : public hosting::hosted_service {

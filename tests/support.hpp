@@ -5,6 +5,7 @@
 
 #include <spdlog/sinks/base_sink.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <functional>
@@ -38,6 +39,25 @@ private:
     mutable std::mutex mutex_;
     std::condition_variable changed_;
     std::vector<std::string> events_;
+};
+
+// How many were inside a span at once, at most: enter() and leave() around
+// it, from any thread.
+class high_water {
+public:
+    void enter()
+    {
+        const int n = ++now_;
+        int seen = most_.load();
+        while (n > seen && !most_.compare_exchange_weak(seen, n)) {
+        }
+    }
+    void leave() { --now_; }
+    int most() const { return most_.load(); }
+
+private:
+    std::atomic<int> now_{0};
+    std::atomic<int> most_{0};
 };
 
 // Keeps every formatted log line, with its level and category.
