@@ -439,6 +439,44 @@ TEST_CASE("jobs: a node that claims back a job it still runs carries the run on 
     host.stop_blocking();
 }
 
+TEST_CASE("jobs: earlier queues and lower priorities run first, and the state gauge counts jobs", "[jobs][server]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    test::recorder r;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    auto options = quick_server();
+    options.workers = 1;
+    options.prefetch = 1; // one claim per job: the order is the claims'
+    options.queues = {{"urgent", 0}, {"bulk", 0}};
+    jobs::add_jobs(builder, make_storage(which, db), options)
+        .register_kind<std::string>("work", [&](std::string name, jobs::job_context&) -> asio::awaitable<void> {
+            r.add(name);
+            co_return;
+        });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    // Enqueued before the server starts, in the opposite order.
+    auto enqueue = [&](const char* name, const char* queue, int priority) {
+        jobs::job_options o;
+        o.queue = std::string(queue);
+        o.priority = priority;
+        client.enqueue_blocking("work", std::string(name), o);
+    };
+    enqueue("bulk late", "bulk", 5);
+    enqueue("bulk soon", "bulk", 1);
+    enqueue("urgent late", "urgent", 5);
+    enqueue("urgent soon", "urgent", 1);
+    host.start_blocking();
+    REQUIRE(r.wait_for_count(4));
+    CHECK(r.events() == std::vector<std::string>{"urgent soon", "urgent late", "bulk soon", "bulk late"});
+    auto& metrics = host.services().get<hosting::metrics_registry>();
+    CHECK(test::eventually(
+        [&] { return metrics.render().find("hosting_jobs{state=\"succeeded\"} 4\n") != std::string::npos; }));
+    host.stop_blocking();
+}
+
 TEST_CASE("jobs: a running job that is deleted keeps its lease and key until its node has stopped it",
           "[jobs][storage]")
 {

@@ -237,7 +237,8 @@ std::vector<job> memory_storage::complete_and_claim(std::span<const completion> 
         s.transition(j, job_state::available, now, "due");
     }
     std::vector<job> claimed;
-    for (const auto& [queue, count] : claim.queues) {
+    for (const auto& [queue, cap] : claim.queues) {
+        const auto count = std::min(cap, claim.total - std::min(claim.total, claimed.size()));
         auto it = s.ready.lower_bound({queue, std::numeric_limits<int>::min(), time_point::min(), 0});
         std::size_t taken = 0;
         while (taken < count && it != s.ready.end() && std::get<0>(*it) == queue) {

@@ -170,14 +170,15 @@ struct server::run : std::enable_shared_from_this<server::run> {
         // Claims of a few jobs per transaction would make every commit's
         // flush the bottleneck: jobs are claimed ahead, up to `prefetch`.
         const auto prefetch = options().prefetch;
+        // The room is shared: what an earlier queue does not find goes to
+        // the later ones, in the same claim.
         std::size_t room = options().workers * prefetch;
         room -= std::min(room, buffered.size() + running.size());
+        c.total = room;
         for (const auto& q : options().queues) {
             auto limit = capacity(q) * prefetch;
             auto has = count(buffered_in_queue, q.name) + count(running_in_queue, q.name);
-            auto want = std::min(room, limit - std::min(limit, has));
-            c.queues.emplace_back(q.name, want);
-            room -= want;
+            c.queues.emplace_back(q.name, std::min(room, limit - std::min(limit, has)));
         }
         return c;
     }

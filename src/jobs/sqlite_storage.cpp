@@ -581,7 +581,8 @@ std::vector<job> sqlite_storage::complete_and_claim(std::span<const completion> 
         if (claim.kinds.empty())
             return claimed;
         const auto kinds = json_array_of(claim.kinds);
-        for (const auto& [queue, count] : claim.queues) {
+        for (const auto& [queue, cap] : claim.queues) {
+            const auto count = std::min(cap, claim.total - std::min(claim.total, claimed.size()));
             if (count == 0)
                 continue;
             // Candidates first: a job whose concurrency key a running job

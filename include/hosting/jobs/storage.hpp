@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <limits>
 #include <optional>
 #include <span>
 #include <string>
@@ -63,13 +64,15 @@ struct completion {
     std::string reason;
 };
 
-// What a claim may take: up to `count` jobs of each queue (in this order, so
-// earlier queues win), of the kinds this node knows.
+// What a claim may take: up to `count` jobs of each queue, of the kinds this
+// node knows, and up to `total` in all. Queues are served in this order, so
+// earlier queues win, and what an earlier queue leaves goes to later ones.
 struct claim_request {
     std::string node;
     std::vector<std::pair<std::string, std::size_t>> queues;
     std::vector<std::string> kinds;
     time_point lease_until{};
+    std::size_t total = std::numeric_limits<std::size_t>::max();
 };
 
 struct job_filter {
