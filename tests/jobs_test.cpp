@@ -7,7 +7,9 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/describe/class.hpp>
 
 #include <catch2/catch.hpp>
@@ -436,6 +438,72 @@ TEST_CASE("jobs: a node that claims back a job it still runs carries the run on 
     gate.request_stop();
     REQUIRE(wait_state(client, id, job_state::succeeded));
     CHECK(r.count("started") == 1);
+    host.stop_blocking();
+}
+
+TEST_CASE("jobs: a job that outlives its lease is not handed to another worker while its node lives",
+          "[jobs][server]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    test::recorder r;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    // Leases of 1 s, renewed every 100 ms; the job takes 2.5 leases.
+    jobs::add_jobs(builder, make_storage(which, db), quick_server())
+        .register_kind<int>("long", [&](int, jobs::job_context&) -> asio::awaitable<void> {
+            r.add("started");
+            co_await hosting::delay(2500ms);
+        });
+    auto host = builder.build();
+    host.start_blocking();
+    auto& client = host.services().get<jobs::client>();
+    auto id = client.enqueue_blocking("long", 1);
+    REQUIRE(wait_state(client, id, job_state::succeeded));
+    CHECK(r.count("started") == 1);
+    CHECK(client.find_blocking(id)->attempt == 1);
+    host.stop_blocking();
+}
+
+TEST_CASE("jobs: timeout and cancel also reach a handler through Asio cancellation", "[jobs][server]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    test::recorder r;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    jobs::kind_options once;
+    once.retry.max_attempts = 1;
+    // Ignores its stop token: only the cancellation of what it awaits ends it.
+    jobs::add_jobs(builder, make_storage(which, db), quick_server())
+        .register_kind<std::string>(
+            "timer",
+            [&](std::string name, jobs::job_context&) -> asio::awaitable<void> {
+                auto executor = co_await asio::this_coro::executor;
+                asio::steady_timer timer(executor, std::chrono::hours(1));
+                r.add("started " + name);
+                try {
+                    co_await timer.async_wait(asio::use_awaitable);
+                } catch (const boost::system::system_error&) {
+                    r.add("cancelled " + name);
+                    throw;
+                }
+            },
+            once);
+    auto host = builder.build();
+    host.start_blocking();
+    auto& client = host.services().get<jobs::client>();
+    jobs::job_options quick;
+    quick.timeout = 100ms;
+    auto timed = client.enqueue_blocking("timer", std::string("timed"), quick);
+    REQUIRE(r.wait_for("cancelled timed"));
+    REQUIRE(wait_state(client, timed, job_state::failed));
+    CHECK(client.find_blocking(timed)->last_error == "timed out after 100 ms");
+    auto cancelled = client.enqueue_blocking("timer", std::string("cancelled"));
+    REQUIRE(r.wait_for("started cancelled"));
+    client.cancel_blocking(cancelled);
+    REQUIRE(r.wait_for("cancelled cancelled"));
+    REQUIRE(wait_state(client, cancelled, job_state::cancelled));
     host.stop_blocking();
 }
 
