@@ -146,6 +146,22 @@ TEST_CASE("metrics registry renders the Prometheus text format", "[health][metri
 // ---------------------------------------------------------------------------
 // Routes and status codes
 
+TEST_CASE("the endpoint listens on loopback unless told otherwise", "[health][http]")
+{
+    CHECK(hosting::health_endpoint_options{}.address == "127.0.0.1");
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    hosting::health_endpoint_options options;
+    options.port = 0;
+    builder.add_health_endpoint(options);
+    auto host = builder.build();
+    host.start_blocking();
+    const auto port = host.services().get<hosting::health_endpoint>().port();
+    CHECK(sink->has("Health endpoint listening on http://127.0.0.1:" + std::to_string(port) + "/health"));
+    CHECK(test::http_get(port, "/health/live").status == 200);
+    host.stop_blocking();
+}
+
 TEST_CASE("health endpoint answers each route with its status code", "[health][http]")
 {
     auto sink = std::make_shared<test::capture_sink>();

@@ -38,12 +38,15 @@ struct lives {
     }
 };
 
-// Ends by itself in its first `early` lives, faulting or returning, then
-// runs until stopped.
+// Ends by itself in its first `early` lives, faulting or returning after
+// `span`, then runs until stopped.
 class mortal : public hosting::background_service {
 public:
     enum class ending { fault, completion };
-    mortal(lives* l, int early, ending how) : lives_(l), early_(early), how_(how) {}
+    mortal(lives* l, int early, ending how, std::chrono::milliseconds span = 0ms)
+        : lives_(l), early_(early), how_(how), span_(span)
+    {
+    }
 
 protected:
     asio::awaitable<void> execute(std::stop_token stopping) override
@@ -52,6 +55,8 @@ protected:
         lives_->events.add("life " + std::to_string(life));
         co_await asio::this_coro::executor;
         if (life <= early_) {
+            if (span_.count() > 0)
+                co_await hosting::delay(span_, stopping);
             if (how_ == ending::fault)
                 throw std::runtime_error("flaky failure " + std::to_string(life));
             co_return;
@@ -63,6 +68,7 @@ private:
     lives* lives_;
     int early_;
     ending how_;
+    std::chrono::milliseconds span_;
 };
 
 class flaky : public mortal {
@@ -160,6 +166,27 @@ TEST_CASE("always also restarts a service that completed, on_failure and never d
     CHECK(s[1].restarts == 0);
     CHECK(on_failure_lives.instances.load() == 1);
     CHECK(never_lives.instances.load() == 1);
+    host.stop_blocking();
+    CHECK(host.exit_code() == 0);
+}
+
+TEST_CASE("restarts older than the window do not count toward its burst", "[supervision]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    lives l;
+    // One restart per 100 ms at most, and each life lasts 250 ms: however
+    // many faults, none finds an earlier restart inside the window.
+    auto policy = quick(hosting::restart_mode::on_failure, 1);
+    policy.window = 100ms;
+    builder.services().add_hosted_service<mortal>(&l, 3, mortal::ending::fault, 250ms).name("slow-fail").restart(policy);
+    auto host = builder.build();
+    host.start_blocking();
+    REQUIRE(sink->wait_for("Restarted service 'slow-fail' (restart 3)"));
+    const auto s = host.service_statuses()[0];
+    CHECK(s.restarts == 3);
+    CHECK_FALSE(s.restarts_exhausted);
+    CHECK_FALSE(sink->has("the restart limit is reached"));
     host.stop_blocking();
     CHECK(host.exit_code() == 0);
 }
