@@ -2,6 +2,7 @@
 
 #include "describe.hpp"
 #include "health_core.hpp"
+#include "owned_io_context.hpp"
 #include "remote_completion.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -56,13 +57,6 @@ void health_endpoint_options::validate() const
 }
 
 namespace {
-
-// An io_context whose queued handlers can be destroyed on demand (see stop).
-class endpoint_io : public asio::io_context {
-public:
-    endpoint_io() : asio::io_context(1) {}
-    using asio::io_context::shutdown;
-};
 
 enum class route { live, ready, health, metrics, other };
 
@@ -122,7 +116,8 @@ struct health_endpoint::impl : std::enable_shared_from_this<health_endpoint::imp
     health_endpoint_options options;
     std::shared_ptr<detail::health_core> health;
     std::shared_ptr<spdlog::logger> log;
-    std::shared_ptr<endpoint_io> io = std::make_shared<endpoint_io>();
+    // Shut down in stop(), which destroys the queued handlers.
+    std::shared_ptr<detail::owned_io_context> io = std::make_shared<detail::owned_io_context>(1);
     std::optional<tcp::acceptor> acceptor; // io thread only, after start
     std::thread thread;
     std::atomic<std::uint16_t> bound_port{0};

@@ -11,6 +11,7 @@
 #include <hosting/services.hpp>
 
 #include "background_service_access.hpp"
+#include "owned_io_context.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -44,14 +45,6 @@ using strand_type = asio::strand<asio::io_context::executor_type>;
 // A service's executor: its own strand, or the io_context itself when the
 // host owns a single-threaded loop and a strand would only cost time.
 using service_executor = asio::any_io_executor;
-
-// An io_context whose services (and so pending handlers and coroutine frames)
-// can be shut down before the objects those frames point at are destroyed.
-class owned_io_context : public asio::io_context {
-public:
-    using asio::io_context::io_context;
-    using asio::io_context::shutdown;
-};
 
 // What a restart policy needs; only services that have one pay for it.
 struct supervision {
