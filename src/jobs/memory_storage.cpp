@@ -217,20 +217,10 @@ std::vector<job> memory_storage::complete_and_claim(std::span<const completion> 
             s.transition(j, job_state::deleted, now, "deleted while running; the attempt ended: " + c.reason, c.error);
             continue;
         }
-        switch (c.what) {
-        case outcome::succeeded: s.transition(j, job_state::succeeded, now, c.reason); break;
-        case outcome::retry: s.transition(j, job_state::retryable, now, c.reason, c.error, c.run_at); break;
-        case outcome::failed: s.transition(j, job_state::failed, now, c.reason, c.error); break;
-        case outcome::cancelled: s.transition(j, job_state::cancelled, now, c.reason, c.error); break;
-        case outcome::snoozed:
-            --j.attempt;
-            s.transition(j, job_state::scheduled, now, c.reason, {}, c.run_at);
-            break;
-        case outcome::released:
-            --j.attempt;
-            s.transition(j, job_state::available, now, c.reason);
-            break;
-        }
+        const auto effect = effect_of(c.what);
+        j.attempt += effect.attempt_delta;
+        s.transition(j, effect.to, now, c.reason, c.error,
+                     effect.uses_run_at ? std::optional<time_point>(c.run_at) : std::nullopt);
     }
     while (!s.due.empty() && s.due.begin()->first <= now) {
         auto& j = s.jobs.at(s.due.begin()->second);

@@ -536,31 +536,11 @@ std::vector<job> sqlite_storage::complete_and_claim(std::span<const completion> 
     const auto at = micros(now);
     return c.write([&] {
         for (const auto& d : done) {
-            job_state to = job_state::succeeded;
-            int attempt_delta = 0;
-            bool with_run_at = false;
-            switch (d.what) {
-            case outcome::succeeded: to = job_state::succeeded; break;
-            case outcome::retry:
-                to = job_state::retryable;
-                with_run_at = true;
-                break;
-            case outcome::failed: to = job_state::failed; break;
-            case outcome::cancelled: to = job_state::cancelled; break;
-            case outcome::snoozed:
-                to = job_state::scheduled;
-                attempt_delta = -1;
-                with_run_at = true;
-                break;
-            case outcome::released:
-                to = job_state::available;
-                attempt_delta = -1;
-                break;
-            }
+            const auto effect = effect_of(d.what);
             auto& s = *c.complete;
             using_statement u{s};
-            s.bind(1, d.id).bind(2, code(to)).bind(3, attempt_delta);
-            if (with_run_at)
+            s.bind(1, d.id).bind(2, code(effect.to)).bind(3, effect.attempt_delta);
+            if (effect.uses_run_at)
                 s.bind(4, micros(d.run_at));
             else
                 s.bind_null(4);

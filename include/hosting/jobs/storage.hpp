@@ -53,6 +53,27 @@ enum class outcome : std::uint8_t {
     released,  // not finished at shutdown: available again, the attempt not counted
 };
 
+// What an outcome does to its job, for every storage alike (unless a delete
+// was requested while it ran: then the job ends deleted, its attempt kept).
+struct outcome_effect {
+    job_state to;
+    int attempt_delta; // -1: the attempt does not count
+    bool uses_run_at;  // the completion's run_at becomes the job's
+};
+
+constexpr outcome_effect effect_of(outcome what)
+{
+    switch (what) {
+    case outcome::succeeded: return {job_state::succeeded, 0, false};
+    case outcome::retry: return {job_state::retryable, 0, true};
+    case outcome::failed: return {job_state::failed, 0, false};
+    case outcome::cancelled: return {job_state::cancelled, 0, false};
+    case outcome::snoozed: return {job_state::scheduled, -1, true};
+    case outcome::released: return {job_state::available, -1, false};
+    }
+    return {job_state::failed, 0, false};
+}
+
 // Matched against the claim: a completion from a node whose lease was lost
 // (the job recovered and claimed again elsewhere) changes nothing.
 struct completion {
