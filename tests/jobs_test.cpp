@@ -114,6 +114,26 @@ auto until_stopped(test::recorder& r)
     };
 }
 
+// A job of `kind` (whose handler records "started <name>" and, when it is
+// ended, "<ended> <name>") that times out fails, and one cancelled while it
+// runs ends cancelled.
+void expect_timeout_and_cancel(jobs::client& client, test::recorder& r, const std::string& kind,
+                               const std::string& ended)
+{
+    jobs::job_options quick;
+    quick.timeout = 100ms;
+    auto timed = client.enqueue_blocking(kind, std::string("timed"), quick);
+    REQUIRE(r.wait_for(ended + " timed"));
+    REQUIRE(wait_state(client, timed, job_state::failed));
+    CHECK(client.find_blocking(timed)->last_error == "timed out after 100 ms");
+
+    auto cancelled = client.enqueue_blocking(kind, std::string("cancelled"));
+    REQUIRE(r.wait_for("started cancelled"));
+    client.cancel_blocking(cancelled);
+    REQUIRE(r.wait_for(ended + " cancelled"));
+    REQUIRE(wait_state(client, cancelled, job_state::cancelled));
+}
+
 } // namespace
 
 TEST_CASE("jobs: the state machine allows exactly its transitions", "[jobs]")
@@ -492,18 +512,7 @@ TEST_CASE("jobs: timeout and cancel also reach a handler through Asio cancellati
             once);
     auto host = builder.build();
     host.start_blocking();
-    auto& client = host.services().get<jobs::client>();
-    jobs::job_options quick;
-    quick.timeout = 100ms;
-    auto timed = client.enqueue_blocking("timer", std::string("timed"), quick);
-    REQUIRE(r.wait_for("cancelled timed"));
-    REQUIRE(wait_state(client, timed, job_state::failed));
-    CHECK(client.find_blocking(timed)->last_error == "timed out after 100 ms");
-    auto cancelled = client.enqueue_blocking("timer", std::string("cancelled"));
-    REQUIRE(r.wait_for("started cancelled"));
-    client.cancel_blocking(cancelled);
-    REQUIRE(r.wait_for("cancelled cancelled"));
-    REQUIRE(wait_state(client, cancelled, job_state::cancelled));
+    expect_timeout_and_cancel(host.services().get<jobs::client>(), r, "timer", "cancelled");
     host.stop_blocking();
 }
 
@@ -646,19 +655,7 @@ TEST_CASE("jobs: timeout, cancel and bad arguments reach or end the handler", "[
     auto host = builder.build();
     host.start_blocking();
     auto& client = host.services().get<jobs::client>();
-
-    jobs::job_options quick;
-    quick.timeout = 100ms;
-    auto timed = client.enqueue_blocking("wait", std::string("timed"), quick);
-    REQUIRE(r.wait_for("stopped timed"));
-    REQUIRE(wait_state(client, timed, job_state::failed));
-    CHECK(client.find_blocking(timed)->last_error == "timed out after 100 ms");
-
-    auto cancelled = client.enqueue_blocking("wait", std::string("cancelled"));
-    REQUIRE(r.wait_for("started cancelled"));
-    client.cancel_blocking(cancelled);
-    REQUIRE(r.wait_for("stopped cancelled"));
-    REQUIRE(wait_state(client, cancelled, job_state::cancelled));
+    expect_timeout_and_cancel(client, r, "wait", "stopped");
 
     auto bad = client.enqueue_blocking("add", std::string("not an object"));
     REQUIRE(wait_state(client, bad, job_state::failed));
