@@ -2,7 +2,7 @@
 // occurrence cost, in nanoseconds per call.
 //
 //   cron_bench
-#include <hosting/cron.hpp>
+#include <hosting/scheduling/cron.hpp>
 
 #include <chrono>
 #include <cstdio>

@@ -7,6 +7,13 @@
 // The server (hosting's endpoint, or the bare one) has one thread, and the
 // client another: on a 2-core machine each gets a core.
 #include <hosting/hosting.hpp>
+#include <hosting/async/offload.hpp>
+#include <hosting/configuration/configuration.hpp>
+#include <hosting/health/health.hpp>
+#include <hosting/health/health_endpoint.hpp>
+#include <hosting/health/metrics.hpp>
+#include <hosting/logging/logging.hpp>
+#include <spdlog/spdlog.h>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -159,10 +166,10 @@ int main(int argc, char** argv)
     hosting::health_endpoint_options endpoint;
     endpoint.port = 0;
     endpoint.max_connections = static_cast<std::size_t>(connections) + 8;
-    builder.add_health_endpoint(endpoint);
+    hosting::add_health_endpoint(builder, endpoint);
     for (int i = 0; i < 10; ++i)
         builder.services().add_hosted_service<idle>().name("worker-" + std::to_string(i));
-    builder.health().add_check("trivial", []() -> asio::awaitable<hosting::health_check_result> {
+    hosting::add_health_checks(builder).add_check("trivial", []() -> asio::awaitable<hosting::health_check_result> {
         co_return hosting::health_check_result::healthy("ok");
     });
     auto host = builder.build();

@@ -6,6 +6,13 @@
 // Each figure is measured in a fresh child process so that one measurement's
 // freed memory cannot flatter the next one's resident size.
 #include <hosting/hosting.hpp>
+#include <hosting/async/offload.hpp>
+#include <hosting/configuration/configuration.hpp>
+#include <hosting/health/health.hpp>
+#include <hosting/health/health_endpoint.hpp>
+#include <hosting/health/metrics.hpp>
+#include <hosting/logging/logging.hpp>
+#include <spdlog/spdlog.h>
 
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>

@@ -6,6 +6,13 @@
 //
 // One figure per line, naming the storage and its setting.
 #include <hosting/hosting.hpp>
+#include <hosting/async/offload.hpp>
+#include <hosting/configuration/configuration.hpp>
+#include <hosting/health/health.hpp>
+#include <hosting/health/health_endpoint.hpp>
+#include <hosting/health/metrics.hpp>
+#include <hosting/logging/logging.hpp>
+#include <spdlog/spdlog.h>
 #include <hosting/jobs/server.hpp>
 #include <hosting/jobs/sqlite_storage.hpp>
 
@@ -100,7 +107,7 @@ hosting::host_builder quiet_builder()
     auto builder = hosting::host::create_builder();
     builder.use_console_lifetime(false);
     builder.logging().sinks.push_back(std::make_shared<spdlog::sinks::null_sink_mt>());
-    builder.health().options().loop_lag_interval = std::chrono::milliseconds::zero();
+    hosting::add_health_checks(builder).options().loop_lag_interval = std::chrono::milliseconds::zero();
     return builder;
 }
 

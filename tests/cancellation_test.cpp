@@ -1,5 +1,6 @@
-#include <hosting/cancellation.hpp>
-#include <hosting/offload.hpp>
+#include <hosting/async/cancellation.hpp>
+#include <hosting/async/cancellation_bridge.hpp>
+#include <hosting/async/offload.hpp>
 
 #include "support.hpp"
 

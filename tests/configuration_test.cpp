@@ -1,6 +1,6 @@
-#include <hosting/configuration.hpp>
+#include <hosting/configuration/configuration.hpp>
 #include <hosting/hosting.hpp>
-#include <hosting/systemd.hpp>
+#include <hosting/systemd/systemd.hpp>
 
 #include "support.hpp"
 

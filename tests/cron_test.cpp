@@ -1,4 +1,4 @@
-#include <hosting/cron.hpp>
+#include <hosting/scheduling/cron.hpp>
 
 #include <catch2/catch.hpp>
 

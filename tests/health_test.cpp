@@ -1,5 +1,5 @@
 #include <hosting/hosting.hpp>
-#include <hosting/periodic_timer.hpp>
+#include <hosting/scheduling/periodic_timer.hpp>
 
 #include "support.hpp"
 
@@ -153,7 +153,7 @@ TEST_CASE("the endpoint listens on loopback unless told otherwise", "[health][ht
     auto builder = test::make_builder(sink);
     hosting::health_endpoint_options options;
     options.port = 0;
-    builder.add_health_endpoint(options);
+    hosting::add_health_endpoint(builder, options);
     auto host = builder.build();
     host.start_blocking();
     const auto port = host.services().get<hosting::health_endpoint>().port();
@@ -166,7 +166,7 @@ TEST_CASE("health endpoint answers each route with its status code", "[health][h
 {
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
-    builder.add_health_endpoint(loopback());
+    hosting::add_health_endpoint(builder, loopback());
     builder.services().add_hosted_service<idle_worker>().name("worker");
     auto host = builder.build();
     host.start_blocking();
@@ -212,7 +212,7 @@ TEST_CASE("health checks run concurrently, each with its timeout, and the worst 
 {
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
-    builder.add_health_endpoint(loopback());
+    hosting::add_health_endpoint(builder, loopback());
     std::atomic<int> in_flight{0};
     // Each waits until the other has started: if checks ran one after the
     // other, the first would never see two and report unhealthy.
@@ -224,7 +224,7 @@ TEST_CASE("health checks run concurrently, each with its timeout, and the worst 
         co_return both ? hosting::health_check_result::healthy("met the other check")
                        : hosting::health_check_result::unhealthy("ran alone");
     };
-    builder.health()
+    hosting::add_health_checks(builder)
         .add_check("pair-a", rendezvous, {"pair"})
         .add_check("pair-b", rendezvous, {"pair"})
         .add_check("slow", [](std::stop_token) -> asio::awaitable<hosting::health_check_result> {
@@ -292,20 +292,20 @@ TEST_CASE("health check names are checked at build", "[health]")
     auto ok = []() -> asio::awaitable<hosting::health_check_result> { co_return hosting::health_check_result{}; };
     {
         auto builder = test::make_builder(sink);
-        builder.health().add_check("db", ok).add_check("db", ok);
+        hosting::add_health_checks(builder).add_check("db", ok).add_check("db", ok);
         CHECK_THROWS_WITH(builder.build(), Catch::Contains("two checks are named 'db'"));
     }
     {
         auto builder = test::make_builder(sink);
-        builder.health().add_check("readiness", ok);
+        hosting::add_health_checks(builder).add_check("readiness", ok);
         CHECK_THROWS_WITH(builder.build(), Catch::Contains("'readiness' is reserved"));
     }
     {
         auto builder = test::make_builder(sink);
-        CHECK_THROWS_AS(builder.health().add_check("t", ok, {}, 0ms), std::invalid_argument);
+        CHECK_THROWS_AS(hosting::add_health_checks(builder).add_check("t", ok, {}, 0ms), std::invalid_argument);
         hosting::health_endpoint_options bad;
         bad.address = "localhost:80";
-        CHECK_THROWS_AS(builder.add_health_endpoint(bad), std::invalid_argument);
+        CHECK_THROWS_AS(hosting::add_health_endpoint(builder, bad), std::invalid_argument);
     }
 }
 
@@ -317,7 +317,7 @@ TEST_CASE("a faulted service turns /health/live to 503 with its name and error",
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
     builder.options().background_service_exception_behavior = hosting::background_service_exception_behavior::ignore;
-    builder.add_health_endpoint(loopback());
+    hosting::add_health_endpoint(builder, loopback());
     builder.services().add_hosted_service<idle_worker>().name("steady");
     builder.services().add_hosted_service<faulting_worker>().name("ingest");
     auto host = builder.build();
@@ -341,7 +341,7 @@ TEST_CASE("a service that stops sending heartbeats is reported stuck", "[health]
 {
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
-    builder.add_health_endpoint(loopback());
+    hosting::add_health_endpoint(builder, loopback());
     builder.services().add_hosted_service<beating_worker>().name("beating");
     builder.services().add_hosted_service<silent_worker>().name("silent");
     auto host = builder.build();
@@ -369,10 +369,10 @@ TEST_CASE("a service that blocks the loop shows as loop lag, and a warning names
 {
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
-    builder.health().options().loop_lag_interval = 50ms;
-    builder.health().options().loop_lag_threshold = 300ms;
-    builder.health().options().loop_name = "workers";
-    builder.add_health_endpoint(loopback());
+    hosting::add_health_checks(builder).options().loop_lag_interval = 50ms;
+    hosting::add_health_checks(builder).options().loop_lag_threshold = 300ms;
+    hosting::add_health_checks(builder).options().loop_name = "workers";
+    hosting::add_health_endpoint(builder, loopback());
     builder.services().add_hosted_service<loop_hog>().name("hog");
     auto host = builder.build();
     host.start_blocking();
@@ -467,7 +467,7 @@ TEST_CASE("readiness is false while starting, true once started, and false as so
     // machine.
     builder.options().shutdown_delay = 4s;
     builder.options().shutdown_timeout = 10s;
-    builder.add_health_endpoint(loopback());
+    hosting::add_health_endpoint(builder, loopback());
     std::stop_source gate;
     drain_log log;
     builder.services().add_hosted_service<gated_start>(&gate).name("gate");
@@ -534,7 +534,7 @@ TEST_CASE("the endpoint starts first and stops last even when services start and
     builder.options().services_start_concurrently = true;
     builder.options().services_stop_concurrently = true;
     builder.options().shutdown_timeout = 20s;
-    builder.add_health_endpoint(loopback());
+    hosting::add_health_endpoint(builder, loopback());
     recorder r;
     std::stop_source start_gate, stop_gate;
     builder.services().add_hosted_service<gated_start>(&start_gate).name("slow-start");
@@ -579,7 +579,7 @@ TEST_CASE("malformed, oversized and slow requests are refused and the endpoint k
     // Long, except for the slow-client section: held connections must stay
     // open however slowly the test runs.
     options.read_timeout = 30s;
-    builder.add_health_endpoint(options);
+    hosting::add_health_endpoint(builder, options);
     builder.services().add_hosted_service<beating_worker>().name("beating");
     auto host = builder.build();
     host.start_blocking();
@@ -647,7 +647,7 @@ TEST_CASE("a slow client is dropped after the read timeout and the endpoint keep
     auto builder = test::make_builder(sink);
     auto options = loopback();
     options.read_timeout = 300ms;
-    builder.add_health_endpoint(options);
+    hosting::add_health_endpoint(builder, options);
     auto host = builder.build();
     host.start_blocking();
     const auto port = port_of(host);
@@ -668,7 +668,7 @@ TEST_CASE("the endpoint stops within the deadline even with clients connected", 
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
     builder.options().shutdown_timeout = 2s;
-    builder.add_health_endpoint(loopback());
+    hosting::add_health_endpoint(builder, loopback());
     auto host = builder.build();
     host.start_blocking();
     const auto port = port_of(host);
@@ -695,11 +695,11 @@ TEST_CASE("/metrics parses line by line and carries the host's series", "[health
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
     builder.options().background_service_exception_behavior = hosting::background_service_exception_behavior::ignore;
-    builder.health().options().loop_lag_interval = 20ms;
-    builder.health().add_check("db", []() -> asio::awaitable<hosting::health_check_result> {
+    hosting::add_health_checks(builder).options().loop_lag_interval = 20ms;
+    hosting::add_health_checks(builder).add_check("db", []() -> asio::awaitable<hosting::health_check_result> {
         co_return hosting::health_check_result::healthy();
     });
-    builder.add_health_endpoint(loopback());
+    hosting::add_health_endpoint(builder, loopback());
     builder.services().add_hosted_service<idle_worker>().name("steady");
     builder.services().add_hosted_service<faulting_worker>().name("ingest");
     auto host = builder.build();
@@ -779,7 +779,7 @@ TEST_CASE("publishers push the report after start, on a period, without overlapp
     hosting::health_publisher_options every;
     every.delay = 0ms;
     every.period = 50ms;
-    builder.health().add_publisher(
+    hosting::add_health_checks(builder).add_publisher(
         "test",
         [&](const hosting::health_report& report, std::stop_token) -> asio::awaitable<void> {
             if (runs.load() == 0)

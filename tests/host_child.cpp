@@ -1,6 +1,13 @@
 // A program the process tests run as a child: signals, exit codes and the
 // hard deadline need a process boundary.
 #include <hosting/hosting.hpp>
+#include <hosting/async/offload.hpp>
+#include <hosting/configuration/configuration.hpp>
+#include <hosting/health/health.hpp>
+#include <hosting/health/health_endpoint.hpp>
+#include <hosting/health/metrics.hpp>
+#include <hosting/logging/logging.hpp>
+#include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <cstdio>

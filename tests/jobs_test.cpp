@@ -1,5 +1,5 @@
 #include <hosting/hosting.hpp>
-#include <hosting/cron.hpp>
+#include <hosting/scheduling/cron.hpp>
 #include <hosting/jobs/server.hpp>
 #include <hosting/jobs/sqlite_storage.hpp>
 

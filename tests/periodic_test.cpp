@@ -1,7 +1,7 @@
-#include <hosting/cron_service.hpp>
+#include <hosting/scheduling/cron_service.hpp>
 #include <hosting/hosting.hpp>
-#include <hosting/periodic_service.hpp>
-#include <hosting/periodic_timer.hpp>
+#include <hosting/scheduling/periodic_service.hpp>
+#include <hosting/scheduling/periodic_timer.hpp>
 
 #include "support.hpp"
 

@@ -1,5 +1,5 @@
-#include <hosting/services.hpp>
-#include <hosting/host.hpp>
+#include <hosting/core/services.hpp>
+#include <hosting/core/host.hpp>
 
 #include "support.hpp"
 

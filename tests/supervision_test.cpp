@@ -216,7 +216,7 @@ TEST_CASE("reaching the restart limit applies background_service_exception_behav
             hosting::background_service_exception_behavior::ignore;
         hosting::health_endpoint_options endpoint;
         endpoint.port = 0;
-        builder.add_health_endpoint(endpoint);
+        hosting::add_health_endpoint(builder, endpoint);
         builder.services().add_hosted_service<flaky>(&l, 1000).name("doomed").restart(
             quick(hosting::restart_mode::on_failure, 2));
         auto host = builder.build();
@@ -248,6 +248,7 @@ TEST_CASE("a pending restart is shown as degraded and cancelled by the stop", "[
     auto sink = std::make_shared<test::capture_sink>();
     lives l;
     auto builder = test::make_builder(sink);
+    hosting::add_health_checks(builder);
     auto policy = quick(hosting::restart_mode::on_failure);
     policy.initial_delay = std::chrono::hours(1);
     policy.max_delay = std::chrono::hours(1);

@@ -1,6 +1,7 @@
 // The sd_notify protocol on a real datagram socket that the test owns.
 #include <hosting/hosting.hpp>
-#include <hosting/systemd.hpp>
+#include <hosting/systemd/systemd.hpp>
+#include <hosting/systemd/journal_sink.hpp>
 
 #include "support.hpp"
 
@@ -125,7 +126,7 @@ TEST_CASE("systemd: READY, STATUS and STOPPING, in order, on a path and an abstr
         notify_listener listener(abstract);
         auto sink = std::make_shared<test::capture_sink>();
         auto builder = test::make_builder(sink);
-        builder.use_systemd();
+        hosting::use_systemd(builder);
         builder.services().add_hosted_service<status_reporter>();
         auto host = builder.build();
         CHECK(host.services().get<hosting::systemd_notifier>().active());
@@ -150,7 +151,7 @@ TEST_CASE("systemd: a reload is announced with RELOADING and MONOTONIC_USEC, goo
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = hosting::host::create_builder();
     builder.logging().sinks.push_back(sink);
-    builder.use_systemd();
+    hosting::use_systemd(builder);
     auto host = builder.build();
     host.start_blocking();
     REQUIRE(listener.receive_state() == "READY=1");
@@ -201,7 +202,7 @@ TEST_CASE("systemd: the watchdog pings only while the loop responds", "[systemd]
     std::atomic<bool> go{false};
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
-    builder.use_systemd();
+    hosting::use_systemd(builder);
     builder.services().add_hosted_service<blocker>(&go);
     auto host = builder.build();
     host.start_blocking();
@@ -252,7 +253,7 @@ TEST_CASE("systemd: EXTEND_TIMEOUT_USEC while a long start is in progress", "[sy
     };
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
-    builder.use_systemd({.extend_timeout_every = 100ms});
+    hosting::use_systemd(builder, {.extend_timeout_every = 100ms});
     builder.services().add_hosted_service<slow_start>();
     auto host = builder.build();
     host.start_blocking();
@@ -273,7 +274,7 @@ TEST_CASE("systemd: without NOTIFY_SOCKET everything is a no-op", "[systemd]")
     ::unsetenv("NOTIFY_SOCKET");
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
-    builder.use_systemd();
+    hosting::use_systemd(builder);
     builder.services().add_hosted_service<status_reporter>();
     auto host = builder.build();
     auto& notifier = host.services().get<hosting::systemd_notifier>();
@@ -284,7 +285,7 @@ TEST_CASE("systemd: without NOTIFY_SOCKET everything is a no-op", "[systemd]")
     CHECK(host.exit_code() == 0);
     // And without use_systemd() the notifier is there, inactive.
     auto plain = test::make_builder(sink).build();
-    CHECK_FALSE(plain.services().get<hosting::systemd_notifier>().active());
+    CHECK(plain.services().try_get<hosting::systemd_notifier>() == nullptr); // only use_systemd() registers it
 }
 
 TEST_CASE("systemd: journal output has priority prefixes and one line per record", "[systemd]")
@@ -323,7 +324,7 @@ TEST_CASE("systemd: use_systemd logs in the journal's format under the journal",
     ::setenv("JOURNAL_STREAM", (std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino)).c_str(), 1);
     auto builder = hosting::host::create_builder();
     builder.use_console_lifetime(false);
-    builder.use_systemd();
+    hosting::use_systemd(builder);
     auto host = builder.build();
     auto sinks = host.services().get<hosting::logger_factory>().options().sinks;
     ::unsetenv("JOURNAL_STREAM");
@@ -334,7 +335,7 @@ TEST_CASE("systemd: use_systemd logs in the journal's format under the journal",
     ::setenv("JOURNAL_STREAM", "1:1", 1);
     auto other = hosting::host::create_builder();
     other.use_console_lifetime(false);
-    other.use_systemd();
+    hosting::use_systemd(other);
     auto other_host = other.build();
     ::unsetenv("JOURNAL_STREAM");
     auto other_sinks = other_host.services().get<hosting::logger_factory>().options().sinks;

@@ -4,6 +4,13 @@
 //   background_service            # runs until Ctrl+C (SIGINT), SIGTERM or SIGQUIT
 //   background_service --ticks=5  # stops itself after five ticks
 #include <hosting/hosting.hpp>
+#include <hosting/async/offload.hpp>
+#include <hosting/configuration/configuration.hpp>
+#include <hosting/health/health.hpp>
+#include <hosting/health/health_endpoint.hpp>
+#include <hosting/health/metrics.hpp>
+#include <hosting/logging/logging.hpp>
+#include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <string>

@@ -4,8 +4,15 @@
 //
 //   cron_cleanup                                  # prints the next runs, waits for them
 //   cron_cleanup --expression="*/2 * * * * *"     # try it with a faster schedule
-#include <hosting/cron_service.hpp>
+#include <hosting/scheduling/cron_service.hpp>
 #include <hosting/hosting.hpp>
+#include <hosting/async/offload.hpp>
+#include <hosting/configuration/configuration.hpp>
+#include <hosting/health/health.hpp>
+#include <hosting/health/health_endpoint.hpp>
+#include <hosting/health/metrics.hpp>
+#include <hosting/logging/logging.hpp>
+#include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <cstdio>

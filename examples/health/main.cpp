@@ -8,7 +8,14 @@
 //   curl -s http://127.0.0.1:8081/health | python3 -m json.tool
 //   curl -s http://127.0.0.1:8081/metrics
 #include <hosting/hosting.hpp>
-#include <hosting/periodic_timer.hpp>
+#include <hosting/async/offload.hpp>
+#include <hosting/configuration/configuration.hpp>
+#include <hosting/health/health.hpp>
+#include <hosting/health/health_endpoint.hpp>
+#include <hosting/health/metrics.hpp>
+#include <hosting/logging/logging.hpp>
+#include <spdlog/spdlog.h>
+#include <hosting/scheduling/periodic_timer.hpp>
 
 #include <boost/asio/this_coro.hpp>
 
@@ -76,7 +83,7 @@ int main(int argc, char** argv)
     builder.services().add_hosted_service<flaky_exporter>(lifespan).name("exporter").restart(restart);
 
     // A readiness check: traffic only when the spool directory exists.
-    builder.health().add_check(
+    hosting::add_health_checks(builder).add_check(
         "spool",
         []() -> asio::awaitable<hosting::health_check_result> {
             std::error_code ec;
@@ -91,7 +98,7 @@ int main(int argc, char** argv)
     hosting::health_publisher_options every;
     every.delay = 2s;
     every.period = 10s;
-    builder.health().add_publisher(
+    hosting::add_health_checks(builder).add_publisher(
         "log", [](const hosting::health_report& report, std::stop_token) -> asio::awaitable<void> {
             std::string worst;
             for (const auto& e : report.entries)
@@ -105,7 +112,7 @@ int main(int argc, char** argv)
 
     hosting::health_endpoint_options endpoint;
     endpoint.port = static_cast<std::uint16_t>(config.get<int>("Health:Port", 8081));
-    builder.add_health_endpoint(endpoint);
+    hosting::add_health_endpoint(builder, endpoint);
     builder.options().shutdown_delay = std::chrono::milliseconds(config.get<int>("Health:ShutdownDelayMs", 0));
     builder.options().shutdown_timeout = builder.options().shutdown_delay + 5s;
 

@@ -4,7 +4,14 @@
 //   periodic_cache_refresh             # every 2 s until Ctrl+C
 //   periodic_cache_refresh --ticks=3   # stops itself after three refreshes
 #include <hosting/hosting.hpp>
-#include <hosting/periodic_service.hpp>
+#include <hosting/async/offload.hpp>
+#include <hosting/configuration/configuration.hpp>
+#include <hosting/health/health.hpp>
+#include <hosting/health/health_endpoint.hpp>
+#include <hosting/health/metrics.hpp>
+#include <hosting/logging/logging.hpp>
+#include <spdlog/spdlog.h>
+#include <hosting/scheduling/periodic_service.hpp>
 
 #include <chrono>
 #include <string>

@@ -5,10 +5,17 @@
 //                                           # SIGHUP reloads appsettings.json
 //   worker_service --Worker:Runs=3          # a scheduler-run job: three reports, then exit code 0
 //   worker_service --Worker:Runs=3 --Worker:Fail=true   # the job failing: exit code 1
-#include <hosting/configuration.hpp>
+#include <hosting/configuration/configuration.hpp>
 #include <hosting/hosting.hpp>
-#include <hosting/periodic_service.hpp>
-#include <hosting/systemd.hpp>
+#include <hosting/async/offload.hpp>
+#include <hosting/configuration/configuration.hpp>
+#include <hosting/health/health.hpp>
+#include <hosting/health/health_endpoint.hpp>
+#include <hosting/health/metrics.hpp>
+#include <hosting/logging/logging.hpp>
+#include <spdlog/spdlog.h>
+#include <hosting/scheduling/periodic_service.hpp>
+#include <hosting/systemd/systemd.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -90,7 +97,7 @@ int main(int argc, char** argv)
 {
     try {
         auto builder = hosting::host::create_builder(argc, argv);
-        builder.use_systemd();
+        hosting::use_systemd(builder);
         if (builder.configuration().get<int>("Worker:Runs", 0) > 0) {
             // Exit when the job is done; the exit code says how it went.
             builder.options().stop_when_all_background_services_complete = true;

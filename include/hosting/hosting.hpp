@@ -1,16 +1,14 @@
-// The core of hosting: cancellation, services, host.
+// The core of hosting: cancellation, services, the host. Features have
+// headers (and CMake components) of their own: <hosting/health/health.hpp>,
+// <hosting/scheduling/cron_service.hpp>, <hosting/systemd/systemd.hpp>,
+// <hosting/jobs/server.hpp>, ...
 #pragma once
 
-#include <hosting/background_service.hpp>
-#include <hosting/cancellation.hpp>
-#include <hosting/health.hpp>
-#include <hosting/health_endpoint.hpp>
-#include <hosting/host.hpp>
-#include <hosting/host_builder.hpp>
-#include <hosting/host_options.hpp>
-#include <hosting/hosted_service.hpp>
-#include <hosting/lifetime.hpp>
-#include <hosting/logging.hpp>
-#include <hosting/metrics.hpp>
-#include <hosting/offload.hpp>
-#include <hosting/services.hpp>
+#include <hosting/async/cancellation.hpp>
+#include <hosting/core/application_lifetime.hpp>
+#include <hosting/core/background_service.hpp>
+#include <hosting/core/host.hpp>
+#include <hosting/core/host_builder.hpp>
+#include <hosting/core/host_options.hpp>
+#include <hosting/core/hosted_service.hpp>
+#include <hosting/core/services.hpp>

@@ -1,12 +1,12 @@
-#include "engine.hpp"
+#include "jobs/detail/engine.hpp"
 
-#include <hosting/cancellation.hpp>
-#include <hosting/cron.hpp>
-#include <hosting/host_options.hpp>
-#include <hosting/logging.hpp>
+#include <hosting/async/cancellation.hpp>
+#include <hosting/scheduling/cron.hpp>
+#include <hosting/core/host_options.hpp>
+#include <hosting/logging/logging.hpp>
 
-#include "../describe.hpp"
-#include "../duration_text.hpp"
+#include "detail/describe.hpp"
+#include "detail/duration_text.hpp"
 
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
@@ -693,7 +693,7 @@ jobs_registration add_jobs(host_builder& builder, std::shared_ptr<storage> store
     builder.services().add_hosted_service<server>(engine).name("hosting.jobs");
     // Readiness depends on the storage: a server that cannot reach it must
     // not receive traffic that enqueues.
-    builder.health().add_check(
+    add_health_checks(builder).add_check(
         "jobs_storage",
         [engine](std::stop_token) -> asio::awaitable<health_check_result> {
             std::function<job_counts(storage&)> fn = [](storage& s) { return s.counts(); };

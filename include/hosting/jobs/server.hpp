@@ -1,9 +1,10 @@
 // jobs/server.hpp: kinds, handlers, and the server that runs them.
 #pragma once
 
-#include <hosting/background_service.hpp>
-#include <hosting/host_builder.hpp>
-#include <hosting/metrics.hpp>
+#include <hosting/core/background_service.hpp>
+#include <hosting/core/host_builder.hpp>
+#include <hosting/health/health.hpp>
+#include <hosting/health/metrics.hpp>
 #include <hosting/jobs/client.hpp>
 #include <hosting/jobs/storage.hpp>
 

@@ -1,0 +1,36 @@
+// console_lifetime: a host run from a terminal or by a process supervisor.
+#pragma once
+
+#include <hosting/core/host_lifetime.hpp>
+
+#include <memory>
+
+namespace hosting {
+
+// SIGINT, SIGTERM and SIGQUIT start a graceful stop; a second one during the
+// stop ends the process at once with exit code 128 + the signal's number;
+// SIGHUP reloads the configuration. The signals are waited for on a thread
+// of its own, so a service that blocks the event loop cannot delay the
+// second-signal exit.
+//
+// Every host built by host_builder has one unless
+// host_builder::use_console_lifetime(false) switches it off (when the
+// program handles signals itself).
+class console_lifetime final : public host_lifetime {
+public:
+    console_lifetime();
+    ~console_lifetime() override;
+    console_lifetime(const console_lifetime&) = delete;
+    console_lifetime& operator=(const console_lifetime&) = delete;
+
+    void attach(const host_lifetime_context& context) override;
+    void starting() override;
+    void started() override;
+    void stopped(int exit_code) override;
+
+private:
+    struct state;
+    std::shared_ptr<state> state_;
+};
+
+} // namespace hosting

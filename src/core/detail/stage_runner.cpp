@@ -1,0 +1,108 @@
+#include "core/detail/stage_runner.hpp"
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <algorithm>
+
+namespace hosting::detail {
+
+stage_runner::stage_runner(strand_type orch) : orch_(orch), wake_timer_(orch) {}
+
+asio::awaitable<bool> stage_runner::run(const std::vector<service_entry*>& targets, const plan& p,
+                                        std::vector<std::shared_ptr<pending_call>>& calls)
+{
+    bool in_time = true;
+    auto settle_done = [&] {
+        for (auto& c : calls)
+            if (c->done && !c->settled) {
+                c->settled = true;
+                if (p.settle)
+                    p.settle(*c);
+            }
+    };
+    for (auto* e : targets) {
+        if (p.halt && p.halt())
+            break;
+        const bool alone = !p.concurrent || e->brackets;
+        if (alone && p.concurrent && in_time) {
+            in_time = co_await wait_calls(calls, p.deadline);
+            settle_done();
+            if ((p.halt && p.halt()) || (!in_time && p.halt_at_deadline))
+                break;
+        }
+        calls.push_back(p.begin(*e));
+        if (alone && in_time && !calls.back()->done) {
+            std::vector<std::shared_ptr<pending_call>> one(1, calls.back());
+            in_time = co_await wait_calls(one, p.deadline);
+        }
+        settle_done();
+        if (!in_time && p.halt_at_deadline)
+            break;
+    }
+    if (in_time)
+        in_time = co_await wait_calls(calls, p.deadline);
+    settle_done();
+    co_return in_time;
+}
+
+asio::awaitable<bool> stage_runner::wait_calls(const std::vector<std::shared_ptr<pending_call>>& calls,
+                                               const std::function<clock::time_point()>& deadline)
+{
+    for (;;) {
+        if (std::all_of(calls.begin(), calls.end(), [](const auto& c) { return c->done; }))
+            co_return true;
+        auto until = deadline();
+        if (clock::now() >= until)
+            co_return false;
+        co_await wait_for_change(until);
+    }
+}
+
+asio::awaitable<void> stage_runner::wait_for_change(clock::time_point until)
+{
+    // Armed only when this waiter's deadline is the earliest: arming a
+    // timer per wait costs two system calls when it is the earliest one,
+    // and that showed with thousands of services. A later deadline never
+    // replaces an earlier one (a waiter without one must not switch another
+    // waiter's off): when the timer fires every waiter re-checks, and the
+    // next earliest is armed by its own wait.
+    if (until < armed_for_) {
+        armed_for_ = until;
+        wake_timer_.expires_at(until);
+        wake_timer_.async_wait([this, until](boost::system::error_code ec) {
+            if (ec || armed_for_ != until)
+                return;
+            armed_for_ = clock::time_point::max();
+            notify();
+        });
+    }
+    co_await asio::async_initiate<decltype(asio::use_awaitable), void()>(
+        [this](auto handler) {
+            using handler_type = decltype(handler);
+            struct parked final : waiter {
+                explicit parked(handler_type h) : pending(std::move(h)) {}
+                void resume() override { std::move(pending)(); }
+                handler_type pending;
+            };
+            waiters_.push_back(std::make_unique<parked>(std::move(handler)));
+        },
+        asio::use_awaitable);
+}
+
+void stage_runner::notify()
+{
+    for (auto& w : waiters_)
+        asio::post(orch_, [w = std::move(w)] { w->resume(); });
+    waiters_.clear();
+}
+
+void stage_runner::disarm()
+{
+    if (armed_for_ != clock::time_point::max()) {
+        armed_for_ = clock::time_point::max();
+        wake_timer_.cancel();
+    }
+}
+
+} // namespace hosting::detail

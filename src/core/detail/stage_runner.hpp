@@ -1,0 +1,74 @@
+// Runs one stage of a start or a stop (a lifecycle hook, start() or
+// stop() of each service), sequentially or concurrently, under a deadline.
+#pragma once
+
+#include "core/detail/service_entry.hpp"
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+namespace hosting::detail {
+
+using strand_type = asio::strand<asio::io_context::executor_type>;
+
+// Everything here runs on the orchestrator's strand.
+class stage_runner {
+public:
+    explicit stage_runner(strand_type orch);
+
+    struct plan {
+        bool concurrent = false;
+        // The deadline may move (a stop request during a start brings it
+        // closer), so it is asked again at every wait.
+        std::function<clock::time_point()> deadline;
+        // Begins one service's call; a call that finished at once (a
+        // background_service's launch) comes back done.
+        std::function<std::shared_ptr<pending_call>(service_entry&)> begin;
+        // Acts on a call that is done, once, as soon as it is seen done.
+        std::function<void(pending_call&)> settle;
+        // True: begin no further call (a start that failed or was stopped).
+        std::function<bool()> halt;
+        // A start gives up at the deadline; a stop still begins every
+        // remaining call (so each sees its cancelled token) without waiting.
+        bool halt_at_deadline = false;
+    };
+
+    // Begins the call of each target in order. Sequentially, each call is
+    // awaited before the next begins; concurrently, all begin and are then
+    // awaited together, except an entry that brackets the others, which
+    // never overlaps them. Returns false when the deadline passed with a
+    // call still running; `calls` then holds the calls that were begun.
+    asio::awaitable<bool> run(const std::vector<service_entry*>& targets, const plan& p,
+                              std::vector<std::shared_ptr<pending_call>>& calls);
+
+    // Waits until every call is done (true) or `deadline()` passes (false).
+    asio::awaitable<bool> wait_calls(const std::vector<std::shared_ptr<pending_call>>& calls,
+                                     const std::function<clock::time_point()>& deadline);
+
+    // Waits for the next notify(), or until `until`. Each waiter keeps its
+    // own deadline: one timer is armed for the earliest of them.
+    asio::awaitable<void> wait_for_change(clock::time_point until);
+    void notify();
+    // Cancels the wake timer: a pending timer is work, and would keep the
+    // loop from running out of it.
+    void disarm();
+
+private:
+    struct waiter {
+        virtual ~waiter() = default;
+        virtual void resume() = 0;
+    };
+
+    strand_type orch_;
+    std::vector<std::unique_ptr<waiter>> waiters_;
+    asio::steady_timer wake_timer_;
+    clock::time_point armed_for_ = clock::time_point::max();
+};
+
+} // namespace hosting::detail

@@ -1,0 +1,255 @@
+#include <hosting/jobs/client.hpp>
+
+#include "jobs/detail/engine.hpp"
+
+#include <hosting/scheduling/cron.hpp>
+
+namespace hosting::jobs {
+
+// ---------------------------------------------------------------------------
+// Client
+
+client::client(std::shared_ptr<detail::engine> engine) : engine_(std::move(engine)) {}
+
+time_point client::now() const { return engine_->now(); }
+
+asio::awaitable<job_id> client::submit(std::string kind, std::string args, const job_options& options,
+                                       std::optional<time_point> run_at)
+{
+    // Validation throws here, at the call, before anything is awaited.
+    auto request = engine_->make_request(std::move(kind), std::move(args), options, run_at);
+    return enqueue_request_async(std::move(request));
+}
+
+asio::awaitable<job_id> client::enqueue_request_async(enqueue_request&& request)
+{
+    auto* e = engine_.get();
+    auto initiation = [e, request = std::move(request)](auto handler) mutable {
+        using completion = hosting::detail::remote_completion<decltype(handler), std::exception_ptr, job_id>;
+        auto done = std::make_shared<completion>(std::move(handler));
+        e->submit_enqueue(std::move(request),
+                          [done](std::exception_ptr error, enqueue_result r) { done->complete(std::move(error), r.id); });
+    };
+    return asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, job_id)>(
+        std::move(initiation), asio::use_awaitable);
+}
+
+job_id client::submit_blocking(std::string kind, std::string args, job_options options,
+                               std::optional<time_point> run_at)
+{
+    return enqueue_request_blocking(engine_->make_request(std::move(kind), std::move(args), options, run_at));
+}
+
+job_id client::enqueue_request_blocking(enqueue_request request)
+{
+    auto promise = std::make_shared<std::promise<job_id>>();
+    auto future = promise->get_future();
+    engine_->submit_enqueue(std::move(request), [promise](std::exception_ptr error, enqueue_result r) {
+        if (error)
+            promise->set_exception(error);
+        else
+            promise->set_value(r.id);
+    });
+    return future.get();
+}
+
+namespace {
+std::function<job_state(storage&)> change(job_id id, job_state to, std::string reason, time_point now)
+{
+    return [id, to, reason = std::move(reason), now](storage& s) { return s.change_state(id, to, reason, now); };
+}
+} // namespace
+
+asio::awaitable<void> client::transition(job_id id, job_state to, std::string reason)
+{
+    auto fn = change(id, to, std::move(reason), now());
+    co_await engine_->call<job_state>(std::move(fn));
+    if (to == job_state::available)
+        engine_->wake_server();
+    else
+        engine_->cancel_local(id);
+}
+
+asio::awaitable<void> client::cancel(job_id id) { return transition(id, job_state::cancelled, "cancelled by a client"); }
+asio::awaitable<void> client::delete_job(job_id id) { return transition(id, job_state::deleted, "deleted by a client"); }
+asio::awaitable<void> client::requeue(job_id id) { return transition(id, job_state::available, "requeued by a client"); }
+
+void client::cancel_blocking(job_id id)
+{
+    engine_->call_blocking<job_state>(change(id, job_state::cancelled, "cancelled by a client", now()));
+    engine_->cancel_local(id);
+}
+
+void client::delete_job_blocking(job_id id)
+{
+    engine_->call_blocking<job_state>(change(id, job_state::deleted, "deleted by a client", now()));
+    engine_->cancel_local(id);
+}
+
+void client::requeue_blocking(job_id id)
+{
+    engine_->call_blocking<job_state>(change(id, job_state::available, "requeued by a client", now()));
+    engine_->wake_server();
+}
+
+asio::awaitable<std::optional<job>> client::find(job_id id)
+{
+    std::function<std::optional<job>(storage&)> fn = [id](storage& s) { return s.find(id, true); };
+    co_return co_await engine_->call<std::optional<job>>(std::move(fn));
+}
+
+std::optional<job> client::find_blocking(job_id id)
+{
+    return engine_->call_blocking<std::optional<job>>([id](storage& s) { return s.find(id, true); });
+}
+
+asio::awaitable<std::vector<job>> client::list(const job_filter& filter)
+{
+    std::function<std::vector<job>(storage&)> fn = [filter](storage& s) { return s.list(filter); };
+    return engine_->call<std::vector<job>>(std::move(fn));
+}
+
+std::vector<job> client::list_blocking(const job_filter& filter)
+{
+    return engine_->call_blocking<std::vector<job>>([filter](storage& s) { return s.list(filter); });
+}
+
+asio::awaitable<job_counts> client::counts()
+{
+    std::function<job_counts(storage&)> fn = [](storage& s) { return s.counts(); };
+    co_return co_await engine_->call<job_counts>(std::move(fn));
+}
+
+job_counts client::counts_blocking()
+{
+    return engine_->call_blocking<job_counts>([](storage& s) { return s.counts(); });
+}
+
+asio::awaitable<job_id> client::submit_continuation(job_id parent, std::string kind, std::string args,
+                                                    continuation_condition condition, const job_options& options)
+{
+    auto request = engine_->make_request(std::move(kind), std::move(args), options, std::nullopt);
+    request.parent_id = parent;
+    request.condition = condition;
+    request.reason = "continues job " + std::to_string(parent);
+    return enqueue_request_async(std::move(request));
+}
+
+job_id client::submit_continuation_blocking(job_id parent, std::string kind, std::string args,
+                                            continuation_condition condition, job_options options)
+{
+    auto request = engine_->make_request(std::move(kind), std::move(args), options, std::nullopt);
+    request.parent_id = parent;
+    request.condition = condition;
+    request.reason = "continues job " + std::to_string(parent);
+    return enqueue_request_blocking(std::move(request));
+}
+
+recurring_job client::make_recurring(std::string id, std::string cron, std::string zone, std::string kind,
+                                     std::string args, const job_options& options, missed_policy missed) const
+{
+    if (id.empty())
+        throw std::invalid_argument("jobs: a recurring job needs an id");
+    auto expression = cron_expression::parse(cron);
+    auto tz = time_zone::locate(zone);
+    auto request = engine_->make_request(kind, args, options, std::nullopt);
+    recurring_job r;
+    r.id = std::move(id);
+    r.cron = std::move(cron);
+    r.zone = std::move(zone);
+    r.kind = std::move(kind);
+    r.args = std::move(args);
+    r.queue = request.queue;
+    r.priority = request.priority;
+    r.max_attempts = request.max_attempts;
+    r.timeout = request.timeout;
+    r.missed = missed;
+    auto next = expression.next(now(), tz);
+    if (!next)
+        throw std::invalid_argument("jobs: recurring job '" + r.id + "' never fires");
+    r.next_fire = *next;
+    return r;
+}
+
+namespace {
+asio::awaitable<void> finish_bool(asio::awaitable<bool> op) { co_await std::move(op); }
+} // namespace
+
+asio::awaitable<void> client::upsert_recurring(recurring_job r)
+{
+    // A raw pointer: the op runs on the engine's own thread, which the engine
+    // outlives; a shared_ptr here could make that thread destroy the engine.
+    std::function<bool(storage&)> fn = [r = std::move(r), e = engine_.get()](storage& s) {
+        s.upsert_recurring(r);
+        e->wake_server(); // from the storage thread, once it is stored
+        return true;
+    };
+    return finish_bool(engine_->call<bool>(std::move(fn)));
+}
+
+void client::upsert_recurring_blocking(recurring_job r)
+{
+    engine_->call_blocking<bool>([r = std::move(r)](storage& s) {
+        s.upsert_recurring(r);
+        return true;
+    });
+    engine_->wake_server();
+}
+
+asio::awaitable<bool> client::remove_recurring(std::string_view id)
+{
+    std::function<bool(storage&)> fn = [id = std::string(id)](storage& s) { return s.remove_recurring(id); };
+    return engine_->call<bool>(std::move(fn));
+}
+
+bool client::remove_recurring_blocking(std::string id)
+{
+    return engine_->call_blocking<bool>([id = std::move(id)](storage& s) { return s.remove_recurring(id); });
+}
+
+namespace {
+std::optional<recurring_job> find_recurring(storage& s, const std::string& id)
+{
+    for (auto& r : s.list_recurring())
+        if (r.id == id)
+            return r;
+    return std::nullopt;
+}
+} // namespace
+
+asio::awaitable<job_id> client::trigger_recurring(std::string_view name)
+{
+    // Not a coroutine: the view is copied before the caller's line ends.
+    return trigger(std::string(name));
+}
+
+asio::awaitable<job_id> client::trigger(std::string id)
+{
+    std::function<std::optional<recurring_job>(storage&)> fn = [id](storage& s) { return find_recurring(s, id); };
+    auto r = co_await engine_->call<std::optional<recurring_job>>(std::move(fn));
+    if (!r)
+        throw std::invalid_argument("jobs: no recurring job '" + id + "'");
+    auto request = engine_->trigger_request(*r);
+    co_return co_await enqueue_request_async(std::move(request));
+}
+
+job_id client::trigger_recurring_blocking(std::string id)
+{
+    auto r = engine_->call_blocking<std::optional<recurring_job>>([id](storage& s) { return find_recurring(s, id); });
+    if (!r)
+        throw std::invalid_argument("jobs: no recurring job '" + id + "'");
+    return enqueue_request_blocking(engine_->trigger_request(*r));
+}
+
+asio::awaitable<std::vector<recurring_job>> client::list_recurring()
+{
+    std::function<std::vector<recurring_job>(storage&)> fn = [](storage& s) { return s.list_recurring(); };
+    co_return co_await engine_->call<std::vector<recurring_job>>(std::move(fn));
+}
+
+std::vector<recurring_job> client::list_recurring_blocking()
+{
+    return engine_->call_blocking<std::vector<recurring_job>>([](storage& s) { return s.list_recurring(); });
+}
+
+} // namespace hosting::jobs

@@ -1,0 +1,120 @@
+// The job engine shared by the client and the server: the storage, the one
+// thread that talks to it, and the registered kinds.
+#pragma once
+
+#include <hosting/jobs/client.hpp>
+#include <hosting/jobs/server.hpp>
+
+#include "detail/remote_completion.hpp"
+
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <condition_variable>
+#include <deque>
+#include <future>
+#include <map>
+#include <mutex>
+#include <thread>
+
+namespace hosting::jobs::detail {
+
+class engine : public std::enable_shared_from_this<engine> {
+public:
+    engine(std::shared_ptr<storage> store, server_options options);
+    ~engine();
+
+    const server_options& options() const noexcept { return options_; }
+    time_point now() const { return options_.clock->now(); }
+    const std::string& node() const noexcept { return options_.node_id; }
+
+    void add_kind(kind_entry entry);
+    const kind_entry* kind(const std::string& name) const;
+    std::vector<std::string> kind_names() const;
+    // All kinds, for hot paths that must not copy them; fixed once the host runs.
+    const std::map<std::string, kind_entry, std::less<>>& kinds() const noexcept { return kinds_; }
+
+    // Applies the kind's defaults (when this process knows the kind) and
+    // validates the call.
+    enqueue_request make_request(std::string kind, std::string args, const job_options& options,
+                                 std::optional<time_point> run_at) const;
+
+    // One occurrence of a recurring job, and a run triggered by hand.
+    enqueue_request occurrence_request(const recurring_job& r, time_point fire) const;
+    enqueue_request trigger_request(const recurring_job& r) const;
+
+    // Every enqueue waiting when the storage thread wakes is committed in one
+    // transaction: SQLite has no group commit of its own.
+    using enqueue_done = std::function<void(std::exception_ptr, enqueue_result)>;
+    void submit_enqueue(enqueue_request request, enqueue_done done);
+    // Any other storage call, in order, on the storage thread.
+    void submit(std::function<void(storage&)> op);
+
+    // Runs `fn` on the storage thread and resumes the caller on its own
+    // executor with the result. Not a coroutine, and taking a reference: a
+    // by-value argument would be a temporary inside the caller's co_await,
+    // which GCC 12 can destroy twice.
+    template <class R>
+    asio::awaitable<R> call(std::function<R(storage&)>&& fn)
+    {
+        return asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, R)>(
+            [this, fn = std::move(fn)](auto handler) mutable {
+                using completion = hosting::detail::remote_completion<decltype(handler), std::exception_ptr, R>;
+                auto done = std::make_shared<completion>(std::move(handler));
+                submit([fn = std::move(fn), done](storage& s) mutable {
+                    std::exception_ptr error;
+                    R result{};
+                    try {
+                        result = fn(s);
+                    } catch (...) {
+                        error = std::current_exception();
+                    }
+                    done->complete(std::move(error), std::move(result));
+                });
+            },
+            asio::use_awaitable);
+    }
+
+    template <class R>
+    R call_blocking(std::function<R(storage&)> fn)
+    {
+        auto promise = std::make_shared<std::promise<R>>();
+        auto future = promise->get_future();
+        submit([fn = std::move(fn), promise](storage& s) {
+            try {
+                promise->set_value(fn(s));
+            } catch (...) {
+                promise->set_exception(std::current_exception());
+            }
+        });
+        return future.get();
+    }
+
+    // The server of this process, told when a local enqueue committed.
+    void set_waker(std::function<void()> fn);
+    void wake_server();
+    // The server of this process, told at once about a cancel or delete of a
+    // job it may be running (other processes learn it at their heartbeat).
+    void set_local_cancel(std::function<void(job_id)> fn);
+    void cancel_local(job_id id);
+
+private:
+    void loop();
+
+    std::shared_ptr<storage> store_;
+    server_options options_;
+    std::map<std::string, kind_entry, std::less<>> kinds_;
+
+    std::mutex mutex_;
+    std::condition_variable changed_;
+    bool stopping_ = false;
+    std::vector<std::pair<enqueue_request, enqueue_done>> enqueues_;
+    std::deque<std::function<void(storage&)>> ops_;
+    std::function<void()> waker_;              // mutex_
+    std::function<void(job_id)> local_cancel_; // mutex_
+    std::thread thread_;
+};
+
+} // namespace hosting::jobs::detail
