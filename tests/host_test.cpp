@@ -1,8 +1,11 @@
 #include <hosting/hosting.hpp>
+#include <hosting/core/host_lifetime.hpp>
 
 #include "support.hpp"
 
+#include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
@@ -787,4 +790,252 @@ TEST_CASE("an embedded host's stop completes at the deadline despite a stubborn 
     host.reset();
     io.run_for(50ms);
     CHECK(sink->has("still have work on the program's io_context"));
+}
+
+// ---------------------------------------------------------------------------
+// Concurrent and cancelled callers of start() and stop()
+
+TEST_CASE("a second stop() and a wait_for_shutdown() that come later both end at the deadline",
+          "[host][embedded][concurrency]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    asio::io_context io;
+    auto builder = test::make_builder(sink);
+    builder.use_io_context(io);
+    builder.options().shutdown_timeout = 1s;
+    builder.services().add_hosted_service<stubborn>().name("stubborn-one");
+    std::optional<hosting::host> host(builder.build());
+    int ended = 0;
+    int shutdown_code = -1;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            co_await host->start();
+            // The first stop, then two more waiters arriving later, each
+            // with no deadline of its own.
+            asio::co_spawn(
+                io, [&]() -> asio::awaitable<void> { co_await host->stop(); ++ended; }, asio::detached);
+            co_await hosting::delay(200ms);
+            asio::co_spawn(
+                io, [&]() -> asio::awaitable<void> { co_await host->stop(); ++ended; }, asio::detached);
+            shutdown_code = co_await host->wait_for_shutdown();
+            ++ended;
+        },
+        asio::detached);
+    const auto began = std::chrono::steady_clock::now();
+    while (ended < 3 && io.run_one_for(test::patience))
+        ;
+    CHECK(ended == 3);
+    CHECK(std::chrono::steady_clock::now() - began < 1s + 1s);
+    CHECK(shutdown_code == 1);
+    CHECK(sink->has("did not stop in time: 'stubborn-one'", spdlog::level::err));
+    CHECK_FALSE(sink->has("is blocking its thread"));
+    host.reset();
+    io.run_for(50ms);
+}
+
+TEST_CASE("stop_blocking() after an earlier stop() does not call the loop blocked", "[host][concurrency]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    builder.options().shutdown_timeout = 1s;
+    builder.services().add_hosted_service<stubborn>().name("stubborn-one");
+    auto host = builder.build();
+    host.start_blocking();
+    std::atomic<bool> first_done{false};
+    auto& io = host.services().get<asio::io_context>();
+    asio::co_spawn(
+        io, [&]() -> asio::awaitable<void> { co_await host.stop(); first_done = true; }, asio::detached);
+    // The second caller arrives once the first stop is under way.
+    REQUIRE(sink->wait_for("Application is shutting down"));
+    const auto began = std::chrono::steady_clock::now();
+    host.stop_blocking();
+    CHECK(std::chrono::steady_clock::now() - began < 1s + 500ms);
+    CHECK(host.exit_code() == 1);
+    CHECK(sink->has("did not stop in time: 'stubborn-one'", spdlog::level::err));
+    CHECK_FALSE(sink->has("is blocking its thread"));
+}
+
+TEST_CASE("a waiter without a deadline does not switch startup_timeout off", "[host][concurrency]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    asio::io_context io;
+    auto builder = test::make_builder(sink);
+    builder.use_io_context(io);
+    builder.options().startup_timeout = 300ms;
+    behaviour slow;
+    slow.start_delay = 10s;
+    slow.start_ignores_cancel = true;
+    builder.services().add_hosted_service<recording_service>(&r, std::string("slow"), slow);
+    std::optional<hosting::host> host(builder.build());
+    bool failed = false;
+    bool shutdown_seen = false;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            try {
+                co_await host->start();
+            } catch (const hosting::start_failed&) {
+                failed = true;
+            }
+        },
+        asio::detached);
+    // Waits with no deadline of its own while the start is running.
+    asio::co_spawn(
+        io, [&]() -> asio::awaitable<void> { co_await host->wait_for_shutdown(); shutdown_seen = true; },
+        asio::detached);
+    const auto began = std::chrono::steady_clock::now();
+    while (!failed && io.run_one_for(test::patience))
+        ;
+    CHECK(failed);
+    CHECK(std::chrono::steady_clock::now() - began < 300ms + 5s + 2s);
+    CHECK(sink->has("startup_timeout of 300 ms passed", spdlog::level::err));
+    host.reset();
+    io.run_for(50ms);
+}
+
+TEST_CASE("cancelling the wait for stop() abandons the wait, not the stop", "[host][embedded][concurrency]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    asio::io_context io;
+    auto builder = test::make_builder(sink);
+    builder.use_io_context(io);
+    behaviour slow_stop;
+    slow_stop.stop_delay = 300ms;
+    builder.services().add_hosted_service<recording_service>(&r, std::string("a"), slow_stop);
+    builder.services().add_hosted_service<recording_service>(&r, std::string("b"), slow_stop);
+    auto host = builder.build();
+    bool abandoned = false;
+    bool stopped_later = false;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            using namespace asio::experimental::awaitable_operators;
+            co_await host.start();
+            asio::steady_timer timer(io, 50ms);
+            auto stopping = host.stop();
+            auto waited = timer.async_wait(asio::use_awaitable);
+            auto which = co_await (std::move(stopping) || std::move(waited));
+            abandoned = which.index() == 1;
+            co_await host.stop();
+            stopped_later = true;
+        },
+        [&](std::exception_ptr e) {
+            if (e)
+                r.add("error");
+        });
+    while (!stopped_later && io.run_one_for(test::patience))
+        ;
+    CHECK(abandoned);
+    CHECK(stopped_later);
+    CHECK(host.lifetime().application_stopped().stop_requested());
+    CHECK(r.contains("stopped a"));
+    CHECK(r.contains("stopped b"));
+    CHECK(host.exit_code() == 0);
+    CHECK_FALSE(r.contains("error"));
+}
+
+TEST_CASE("a terminal cancellation of the coroutine awaiting start() leaves the start running",
+          "[host][embedded][concurrency]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    asio::io_context io;
+    auto builder = test::make_builder(sink);
+    builder.use_io_context(io);
+    behaviour slow_start;
+    slow_start.start_delay = 200ms;
+    builder.services().add_hosted_service<recording_service>(&r, std::string("a"), slow_start);
+    auto host = builder.build();
+    asio::cancellation_signal signal;
+    bool cancelled = false;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            try {
+                co_await host.start();
+            } catch (const hosting::operation_canceled&) {
+                cancelled = true;
+            }
+        },
+        asio::bind_cancellation_slot(signal.slot(), asio::detached));
+    asio::post(io, [&] { signal.emit(asio::cancellation_type::terminal); });
+    while (!host.lifetime().application_started().stop_requested() && io.run_one_for(test::patience))
+        ;
+    CHECK(cancelled);
+    CHECK(host.lifetime().application_started().stop_requested());
+    CHECK(r.contains("started a"));
+    io.restart(); // it may have run out of work with the start
+    bool stopped = false;
+    asio::co_spawn(
+        io, [&]() -> asio::awaitable<void> { co_await host.stop(); stopped = true; },
+        [&](std::exception_ptr e) {
+            if (e)
+                try {
+                    std::rethrow_exception(e);
+                } catch (const std::exception& x) {
+                    r.add(std::string("stop error: ") + x.what());
+                }
+        });
+    while (!stopped && io.run_one_for(test::patience))
+        ;
+    for (auto& ev : r.events())
+        UNSCOPED_INFO(ev);
+    CHECK(stopped);
+    CHECK(host.exit_code() == 0);
+}
+
+TEST_CASE("a registration stays valid while more services are registered", "[host][services]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    auto builder = test::make_builder(sink);
+    auto first = builder.services().add_hosted_service<recording_service>(&r, std::string("a"));
+    // Enough to make any vector reallocate.
+    for (int i = 0; i < 100; ++i)
+        builder.services().add_hosted_service<recording_service>(&r, "b" + std::to_string(i));
+    first.name("renamed-a");
+    auto host = builder.build();
+    CHECK(host.service_statuses().front().name == "renamed-a");
+}
+
+TEST_CASE("a configuration reload calls every subscriber and says which part failed", "[host][configuration]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    struct capture final : hosting::host_lifetime {
+        std::function<void()> reload;
+        void attach(const hosting::host_lifetime_context& c) override { reload = c.reload_configuration; }
+    };
+    auto lifetime = std::make_shared<capture>();
+    builder.add_lifetime(lifetime);
+    auto host = builder.build();
+    auto& config = host.services().get<hosting::configuration>();
+    std::atomic<int> later_ran{0};
+    config.on_change([] { throw std::runtime_error("subscriber one broke"); });
+    config.on_change([] { throw 42; }); // not a std::exception
+    config.on_change([&] { ++later_ran; });
+    lifetime->reload();
+    CHECK(later_ran.load() == 1);
+    CHECK(sink->has("Configuration reloaded, but not every subscriber took it", spdlog::level::err));
+    CHECK(sink->has("subscriber one broke", spdlog::level::err));
+    CHECK_FALSE(sink->has("keeping the previous configuration"));
+    CHECK_THROWS_AS(config.reload(), hosting::configuration_change_error);
+    CHECK(later_ran.load() == 2);
+}
+
+TEST_CASE("the library has one cancellation error, and Asio's cancellations are recognised too",
+          "[cancellation]")
+{
+    const hosting::operation_canceled ours;
+    const boost::system::system_error& as_system = ours;
+    CHECK(as_system.code() == asio::error::operation_aborted);
+    CHECK(hosting::is_cancellation(std::make_exception_ptr(hosting::operation_canceled())));
+    CHECK(hosting::is_cancellation(
+        std::make_exception_ptr(boost::system::system_error(asio::error::operation_aborted))));
+    CHECK_FALSE(hosting::is_cancellation(std::make_exception_ptr(std::runtime_error("no"))));
+    CHECK_FALSE(hosting::is_cancellation(std::make_exception_ptr(boost::system::system_error(asio::error::timed_out))));
+    CHECK_FALSE(hosting::is_cancellation(std::make_exception_ptr(42)));
 }
