@@ -11,7 +11,7 @@
 #include <hosting/configuration/configuration.hpp>
 #include <hosting/health/health.hpp>
 #include <hosting/health/health_endpoint.hpp>
-#include <hosting/health/metrics.hpp>
+#include <hosting/metrics/metrics.hpp>
 #include <hosting/logging/logging.hpp>
 #include <spdlog/spdlog.h>
 
@@ -174,7 +174,7 @@ int main(int argc, char** argv)
     });
     auto host = builder.build();
     host.start_blocking();
-    const auto port = host.services().get<hosting::health_endpoint>().port();
+    const auto port = host.services().get<hosting::http::server>().port();
 
     std::printf("health_bench: %d connections, %.1f s per figure, 1 server thread + 1 client thread\n",
                 connections, seconds);

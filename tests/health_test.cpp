@@ -38,7 +38,7 @@ hosting::health_endpoint_options loopback(std::size_t max_connections = 16)
     return o;
 }
 
-unsigned short port_of(hosting::host& host) { return host.services().get<hosting::health_endpoint>().port(); }
+unsigned short port_of(hosting::host& host) { return host.services().get<hosting::http::server>().port(); }
 
 json::object body_json(const test::http_response& r) { return json::parse(r.body).as_object(); }
 
@@ -156,8 +156,9 @@ TEST_CASE("the endpoint listens on loopback unless told otherwise", "[health][ht
     hosting::add_health_endpoint(builder, options);
     auto host = builder.build();
     host.start_blocking();
-    const auto port = host.services().get<hosting::health_endpoint>().port();
-    CHECK(sink->has("Health endpoint listening on http://127.0.0.1:" + std::to_string(port) + "/health"));
+    const auto port = host.services().get<hosting::http::server>().port();
+    CHECK(sink->has("HTTP server listening on http://127.0.0.1:" + std::to_string(port) +
+                    " (/health/live, /health/ready, /health, /metrics)"));
     CHECK(test::http_get(port, "/health/live").status == 200);
     host.stop_blocking();
 }
@@ -475,7 +476,7 @@ TEST_CASE("readiness is false while starting, true once started, and false as so
     auto host = builder.build();
 
     std::jthread starter([&] { host.start_blocking(); });
-    auto& endpoint = host.services().get<hosting::health_endpoint>();
+    auto& endpoint = host.services().get<hosting::http::server>();
     REQUIRE(test::eventually([&] { return endpoint.port() != 0; }));
     const auto port = endpoint.port();
 
@@ -541,7 +542,7 @@ TEST_CASE("the endpoint starts first and stops last even when services start and
     builder.services().add_hosted_service<gated_stop>(&r, &stop_gate).name("slow-stop");
     auto host = builder.build();
     std::jthread starter([&] { host.start_blocking(); });
-    auto& endpoint = host.services().get<hosting::health_endpoint>();
+    auto& endpoint = host.services().get<hosting::http::server>();
     REQUIRE(test::eventually([&] { return endpoint.port() != 0; }));
     const auto port = endpoint.port();
     CHECK(test::http_get(port, "/health/ready").body.find("not ready: starting") != std::string::npos);
@@ -810,11 +811,11 @@ TEST_CASE("the health example serves its endpoint and restarts its flaky exporte
 {
     test::child_process child(HOSTING_EXAMPLE_HEALTH, {"--Health:Port=0", "--Health:ExporterLifespanMs=200"});
     REQUIRE(child.wait_for_output("listening on http://127.0.0.1:"));
-    REQUIRE(child.wait_for_output("/health\n"));
+    REQUIRE(child.wait_for_output("/metrics)\n"));
     REQUIRE(child.wait_for_output("Restarted service 'exporter' (restart 1)"));
     std::smatch m;
     const std::string output = child.output();
-    REQUIRE(std::regex_search(output, m, std::regex("listening on http://127.0.0.1:(\\d+)/health")));
+    REQUIRE(std::regex_search(output, m, std::regex("listening on http://127.0.0.1:(\\d+) ")));
     const auto port = static_cast<unsigned short>(std::stoi(m[1]));
 
     auto live = test::http_get(port, "/health/live");

@@ -224,12 +224,12 @@ TEST_CASE("reaching the restart limit applies background_service_exception_behav
         REQUIRE(sink->wait_for("the restart limit is reached"));
         auto all = host.service_statuses();
         REQUIRE(all.size() == 2);
-        CHECK(all[0].name == "hosting.health_endpoint"); // registered first, stopped last
+        CHECK(all[0].name == "hosting.http_server"); // registered first, stopped last
         auto s = all[1];
         CHECK(s.restarts_exhausted);
         CHECK(s.restarts == 2);
         CHECK(s.faults == 3);
-        const auto port = host.services().get<hosting::health_endpoint>().port();
+        const auto port = host.services().get<hosting::http::server>().port();
         auto live = test::http_get(port, "/health/live");
         CHECK(live.status == 503);
         auto entry = boost::json::parse(live.body).at("entries").at("service:doomed");

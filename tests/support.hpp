@@ -6,7 +6,7 @@
 #include <hosting/core/host.hpp>
 #include <hosting/health/health.hpp>
 #include <hosting/health/health_endpoint.hpp>
-#include <hosting/health/metrics.hpp>
+#include <hosting/metrics/metrics.hpp>
 #include <hosting/logging/logging.hpp>
 #include <hosting/logging/sinks.hpp>
 

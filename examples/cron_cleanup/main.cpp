@@ -10,7 +10,7 @@
 #include <hosting/configuration/configuration.hpp>
 #include <hosting/health/health.hpp>
 #include <hosting/health/health_endpoint.hpp>
-#include <hosting/health/metrics.hpp>
+#include <hosting/metrics/metrics.hpp>
 #include <hosting/logging/logging.hpp>
 #include <spdlog/spdlog.h>
 

@@ -1,6 +1,7 @@
 #include "health/detail/health_core.hpp"
 
 #include <hosting/async/cancellation.hpp>
+#include <hosting/async/cancellation_bridge.hpp>
 
 #include "detail/describe.hpp"
 #include "detail/duration_text.hpp"
@@ -566,20 +567,20 @@ void health_core::record(const health_check_registration& check, const health_en
 void health_core::spawn_task(std::function<asio::awaitable<void>(std::stop_token)> body, const char* what)
 {
     auto& t = *tasks_running_.emplace_back(std::make_unique<task>());
+    // Stopped by its token only, never by emitting on the coroutine's slot:
+    // a publisher may be inside a check, a co_spawn onto another strand,
+    // and Asio 1.81 forwards such a cancellation to that strand by a post
+    // that can outlive the nested operation. The loops' own timers follow
+    // the token instead (cancellation_bridge).
     auto run = [body = std::move(body), token = t.stop.get_token()]() -> asio::awaitable<void> {
         auto op = body(token);
         co_await std::move(op);
     };
-    asio::co_spawn(*tasks_, std::move(run),
-                   asio::bind_cancellation_slot(
-                       t.signal.slot(), [weak = weak_from_this(), tp = &t, what](std::exception_ptr error) {
-                           auto self = weak.lock();
-                           if (!self)
-                               return;
-                           if (error && !is_cancellation(error))
-                               self->log_->error("The health {} ended with an error: {}", what, describe(error));
-                           tp->running = false;
-                       }));
+    asio::co_spawn(*tasks_, std::move(run), [weak = weak_from_this(), what](std::exception_ptr error) {
+        auto self = weak.lock();
+        if (self && error && !is_cancellation(error))
+            self->log_->error("The health {} ended with an error: {}", what, describe(error));
+    });
 }
 
 void health_core::start_tasks()
@@ -601,11 +602,8 @@ void health_core::stop_tasks()
     // A publisher that ignores its cancellation is left to end by itself:
     // its frame owns what it uses.
     asio::post(*tasks_, [self = shared_from_this()] {
-        for (auto& t : self->tasks_running_) {
+        for (auto& t : self->tasks_running_)
             t->stop.request_stop();
-            if (t->running)
-                t->signal.emit(asio::cancellation_type::terminal);
-        }
         self->monitoring_ = false;
     });
 }
@@ -613,13 +611,14 @@ void health_core::stop_tasks()
 asio::awaitable<void> health_core::monitor_loop(std::stop_token stop)
 {
     asio::steady_timer timer(co_await asio::this_coro::executor);
+    cancellation_bridge bridge(timer.get_executor(), stop);
     last_tick_ = clock::now().time_since_epoch().count();
     monitoring_ = true;
     bool late = false;
     while (!stop.stop_requested()) {
         const auto due = clock::now() + options_.loop_lag_interval;
         timer.expires_at(due);
-        co_await timer.async_wait(asio::use_awaitable);
+        co_await timer.async_wait(asio::bind_cancellation_slot(bridge.slot(), asio::use_awaitable));
         const auto now = clock::now();
         const auto lag = std::max(now - due, clock::duration::zero());
         last_lag_ = std::chrono::duration_cast<std::chrono::nanoseconds>(lag).count();
@@ -639,10 +638,11 @@ asio::awaitable<void> health_core::monitor_loop(std::stop_token stop)
 asio::awaitable<void> health_core::publish_loop(const health_publisher_registration& publisher, std::stop_token stop)
 {
     asio::steady_timer timer(co_await asio::this_coro::executor);
+    cancellation_bridge bridge(timer.get_executor(), stop);
     auto next = clock::now() + publisher.options.delay;
     while (!stop.stop_requested()) {
         timer.expires_at(next);
-        co_await timer.async_wait(asio::use_awaitable);
+        co_await timer.async_wait(asio::bind_cancellation_slot(bridge.slot(), asio::use_awaitable));
         // Operations made before their co_await: GCC 12 can destroy the
         // by-value arguments of a suspending expression twice.
         auto checking = check(publisher.options.tag);

@@ -2,39 +2,16 @@
 
 #include <hosting/core/host_builder.hpp>
 #include <hosting/core/host_lifetime.hpp>
-#include <hosting/health/health_endpoint.hpp>
-#include <hosting/health/metrics.hpp>
+#include <hosting/metrics/metrics.hpp>
 #include <hosting/logging/logging.hpp>
 
 #include "health/detail/health_core.hpp"
+#include "health/detail/health_state.hpp"
 
 #include <optional>
 #include <stdexcept>
 
 namespace hosting {
-
-struct health_builder::state {
-    health_options options;
-    std::vector<health_check_registration> checks;
-    std::vector<health_publisher_registration> publishers;
-    std::optional<health_endpoint_options> endpoint;
-    // Made when the host attaches its lifetimes, before any singleton.
-    std::shared_ptr<detail::health_core> core;
-
-    void validate() const
-    {
-        options.validate();
-        for (std::size_t i = 0; i < checks.size(); ++i) {
-            const auto& name = checks[i].name;
-            if (name.rfind("service:", 0) == 0 || name == "event_loop" || name == "readiness")
-                throw std::invalid_argument("health: check name '" + name +
-                                            "' is reserved for the host's own entries");
-            for (std::size_t j = 0; j < i; ++j)
-                if (checks[j].name == name)
-                    throw std::invalid_argument("health: two checks are named '" + name + "'");
-        }
-    }
-};
 
 namespace {
 
@@ -73,21 +50,10 @@ health_builder::health_builder(host_builder& builder) : state_(std::make_shared<
 {
     builder.on_build([state = state_](host_builder& b) {
         state->validate();
-        auto metrics = std::make_shared<metrics_registry>();
-        b.services().add_singleton<metrics_registry>(metrics);
+        auto metrics = add_metrics(b);
         b.services().add_singleton_factory<health_monitor>(
             [state](service_provider&) { return std::make_shared<health_monitor>(state->core); });
         b.add_lifetime(std::make_shared<health_lifetime>(state, metrics));
-        if (state->endpoint) {
-            // A singleton too, for its port(); the provider owns it and
-            // outlives the host's service entries.
-            b.services().add_singleton<health_endpoint>(*state->endpoint);
-            b.services()
-                .add_hosted_service_factory<health_endpoint>(
-                    [](service_provider& p) { return std::shared_ptr<health_endpoint>(&p.get<health_endpoint>(), [](auto*) {}); })
-                .name("hosting.health_endpoint")
-                .starts_first();
-        }
     });
 }
 
@@ -118,15 +84,5 @@ health_builder& health_builder::add_publisher(std::string name, health_publisher
 }
 
 health_builder& add_health_checks(host_builder& builder) { return builder.feature<health_builder>(); }
-
-health_builder& add_health_endpoint(host_builder& builder, health_endpoint_options options)
-{
-    auto& health = add_health_checks(builder);
-    if (health.state_->endpoint)
-        throw std::logic_error("add_health_endpoint: called twice on one host_builder");
-    options.validate();
-    health.state_->endpoint = std::move(options);
-    return health;
-}
 
 } // namespace hosting

@@ -20,7 +20,6 @@ namespace hosting {
 namespace asio = boost::asio;
 
 class metrics_registry;
-class health_endpoint;
 
 // Ordered by severity: the worst one wins in a report.
 enum class health_status { healthy, degraded, unhealthy };
@@ -112,7 +111,9 @@ struct health_publisher_registration {
 };
 
 class host_builder;
-struct health_endpoint_options;
+namespace http {
+struct server_options;
+}
 
 // What add_health_checks() returns: collects checks and publishers for the
 // host's health. One per host_builder.
@@ -149,7 +150,7 @@ public:
     struct state; // opaque: what build() acts on
 
 private:
-    friend health_builder& add_health_endpoint(host_builder& builder, health_endpoint_options options);
+    friend health_builder& add_health_endpoint(host_builder& builder, http::server_options options);
     health_builder& add(health_check_registration check);
     std::shared_ptr<state> state_;
 };
@@ -197,7 +198,6 @@ public:
     metrics_registry& metrics() noexcept;
 
 private:
-    friend class health_endpoint;
     std::shared_ptr<detail::health_core> core_;
 };
 

@@ -4,7 +4,7 @@
 #include <hosting/core/background_service.hpp>
 #include <hosting/core/host_builder.hpp>
 #include <hosting/health/health.hpp>
-#include <hosting/health/metrics.hpp>
+#include <hosting/metrics/metrics.hpp>
 #include <hosting/jobs/client.hpp>
 #include <hosting/jobs/storage.hpp>
 

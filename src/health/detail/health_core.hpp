@@ -3,7 +3,7 @@
 
 #include <hosting/health/health.hpp>
 #include <hosting/core/service_status.hpp>
-#include <hosting/health/metrics.hpp>
+#include <hosting/metrics/metrics.hpp>
 
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -88,8 +88,6 @@ private:
     // Tasks; tasks_ strand only.
     struct task {
         std::stop_source stop;
-        asio::cancellation_signal signal;
-        bool running = true;
     };
     std::vector<std::unique_ptr<task>> tasks_running_;
 };

@@ -1,4 +1,6 @@
-#include <hosting/health/metrics.hpp>
+#include <hosting/metrics/metrics.hpp>
+
+#include <hosting/core/host_builder.hpp>
 
 #include <algorithm>
 #include <charconv>
@@ -332,6 +334,22 @@ std::string metrics_registry::render() const
             append_sample(out, f->name, labels, value);
     }
     return out;
+}
+
+namespace {
+// What add_metrics keeps on the builder.
+struct metrics_feature {
+    explicit metrics_feature(host_builder& builder) : registry(std::make_shared<metrics_registry>())
+    {
+        builder.on_build([r = registry](host_builder& b) { b.services().add_singleton<metrics_registry>(r); });
+    }
+    std::shared_ptr<metrics_registry> registry;
+};
+} // namespace
+
+std::shared_ptr<metrics_registry> add_metrics(host_builder& builder)
+{
+    return builder.feature<metrics_feature>().registry;
 }
 
 } // namespace hosting

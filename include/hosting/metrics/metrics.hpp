@@ -126,4 +126,12 @@ private:
     std::vector<std::function<void(metrics_writer&)>> collectors_;
 };
 
+class host_builder;
+
+// Registers the host's metrics_registry for services (one per builder,
+// whatever the number of calls) and returns it. The health, HTTP and jobs
+// features call it themselves; a program adds its own series to the same
+// registry, before or after build().
+std::shared_ptr<metrics_registry> add_metrics(host_builder& builder);
+
 } // namespace hosting

@@ -1,0 +1,139 @@
+// hosting::http::server: the host's HTTP server, which features mount
+// routes on (the health endpoint, the jobs dashboard).
+#pragma once
+
+#include <hosting/core/hosted_service.hpp>
+#include <hosting/core/services.hpp>
+
+#include <boost/asio/awaitable.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace hosting {
+class host_builder;
+}
+
+namespace hosting::http {
+
+namespace asio = boost::asio;
+
+struct server_options {
+    // Loopback by default: what the host serves is for the node's own
+    // probes, scrapers and operators; expose it on purpose ("0.0.0.0") or
+    // through a proxy.
+    std::string address = "127.0.0.1";
+    std::uint16_t port = 8081; // 0 picks a free port; see server::port()
+
+    // Against hostile or broken clients. A connection over the cap is closed
+    // at once; a request whose header or body is too big gets 431 or 413;
+    // a client that takes longer than read_timeout to send a request (or to
+    // read the answer) is disconnected.
+    std::size_t max_connections = 128;
+    std::size_t max_header_bytes = 8 * 1024;
+    std::size_t max_body_bytes = 1024;
+    std::chrono::milliseconds read_timeout{std::chrono::seconds(5)};
+
+    // Throws std::invalid_argument naming the first invalid member.
+    void validate() const;
+};
+
+// A request as a handler sees it. The views point into the server's
+// buffers and are valid until the handler's coroutine completes.
+struct request {
+    std::string_view method; // "GET", "HEAD", "POST", ...
+    std::string_view target; // path and query, as sent
+    std::string_view path;
+    std::string_view query; // after '?', still percent-encoded
+    std::string_view body;
+    std::string remote_address;
+    std::vector<std::pair<std::string_view, std::string_view>> headers;
+    // Owns the server's execution context: hand it to an operation that
+    // completes on another thread (a check run on the host's loop), so that
+    // the context outlives that completion even if the server stops first.
+    std::shared_ptr<void> keep_alive;
+
+    // The first header of that name (case-insensitive), if any.
+    std::optional<std::string_view> header(std::string_view name) const noexcept;
+    // The first query parameter of that name, percent-decoded; an empty
+    // optional when absent; throws std::invalid_argument when malformed.
+    std::optional<std::string> query_parameter(std::string_view name) const;
+};
+
+struct response {
+    unsigned status = 200;
+    std::string content_type = "application/json";
+    std::string body;
+    std::vector<std::pair<std::string, std::string>> headers; // Cache-Control: no-store unless set here
+
+    // {"error": message}, escaped.
+    static response error(unsigned status, std::string_view message);
+};
+
+// A route's handler: runs on the server's own thread (never the host's
+// event loop), one request at a time per connection. An exception becomes
+// a 500 and a log line naming the route; the server keeps serving.
+using handler = std::function<asio::awaitable<response>(const request&)>;
+
+// What add_http_server() returns: the options and the routes, before
+// build(). One per host_builder.
+class server_builder {
+public:
+    explicit server_builder(host_builder& builder);
+
+    server_options& options() noexcept;
+
+    // Serves `path` with `h` for `methods` (GET also answers HEAD, without
+    // the body). A path that ends with "/*" serves everything below it
+    // ("/jobs/*" serves "/jobs" and "/jobs/a/b"); the longest match wins.
+    // Other methods on a served path get 405 with Allow. Throws
+    // std::invalid_argument for a path that does not start with '/', or one
+    // mounted twice.
+    server_builder& route(std::string path, handler h, std::vector<std::string> methods = {"GET"});
+
+    struct state; // opaque: what build() acts on
+
+private:
+    std::shared_ptr<state> state_;
+};
+
+// Adds the host's HTTP server (once per builder) and returns its builder.
+// The server is a hosted service registered with starts_first(), so it is
+// up during the whole start and stop of the other services, and a
+// singleton (get<hosting::http::server>()) for its port().
+server_builder& add_http_server(host_builder& builder);
+
+// Serves the mounted routes on a thread of its own, so that neither a
+// blocked service loop nor hostile traffic can hold the other up. Requests
+// are counted in the metrics (hosting_http_requests_total by route and
+// code, hosting_http_open_connections,
+// hosting_http_connections_rejected_total).
+class server final : public hosted_service {
+public:
+    server(service_provider& provider, std::shared_ptr<server_builder::state> state);
+    ~server() override;
+
+    // Binds (throwing a std::system_error that names the address when it
+    // cannot) and starts serving.
+    asio::awaitable<void> start(std::stop_token cancel) override;
+    // Stops accepting, closes every connection and joins the thread;
+    // completes by `cancel` at the latest.
+    asio::awaitable<void> stop(std::stop_token cancel) override;
+
+    // The port it listens on once started (useful with port 0); 0 before.
+    std::uint16_t port() const noexcept;
+
+private:
+    struct impl;
+    std::shared_ptr<impl> impl_;
+};
+
+} // namespace hosting::http

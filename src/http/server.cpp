@@ -1,0 +1,553 @@
+#include <hosting/http/server.hpp>
+
+#include <hosting/core/host_builder.hpp>
+#include <hosting/logging/logging.hpp>
+#include <hosting/metrics/metrics.hpp>
+
+#include "detail/describe.hpp"
+#include "detail/owned_io_context.hpp"
+#include "detail/remote_completion.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/write.hpp>
+#include <boost/json/object.hpp>
+#include <boost/json/serialize.hpp>
+
+#include <spdlog/logger.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <stop_token>
+#include <system_error>
+#include <thread>
+#include <unordered_set>
+
+namespace hosting::http {
+
+namespace beast = boost::beast;
+namespace bhttp = beast::http;
+using tcp = asio::ip::tcp;
+
+void server_options::validate() const
+{
+    boost::system::error_code ec;
+    asio::ip::make_address(address, ec);
+    if (ec)
+        throw std::invalid_argument("http::server_options: address '" + address + "' is not an IP address");
+    if (max_connections == 0)
+        throw std::invalid_argument("http::server_options: max_connections must be at least 1");
+    if (max_header_bytes < 256)
+        throw std::invalid_argument("http::server_options: max_header_bytes must be at least 256");
+    if (read_timeout <= std::chrono::milliseconds::zero())
+        throw std::invalid_argument("http::server_options: read_timeout must be positive");
+}
+
+namespace {
+
+int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+// Percent-decodes a query value; nullopt when malformed.
+std::optional<std::string> url_decode(std::string_view text)
+{
+    std::string out;
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        if (text[i] == '+') {
+            out += ' ';
+        } else if (text[i] == '%') {
+            if (i + 2 >= text.size())
+                return std::nullopt;
+            int hi = hex_value(text[i + 1]), lo = hex_value(text[i + 2]);
+            if (hi < 0 || lo < 0)
+                return std::nullopt;
+            out += static_cast<char>(hi * 16 + lo);
+            i += 2;
+        } else {
+            out += text[i];
+        }
+    }
+    return out;
+}
+
+bool iequals(std::string_view a, std::string_view b)
+{
+    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+               return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+           });
+}
+
+} // namespace
+
+std::optional<std::string_view> request::header(std::string_view name) const noexcept
+{
+    for (const auto& [n, v] : headers)
+        if (iequals(n, name))
+            return v;
+    return std::nullopt;
+}
+
+std::optional<std::string> request::query_parameter(std::string_view name) const
+{
+    for (std::string_view rest = query; !rest.empty();) {
+        const auto amp = rest.find('&');
+        const auto pair = rest.substr(0, amp);
+        rest = amp == std::string_view::npos ? std::string_view{} : rest.substr(amp + 1);
+        const auto eq = pair.find('=');
+        if (pair.substr(0, eq) != name)
+            continue;
+        auto decoded = url_decode(eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1));
+        if (!decoded)
+            throw std::invalid_argument("malformed query parameter '" + std::string(name) + "'");
+        return decoded;
+    }
+    return std::nullopt;
+}
+
+response response::error(unsigned status, std::string_view message)
+{
+    response r;
+    r.status = status;
+    r.body = boost::json::serialize(boost::json::object{{"error", message}});
+    return r;
+}
+
+// ---------------------------------------------------------------------------
+// The builder
+
+struct route_entry {
+    std::string path;  // without the "/*"
+    bool prefix = false;
+    handler fn;
+    std::vector<std::string> methods;
+    std::string allow; // for 405
+};
+
+struct server_builder::state {
+    server_options options;
+    std::vector<route_entry> routes;
+};
+
+server_builder::server_builder(host_builder& builder) : state_(std::make_shared<state>())
+{
+    add_metrics(builder);
+    builder.on_build([state = state_](host_builder& b) {
+        state->options.validate();
+        b.services().add_singleton<server>(state);
+        // The provider owns the singleton and outlives the host's service
+        // entries, so the entry need not own it too.
+        b.services()
+            .add_hosted_service_factory<server>(
+                [](service_provider& p) { return std::shared_ptr<server>(&p.get<server>(), [](server*) {}); })
+            .name("hosting.http_server")
+            .starts_first();
+    });
+}
+
+server_options& server_builder::options() noexcept { return state_->options; }
+
+server_builder& server_builder::route(std::string path, handler h, std::vector<std::string> methods)
+{
+    if (path.empty() || path.front() != '/')
+        throw std::invalid_argument("http::server_builder: route '" + path + "' must start with '/'");
+    if (!h)
+        throw std::invalid_argument("http::server_builder: route '" + path + "' has an empty handler");
+    if (methods.empty())
+        throw std::invalid_argument("http::server_builder: route '" + path + "' has no methods");
+    route_entry e;
+    e.prefix = path.size() >= 2 && path.compare(path.size() - 2, 2, "/*") == 0;
+    e.path = e.prefix ? path.substr(0, path.size() - 2) : path;
+    for (const auto& r : state_->routes)
+        if (r.path == e.path && r.prefix == e.prefix)
+            throw std::invalid_argument("http::server_builder: route '" + path + "' is mounted twice");
+    e.fn = std::move(h);
+    e.methods = std::move(methods);
+    for (const auto& m : e.methods)
+        e.allow += (e.allow.empty() ? "" : ", ") + m;
+    state_->routes.push_back(std::move(e));
+    return *this;
+}
+
+server_builder& add_http_server(host_builder& builder) { return builder.feature<server_builder>(); }
+
+// ---------------------------------------------------------------------------
+// The server
+
+struct server::impl : std::enable_shared_from_this<server::impl> {
+    server_options options;
+    std::vector<route_entry> routes;
+    std::shared_ptr<metrics_registry> metrics;
+    std::shared_ptr<spdlog::logger> log;
+    // Shut down in stop(), which destroys the queued handlers.
+    std::shared_ptr<detail::owned_io_context> io = std::make_shared<detail::owned_io_context>(1);
+    std::optional<tcp::acceptor> acceptor; // io thread only, after start
+    std::thread thread;
+    std::atomic<std::uint16_t> bound_port{0};
+
+    // io thread only.
+    bool closing = false;
+    std::unordered_set<beast::tcp_stream*> connections;
+    std::map<std::pair<const route_entry*, unsigned>, metric_counter*> request_counters;
+    metric_counter* rejected = nullptr;
+    metric_gauge* open_connections = nullptr;
+
+    // The end of the io thread, told to a stop() waiting for it.
+    std::mutex end_mutex;
+    bool thread_done = false;               // under end_mutex
+    std::function<void()> on_thread_done;   // under end_mutex
+    std::optional<std::stop_callback<std::function<void()>>> on_deadline;
+
+    impl(server_options o, std::vector<route_entry> r, std::shared_ptr<metrics_registry> m,
+         std::shared_ptr<spdlog::logger> l)
+        : options(std::move(o)), routes(std::move(r)), metrics(std::move(m)), log(std::move(l))
+    {
+        rejected = &metrics->counter("hosting_http_connections_rejected_total",
+                                     "Connections to the HTTP server closed at once because of max_connections");
+        open_connections = &metrics->gauge("hosting_http_open_connections", "Open connections to the HTTP server");
+    }
+
+    void count(const route_entry* r, unsigned code)
+    {
+        auto& c = request_counters[{r, code}];
+        if (!c)
+            c = &metrics->counter("hosting_http_requests_total", "Requests to the HTTP server",
+                                  {{"path", r ? (r->prefix ? r->path + "/*" : r->path) : std::string("other")},
+                                   {"code", std::to_string(code)}});
+        c->inc();
+    }
+
+    const route_entry* match(std::string_view path) const
+    {
+        const route_entry* best = nullptr;
+        for (const auto& r : routes) {
+            const bool hit = r.prefix ? (path == r.path || (path.size() > r.path.size() &&
+                                                             path.compare(0, r.path.size(), r.path) == 0 &&
+                                                             (r.path.back() == '/' || path[r.path.size()] == '/')))
+                                      : path == r.path;
+            if (hit && (!best || (!r.prefix && best->prefix) ||
+                        (r.prefix == best->prefix && r.path.size() > best->path.size())))
+                best = &r;
+        }
+        return best;
+    }
+
+    static asio::awaitable<void> accept_loop(std::shared_ptr<impl> self)
+    {
+        for (;;) {
+            boost::system::error_code ec;
+            tcp::socket socket = co_await self->acceptor->async_accept(asio::redirect_error(asio::use_awaitable, ec));
+            if (self->closing)
+                co_return;
+            if (ec) {
+                // Out of descriptors, typically: back off instead of spinning.
+                self->log->warn("HTTP server: accept failed: {}", ec.message());
+                asio::steady_timer pause(*self->io, std::chrono::milliseconds(50));
+                co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+                continue;
+            }
+            if (self->connections.size() >= self->options.max_connections) {
+                self->rejected->inc();
+                socket.close(ec);
+                continue;
+            }
+            asio::co_spawn(*self->io, session(self, std::move(socket)), asio::detached);
+        }
+    }
+
+    struct reply {
+        response res;
+        const route_entry* r = nullptr;
+        bool unread_input = false; // the request was refused before it was read whole
+    };
+
+    static asio::awaitable<void> linger(const std::shared_ptr<impl>& self, beast::tcp_stream& stream)
+    {
+        boost::system::error_code ec;
+        stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+        stream.expires_after(std::min<std::chrono::milliseconds>(self->options.read_timeout, std::chrono::seconds(1)));
+        char sink[4096];
+        for (std::size_t total = 0; !ec && total < 1024 * 1024 && !self->closing;)
+            total += co_await stream.async_read_some(asio::buffer(sink), asio::redirect_error(asio::use_awaitable, ec));
+    }
+
+    static asio::awaitable<reply> answer(std::shared_ptr<impl> self, const bhttp::request<bhttp::string_body>& req,
+                                         beast::tcp_stream& stream)
+    {
+        const std::string_view target = req.target();
+        const auto question = target.find('?');
+        const std::string_view path = target.substr(0, question);
+        const auto* r = self->match(path);
+        if (!r) {
+            std::string known;
+            for (const auto& e : self->routes)
+                known += (known.empty() ? "" : ", ") + (e.prefix ? e.path + "/*" : e.path);
+            co_return reply{response::error(404, "no such path; try " + known)};
+        }
+        const std::string_view method = req.method_string();
+        const bool allowed = std::any_of(r->methods.begin(), r->methods.end(), [&](const std::string& m) {
+            return m == method || (method == "HEAD" && m == "GET");
+        });
+        if (!allowed) {
+            reply out{response::error(405, "only " + r->allow + " allowed here"), r};
+            out.res.headers.emplace_back("Allow", r->allow);
+            co_return out;
+        }
+        request in;
+        in.method = method;
+        in.target = target;
+        in.path = path;
+        in.query = question == std::string_view::npos ? std::string_view{} : target.substr(question + 1);
+        in.body = req.body();
+        boost::system::error_code ec;
+        auto peer = stream.socket().remote_endpoint(ec);
+        if (!ec)
+            in.remote_address = peer.address().to_string();
+        for (const auto& field : req)
+            in.headers.emplace_back(field.name_string(), field.value());
+        in.keep_alive = self->io;
+        auto op = r->fn(in);
+        // Named before it is used: GCC 12 destroys a temporary that a
+        // co_await yields inside a braced initializer twice.
+        response res = co_await std::move(op);
+        co_return reply{std::move(res), r};
+    }
+
+    static asio::awaitable<void> session(std::shared_ptr<impl> self, tcp::socket socket)
+    {
+        beast::tcp_stream stream(std::move(socket));
+        // However the session ends (an exception included), it leaves the set.
+        struct registration {
+            impl& owner;
+            beast::tcp_stream* stream;
+            registration(impl& o, beast::tcp_stream* s) : owner(o), stream(s)
+            {
+                owner.connections.insert(stream);
+                owner.open_connections->set(static_cast<double>(owner.connections.size()));
+            }
+            ~registration()
+            {
+                owner.connections.erase(stream);
+                owner.open_connections->set(static_cast<double>(owner.connections.size()));
+            }
+        } registered(*self, &stream);
+        // The buffer's cap is what keeps a flood of bytes from growing memory.
+        beast::flat_buffer buffer(self->options.max_header_bytes + self->options.max_body_bytes + 1024);
+        for (;;) {
+            bhttp::request_parser<bhttp::string_body> parser;
+            parser.header_limit(static_cast<std::uint32_t>(self->options.max_header_bytes));
+            parser.body_limit(self->options.max_body_bytes);
+            stream.expires_after(self->options.read_timeout);
+            boost::system::error_code ec;
+            co_await bhttp::async_read(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+            if (self->closing)
+                break;
+            reply out;
+            bool keep_alive = false;
+            bool head = false;
+            if (!ec) {
+                keep_alive = parser.get().keep_alive();
+                std::exception_ptr failure;
+                try {
+                    auto op = answer(self, parser.get(), stream);
+                    out = co_await std::move(op);
+                } catch (...) {
+                    failure = std::current_exception();
+                }
+                if (failure) {
+                    // A throwing metrics collector, say: the client gets a
+                    // 500, the log the reason, and the endpoint stays up.
+                    self->log->error("HTTP server: {} {} failed: {}", std::string(parser.get().method_string()),
+                                     std::string(parser.get().target()), detail::describe(failure));
+                    out = reply{response::error(500, "internal error; see the log"), out.r};
+                    keep_alive = false;
+                }
+                head = parser.get().method() == bhttp::verb::head;
+            } else if (ec == bhttp::error::header_limit || ec == bhttp::error::buffer_overflow) {
+                out = reply{response::error(431, "request header too large")};
+                out.unread_input = true;
+            } else if (ec == bhttp::error::body_limit) {
+                out = reply{response::error(413, "request body too large")};
+                out.unread_input = true;
+            } else if (ec == bhttp::error::end_of_stream || ec == bhttp::error::partial_message) {
+                break; // the client closed
+            } else if (ec.category() == bhttp::make_error_code(bhttp::error::bad_method).category()) {
+                out = reply{response::error(400, "malformed request: " + ec.message())};
+                out.unread_input = true;
+            } else {
+                break; // timeout, reset, or the stop closing the socket
+            }
+            if (self->closing)
+                break;
+            self->count(out.r, out.res.status);
+
+            bhttp::response<bhttp::string_body> res{static_cast<bhttp::status>(out.res.status), 11};
+            res.set(bhttp::field::content_type, out.res.content_type);
+            res.set(bhttp::field::cache_control, "no-store");
+            for (const auto& [name, value] : out.res.headers)
+                res.set(name, value);
+            res.keep_alive(keep_alive);
+            res.body() = std::move(out.res.body);
+            res.prepare_payload();
+            if (head)
+                res.body().clear(); // Content-Length stays the GET's
+            stream.expires_after(self->options.read_timeout);
+            co_await bhttp::async_write(stream, res, asio::redirect_error(asio::use_awaitable, ec));
+            if (!ec && out.unread_input)
+                co_await linger(self, stream);
+            if (ec || !keep_alive)
+                break;
+        }
+        boost::system::error_code ignored;
+        stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    }
+};
+
+server::server(service_provider& provider, std::shared_ptr<server_builder::state> state)
+{
+    // Not owned: the provider made the registry before this server and
+    // destroys it after.
+    impl_ = std::make_shared<impl>(state->options, state->routes,
+                                   std::shared_ptr<metrics_registry>(std::shared_ptr<void>{}, &provider.get<metrics_registry>()),
+                                   provider.get<logger_factory>().get("hosting.http"));
+}
+
+server::~server()
+{
+    if (impl_->thread.joinable() && impl_->thread.get_id() == std::this_thread::get_id()) {
+        // The endpoint's own thread dropped the last reference to the host:
+        // it cannot join itself, and it is about to return anyway.
+        impl_->io->stop();
+        impl_->thread.detach();
+        return;
+    }
+    if (impl_->thread.joinable()) {
+        impl_->io->stop();
+        impl_->thread.join();
+    }
+    impl_->io->shutdown();
+}
+
+std::uint16_t server::port() const noexcept { return impl_->bound_port.load(); }
+
+asio::awaitable<void> server::start(std::stop_token)
+{
+    auto& s = *impl_;
+    const tcp::endpoint where(asio::ip::make_address(s.options.address), s.options.port);
+    tcp::acceptor acceptor(*s.io);
+    try {
+        acceptor.open(where.protocol());
+        acceptor.set_option(asio::socket_base::reuse_address(true));
+        acceptor.bind(where);
+        acceptor.listen(asio::socket_base::max_listen_connections);
+    } catch (const boost::system::system_error& e) {
+        throw std::system_error(e.code(), "HTTP server: cannot listen on " + s.options.address + ":" +
+                                              std::to_string(s.options.port));
+    }
+    s.bound_port = acceptor.local_endpoint().port();
+    s.acceptor.emplace(std::move(acceptor));
+    asio::co_spawn(*s.io, impl::accept_loop(impl_), asio::detached);
+    s.thread = std::thread([self = impl_] {
+        for (;;) {
+            try {
+                self->io->run();
+                break;
+            } catch (...) {
+                self->log->error("HTTP server: unexpected error: {}", detail::describe(std::current_exception()));
+            }
+        }
+        std::function<void()> tell;
+        {
+            std::lock_guard lock(self->end_mutex);
+            self->thread_done = true;
+            tell = std::move(self->on_thread_done);
+        }
+        if (tell)
+            tell();
+    });
+    std::string routes;
+    for (const auto& r : s.routes)
+        routes += (routes.empty() ? "" : ", ") + (r.prefix ? r.path + "/*" : r.path);
+    s.log->info("HTTP server listening on http://{}:{} ({})", s.options.address, s.bound_port.load(), routes);
+    co_return;
+}
+
+asio::awaitable<void> server::stop(std::stop_token cancel)
+{
+    auto self = impl_;
+    if (!self->thread.joinable())
+        co_return;
+    // Close everything; connections waiting on a check cannot be woken, so
+    // the loop is stopped after a short grace, and ~server (or the
+    // shutdown below) destroys what is left of them.
+    asio::post(*self->io, [self] {
+        self->closing = true;
+        boost::system::error_code ec;
+        self->acceptor->close(ec);
+        for (auto* c : self->connections)
+            c->socket().close(ec);
+    });
+    auto timer = std::make_shared<asio::steady_timer>(*self->io, std::chrono::milliseconds(200));
+    timer->async_wait([self, timer](boost::system::error_code) { self->io->stop(); });
+    asio::post(*self->io, [self] {
+        if (self->connections.empty())
+            self->io->stop();
+    });
+
+    // Waits, without blocking the caller's thread, for the io thread's end or
+    // the stop's own deadline, whichever comes first.
+    auto ended = asio::async_initiate<decltype(asio::use_awaitable), void()>(
+        [self, cancel](auto handler) {
+            auto done = std::make_shared<detail::remote_completion<decltype(handler)>>(std::move(handler));
+            std::function<void()> fire = [done] { done->complete(); };
+            std::lock_guard lock(self->end_mutex);
+            if (self->thread_done) {
+                fire();
+                return;
+            }
+            self->on_thread_done = fire;
+            self->on_deadline.emplace(cancel, std::move(fire));
+        },
+        asio::use_awaitable);
+    co_await std::move(ended);
+    bool thread_done = false;
+    {
+        std::lock_guard lock(self->end_mutex);
+        thread_done = self->thread_done;
+        self->on_thread_done = nullptr;
+    }
+    self->on_deadline.reset(); // waits for a callback running now, so not under end_mutex
+    if (thread_done) {
+        self->thread.join();
+        // Destroys suspended sessions now; checks they were waiting for hold
+        // the io_context itself until they finish.
+        self->io->shutdown();
+    }
+    self->log->debug("HTTP server stopped");
+}
+
+} // namespace hosting::http
