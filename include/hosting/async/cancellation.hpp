@@ -29,6 +29,12 @@ namespace asio = boost::asio;
 //   { if (e.code() == boost::asio::error::operation_aborted) ... }
 // handles a cancelled hosting operation and a cancelled Asio one alike, and
 // catching operation_canceled catches only hosting's.
+//
+// A coroutine that is already cancelled when it reaches a co_await gets
+// Asio's own system_error (operation_aborted) from that co_await, before the
+// hosting operation even begins (unless it turned
+// asio::this_coro::throw_if_cancelled off): the catch above, or
+// is_cancellation(), handles both.
 class operation_canceled : public boost::system::system_error {
 public:
     operation_canceled() : boost::system::system_error(boost::asio::error::operation_aborted, "hosting") {}
@@ -92,15 +98,25 @@ asio::awaitable<void> delay_for(std::chrono::steady_clock::duration duration, st
 
 // Waits for `duration` on the awaiting coroutine's executor.
 //
-// Completes after the duration. Throws operation_canceled when `token` fires
-// first, or when the awaiting coroutine is cancelled (for example at stop,
-// inside background_service::execute). A zero or negative duration completes
-// at once unless the token has already fired. Thread safety: the token may
-// be requested from any thread.
-//
-// The token is taken by reference and copied here, outside the caller's
+// Completes once the duration has passed. A zero or negative duration
+// completes at once, unless the token has already fired.
+// Lifetimes: the token is copied at the call and need not outlive the
+// operation. It is taken by reference and copied here, outside the caller's
 // co_await expression: GCC 12 can destroy a by-value temporary of a
 // suspending expression twice (and a stop_token's count with it).
+// Executor: the timer runs on the awaiting coroutine's executor, and the
+// caller resumes there.
+// Cancellation: throws operation_canceled when `token` has fired before the
+// wait or fires during it, or when the awaiting coroutine's cancellation
+// slot is triggered during the wait (terminal cancellation, under a
+// coroutine's default filter: for example at stop, inside
+// background_service::execute). A coroutine already cancelled before this
+// co_await gets Asio's operation_aborted from the co_await itself (see
+// operation_canceled).
+// Errors: operation_canceled as above; any other failure of the timer as a
+// boost::system::system_error.
+// Thread safety: any coroutine may await it; the token may be requested from
+// any thread.
 template <class Rep, class Period>
 asio::awaitable<void> delay(std::chrono::duration<Rep, Period> duration, const std::stop_token& token)
 {

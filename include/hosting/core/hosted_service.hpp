@@ -23,13 +23,40 @@ public:
 
     // Like StartAsync: awaited in registration order (or concurrently with
     // host_options::services_start_concurrently) before the next service
-    // starts. `cancel` fires when the start is aborted: a stop was requested
-    // while starting, or host_options::startup_timeout passed.
+    // starts.
+    //
+    // The service counts as started once it completes without throwing, and
+    // only then does the host call stop() on it.
+    // Lifetimes: the host owns the service; `cancel` is the coroutine's own
+    // copy.
+    // Executor: called on the service's own strand of the host's io_context.
+    // Cancellation: `cancel` fires when the start is aborted: a stop was
+    // requested while starting, or host_options::startup_timeout passed. The
+    // host never cancels the coroutine itself (no cancellation slot): a
+    // start() that ignores `cancel` is waited for until startup_timeout, or
+    // the shutdown deadline after a stop request, and then abandoned.
+    // Errors: a throw fails the host's start (start_failed names the
+    // service), except operation_canceled or Asio's operation_aborted after a
+    // stop was requested, which only ends the start early.
+    // Thread safety: never concurrently with this service's other coroutines
+    // that the host runs (its strand).
     virtual asio::awaitable<void> start(std::stop_token cancel) = 0;
 
-    // Like StopAsync: awaited in reverse registration order. `cancel` fires
-    // when host_options::shutdown_timeout is over; a stop that has not
-    // completed by then is abandoned and named in the log.
+    // Like StopAsync: awaited in reverse registration order (or concurrently
+    // with host_options::services_stop_concurrently).
+    //
+    // Called only for a service whose start() completed; the service counts
+    // as stopped once it completes.
+    // Lifetimes: as start().
+    // Executor: as start().
+    // Cancellation: `cancel` fires at the shutdown deadline
+    // (host_options::shutdown_timeout after the first stop request); a stop
+    // that has not completed by then is abandoned and named in the log, and
+    // run() returns 1. The host never cancels the coroutine itself.
+    // Errors: a throw is logged with the service's name, marks the service
+    // faulted and makes run() return 1; the other services are stopped all
+    // the same.
+    // Thread safety: as start().
     virtual asio::awaitable<void> stop(std::stop_token cancel) = 0;
 };
 

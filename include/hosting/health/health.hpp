@@ -178,10 +178,27 @@ public:
     // Runs the checks (those with `tag`, or all when it is empty) concurrently
     // on the host's io_context, each bounded by its timeout, and adds the
     // host's own entries with that tag.
-    // Executor: any; the caller resumes on its own executor.
-    // Errors: none; a check's failure is in its entry.
-    // (A string_view, not a string: a string temporary inside a co_await
-    // expression is what GCC 12 can destroy twice.)
+    //
+    // Completes with the report once every check has answered or timed out;
+    // the host's own entries are taken when the operation begins.
+    // Lifetimes: the tag is copied at the call. (A string_view, not a string:
+    // a string temporary inside a co_await expression is what GCC 12 can
+    // destroy twice.) This monitor, or the host it belongs to, must outlive
+    // the operation.
+    // Executor: any. The checks run on a strand of the host's io_context, and
+    // their timeouts are kept on a strand of the caller's executor, so that a
+    // blocked host loop makes the checks time out rather than hold up the
+    // caller; the caller resumes on its own executor.
+    // Cancellation: check() takes no token. A check that misses its timeout
+    // is reported with its failure_status, its `cancel` token fires and its
+    // coroutine is cancelled (terminal). Cancelling the awaiting coroutine is
+    // forwarded to the run by Asio's co_spawn: check() then throws Asio's
+    // system_error (operation_aborted), not operation_canceled, and the checks
+    // still running are told to stop in the same way.
+    // Errors: none for a check that throws or times out: that is in its entry
+    // (with its failure_status and the reason). Otherwise only the
+    // cancellation above.
+    // Thread safety: any thread, any number of calls at once.
     asio::awaitable<health_report> check(std::string_view tag = {});
 
     // The host's own entries (services, event loop, readiness) with `tag`,

@@ -79,8 +79,25 @@ struct response {
 };
 
 // A route's handler: runs on the server's own thread (never the host's
-// event loop), one request at a time per connection. An exception becomes
-// a 500 and a log line naming the route; the server keeps serving.
+// event loop), one request at a time per connection.
+//
+// Completes with the response to send.
+// Lifetimes: the request, and the views in it, are valid until the handler's
+// coroutine completes; copy what must live longer. request::keep_alive keeps
+// the server's io_context alive for an operation that completes on another
+// thread.
+// Executor: the server's own io_context, which one thread runs: the handlers
+// of every connection take turns on it, so a handler that blocks holds up
+// every other request. The handler resumes there.
+// Cancellation: none reaches it: it gets no token, its coroutine is not
+// cancelled when the client goes away, and no timeout bounds it (read_timeout
+// covers reading the request and writing the response). When the server
+// stops, a handler still suspended after a grace of 200 ms is never resumed.
+// Errors: an exception becomes a 500 and a log line naming the request's
+// method and target, and the connection is closed after that response; the
+// server keeps serving.
+// Thread safety: it runs on the server's thread while the host's threads run
+// the services: what it shares with them must be thread-safe.
 using handler = std::function<asio::awaitable<response>(const request&)>;
 
 // What add_http_server() returns: the options and the routes, before
@@ -121,11 +138,35 @@ public:
     server(service_provider& provider, std::shared_ptr<server_builder::state> state);
     ~server() override;
 
-    // Binds (throwing a std::system_error that names the address when it
-    // cannot) and starts serving.
+    // Binds and starts serving on the server's own thread.
+    //
+    // Completes once it listens (port() is then set) and its thread runs,
+    // without waiting for any request.
+    // Lifetimes: the server must outlive the operation; the host owns it.
+    // Executor: binds on the caller's executor and completes there without
+    // suspending; requests are then served on the server's thread.
+    // Cancellation: `cancel` is not used: nothing in it waits.
+    // Errors: throws a std::system_error that names the address when it
+    // cannot bind or listen.
+    // Thread safety: call it once, not concurrently with stop(); the host
+    // calls both on the service's strand.
     asio::awaitable<void> start(std::stop_token cancel) override;
-    // Stops accepting, closes every connection and joins the thread;
-    // completes by `cancel` at the latest.
+
+    // Stops accepting, closes every connection and, once the server's thread
+    // has ended, joins it; completes by `cancel` at the latest.
+    //
+    // Completes when the thread has ended (its io_context is stopped at once
+    // when no connection is open, else after a grace of 200 ms), or when
+    // `cancel` fires first; at once when the server was never started.
+    // Lifetimes: the server must outlive the operation.
+    // Executor: the closing runs on the server's thread; the caller resumes on
+    // its own executor, whose thread is not blocked while it waits.
+    // Cancellation: `cancel` (the host's shutdown deadline) ends the wait; the
+    // thread is then left to end, and ~server stops and joins it. Cancelling
+    // the awaiting coroutine does not cut the wait short.
+    // Errors: none of its own.
+    // Thread safety: not concurrently with start(); the host calls both on
+    // the service's strand.
     asio::awaitable<void> stop(std::stop_token cancel) override;
 
     // The port it listens on once started (useful with port 0); 0 before.

@@ -22,24 +22,43 @@ namespace detail {
 class engine;
 }
 
-// Thread-safe; every call is awaitable (resuming on the caller's executor)
-// and has a blocking form for callers that are not coroutines. Storage work
-// runs on the engine's own thread, never on the caller's loop; enqueues from
-// many callers at once are committed together.
+// Thread-safe; every call is awaitable and has a blocking form (..._blocking)
+// for callers that are not coroutines, which blocks its thread until the
+// storage has answered.
 //
 // Arguments are any type Boost.JSON can convert (value_from): a described
 // struct, a map, a string. They are stored as readable JSON.
 //
-// The awaitable calls take their arguments by reference and have overloads
+// All the awaitable operations below:
+// Lifetimes: their arguments are copied (Args serialised to JSON) when the
+// call is made, before anything is awaited; the client must outlive the
+// operation. They take their arguments by reference and have overloads
 // instead of default arguments: under GCC 12, a temporary with a destructor
 // inside a co_await expression (a default `job_options{}`, say) can be
 // destroyed twice. Pass named objects to them.
+// Executor: storage work runs on the engine's own thread, never on the
+// caller's loop; the caller resumes on its own executor, whose io_context
+// counts the wait as outstanding work. Enqueues from many callers at once
+// are committed together, in one transaction.
+// Cancellation: none takes a token, and a storage call, once sent, is not
+// abandoned: cancelling the awaiting coroutine does not cut the wait short,
+// and the caller resumes when the storage has answered. A coroutine already
+// cancelled when it reaches the co_await gets Asio's operation_aborted from
+// it, and nothing is sent to the storage.
+// Errors: what the storage throws (storage_error) is rethrown to the
+// caller; a failed commit fails every enqueue committed with it. The errors
+// listed below as thrown "at the call" come from the call expression
+// itself, before anything is awaited or sent.
+// Thread safety: any thread; one client serves any number of callers at
+// once.
 class client {
 public:
     explicit client(std::shared_ptr<detail::engine> engine);
 
-    // Fire and forget: available now. Returns the job's id, or with a
-    // unique_key whose job exists in one of its unique_states, that job's id.
+    // Fire and forget: available now. Completes with the job's id once it is
+    // stored, or with a unique_key whose job exists in one of its
+    // unique_states, with that job's id. Throws std::invalid_argument at the
+    // call for an empty kind or invalid job_options.
     template <class Args>
     asio::awaitable<job_id> enqueue(std::string_view kind, const Args& args, const job_options& options)
     {
@@ -56,7 +75,8 @@ public:
         return submit_blocking(std::string(kind), to_json(args), std::move(options), std::nullopt);
     }
 
-    // Runs no earlier than `at` (or `delay` from now).
+    // Runs no earlier than `at` (or `delay` from now, by
+    // server_options::clock). Completes and throws as enqueue().
     template <class Args>
     asio::awaitable<job_id> schedule(std::string_view kind, const Args& args, time_point at,
                                      const job_options& options)
@@ -88,8 +108,9 @@ public:
 
     // A continuation: awaiting until `parent` reaches a final state, then
     // available if `condition` holds, else deleted with the reason. A parent
-    // that already ended is judged at once. Throws job_not_found for an
-    // unknown parent.
+    // that already ended is judged at once. Completes with the job's id once
+    // it is stored. Throws job_not_found for an unknown parent (when the
+    // storage sees it), and std::invalid_argument at the call as enqueue().
     template <class Args>
     asio::awaitable<job_id> continue_with(job_id parent, std::string_view kind, const Args& args,
                                           continuation_condition condition, const job_options& options)
@@ -114,7 +135,9 @@ public:
     // enqueues one job, exactly once however many servers share the storage
     // (the occurrence's time is part of its unique key). Updating a
     // recurring job whose schedule is unchanged keeps its next occurrence.
-    // Throws cron_parse_error, unknown_time_zone or std::invalid_argument.
+    // Completes once it is stored. Throws cron_parse_error,
+    // unknown_time_zone or std::invalid_argument (an empty id, invalid
+    // job_options, a schedule that never fires) at the call.
     template <class Args>
     asio::awaitable<void> add_or_update_recurring(std::string_view id, std::string_view cron, std::string_view zone,
                                                   std::string_view kind, const Args& args, const job_options& options,
@@ -139,32 +162,40 @@ public:
         upsert_recurring_blocking(make_recurring(std::move(id), std::move(cron), std::move(zone), std::string(kind),
                                                  to_json(args), options, missed));
     }
-    // False when there was no such recurring job.
+    // Completes with false when there was no such recurring job.
     asio::awaitable<bool> remove_recurring(std::string_view id);
     bool remove_recurring_blocking(std::string id);
-    // Enqueues one run now, outside the schedule; throws
-    // std::invalid_argument for an unknown id.
+    // Enqueues one run now, outside the schedule, and completes with its id.
+    // Throws std::invalid_argument for an unknown id, once the storage has
+    // been asked (not at the call).
     asio::awaitable<job_id> trigger_recurring(std::string_view id);
     job_id trigger_recurring_blocking(std::string id);
+    // Completes with every recurring job in the storage.
     asio::awaitable<std::vector<recurring_job>> list_recurring();
     std::vector<recurring_job> list_recurring_blocking();
 
     // A job that is not running is cancelled at once; a running one is asked
     // to stop (its handler's stop token fires, on whichever node runs it)
-    // and ends cancelled. Throws job_not_found, or invalid_transition for a
-    // job that already ended.
+    // and ends cancelled. Completes once the storage has recorded the cancel
+    // (for a running job, the request), without waiting for a handler to
+    // stop. Throws job_not_found, or invalid_transition for a job that
+    // already ended.
     asio::awaitable<void> cancel(job_id id);
     void cancel_blocking(job_id id);
     // Deletes a job in any state but deleted. A running one is stopped like
     // cancel() does, and becomes deleted once its handler has stopped; it
-    // holds its concurrency key until then.
+    // holds its concurrency key until then. Completes as cancel(). Throws
+    // job_not_found, or invalid_transition for a job already deleted.
     asio::awaitable<void> delete_job(job_id id);
     void delete_job_blocking(job_id id);
     // Makes a finished job available again, with its attempts reset.
+    // Completes once it is stored. Throws job_not_found, or
+    // invalid_transition for a job that has not ended.
     asio::awaitable<void> requeue(job_id id);
     void requeue_blocking(job_id id);
 
-    // Queries, with the history when asked.
+    // Queries, with the history when asked (find() always includes it):
+    // find() completes with an empty optional when there is no such job.
     asio::awaitable<std::optional<job>> find(job_id id);
     std::optional<job> find_blocking(job_id id);
     asio::awaitable<std::vector<job>> list(const job_filter& filter);

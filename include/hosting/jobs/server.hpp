@@ -205,6 +205,27 @@ public:
     // a type breaks nothing. `handler(Args, job_context&)` returns
     // asio::awaitable<void>; Args converts from JSON with value_to.
     // Registering a name twice throws std::invalid_argument.
+    //
+    // The handler's awaitable is one attempt of a job, which ends when it
+    // completes.
+    // Lifetimes: the Args object and the job_context stay valid until the
+    // awaitable completes.
+    // Executor: the jobs server's executor (the host's io_context, on the
+    // server's strand): the handlers of this server take turns on it, so one
+    // that blocks holds up the others and the server; hand blocking work to
+    // offload().
+    // Cancellation: on the job's timeout, a cancel() or delete_job() of the
+    // job, and the server's stop, context.stop_token() fires and terminal
+    // cancellation is emitted on the handler's coroutine. At stop, a handler
+    // that has not ended within shutdown_grace is released back to available.
+    // Errors: returning is success, even after a cancel() or a timeout. A
+    // snooze runs the job again after its delay; bad_arguments (also what a
+    // failed conversion to Args throws) fails the job without retries. Any
+    // other exception fails the attempt, retried per the kind's retry_policy
+    // while attempts remain; but after a cancel() the job ends cancelled, and
+    // after the server's stop it is released back to available. A job
+    // deleted while it runs ends deleted however its handler ends.
+    // Thread safety: it runs on the server's executor only, as above.
     template <class Args, class F>
         requires std::invocable<F&, Args, job_context&>
     jobs_registration& register_kind(std::string name, F handler, kind_options options = {})

@@ -45,10 +45,26 @@ public:
                    missed_tick_policy policy = missed_tick_policy::skip);
 
     // Waits for the next slot (or fires at once for missed ones, per the
-    // policy). Completes with true on a tick; with false when `token` fires,
-    // or the awaiting coroutine is cancelled (at stop, inside
-    // background_service::execute), so `while (co_await timer.next_tick(t))`
-    // ends cleanly. One wait at a time.
+    // policy).
+    //
+    // Completes with true on a tick (scheduled_time() and missed_ticks() then
+    // describe it); with false when cancelled, so that
+    // `while (co_await timer.next_tick(t))` ends cleanly. A period() change
+    // during the wait is taken into account at once.
+    // Lifetimes: the timer must outlive the operation; the token is copied.
+    // Executor: the timer runs on the executor given to the constructor; the
+    // caller resumes on its own executor, which must be that one (see Thread
+    // safety).
+    // Cancellation: completes with false when `token` has fired or fires
+    // during the wait (from any thread), or when the awaiting coroutine's
+    // cancellation slot is triggered (terminal cancellation, under a
+    // coroutine's default filter: at stop, inside background_service::execute).
+    // A coroutine already cancelled before this co_await gets Asio's
+    // operation_aborted from the co_await itself (see operation_canceled),
+    // which background_service::execute may let through: it counts as a stop.
+    // Errors: none of its own.
+    // Thread safety: from the timer's executor only, like the rest of the
+    // timer; one wait at a time.
     asio::awaitable<bool> next_tick(std::stop_token token = {});
 
     // Changes the period from now on: the next slot becomes the last slot
