@@ -134,6 +134,17 @@ asio::awaitable<void> background_service::stop(std::stop_token cancel)
 
     asio::steady_timer ended_event(executor, asio::steady_timer::time_point::max());
     e->ended_event = &ended_event;
+    // However this coroutine ends (its own cancellation throws out of the
+    // wait below), nothing may keep pointing at the timer once it is gone.
+    struct forget {
+        execution& e;
+        asio::steady_timer* timer;
+        ~forget()
+        {
+            if (e.ended_event == timer)
+                e.ended_event = nullptr;
+        }
+    } forget_timer{*e, &ended_event};
     struct wake {
         std::shared_ptr<execution> e;
         asio::any_io_executor executor;
@@ -155,7 +166,6 @@ asio::awaitable<void> background_service::stop(std::stop_token cancel)
             co_await ended_event.async_wait(asio::redirect_error(asio::use_awaitable, ec));
         }
     }
-    e->ended_event = nullptr;
 }
 
 namespace detail {

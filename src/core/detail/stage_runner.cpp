@@ -13,13 +13,18 @@ asio::awaitable<bool> stage_runner::run(const std::vector<service_entry*>& targe
                                         std::vector<std::shared_ptr<pending_call>>& calls)
 {
     bool in_time = true;
-    auto settle_done = [&] {
+    // Settling looks at one call, or at all of them only after a group was
+    // awaited: a scan after every begin would cost n^2 on a large host.
+    auto settle = [&](pending_call& c) {
+        if (c.done && !c.settled) {
+            c.settled = true;
+            if (p.settle)
+                p.settle(c);
+        }
+    };
+    auto settle_all = [&] {
         for (auto& c : calls)
-            if (c->done && !c->settled) {
-                c->settled = true;
-                if (p.settle)
-                    p.settle(*c);
-            }
+            settle(*c);
     };
     for (auto* e : targets) {
         if (p.halt && p.halt())
@@ -27,22 +32,23 @@ asio::awaitable<bool> stage_runner::run(const std::vector<service_entry*>& targe
         const bool alone = !p.concurrent || e->brackets;
         if (alone && p.concurrent && in_time) {
             in_time = co_await wait_calls(calls, p.deadline);
-            settle_done();
+            settle_all();
             if ((p.halt && p.halt()) || (!in_time && p.halt_at_deadline))
                 break;
         }
         calls.push_back(p.begin(*e));
-        if (alone && in_time && !calls.back()->done) {
+        auto& call = *calls.back();
+        if (alone && in_time && !call.done) {
             std::vector<std::shared_ptr<pending_call>> one(1, calls.back());
             in_time = co_await wait_calls(one, p.deadline);
         }
-        settle_done();
+        settle(call);
         if (!in_time && p.halt_at_deadline)
             break;
     }
     if (in_time)
         in_time = co_await wait_calls(calls, p.deadline);
-    settle_done();
+    settle_all();
     co_return in_time;
 }
 
