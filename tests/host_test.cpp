@@ -987,6 +987,56 @@ TEST_CASE("a terminal cancellation of the coroutine awaiting start() leaves the 
     CHECK(host.exit_code() == 0);
 }
 
+TEST_CASE("stop() after a failed start completes at once, however it is called", "[host][concurrency]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    auto builder = test::make_builder(sink);
+    behaviour broken;
+    broken.fail_start = true;
+    builder.services().add_hosted_service<recording_service>(&r, std::string("broken"), broken);
+    auto host = builder.build();
+    CHECK_THROWS_AS(host.start_blocking(), hosting::start_failed);
+    const auto began = std::chrono::steady_clock::now();
+    host.stop_blocking();
+    CHECK(std::chrono::steady_clock::now() - began < 1s);
+    CHECK_FALSE(sink->has("is blocking its thread"));
+    // The awaitable form too, from a loop of the caller's own: the host's
+    // threads are gone, and nothing waits for them.
+    asio::io_context io;
+    bool stopped = false;
+    int code = -1;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            co_await host.stop();
+            code = co_await host.wait_for_shutdown();
+            stopped = true;
+        },
+        asio::detached);
+    io.run_for(test::patience);
+    CHECK(stopped);
+    CHECK(code == 1);
+}
+
+TEST_CASE("run() and stop_blocking() from two threads stop once and join once", "[host][concurrency]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    recorder r;
+    auto builder = test::make_builder(sink);
+    builder.services().add_hosted_service<ticker>(&r, std::string("t"));
+    auto host = builder.build();
+    int code = -1;
+    std::thread runner([&] { code = host.run(); });
+    REQUIRE(r.wait_for("tick t"));
+    std::thread stopper([&] { host.stop_blocking(); });
+    host.stop_blocking();
+    stopper.join();
+    runner.join();
+    CHECK(code == 0);
+    CHECK(host.exit_code() == 0);
+}
+
 TEST_CASE("a registration stays valid while more services are registered", "[host][services]")
 {
     auto sink = std::make_shared<test::capture_sink>();

@@ -145,3 +145,42 @@ TEST_CASE("loggers are named per category and follow per-category levels", "[log
     CHECK(sink->has("shown", spdlog::level::err, "app.noisy"));
     CHECK(sink->has("hello", spdlog::level::info, "app.worker"));
 }
+
+namespace {
+struct order_log {
+    std::vector<std::string> events;
+};
+struct first_made {
+    explicit first_made(order_log* log) : log_(log) {}
+    ~first_made() { log_->events.push_back("first destroyed"); }
+    bool alive = true;
+    order_log* log_;
+};
+struct second_made {
+    second_made(hosting::service_provider& p, order_log* log) : first_(p.get<first_made>()), log_(log) {}
+    // Uses what it was built from until it dies.
+    ~second_made() { log_->events.push_back(first_.alive ? "second destroyed, first alive" : "second destroyed late"); }
+    first_made& first_;
+    order_log* log_;
+};
+} // namespace
+
+TEST_CASE("singletons die in reverse construction order, whatever their registration order", "[services]")
+{
+    order_log log;
+    for (int round = 0; round < 8; ++round) {
+        log.events.clear();
+        {
+            hosting::service_collection services;
+            // Registered before what it depends on: construction order, not
+            // registration order (nor a hash map's), decides.
+            services.add_singleton<second_made>(&log);
+            services.add_singleton<first_made>(std::make_shared<first_made>(&log));
+            hosting::service_provider provider(std::move(services));
+            provider.construct_all();
+        }
+        REQUIRE(log.events.size() == 2);
+        CHECK(log.events[0] == "second destroyed, first alive");
+        CHECK(log.events[1] == "first destroyed");
+    }
+}

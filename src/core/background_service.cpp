@@ -119,7 +119,10 @@ void background_service::heartbeat() noexcept
 
 asio::awaitable<void> background_service::start(std::stop_token)
 {
-    detail::background_service_access::launch(*this, co_await asio::this_coro::executor);
+    // Named first: a temporary inside a call holding a co_await is what GCC
+    // 12 can destroy twice.
+    const asio::any_io_executor executor = co_await asio::this_coro::executor;
+    detail::background_service_access::launch(*this, executor);
 }
 
 asio::awaitable<void> background_service::stop(std::stop_token cancel)

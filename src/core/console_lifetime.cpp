@@ -34,7 +34,7 @@ const char* signal_name(int number)
 
 // Signals are waited for on a thread of its own so that a blocked service
 // loop cannot delay the second-signal exit.
-struct console_lifetime::state {
+struct console_lifetime::state : std::enable_shared_from_this<console_lifetime::state> {
     application_lifetime* lifetime = nullptr;
     std::function<void()> reload;
     std::shared_ptr<spdlog::logger> log;
@@ -45,7 +45,9 @@ struct console_lifetime::state {
 
     void wait()
     {
-        signals->async_wait([this](boost::system::error_code ec, int number) {
+        // Shared: the last owner of the host may be dropped from this
+        // thread (a reload's callback), and the state must outlive it here.
+        signals->async_wait([this, self = shared_from_this()](boost::system::error_code ec, int number) {
             if (ec)
                 return;
             if (number == SIGHUP) {
@@ -73,7 +75,7 @@ struct console_lifetime::state {
     {
         if (!thread.joinable())
             return;
-        asio::post(io, [this] { signals.reset(); });
+        asio::post(io, [self = shared_from_this()] { self->signals.reset(); });
         if (thread.get_id() == std::this_thread::get_id())
             thread.detach();
         else
@@ -101,7 +103,7 @@ void console_lifetime::starting()
     if (s.reload)
         s.signals->add(SIGHUP);
     s.wait();
-    s.thread = std::thread([&s] { s.io.run(); });
+    s.thread = std::thread([self = state_] { self->io.run(); });
 }
 
 void console_lifetime::started() {}

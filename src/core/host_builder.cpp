@@ -12,6 +12,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <utility>
 #include <stdexcept>
 #include <string>
 
@@ -232,13 +233,19 @@ host host_builder::build()
     st.services.add_singleton<host_environment>(std::make_shared<host_environment>(st.environment));
     st.services.add_singleton<host_options>(std::make_shared<host_options>(st.options));
     auto core = std::make_shared<detail::host_core>(detail::host_core::settings{
-        st.options, st.logging, st.external_io, st.console_lifetime, st.environment.environment_name, st.lifetimes,
+        st.options, st.logging, st.external_io, st.console_lifetime, st.environment.environment_name,
+        std::exchange(st.lifetimes, {}),
         st.config});
     std::vector<detail::hosted_descriptor> hosted;
     hosted.reserve(st.services.hosted_.size());
     for (auto& d : st.services.hosted_)
         hosted.push_back(std::move(*d));
     st.services.hosted_.clear();
+    // The builder may outlive the host, so it keeps nothing of it (a
+    // feature's state holds objects of the host's loop); declared after
+    // `core`, the features die before it even when build() throws.
+    auto features = std::move(st.features);
+    st.build_hooks.clear();
     core->build(std::move(st.services), std::move(hosted));
     return host(std::move(core));
 }

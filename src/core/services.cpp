@@ -56,8 +56,15 @@ service_provider::service_provider(service_collection registrations)
 
 service_provider::~service_provider()
 {
-    while (!constructed_.empty())
+    // Reverse construction order, the instance and every other reference
+    // the provider holds to it (a registered shared_ptr sits in its factory
+    // too): a singleton may use the ones it was built from until it dies.
+    while (!constructed_.empty()) {
+        auto& e = entries_.at(constructed_.back());
+        e.instance.reset();
+        e.descriptor.factory = nullptr;
         constructed_.pop_back();
+    }
 }
 
 void service_provider::construct_all()
@@ -102,7 +109,7 @@ void* service_provider::instance_of(std::pair<const std::type_index, entry>& ite
     }
     construction_stack_.pop_back();
     e.constructing = false;
-    constructed_.push_back(e.instance);
+    constructed_.push_back(item.first);
     return e.instance.get();
 }
 

@@ -111,7 +111,8 @@ public:
     service_provider& services() noexcept;
     application_lifetime& lifetime() noexcept;
 
-    // A snapshot of every hosted service's state, in registration order.
+    // A snapshot of every hosted service's state, in start order: registration
+    // order, the services registered with starts_first() first.
     // Thread-safe.
     std::vector<service_status> service_statuses() const;
 

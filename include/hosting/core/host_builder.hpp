@@ -120,8 +120,9 @@ public:
 
     // Validates the options (std::invalid_argument naming the option), runs
     // the on_build hooks, constructs every singleton, then every hosted
-    // service in registration order. A builder builds one host; a second
-    // build() throws std::logic_error.
+    // service in start order (registration order, starts_first() first). A
+    // builder builds one host; a second build() throws std::logic_error.
+    // Afterwards the builder holds nothing of the host, and may outlive it.
     host build();
 
 private:

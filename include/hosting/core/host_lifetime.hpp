@@ -24,7 +24,8 @@ struct host_lifetime_context {
     asio::any_io_executor loop; // the services' event loop
     logger_factory& loggers;
     const host_options& options;
-    // A snapshot of every hosted service, in registration order. Thread-safe.
+    // A snapshot of every hosted service, in start order (registration order,
+    // starts_first() ones first). Thread-safe.
     std::function<std::vector<service_status>()> service_statuses;
     // Reloads the host's configuration and calls its on_change subscribers,
     // telling every lifetime's reloading() and reloaded() around it; errors

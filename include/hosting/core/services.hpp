@@ -308,7 +308,7 @@ private:
     std::vector<std::type_index> order_;
     std::vector<std::type_index> construction_stack_;
     // Instances die in reverse construction order, like objects on a stack.
-    std::vector<std::shared_ptr<void>> constructed_;
+    std::vector<std::type_index> constructed_;
 };
 
 } // namespace hosting

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <unordered_set>
 #include <vector>
 
 namespace hosting::detail {
@@ -106,7 +107,12 @@ host_core::host_core(settings s)
 host_core::~host_core()
 {
     stop_request_callback_.reset();
-    if (threads_ && threads_->started() && !threads_joined_) {
+    bool joined;
+    {
+        std::lock_guard lock(join_mutex_);
+        joined = threads_joined_;
+    }
+    if (threads_ && threads_->started() && !joined) {
         // Only when the host was destroyed from one of its own threads,
         // which close() cannot join.
         host_log_->critical("The host is destroyed from its own event loop; its threads are abandoned");
@@ -116,6 +122,11 @@ host_core::~host_core()
     // point at still exist; then the same for everything queued on the loop.
     if (owned_io_)
         owned_io_->shutdown();
+    // Then the services, the singletons and the lifetimes (a feature's state
+    // holds strands and timers of the loop): all before the io_context.
+    entries_.clear();
+    provider_.reset();
+    settings_.lifetimes.clear();
 }
 
 void host_core::close()
@@ -129,6 +140,7 @@ void host_core::close()
     }
     bool running;
     {
+        std::lock_guard joining(join_mutex_);
         std::lock_guard lock(mutex_);
         running = threads_started_ && start_called_.load() && !stop_finished_ && !threads_joined_;
     }
@@ -148,6 +160,7 @@ void host_core::close()
 
 void host_core::build(service_collection services, std::vector<detail::hosted_descriptor> hosted)
 {
+    stages_.set_owner(weak_from_this());
     services.add_singleton<application_lifetime>(lifetime_);
     services.add_singleton<logger_factory>(loggers_);
     services.add_singleton<asio::io_context>(std::shared_ptr<asio::io_context>(std::shared_ptr<void>{}, io_));
@@ -279,11 +292,16 @@ void host_core::reload_configuration() noexcept
 // ---------------------------------------------------------------------------
 // Stop requests
 
-void host_core::on_stop_requested_any_thread() noexcept
+void host_core::stamp_stop_request() noexcept
 {
     auto now = std::max<clock::rep>(clock::now().time_since_epoch().count(), 1);
     clock::rep expected = 0;
     stop_requested_at_.compare_exchange_strong(expected, now);
+}
+
+void host_core::on_stop_requested_any_thread() noexcept
+{
+    stamp_stop_request();
     // Here, not on the loop: the loop may be the thing that is stuck.
     tell_lifetimes("stopping", [](host_lifetime& l) { l.stopping(); });
     {
@@ -303,12 +321,27 @@ void host_core::on_stop_requested_any_thread() noexcept
 
 void host_core::on_stop_requested_in_loop()
 {
-    if (stop_seen_)
-        return;
-    stop_seen_ = true;
-    start_cancel_.request_stop();
-    cancel_restarts();
+    if (!stop_seen_) {
+        stop_seen_ = true;
+        start_cancel_.request_stop();
+        cancel_restarts();
+    }
+    // The deadline may have become known only now (a request stamped by
+    // another thread after this loop first saw it): waits re-read it.
+    arm_deadline_timer();
     stages_.notify();
+}
+
+void host_core::arm_deadline_timer()
+{
+    if (!deadline_timer_ || deadline_armed_for_ == stop_deadline())
+        return;
+    deadline_armed_for_ = stop_deadline();
+    deadline_timer_->expires_at(deadline_armed_for_);
+    deadline_timer_->async_wait([weak = weak_from_this()](boost::system::error_code ec) {
+        if (auto self = weak.lock(); self && !ec)
+            self->stop_cancel_.request_stop();
+    });
 }
 
 std::shared_ptr<pending_call> host_core::spawn_call(service_entry& entry, stage_fn fn, std::stop_token token)
@@ -316,7 +349,13 @@ std::shared_ptr<pending_call> host_core::spawn_call(service_entry& entry, stage_
     auto call = std::make_shared<pending_call>();
     call->entry = &entry;
     asio::co_spawn(
-        entry.strand, [fn, e = &entry, token]() -> asio::awaitable<void> { co_await fn(*e, token); },
+        entry.strand,
+        [fn, e = &entry, token]() -> asio::awaitable<void> {
+            // Made before the co_await: GCC 12 can destroy a by-value
+            // argument of a suspending expression (the token) twice.
+            auto op = fn(*e, token);
+            co_await std::move(op);
+        },
         [weak = weak_from_this(), call](std::exception_ptr error) {
             auto self = weak.lock();
             if (!self)
@@ -405,12 +444,16 @@ asio::awaitable<void> host_core::do_start()
                     late.push_back(c->entry->name);
             start_cancel_.request_stop();
             abandoned_ = true;
-            if (stop_seen_) {
+            // A stop requested from another thread may not have reached the
+            // loop yet; its deadline counts all the same.
+            const bool stopping = stop_seen_ || stop_requested_at_.load() != 0;
+            const bool startup_timed_out = start_deadline_ && clock::now() >= *start_deadline_;
+            if (stopping && !startup_timed_out) {
                 fail(1);
                 host_log_->error("The shutdown deadline of {} ms passed; these services did not stop in time "
                                  "(their {}() ignored the stop): {}",
                                  settings_.options.shutdown_timeout.count(), st.what, join_names(late));
-            } else if (failure.empty()) {
+            } else if (failure.empty() && startup_timed_out) {
                 failure = "startup_timeout of " + std::to_string(settings_.options.startup_timeout->count()) +
                           " ms passed while " + st.what + "() was still running in " + join_names(late);
                 host_log_->error("The startup_timeout of {} ms passed while {}() was still running in {}",
@@ -594,6 +637,7 @@ void host_core::cancel_restarts()
 asio::awaitable<void> host_core::do_stop()
 {
     // A direct stop() counts as a stop request: it starts the deadline clock.
+    stamp_stop_request();
     lifetime_->stop_application();
     on_stop_requested_in_loop();
     while (phase_ == phase::starting)
@@ -627,11 +671,8 @@ asio::awaitable<void> host_core::stop_services()
     }
     lifetime_access::fire_stopping(*lifetime_);
 
-    deadline_timer_.emplace(orch_, stop_deadline());
-    deadline_timer_->async_wait([weak = weak_from_this()](boost::system::error_code ec) {
-        if (auto self = weak.lock(); self && !ec)
-            self->stop_cancel_.request_stop();
-    });
+    deadline_timer_.emplace(orch_);
+    arm_deadline_timer();
     auto token = stop_cancel_.get_token();
 
     std::vector<service_entry*> targets;
@@ -639,10 +680,13 @@ asio::awaitable<void> host_core::stop_services()
         if ((*it)->started)
             targets.push_back(it->get());
 
+    // By entry, not by name: instances of one type share a name, and each
+    // late one is worth counting.
     std::vector<std::string> late;
-    auto note_late = [&](const std::string& name) {
-        if (std::find(late.begin(), late.end(), name) == late.end())
-            late.push_back(name);
+    std::unordered_set<const service_entry*> late_entries;
+    auto note_late = [&](const service_entry& e) {
+        if (late_entries.insert(&e).second)
+            late.push_back(e.name);
     };
 
     for (const auto& st : stop_stages) {
@@ -678,7 +722,7 @@ asio::awaitable<void> host_core::stop_services()
         for (const auto& call : calls) {
             auto& e = *call->entry;
             if (!call->done) {
-                note_late(e.name);
+                note_late(e);
             } else if (call->error) {
                 fail(1);
                 host_log_->error("Service '{}' threw from {}(): {}", e.name, st.what, describe(call->error));
@@ -688,7 +732,7 @@ asio::awaitable<void> host_core::stop_services()
                 }
             } else if (!st.hook) {
                 if (e.background && !background_service_access::execute_ended(*e.background)) {
-                    note_late(e.name);
+                    note_late(e);
                 } else {
                     auto final_state = e.background ? e.background->state() : service_state::stopped;
                     if (final_state == service_state::faulted)
@@ -733,6 +777,9 @@ void host_core::ensure_threads()
 
 void host_core::join_threads(clock::time_point until)
 {
+    // Several blocking callers may get here at once (run() on one thread,
+    // stop_blocking() on another): one joins, the others wait for it.
+    std::lock_guard lock(join_mutex_);
     if (threads_joined_)
         return;
     threads_joined_ = true;
@@ -770,6 +817,16 @@ void host_core::launch_start()
                        auto self = weak.lock();
                        if (!self)
                            return;
+                       if (error && self->phase_ == phase::starting) {
+                           // Not a service's failure (those end as
+                           // start_failed, after their stop): the start
+                           // itself broke. What started can still be stopped.
+                           self->host_log_->critical("The host's start failed: {}", describe(error));
+                           self->fail(1);
+                           self->phase_ = phase::started;
+                           self->stages_.notify();
+                           self->lifetime_->stop_application();
+                       }
                        {
                            std::lock_guard lock(self->mutex_);
                            self->start_finished_ = true;
@@ -785,10 +842,17 @@ void host_core::launch_stop()
     if (stop_launched_.exchange(true))
         return;
     asio::co_spawn(orch_, [self = shared_from_this()] { return self->do_stop(); },
-                   [weak = weak_from_this()](std::exception_ptr) {
+                   [weak = weak_from_this()](std::exception_ptr error) {
                        auto self = weak.lock();
                        if (!self)
                            return;
+                       if (error) {
+                           self->host_log_->critical("The host's stop failed: {}", describe(error));
+                           self->fail(1);
+                           self->phase_ = phase::stopped;
+                           lifetime_access::fire_stopped(*self->lifetime_);
+                           self->tell_stopped();
+                       }
                        {
                            std::lock_guard lock(self->mutex_);
                            self->stop_finished_ = true;
@@ -815,9 +879,17 @@ asio::awaitable<void> host_core::start()
         std::rethrow_exception(error);
 }
 
+bool host_core::start_failed_already() const
+{
+    std::lock_guard lock(mutex_);
+    return start_finished_ && start_error_;
+}
+
 asio::awaitable<void> host_core::stop()
 {
-    if (!start_called_.load()) {
+    // Nothing to stop: never started, or a start that failed has stopped
+    // what it had started already (and its threads may be gone).
+    if (!start_called_.load() || start_failed_already()) {
         lifetime_->stop_application();
         co_return;
     }
@@ -868,6 +940,7 @@ void host_core::start_blocking()
     if (!start_finished_) {
         lock.unlock();
         report_stragglers("during the start");
+        tell_stopped();
         join_threads(clock::now());
         throw start_failed("host: the start did not finish in time and the event loop does not respond");
     }
@@ -887,7 +960,7 @@ void host_core::stop_blocking()
     lifetime_->stop_application();
     {
         std::lock_guard lock(mutex_);
-        if (!start_called_.load() || !threads_started_)
+        if (!start_called_.load() || !threads_started_ || (start_finished_ && start_error_))
             return;
     }
     launch_stop();

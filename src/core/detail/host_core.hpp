@@ -90,6 +90,10 @@ private:
 
     // Any thread.
     void on_stop_requested_any_thread() noexcept;
+    // Starts the deadline clock, once, whoever asks first.
+    void stamp_stop_request() noexcept;
+    void arm_deadline_timer(); // orch_ only
+    bool start_failed_already() const;
     void launch_start();
     void launch_stop();
     void ensure_threads();
@@ -126,6 +130,7 @@ private:
     std::stop_source stop_cancel_;        // fired at the shutdown deadline
     std::optional<clock::time_point> start_deadline_; // orch_ only
     std::optional<asio::steady_timer> deadline_timer_; // orch_ only
+    clock::time_point deadline_armed_for_{};           // orch_ only
 
     std::atomic<int> exit_code_{0};
     std::atomic<clock::rep> stop_requested_at_{0}; // 0: not yet
@@ -149,7 +154,8 @@ private:
     bool start_finished_ = false;      // mutex_
     std::exception_ptr start_error_;   // mutex_
     bool threads_started_ = false;     // mutex_
-    bool threads_joined_ = false;
+    std::mutex join_mutex_;            // taken before mutex_ when both are
+    bool threads_joined_ = false;      // join_mutex_
 
     struct on_stop_request {
         host_core* core;

@@ -3,7 +3,6 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
-#include <algorithm>
 
 namespace hosting::detail {
 
@@ -55,8 +54,13 @@ asio::awaitable<bool> stage_runner::run(const std::vector<service_entry*>& targe
 asio::awaitable<bool> stage_runner::wait_calls(const std::vector<std::shared_ptr<pending_call>>& calls,
                                                const std::function<clock::time_point()>& deadline)
 {
+    // A call never turns back from done: the done prefix is skipped once,
+    // not rescanned at every wake (n^2 for a large concurrent start).
+    std::size_t first_pending = 0;
     for (;;) {
-        if (std::all_of(calls.begin(), calls.end(), [](const auto& c) { return c->done; }))
+        while (first_pending < calls.size() && calls[first_pending]->done)
+            ++first_pending;
+        if (first_pending == calls.size())
             co_return true;
         auto until = deadline();
         if (clock::now() >= until)
@@ -76,8 +80,11 @@ asio::awaitable<void> stage_runner::wait_for_change(clock::time_point until)
     if (until < armed_for_) {
         armed_for_ = until;
         wake_timer_.expires_at(until);
-        wake_timer_.async_wait([this, until](boost::system::error_code ec) {
-            if (ec || armed_for_ != until)
+        // The owner is held while the handler runs: a completion already
+        // queued when the host is destroyed must not touch this runner.
+        wake_timer_.async_wait([this, owner = owner_, until](boost::system::error_code ec) {
+            auto alive = owner.lock();
+            if (ec || !alive || armed_for_ != until)
                 return;
             armed_for_ = clock::time_point::max();
             notify();

@@ -21,6 +21,8 @@ using strand_type = asio::strand<asio::io_context::executor_type>;
 class stage_runner {
 public:
     explicit stage_runner(strand_type orch);
+    // What owns this runner; its timer's handler does nothing once it is gone.
+    void set_owner(std::weak_ptr<void> owner) { owner_ = std::move(owner); }
 
     struct plan {
         bool concurrent = false;
@@ -66,6 +68,7 @@ private:
     };
 
     strand_type orch_;
+    std::weak_ptr<void> owner_;
     std::vector<std::unique_ptr<waiter>> waiters_;
     asio::steady_timer wake_timer_;
     clock::time_point armed_for_ = clock::time_point::max();
