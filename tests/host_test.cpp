@@ -1045,7 +1045,7 @@ TEST_CASE("a registration stays valid while more services are registered", "[hos
     auto first = builder.services().add_hosted_service<recording_service>(&r, std::string("a"));
     // Enough to make any vector reallocate.
     for (int i = 0; i < 100; ++i)
-        builder.services().add_hosted_service<recording_service>(&r, "b" + std::to_string(i));
+        builder.services().add_hosted_service<recording_service>(&r, std::string("b").append(std::to_string(i)));
     first.name("renamed-a");
     auto host = builder.build();
     CHECK(host.service_statuses().front().name == "renamed-a");
