@@ -5,6 +5,7 @@
 
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/throw_exception.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -1074,6 +1075,35 @@ TEST_CASE("a configuration reload calls every subscriber and says which part fai
     CHECK_FALSE(sink->has("keeping the previous configuration"));
     CHECK_THROWS_AS(config.reload(), hosting::configuration_change_error);
     CHECK(later_ran.load() == 2);
+}
+
+TEST_CASE("the cancellation check reads exceptions the way a rethrow would", "[cancellation]")
+{
+    // is_cancellation() reads libstdc++'s exception_ptr without a rethrow
+    // for the types that carry the cancellation error: each case here is
+    // what a rethrow and a catch would say, so a library change that breaks
+    // the shortcut fails this test instead of going unnoticed.
+    using wrapped = boost::wrapexcept<boost::system::system_error>;
+    CHECK(hosting::is_cancellation(
+        std::make_exception_ptr(wrapped(boost::system::system_error(asio::error::operation_aborted)))));
+    CHECK_FALSE(hosting::is_cancellation(
+        std::make_exception_ptr(wrapped(boost::system::system_error(asio::error::timed_out)))));
+    // What an Asio operation really throws when cancelled.
+    asio::io_context io;
+    std::exception_ptr thrown;
+    asio::cancellation_signal signal;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            asio::steady_timer timer(io, 1h);
+            co_await timer.async_wait(asio::use_awaitable);
+        },
+        asio::bind_cancellation_slot(signal.slot(), [&](std::exception_ptr e) { thrown = e; }));
+    io.poll();
+    signal.emit(asio::cancellation_type::terminal);
+    io.run_for(test::patience);
+    REQUIRE(thrown);
+    CHECK(hosting::is_cancellation(thrown));
 }
 
 TEST_CASE("the library has one cancellation error, and Asio's cancellations are recognised too",

@@ -14,19 +14,63 @@
 
 #include <boost/throw_exception.hpp>
 
+#include <cstring>
+
 #include <mutex>
 #include <optional>
 #include <typeinfo>
 
 namespace hosting {
 
+namespace {
+
+#if defined(__GLIBCXX__)
+// Every stopped background service ends with a cancellation, and looking
+// into an exception_ptr portably costs a rethrow: on a host of ten thousand
+// services that was a third of the stop. libstdc++ documents
+// exception_ptr::__cxa_exception_type(), and its exception_ptr holds the
+// address of the thrown object (checked below, and pinned by the test
+// "the cancellation check reads exceptions the way a rethrow would"): for
+// the two exact types that carry the library's cancellation error, read the
+// code without a rethrow. Any other type, or another standard library,
+// takes the portable path.
+static_assert(sizeof(std::exception_ptr) == sizeof(void*));
+
+const void* thrown_object(const std::exception_ptr& error) noexcept
+{
+    const void* object = nullptr;
+    std::memcpy(&object, &error, sizeof object);
+    return object;
+}
+
+std::optional<bool> is_cancellation_fast(const std::exception_ptr& error) noexcept
+{
+    const std::type_info* type = error.__cxa_exception_type();
+    if (!type)
+        return std::nullopt;
+    if (*type == typeid(operation_canceled))
+        return true; // always carries operation_aborted
+    if (*type == typeid(boost::wrapexcept<boost::system::system_error>)) {
+        auto* e = static_cast<const boost::wrapexcept<boost::system::system_error>*>(thrown_object(error));
+        return static_cast<const boost::system::system_error*>(e)->code() == asio::error::operation_aborted;
+    }
+    if (*type == typeid(boost::system::system_error))
+        return static_cast<const boost::system::system_error*>(thrown_object(error))->code() ==
+               asio::error::operation_aborted;
+    return std::nullopt;
+}
+#else
+std::optional<bool> is_cancellation_fast(const std::exception_ptr&) noexcept { return std::nullopt; }
+#endif
+
+} // namespace
+
 bool is_cancellation(const std::exception_ptr& error) noexcept
 {
     if (!error)
         return false;
-    // Portable, and rare enough to afford the rethrow: the hot path (the
-    // end of every background service's execute) catches by type where the
-    // exception is thrown instead.
+    if (auto fast = is_cancellation_fast(error))
+        return *fast;
     try {
         std::rethrow_exception(error);
     } catch (const boost::system::system_error& e) {

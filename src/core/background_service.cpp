@@ -196,26 +196,9 @@ void background_service_access::launch(background_service& service, const asio::
     service.heartbeat();
     // A member coroutine keeps `this` in its frame, and the token is a
     // parameter copied there: nothing dangles once this function returns.
-    // Recognises the cancellation where it is caught rather than by
-    // rethrowing an exception_ptr afterwards: every stopped service ends
-    // this way, and a rethrow each would be most of a large host's stop
-    // time. No captures: the coroutine's parameters live in its frame.
-    auto run = [](std::shared_ptr<background_service::execution> ex,
-                  asio::awaitable<void> execute) -> asio::awaitable<void> {
-        std::exception_ptr cancelled;
-        try {
-            co_await std::move(execute);
-        } catch (const boost::system::system_error& error) {
-            if (error.code() != asio::error::operation_aborted)
-                throw;
-            cancelled = std::current_exception();
-        }
-        ex->on_end(cancelled, cancelled != nullptr);
-    };
-    asio::co_spawn(executor, run(e, service.execute(e->stopping.get_token())),
+    asio::co_spawn(executor, service.execute(e->stopping.get_token()),
                    asio::bind_cancellation_slot(e->signal.slot(), [e = e](std::exception_ptr error) {
-                       if (error) // a fault: the normal ends are reported above
-                           e->on_end(error, false);
+                       e->on_end(error, error && is_cancellation(error));
                    }));
 }
 

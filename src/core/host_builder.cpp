@@ -236,11 +236,7 @@ host host_builder::build()
         st.options, st.logging, st.external_io, st.console_lifetime, st.environment.environment_name,
         std::exchange(st.lifetimes, {}),
         st.config});
-    std::vector<detail::hosted_descriptor> hosted;
-    hosted.reserve(st.services.hosted_.size());
-    for (auto& d : st.services.hosted_)
-        hosted.push_back(std::move(*d));
-    st.services.hosted_.clear();
+    auto hosted = std::move(st.services.hosted_);
     // The builder may outlive the host, so it keeps nothing of it (a
     // feature's state holds objects of the host's loop); declared after
     // `core`, the features die before it even when build() throws.

@@ -42,7 +42,8 @@ public:
 
 // True for the exceptions that mean "this was cancelled": a
 // boost::system::system_error carrying asio::error::operation_aborted
-// (operation_canceled is one). Costs a rethrow: prefer catching by type.
+// (operation_canceled is one). Without a rethrow for those errors under
+// libstdc++; other exceptions, or another standard library, cost one.
 bool is_cancellation(const std::exception_ptr& error) noexcept;
 
 // A stop_source that is requested as soon as any of the tokens it is linked

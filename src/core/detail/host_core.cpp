@@ -158,7 +158,7 @@ void host_core::close()
     }
 }
 
-void host_core::build(service_collection services, std::vector<detail::hosted_descriptor> hosted)
+void host_core::build(service_collection services, std::vector<std::shared_ptr<hosted_descriptor>> hosted)
 {
     stages_.set_owner(weak_from_this());
     services.add_singleton<application_lifetime>(lifetime_);
@@ -193,9 +193,13 @@ void host_core::build(service_collection services, std::vector<detail::hosted_de
     };
     observer_ = std::make_shared<execute_observer>(weak_from_this(), orch_);
     // Services registered with starts_first() go first, in their own order.
-    std::stable_partition(hosted.begin(), hosted.end(), [](const auto& d) { return d.starts_first; });
+    std::stable_partition(hosted.begin(), hosted.end(), [](const auto& d) { return d->starts_first; });
     entries_.reserve(hosted.size());
-    for (auto& descriptor : hosted) {
+    for (auto& held : hosted) {
+        // Released as soon as its entry exists: ten thousand descriptors
+        // need not all stay alive until the last one is built.
+        auto descriptor = std::move(*held);
+        held.reset();
         auto service = descriptor.factory(*provider_);
         if (!service)
             throw std::logic_error("host_builder: the factory of " + *descriptor.name + " returned null");

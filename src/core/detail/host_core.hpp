@@ -50,7 +50,7 @@ public:
     void close();
 
     // Second construction step: needs shared_from_this.
-    void build(service_collection services, std::vector<detail::hosted_descriptor> hosted);
+    void build(service_collection services, std::vector<std::shared_ptr<hosted_descriptor>> hosted);
 
     asio::awaitable<void> start();
     asio::awaitable<void> stop();
