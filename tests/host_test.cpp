@@ -847,8 +847,11 @@ TEST_CASE("stop_blocking() after an earlier stop() does not call the loop blocke
     auto& io = host.services().get<asio::io_context>();
     asio::co_spawn(
         io, [&]() -> asio::awaitable<void> { co_await host.stop(); first_done = true; }, asio::detached);
-    // The second caller arrives once the first stop is under way.
+    // The second caller arrives once the first stop is waiting for its
+    // services (the scenario of the defect: a later caller with no deadline
+    // of its own used to switch the first one's deadline off).
     REQUIRE(sink->wait_for("Application is shutting down"));
+    std::this_thread::sleep_for(200ms);
     const auto began = std::chrono::steady_clock::now();
     host.stop_blocking();
     CHECK(std::chrono::steady_clock::now() - began < 1s + 500ms);
