@@ -1246,7 +1246,7 @@ TEST_CASE("jobs: every client call, awaited", "[jobs][client]")
     auto& client = host.services().get<jobs::client>();
     host.start_blocking();
 
-    // Arguments are named before the co_await: see the README on GCC 12.
+    // Arguments are named before the co_await: see docs/gcc12.md.
     const std::string now_text = "now", later = "later", chained_text = "chained", snooze_text = "snooze",
                       never = "never", hourly = "hourly", cancel_text = "cancel";
     jobs::job_id now_id = 0;

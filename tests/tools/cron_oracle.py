@@ -4,7 +4,7 @@ system tzdata), used to generate tests/cron_cases.inc: the expected next and
 previous occurrences that the C++ engine is checked against.
 
 It scans time step by step and shares no code with src/cron.cpp. It follows
-the rules the README documents: an expression whose hour field is '*' is
+the rules docs/scheduling.md documents: an expression whose hour field is '*' is
 evaluated by elapsed time (every instant whose wall clock matches); any other
 by wall-clock time, a time in a spring-forward gap running at the first
 instant after the gap and a time in a fall-back overlap at its first
