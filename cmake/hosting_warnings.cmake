@@ -5,6 +5,11 @@ function(hosting_set_warnings target)
   if(HOSTING_WERROR)
     target_compile_options(${target} PRIVATE -Werror)
   endif()
+  if(CMAKE_UNITY_BUILD AND CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+    # In a unity build GCC 12 takes a coroutine frame that holds a lambda
+    # for a type with internal linkage, and warns about it.
+    target_compile_options(${target} PRIVATE -Wno-subobject-linkage)
+  endif()
   if(HOSTING_SANITIZE)
     target_compile_options(${target} PUBLIC -fsanitize=${HOSTING_SANITIZE} -fno-omit-frame-pointer)
     target_link_options(${target} PUBLIC -fsanitize=${HOSTING_SANITIZE})
