@@ -7,6 +7,7 @@
 #include "detail/keep_alive.hpp"
 
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -88,7 +89,9 @@ host_core::host_core(settings s)
                     ? nullptr
                     : std::make_unique<owned_io_context>(static_cast<int>(settings_.options.worker_threads))),
       io_(settings_.external_io ? settings_.external_io : owned_io_.get()),
-      orch_(asio::make_strand(io_->get_executor())),
+      orch_(owned_io_ && settings_.options.worker_threads == 1
+                ? orchestrator_executor(io_->get_executor())
+                : orchestrator_executor(asio::make_strand(io_->get_executor()))),
       stages_(orch_),
       lifetime_(std::make_shared<application_lifetime>())
 {
@@ -181,11 +184,14 @@ void host_core::build(service_collection services, std::vector<std::shared_ptr<h
     // One observer for all background services, so each costs a pointer.
     struct execute_observer final : background_service_access::observer {
         std::weak_ptr<host_core> core;
-        strand_type orch;
-        execute_observer(std::weak_ptr<host_core> c, strand_type o) : core(std::move(c)), orch(std::move(o)) {}
+        orchestrator_executor orch;
+        execute_observer(std::weak_ptr<host_core> c, orchestrator_executor o) : core(std::move(c)), orch(std::move(o)) {}
         void execute_ended(void* cookie, service_state state, std::exception_ptr error) override
         {
-            asio::post(orch, [weak = core, e = static_cast<service_entry*>(cookie), state, error] {
+            // dispatch: on the host's single-threaded loop the stop that
+            // waits for this execute goes on without a trip through the
+            // queue (see on_execute_end).
+            asio::dispatch(orch, [weak = core, e = static_cast<service_entry*>(cookie), state, error] {
                 if (auto self = weak.lock())
                     self->on_execute_end(*e, state, error);
             });
@@ -364,13 +370,13 @@ std::shared_ptr<pending_call> host_core::spawn_call(service_entry& entry, stage_
             auto self = weak.lock();
             if (!self)
                 return;
-            asio::post(self->orch_, [weak, call, error] {
+            asio::dispatch(self->orch_, [weak, call, error] {
                 auto self = weak.lock();
                 if (!self)
                     return;
                 call->done = true;
                 call->error = error;
-                self->stages_.notify();
+                self->stages_.notify_inline();
             });
         });
     return call;
@@ -513,11 +519,19 @@ void host_core::stop_if_background_done()
 
 void host_core::on_execute_end(service_entry& e, service_state state, std::exception_ptr error)
 {
-    if (e.stop_waiter) {
+    const bool awaited = e.stop_waiter != nullptr;
+    if (awaited) {
         e.stop_waiter->done = true;
         e.stop_waiter.reset();
-        stages_.notify();
     }
+    record_execute_end(e, state, error);
+    // Last: the stop resumed here may begin the next service's stop.
+    if (awaited)
+        stages_.notify_inline();
+}
+
+void host_core::record_execute_end(service_entry& e, service_state state, std::exception_ptr error)
+{
     if (e.state.load() != service_state::stopping)
         e.state = state;
     if (state == service_state::faulted) {

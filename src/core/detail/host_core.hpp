@@ -74,6 +74,7 @@ private:
                                              std::stop_token token);
     void on_stop_requested_in_loop();
     void on_execute_end(service_entry& entry, service_state state, std::exception_ptr error);
+    void record_execute_end(service_entry& entry, service_state state, std::exception_ptr error);
     // Supervision: true when a restart was scheduled for the service that
     // just ended, which then still counts as running.
     bool schedule_restart(service_entry& entry, service_state state, const std::exception_ptr& error);
@@ -112,7 +113,7 @@ private:
     // services they point at still exist.
     std::unique_ptr<owned_io_context> owned_io_;
     asio::io_context* io_;
-    strand_type orch_;
+    orchestrator_executor orch_;
     stage_runner stages_; // orch_ only
     std::unique_ptr<worker_threads> threads_;
 

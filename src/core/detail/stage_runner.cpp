@@ -1,12 +1,13 @@
 #include "core/detail/stage_runner.hpp"
 
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 
 namespace hosting::detail {
 
-stage_runner::stage_runner(strand_type orch) : orch_(orch), wake_timer_(orch) {}
+stage_runner::stage_runner(orchestrator_executor orch) : orch_(orch), wake_timer_(orch) {}
 
 asio::awaitable<bool> stage_runner::run(const std::vector<service_entry*>& targets, const plan& p,
                                         std::vector<std::shared_ptr<pending_call>>& calls)
@@ -108,6 +109,16 @@ void stage_runner::notify()
     for (auto& w : waiters_)
         asio::post(orch_, [w = std::move(w)] { w->resume(); });
     waiters_.clear();
+}
+
+void stage_runner::notify_inline()
+{
+    // Taken out first: a waiter resumed here may wait again before the
+    // next one is resumed.
+    auto woken = std::move(waiters_);
+    waiters_.clear();
+    for (auto& w : woken)
+        asio::dispatch(orch_, [w = std::move(w)] { w->resume(); });
 }
 
 void stage_runner::disarm()
