@@ -38,9 +38,16 @@ asio::awaitable<bool> stage_runner::run(const std::vector<service_entry*>& targe
         }
         calls.push_back(p.begin(*e));
         auto& call = *calls.back();
-        if (alone && in_time && !call.done) {
-            std::vector<std::shared_ptr<pending_call>> one(1, calls.back());
-            in_time = co_await wait_calls(one, p.deadline);
+        // wait_calls for one call, without its list and its frame: this
+        // runs once per service of an ordered start or stop.
+        while (alone && in_time && !call.done) {
+            const auto until = p.deadline();
+            if (clock::now() >= until) {
+                in_time = false;
+            } else {
+                auto change = wait_for_change(until);
+                co_await std::move(change);
+            }
         }
         settle(call);
         if (!in_time && p.halt_at_deadline)
@@ -66,10 +73,13 @@ asio::awaitable<bool> stage_runner::wait_calls(const std::vector<std::shared_ptr
         auto until = deadline();
         if (clock::now() >= until)
             co_return false;
-        co_await wait_for_change(until);
+        auto change = wait_for_change(until);
+        co_await std::move(change);
     }
 }
 
+// Not a coroutine itself (one frame less per wait): the timer is armed
+// when the wait is made, which is when it is awaited.
 asio::awaitable<void> stage_runner::wait_for_change(clock::time_point until)
 {
     // Armed only when this waiter's deadline is the earliest: arming a
@@ -91,7 +101,7 @@ asio::awaitable<void> stage_runner::wait_for_change(clock::time_point until)
             notify();
         });
     }
-    co_await asio::async_initiate<decltype(asio::use_awaitable), void()>(
+    return asio::async_initiate<decltype(asio::use_awaitable), void()>(
         [this](auto handler) {
             using handler_type = decltype(handler);
             struct parked final : waiter {
