@@ -166,6 +166,7 @@ int main(int argc, char** argv)
     hosting::health_endpoint_options endpoint;
     endpoint.port = 0;
     endpoint.max_connections = static_cast<std::size_t>(connections) + 8;
+    endpoint.max_connections_per_address = endpoint.max_connections; // every client is on 127.0.0.1
     hosting::add_health_endpoint(builder, endpoint);
     for (int i = 0; i < 10; ++i)
         builder.services().add_hosted_service<idle>().name("worker-" + std::to_string(i));

@@ -37,8 +37,9 @@
 #include <stdexcept>
 #include <stop_token>
 #include <system_error>
+#include <list>
 #include <thread>
-#include <unordered_set>
+#include <unordered_map>
 
 namespace hosting::http {
 
@@ -56,8 +57,15 @@ void server_options::validate() const
         throw std::invalid_argument("http::server_options: max_connections must be at least 1");
     if (max_header_bytes < 256)
         throw std::invalid_argument("http::server_options: max_header_bytes must be at least 256");
-    if (read_timeout <= std::chrono::milliseconds::zero())
-        throw std::invalid_argument("http::server_options: read_timeout must be positive");
+    if (max_connections_per_address > max_connections)
+        throw std::invalid_argument("http::server_options: max_connections_per_address must not exceed "
+                                    "max_connections");
+    if (request_timeout <= std::chrono::milliseconds::zero())
+        throw std::invalid_argument("http::server_options: request_timeout must be positive");
+    if (idle_timeout <= std::chrono::milliseconds::zero())
+        throw std::invalid_argument("http::server_options: idle_timeout must be positive");
+    if (write_timeout <= std::chrono::milliseconds::zero())
+        throw std::invalid_argument("http::server_options: write_timeout must be positive");
 }
 
 namespace {
@@ -209,11 +217,29 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     std::thread thread;
     std::atomic<std::uint16_t> bound_port{0};
 
+    // One open connection, as admission sees it.
+    struct connection {
+        beast::tcp_stream* stream = nullptr;
+        asio::ip::address peer;
+        // Since the accept or the end of the last response: what eviction
+        // orders by, oldest first.
+        std::chrono::steady_clock::time_point waiting_since;
+        bool busy = false;    // a request was read whole and is being answered
+        bool evicted = false; // closed by admission; its session is ending
+    };
+
     // io thread only.
     bool closing = false;
-    std::unordered_set<beast::tcp_stream*> connections;
+    std::list<connection> connections;
+    std::size_t admitted = 0; // connections not evicted
+    std::unordered_map<asio::ip::address, std::size_t> per_address; // admitted, by peer
     std::map<std::pair<const route_entry*, unsigned>, metric_counter*> request_counters;
     metric_counter* rejected = nullptr;
+    metric_counter* evicted_capacity = nullptr;
+    metric_counter* evicted_address = nullptr;
+    metric_counter* timeout_request = nullptr;
+    metric_counter* timeout_idle = nullptr;
+    metric_counter* timeout_write = nullptr;
     metric_gauge* open_connections = nullptr;
 
     // The end of the io thread, told to a stop() waiting for it.
@@ -227,8 +253,71 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         : options(std::move(o)), routes(std::move(r)), metrics(std::move(m)), log(std::move(l))
     {
         rejected = &metrics->counter("hosting_http_connections_rejected_total",
-                                     "Connections to the HTTP server closed at once because of max_connections");
+                                     "Connections to the HTTP server closed at once: every open one was busy");
+        const char* evicted_help = "Connections to the HTTP server closed to admit a new one";
+        evicted_capacity = &metrics->counter("hosting_http_connections_evicted_total", evicted_help,
+                                             {{"reason", "capacity"}});
+        evicted_address = &metrics->counter("hosting_http_connections_evicted_total", evicted_help,
+                                            {{"reason", "address"}});
+        const char* timeout_help = "Connections to the HTTP server closed by a time limit";
+        timeout_request = &metrics->counter("hosting_http_timeouts_total", timeout_help, {{"kind", "request"}});
+        timeout_idle = &metrics->counter("hosting_http_timeouts_total", timeout_help, {{"kind", "idle"}});
+        timeout_write = &metrics->counter("hosting_http_timeouts_total", timeout_help, {{"kind", "write"}});
         open_connections = &metrics->gauge("hosting_http_open_connections", "Open connections to the HTTP server");
+    }
+
+    std::size_t address_cap() const
+    {
+        return options.max_connections_per_address != 0 ? options.max_connections_per_address
+                                                         : std::max<std::size_t>(1, options.max_connections / 4);
+    }
+
+    // The connection that has waited longest without a request in progress,
+    // among those of `peer` (or all when null); null when all are busy.
+    connection* oldest_waiting(const asio::ip::address* peer)
+    {
+        connection* oldest = nullptr;
+        for (auto& c : connections)
+            if (!c.busy && !c.evicted && (!peer || c.peer == *peer) &&
+                (!oldest || c.waiting_since < oldest->waiting_since))
+                oldest = &c;
+        return oldest;
+    }
+
+    void evict(connection& c)
+    {
+        c.evicted = true;
+        --admitted;
+        if (--per_address[c.peer] == 0)
+            per_address.erase(c.peer);
+        // Its pending read ends with an error, and its session with it.
+        c.stream->close();
+    }
+
+    // Makes room for a connection from `peer`: false when it must be
+    // refused because every connection it could displace is busy.
+    bool admit(const asio::ip::address& peer)
+    {
+        auto it = per_address.find(peer);
+        if (it != per_address.end() && it->second >= address_cap()) {
+            auto* victim = oldest_waiting(&peer);
+            if (!victim)
+                return false;
+            evict(*victim);
+            evicted_address->inc();
+        } else if (admitted >= options.max_connections) {
+            auto* victim = oldest_waiting(nullptr);
+            if (!victim)
+                return false;
+            evict(*victim);
+            evicted_capacity->inc();
+        }
+        // Counted here, not when its session starts: the accepts queued
+        // before that must see it.
+        ++admitted;
+        ++per_address[peer];
+        open_connections->set(static_cast<double>(admitted));
+        return true;
     }
 
     void count(const route_entry* r, unsigned code)
@@ -270,12 +359,15 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
                 co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
                 continue;
             }
-            if (self->connections.size() >= self->options.max_connections) {
+            auto peer = socket.remote_endpoint(ec);
+            if (ec)
+                continue; // gone already
+            if (!self->admit(peer.address())) {
                 self->rejected->inc();
                 socket.close(ec);
                 continue;
             }
-            asio::co_spawn(*self->io, session(self, std::move(socket)), asio::detached);
+            asio::co_spawn(*self->io, session(self, std::move(socket), peer.address()), asio::detached);
         }
     }
 
@@ -289,7 +381,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     {
         boost::system::error_code ec;
         stream.socket().shutdown(tcp::socket::shutdown_send, ec);
-        stream.expires_after(std::min<std::chrono::milliseconds>(self->options.read_timeout, std::chrono::seconds(1)));
+        stream.expires_after(std::min<std::chrono::milliseconds>(self->options.request_timeout, std::chrono::seconds(1)));
         char sink[4096];
         for (std::size_t total = 0; !ec && total < 1024 * 1024 && !self->closing;)
             total += co_await stream.async_read_some(asio::buffer(sink), asio::redirect_error(asio::use_awaitable, ec));
@@ -337,35 +429,60 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         co_return reply{std::move(res), r};
     }
 
-    static asio::awaitable<void> session(std::shared_ptr<impl> self, tcp::socket socket)
+    static asio::awaitable<void> session(std::shared_ptr<impl> self, tcp::socket socket, asio::ip::address peer)
     {
         beast::tcp_stream stream(std::move(socket));
-        // However the session ends (an exception included), it leaves the set.
+        // Counted by admit(). However the session ends (an exception
+        // included), it leaves the list, and the counts unless an eviction
+        // took it out of them.
         struct registration {
             impl& owner;
-            beast::tcp_stream* stream;
-            registration(impl& o, beast::tcp_stream* s) : owner(o), stream(s)
+            std::list<connection>::iterator it;
+            registration(impl& o, beast::tcp_stream* s, const asio::ip::address& peer) : owner(o)
             {
-                owner.connections.insert(stream);
-                owner.open_connections->set(static_cast<double>(owner.connections.size()));
+                it = owner.connections.insert(owner.connections.end(),
+                                              connection{s, peer, std::chrono::steady_clock::now()});
             }
             ~registration()
             {
-                owner.connections.erase(stream);
-                owner.open_connections->set(static_cast<double>(owner.connections.size()));
+                if (!it->evicted) {
+                    --owner.admitted;
+                    if (--owner.per_address[it->peer] == 0)
+                        owner.per_address.erase(it->peer);
+                }
+                owner.connections.erase(it);
+                owner.open_connections->set(static_cast<double>(owner.admitted));
             }
-        } registered(*self, &stream);
+        } registered(*self, &stream, peer);
+        auto& conn = *registered.it;
         // The buffer's cap is what keeps a flood of bytes from growing memory.
         beast::flat_buffer buffer(self->options.max_header_bytes + self->options.max_body_bytes + 1024);
+        bool answered_one = false;
         for (;;) {
+            conn.busy = false;
+            boost::system::error_code ec;
+            if (answered_one && buffer.size() == 0) {
+                // Kept alive: idle until the next request's first byte, whose
+                // whole request then has request_timeout.
+                stream.expires_after(self->options.idle_timeout);
+                auto space = buffer.prepare(std::min<std::size_t>(4096, buffer.max_size() - buffer.size()));
+                auto got = co_await stream.async_read_some(space, asio::redirect_error(asio::use_awaitable, ec));
+                buffer.commit(got);
+                if (ec == beast::error::timeout)
+                    self->timeout_idle->inc();
+                if (ec || self->closing || conn.evicted)
+                    break;
+            }
             bhttp::request_parser<bhttp::string_body> parser;
             parser.header_limit(static_cast<std::uint32_t>(self->options.max_header_bytes));
             parser.body_limit(self->options.max_body_bytes);
-            stream.expires_after(self->options.read_timeout);
-            boost::system::error_code ec;
+            stream.expires_after(self->options.request_timeout);
             co_await bhttp::async_read(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
-            if (self->closing)
+            if (self->closing || conn.evicted)
                 break;
+            if (ec == beast::error::timeout)
+                self->timeout_request->inc();
+            conn.busy = !ec;
             reply out;
             bool keep_alive = false;
             bool head = false;
@@ -415,11 +532,16 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
             res.prepare_payload();
             if (head)
                 res.body().clear(); // Content-Length stays the GET's
-            stream.expires_after(self->options.read_timeout);
+            stream.expires_after(self->options.write_timeout);
             co_await bhttp::async_write(stream, res, asio::redirect_error(asio::use_awaitable, ec));
+            if (ec == beast::error::timeout)
+                self->timeout_write->inc();
+            conn.busy = false;
+            conn.waiting_since = std::chrono::steady_clock::now();
+            answered_one = true;
             if (!ec && out.unread_input)
                 co_await linger(self, stream);
-            if (ec || !keep_alive)
+            if (ec || !keep_alive || conn.evicted)
                 break;
         }
         boost::system::error_code ignored;
@@ -508,8 +630,8 @@ asio::awaitable<void> server::stop(std::stop_token cancel)
         self->closing = true;
         boost::system::error_code ec;
         self->acceptor->close(ec);
-        for (auto* c : self->connections)
-            c->socket().close(ec);
+        for (auto& c : self->connections)
+            c.stream->socket().close(ec);
     });
     auto timer = std::make_shared<asio::steady_timer>(*self->io, std::chrono::milliseconds(200));
     timer->async_wait([self, timer](boost::system::error_code) { self->io->stop(); });

@@ -33,14 +33,30 @@ struct server_options {
     std::string address = "127.0.0.1";
     std::uint16_t port = 8081; // 0 picks a free port; see server::port()
 
-    // Against hostile or broken clients. A connection over the cap is closed
-    // at once; a request whose header or body is too big gets 431 or 413;
-    // a client that takes longer than read_timeout to send a request (or to
-    // read the answer) is disconnected.
+    // Against hostile or broken clients, so that probes keep being answered
+    // (docs/health.md says what the server withstands).
+    //
+    // Admission: at max_connections, a new connection evicts the open one
+    // that has waited longest without a request in progress (still sending
+    // its request, or idle between keep-alive requests); only when every
+    // open connection is busy with a request is the new one closed at once.
+    // One client address holds at most max_connections_per_address of them
+    // (0: a quarter of max_connections, at least 1): past that, a new
+    // connection from it evicts that address's own oldest waiting one.
     std::size_t max_connections = 128;
+    std::size_t max_connections_per_address = 0;
+    // A request whose header or body is too big gets 431 or 413.
     std::size_t max_header_bytes = 8 * 1024;
     std::size_t max_body_bytes = 1024;
-    std::chrono::milliseconds read_timeout{std::chrono::seconds(5)};
+    // Time limits, each on the whole of what it covers (not per byte), each
+    // closing the connection and counted in hosting_http_timeouts_total:
+    // receiving a request, head and body, from the accept or from its
+    // first byte on a kept-alive connection;
+    std::chrono::milliseconds request_timeout{std::chrono::seconds(5)};
+    // waiting for the next request on a kept-alive connection;
+    std::chrono::milliseconds idle_timeout{std::chrono::seconds(30)};
+    // writing a response (a client that does not read it).
+    std::chrono::milliseconds write_timeout{std::chrono::seconds(5)};
 
     // Throws std::invalid_argument naming the first invalid member.
     void validate() const;
@@ -90,8 +106,8 @@ struct response {
 // of every connection take turns on it, so a handler that blocks holds up
 // every other request. The handler resumes there.
 // Cancellation: none reaches it: it gets no token, its coroutine is not
-// cancelled when the client goes away, and no timeout bounds it (read_timeout
-// covers reading the request and writing the response). When the server
+// cancelled when the client goes away, and no timeout bounds it (the
+// server's timeouts cover reading the request and writing the response). When the server
 // stops, a handler still suspended after a grace of 200 ms is never resumed.
 // Errors: an exception becomes a 500 and a log line naming the request's
 // method and target, and the connection is closed after that response; the
@@ -130,9 +146,11 @@ server_builder& add_http_server(host_builder& builder);
 
 // Serves the mounted routes on a thread of its own, so that neither a
 // blocked service loop nor hostile traffic can hold the other up. Requests
-// are counted in the metrics (hosting_http_requests_total by route and
-// code, hosting_http_open_connections,
-// hosting_http_connections_rejected_total).
+// are counted in the metrics: hosting_http_requests_total by route and
+// code, hosting_http_open_connections, hosting_http_connections_evicted_total
+// by reason (capacity, address), hosting_http_connections_rejected_total
+// (every connection busy) and hosting_http_timeouts_total by kind (request,
+// idle, write).
 class server final : public hosted_service {
 public:
     server(service_provider& provider, std::shared_ptr<server_builder::state> state);
