@@ -723,7 +723,7 @@ TEST_CASE("one client address holds at most its share of the connections", "[hea
     host.stop_blocking();
 }
 
-TEST_CASE("a connection busy with a request is never evicted; a new one is refused instead", "[health][http]")
+TEST_CASE("a connection busy with a request is never evicted, and a new one is refused instead", "[health][http]")
 {
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
