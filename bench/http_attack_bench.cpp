@@ -1,8 +1,8 @@
 // Runs attacks against the host's HTTP server on loopback while a prober
 // asks /health/live every 50 ms on a fresh connection with a 1 s timeout
 // (what a kubelet does), and prints, per attack, how many probes were
-// answered 200 and their latency, beside the same probes with no attack in
-// the same run.
+// answered 200 and their latency, and the same for a /metrics scrape every
+// 250 ms, beside the same probes with no attack in the same run.
 //
 //   http_attack_bench [seconds_per_attack=10]
 //
@@ -48,14 +48,17 @@ struct probe_figures {
     int sent = 0;
     int ok = 0;
     std::vector<double> latencies_ms; // of the answered ones
+    int scrapes_sent = 0;
+    int scrapes_ok = 0;
+    std::vector<double> scrape_ms;
 };
 
 // One probe: connect, ask, read to the close; 200 within a second or not.
-bool probe(unsigned short port, double& ms)
+bool probe(unsigned short port, double& ms, const char* target = "/health/live")
 {
     asio::io_context io;
     tcp::socket socket(io);
-    std::string request = "GET /health/live HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n";
+    std::string request = std::string("GET ") + target + " HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n";
     std::string received;
     bool done = false;
     const auto began = clock_type::now();
@@ -78,6 +81,20 @@ probe_figures probe_for(unsigned short port, std::chrono::seconds how_long)
 {
     probe_figures f;
     const auto end = clock_type::now() + how_long;
+    // A Prometheus scrape of /metrics every 250 ms beside the probes.
+    std::thread scraper([&] {
+        auto next = clock_type::now();
+        while (clock_type::now() < end) {
+            double ms = 0;
+            ++f.scrapes_sent;
+            if (probe(port, ms, "/metrics")) {
+                ++f.scrapes_ok;
+                f.scrape_ms.push_back(ms);
+            }
+            next += 250ms;
+            std::this_thread::sleep_until(next);
+        }
+    });
     auto next = clock_type::now();
     while (clock_type::now() < end) {
         double ms = 0;
@@ -89,6 +106,7 @@ probe_figures probe_for(unsigned short port, std::chrono::seconds how_long)
         next += 50ms;
         std::this_thread::sleep_until(next); // the probe's period, not a wait for state
     }
+    scraper.join();
     return f;
 }
 
@@ -271,9 +289,10 @@ attacker::behaviour oversized_body()
 
 void print_row(const char* what, const probe_figures& f, const std::string& attack_side)
 {
-    std::printf("%-40s %5d/%-5d %7.2f%% %8.2f %8.2f %8.2f   %s\n", what, f.ok, f.sent,
+    std::printf("%-40s %5d/%-5d %7.2f%% %8.2f %8.2f %8.2f %5d/%-4d %8.2f   %s\n", what, f.ok, f.sent,
                 f.sent ? 100.0 * f.ok / f.sent : 0.0, percentile(f.latencies_ms, 0.5),
-                percentile(f.latencies_ms, 0.99), percentile(f.latencies_ms, 1.0), attack_side.c_str());
+                percentile(f.latencies_ms, 0.99), percentile(f.latencies_ms, 1.0), f.scrapes_ok, f.scrapes_sent,
+                percentile(f.scrape_ms, 0.99), attack_side.c_str());
     std::fflush(stdout);
 }
 
@@ -296,8 +315,8 @@ int main(int argc, char** argv)
     std::printf("http_attack_bench: /health/live probed every 50 ms for %lld s per row, 1 s probe timeout; "
                 "server at its defaults (max_connections %zu)\n",
                 static_cast<long long>(seconds.count()), options.max_connections);
-    std::printf("%-40s %11s %8s %8s %8s %8s   %s\n", "attack", "answered", "", "p50 ms", "p99 ms", "max ms",
-                "attacker");
+    std::printf("%-40s %11s %8s %8s %8s %8s %10s %8s   %s\n", "attack", "probes", "", "p50 ms", "p99 ms",
+                "max ms", "scrapes", "p99 ms", "attacker");
     print_row("none (baseline)", probe_for(port, seconds), "");
 
     auto run = [&](const char* name, bool many, int connections, attacker::behaviour behave) {

@@ -60,6 +60,8 @@ void server_options::validate() const
     if (max_connections_per_address > max_connections)
         throw std::invalid_argument("http::server_options: max_connections_per_address must not exceed "
                                     "max_connections");
+    if (reserved_request_timeout <= std::chrono::milliseconds::zero())
+        throw std::invalid_argument("http::server_options: reserved_request_timeout must be positive");
     if (request_timeout <= std::chrono::milliseconds::zero())
         throw std::invalid_argument("http::server_options: request_timeout must be positive");
     if (idle_timeout <= std::chrono::milliseconds::zero())
@@ -224,17 +226,20 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         // Since the accept or the end of the last response: what eviction
         // orders by, oldest first.
         std::chrono::steady_clock::time_point waiting_since;
-        bool busy = false;    // a request was read whole and is being answered
-        bool evicted = false; // closed by admission; its session is ending
+        bool busy = false;     // a request was read whole and is being answered
+        bool evicted = false;  // closed by admission; its session is ending
+        bool reserved = false; // in a reserved slot: one quick request, then closed
     };
 
     // io thread only.
     bool closing = false;
     std::list<connection> connections;
-    std::size_t admitted = 0; // connections not evicted
+    std::size_t admitted = 0; // connections not evicted, reserved slots aside
+    std::size_t reserved_in_use = 0;
     std::unordered_map<asio::ip::address, std::size_t> per_address; // admitted, by peer
     std::map<std::pair<const route_entry*, unsigned>, metric_counter*> request_counters;
     metric_counter* rejected = nullptr;
+    metric_counter* reserved = nullptr;
     metric_counter* evicted_capacity = nullptr;
     metric_counter* evicted_address = nullptr;
     metric_counter* timeout_request = nullptr;
@@ -253,7 +258,9 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         : options(std::move(o)), routes(std::move(r)), metrics(std::move(m)), log(std::move(l))
     {
         rejected = &metrics->counter("hosting_http_connections_rejected_total",
-                                     "Connections to the HTTP server closed at once: every open one was busy");
+                                     "Connections to the HTTP server closed at once: every slot was busy");
+        reserved = &metrics->counter("hosting_http_connections_reserved_total",
+                                     "Connections to the HTTP server admitted to a slot kept for quick requests");
         const char* evicted_help = "Connections to the HTTP server closed to admit a new one";
         evicted_capacity = &metrics->counter("hosting_http_connections_evicted_total", evicted_help,
                                              {{"reason", "capacity"}});
@@ -278,7 +285,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     {
         connection* oldest = nullptr;
         for (auto& c : connections)
-            if (!c.busy && !c.evicted && (!peer || c.peer == *peer) &&
+            if (!c.busy && !c.evicted && !c.reserved && (!peer || c.peer == *peer) &&
                 (!oldest || c.waiting_since < oldest->waiting_since))
                 oldest = &c;
         return oldest;
@@ -294,21 +301,32 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         c.stream->close();
     }
 
-    // Makes room for a connection from `peer`: false when it must be
-    // refused because every connection it could displace is busy.
-    bool admit(const asio::ip::address& peer)
+    enum class admission { refused, regular, reserved };
+
+    // Makes room for a connection from `peer`, displacing a waiting one if
+    // it must; refused when every connection it could displace is busy.
+    admission admit(const asio::ip::address& peer)
     {
+        // Every connection it could displace busy with a request (a slow
+        // route, say): a probe still gets in, on a short fuse.
+        auto reserve = [&] {
+            if (reserved_in_use >= options.reserved_connections)
+                return admission::refused;
+            ++reserved_in_use;
+            reserved->inc();
+            return admission::reserved;
+        };
         auto it = per_address.find(peer);
         if (it != per_address.end() && it->second >= address_cap()) {
             auto* victim = oldest_waiting(&peer);
             if (!victim)
-                return false;
+                return reserve();
             evict(*victim);
             evicted_address->inc();
         } else if (admitted >= options.max_connections) {
             auto* victim = oldest_waiting(nullptr);
             if (!victim)
-                return false;
+                return reserve();
             evict(*victim);
             evicted_capacity->inc();
         }
@@ -317,7 +335,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         ++admitted;
         ++per_address[peer];
         open_connections->set(static_cast<double>(admitted));
-        return true;
+        return admission::regular;
     }
 
     void count(const route_entry* r, unsigned code)
@@ -359,16 +377,36 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
                 co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
                 continue;
             }
-            auto peer = socket.remote_endpoint(ec);
-            if (ec)
-                continue; // gone already
-            if (!self->admit(peer.address())) {
-                self->rejected->inc();
-                socket.close(ec);
-                continue;
+            take(self, std::move(socket));
+            // Drain a burst here, without a trip through the loop for each
+            // connection: under a connection flood the listen queue must
+            // not grow ahead of a probe's connection. Bounded, so that the
+            // open connections get their turn. (The acceptor is
+            // non-blocking: an empty queue ends the burst.)
+            for (int burst = 0; burst < 64 && !self->closing; ++burst) {
+                tcp::socket more(*self->io);
+                self->acceptor->accept(more, ec);
+                if (ec)
+                    break;
+                take(self, std::move(more));
             }
-            asio::co_spawn(*self->io, session(self, std::move(socket), peer.address()), asio::detached);
         }
+    }
+
+    static void take(const std::shared_ptr<impl>& self, tcp::socket socket)
+    {
+        boost::system::error_code ec;
+        auto peer = socket.remote_endpoint(ec);
+        if (ec)
+            return; // gone already
+        const auto admitted = self->admit(peer.address());
+        if (admitted == admission::refused) {
+            self->rejected->inc();
+            socket.close(ec);
+            return;
+        }
+        asio::co_spawn(*self->io, session(self, std::move(socket), peer.address(), admitted == admission::reserved),
+                       asio::detached);
     }
 
     struct reply {
@@ -382,8 +420,12 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         boost::system::error_code ec;
         stream.socket().shutdown(tcp::socket::shutdown_send, ec);
         stream.expires_after(std::min<std::chrono::milliseconds>(self->options.request_timeout, std::chrono::seconds(1)));
-        char sink[4096];
-        for (std::size_t total = 0; !ec && total < 1024 * 1024 && !self->closing;)
+        // Enough for the client to finish a request it sent before reading
+        // our answer, and little enough that a flood of oversized bodies
+        // costs the server's thread little: past it, the close may reset
+        // the connection.
+        char sink[16 * 1024];
+        for (std::size_t total = 0; !ec && total < 64 * 1024 && !self->closing;)
             total += co_await stream.async_read_some(asio::buffer(sink), asio::redirect_error(asio::use_awaitable, ec));
     }
 
@@ -429,7 +471,8 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         co_return reply{std::move(res), r};
     }
 
-    static asio::awaitable<void> session(std::shared_ptr<impl> self, tcp::socket socket, asio::ip::address peer)
+    static asio::awaitable<void> session(std::shared_ptr<impl> self, tcp::socket socket, asio::ip::address peer,
+                                         bool in_reserve)
     {
         beast::tcp_stream stream(std::move(socket));
         // Counted by admit(). However the session ends (an exception
@@ -438,14 +481,17 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         struct registration {
             impl& owner;
             std::list<connection>::iterator it;
-            registration(impl& o, beast::tcp_stream* s, const asio::ip::address& peer) : owner(o)
+            registration(impl& o, beast::tcp_stream* s, const asio::ip::address& peer, bool in_reserve) : owner(o)
             {
                 it = owner.connections.insert(owner.connections.end(),
                                               connection{s, peer, std::chrono::steady_clock::now()});
+                it->reserved = in_reserve;
             }
             ~registration()
             {
-                if (!it->evicted) {
+                if (it->reserved) {
+                    --owner.reserved_in_use;
+                } else if (!it->evicted) {
                     --owner.admitted;
                     if (--owner.per_address[it->peer] == 0)
                         owner.per_address.erase(it->peer);
@@ -453,7 +499,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
                 owner.connections.erase(it);
                 owner.open_connections->set(static_cast<double>(owner.admitted));
             }
-        } registered(*self, &stream, peer);
+        } registered(*self, &stream, peer, in_reserve);
         auto& conn = *registered.it;
         // The buffer's cap is what keeps a flood of bytes from growing memory.
         beast::flat_buffer buffer(self->options.max_header_bytes + self->options.max_body_bytes + 1024);
@@ -476,7 +522,8 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
             bhttp::request_parser<bhttp::string_body> parser;
             parser.header_limit(static_cast<std::uint32_t>(self->options.max_header_bytes));
             parser.body_limit(self->options.max_body_bytes);
-            stream.expires_after(self->options.request_timeout);
+            stream.expires_after(conn.reserved ? self->options.reserved_request_timeout
+                                               : self->options.request_timeout);
             co_await bhttp::async_read(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
             if (self->closing || conn.evicted)
                 break;
@@ -487,7 +534,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
             bool keep_alive = false;
             bool head = false;
             if (!ec) {
-                keep_alive = parser.get().keep_alive();
+                keep_alive = parser.get().keep_alive() && !conn.reserved;
                 std::exception_ptr failure;
                 try {
                     auto op = answer(self, parser.get(), stream);
@@ -586,6 +633,7 @@ asio::awaitable<void> server::start(std::stop_token)
         acceptor.set_option(asio::socket_base::reuse_address(true));
         acceptor.bind(where);
         acceptor.listen(asio::socket_base::max_listen_connections);
+        acceptor.non_blocking(true); // for the accept loop's bursts
     } catch (const boost::system::system_error& e) {
         throw std::system_error(e.code(), "HTTP server: cannot listen on " + s.options.address + ":" +
                                               std::to_string(s.options.port));

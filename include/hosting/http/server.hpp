@@ -38,13 +38,19 @@ struct server_options {
     //
     // Admission: at max_connections, a new connection evicts the open one
     // that has waited longest without a request in progress (still sending
-    // its request, or idle between keep-alive requests); only when every
-    // open connection is busy with a request is the new one closed at once.
+    // its request, or idle between keep-alive requests). When every
+    // connection it could displace is busy with a request, it gets one of
+    // reserved_connections slots kept for requests that complete quickly:
+    // its request must arrive within reserved_request_timeout, and the
+    // connection is closed after its response. Only when those are taken
+    // too is it closed at once.
     // One client address holds at most max_connections_per_address of them
     // (0: a quarter of max_connections, at least 1): past that, a new
     // connection from it evicts that address's own oldest waiting one.
     std::size_t max_connections = 128;
     std::size_t max_connections_per_address = 0;
+    std::size_t reserved_connections = 4;
+    std::chrono::milliseconds reserved_request_timeout{500};
     // A request whose header or body is too big gets 431 or 413.
     std::size_t max_header_bytes = 8 * 1024;
     std::size_t max_body_bytes = 1024;
@@ -148,9 +154,10 @@ server_builder& add_http_server(host_builder& builder);
 // blocked service loop nor hostile traffic can hold the other up. Requests
 // are counted in the metrics: hosting_http_requests_total by route and
 // code, hosting_http_open_connections, hosting_http_connections_evicted_total
-// by reason (capacity, address), hosting_http_connections_rejected_total
-// (every connection busy) and hosting_http_timeouts_total by kind (request,
-// idle, write).
+// by reason (capacity, address), hosting_http_connections_reserved_total
+// (admitted to a reserved slot), hosting_http_connections_rejected_total
+// (every slot busy) and hosting_http_timeouts_total by kind (request, idle,
+// write).
 class server final : public hosted_service {
 public:
     server(service_provider& provider, std::shared_ptr<server_builder::state> state);
