@@ -291,6 +291,71 @@ TEST_CASE("jobs: unique keys hold under concurrent enqueue", "[jobs][storage]")
                       Catch::Contains("unique_states must include every state that is not final"));
 }
 
+TEST_CASE("jobs: a requeue is refused and a delete goes ahead when another job has taken the unique key",
+          "[jobs][storage]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto store = make_storage(which, db);
+    const auto t0 = jobs::clock::now();
+    auto keyed = [](std::string key, jobs::state_set states) {
+        auto r = request("k", "{}");
+        r.unique_key = std::move(key);
+        r.unique_states = states;
+        return r;
+    };
+    // Deleted jobs hold this one's key too.
+    const jobs::state_set with_deleted{job_state::scheduled, job_state::available, job_state::awaiting,
+                                       job_state::running,   job_state::retryable, job_state::deleted};
+    const auto first = store->enqueue(
+        std::vector<jobs::enqueue_request>{keyed("report", jobs::default_unique_states), keyed("export", with_deleted)},
+        t0);
+    REQUIRE(store->complete_and_claim({}, {"n", {{"default", 2}}, {"k"}, t0 + 60s}, t0).size() == 2);
+    std::vector<jobs::completion> ok{{first[0].id, 1, jobs::outcome::succeeded, {}, {}, "ok"},
+                                     {first[1].id, 1, jobs::outcome::succeeded, {}, {}, "ok"}};
+    store->complete_and_claim(ok, {"n", {}, {"k"}, t0 + 60s}, t0 + 1s);
+    // Both ended, which freed their keys, and new jobs took them.
+    const auto second = store->enqueue(
+        std::vector<jobs::enqueue_request>{keyed("report", jobs::default_unique_states), keyed("export", with_deleted)},
+        t0 + 2s);
+    REQUIRE(second[0].created);
+    REQUIRE(second[1].created);
+
+    // A requeue would make two pending jobs of one key: refused, naming the
+    // holder, and the job is left as it was.
+    auto requeue = [&](jobs::job_id id) { return store->change_state(id, job_state::available, "requeued", t0 + 3s); };
+    CHECK_THROWS_AS(requeue(first[0].id), jobs::invalid_transition);
+    CHECK_THROWS_WITH(requeue(first[0].id), "jobs: job " + std::to_string(first[0].id) +
+                                                " cannot go from succeeded to available: job " +
+                                                std::to_string(second[0].id) + " holds its unique key 'report'");
+    auto j = store->find(first[0].id);
+    CHECK(j->state == job_state::succeeded);
+    CHECK(j->attempt == 1);
+    CHECK(j->history.size() == 3);
+
+    // A delete whose deleted state would hold the key another job holds
+    // goes ahead, without the key: the holder keeps it.
+    CHECK(store->change_state(first[1].id, job_state::deleted, "deleted by a client", t0 + 4s) == job_state::deleted);
+    CHECK(store->find(first[1].id)->state == job_state::deleted);
+    CHECK(store->enqueue(std::vector<jobs::enqueue_request>{keyed("export", with_deleted)}, t0 + 5s)[0].id ==
+          second[1].id);
+    CHECK_THROWS_AS(requeue(first[1].id), jobs::invalid_transition);
+
+    // Once the holder has ended and let the key go, the requeue goes through
+    // and takes it.
+    const auto claimed = store->complete_and_claim({}, {"n", {{"default", 1}}, {"k"}, t0 + 60s}, t0 + 6s);
+    REQUIRE(claimed.size() == 1);
+    REQUIRE(claimed[0].id == second[0].id);
+    std::vector<jobs::completion> done{{second[0].id, 1, jobs::outcome::succeeded, {}, {}, "ok"}};
+    store->complete_and_claim(done, {"n", {}, {"k"}, t0 + 60s}, t0 + 7s);
+    CHECK(requeue(first[0].id) == job_state::available);
+    const auto again = store->enqueue(std::vector<jobs::enqueue_request>{keyed("report", jobs::default_unique_states)},
+                                      t0 + 8s)[0];
+    CHECK_FALSE(again.created);
+    CHECK(again.id == first[0].id);
+}
+
 TEST_CASE("jobs: a server runs jobs, retries with backoff on an injected clock, and fails them for good",
           "[jobs][server]")
 {
@@ -335,11 +400,12 @@ TEST_CASE("jobs: a server runs jobs, retries with backoff on an injected clock, 
         REQUIRE(r.wait_for("attempt " + std::to_string(attempt)));
         REQUIRE(wait_state(client, flaky, job_state::retryable));
         auto j = client.find_blocking(flaky);
-        // attempt^4 + 15 s, plus up to 10 * (attempt + 1) s of jitter.
+        // (attempt - 1)^4 + 15 s, plus up to 10 * attempt s of jitter.
         const auto wait = j->run_at - clock->now();
-        const auto base = std::chrono::seconds(attempt * attempt * attempt * attempt + 15);
+        const int n = attempt - 1;
+        const auto base = std::chrono::seconds(n * n * n * n + 15);
         CHECK(wait >= base);
-        CHECK(wait <= base + std::chrono::seconds(10 * (attempt + 1)));
+        CHECK(wait <= base + std::chrono::seconds(10 * attempt));
         CHECK(j->last_error == "remote said no");
         CHECK_FALSE(r.contains("attempt " + std::to_string(attempt + 1)));
         clock->advance(wait);
@@ -353,6 +419,25 @@ TEST_CASE("jobs: a server runs jobs, retries with backoff on an injected clock, 
 
     host.stop_blocking();
     CHECK(host.exit_code() == 0);
+}
+
+TEST_CASE("jobs: the default backoff is Sidekiq's, whose count is 0 after the first attempt", "[jobs]")
+{
+    // Sidekiq: count^4 + 15 + rand(10 * (count + 1)) s, count = attempt - 1.
+    for (int attempt = 1; attempt <= 5; ++attempt) {
+        INFO("after attempt " << attempt);
+        const int n = attempt - 1;
+        const auto base = std::chrono::seconds(n * n * n * n + 15);
+        for (int i = 0; i < 50; ++i) {
+            const auto wait = jobs::retry_policy::default_backoff(attempt);
+            CHECK(wait >= base);
+            CHECK(wait <= base + std::chrono::seconds(10 * attempt));
+        }
+    }
+    // A policy's own backoff replaces it.
+    jobs::retry_policy own;
+    own.backoff = [](int attempt) { return std::chrono::milliseconds(attempt); };
+    CHECK(own.delay_after(3) == std::chrono::milliseconds(3));
 }
 
 TEST_CASE("jobs: bad server options name what is wrong, and the shutdown grace is cut to fit the host's deadline",
@@ -482,6 +567,86 @@ TEST_CASE("jobs: a job that outlives its lease is not handed to another worker w
     REQUIRE(wait_state(client, id, job_state::succeeded));
     CHECK(r.count("started") == 1);
     CHECK(client.find_blocking(id)->attempt == 1);
+    host.stop_blocking();
+}
+
+TEST_CASE("jobs: storages recover what a node id held when it starts again, and nothing else", "[jobs][storage]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto store = make_storage(which, db);
+    const auto t0 = jobs::clock::now();
+    auto ids = store->enqueue(std::vector<jobs::enqueue_request>{request("k", "1", 3), request("k", "2", 1),
+                                                                  request("k", "3", 3), request("k", "4", 3)},
+                              t0);
+    jobs::claim_request pod{"pod-0", {{"default", 3}}, {"k"}, t0 + 1h};
+    REQUIRE(store->complete_and_claim({}, pod, t0).size() == 3);
+    jobs::claim_request other{"pod-1", {{"default", 1}}, {"k"}, t0 + 1h};
+    REQUIRE(store->complete_and_claim({}, other, t0).size() == 1);
+    CHECK(store->change_state(ids[2].id, job_state::cancelled, "x", t0 + 1s) == job_state::running);
+
+    // pod-0 starts again long before its leases would expire.
+    const auto recovered = store->recover_node("pod-0", t0 + 2s);
+    CHECK(std::set<jobs::job_id>(recovered.begin(), recovered.end()) ==
+          std::set<jobs::job_id>{ids[0].id, ids[1].id, ids[2].id});
+    auto plain = store->find(ids[0].id);
+    CHECK(plain->state == job_state::available);
+    CHECK(plain->attempt == 1); // charged, as a crash charges it
+    CHECK(plain->lease_owner.empty());
+    CHECK(plain->history.back().reason == "node pod-0 started again");
+    CHECK(store->find(ids[1].id)->state == job_state::failed); // that was its last attempt
+    CHECK(store->find(ids[1].id)->last_error == "node pod-0 started again");
+    CHECK(store->find(ids[2].id)->state == job_state::cancelled);
+    CHECK(store->find(ids[2].id)->history.back().reason == "node pod-0 started again while a cancel was pending");
+    // Another node's job stays where it is, and nothing is left to recover.
+    CHECK(store->find(ids[3].id)->state == job_state::running);
+    CHECK(store->find(ids[3].id)->lease_owner == "pod-1");
+    CHECK(store->recover_node("pod-0", t0 + 3s).empty());
+    // The node claims afresh.
+    const auto again = store->complete_and_claim({}, pod, t0 + 3s);
+    REQUIRE(again.size() == 1);
+    CHECK(again[0].id == ids[0].id);
+    CHECK(again[0].attempt == 2);
+}
+
+TEST_CASE("jobs: a server that starts under a fixed node id takes back the jobs its last process held",
+          "[jobs][server]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto store = make_storage(which, db);
+    const auto t0 = jobs::clock::now();
+    // The last process of node test-node (quick_server's id) claimed two jobs
+    // and died (kill -9, a rescheduled pod): their leases run an hour more. A
+    // third job is another live node's.
+    const auto ids = store->enqueue(
+        std::vector<jobs::enqueue_request>{request("work", "1", 3), request("work", "2", 3), request("work", "3", 3)},
+        t0);
+    REQUIRE(store->complete_and_claim({}, {"test-node", {{"default", 2}}, {"work"}, t0 + 1h}, t0).size() == 2);
+    REQUIRE(store->complete_and_claim({}, {"other-node", {{"default", 1}}, {"work"}, t0 + 1h}, t0).size() == 1);
+
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    test::recorder r;
+    jobs::add_jobs(builder, store, quick_server())
+        .register_kind<int>("work", [&](int n, jobs::job_context& context) -> asio::awaitable<void> {
+            co_await asio::this_coro::executor;
+            r.add("ran " + std::to_string(n) + " attempt " + std::to_string(context.attempt()));
+        });
+    auto host = builder.build();
+    host.start_blocking();
+    auto& client = host.services().get<jobs::client>();
+    REQUIRE(wait_state(client, ids[0].id, job_state::succeeded));
+    REQUIRE(wait_state(client, ids[1].id, job_state::succeeded));
+    CHECK(sink->wait_for("Node test-node started again: 2 jobs its previous process held were recovered"));
+    // The dead process's attempt counts, as any crash's does.
+    CHECK(r.count("ran 1 attempt 2") == 1);
+    CHECK(r.count("ran 2 attempt 2") == 1);
+    // Another node's job is not this one's to take.
+    CHECK(client.find_blocking(ids[2].id)->state == job_state::running);
+    CHECK(client.find_blocking(ids[2].id)->lease_owner == "other-node");
     host.stop_blocking();
 }
 
@@ -636,6 +801,102 @@ TEST_CASE("jobs: a job deleted by another node stops before the next job with it
     CHECK(r.events() == std::vector<std::string>{"started first", "stopped first", "started second"});
     REQUIRE(wait_state(client, first, job_state::deleted));
     host.stop_blocking();
+}
+
+TEST_CASE("jobs: a cancel recorded while a job runs ends it cancelled whatever the attempt's outcome",
+          "[jobs][storage]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    const auto what = GENERATE(jobs::outcome::succeeded, jobs::outcome::retry, jobs::outcome::failed,
+                               jobs::outcome::snoozed, jobs::outcome::released);
+    INFO(which << " outcome " << static_cast<int>(what));
+    auto store = make_storage(which, db);
+    const auto t0 = jobs::clock::now();
+    const auto id = store->enqueue(std::vector<jobs::enqueue_request>{request("k", "{}", 3)}, t0)[0].id;
+    auto child = request("k", "{}");
+    child.parent_id = id; // on_success: its parent's cancel deletes it
+    const auto continuation = store->enqueue(std::vector<jobs::enqueue_request>{child}, t0)[0].id;
+    jobs::claim_request claim{"node-a", {{"default", 1}}, {"k"}, t0 + 10s};
+    REQUIRE(store->complete_and_claim({}, claim, t0).size() == 1);
+
+    // Another process cancels it: recorded and acknowledged, but node a has
+    // not heard of it (its next heartbeat would tell it) when the attempt ends.
+    CHECK(store->change_state(id, job_state::cancelled, "cancelled by a client", t0 + 1s) == job_state::running);
+    std::vector<jobs::completion> done{{id, 1, what, t0 + 2s, {}, "the handler ended"}};
+    CHECK(store->complete_and_claim(done, claim, t0 + 3s).empty());
+    auto j = store->find(id);
+    CHECK(j->state == job_state::cancelled);
+    CHECK(j->attempt == 1); // counted, even for a snooze or a release
+    CHECK_FALSE(j->cancel_requested);
+    CHECK(j->lease_owner.empty());
+    CHECK(j->history.back().reason == "cancelled while running; the attempt ended: the handler ended");
+    CHECK(store->find(continuation)->state == job_state::deleted);
+    // Final: nothing makes it available again, not even time passing.
+    CHECK(store->complete_and_claim({}, claim, t0 + 1h).empty());
+    CHECK(store->find(id)->state == job_state::cancelled);
+    CHECK(store->counts()[job_state::cancelled] == 1);
+}
+
+TEST_CASE("jobs: a cancel from another process holds when the handler then fails, snoozes or is released",
+          "[jobs][server]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    const std::string ending = GENERATE(as<std::string>{}, "fails", "snoozes", "is released");
+    INFO(which << ": the handler " << ending);
+    auto store = make_storage(which, db);
+    // The other process: its own connection to the file (or the same memory).
+    std::shared_ptr<jobs::storage> elsewhere = store;
+    if (which == "sqlite")
+        elsewhere = std::make_shared<jobs::sqlite_storage>(db.path.string());
+    test::recorder r;
+    std::stop_source gate;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    // No heartbeat within the test: this node does not hear of the cancel
+    // before its handler ends, as when the handler ends between two beats.
+    auto options = quick_server();
+    options.heartbeat_interval = std::chrono::hours(1);
+    options.lease_duration = std::chrono::hours(3);
+    jobs::kind_options retried;
+    retried.retry.max_attempts = 3;
+    retried.retry.backoff = [](int) { return std::chrono::milliseconds(0); }; // a retry would run at once
+    jobs::add_jobs(builder, store, options)
+        .register_kind<std::string>(
+            "work",
+            [&](std::string how, jobs::job_context&) -> asio::awaitable<void> {
+                r.add("started");
+                if (how == "is released")
+                    co_await hosting::delay(std::chrono::hours(1)); // until the server stops
+                const std::stop_token opened = gate.get_token(); // named: see docs/gcc12.md
+                try {
+                    co_await hosting::delay(std::chrono::hours(1), opened);
+                } catch (const hosting::operation_canceled&) {
+                }
+                if (how == "fails")
+                    throw std::runtime_error("the remote end said no");
+                throw jobs::snooze(std::chrono::minutes(1));
+            },
+            retried);
+    auto host = builder.build();
+    host.start_blocking();
+    auto& client = host.services().get<jobs::client>();
+    const auto id = client.enqueue_blocking("work", ending);
+    REQUIRE(r.wait_for("started"));
+    // Straight to the storage, as another process's client would.
+    CHECK(elsewhere->change_state(id, job_state::cancelled, "cancelled elsewhere", jobs::clock::now()) ==
+          job_state::running);
+    if (ending == "is released")
+        host.stop_blocking();
+    else
+        gate.request_stop();
+    REQUIRE(test::eventually([&] { return store->find(id)->state != job_state::running; }));
+    auto j = store->find(id);
+    CHECK(j->state == job_state::cancelled);
+    CHECK(j->attempt == 1);
+    if (ending != "is released")
+        host.stop_blocking();
+    CHECK(r.count("started") == 1);
 }
 
 TEST_CASE("jobs: timeout, cancel and bad arguments reach or end the handler", "[jobs][server]")
@@ -823,7 +1084,7 @@ TEST_CASE("jobs: a SQLite file of schema 1 migrates, and its counts match its ro
     std::vector<jobs::completion> done{{1, 1, jobs::outcome::succeeded, {}, {}, "ok"}};
     jobs::claim_request none{"a", {}, {"k"}, t0 + 60s};
     store.complete_and_claim(done, none, t0 + 1s);
-    store.change_state(8, job_state::deleted, "x", t0 + 1s);
+    store.change_state(6, job_state::deleted, "x", t0 + 1s); // not 8, the newest: pruning keeps that one
     CHECK(store.flag_unknown_kinds({"k"}, "a", t0 + 1s) == 2);
     CHECK(store.flag_unknown_kinds({"k"}, "a", t0 + 2s) == 0); // once per job
     CHECK(store.prune(job_state::deleted, t0 + 1h, 10) == 1);
@@ -1108,6 +1369,51 @@ TEST_CASE("jobs: missed occurrences run once, all, or not at all", "[jobs][recur
     CHECK(client.list_blocking(f).size() == expected + 1);
 }
 
+TEST_CASE("jobs: beyond max_missed_runs missed occurrences, run_once and skip take the latest", "[jobs][recurring]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    const auto policy = GENERATE(jobs::missed_policy::run_once, jobs::missed_policy::skip);
+    INFO(which << " policy " << static_cast<int>(policy));
+    const auto t0 = utc(2026, 6, 1, 12, 0);
+    auto clock = std::make_shared<jobs::manual_time_source>(t0);
+    auto store = make_storage(which, db);
+    {
+        auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+        jobs::add_jobs(builder, store, quick_server(clock));
+        auto host = builder.build();
+        jobs::job_options o;
+        host.services().get<jobs::client>().add_or_update_recurring_blocking("minutely", "* * * * *", "UTC", "tick",
+                                                                             1, o, policy);
+    }
+    // Down 2,000 minutes, twice max_missed_runs occurrences; back 100 ms
+    // after the latest, which skip's tolerance (two heartbeats) still takes.
+    const auto latest = t0 + std::chrono::minutes(2000);
+    clock->advance(latest - t0 + 100ms);
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    test::recorder r;
+    jobs::add_jobs(builder, store, quick_server(clock))
+        .register_kind<int>("tick", [&](int, jobs::job_context&) -> asio::awaitable<void> {
+            co_await asio::this_coro::executor;
+            r.add("tick");
+        });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    host.start_blocking();
+    REQUIRE(test::eventually([&] { return client.list_recurring_blocking()[0].next_fire == latest + 1min; }));
+    REQUIRE(r.wait_for_count(1));
+    jobs::job_filter f;
+    f.kind = "tick";
+    const auto runs = client.list_blocking(f);
+    REQUIRE(runs.size() == 1);
+    CHECK(runs[0].run_at == latest);
+    CHECK(client.list_recurring_blocking()[0].last_fire == latest);
+    if (policy == jobs::missed_policy::run_once)
+        CHECK(client.find_blocking(runs[0].id)->history.front().reason ==
+              "occurrence of recurring job 'minutely' (one run for at least 1000 occurrences)");
+    host.stop_blocking();
+}
+
 // ---------------------------------------------------------------------------
 // Processes: examples/jobs as the worker
 
@@ -1223,6 +1529,36 @@ TEST_CASE("jobs: a worker killed with SIGKILL mid-run loses nothing", "[jobs][pr
     CHECK(charged >= 1);
     CHECK(charged <= static_cast<std::size_t>(4 * prefetch));
 }
+
+TEST_CASE("jobs: a worker killed with SIGKILL and started again under its fixed node id finishes every job",
+          "[jobs][process]")
+{
+    temp_db db;
+    constexpr int total = 3000;
+    enqueue_records(db.path.string(), total);
+    auto args = worker_args(db);
+    args.push_back("--Jobs:NodeId=worker-0"); // a StatefulSet pod's name, say
+    args.push_back("--Jobs:RecordMs=2");      // so that it dies with jobs in hand
+    {
+        test::child_process victim(HOSTING_EXAMPLE_JOBS, args);
+        REQUIRE(victim.wait_for_output(" 300\n", 60s));
+        victim.send_signal(SIGKILL);
+        CHECK(victim.wait_exit() == 128 + SIGKILL);
+    }
+    {
+        jobs::sqlite_storage store(db.path.string());
+        REQUIRE(store.counts()[job_state::running] > 0); // it died holding jobs
+    }
+    // The same id again: what the dead process held must not stay running,
+    // renewed by this one's heartbeats, or the worker never finds its work done.
+    test::child_process survivor(HOSTING_EXAMPLE_JOBS, args);
+    CHECK(survivor.wait_exit(60s) == 0);
+    jobs::sqlite_storage store(db.path.string());
+    const auto counts = store.counts();
+    CHECK(counts[job_state::succeeded] == total);
+    CHECK(counts[job_state::running] == 0);
+    CHECK(counts[job_state::failed] == 0);
+}
 #endif
 
 TEST_CASE("jobs: every client call, awaited", "[jobs][client]")
@@ -1240,7 +1576,7 @@ TEST_CASE("jobs: every client call, awaited", "[jobs][client]")
             co_await asio::this_coro::executor;
             if (text == "snooze" && snoozes++ == 0)
                 throw jobs::snooze(std::chrono::minutes(10));
-            r.add(text + " " + context.idempotency_key());
+            r.add(text + " " + std::to_string(context.id()) + ":" + std::to_string(context.attempt()));
         });
     auto host = builder.build();
     auto& client = host.services().get<jobs::client>();
@@ -1317,6 +1653,57 @@ TEST_CASE("jobs: every client call, awaited", "[jobs][client]")
     host.stop_blocking();
 }
 
+TEST_CASE("jobs: the idempotency key is the same for every run of a job and never another job's",
+          "[jobs][storage]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto store = make_storage(which, db);
+    const auto t0 = jobs::clock::now();
+    // What a handler of that claim would be given.
+    auto key_of = [](const jobs::job& j) { return jobs::job_context(j, {}, nullptr).idempotency_key(); };
+    const auto id = store->enqueue(std::vector<jobs::enqueue_request>{request("k", "{}", 3)}, t0)[0].id;
+    jobs::claim_request a{"node-a", {{"default", 1}}, {"k"}, t0 + 10s};
+    auto run = store->complete_and_claim({}, a, t0);
+    REQUIRE(run.size() == 1);
+    const auto key = key_of(run[0]);
+
+    // Node a dies mid-run: the redelivery, the run the key exists for,
+    // carries the same key.
+    REQUIRE(store->recover_expired(t0 + 11s) == std::vector<jobs::job_id>{id});
+    jobs::claim_request b{"node-b", {{"default", 1}}, {"k"}, t0 + 60s};
+    run = store->complete_and_claim({}, b, t0 + 12s);
+    REQUIRE(run.size() == 1);
+    CHECK(run[0].attempt == 2);
+    CHECK(key_of(run[0]) == key);
+    // So does the retry of a failed attempt.
+    std::vector<jobs::completion> failed{{id, 2, jobs::outcome::retry, t0 + 13s, "boom", "retry"}};
+    run = store->complete_and_claim(failed, b, t0 + 14s);
+    REQUIRE(run.size() == 1);
+    CHECK(run[0].attempt == 3);
+    CHECK(key_of(run[0]) == key);
+
+    // Unique among the storage's jobs, even once this one is pruned: no
+    // later job is given its id, and so its key.
+    std::vector<jobs::completion> ok{{id, 3, jobs::outcome::succeeded, {}, {}, "ok"}};
+    store->complete_and_claim(ok, {"node-b", {}, {"k"}, t0 + 60s}, t0 + 15s);
+    store->prune(job_state::succeeded, t0 + 1h, 10);
+    const auto later = store->enqueue(std::vector<jobs::enqueue_request>{request("k", "{}")}, t0 + 2h)[0].id;
+    CHECK(later != id);
+    run = store->complete_and_claim({}, b, t0 + 2h);
+    REQUIRE(run.size() == 1);
+    CHECK(run[0].id == later);
+    CHECK(key_of(run[0]) != key);
+    // The newest job is pruned once a newer one exists.
+    std::vector<jobs::completion> later_ok{{later, 1, jobs::outcome::succeeded, {}, {}, "ok"}};
+    store->complete_and_claim(later_ok, {"node-b", {}, {"k"}, t0 + 3h}, t0 + 2h);
+    store->enqueue(std::vector<jobs::enqueue_request>{request("k", "{}")}, t0 + 3h);
+    store->prune(job_state::succeeded, t0 + 4h, 10);
+    CHECK_FALSE(store->find(id));
+    CHECK_FALSE(store->find(later));
+}
+
 TEST_CASE("jobs: of two servers racing for a recurring occurrence, one wins", "[jobs][recurring]")
 {
     temp_db db;
@@ -1372,6 +1759,10 @@ public:
         return inner.heartbeat(node, l, n);
     }
     std::vector<jobs::job_id> recover_expired(jobs::time_point n) override { return inner.recover_expired(n); }
+    std::vector<jobs::job_id> recover_node(const std::string& node, jobs::time_point n) override
+    {
+        return inner.recover_node(node, n);
+    }
     job_state change_state(jobs::job_id id, job_state to, const std::string& r, jobs::time_point n) override
     {
         return inner.change_state(id, to, r, n);

@@ -107,6 +107,9 @@ int main(int argc, char** argv)
     server.poll_interval = std::chrono::milliseconds(config.get<int>("Jobs:PollMs", 1000));
     // 1: a kill -9 charges an attempt only to the jobs that had started.
     server.prefetch = config.get<std::size_t>("Jobs:Prefetch", server.prefetch);
+    // A fixed id, as a StatefulSet pod has: a restart takes back what the
+    // previous process of that id held. Empty: a fresh id per process.
+    server.node_id = config.get<std::string>("Jobs:NodeId", "");
     // The grace must end before the leases it no longer renews do.
     server.shutdown_grace =
         std::min(server.shutdown_grace, (server.lease_duration - server.heartbeat_interval) / 2);

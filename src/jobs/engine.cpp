@@ -44,7 +44,8 @@ void manual_time_source::on_change(std::function<void()> fn)
 std::chrono::milliseconds retry_policy::default_backoff(int attempt)
 {
     thread_local std::mt19937 rng{std::random_device{}()};
-    const auto n = static_cast<std::int64_t>(std::max(attempt, 1));
+    // Sidekiq's count of retries so far: 0 when the first attempt failed.
+    const auto n = static_cast<std::int64_t>(std::max(attempt, 1) - 1);
     std::uniform_int_distribution<std::int64_t> jitter_ms(0, 10'000 * (n + 1));
     return std::chrono::seconds(n * n * n * n + 15) + std::chrono::milliseconds(jitter_ms(rng));
 }
@@ -95,7 +96,9 @@ job_context::job_context(const job& j, std::stop_token stop, std::shared_ptr<spd
 {
 }
 
-std::string job_context::idempotency_key() const { return std::to_string(id_) + ":" + std::to_string(attempt_); }
+// The job's id: the same for every run of the job (retries and redeliveries
+// after a crash alike), and never another job's, as storages never reuse ids.
+std::string job_context::idempotency_key() const { return std::to_string(id_); }
 
 namespace detail {
 

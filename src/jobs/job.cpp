@@ -49,11 +49,21 @@ bool can_transition(job_state from, job_state to) noexcept
     return false;
 }
 
+namespace {
+std::string transition_text(job_id id, job_state from, job_state to)
+{
+    return "jobs: job " + std::to_string(id) + " cannot go from " + std::string(to_string(from)) + " to " +
+           std::string(to_string(to));
+}
+} // namespace
+
 invalid_transition::invalid_transition(job_id id, job_state from, job_state to)
-    : std::logic_error("jobs: job " + std::to_string(id) + " cannot go from " + std::string(to_string(from)) +
-                       " to " + std::string(to_string(to))),
-      from_(from),
-      to_(to)
+    : std::logic_error(transition_text(id, from, to)), from_(from), to_(to)
+{
+}
+
+invalid_transition::invalid_transition(job_id id, job_state from, job_state to, const std::string& why)
+    : std::logic_error(transition_text(id, from, to) + ": " + why), from_(from), to_(to)
 {
 }
 

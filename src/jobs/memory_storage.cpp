@@ -63,15 +63,20 @@ struct memory_storage::state {
         if (!can_transition(j.state, to))
             throw invalid_transition(j.id, j.state, to);
         if (!j.unique_key.empty()) {
-            const auto held = unique_states.at(j.id);
-            if (held.contains(to) && !held.contains(j.state)) {
-                auto [it, inserted] = unique.emplace(j.unique_key, j.id);
-                if (!inserted && it->second != j.id)
-                    throw storage_error("jobs: job " + std::to_string(j.id) + " cannot become " +
-                                        std::string(to_string(to)) + ": job " + std::to_string(it->second) +
-                                        " holds its unique key '" + j.unique_key + "'");
-            } else if (!held.contains(to) && held.contains(j.state)) {
-                unique.erase(j.unique_key);
+            // Whether it holds the key, not whether its state would: a job
+            // deleted while another held its key does not hold it.
+            const auto holder = unique.find(j.unique_key);
+            const bool holds = holder != unique.end() && holder->second == j.id;
+            const bool wants = unique_states.at(j.id).contains(to);
+            if (wants && !holds) {
+                if (holder == unique.end())
+                    unique.emplace(j.unique_key, j.id);
+                else if (to != job_state::deleted) // a delete goes ahead without the key
+                    throw invalid_transition(j.id, j.state, to,
+                                             "job " + std::to_string(holder->second) + " holds its unique key '" +
+                                                 j.unique_key + "'");
+            } else if (!wants && holds) {
+                unique.erase(holder);
             }
         }
         unindex(j);
@@ -185,6 +190,26 @@ struct memory_storage::state {
                 resolve_children(r.parent_id, parent->state, now);
         }
     }
+
+    // A running job whose node is gone (its lease expired, or its node id
+    // started again in another process).
+    void recover(job& j, const std::string& reason, time_point now)
+    {
+        // A job asked to stop does not start again because its node died.
+        if (j.cancel_requested) {
+            j.cancel_requested = false;
+            if (std::exchange(j.delete_requested, false))
+                transition(j, job_state::deleted, now, reason + " while a delete was pending");
+            else
+                transition(j, job_state::cancelled, now, reason + " while a cancel was pending");
+            return;
+        }
+        // The attempt counts: a job that kills its node must not loop forever.
+        if (j.attempt >= j.max_attempts)
+            transition(j, job_state::failed, now, reason, reason);
+        else
+            transition(j, job_state::available, now, reason);
+    }
 };
 
 memory_storage::memory_storage() : state_(std::make_unique<state>()) {}
@@ -212,9 +237,18 @@ std::vector<job> memory_storage::complete_and_claim(std::span<const completion> 
             it->second.attempt != c.attempt)
             continue;
         auto& j = it->second;
-        j.cancel_requested = false;
+        // Cancelled or deleted while it ran, from this process or another:
+        // that ends it, whatever the attempt's outcome, the attempt counted.
+        const bool cancelling = std::exchange(j.cancel_requested, false);
         if (std::exchange(j.delete_requested, false)) {
             s.transition(j, job_state::deleted, now, "deleted while running; the attempt ended: " + c.reason, c.error);
+            continue;
+        }
+        if (cancelling) {
+            s.transition(j, job_state::cancelled, now,
+                         c.what == outcome::cancelled ? c.reason
+                                                      : "cancelled while running; the attempt ended: " + c.reason,
+                         c.error);
             continue;
         }
         const auto effect = effect_of(c.what);
@@ -277,23 +311,22 @@ std::vector<job_id> memory_storage::recover_expired(time_point now)
             expired.push_back(id);
     for (auto id : expired) {
         auto& j = s.jobs.at(id);
-        const auto reason = "the lease of node " + j.lease_owner + " expired";
-        // A job asked to stop does not start again because its node died.
-        if (j.cancel_requested) {
-            j.cancel_requested = false;
-            if (std::exchange(j.delete_requested, false))
-                s.transition(j, job_state::deleted, now, reason + " while a delete was pending");
-            else
-                s.transition(j, job_state::cancelled, now, reason + " while a cancel was pending");
-            continue;
-        }
-        // The attempt counts: a job that kills its node must not loop forever.
-        if (j.attempt >= j.max_attempts)
-            s.transition(j, job_state::failed, now, reason, reason);
-        else
-            s.transition(j, job_state::available, now, reason);
+        s.recover(j, "the lease of node " + j.lease_owner + " expired", now);
     }
     return expired;
+}
+
+std::vector<job_id> memory_storage::recover_node(const std::string& node, time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& s = *state_;
+    std::vector<job_id> held;
+    for (auto id : s.running)
+        if (s.jobs.at(id).lease_owner == node)
+            held.push_back(id);
+    for (auto id : held)
+        s.recover(s.jobs.at(id), "node " + node + " started again", now);
+    return held;
 }
 
 job_state memory_storage::change_state(job_id id, job_state to, const std::string& reason, time_point now)
@@ -314,9 +347,9 @@ job_state memory_storage::change_state(job_id id, job_state to, const std::strin
     if (!can_transition(j.state, to) || (to == job_state::available && !is_final(j.state)))
         throw invalid_transition(id, j.state, to);
     if (to == job_state::available) {
+        s.transition(j, to, now, reason, {}, now); // first: it may refuse, and then nothing changed
         j.attempt = 0;
         j.cancel_requested = false;
-        s.transition(j, to, now, reason, {}, now);
     } else {
         s.transition(j, to, now, reason);
     }

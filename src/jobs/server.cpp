@@ -52,22 +52,31 @@ recurring_result recurring_pass(storage& s, const detail::engine& e, time_point 
             for (std::optional<time_point> t = r.next_fire; t && *t <= now && fires.size() < max_missed_runs;
                  t = expression.next(*t, zone))
                 fires.push_back(*t);
+            // The loop stops at max_missed_runs: the latest occurrence may lie
+            // beyond it (the last one at or before now).
+            auto latest = fires.back();
+            const bool capped = fires.size() == max_missed_runs;
+            if (capped) {
+                if (const auto last = expression.previous(now + clock::duration(1), zone); last && *last > latest)
+                    latest = *last;
+            }
             const auto next = expression.next(now, zone);
             std::vector<enqueue_request> occurrences;
             const auto missed = fires.size() - 1;
             switch (r.missed) {
-            case missed_policy::run_all:
+            case missed_policy::run_all: // the first max_missed_runs of them
                 for (auto f : fires)
                     occurrences.push_back(e.occurrence_request(r, f));
                 break;
             case missed_policy::run_once:
-                occurrences.push_back(e.occurrence_request(r, fires.back()));
+                occurrences.push_back(e.occurrence_request(r, latest));
                 if (missed > 0)
-                    occurrences.back().reason += " (one run for " + std::to_string(fires.size()) + " occurrences)";
+                    occurrences.back().reason += " (one run for " + std::string(capped ? "at least " : "") +
+                                                 std::to_string(fires.size()) + " occurrences)";
                 break;
             case missed_policy::skip:
-                if (now - fires.back() <= tolerance)
-                    occurrences.push_back(e.occurrence_request(r, fires.back()));
+                if (now - latest <= tolerance)
+                    occurrences.push_back(e.occurrence_request(r, latest));
                 break;
             }
             // Never firing again (only near the end of time): park it far away.
@@ -436,6 +445,9 @@ struct server::run : std::enable_shared_from_this<server::run> {
     // failed call puts them back, or their jobs would stay running (and
     // leased by this node's heartbeat) for as long as the process lives.
     std::shared_ptr<std::vector<completion>> in_flight;
+    // Set once a claim went through: until then each claim first recovers
+    // what this node's id held in an earlier process.
+    bool taken_back = false;
 
     void restore_in_flight()
     {
@@ -447,7 +459,14 @@ struct server::run : std::enable_shared_from_this<server::run> {
     std::function<std::pair<std::vector<job>, std::optional<time_point>>(storage&)> claim_op()
     {
         in_flight = std::make_shared<std::vector<completion>>(std::exchange(done, {}));
-        return [d = in_flight, c = make_claim(), at = now()](storage& s) {
+        return [d = in_flight, c = make_claim(), at = now(), take_back = !taken_back, log = log](storage& s) {
+            // A fixed node_id (a StatefulSet pod's name) that restarted: what
+            // its previous process held would stay running forever, its
+            // leases renewed by this process's heartbeats.
+            if (take_back) {
+                if (const auto n = s.recover_node(c.node, at).size(); n > 0)
+                    log->warn("Node {} started again: {} jobs its previous process held were recovered", c.node, n);
+            }
             auto claimed = s.complete_and_claim(*d, c, at);
             // Only an idle server sleeps, and needs to know until when.
             auto due = claimed.empty() ? s.next_due() : std::nullopt;
@@ -627,6 +646,7 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
             try {
                 result = co_await engine_->call<std::pair<std::vector<job>, std::optional<time_point>>>(std::move(op));
                 r->in_flight.reset();
+                r->taken_back = true;
             } catch (const storage_error& e) {
                 // The storage is unreachable: keep the completions for the
                 // next try, after a poll interval.

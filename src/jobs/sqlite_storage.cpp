@@ -211,7 +211,7 @@ struct sqlite_storage::connection {
     sqlite3* db = nullptr; // handle's
     std::unique_ptr<statement> begin, commit, rollback;
     std::unique_ptr<statement> insert, find_unique, complete, promote, candidates, key_held, claim, heartbeat,
-        expired, state_of, transition, requeue, find, next_due, counts, children;
+        expired, held, state_of, transition, key_holder, requeue, find, next_due, counts, children;
 
     explicit connection(const std::string& path, const sqlite_options& options)
     {
@@ -284,17 +284,21 @@ struct sqlite_storage::connection {
                 " ON CONFLICT (unique_slot) DO NOTHING RETURNING id");
         find_unique = std::make_unique<statement>(db, "SELECT id FROM jobs WHERE unique_slot = ?1");
         // ?2 new state, ?3 attempt delta, ?4 run_at or NULL, ?5 error or NULL, ?6 now, ?7 reason.
-        // A job deleted while it ran (cancel_requested = 2) ends deleted,
-        // whatever the attempt's outcome. Returns the state it ended in.
-        const std::string deleting = "cancel_requested = 2";
-        const std::string ended = "(CASE WHEN " + deleting + " THEN 8 ELSE ?2 END)";
+        // A job cancelled (cancel_requested = 1) or deleted (2) while it ran,
+        // from this process or another, ends cancelled or deleted, whatever
+        // the attempt's outcome, the attempt counted. Returns the state it
+        // ended in.
+        const std::string stopping = "cancel_requested <> 0";
+        const std::string ended = "(CASE cancel_requested WHEN 2 THEN 8 WHEN 1 THEN 7 ELSE ?2 END)";
         complete = std::make_unique<statement>(
-            db, ("UPDATE jobs SET state = " + ended + ", attempt = attempt + CASE WHEN " + deleting +
-                 " THEN 0 ELSE ?3 END, run_at = CASE WHEN " + deleting +
+            db, ("UPDATE jobs SET state = " + ended + ", attempt = attempt + CASE WHEN " + stopping +
+                 " THEN 0 ELSE ?3 END, run_at = CASE WHEN " + stopping +
                  " THEN run_at ELSE coalesce(?4, run_at) END, last_error = coalesce(?5, last_error), "
                  "lease_owner = NULL, lease_expires = NULL, cancel_requested = 0, updated_at = ?6, "
-                 "history = json_insert(history, '$[#]', json_array(state, " + ended + ", ?6, CASE WHEN " + deleting +
-                 " THEN 'deleted while running; the attempt ended: ' || ?7 ELSE ?7 END, coalesce(?5, ''))), "
+                 "history = json_insert(history, '$[#]', json_array(state, " + ended + ", ?6, "
+                 "CASE cancel_requested WHEN 2 THEN 'deleted while running; the attempt ended: ' || ?7 "
+                 "WHEN 1 THEN CASE WHEN ?2 = 7 THEN ?7 ELSE 'cancelled while running; the attempt ended: ' || ?7 END "
+                 "ELSE ?7 END, coalesce(?5, ''))), "
                  "unique_slot = CASE WHEN (unique_states >> " + ended + ") & 1 THEN unique_key END "
                  "WHERE id = ?1 AND state = 3 AND lease_owner = ?8 AND attempt = ?9 RETURNING state")
                     .c_str());
@@ -326,14 +330,26 @@ struct sqlite_storage::connection {
         expired = std::make_unique<statement>(
             db, "SELECT id, attempt, max_attempts, lease_owner, cancel_requested FROM jobs "
                 "WHERE state = 3 AND lease_expires < ?1");
+        held = std::make_unique<statement>(
+            db, "SELECT id, attempt, max_attempts, lease_owner, cancel_requested FROM jobs "
+                "WHERE state = 3 AND lease_owner = ?1");
         state_of = std::make_unique<statement>(db, "SELECT state FROM jobs WHERE id = ?1");
-        // An outside transition of a job that is not running: ?2 new state, ?3 now, ?4 reason
+        // An outside transition of a job that is not running: ?2 new state, ?3 now, ?4 reason.
+        // A state that holds the key takes it only if no other job holds it:
+        // a delete goes ahead without it (a requeue is refused before).
         transition = std::make_unique<statement>(
             db, "UPDATE jobs SET state = ?2, cancel_requested = 0, lease_owner = NULL, lease_expires = NULL, "
                 "updated_at = ?3, "
                 "history = json_insert(history, '$[#]', json_array(state, ?2, ?3, ?4, '')), "
-                "unique_slot = CASE WHEN (unique_states >> ?2) & 1 THEN unique_key END "
+                "unique_slot = CASE WHEN (unique_states >> ?2) & 1 AND NOT EXISTS (SELECT 1 FROM jobs AS other "
+                "WHERE other.unique_slot = jobs.unique_key AND other.id <> jobs.id) THEN unique_key END "
                 "WHERE id = ?1");
+        // Another job that holds the unique key job ?1 would take when
+        // requeued (available holds it): its id and the key.
+        key_holder = std::make_unique<statement>(
+            db, "SELECT other.id, other.unique_slot FROM jobs AS me JOIN jobs AS other "
+                "ON other.unique_slot = me.unique_key AND other.id <> me.id "
+                "WHERE me.id = ?1 AND (me.unique_states >> 1) & 1");
         requeue = std::make_unique<statement>(
             db, "UPDATE jobs SET state = 1, attempt = 0, run_at = ?2, cancel_requested = 0, updated_at = ?2, "
                 "history = json_insert(history, '$[#]', json_array(state, 1, ?2, ?3, '')), "
@@ -506,6 +522,55 @@ struct sqlite_storage::connection {
             }
         }
     }
+
+    // Running jobs whose node is gone, as `select` (bound by the caller)
+    // reads them: id, attempt, max_attempts, lease_owner, cancel_requested.
+    // `why(owner)` says what became of the node.
+    template <class Why>
+    std::vector<job_id> recover(statement& select, time_point now, Why why)
+    {
+        struct found {
+            job_id id;
+            int attempt;
+            bool attempts_left;
+            std::string owner;
+            std::int64_t cancel_requested; // 2: a delete
+        };
+        std::vector<found> gone;
+        {
+            using_statement u{select};
+            while (select.step())
+                gone.push_back({select.integer(0), static_cast<int>(select.integer(1)),
+                                select.integer(1) < select.integer(2), select.text(3), select.integer(4)});
+        }
+        std::vector<job_id> out;
+        for (const auto& f : gone) {
+            const std::string reason = why(f.owner);
+            // A job asked to stop does not start again because its node died.
+            if (f.cancel_requested == 2) {
+                apply_transition(f.id, job_state::deleted, now, reason + " while a delete was pending");
+                out.push_back(f.id);
+                continue;
+            }
+            if (f.cancel_requested != 0) {
+                apply_transition(f.id, job_state::cancelled, now, reason + " while a cancel was pending");
+                out.push_back(f.id);
+                continue;
+            }
+            auto& s = *complete;
+            using_statement u{s};
+            // The attempt counts: a job that kills its node must not loop forever.
+            s.bind(1, f.id).bind(2, code(f.attempts_left ? job_state::available : job_state::failed)).bind(3, 0);
+            s.bind_null(4).bind_or_null(5, f.attempts_left ? std::string_view() : std::string_view(reason));
+            s.bind(6, micros(now)).bind(7, reason).bind(8, f.owner).bind(9, f.attempt);
+            s.run();
+            s.reset();
+            if (!f.attempts_left)
+                resolve_children(f.id, job_state::failed, now);
+            out.push_back(f.id);
+        }
+        return out;
+    }
 };
 
 sqlite_storage::sqlite_storage(std::string path, sqlite_options options)
@@ -636,49 +701,19 @@ std::vector<job_id> sqlite_storage::recover_expired(time_point now)
     std::lock_guard lock(mutex_);
     auto& c = *db_;
     return c.write([&] {
-        struct found {
-            job_id id;
-            int attempt;
-            bool attempts_left;
-            std::string owner;
-            std::int64_t cancel_requested; // 2: a delete
-        };
-        std::vector<found> expired;
-        {
-            using_statement u{*c.expired};
-            c.expired->bind(1, micros(now));
-            while (c.expired->step())
-                expired.push_back({c.expired->integer(0), static_cast<int>(c.expired->integer(1)),
-                                   c.expired->integer(1) < c.expired->integer(2), c.expired->text(3),
-                                   c.expired->integer(4)});
-        }
-        std::vector<job_id> out;
-        for (const auto& f : expired) {
-            const std::string reason = "the lease of node " + f.owner + " expired";
-            // A job asked to stop does not start again because its node died.
-            if (f.cancel_requested == 2) {
-                c.apply_transition(f.id, job_state::deleted, now, reason + " while a delete was pending");
-                out.push_back(f.id);
-                continue;
-            }
-            if (f.cancel_requested != 0) {
-                c.apply_transition(f.id, job_state::cancelled, now, reason + " while a cancel was pending");
-                out.push_back(f.id);
-                continue;
-            }
-            auto& s = *c.complete;
-            using_statement u{s};
-            // The attempt counts: a job that kills its node must not loop forever.
-            s.bind(1, f.id).bind(2, code(f.attempts_left ? job_state::available : job_state::failed)).bind(3, 0);
-            s.bind_null(4).bind_or_null(5, f.attempts_left ? std::string_view() : std::string_view(reason));
-            s.bind(6, micros(now)).bind(7, reason).bind(8, f.owner).bind(9, f.attempt);
-            s.run();
-            s.reset();
-            if (!f.attempts_left)
-                c.resolve_children(f.id, job_state::failed, now);
-            out.push_back(f.id);
-        }
-        return out;
+        c.expired->bind(1, micros(now));
+        return c.recover(*c.expired, now,
+                         [](const std::string& owner) { return "the lease of node " + owner + " expired"; });
+    });
+}
+
+std::vector<job_id> sqlite_storage::recover_node(const std::string& node, time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    return c.write([&] {
+        c.held->bind(1, node);
+        return c.recover(*c.held, now, [](const std::string& owner) { return "node " + owner + " started again"; });
     });
 }
 
@@ -701,6 +736,16 @@ job_state sqlite_storage::change_state(job_id id, job_state to, const std::strin
         if (!can_transition(from, to) || (to == job_state::available && !is_final(from)))
             throw invalid_transition(id, from, to);
         if (to == job_state::available) {
+            // Another job took its unique key while it was final: a requeue
+            // would make two.
+            {
+                using_statement u{*c.key_holder};
+                c.key_holder->bind(1, id);
+                if (c.key_holder->step())
+                    throw invalid_transition(id, from, to,
+                                             "job " + std::to_string(c.key_holder->integer(0)) +
+                                                 " holds its unique key '" + c.key_holder->text(1) + "'");
+            }
             using_statement u{*c.requeue};
             c.requeue->bind(1, id).bind(2, micros(now)).bind(3, reason);
             c.requeue->run();
@@ -781,8 +826,11 @@ std::size_t sqlite_storage::prune(job_state state, time_point before, std::size_
     std::lock_guard lock(mutex_);
     auto& c = *db_;
     return c.write([&] {
+        // Never the job with the highest id: SQLite gives a new row the
+        // highest id plus one, so deleting it would give its id, and so its
+        // idempotency key, to the next job.
         statement s(c.db, "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state = ?1 AND updated_at < ?2 "
-                          "LIMIT ?3)");
+                          "AND id < (SELECT max(id) FROM jobs) LIMIT ?3)");
         s.bind(1, code(state)).bind(2, micros(before)).bind(3, static_cast<std::int64_t>(limit));
         s.run();
         return static_cast<std::size_t>(sqlite3_changes(c.db));

@@ -176,7 +176,8 @@ public:
 
     // A job that is not running is cancelled at once; a running one is asked
     // to stop (its handler's stop token fires, on whichever node runs it)
-    // and ends cancelled. Completes once the storage has recorded the cancel
+    // and ends cancelled however its handler ends: it is never retried,
+    // snoozed or released again. Completes once the storage has recorded the cancel
     // (for a running job, the request), without waiting for a handler to
     // stop. Throws job_not_found, or invalid_transition for a job that
     // already ended.
@@ -184,13 +185,16 @@ public:
     void cancel_blocking(job_id id);
     // Deletes a job in any state but deleted. A running one is stopped like
     // cancel() does, and becomes deleted once its handler has stopped; it
-    // holds its concurrency key until then. Completes as cancel(). Throws
-    // job_not_found, or invalid_transition for a job already deleted.
+    // holds its concurrency key until then. A deleted job holds its unique
+    // key (when its unique_states include deleted) only if no other job does.
+    // Completes as cancel(). Throws job_not_found, or invalid_transition for
+    // a job already deleted.
     asio::awaitable<void> delete_job(job_id id);
     void delete_job_blocking(job_id id);
     // Makes a finished job available again, with its attempts reset.
     // Completes once it is stored. Throws job_not_found, or
-    // invalid_transition for a job that has not ended.
+    // invalid_transition for a job that has not ended, or whose unique key
+    // another job has taken since (the message names that job).
     asio::awaitable<void> requeue(job_id id);
     void requeue_blocking(job_id id);
 

@@ -57,6 +57,9 @@ bool can_transition(job_state from, job_state to) noexcept;
 class invalid_transition : public std::logic_error {
 public:
     invalid_transition(job_id id, job_state from, job_state to);
+    // The same, saying why a transition the state machine allows cannot
+    // happen now (another job holds the unique key it would take).
+    invalid_transition(job_id id, job_state from, job_state to, const std::string& why);
     job_state from() const noexcept { return from_; }
     job_state to() const noexcept { return to_; }
 
@@ -164,8 +167,8 @@ struct job {
 // What to do about occurrences of a recurring job that passed while no
 // server ran.
 enum class missed_policy : std::uint8_t {
-    run_once, // one run for all of them (the default)
-    run_all,  // one run for each, up to max_missed_runs
+    run_once, // one run for all of them, at the latest (the default)
+    run_all,  // one run for each, the first max_missed_runs of them
     skip,     // none; wait for the next occurrence
 };
 inline constexpr std::size_t max_missed_runs = 1000;

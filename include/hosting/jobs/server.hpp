@@ -68,8 +68,10 @@ public:
     int max_attempts() const noexcept { return max_attempts_; }
     const std::string& kind() const noexcept { return kind_; }
     const std::string& queue() const noexcept { return queue_; }
-    // "<id>:<attempt>": delivery is at least once, so a handler with side
-    // effects elsewhere passes this along to make a repeat harmless.
+    // The job's id, in decimal: delivery is at least once, so a handler with
+    // side effects elsewhere passes this along to make a repeat harmless. It
+    // is the same for every run of the job (a retry, a redelivery after its
+    // node died, a requeue) and never another job's in the same storage.
     std::string idempotency_key() const;
     // Fires on the job's timeout, on cancel(), and at shutdown; every Asio
     // operation the handler awaits is cancelled then too.
@@ -108,7 +110,8 @@ public:
 struct retry_policy {
     int max_attempts = 10;
     // The wait before attempt n + 1 after attempt n failed; the default is
-    // Sidekiq's: n^4 s + 15 s + a random 0..10 * (n + 1) s.
+    // Sidekiq's, whose count starts at 0: (n - 1)^4 s + 15 s + a random
+    // 0..10 * n s (15-25 s after the first attempt, 16-36 s after the second).
     std::function<std::chrono::milliseconds(int attempt)> backoff;
 
     std::chrono::milliseconds delay_after(int attempt) const;
@@ -177,7 +180,11 @@ struct server_options {
     // are free workers, so that a crash charges only jobs that had started
     // (or wait for their kind's concurrency limit).
     std::size_t prefetch = 64;
-    std::string node_id; // default: host name, pid and a random suffix
+    // Default: host name, pid and a random suffix. A fixed id (a StatefulSet
+    // pod's name, a systemd instance) must belong to one live process at a
+    // time: a server that starts first recovers whatever its id held (its
+    // previous process's jobs, the attempt counted as a crash counts it).
+    std::string node_id;
     std::shared_ptr<time_source> clock;
     retention_options retention;
 
@@ -218,13 +225,15 @@ public:
     // job, and the server's stop, context.stop_token() fires and terminal
     // cancellation is emitted on the handler's coroutine. At stop, a handler
     // that has not ended within shutdown_grace is released back to available.
-    // Errors: returning is success, even after a cancel() or a timeout. A
-    // snooze runs the job again after its delay; bad_arguments (also what a
-    // failed conversion to Args throws) fails the job without retries. Any
-    // other exception fails the attempt, retried per the kind's retry_policy
-    // while attempts remain; but after a cancel() the job ends cancelled, and
-    // after the server's stop it is released back to available. A job
-    // deleted while it runs ends deleted however its handler ends.
+    // Errors: returning is success, even after a timeout. A snooze runs the
+    // job again after its delay; bad_arguments (also what a failed
+    // conversion to Args throws) fails the job without retries. Any other
+    // exception fails the attempt, retried per the kind's retry_policy while
+    // attempts remain; after the server's stop it is released back to
+    // available. But a job cancelled or deleted while it runs, from any
+    // process, ends cancelled or deleted however its handler ends
+    // (returning, throwing, snoozing, or released at stop): a cancel, once
+    // acknowledged, is final.
     // Thread safety: it runs on the server's executor only, as above.
     template <class Args, class F>
         requires std::invocable<F&, Args, job_context&>

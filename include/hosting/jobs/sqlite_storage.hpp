@@ -39,6 +39,7 @@ public:
                                         time_point now) override;
     std::vector<job_id> heartbeat(const std::string& node, time_point lease_until, time_point now) override;
     std::vector<job_id> recover_expired(time_point now) override;
+    std::vector<job_id> recover_node(const std::string& node, time_point now) override;
     job_state change_state(job_id id, job_state to, const std::string& reason, time_point now) override;
     std::optional<job> find(job_id id, bool with_history = true) override;
     std::vector<job> list(const job_filter& filter) override;

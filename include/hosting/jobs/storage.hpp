@@ -53,8 +53,9 @@ enum class outcome : std::uint8_t {
     released,  // not finished at shutdown: available again, the attempt not counted
 };
 
-// What an outcome does to its job, for every storage alike (unless a delete
-// was requested while it ran: then the job ends deleted, its attempt kept).
+// What an outcome does to its job, for every storage alike (unless a cancel
+// or a delete was requested while it ran, from any process: then the job
+// ends cancelled or deleted whatever the outcome, its attempt kept).
 struct outcome_effect {
     job_state to;
     int attempt_delta; // -1: the attempt does not count
@@ -118,7 +119,8 @@ public:
     virtual ~storage() = default;
 
     // Inserts the jobs, honouring unique keys, and returns one result per
-    // request in order.
+    // request in order. An id is never given twice, even after the job that
+    // had it was pruned: it is the job's idempotency key.
     virtual std::vector<enqueue_result> enqueue(std::span<const enqueue_request> jobs, time_point now) = 0;
 
     // Records the completions (those of claim.node's own running attempts),
@@ -137,12 +139,19 @@ public:
     // available again; returns them.
     virtual std::vector<job_id> recover_expired(time_point now) = 0;
 
+    // A node id starts again (a fixed node_id: a StatefulSet pod's name, a
+    // systemd instance): the running jobs its previous process held are
+    // recovered as recover_expired() recovers them, whatever their leases
+    // say; returns them. The server calls it before its first claim.
+    virtual std::vector<job_id> recover_node(const std::string& node, time_point now) = 0;
+
     // A transition asked for from outside the engine (cancel, delete_job,
     // requeue). Throws job_not_found or invalid_transition. Cancelling or
     // deleting a running job only sets cancel_requested (and
     // delete_requested): the job keeps its lease and its concurrency key
-    // until the node that runs it has stopped it, and its completion, or the
-    // recovery of its expired lease, then ends it cancelled or deleted.
+    // until the node that runs it has stopped it, and its completion (of any
+    // outcome: a retry, a snooze or a release too), or the recovery of its
+    // expired lease, then ends it cancelled or deleted.
     // Returns the state the job is in afterwards.
     virtual job_state change_state(job_id id, job_state to, const std::string& reason, time_point now) = 0;
 
@@ -155,7 +164,9 @@ public:
 
     // Deletes up to `limit` jobs in `state` that reached it before `before`
     // (one batch, so that pruning never holds the write lock for long);
-    // returns how many.
+    // returns how many. A storage whose ids come from its newest row (SQLite)
+    // keeps the newest job until a newer one exists, or its id would be given
+    // again.
     virtual std::size_t prune(job_state state, time_point before, std::size_t limit) = 0;
 
     // Available jobs whose kind is none of `known` get one note in their
@@ -191,6 +202,7 @@ public:
                                         time_point now) override;
     std::vector<job_id> heartbeat(const std::string& node, time_point lease_until, time_point now) override;
     std::vector<job_id> recover_expired(time_point now) override;
+    std::vector<job_id> recover_node(const std::string& node, time_point now) override;
     job_state change_state(job_id id, job_state to, const std::string& reason, time_point now) override;
     std::optional<job> find(job_id id, bool with_history = true) override;
     std::vector<job> list(const job_filter& filter) override;
