@@ -724,6 +724,37 @@ TEST_CASE("one client address holds at most its share of the connections", "[hea
     host.stop_blocking();
 }
 
+TEST_CASE("a full server evicts from the address that holds the most connections first", "[health][http]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    auto options = loopback(4);
+    options.request_timeout = 30s;
+    hosting::add_health_endpoint(builder, options);
+    auto host = builder.build();
+    host.start_blocking();
+    const auto port = port_of(host);
+
+    asio::io_context io;
+    // The oldest connection, alone on its address...
+    auto lone = connect_from(io, "127.0.0.3", port);
+    asio::write(lone, asio::buffer(std::string_view("GET /health/live HTTP/1.1\r\n")));
+    // ...then three from one other address.
+    std::vector<asio::ip::tcp::socket> crowd;
+    for (int i = 0; i < 3; ++i) {
+        crowd.push_back(connect_from(io, "127.0.0.2", port));
+        asio::write(crowd.back(), asio::buffer(std::string_view("GET /health HT")));
+    }
+    CHECK(test::http_get(port, "/health/live").status == 200);
+    // The crowd's oldest went, not the lone one, older as it is.
+    CHECK(closed_by_server(crowd.front()));
+    asio::write(lone, asio::buffer(std::string_view("Host: x\r\n\r\n")));
+    std::string answer(12, '\0');
+    asio::read(lone, asio::buffer(answer));
+    CHECK(answer == "HTTP/1.1 200");
+    host.stop_blocking();
+}
+
 TEST_CASE("a connection busy with a request is never evicted, a reserved slot admits a probe, then none",
           "[health][http]")
 {

@@ -279,15 +279,27 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
                                                          : std::max<std::size_t>(1, options.max_connections / 4);
     }
 
-    // The connection that has waited longest without a request in progress,
-    // among those of `peer` (or all when null); null when all are busy.
+    // The connection to displace: among those without a request in
+    // progress, of `peer` (or of anyone when null), one of the address that
+    // holds the most slots, and of those the one that has waited longest;
+    // null when all are busy. By address first: a client that reconnects as
+    // fast as it is evicted would otherwise cycle through every slot, and
+    // evict a probe that waits for its turn to be read.
     connection* oldest_waiting(const asio::ip::address* peer)
     {
         connection* oldest = nullptr;
-        for (auto& c : connections)
-            if (!c.busy && !c.evicted && !c.reserved && (!peer || c.peer == *peer) &&
-                (!oldest || c.waiting_since < oldest->waiting_since))
+        std::size_t oldest_holds = 0;
+        for (auto& c : connections) {
+            if (c.busy || c.evicted || c.reserved || (peer && c.peer != *peer))
+                continue;
+            const auto it = per_address.find(c.peer);
+            const std::size_t holds = it == per_address.end() ? 0 : it->second;
+            if (!oldest || holds > oldest_holds ||
+                (holds == oldest_holds && c.waiting_since < oldest->waiting_since)) {
                 oldest = &c;
+                oldest_holds = holds;
+            }
+        }
         return oldest;
     }
 
@@ -586,7 +598,9 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
             conn.busy = false;
             conn.waiting_since = std::chrono::steady_clock::now();
             answered_one = true;
-            if (!ec && out.unread_input)
+            // Under pressure (a flood of oversized requests, say) the
+            // courtesy of letting the client read its answer is dropped.
+            if (!ec && out.unread_input && self->admitted <= self->options.max_connections / 2)
                 co_await linger(self, stream);
             if (ec || !keep_alive || conn.evicted)
                 break;

@@ -36,9 +36,10 @@ struct server_options {
     // Against hostile or broken clients, so that probes keep being answered
     // (docs/health.md says what the server withstands).
     //
-    // Admission: at max_connections, a new connection evicts the open one
-    // that has waited longest without a request in progress (still sending
-    // its request, or idle between keep-alive requests). When every
+    // Admission: at max_connections, a new connection evicts an open one
+    // without a request in progress (still sending its request, or idle
+    // between keep-alive requests): of the client address that holds the
+    // most connections, the one that has waited longest. When every
     // connection it could displace is busy with a request, it gets one of
     // reserved_connections slots kept for requests that complete quickly:
     // its request must arrive within reserved_request_timeout, and the
