@@ -815,7 +815,7 @@ TEST_CASE("jobs: a cancel recorded while a job runs ends it cancelled whatever t
     const auto t0 = jobs::clock::now();
     const auto id = store->enqueue(std::vector<jobs::enqueue_request>{request("k", "{}", 3)}, t0)[0].id;
     auto child = request("k", "{}");
-    child.parent_id = id; // on_success: its parent's cancel deletes it
+    child.parent_id = id; // on_success: a cancelled parent can still be requeued, so it waits
     const auto continuation = store->enqueue(std::vector<jobs::enqueue_request>{child}, t0)[0].id;
     jobs::claim_request claim{"node-a", {{"default", 1}}, {"k"}, t0 + 10s};
     REQUIRE(store->complete_and_claim({}, claim, t0).size() == 1);
@@ -831,7 +831,7 @@ TEST_CASE("jobs: a cancel recorded while a job runs ends it cancelled whatever t
     CHECK_FALSE(j->cancel_requested);
     CHECK(j->lease_owner.empty());
     CHECK(j->history.back().reason == "cancelled while running; the attempt ended: the handler ended");
-    CHECK(store->find(continuation)->state == job_state::deleted);
+    CHECK(store->find(continuation)->state == job_state::awaiting);
     // Final: nothing makes it available again, not even time passing.
     CHECK(store->complete_and_claim({}, claim, t0 + 1h).empty());
     CHECK(store->find(id)->state == job_state::cancelled);
@@ -1065,13 +1065,18 @@ TEST_CASE("jobs: a SQLite file of schema 1 migrates, and its counts match its ro
         jobs::claim_request claim{"a", {{"default", 2}}, {"k"}, t0 + 60s};
         store.complete_and_claim({}, claim, t0);
     }
-    // Back to what schema 1 wrote: no counts table, triggers or kinds index.
+    // Back to what schema 1 wrote: no counts table, triggers or kinds index,
+    // nor the recurring jobs' keys.
     {
         sqlite3* raw = nullptr;
         REQUIRE(sqlite3_open(db.path.c_str(), &raw) == SQLITE_OK);
         const char* downgrade = "DROP TRIGGER jobs_counted_insert; DROP TRIGGER jobs_counted_delete; "
                                 "DROP TRIGGER jobs_counted_update; DROP TABLE job_counts; "
-                                "DELETE FROM hosting_jobs_schema WHERE version = 2;";
+                                "ALTER TABLE recurring_jobs DROP COLUMN unique_key; "
+                                "ALTER TABLE recurring_jobs DROP COLUMN unique_states; "
+                                "ALTER TABLE recurring_jobs DROP COLUMN concurrency_key; "
+                                "ALTER TABLE recurring_jobs DROP COLUMN overlap; "
+                                "DELETE FROM hosting_jobs_schema WHERE version >= 2;";
         CHECK(sqlite3_exec(raw, downgrade, nullptr, nullptr, nullptr) == SQLITE_OK);
         sqlite3_close(raw);
     }
@@ -1087,7 +1092,7 @@ TEST_CASE("jobs: a SQLite file of schema 1 migrates, and its counts match its ro
     store.change_state(6, job_state::deleted, "x", t0 + 1s); // not 8, the newest: pruning keeps that one
     CHECK(store.flag_unknown_kinds({"k"}, "a", t0 + 1s) == 2);
     CHECK(store.flag_unknown_kinds({"k"}, "a", t0 + 2s) == 0); // once per job
-    CHECK(store.prune(job_state::deleted, t0 + 1h, 10) == 1);
+    CHECK(store.prune(job_state::deleted, t0 + 1h, 10, t0 + 1h) == 1);
     counts = store.counts();
     CHECK(counts[job_state::available] == 5);
     CHECK(counts[job_state::running] == 1);
@@ -1140,18 +1145,136 @@ TEST_CASE("jobs: continuations run or are deleted by their condition", "[jobs][s
     REQUIRE(wait_state(client, any_after_ok, job_state::succeeded));
     REQUIRE(wait_state(client, deleted_after_ok, job_state::deleted));
     REQUIRE(wait_state(client, bad, job_state::failed));
-    REQUIRE(wait_state(client, after_bad, job_state::deleted));
     REQUIRE(wait_state(client, any_after_bad, job_state::succeeded));
+    // A failed parent can still be requeued and succeed: after_bad waits,
+    // until the parent's delete settles it.
+    CHECK(client.find_blocking(after_bad)->state == job_state::awaiting);
+    client.delete_job_blocking(bad);
+    REQUIRE(wait_state(client, after_bad, job_state::deleted));
     // Deleting after_bad satisfied its own on_deleted continuation.
     REQUIRE(wait_state(client, grandchild, job_state::succeeded));
     CHECK(client.find_blocking(after_bad)->history.back().reason ==
-          "parent " + std::to_string(bad) + " ended failed; the continuation runs only when it succeeded");
+          "parent " + std::to_string(bad) + " ended deleted; the continuation runs only when it succeeded");
     CHECK_FALSE(r.contains("after bad"));
     CHECK_FALSE(r.contains("deleted after ok"));
 
     // A parent that already ended is judged at once.
     auto late = client.continue_with_blocking(ok, "step", std::string("late"));
     REQUIRE(wait_state(client, late, job_state::succeeded));
+    host.stop_blocking();
+}
+
+TEST_CASE("jobs: storages keep a continuation waiting while its parent can still succeed", "[jobs][storage]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto store = make_storage(which, db);
+    const auto t0 = jobs::clock::now();
+    using c = jobs::continuation_condition;
+    const auto parents = store->enqueue(
+        std::vector<jobs::enqueue_request>{request("k", "1"), request("k", "2"), request("k", "3")}, t0);
+    const auto failing = parents[0].id, pruned = parents[1].id, cancelled = parents[2].id;
+    // Continuations of a kind no claim below asks for: they stay where their
+    // parent's fate puts them.
+    auto continuation = [&](jobs::job_id parent, c condition, jobs::time_point at) {
+        auto r = request("then", "{}");
+        r.parent_id = parent;
+        r.condition = condition;
+        return store->enqueue(std::vector<jobs::enqueue_request>{r}, at)[0].id;
+    };
+    const auto on_success = continuation(failing, c::on_success, t0);
+    const auto on_any = continuation(failing, c::on_any_final, t0);
+    const auto on_deleted = continuation(failing, c::on_deleted, t0);
+    const auto of_pruned = continuation(pruned, c::on_success, t0);
+    const auto of_cancelled = continuation(cancelled, c::on_success, t0);
+    const auto deleted_of_cancelled = continuation(cancelled, c::on_deleted, t0);
+    auto state_of = [&](jobs::job_id id) { return store->find(id)->state; };
+
+    // Two parents fail for good, the third is cancelled: each can still be
+    // requeued, so only on_any_final is settled.
+    CHECK(store->change_state(cancelled, job_state::cancelled, "cancelled by a client", t0) == job_state::cancelled);
+    jobs::claim_request claim{"n", {{"default", 2}}, {"k"}, t0 + 60s};
+    REQUIRE(store->complete_and_claim({}, claim, t0).size() == 2);
+    std::vector<jobs::completion> failed{{failing, 1, jobs::outcome::failed, {}, "boom", "failed"},
+                                         {pruned, 1, jobs::outcome::failed, {}, "boom", "failed"}};
+    store->complete_and_claim(failed, claim, t0 + 1s);
+    REQUIRE(state_of(failing) == job_state::failed);
+    CHECK(state_of(on_success) == job_state::awaiting);
+    CHECK(state_of(on_any) == job_state::available);
+    CHECK(state_of(on_deleted) == job_state::awaiting);
+    CHECK(state_of(of_pruned) == job_state::awaiting);
+    CHECK(state_of(of_cancelled) == job_state::awaiting);
+    CHECK(state_of(deleted_of_cancelled) == job_state::awaiting);
+    // Enqueued under a parent that already failed, it waits too.
+    const auto late = continuation(failing, c::on_success, t0 + 1s);
+    CHECK(state_of(late) == job_state::awaiting);
+
+    // The failed parent is requeued and succeeds: its on_success
+    // continuations run, and its on_deleted one can no longer.
+    CHECK(store->change_state(failing, job_state::available, "requeued by a client", t0 + 2s) ==
+          job_state::available);
+    REQUIRE(store->complete_and_claim({}, claim, t0 + 2s).size() == 1);
+    std::vector<jobs::completion> ok{{failing, 1, jobs::outcome::succeeded, {}, {}, "succeeded"}};
+    store->complete_and_claim(ok, claim, t0 + 3s);
+    CHECK(state_of(on_success) == job_state::available);
+    CHECK(state_of(late) == job_state::available);
+    CHECK(store->find(on_success)->history.back().reason == "parent " + std::to_string(failing) + " succeeded");
+    CHECK(state_of(on_any) == job_state::available); // settled once, at the first final state
+    CHECK(state_of(on_deleted) == job_state::deleted);
+    CHECK(store->find(on_deleted)->history.back().reason ==
+          "parent " + std::to_string(failing) + " ended succeeded; the continuation runs only when it was deleted");
+
+    // The cancelled parent is deleted: that settles its continuations.
+    CHECK(store->change_state(cancelled, job_state::deleted, "deleted by a client", t0 + 4s) == job_state::deleted);
+    CHECK(state_of(of_cancelled) == job_state::deleted);
+    CHECK(store->find(of_cancelled)->history.back().reason ==
+          "parent " + std::to_string(cancelled) + " ended deleted; the continuation runs only when it succeeded");
+    CHECK(state_of(deleted_of_cancelled) == job_state::available);
+
+    // A failed parent pruned past its retention can never be requeued: what
+    // still waits for it is deleted, and nothing waits for a job that is gone.
+    CHECK(store->prune(job_state::failed, t0 + 2s, 10, t0 + 5s) == 1);
+    CHECK_FALSE(store->find(pruned));
+    CHECK(state_of(of_pruned) == job_state::deleted);
+    CHECK(store->find(of_pruned)->history.back().reason ==
+          "parent " + std::to_string(pruned) +
+              " was pruned (it had ended failed); the continuation runs only when it succeeded");
+    CHECK(store->counts()[job_state::awaiting] == 0);
+}
+
+TEST_CASE("jobs: a continuation of a failed parent runs once the requeued parent succeeds", "[jobs][server]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    test::recorder r;
+    std::atomic<bool> fail_first{true};
+    jobs::kind_options once;
+    once.retry.max_attempts = 1;
+    jobs::add_jobs(builder, make_storage(which, db), quick_server())
+        .register_kind<std::string>(
+            "step",
+            [&](std::string name, jobs::job_context&) -> asio::awaitable<void> {
+                co_await asio::this_coro::executor;
+                r.add(name);
+                if (name == "parent" && fail_first.exchange(false))
+                    throw std::runtime_error("the remote end is down");
+            },
+            once);
+    auto host = builder.build();
+    host.start_blocking();
+    auto& client = host.services().get<jobs::client>();
+    const auto parent = client.enqueue_blocking("step", std::string("parent"));
+    const auto child = client.continue_with_blocking(parent, "step", std::string("child"));
+    REQUIRE(wait_state(client, parent, job_state::failed));
+    // Whether it came before or after the failure, the continuation waits.
+    REQUIRE(client.find_blocking(child)->state == job_state::awaiting);
+    client.requeue_blocking(parent);
+    REQUIRE(wait_state(client, child, job_state::succeeded));
+    CHECK(client.find_blocking(parent)->state == job_state::succeeded);
+    CHECK(r.events() == std::vector<std::string>{"parent", "parent", "child"});
     host.stop_blocking();
 }
 
@@ -1212,6 +1335,157 @@ TEST_CASE("jobs: per-kind and per-key limits hold under load", "[jobs][server]")
     CHECK(most_by_key["account-2"] == 1);
 }
 
+TEST_CASE("jobs: storages claim past a backlog of one concurrency key, and choose the same jobs", "[jobs][storage]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto store = make_storage(which, db);
+    const auto t0 = jobs::clock::now();
+    auto job = [](std::string kind, std::string queue, std::string key) {
+        auto r = request(std::move(kind), "{}");
+        r.queue = std::move(queue);
+        r.concurrency_key = std::move(key);
+        return r;
+    };
+    // In claim order (one priority, one run_at: by id).
+    std::vector<jobs::enqueue_request> batch;
+    batch.push_back(job("k", "other", "held"));   // 1: will run, and hold "held"
+    batch.push_back(job("k", "default", "held")); // 2: its key is held
+    for (int i = 0; i < 200; ++i)
+        batch.push_back(job("k", "default", "a")); // 3..202: the first may run
+    batch.push_back(job("unknown", "default", "b")); // 203: no node here knows its kind
+    batch.push_back(job("k", "default", "b"));       // 204
+    for (int i = 0; i < 3; ++i)
+        batch.push_back(job("k", "default", "")); // 205..207
+    batch.push_back(job("k", "other", "a")); // 208: "a" is taken in default first
+    batch.push_back(job("k", "other", ""));  // 209
+    const auto ids = store->enqueue(batch, t0);
+    REQUIRE(ids.size() == 209);
+    REQUIRE(ids.back().id == ids.front().id + 208);
+    const auto id = [&](std::size_t n) { return ids[n - 1].id; }; // the nth enqueued
+    auto claimed_ids = [](const std::vector<jobs::job>& claimed) {
+        std::vector<jobs::job_id> out;
+        for (const auto& j : claimed)
+            out.push_back(j.id);
+        return out;
+    };
+
+    jobs::claim_request first{"node-a", {{"other", 1}}, {"k"}, t0 + 60s};
+    REQUIRE(claimed_ids(store->complete_and_claim({}, first, t0)) == std::vector<jobs::job_id>{id(1)});
+    // Four from default, however many jobs of a held or taken key come
+    // first, then what other leaves.
+    jobs::claim_request both{"node-a", {{"default", 4}, {"other", 4}}, {"k"}, t0 + 60s};
+    CHECK(claimed_ids(store->complete_and_claim({}, both, t0)) ==
+          std::vector<jobs::job_id>{id(3), id(204), id(205), id(206), id(209)});
+    // Once the first of "a" ends, the next one runs, and nothing else of it.
+    std::vector<jobs::completion> done{{id(3), 1, jobs::outcome::succeeded, {}, {}, "ok"}};
+    jobs::claim_request more{"node-a", {{"default", 10}, {"other", 10}}, {"k"}, t0 + 60s};
+    CHECK(claimed_ids(store->complete_and_claim(done, more, t0 + 1s)) ==
+          std::vector<jobs::job_id>{id(4), id(207)});
+    CHECK(store->counts()[job_state::running] == 7);
+    CHECK(store->complete_and_claim({}, more, t0 + 2s).empty());
+}
+
+TEST_CASE("jobs: a backlog of one concurrency key leaves no worker idle that other work could use", "[jobs][server]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto store = make_storage(which, db);
+    test::recorder r;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    auto options = quick_server();
+    options.workers = 4;
+    options.prefetch = 1; // claims of four: a window of a few dozen candidates would see only the backlog
+    jobs::add_jobs(builder, store, options).register_kind<std::string>("hold", until_stopped(r));
+    auto host = builder.build();
+    // 200 jobs of one key, then three without, before the server starts.
+    std::vector<jobs::enqueue_request> batch;
+    for (int i = 0; i < 200; ++i) {
+        auto keyed = request("hold", "\"keyed\"");
+        keyed.concurrency_key = std::string("tenant-7");
+        batch.push_back(std::move(keyed));
+    }
+    for (int i = 1; i <= 3; ++i)
+        batch.push_back(request("hold", "\"free " + std::to_string(i) + "\""));
+    store->enqueue(batch, jobs::clock::now());
+    host.start_blocking();
+    // One worker on the key, the three others on the rest.
+    REQUIRE(r.wait_for_count(4));
+    CHECK(r.count("started keyed") == 1);
+    CHECK(r.contains("started free 1"));
+    CHECK(r.contains("started free 2"));
+    CHECK(r.contains("started free 3"));
+    host.stop_blocking();
+}
+
+TEST_CASE("jobs: storages take no more of a kind than a claim's cap, and pass over the rest", "[jobs][storage]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto store = make_storage(which, db);
+    const auto t0 = jobs::clock::now();
+    auto job = [](std::string kind, std::string queue) {
+        auto r = request(std::move(kind), "{}");
+        r.queue = std::move(queue);
+        return r;
+    };
+    std::vector<jobs::enqueue_request> batch;
+    for (int i = 0; i < 100; ++i)
+        batch.push_back(job("serial", "default")); // 1..100
+    for (int i = 0; i < 3; ++i)
+        batch.push_back(job("other", "default")); // 101..103
+    batch.push_back(job("serial", "later"));      // 104: the cap is for the whole claim
+    batch.push_back(job("other", "later"));       // 105
+    const auto ids = store->enqueue(batch, t0);
+    REQUIRE(ids.size() == 105);
+    const auto id = [&](std::size_t n) { return ids[n - 1].id; };
+    jobs::claim_request claim{"n", {{"default", 4}, {"later", 4}}, {"serial", "other"}, t0 + 60s};
+    claim.kind_caps = {{"serial", 1}};
+    std::vector<jobs::job_id> claimed;
+    for (const auto& j : store->complete_and_claim({}, claim, t0))
+        claimed.push_back(j.id);
+    CHECK(claimed == std::vector<jobs::job_id>{id(1), id(101), id(102), id(103), id(105)});
+}
+
+TEST_CASE("jobs: a kind at its concurrency limit leaves no worker idle that other work could use", "[jobs][server]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto store = make_storage(which, db);
+    test::recorder r;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    auto options = quick_server();
+    options.workers = 4;
+    options.prefetch = 1;
+    jobs::kind_options one_at_a_time;
+    one_at_a_time.concurrency = 1;
+    jobs::add_jobs(builder, store, options)
+        .register_kind<std::string>("serial", until_stopped(r), one_at_a_time)
+        .register_kind<std::string>("free", until_stopped(r));
+    auto host = builder.build();
+    // A backlog of the limited kind, then three others, before the server starts.
+    std::vector<jobs::enqueue_request> batch;
+    for (int i = 0; i < 20; ++i)
+        batch.push_back(request("serial", "\"serial\""));
+    for (int i = 1; i <= 3; ++i)
+        batch.push_back(request("free", "\"free " + std::to_string(i) + "\""));
+    store->enqueue(batch, jobs::clock::now());
+    host.start_blocking();
+    // One worker on the limited kind, the three others on the rest: the node
+    // claimed no more of it than it may run.
+    REQUIRE(r.wait_for_count(4));
+    CHECK(r.count("started serial") == 1);
+    CHECK(r.contains("started free 1"));
+    CHECK(r.contains("started free 2"));
+    CHECK(r.contains("started free 3"));
+    CHECK(store->counts()[job_state::running] == 4);
+    host.stop_blocking();
+}
+
 TEST_CASE("jobs: unknown kinds are noted in their history and wait", "[jobs][server]")
 {
     temp_db db;
@@ -1252,9 +1526,9 @@ TEST_CASE("jobs: finished jobs are pruned after their retention, failed ones kep
         done.push_back({claimed[static_cast<std::size_t>(i)].id, 1, jobs::outcome::succeeded, {}, {}, "ok"});
     done.push_back({claimed[4].id, 1, jobs::outcome::failed, {}, "broken", "failed"});
     store->complete_and_claim(done, {"n", {}, {"k"}, t0 + 60s}, t0 + 1s);
-    CHECK(store->prune(job_state::succeeded, t0 + 1s, 100) == 0); // not older than that yet
-    CHECK(store->prune(job_state::succeeded, t0 + 2s, 3) == 3);   // one batch
-    CHECK(store->prune(job_state::succeeded, t0 + 2s, 3) == 1);
+    CHECK(store->prune(job_state::succeeded, t0 + 1s, 100, t0 + 2s) == 0); // not older than that yet
+    CHECK(store->prune(job_state::succeeded, t0 + 2s, 3, t0 + 2s) == 3);   // one batch
+    CHECK(store->prune(job_state::succeeded, t0 + 2s, 3, t0 + 2s) == 1);
     CHECK(store->counts()[job_state::succeeded] == 0);
     CHECK(store->counts()[job_state::failed] == 1);
 }
@@ -1412,6 +1686,301 @@ TEST_CASE("jobs: beyond max_missed_runs missed occurrences, run_once and skip ta
         CHECK(client.find_blocking(runs[0].id)->history.front().reason ==
               "occurrence of recurring job 'minutely' (one run for at least 1000 occurrences)");
     host.stop_blocking();
+}
+
+namespace {
+// A handler that records "started <name>", waits until `gate` opens (or its
+// job is stopped), then records "ended <name>" and succeeds.
+auto until_open(test::recorder& r, std::stop_source& gate)
+{
+    return [&r, &gate](std::string name, jobs::job_context&) -> asio::awaitable<void> {
+        r.add("started " + name);
+        const std::stop_token open = gate.get_token(); // named: see docs/gcc12.md
+        try {
+            co_await hosting::delay(std::chrono::hours(1), open);
+        } catch (const hosting::operation_canceled&) {
+        }
+        r.add("ended " + name);
+    };
+}
+
+// The events of one name, "started <name>" and "ended <name>", in order.
+std::vector<std::string> runs_of(const test::recorder& r, const std::string& name)
+{
+    std::vector<std::string> out;
+    for (const auto& e : r.events())
+        if (e == "started " + name || e == "ended " + name)
+            out.push_back(e);
+    return out;
+}
+} // namespace
+
+TEST_CASE("jobs: recurring occurrences keep every job option, and a concurrency key keeps them apart across nodes",
+          "[jobs][recurring]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto clock = std::make_shared<jobs::manual_time_source>(utc(2026, 6, 1, 12, 0) + 30s);
+    auto store = make_storage(which, db);
+    // The second node's own connection to the file, as another process has.
+    std::shared_ptr<jobs::storage> elsewhere = store;
+    if (which == "sqlite")
+        elsewhere = std::make_shared<jobs::sqlite_storage>(db.path.string());
+    test::recorder r;
+    std::stop_source gate;
+    auto options = quick_server(clock);
+    options.workers = 2;
+    options.prefetch = 1;                           // a node whose workers are busy leaves new work to the other
+    options.lease_duration = std::chrono::hours(3); // the clock moves by minutes: no lease expires
+    options.node_id = "node-a";
+    auto builder_a = test::make_builder(std::make_shared<test::capture_sink>());
+    jobs::add_jobs(builder_a, store, options).register_kind<std::string>("report", until_open(r, gate));
+    options.node_id = "node-b";
+    auto builder_b = test::make_builder(std::make_shared<test::capture_sink>());
+    jobs::add_jobs(builder_b, elsewhere, options).register_kind<std::string>("report", until_open(r, gate));
+    auto a = builder_a.build();
+    auto b = builder_b.build();
+    auto& client = a.services().get<jobs::client>();
+    // Both every minute, and each run takes longer than that.
+    jobs::job_options keyed;
+    keyed.concurrency_key = std::string("report");
+    keyed.priority = 7;
+    keyed.max_attempts = 4;
+    keyed.timeout = std::chrono::hours(1);
+    client.add_or_update_recurring_blocking("report", "* * * * *", "UTC", "report", std::string("report"), keyed);
+    jobs::job_options unique;
+    unique.unique_key = std::string("digest");
+    unique.priority = 7;
+    client.add_or_update_recurring_blocking("digest", "* * * * *", "UTC", "report", std::string("digest"), unique);
+    a.start_blocking();
+    b.start_blocking();
+
+    clock->advance(30s); // 12:01
+    REQUIRE(r.wait_for("started report"));
+    REQUIRE(r.wait_for("started digest"));
+    clock->advance(1min); // 12:02: both are due again while their first runs
+    REQUIRE(test::eventually([&] {
+        for (const auto& rj : client.list_recurring_blocking())
+            if (rj.next_fire != utc(2026, 6, 1, 12, 3))
+                return false;
+        return true;
+    }));
+    // A job behind them in claim order starts on a free worker: the claim
+    // that took it passed over the second report, whose key the first holds.
+    jobs::job_options behind;
+    behind.priority = 9;
+    client.enqueue_blocking("report", std::string("marker"), behind);
+    REQUIRE(r.wait_for("started marker"));
+    auto occurrences_of = [&](const std::string& recurring) {
+        std::vector<jobs::job> out;
+        for (auto& j : client.list_blocking(jobs::job_filter{}))
+            if (j.recurring_id == recurring)
+                out.push_back(std::move(j));
+        return out;
+    };
+    const auto reports = occurrences_of("report");
+    REQUIRE(reports.size() == 2);
+    CHECK(reports[0].state == job_state::running);
+    CHECK(reports[1].state == job_state::available);
+    CHECK(r.count("started report") == 1);
+    for (const auto& j : reports) {
+        CHECK(j.concurrency_key == "report");
+        CHECK(j.priority == 7);
+        CHECK(j.max_attempts == 4);
+        CHECK(j.timeout == std::chrono::hours(1));
+    }
+    // The unique key held by the running digest: the second was not enqueued.
+    const auto digests = occurrences_of("digest");
+    REQUIRE(digests.size() == 1);
+    CHECK(digests[0].unique_key == "digest");
+    CHECK(digests[0].priority == 7);
+
+    // Once the first report ends, the second runs: never beside it.
+    gate.request_stop();
+    REQUIRE(wait_state(client, reports[1].id, job_state::succeeded));
+    CHECK(runs_of(r, "report") ==
+          std::vector<std::string>{"started report", "ended report", "started report", "ended report"});
+    a.stop_blocking();
+    b.stop_blocking();
+}
+
+TEST_CASE("jobs: a recurring job told never to overlap itself skips or waits while an earlier run has not ended",
+          "[jobs][recurring]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    const auto overlap = GENERATE(jobs::overlap_policy::skip, jobs::overlap_policy::wait);
+    INFO(which << " overlap " << static_cast<int>(overlap));
+    auto clock = std::make_shared<jobs::manual_time_source>(utc(2026, 6, 1, 12, 0) + 30s);
+    test::recorder r;
+    std::stop_source gate;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    auto options = quick_server(clock);
+    options.lease_duration = std::chrono::hours(3); // the clock moves by minutes: no lease expires
+    jobs::add_jobs(builder, make_storage(which, db), options).register_kind<std::string>("tick", until_open(r, gate));
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    // Each policy takes a key of its own, and so refuses the caller's.
+    jobs::job_options unique;
+    unique.unique_key = std::string("mine");
+    CHECK_THROWS_WITH(client.add_or_update_recurring_blocking("tick", "* * * * *", "UTC", "tick", std::string("tick"),
+                                                              unique, jobs::missed_policy::run_once,
+                                                              jobs::overlap_policy::skip),
+                      Catch::Contains("overlap_policy::skip takes the unique key 'recurring:tick'"));
+    jobs::job_options keyed;
+    keyed.concurrency_key = std::string("mine");
+    CHECK_THROWS_WITH(client.add_or_update_recurring_blocking("tick", "* * * * *", "UTC", "tick", std::string("tick"),
+                                                              keyed, jobs::missed_policy::run_once,
+                                                              jobs::overlap_policy::wait),
+                      Catch::Contains("overlap_policy::wait takes the concurrency key 'recurring:tick'"));
+    jobs::job_options none;
+    client.add_or_update_recurring_blocking("tick", "* * * * *", "UTC", "tick", std::string("tick"), none,
+                                            jobs::missed_policy::run_once, overlap);
+    REQUIRE(client.list_recurring_blocking().size() == 1);
+    CHECK(client.list_recurring_blocking()[0].overlap == overlap);
+    host.start_blocking();
+
+    clock->advance(30s); // 12:01
+    REQUIRE(r.wait_for("started tick"));
+    clock->advance(1min); // 12:02: due again while the first runs
+    REQUIRE(test::eventually(
+        [&] { return client.list_recurring_blocking()[0].next_fire == utc(2026, 6, 1, 12, 3); }));
+    const auto triggered = client.trigger_recurring_blocking("tick"); // and a run by hand
+    jobs::job_filter ticks;
+    ticks.kind = "tick";
+    const auto runs = client.list_blocking(ticks);
+    if (overlap == jobs::overlap_policy::skip) {
+        // Neither was enqueued: the run that has not ended stands for both.
+        REQUIRE(runs.size() == 1);
+        CHECK(runs[0].unique_key == "recurring:tick");
+        CHECK(triggered == runs[0].id);
+        CHECK(r.count("started tick") == 1);
+        gate.request_stop();
+        REQUIRE(wait_state(client, runs[0].id, job_state::succeeded));
+        // Once it has ended, the next occurrence is enqueued again.
+        clock->advance(1min); // 12:03
+        REQUIRE(test::eventually([&] { return client.list_blocking(ticks).size() == 2; }));
+        REQUIRE(wait_state(client, client.list_blocking(ticks)[1].id, job_state::succeeded));
+        CHECK(runs_of(r, "tick") ==
+              std::vector<std::string>{"started tick", "ended tick", "started tick", "ended tick"});
+    } else {
+        // Both wait for the key the first one holds, while a job behind them
+        // in claim order starts.
+        REQUIRE(runs.size() == 3);
+        CHECK(triggered == runs[2].id);
+        CHECK(runs[1].concurrency_key == "recurring:tick");
+        CHECK(runs[2].concurrency_key == "recurring:tick");
+        jobs::job_options behind;
+        behind.priority = 9;
+        client.enqueue_blocking("tick", std::string("marker"), behind);
+        REQUIRE(r.wait_for("started marker"));
+        CHECK(client.find_blocking(runs[1].id)->state == job_state::available);
+        CHECK(client.find_blocking(runs[2].id)->state == job_state::available);
+        CHECK(r.count("started tick") == 1);
+        // Once it has ended, they run one after the other.
+        gate.request_stop();
+        REQUIRE(wait_state(client, runs[1].id, job_state::succeeded));
+        REQUIRE(wait_state(client, runs[2].id, job_state::succeeded));
+        CHECK(runs_of(r, "tick") == std::vector<std::string>{"started tick", "ended tick", "started tick",
+                                                             "ended tick", "started tick", "ended tick"});
+    }
+    host.stop_blocking();
+}
+
+TEST_CASE("jobs: storages keep every field of a recurring job", "[jobs][storage]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto store = make_storage(which, db);
+    jobs::recurring_job r;
+    r.id = "nightly";
+    r.cron = "30 2 * * *";
+    r.zone = "Europe/Berlin";
+    r.kind = "k";
+    r.args = "{\"a\":1}";
+    r.queue = "slow";
+    r.priority = 3;
+    r.max_attempts = 5;
+    r.timeout = 90s;
+    r.missed = jobs::missed_policy::run_all;
+    r.next_fire = utc(2026, 6, 2, 0, 30);
+    r.unique_key = "nightly-report";
+    r.unique_states = {job_state::scheduled, job_state::available, job_state::awaiting,
+                       job_state::running,   job_state::retryable, job_state::succeeded};
+    r.concurrency_key = "reports";
+    r.overlap = jobs::overlap_policy::wait;
+    store->upsert_recurring(r);
+    auto back = store->list_recurring();
+    REQUIRE(back.size() == 1);
+    CHECK(back[0].queue == "slow");
+    CHECK(back[0].priority == 3);
+    CHECK(back[0].max_attempts == 5);
+    CHECK(back[0].timeout == 90s);
+    CHECK(back[0].missed == jobs::missed_policy::run_all);
+    CHECK(back[0].unique_key == "nightly-report");
+    CHECK(back[0].unique_states.bits() == r.unique_states.bits());
+    CHECK(back[0].concurrency_key == "reports");
+    CHECK(back[0].overlap == jobs::overlap_policy::wait);
+    // An update with the same schedule replaces them all but next_fire.
+    r.unique_key.clear();
+    r.unique_states = jobs::default_unique_states;
+    r.concurrency_key.clear();
+    r.overlap = jobs::overlap_policy::skip;
+    r.next_fire = utc(2026, 6, 3, 0, 30);
+    store->upsert_recurring(r);
+    back = store->list_recurring();
+    REQUIRE(back.size() == 1);
+    CHECK(back[0].unique_key.empty());
+    CHECK(back[0].unique_states.bits() == jobs::default_unique_states.bits());
+    CHECK(back[0].concurrency_key.empty());
+    CHECK(back[0].overlap == jobs::overlap_policy::skip);
+    CHECK(back[0].next_fire == utc(2026, 6, 2, 0, 30));
+}
+
+TEST_CASE("jobs: a SQLite file of schema 2 migrates, and its recurring jobs behave as they did", "[jobs][storage]")
+{
+    temp_db db;
+    jobs::recurring_job r;
+    r.id = "hourly";
+    r.cron = "0 * * * *";
+    r.kind = "k";
+    r.args = "1";
+    r.queue = "default";
+    r.next_fire = utc(2026, 6, 1, 13, 0);
+    {
+        jobs::sqlite_storage store(db.path.string());
+        store.upsert_recurring(r);
+    }
+    // Back to what schema 2 wrote: recurring jobs without keys or overlap.
+    auto exec = [&](const char* sql) {
+        sqlite3* raw = nullptr;
+        REQUIRE(sqlite3_open(db.path.c_str(), &raw) == SQLITE_OK);
+        CHECK(sqlite3_exec(raw, sql, nullptr, nullptr, nullptr) == SQLITE_OK);
+        sqlite3_close(raw);
+    };
+    exec("ALTER TABLE recurring_jobs DROP COLUMN unique_key; ALTER TABLE recurring_jobs DROP COLUMN unique_states; "
+         "ALTER TABLE recurring_jobs DROP COLUMN concurrency_key; ALTER TABLE recurring_jobs DROP COLUMN overlap; "
+         "DELETE FROM hosting_jobs_schema WHERE version = 3;");
+    jobs::sqlite_storage store(db.path.string());
+    auto back = store.list_recurring();
+    REQUIRE(back.size() == 1);
+    CHECK(back[0].cron == "0 * * * *");
+    CHECK(back[0].next_fire == utc(2026, 6, 1, 13, 0));
+    CHECK(back[0].unique_key.empty());
+    CHECK(back[0].concurrency_key.empty());
+    CHECK(back[0].overlap == jobs::overlap_policy::allow);
+    // From here the new fields are kept.
+    r.concurrency_key = "hourly";
+    r.overlap = jobs::overlap_policy::skip;
+    store.upsert_recurring(r);
+    back = store.list_recurring();
+    CHECK(back[0].concurrency_key == "hourly");
+    CHECK(back[0].overlap == jobs::overlap_policy::skip);
+    // Opened again, it is not migrated twice.
+    jobs::sqlite_storage again(db.path.string());
+    CHECK(again.list_recurring().at(0).concurrency_key == "hourly");
 }
 
 // ---------------------------------------------------------------------------
@@ -1688,7 +2257,7 @@ TEST_CASE("jobs: the idempotency key is the same for every run of a job and neve
     // later job is given its id, and so its key.
     std::vector<jobs::completion> ok{{id, 3, jobs::outcome::succeeded, {}, {}, "ok"}};
     store->complete_and_claim(ok, {"node-b", {}, {"k"}, t0 + 60s}, t0 + 15s);
-    store->prune(job_state::succeeded, t0 + 1h, 10);
+    store->prune(job_state::succeeded, t0 + 1h, 10, t0 + 1h);
     const auto later = store->enqueue(std::vector<jobs::enqueue_request>{request("k", "{}")}, t0 + 2h)[0].id;
     CHECK(later != id);
     run = store->complete_and_claim({}, b, t0 + 2h);
@@ -1699,7 +2268,7 @@ TEST_CASE("jobs: the idempotency key is the same for every run of a job and neve
     std::vector<jobs::completion> later_ok{{later, 1, jobs::outcome::succeeded, {}, {}, "ok"}};
     store->complete_and_claim(later_ok, {"node-b", {}, {"k"}, t0 + 3h}, t0 + 2h);
     store->enqueue(std::vector<jobs::enqueue_request>{request("k", "{}")}, t0 + 3h);
-    store->prune(job_state::succeeded, t0 + 4h, 10);
+    store->prune(job_state::succeeded, t0 + 4h, 10, t0 + 4h);
     CHECK_FALSE(store->find(id));
     CHECK_FALSE(store->find(later));
 }
@@ -1775,7 +2344,10 @@ public:
         return inner.counts();
     }
     std::optional<jobs::time_point> next_due() override { return inner.next_due(); }
-    std::size_t prune(job_state s, jobs::time_point b, std::size_t l) override { return inner.prune(s, b, l); }
+    std::size_t prune(job_state s, jobs::time_point b, std::size_t l, jobs::time_point n) override
+    {
+        return inner.prune(s, b, l, n);
+    }
     std::size_t flag_unknown_kinds(const std::vector<std::string>& k, const std::string& n, jobs::time_point t) override
     {
         return inner.flag_unknown_kinds(k, n, t);

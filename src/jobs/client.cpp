@@ -146,12 +146,22 @@ job_id client::submit_continuation_blocking(job_id parent, std::string kind, std
 }
 
 recurring_job client::make_recurring(std::string id, std::string cron, std::string zone, std::string kind,
-                                     std::string args, const job_options& options, missed_policy missed) const
+                                     std::string args, const job_options& options, missed_policy missed,
+                                     overlap_policy overlap) const
 {
     if (id.empty())
         throw std::invalid_argument("jobs: a recurring job needs an id");
     auto expression = cron_expression::parse(cron);
     auto tz = time_zone::locate(zone);
+    if (overlap == overlap_policy::skip && !options.unique_key.empty())
+        throw std::invalid_argument("jobs: recurring job '" + id +
+                                    "': overlap_policy::skip takes the unique key 'recurring:" + id +
+                                    "'; it cannot have a unique_key of its own");
+    if (overlap == overlap_policy::wait && !options.concurrency_key.empty())
+        throw std::invalid_argument("jobs: recurring job '" + id +
+                                    "': overlap_policy::wait takes the concurrency key 'recurring:" + id +
+                                    "'; it cannot have a concurrency_key of its own");
+    // Every field of the options, and the kind's defaults, as for an enqueue.
     auto request = engine_->make_request(kind, args, options, std::nullopt);
     recurring_job r;
     r.id = std::move(id);
@@ -163,6 +173,11 @@ recurring_job client::make_recurring(std::string id, std::string cron, std::stri
     r.priority = request.priority;
     r.max_attempts = request.max_attempts;
     r.timeout = request.timeout;
+    r.unique_key = request.unique_key;
+    if (!r.unique_key.empty()) // without a key, the states mean nothing: the default, as storages read it back
+        r.unique_states = request.unique_states;
+    r.concurrency_key = request.concurrency_key;
+    r.overlap = overlap;
     r.missed = missed;
     auto next = expression.next(now(), tz);
     if (!next)

@@ -306,6 +306,12 @@ void engine::loop()
 
 namespace detail {
 
+namespace {
+// The key of a recurring job's own overlap policy (a unique key for skip, a
+// concurrency key for wait).
+std::string overlap_key(const recurring_job& r) { return "recurring:" + r.id; }
+} // namespace
+
 enqueue_request engine::occurrence_request(const recurring_job& r, time_point fire) const
 {
     enqueue_request q;
@@ -317,10 +323,22 @@ enqueue_request engine::occurrence_request(const recurring_job& r, time_point fi
     q.timeout = r.timeout;
     q.run_at = fire;
     q.recurring_id = r.id;
-    // Every state: an occurrence is enqueued once, ever.
-    q.unique_key = "recurring:" + r.id + ":" +
-                   std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(fire.time_since_epoch()).count());
-    q.unique_states = state_set::all();
+    q.concurrency_key = r.overlap == overlap_policy::wait ? overlap_key(r) : r.concurrency_key;
+    if (r.overlap == overlap_policy::skip) {
+        // While one is pending or running, the next returns it instead.
+        q.unique_key = overlap_key(r);
+        q.unique_states = default_unique_states;
+    } else if (!r.unique_key.empty()) {
+        q.unique_key = r.unique_key;
+        q.unique_states = r.unique_states;
+    } else {
+        // Every state: an occurrence is enqueued once, ever. (With a key of
+        // its own, fire_recurring's compare-and-set alone sees to that.)
+        q.unique_key = "recurring:" + r.id + ":" +
+                       std::to_string(
+                           std::chrono::duration_cast<std::chrono::microseconds>(fire.time_since_epoch()).count());
+        q.unique_states = state_set::all();
+    }
     q.reason = "occurrence of recurring job '" + r.id + "'";
     return q;
 }
@@ -329,8 +347,12 @@ enqueue_request engine::trigger_request(const recurring_job& r) const
 {
     auto q = occurrence_request(r, now());
     q.run_at.reset();
-    q.unique_key.clear();
-    q.unique_states = default_unique_states;
+    // Outside the schedule: no occurrence's key, but the job's own keys and
+    // overlap policy hold as for any occurrence.
+    if (r.overlap != overlap_policy::skip && r.unique_key.empty()) {
+        q.unique_key.clear();
+        q.unique_states = default_unique_states;
+    }
     q.reason = "recurring job '" + r.id + "' triggered by a client";
     return q;
 }

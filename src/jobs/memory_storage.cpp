@@ -102,41 +102,70 @@ struct memory_storage::state {
     }
 
     // A parent reached a final state: each awaiting continuation becomes
-    // available or, when its condition is not met, deleted.
+    // available or deleted as fate_of() says, or goes on waiting (a failed
+    // or cancelled parent can still be requeued and succeed).
     void resolve_children(job_id parent, job_state ended, time_point now)
     {
         auto [first, last] = children.equal_range(parent);
-        std::vector<job_id> ids;
-        for (auto it = first; it != last; ++it)
-            ids.push_back(it->second);
-        children.erase(first, last);
-        for (auto id : ids) {
+        std::vector<std::pair<job_id, continuation_fate>> settled;
+        for (auto it = first; it != last;) {
+            auto child = jobs.find(it->second);
+            // Gone (pruned) or no longer waiting (deleted by a client): the
+            // entry has no more use.
+            if (child == jobs.end() || child->second.state != job_state::awaiting) {
+                it = children.erase(it);
+                continue;
+            }
+            const auto fate = fate_of(child->second.condition, ended);
+            if (fate == continuation_fate::wait) {
+                ++it;
+                continue;
+            }
+            settled.emplace_back(it->second, fate);
+            it = children.erase(it);
+        }
+        // Each transition may settle the child's own continuations in turn.
+        for (const auto& [id, fate] : settled) {
             auto& child = jobs.at(id);
             if (child.state != job_state::awaiting)
                 continue;
-            if (condition_met(child.condition, ended))
+            if (fate == continuation_fate::run)
                 transition(child, job_state::available, now,
                            "parent " + std::to_string(parent) + " " + std::string(to_string(ended)), {}, now);
             else
-                transition(child, job_state::deleted, now, unmet_reason(parent, ended, child.condition));
+                transition(child, job_state::deleted, now,
+                           "parent " + std::to_string(parent) + " ended " + std::string(to_string(ended)) +
+                               "; the continuation runs only when it " + wanted(child.condition));
         }
     }
 
-    static bool condition_met(continuation_condition c, job_state parent)
+    // The parent is about to be pruned: what still waits for it can never run.
+    void drop_children_of_pruned(const job& parent, time_point now)
+    {
+        auto [first, last] = children.equal_range(parent.id);
+        std::vector<job_id> waiting;
+        for (auto it = first; it != last; ++it)
+            waiting.push_back(it->second);
+        children.erase(first, last);
+        for (auto id : waiting) {
+            auto child = jobs.find(id);
+            if (child == jobs.end() || child->second.state != job_state::awaiting)
+                continue;
+            transition(child->second, job_state::deleted, now,
+                       "parent " + std::to_string(parent.id) + " was pruned (it had ended " +
+                           std::string(to_string(parent.state)) + "); the continuation runs only when it " +
+                           wanted(child->second.condition));
+        }
+    }
+
+    static const char* wanted(continuation_condition c)
     {
         switch (c) {
-        case continuation_condition::on_success: return parent == job_state::succeeded;
-        case continuation_condition::on_any_final: return is_final(parent);
-        case continuation_condition::on_deleted: return parent == job_state::deleted;
+        case continuation_condition::on_success: return "succeeded";
+        case continuation_condition::on_any_final: return "ended";
+        case continuation_condition::on_deleted: return "was deleted";
         }
-        return false;
-    }
-
-    static std::string unmet_reason(job_id parent, job_state ended, continuation_condition c)
-    {
-        const char* wanted = c == continuation_condition::on_success ? "succeeded" : "was deleted";
-        return "parent " + std::to_string(parent) + " ended " + std::string(to_string(ended)) +
-               "; the continuation runs only when it " + wanted;
+        return "ended";
     }
 
     void add(const enqueue_request& r, time_point now, std::vector<enqueue_result>& out)
@@ -261,6 +290,9 @@ std::vector<job> memory_storage::complete_and_claim(std::span<const completion> 
         s.transition(j, job_state::available, now, "due");
     }
     std::vector<job> claimed;
+    std::map<std::string, std::size_t, std::less<>> kind_left(claim.kind_caps.begin(), claim.kind_caps.end());
+    // In claim order, passing over what may not be taken, however much of it
+    // comes first (see claim_request).
     for (const auto& [queue, cap] : claim.queues) {
         const auto count = std::min(cap, claim.total - std::min(claim.total, claimed.size()));
         auto it = s.ready.lower_bound({queue, std::numeric_limits<int>::min(), time_point::min(), 0});
@@ -270,8 +302,14 @@ std::vector<job> memory_storage::complete_and_claim(std::span<const completion> 
             ++it; // before the transition unindexes it
             if (std::find(claim.kinds.begin(), claim.kinds.end(), j.kind) == claim.kinds.end())
                 continue;
+            const auto left = kind_left.find(j.kind);
+            if (left != kind_left.end() && left->second == 0)
+                continue;
+            // Held by a running job, this claim's earlier ones included.
             if (!j.concurrency_key.empty() && s.held_keys.contains(j.concurrency_key))
                 continue;
+            if (left != kind_left.end())
+                --left->second;
             s.transition(j, job_state::running, now, "claimed by " + claim.node);
             ++j.attempt;
             j.lease_owner = claim.node;
@@ -406,7 +444,7 @@ std::optional<time_point> memory_storage::next_due()
 
 namespace hosting::jobs {
 
-std::size_t memory_storage::prune(job_state state, time_point before, std::size_t limit)
+std::size_t memory_storage::prune(job_state state, time_point before, std::size_t limit, time_point now)
 {
     std::lock_guard lock(mutex_);
     auto& s = *state_;
@@ -419,6 +457,7 @@ std::size_t memory_storage::prune(job_state state, time_point before, std::size_
     }
     for (auto id : doomed) {
         auto& j = s.jobs.at(id);
+        s.drop_children_of_pruned(j, now);
         s.unindex(j);
         if (!j.unique_key.empty()) {
             if (auto it = s.unique.find(j.unique_key); it != s.unique.end() && it->second == id)

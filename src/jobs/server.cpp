@@ -165,12 +165,17 @@ struct server::run : std::enable_shared_from_this<server::run> {
     {
         claim_request c;
         c.node = engine->node();
-        // A kind at its limit is not claimed: prefetched jobs of it would
-        // only wait here while other nodes could run them.
+        // A limited kind is claimed only up to its limit: more of it would
+        // wait here, holding the room that other work could use (and while
+        // other nodes could run them), so a backlog of it would idle workers.
         for (const auto& [name, kind] : engine->kinds()) {
             const auto limit = kind.options.concurrency;
-            if (limit > 0 && count(running_of_kind, name) + count(buffered_of_kind, name) >= limit)
-                continue;
+            if (limit > 0) {
+                const auto held = count(running_of_kind, name) + count(buffered_of_kind, name);
+                if (held >= limit)
+                    continue;
+                c.kind_caps.emplace_back(name, limit - held);
+            }
             c.kinds.push_back(name);
         }
         c.lease_until = now() + options().lease_duration;
@@ -427,9 +432,9 @@ struct server::run : std::enable_shared_from_this<server::run> {
             if (!age)
                 continue;
             for (int round = 0; round < 100; ++round) {
-                std::function<std::size_t(storage&)> batch = [state = state, before = now() - *age,
+                std::function<std::size_t(storage&)> batch = [state = state, at = now(), age = *age,
                                                               limit = keep.batch](storage& s) {
-                    return s.prune(state, before, limit);
+                    return s.prune(state, at - age, limit, at);
                 };
                 const auto n = co_await engine->call<std::size_t>(std::move(batch));
                 total += n;

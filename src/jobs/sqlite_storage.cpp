@@ -7,6 +7,9 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <tuple>
+#include <unordered_map>
+#include <unordered_set>
 
 namespace hosting::jobs {
 
@@ -204,14 +207,34 @@ CREATE TRIGGER jobs_counted_update AFTER UPDATE OF state ON jobs WHEN old.state 
 END;
 )sql";
 
+// Recurring jobs keep every job_options field, and their overlap policy.
+// Rows written before have none of them, which is how they behaved.
+const char* const migration_3 = R"sql(
+ALTER TABLE recurring_jobs ADD COLUMN unique_key      TEXT;
+ALTER TABLE recurring_jobs ADD COLUMN unique_states   INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE recurring_jobs ADD COLUMN concurrency_key TEXT;
+ALTER TABLE recurring_jobs ADD COLUMN overlap         INTEGER NOT NULL DEFAULT 0;
+)sql";
+
+// What a continuation waits for, for the reason of its deletion.
+const char* wanted(continuation_condition c)
+{
+    switch (c) {
+    case continuation_condition::on_success: return "succeeded";
+    case continuation_condition::on_any_final: return "ended";
+    case continuation_condition::on_deleted: return "was deleted";
+    }
+    return "ended";
+}
+
 } // namespace
 
 struct sqlite_storage::connection {
     std::unique_ptr<sqlite3, database_closer> handle;
     sqlite3* db = nullptr; // handle's
     std::unique_ptr<statement> begin, commit, rollback;
-    std::unique_ptr<statement> insert, find_unique, complete, promote, candidates, key_held, claim, heartbeat,
-        expired, held, state_of, transition, key_holder, requeue, find, next_due, counts, children;
+    std::unique_ptr<statement> insert, find_unique, complete, promote, candidates, claim, heartbeat, expired, held,
+        state_of, transition, key_holder, requeue, find, next_due, counts, children;
 
     explicit connection(const std::string& path, const sqlite_options& options)
     {
@@ -263,6 +286,10 @@ struct sqlite_storage::connection {
                 exec(migration_2, path);
                 exec("INSERT INTO hosting_jobs_schema (version) VALUES (2)", path);
             }
+            if (version < 3) {
+                exec(migration_3, path);
+                exec("INSERT INTO hosting_jobs_schema (version) VALUES (3)", path);
+            }
             exec("COMMIT", path);
         } catch (...) {
             sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
@@ -307,12 +334,19 @@ struct sqlite_storage::connection {
                 "history = json_insert(history, '$[#]', json_array(state, 1, ?1, 'due', '')), "
                 "unique_slot = CASE WHEN (unique_states >> 1) & 1 THEN unique_key END "
                 "WHERE state IN (0, 4) AND run_at <= ?1");
-        // ?1 queue, ?2 kinds (JSON array), ?3 limit
+        // ?1 queue, ?2 kinds (JSON array). In claim order along jobs_ready,
+        // with no window: the caller steps until it has what it wants, so a
+        // backlog of jobs whose key is held never hides those behind it.
+        // Those jobs are passed over here, without leaving SQLite: the held
+        // keys (of running jobs, this claim's earlier queues included) are
+        // read once per run through jobs_held, named because without
+        // statistics the planner would read every running row instead.
         candidates = std::make_unique<statement>(
-            db, "SELECT id, concurrency_key FROM jobs WHERE state = 1 AND queue = ?1 "
-                "AND kind IN (SELECT value FROM json_each(?2)) ORDER BY priority, run_at, id LIMIT ?3");
-        key_held = std::make_unique<statement>(
-            db, "SELECT 1 FROM jobs WHERE state = 3 AND concurrency_key = ?1 LIMIT 1");
+            db, "SELECT id, concurrency_key, kind FROM jobs WHERE state = 1 AND queue = ?1 "
+                "AND kind IN (SELECT value FROM json_each(?2)) "
+                "AND (concurrency_key IS NULL OR concurrency_key NOT IN (SELECT held.concurrency_key FROM jobs AS held "
+                "INDEXED BY jobs_held WHERE held.state = 3 AND held.concurrency_key IS NOT NULL)) "
+                "ORDER BY priority, run_at, id");
         // ?1 node, ?2 lease_until, ?3 now, ?4 ids (JSON array)
         // Returns the same columns as find, so that read_job reads both.
         std::string claim_sql = "UPDATE jobs SET state = 3, attempt = attempt + 1, lease_owner = ?1, "
@@ -495,7 +529,8 @@ struct sqlite_storage::connection {
     }
 
     // A parent reached a final state: each awaiting continuation becomes
-    // available or, when its condition is not met, deleted.
+    // available or deleted as fate_of() says, or goes on waiting (a failed
+    // or cancelled parent can still be requeued and succeed).
     void resolve_children(job_id parent, job_state ended, time_point now)
     {
         std::vector<std::pair<job_id, continuation_condition>> waiting;
@@ -506,21 +541,43 @@ struct sqlite_storage::connection {
                 waiting.emplace_back(children->integer(0), static_cast<continuation_condition>(children->integer(1)));
         }
         for (const auto& [id, condition] : waiting) {
-            bool met = condition == continuation_condition::on_success   ? ended == job_state::succeeded
-                       : condition == continuation_condition::on_deleted ? ended == job_state::deleted
-                                                                         : is_final(ended);
-            if (met) {
+            switch (fate_of(condition, ended)) {
+            case continuation_fate::wait: break;
+            case continuation_fate::run: {
                 using_statement u{*requeue};
                 requeue->bind(1, id).bind(2, micros(now)).bind(
                     3, "parent " + std::to_string(parent) + " " + std::string(to_string(ended)));
                 requeue->run();
-            } else {
-                const char* wanted = condition == continuation_condition::on_success ? "succeeded" : "was deleted";
+                break;
+            }
+            case continuation_fate::drop:
                 apply_transition(id, job_state::deleted, now,
                                  "parent " + std::to_string(parent) + " ended " + std::string(to_string(ended)) +
-                                     "; the continuation runs only when it " + wanted);
+                                     "; the continuation runs only when it " + wanted(condition));
+                break;
             }
         }
+    }
+
+    // The jobs `parents` (a JSON array of ids), all in state `was`, are about
+    // to be pruned: the continuations still waiting for them can never run.
+    void drop_children_of_pruned(const std::string& parents, job_state was, time_point now)
+    {
+        std::vector<std::tuple<job_id, job_id, continuation_condition>> waiting;
+        {
+            // CROSS JOIN: the ids first, then jobs_waiting for each (without
+            // statistics the planner would read every awaiting row instead).
+            statement s(db, "SELECT c.id, c.parent_id, c.condition FROM json_each(?1) AS p CROSS JOIN jobs AS c "
+                            "WHERE c.parent_id = p.value AND c.state = 2");
+            s.bind(1, parents);
+            while (s.step())
+                waiting.emplace_back(s.integer(0), s.integer(1), static_cast<continuation_condition>(s.integer(2)));
+        }
+        for (const auto& [id, parent, condition] : waiting)
+            apply_transition(id, job_state::deleted, now,
+                             "parent " + std::to_string(parent) + " was pruned (it had ended " +
+                                 std::string(to_string(was)) + "); the continuation runs only when it " +
+                                 wanted(condition));
     }
 
     // Running jobs whose node is gone, as `select` (bound by the caller)
@@ -626,34 +683,35 @@ std::vector<job> sqlite_storage::complete_and_claim(std::span<const completion> 
         if (claim.kinds.empty())
             return claimed;
         const auto kinds = json_array_of(claim.kinds);
+        std::unordered_map<std::string, std::size_t> kind_left(claim.kind_caps.begin(), claim.kind_caps.end());
         for (const auto& [queue, cap] : claim.queues) {
             const auto count = std::min(cap, claim.total - std::min(claim.total, claimed.size()));
             if (count == 0)
                 continue;
-            // Candidates first: a job whose concurrency key a running job
-            // holds (or an earlier candidate took) is passed over.
+            // Candidates in claim order, stepped through until there are
+            // enough (see claim_request): the statement passes over jobs
+            // whose key a running job holds, and this loop over those of a
+            // kind whose cap is reached and those whose key an earlier
+            // candidate of the queue took. Keys taken in earlier queues are
+            // held by then, their jobs claimed (running) by the UPDATE below.
             std::vector<job_id> ids;
-            std::vector<std::string> taken_keys;
+            std::unordered_set<std::string> taken_keys;
             {
                 auto& q = *c.candidates;
                 using_statement u{q};
-                q.bind(1, queue).bind(2, kinds).bind(3, static_cast<std::int64_t>(count + 64));
-                std::vector<std::pair<job_id, std::string>> found;
-                while (q.step())
-                    found.emplace_back(q.integer(0), q.text(1));
-                for (auto& [id, key] : found) {
-                    if (ids.size() >= count)
-                        break;
-                    if (!key.empty()) {
-                        if (std::find(taken_keys.begin(), taken_keys.end(), key) != taken_keys.end())
+                q.bind(1, queue).bind(2, kinds);
+                while (ids.size() < count && q.step()) {
+                    auto left = kind_left.end();
+                    if (!kind_left.empty()) {
+                        left = kind_left.find(q.text(2));
+                        if (left != kind_left.end() && left->second == 0)
                             continue;
-                        using_statement uk{*c.key_held};
-                        c.key_held->bind(1, key);
-                        if (c.key_held->step())
-                            continue;
-                        taken_keys.push_back(key);
                     }
-                    ids.push_back(id);
+                    if (!q.is_null(1) && !taken_keys.insert(q.text(1)).second)
+                        continue;
+                    if (left != kind_left.end())
+                        --left->second;
+                    ids.push_back(q.integer(0));
                 }
             }
             if (ids.empty())
@@ -821,7 +879,7 @@ std::optional<time_point> sqlite_storage::next_due()
 
 namespace hosting::jobs {
 
-std::size_t sqlite_storage::prune(job_state state, time_point before, std::size_t limit)
+std::size_t sqlite_storage::prune(job_state state, time_point before, std::size_t limit, time_point now)
 {
     std::lock_guard lock(mutex_);
     auto& c = *db_;
@@ -829,9 +887,23 @@ std::size_t sqlite_storage::prune(job_state state, time_point before, std::size_
         // Never the job with the highest id: SQLite gives a new row the
         // highest id plus one, so deleting it would give its id, and so its
         // idempotency key, to the next job.
-        statement s(c.db, "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state = ?1 AND updated_at < ?2 "
-                          "AND id < (SELECT max(id) FROM jobs) LIMIT ?3)");
-        s.bind(1, code(state)).bind(2, micros(before)).bind(3, static_cast<std::int64_t>(limit));
+        std::string doomed = "[";
+        {
+            statement s(c.db, "SELECT id FROM jobs WHERE state = ?1 AND updated_at < ?2 "
+                              "AND id < (SELECT max(id) FROM jobs) LIMIT ?3");
+            s.bind(1, code(state)).bind(2, micros(before)).bind(3, static_cast<std::int64_t>(limit));
+            while (s.step()) {
+                if (doomed.size() > 1)
+                    doomed += ',';
+                doomed += std::to_string(s.integer(0));
+            }
+        }
+        if (doomed.size() == 1)
+            return std::size_t{0};
+        doomed += ']';
+        c.drop_children_of_pruned(doomed, state, now);
+        statement s(c.db, "DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?1))");
+        s.bind(1, doomed);
         s.run();
         return static_cast<std::size_t>(sqlite3_changes(c.db));
     });
@@ -879,15 +951,21 @@ void sqlite_storage::upsert_recurring(const recurring_job& r)
         // The schedule's own next_fire survives when cron and zone did not change.
         statement s(c.db,
                     "INSERT INTO recurring_jobs (id, cron, zone, kind, args, queue, priority, max_attempts, "
-                    "timeout_ms, missed, next_fire, last_fire) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, "
-                    "NULL) ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, args = excluded.args, "
+                    "timeout_ms, missed, next_fire, last_fire, unique_key, unique_states, concurrency_key, overlap) "
+                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13, ?14, ?15) "
+                    "ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, args = excluded.args, "
                     "queue = excluded.queue, priority = excluded.priority, max_attempts = excluded.max_attempts, "
                     "timeout_ms = excluded.timeout_ms, missed = excluded.missed, "
+                    "unique_key = excluded.unique_key, unique_states = excluded.unique_states, "
+                    "concurrency_key = excluded.concurrency_key, overlap = excluded.overlap, "
                     "next_fire = CASE WHEN cron = excluded.cron AND zone = excluded.zone THEN next_fire "
                     "ELSE excluded.next_fire END, cron = excluded.cron, zone = excluded.zone");
         s.bind(1, r.id).bind(2, r.cron).bind(3, r.zone).bind(4, r.kind).bind(5, r.args).bind(6, r.queue);
         s.bind(7, r.priority).bind(8, r.max_attempts).bind(9, static_cast<std::int64_t>(r.timeout.count()));
         s.bind(10, static_cast<int>(r.missed)).bind(11, micros(r.next_fire));
+        s.bind_or_null(12, r.unique_key);
+        s.bind(13, r.unique_key.empty() ? std::int64_t{0} : static_cast<std::int64_t>(r.unique_states.bits()));
+        s.bind_or_null(14, r.concurrency_key).bind(15, static_cast<int>(r.overlap));
         s.run();
     });
 }
@@ -909,7 +987,8 @@ std::vector<recurring_job> sqlite_storage::list_recurring()
     std::lock_guard lock(mutex_);
     auto& c = *db_;
     statement s(c.db, "SELECT id, cron, zone, kind, args, queue, priority, max_attempts, timeout_ms, missed, "
-                      "next_fire, last_fire FROM recurring_jobs ORDER BY id");
+                      "next_fire, last_fire, unique_key, unique_states, concurrency_key, overlap "
+                      "FROM recurring_jobs ORDER BY id");
     std::vector<recurring_job> out;
     while (s.step()) {
         recurring_job r;
@@ -926,6 +1005,11 @@ std::vector<recurring_job> sqlite_storage::list_recurring()
         r.next_fire = from_micros(s.integer(10));
         if (!s.is_null(11))
             r.last_fire = from_micros(s.integer(11));
+        r.unique_key = s.text(12);
+        if (!r.unique_key.empty())
+            r.unique_states = state_set::from_bits(static_cast<std::uint32_t>(s.integer(13)));
+        r.concurrency_key = s.text(14);
+        r.overlap = static_cast<overlap_policy>(s.integer(15));
         out.push_back(std::move(r));
     }
     return out;

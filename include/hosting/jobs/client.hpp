@@ -106,11 +106,14 @@ public:
         return submit_blocking(std::string(kind), to_json(args), std::move(options), now() + delay);
     }
 
-    // A continuation: awaiting until `parent` reaches a final state, then
-    // available if `condition` holds, else deleted with the reason. A parent
-    // that already ended is judged at once. Completes with the job's id once
-    // it is stored. Throws job_not_found for an unknown parent (when the
-    // storage sees it), and std::invalid_argument at the call as enqueue().
+    // A continuation: awaiting while `parent` can still meet `condition`,
+    // then available once it has, or deleted with the reason once it no
+    // longer can (see continuation_condition: a parent that failed or was
+    // cancelled can be requeued, so its on_success continuations wait; a
+    // delete, or the parent's pruning, settles them). A parent that already
+    // ended is judged at once. Completes with the job's id once it is
+    // stored. Throws job_not_found for an unknown parent (when the storage
+    // sees it), and std::invalid_argument at the call as enqueue().
     template <class Args>
     asio::awaitable<job_id> continue_with(job_id parent, std::string_view kind, const Args& args,
                                           continuation_condition condition, const job_options& options)
@@ -133,18 +136,30 @@ public:
 
     // Recurring jobs: each occurrence of `cron` in `zone` (an IANA name)
     // enqueues one job, exactly once however many servers share the storage
-    // (the occurrence's time is part of its unique key). Updating a
-    // recurring job whose schedule is unchanged keeps its next occurrence.
-    // Completes once it is stored. Throws cron_parse_error,
+    // (the schedule moves on by compare-and-set, in the enqueue's
+    // transaction). Every job_options field (and the kind's defaults, its
+    // uniqueness rule included) holds for each occurrence as for any
+    // enqueue: a concurrency_key keeps occurrences from running beside each
+    // other, or beside other jobs with the key; a unique_key makes an
+    // occurrence return the pending one instead (without one, each
+    // occurrence has its own key, "recurring:<id>:<time>", in every state).
+    // `overlap` says what an occurrence does while an earlier one has not
+    // ended, on any node: allow (run anyway), skip (not enqueued) or wait
+    // (run after it); skip takes the unique key and wait the concurrency key
+    // (both "recurring:<id>"), so neither goes with an own key of that sort.
+    // Updating a recurring job whose schedule is unchanged keeps its next
+    // occurrence. Completes once it is stored. Throws cron_parse_error,
     // unknown_time_zone or std::invalid_argument (an empty id, invalid
-    // job_options, a schedule that never fires) at the call.
+    // job_options, a schedule that never fires, an overlap policy with a key
+    // of its own) at the call.
     template <class Args>
     asio::awaitable<void> add_or_update_recurring(std::string_view id, std::string_view cron, std::string_view zone,
                                                   std::string_view kind, const Args& args, const job_options& options,
-                                                  missed_policy missed = missed_policy::run_once)
+                                                  missed_policy missed = missed_policy::run_once,
+                                                  overlap_policy overlap = overlap_policy::allow)
     {
         return upsert_recurring(make_recurring(std::string(id), std::string(cron), std::string(zone),
-                                               std::string(kind), to_json(args), options, missed));
+                                               std::string(kind), to_json(args), options, missed, overlap));
     }
     template <class Args>
     asio::awaitable<void> add_or_update_recurring(std::string_view id, std::string_view cron, std::string_view zone,
@@ -152,22 +167,25 @@ public:
     {
         return upsert_recurring(make_recurring(std::string(id), std::string(cron), std::string(zone),
                                                std::string(kind), to_json(args), job_options{},
-                                               missed_policy::run_once));
+                                               missed_policy::run_once, overlap_policy::allow));
     }
     template <class Args>
     void add_or_update_recurring_blocking(std::string id, std::string cron, std::string zone, std::string_view kind,
                                           const Args& args, job_options options = {},
-                                          missed_policy missed = missed_policy::run_once)
+                                          missed_policy missed = missed_policy::run_once,
+                                          overlap_policy overlap = overlap_policy::allow)
     {
         upsert_recurring_blocking(make_recurring(std::move(id), std::move(cron), std::move(zone), std::string(kind),
-                                                 to_json(args), options, missed));
+                                                 to_json(args), options, missed, overlap));
     }
     // Completes with false when there was no such recurring job.
     asio::awaitable<bool> remove_recurring(std::string_view id);
     bool remove_recurring_blocking(std::string id);
-    // Enqueues one run now, outside the schedule, and completes with its id.
-    // Throws std::invalid_argument for an unknown id, once the storage has
-    // been asked (not at the call).
+    // Enqueues one run now, outside the schedule, and completes with its id:
+    // the recurring job's keys and overlap policy hold for it as for an
+    // occurrence (with skip, or a unique key, while one is pending it
+    // completes with that one's id). Throws std::invalid_argument for an
+    // unknown id, once the storage has been asked (not at the call).
     asio::awaitable<job_id> trigger_recurring(std::string_view id);
     job_id trigger_recurring_blocking(std::string id);
     // Completes with every recurring job in the storage.
@@ -191,7 +209,9 @@ public:
     // a job already deleted.
     asio::awaitable<void> delete_job(job_id id);
     void delete_job_blocking(job_id id);
-    // Makes a finished job available again, with its attempts reset.
+    // Makes a finished job available again, with its attempts reset. Its
+    // continuations still awaiting it wait on; once it succeeds, those of
+    // on_success run.
     // Completes once it is stored. Throws job_not_found, or
     // invalid_transition for a job that has not ended, or whose unique key
     // another job has taken since (the message names that job).
@@ -224,7 +244,8 @@ private:
     job_id submit_continuation_blocking(job_id parent, std::string kind, std::string args,
                                         continuation_condition condition, job_options options);
     recurring_job make_recurring(std::string id, std::string cron, std::string zone, std::string kind,
-                                 std::string args, const job_options& options, missed_policy missed) const;
+                                 std::string args, const job_options& options, missed_policy missed,
+                                 overlap_policy overlap) const;
     // Not coroutines: they take their work before anything is awaited.
     asio::awaitable<void> upsert_recurring(recurring_job r);
     void upsert_recurring_blocking(recurring_job r);

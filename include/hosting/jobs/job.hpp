@@ -44,8 +44,9 @@ constexpr bool is_final(job_state s) noexcept
 // The state machine. Everything else is rejected with invalid_transition:
 //   scheduled, retryable -> available (due), running (claimed when due)
 //   available            -> running
-//   awaiting             -> available (parent ended as the condition wants),
-//                           deleted (it did not)
+//   awaiting             -> available (its parent's state meets the
+//                           condition), deleted (its parent settled so that
+//                           the condition can no longer be met)
 //   running              -> succeeded, retryable, failed, cancelled,
 //                           scheduled (snoozed), available (released at
 //                           shutdown, or its node's lease expired)
@@ -113,12 +114,20 @@ private:
 inline constexpr state_set default_unique_states{job_state::scheduled, job_state::available, job_state::awaiting,
                                                  job_state::running, job_state::retryable};
 
-// When a continuation runs, given how its parent ended. An unmet condition
-// deletes the continuation, with the reason in its history.
+// When a continuation runs, given its parent's state. It waits (awaiting)
+// for as long as its parent can still meet the condition: a parent that
+// failed or was cancelled can be requeued, and may then succeed or be
+// deleted, so neither state settles an on_success or on_deleted
+// continuation. Only a parent that succeeds or is deleted settles them, as in
+// Hangfire: the condition then holds and the continuation becomes available,
+// or it can no longer hold and the continuation is deleted, with the reason
+// in its history. So is a continuation whose parent is pruned while it waits
+// (a failed or cancelled parent past its retention): no requeue can bring a
+// pruned parent back. storage.hpp's fate_of() says it for every storage.
 enum class continuation_condition : std::uint8_t {
-    on_success,   // the parent succeeded (the default)
-    on_any_final, // the parent succeeded, failed, was cancelled or deleted
-    on_deleted,   // the parent was deleted
+    on_success,   // runs when the parent succeeds (the default); deleted if it is deleted
+    on_any_final, // runs when the parent first reaches any final state
+    on_deleted,   // runs when the parent is deleted; deleted if it succeeds
 };
 
 // Per-call options of client::enqueue and friends; unset members take the
@@ -133,6 +142,8 @@ struct job_options {
     // Jobs sharing a concurrency key never run at the same time, on any node:
     // the key is held by the running job's lease, so it cannot expire under
     // a job that still runs, and a dead node's key frees when its lease does.
+    // Claims pass over the jobs whose key is held to those behind them, so a
+    // backlog of one key never keeps a free worker idle.
     std::string concurrency_key;
 };
 
@@ -173,7 +184,21 @@ enum class missed_policy : std::uint8_t {
 };
 inline constexpr std::size_t max_missed_runs = 1000;
 
+// What an occurrence of a recurring job does when an earlier one (or a run
+// triggered by hand) has not ended yet: a job that runs longer than its
+// period would otherwise run beside itself, on any node.
+enum class overlap_policy : std::uint8_t {
+    allow, // it is enqueued and runs as any job does (the default)
+    skip,  // it is not enqueued while an earlier one is scheduled, available,
+           // running or retryable: at most one is pending at a time (the
+           // unique key "recurring:<id>", in the default unique states);
+           // Kubernetes' concurrencyPolicy Forbid
+    wait,  // it is enqueued and waits for the earlier ones to end: they run
+           // one at a time, on any node (the concurrency key "recurring:<id>")
+};
+
 // A recurring job: a cron expression in a time zone, and what to enqueue.
+// Every job_options field given at registration holds for each occurrence.
 struct recurring_job {
     std::string id;
     std::string cron;
@@ -187,6 +212,12 @@ struct recurring_job {
     missed_policy missed = missed_policy::run_once;
     time_point next_fire{};
     std::optional<time_point> last_fire;
+    // Empty: each occurrence gets its own key, "recurring:<id>:<time>", in
+    // every state, so that it is enqueued once, ever.
+    std::string unique_key;
+    state_set unique_states = default_unique_states;
+    std::string concurrency_key;
+    overlap_policy overlap = overlap_policy::allow;
 };
 
 } // namespace hosting::jobs

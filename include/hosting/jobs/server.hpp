@@ -126,7 +126,9 @@ struct kind_options {
     retry_policy retry;
     std::chrono::milliseconds timeout{0}; // zero: none
     // At most this many jobs of the kind run at once on one server; zero:
-    // no limit of its own.
+    // no limit of its own. A server claims no more of the kind than that
+    // (less what it holds), so a backlog of it never takes the room of
+    // other work, nor keeps the jobs of it from other servers.
     std::size_t concurrency = 0;
     // The kind's uniqueness rule, for calls that give no unique_key: the key
     // is the kind's name and what this returns for the stored arguments

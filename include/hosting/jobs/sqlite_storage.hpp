@@ -45,7 +45,7 @@ public:
     std::vector<job> list(const job_filter& filter) override;
     job_counts counts() override;
     std::optional<time_point> next_due() override;
-    std::size_t prune(job_state state, time_point before, std::size_t limit) override;
+    std::size_t prune(job_state state, time_point before, std::size_t limit, time_point now) override;
     std::size_t flag_unknown_kinds(const std::vector<std::string>& known, const std::string& node,
                                    time_point now) override;
     void upsert_recurring(const recurring_job& r) override;
@@ -56,7 +56,7 @@ public:
 
     const std::string& path() const noexcept { return path_; }
     // The schema version this library writes.
-    static constexpr int schema_version = 2;
+    static constexpr int schema_version = 3;
 
 private:
     struct connection;

@@ -75,6 +75,32 @@ constexpr outcome_effect effect_of(outcome what)
     return {job_state::failed, 0, false};
 }
 
+// What a parent's state does to a continuation awaiting it, for every
+// storage alike (see continuation_condition): it waits while the parent can
+// still meet its condition, runs (becomes available) once the parent has,
+// and is dropped (deleted) once the parent has settled so that it cannot.
+// Storages apply it whenever a parent reaches a final state, and to a
+// continuation enqueued under a parent that already has one. A continuation
+// still waiting when its parent is pruned is dropped too.
+enum class continuation_fate : std::uint8_t { wait, run, drop };
+
+constexpr continuation_fate fate_of(continuation_condition condition, job_state parent)
+{
+    switch (condition) {
+    case continuation_condition::on_success:
+        return parent == job_state::succeeded ? continuation_fate::run
+               : parent == job_state::deleted ? continuation_fate::drop
+                                              : continuation_fate::wait;
+    case continuation_condition::on_any_final:
+        return is_final(parent) ? continuation_fate::run : continuation_fate::wait;
+    case continuation_condition::on_deleted:
+        return parent == job_state::deleted     ? continuation_fate::run
+               : parent == job_state::succeeded ? continuation_fate::drop
+                                                : continuation_fate::wait;
+    }
+    return continuation_fate::wait;
+}
+
 // Matched against the claim: a completion from a node whose lease was lost
 // (the job recovered and claimed again elsewhere) changes nothing.
 struct completion {
@@ -89,12 +115,22 @@ struct completion {
 // What a claim may take: up to `count` jobs of each queue, of the kinds this
 // node knows, and up to `total` in all. Queues are served in this order, so
 // earlier queues win, and what an earlier queue leaves goes to later ones.
+// Every storage chooses the same jobs: in each queue, the available jobs by
+// priority, run_at and id, passing over those of unknown kinds, those whose
+// concurrency key a running job holds (or a job this claim took before, in
+// any queue) and those of a kind whose cap the claim has reached, however
+// many of them come first: a backlog of limited jobs never hides the jobs
+// behind it from a free worker.
 struct claim_request {
     std::string node;
     std::vector<std::pair<std::string, std::size_t>> queues;
     std::vector<std::string> kinds;
     time_point lease_until{};
     std::size_t total = std::numeric_limits<std::size_t>::max();
+    // At most this many jobs of these kinds, in all queues (a kind's
+    // concurrency limit, less what the node holds of it); other kinds have
+    // no cap of their own.
+    std::vector<std::pair<std::string, std::size_t>> kind_caps{};
 };
 
 struct job_filter {
@@ -166,8 +202,10 @@ public:
     // (one batch, so that pruning never holds the write lock for long);
     // returns how many. A storage whose ids come from its newest row (SQLite)
     // keeps the newest job until a newer one exists, or its id would be given
-    // again.
-    virtual std::size_t prune(job_state state, time_point before, std::size_t limit) = 0;
+    // again. Continuations still awaiting a pruned job (one that failed or
+    // was cancelled) can no longer run: they become deleted at `now`, with
+    // the reason in their history.
+    virtual std::size_t prune(job_state state, time_point before, std::size_t limit, time_point now) = 0;
 
     // Available jobs whose kind is none of `known` get one note in their
     // history saying so (once per job); returns how many were noted.
@@ -208,7 +246,7 @@ public:
     std::vector<job> list(const job_filter& filter) override;
     job_counts counts() override;
     std::optional<time_point> next_due() override;
-    std::size_t prune(job_state state, time_point before, std::size_t limit) override;
+    std::size_t prune(job_state state, time_point before, std::size_t limit, time_point now) override;
     std::size_t flag_unknown_kinds(const std::vector<std::string>& known, const std::string& node,
                                    time_point now) override;
     void upsert_recurring(const recurring_job& r) override;
