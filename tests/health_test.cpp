@@ -21,6 +21,8 @@
 #include <regex>
 #include <set>
 #include <sstream>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <thread>
 
 using namespace std::chrono_literals;
@@ -584,6 +586,14 @@ std::optional<long> metric_value(unsigned short port, const std::string& series)
     return std::stol(body.substr(at + series.size() + 2));
 }
 
+// A blocking read on it fails after 10 s instead of hanging the suite when
+// the server never answers or closes.
+void bound_reads(asio::ip::tcp::socket& s)
+{
+    timeval limit{10, 0};
+    ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+}
+
 // A connection from a given loopback address (all of 127/8 is loopback).
 asio::ip::tcp::socket connect_from(asio::io_context& io, const char* from, unsigned short port)
 {
@@ -591,6 +601,7 @@ asio::ip::tcp::socket connect_from(asio::io_context& io, const char* from, unsig
     s.open(asio::ip::tcp::v4());
     s.bind({asio::ip::make_address(from), 0});
     s.connect({asio::ip::make_address("127.0.0.1"), port});
+    bound_reads(s);
     return s;
 }
 
@@ -760,17 +771,17 @@ TEST_CASE("a connection busy with a request is never evicted, a reserved slot ad
 {
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
-    auto options = loopback(1);
+    auto options = loopback(2);
     options.reserved_connections = 1;
     // Long enough that the held reserved slot stays held however slowly
     // the test runs.
     options.reserved_request_timeout = 30s;
     hosting::add_health_endpoint(builder, options);
-    std::atomic<bool> entered{false};
+    std::atomic<int> entered{0};
     std::atomic<bool> release{false};
     hosting::http::add_http_server(builder).route(
         "/slow", [&](const hosting::http::request&) -> asio::awaitable<hosting::http::response> {
-            entered = true;
+            ++entered;
             asio::steady_timer poll(co_await asio::this_coro::executor);
             // Held until the test has tried its other connections.
             while (!release.load()) {
@@ -786,30 +797,35 @@ TEST_CASE("a connection busy with a request is never evicted, a reserved slot ad
     host.start_blocking();
     const auto port = port_of(host);
 
+    // Both slots busy, from two other addresses: the capacity is what is
+    // reached, not the probe's address's share.
     asio::io_context io;
-    asio::ip::tcp::socket busy(io);
-    busy.connect({asio::ip::make_address("127.0.0.1"), port});
-    asio::write(busy, asio::buffer(std::string_view("GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")));
-    REQUIRE(test::eventually([&] { return entered.load(); }));
-    // The only slot is busy: a probe gets the reserved one, is answered, and
-    // that connection is closed after its response.
+    std::vector<asio::ip::tcp::socket> busy;
+    for (const char* from : {"127.0.0.2", "127.0.0.3"}) {
+        busy.push_back(connect_from(io, from, port));
+        asio::write(busy.back(), asio::buffer(std::string_view("GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")));
+    }
+    REQUIRE(test::eventually([&] { return entered.load() == 2; }));
+    // A probe gets the reserved slot, is answered, and that connection is
+    // closed after its response.
     auto probe = test::raw_exchange(port, "GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n");
     CHECK(probe.received.rfind("HTTP/1.1 200", 0) == 0);
     CHECK(probe.closed);
     // A connection that holds the reserved slot with half a request...
-    asio::ip::tcp::socket holder(io);
-    holder.connect({asio::ip::make_address("127.0.0.1"), port});
+    auto holder = connect_from(io, "127.0.0.4", port);
     asio::write(holder, asio::buffer(std::string_view("GET /health HT")));
     // ...leaves nothing for the next one, which is closed at once. (Accepted
     // in order: the holder was admitted before it.)
     auto refused = test::raw_exchange(port, "GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n");
     CHECK(refused.closed);
     CHECK(refused.received.empty());
-    // The busy connection was never evicted: it gets its answer.
+    // The busy connections were never evicted: they get their answers.
     release = true;
-    std::string answer(12, '\0');
-    asio::read(busy, asio::buffer(answer));
-    CHECK(answer == "HTTP/1.1 200");
+    for (auto& s : busy) {
+        std::string answer(12, '\0');
+        asio::read(s, asio::buffer(answer));
+        CHECK(answer == "HTTP/1.1 200");
+    }
     // Read in the process: a scrape would itself need a slot.
     const auto text = host.services().get<hosting::metrics_registry>().render();
     CHECK(text.find("\nhosting_http_connections_rejected_total 1\n") != std::string::npos);
@@ -845,6 +861,7 @@ TEST_CASE("idle keep-alive connections and unread responses are closed by their 
     {
         asio::ip::tcp::socket kept(io);
         kept.connect({asio::ip::make_address("127.0.0.1"), port});
+        bound_reads(kept);
         asio::write(kept, asio::buffer(std::string_view("GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")));
         std::string answer(12, '\0');
         asio::read(kept, asio::buffer(answer));

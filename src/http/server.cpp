@@ -236,6 +236,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     std::list<connection> connections;
     std::size_t admitted = 0; // connections not evicted, reserved slots aside
     std::size_t reserved_in_use = 0;
+    std::unordered_map<asio::ip::address, std::size_t> reserved_by_address;
     std::unordered_map<asio::ip::address, std::size_t> per_address; // admitted, by peer
     std::map<std::pair<const route_entry*, unsigned>, metric_counter*> request_counters;
     metric_counter* rejected = nullptr;
@@ -321,11 +322,20 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     {
         // Every connection it could displace busy with a request (a slow
         // route, say): a probe still gets in, on a short fuse.
+        // One address gets at most half of them (at least one), so that
+        // one client cannot hold them all.
         auto reserve = [&] {
-            if (reserved_in_use >= options.reserved_connections)
+            auto& mine = reserved_by_address[peer];
+            if (reserved_in_use >= options.reserved_connections ||
+                mine >= std::max<std::size_t>(1, options.reserved_connections / 2)) {
+                if (mine == 0)
+                    reserved_by_address.erase(peer);
                 return admission::refused;
+            }
+            ++mine;
             ++reserved_in_use;
             reserved->inc();
+            publish_open();
             return admission::reserved;
         };
         auto it = per_address.find(peer);
@@ -346,8 +356,17 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         // before that must see it.
         ++admitted;
         ++per_address[peer];
-        open_connections->set(static_cast<double>(admitted));
+        publish_open();
         return admission::regular;
+    }
+
+    void publish_open() { open_connections->set(static_cast<double>(admitted + reserved_in_use)); }
+
+    void release_reserved(const asio::ip::address& peer)
+    {
+        --reserved_in_use;
+        if (--reserved_by_address[peer] == 0)
+            reserved_by_address.erase(peer);
     }
 
     void count(const route_entry* r, unsigned code)
@@ -382,6 +401,8 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
             tcp::socket socket = co_await self->acceptor->async_accept(asio::redirect_error(asio::use_awaitable, ec));
             if (self->closing)
                 co_return;
+            if (ec == asio::error::connection_aborted)
+                continue; // the client gave up while queued
             if (ec) {
                 // Out of descriptors, typically: back off instead of spinning.
                 self->log->warn("HTTP server: accept failed: {}", ec.message());
@@ -502,14 +523,14 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
             ~registration()
             {
                 if (it->reserved) {
-                    --owner.reserved_in_use;
+                    owner.release_reserved(it->peer);
                 } else if (!it->evicted) {
                     --owner.admitted;
                     if (--owner.per_address[it->peer] == 0)
                         owner.per_address.erase(it->peer);
                 }
                 owner.connections.erase(it);
-                owner.open_connections->set(static_cast<double>(owner.admitted));
+                owner.publish_open();
             }
         } registered(*self, &stream, peer, in_reserve);
         auto& conn = *registered.it;
@@ -526,9 +547,11 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
                 auto space = buffer.prepare(std::min<std::size_t>(4096, buffer.max_size() - buffer.size()));
                 auto got = co_await stream.async_read_some(space, asio::redirect_error(asio::use_awaitable, ec));
                 buffer.commit(got);
+                if (self->closing || conn.evicted)
+                    break;
                 if (ec == beast::error::timeout)
                     self->timeout_idle->inc();
-                if (ec || self->closing || conn.evicted)
+                if (ec)
                     break;
             }
             bhttp::request_parser<bhttp::string_body> parser;
@@ -591,16 +614,25 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
             res.prepare_payload();
             if (head)
                 res.body().clear(); // Content-Length stays the GET's
-            stream.expires_after(self->options.write_timeout);
-            co_await bhttp::async_write(stream, res, asio::redirect_error(asio::use_awaitable, ec));
-            if (ec == beast::error::timeout)
-                self->timeout_write->inc();
+            // The answer is made: what is left waits on the client reading
+            // it, so the connection may be displaced like an idle one (a
+            // client that does not read cannot hold a slot for the whole
+            // write_timeout).
             conn.busy = false;
             conn.waiting_since = std::chrono::steady_clock::now();
+            stream.expires_after(conn.reserved ? std::min(self->options.write_timeout,
+                                                          self->options.reserved_request_timeout)
+                                               : self->options.write_timeout);
+            co_await bhttp::async_write(stream, res, asio::redirect_error(asio::use_awaitable, ec));
+            if (ec == beast::error::timeout && !conn.evicted)
+                self->timeout_write->inc();
+            conn.waiting_since = std::chrono::steady_clock::now();
             answered_one = true;
-            // Under pressure (a flood of oversized requests, say) the
-            // courtesy of letting the client read its answer is dropped.
-            if (!ec && out.unread_input && self->admitted <= self->options.max_connections / 2)
+            // Under pressure (a flood of oversized requests, say), and on a
+            // reserved slot, the courtesy of letting the client read its
+            // answer is dropped.
+            if (!ec && out.unread_input && !conn.reserved && !conn.evicted &&
+                self->admitted <= self->options.max_connections / 2)
                 co_await linger(self, stream);
             if (ec || !keep_alive || conn.evicted)
                 break;
@@ -648,6 +680,9 @@ asio::awaitable<void> server::start(std::stop_token)
         acceptor.bind(where);
         acceptor.listen(asio::socket_base::max_listen_connections);
         acceptor.non_blocking(true); // for the accept loop's bursts
+        // A connection aborted while queued is an error to see, not one
+        // for a synchronous accept to wait past (which would block).
+        acceptor.set_option(asio::socket_base::enable_connection_aborted(true));
     } catch (const boost::system::system_error& e) {
         throw std::system_error(e.code(), "HTTP server: cannot listen on " + s.options.address + ":" +
                                               std::to_string(s.options.port));

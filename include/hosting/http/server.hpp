@@ -37,14 +37,17 @@ struct server_options {
     // (docs/health.md says what the server withstands).
     //
     // Admission: at max_connections, a new connection evicts an open one
-    // without a request in progress (still sending its request, or idle
-    // between keep-alive requests): of the client address that holds the
-    // most connections, the one that has waited longest. When every
+    // without a request in progress (still sending its request, idle
+    // between keep-alive requests, or not reading its answer): of the
+    // client address that holds the most connections, the one that has
+    // waited longest. A connection whose request a handler is answering is
+    // never evicted. When every
     // connection it could displace is busy with a request, it gets one of
-    // reserved_connections slots kept for requests that complete quickly:
-    // its request must arrive within reserved_request_timeout, and the
-    // connection is closed after its response. Only when those are taken
-    // too is it closed at once.
+    // reserved_connections slots kept for requests that complete quickly
+    // (at most half of them, at least one, for one address): its request
+    // must arrive, and its answer be read, within reserved_request_timeout
+    // each, and the connection is closed after its response. Only when
+    // those are taken too is it closed at once.
     // One client address holds at most max_connections_per_address of them
     // (0: a quarter of max_connections, at least 1): past that, a new
     // connection from it evicts that address's own oldest waiting one.
