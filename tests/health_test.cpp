@@ -605,6 +605,14 @@ asio::ip::tcp::socket connect_from(asio::io_context& io, const char* from, unsig
     return s;
 }
 
+// The first 12 bytes of the answer on `s`: "HTTP/1.1 200" and the like.
+std::string status_line(asio::ip::tcp::socket& s)
+{
+    std::string line(12, '\0');
+    asio::read(s, asio::buffer(line));
+    return line;
+}
+
 bool closed_by_server(asio::ip::tcp::socket& s)
 {
     char byte;
@@ -727,9 +735,7 @@ TEST_CASE("one client address holds at most its share of the connections", "[hea
     // Past the share: that address's own oldest goes, nobody else's.
     CHECK(closed_by_server(first));
     asio::write(third, asio::buffer(std::string_view("GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")));
-    std::string answer(12, '\0');
-    asio::read(third, asio::buffer(answer));
-    CHECK(answer == "HTTP/1.1 200");
+    CHECK(status_line(third) == "HTTP/1.1 200");
     CHECK(metric_value(port, "hosting_http_connections_evicted_total{reason=\"address\"}") == 1);
     CHECK(metric_value(port, "hosting_http_connections_evicted_total{reason=\"capacity\"}") == 0);
     host.stop_blocking();
@@ -760,9 +766,7 @@ TEST_CASE("a full server evicts from the address that holds the most connections
     // The crowd's oldest went, not the lone one, older as it is.
     CHECK(closed_by_server(crowd.front()));
     asio::write(lone, asio::buffer(std::string_view("Host: x\r\n\r\n")));
-    std::string answer(12, '\0');
-    asio::read(lone, asio::buffer(answer));
-    CHECK(answer == "HTTP/1.1 200");
+    CHECK(status_line(lone) == "HTTP/1.1 200");
     host.stop_blocking();
 }
 
@@ -822,9 +826,7 @@ TEST_CASE("a connection busy with a request is never evicted, a reserved slot ad
     // The busy connections were never evicted: they get their answers.
     release = true;
     for (auto& s : busy) {
-        std::string answer(12, '\0');
-        asio::read(s, asio::buffer(answer));
-        CHECK(answer == "HTTP/1.1 200");
+        CHECK(status_line(s) == "HTTP/1.1 200");
     }
     // Read in the process: a scrape would itself need a slot.
     const auto text = host.services().get<hosting::metrics_registry>().render();
@@ -863,9 +865,7 @@ TEST_CASE("idle keep-alive connections and unread responses are closed by their 
         kept.connect({asio::ip::make_address("127.0.0.1"), port});
         bound_reads(kept);
         asio::write(kept, asio::buffer(std::string_view("GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")));
-        std::string answer(12, '\0');
-        asio::read(kept, asio::buffer(answer));
-        CHECK(answer == "HTTP/1.1 200");
+        CHECK(status_line(kept) == "HTTP/1.1 200");
         // Then nothing: the server closes it (the read drains the response
         // first and ends at the close).
         boost::system::error_code ec;

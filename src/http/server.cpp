@@ -304,12 +304,18 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         return oldest;
     }
 
+    // Takes a regular connection out of the counts (evicted, or ended).
+    void forget_admitted(const asio::ip::address& peer)
+    {
+        --admitted;
+        if (--per_address[peer] == 0)
+            per_address.erase(peer);
+    }
+
     void evict(connection& c)
     {
         c.evicted = true;
-        --admitted;
-        if (--per_address[c.peer] == 0)
-            per_address.erase(c.peer);
+        forget_admitted(c.peer);
         // Its pending read ends with an error, and its session with it.
         c.stream->close();
     }
@@ -321,8 +327,8 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     admission admit(const asio::ip::address& peer)
     {
         // Every connection it could displace busy with a request (a slow
-        // route, say): a probe still gets in, on a short fuse.
-        // One address gets at most half of them (at least one), so that
+        // route, say): a probe still gets in, on a short fuse. One address
+        // gets at most half of the reserved slots (at least one), so that
         // one client cannot hold them all.
         auto reserve = [&] {
             auto& mine = reserved_by_address[peer];
@@ -525,9 +531,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
                 if (it->reserved) {
                     owner.release_reserved(it->peer);
                 } else if (!it->evicted) {
-                    --owner.admitted;
-                    if (--owner.per_address[it->peer] == 0)
-                        owner.per_address.erase(it->peer);
+                    owner.forget_admitted(it->peer);
                 }
                 owner.connections.erase(it);
                 owner.publish_open();
