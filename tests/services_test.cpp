@@ -119,6 +119,26 @@ TEST_CASE("the same hosted type registered twice gives two instances", "[service
     CHECK(host.services().try_get<hosting::logger_factory>() != nullptr);
 }
 
+TEST_CASE("a registration kept past build() refuses to change what can no longer take effect", "[services][host]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    builder.services().add_singleton<repository>();
+    builder.services().add_singleton<config>(std::string("x"));
+    builder.services().add_singleton<clock_source, fixed_clock>();
+    auto kept = builder.services().add_hosted_service<counted>(1);
+    // Registrations added after it leave it valid.
+    for (int i = 0; i < 100; ++i)
+        builder.services().add_hosted_service<counted>(i);
+    kept.name("kept").starts_first();
+    instances = 0;
+    auto host = builder.build();
+    CHECK(instances == 101);
+    CHECK(host.service_statuses().front().name == "kept");
+    CHECK_THROWS_WITH(kept.name("late"), Catch::Contains("already built"));
+    CHECK_THROWS_AS(kept.starts_first(), std::logic_error);
+}
+
 TEST_CASE("build() reports a hosted service's missing dependency", "[services][host]")
 {
     auto sink = std::make_shared<test::capture_sink>();

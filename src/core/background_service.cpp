@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <stdexcept>
 
@@ -29,15 +30,15 @@ namespace hosting {
 struct background_service::execution {
     std::atomic<service_state> state{service_state::not_started};
     std::atomic<bool> ended{false};
+    // Milliseconds fit 24 days in 32 bits, and the field then shares a word
+    // with the two above.
+    std::atomic<std::int32_t> heartbeat_interval_ms{0};
     std::exception_ptr error; // written once before `ended` is set
     std::stop_source stopping;
     asio::cancellation_signal signal;          // executor only
     asio::steady_timer* ended_event = nullptr; // executor only; set while stop() waits
-    std::shared_ptr<detail::background_service_access::observer> observer;
-    void* observer_cookie = nullptr;
-    std::shared_ptr<const std::string> name;
-    std::shared_ptr<spdlog::logger> logger;
-    std::atomic<std::int64_t> heartbeat_interval_ms{0};
+    std::shared_ptr<const detail::background_service_access::binding> binding;
+    void* cookie = nullptr;
     std::atomic<std::chrono::steady_clock::rep> last_heartbeat{0};
 
     // `cancelled`: execute ended by the library's cancellation error (see
@@ -57,8 +58,8 @@ struct background_service::execution {
         ended.store(true, std::memory_order_release);
         if (ended_event)
             ended_event->cancel();
-        if (observer)
-            observer->execute_ended(observer_cookie, final_state, final_state == service_state::faulted ? e : nullptr);
+        if (binding && binding->watcher)
+            binding->watcher->execute_ended(cookie, final_state, final_state == service_state::faulted ? e : nullptr);
     }
 
     void cancel_execute()
@@ -87,12 +88,15 @@ std::exception_ptr background_service::exception() const
 const std::string& background_service::service_name() const noexcept
 {
     static const std::string none;
-    return execution_->name ? *execution_->name : none;
+    const auto& b = execution_->binding;
+    return b && b->name ? *b->name : none;
 }
 
 const std::shared_ptr<spdlog::logger>& background_service::service_logger() const noexcept
 {
-    return execution_->logger;
+    static const std::shared_ptr<spdlog::logger> none;
+    const auto& b = execution_->binding;
+    return b ? b->logger : none;
 }
 
 std::chrono::milliseconds background_service::heartbeat_interval() const noexcept
@@ -108,7 +112,8 @@ std::chrono::steady_clock::time_point background_service::last_heartbeat() const
 
 void background_service::expect_heartbeat(std::chrono::milliseconds interval) noexcept
 {
-    execution_->heartbeat_interval_ms.store(std::max<std::int64_t>(interval.count(), 0), std::memory_order_relaxed);
+    const auto ms = std::clamp<std::int64_t>(interval.count(), 0, std::numeric_limits<std::int32_t>::max());
+    execution_->heartbeat_interval_ms.store(static_cast<std::int32_t>(ms), std::memory_order_relaxed);
 }
 
 void background_service::heartbeat() noexcept
@@ -173,18 +178,10 @@ asio::awaitable<void> background_service::stop(std::stop_token cancel)
 
 namespace detail {
 
-void background_service_access::set_observer(background_service& service, std::shared_ptr<observer> fn,
-                                             void* cookie)
+void background_service_access::bind(background_service& service, std::shared_ptr<const binding> b, void* cookie)
 {
-    service.execution_->observer = std::move(fn);
-    service.execution_->observer_cookie = cookie;
-}
-
-void background_service_access::set_identity(background_service& service, std::shared_ptr<const std::string> name,
-                                             std::shared_ptr<spdlog::logger> logger)
-{
-    service.execution_->name = std::move(name);
-    service.execution_->logger = std::move(logger);
+    service.execution_->binding = std::move(b);
+    service.execution_->cookie = cookie;
 }
 
 void background_service_access::launch(background_service& service, const asio::any_io_executor& executor)

@@ -236,7 +236,7 @@ host host_builder::build()
         st.options, st.logging, st.external_io, st.console_lifetime, st.environment.environment_name,
         std::exchange(st.lifetimes, {}),
         st.config});
-    auto hosted = std::move(st.services.hosted_);
+    auto hosted = std::exchange(st.services.hosted_, nullptr);
     // The builder may outlive the host, so it keeps nothing of it (a
     // feature's state holds objects of the host's loop); declared after
     // `core`, the features die before it even when build() throws.

@@ -36,6 +36,26 @@ std::string demangle(const std::type_info& type)
 
 } // namespace detail
 
+hosted_service_registration
+service_collection::add_hosted(std::shared_ptr<const std::string> name,
+                               std::function<std::shared_ptr<hosted_service>(service_provider&)> factory)
+{
+    if (!hosted_)
+        hosted_ = std::make_shared<detail::hosted_descriptors>();
+    auto& descriptor = hosted_->items.emplace_back();
+    descriptor.name = std::move(name);
+    descriptor.factory = std::move(factory);
+    return hosted_service_registration{hosted_, hosted_->items.size() - 1};
+}
+
+detail::hosted_descriptor& hosted_service_registration::descriptor()
+{
+    if (list_->built)
+        throw std::logic_error("hosted_service_registration: the host was already built; adjust a registration "
+                               "before build()");
+    return list_->items[index_];
+}
+
 service_collection& service_collection::add(const std::type_info& key, std::string name,
                                              std::function<std::shared_ptr<void>(service_provider&)> factory)
 {

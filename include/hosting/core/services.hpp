@@ -6,6 +6,7 @@
 #include <chrono>
 #include <concepts>
 #include <cstddef>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <stdexcept>
@@ -111,21 +112,30 @@ struct hosted_descriptor {
     std::shared_ptr<const restart_policy> restart; // null: never
     bool starts_first = false;
 };
+// Registrations lie side by side, several to a block, and build() frees
+// each block as soon as it has read it: ten thousand registrations then
+// leave no holes between the records the running host keeps.
+struct hosted_descriptors {
+    std::deque<hosted_descriptor> items;
+    bool built = false;
+};
 } // namespace detail
 
-// What add_hosted_service returns, to adjust that one registration.
+// What add_hosted_service returns, to adjust that one registration before
+// the host is built. Adding more services never invalidates it; once
+// build() has read the registrations, each adjustment throws
+// std::logic_error, since it could no longer take effect.
 class hosted_service_registration {
 public:
-    // Shares the registration: adding more services never invalidates it.
-    explicit hosted_service_registration(std::shared_ptr<detail::hosted_descriptor> descriptor)
-        : descriptor_(std::move(descriptor))
+    hosted_service_registration(std::shared_ptr<detail::hosted_descriptors> list, std::size_t index)
+        : list_(std::move(list)), index_(index)
     {
     }
 
     // The name used in logs and statuses; the type's name by default.
     hosted_service_registration& name(std::string value)
     {
-        descriptor_->name = std::make_shared<const std::string>(std::move(value));
+        descriptor().name = std::make_shared<const std::string>(std::move(value));
         return *this;
     }
 
@@ -135,9 +145,9 @@ public:
     hosted_service_registration& restart(restart_policy policy)
     {
         policy.validate();
-        descriptor_->restart = policy.mode == restart_mode::never
-                                   ? nullptr
-                                   : std::make_shared<const restart_policy>(std::move(policy));
+        auto& d = descriptor();
+        d.restart = policy.mode == restart_mode::never ? nullptr
+                                                        : std::make_shared<const restart_policy>(std::move(policy));
         return *this;
     }
     hosted_service_registration& restart(restart_mode mode) { return restart(restart_policy{mode}); }
@@ -149,12 +159,15 @@ public:
     // Services marked so keep their registration order among themselves.
     hosted_service_registration& starts_first()
     {
-        descriptor_->starts_first = true;
+        descriptor().starts_first = true;
         return *this;
     }
 
 private:
-    std::shared_ptr<detail::hosted_descriptor> descriptor_;
+    detail::hosted_descriptor& descriptor();
+
+    std::shared_ptr<detail::hosted_descriptors> list_;
+    std::size_t index_;
 };
 
 // Collects registrations before the host is built. Not thread-safe; it is
@@ -168,13 +181,10 @@ public:
     template <std::derived_from<hosted_service> T, class... Args>
     hosted_service_registration add_hosted_service(Args&&... args)
     {
-        auto descriptor = std::make_shared<detail::hosted_descriptor>();
-        descriptor->name = detail::shared_type_name<T>();
-        descriptor->factory = [... captured = std::forward<Args>(args)](service_provider& provider) mutable {
-            return std::shared_ptr<hosted_service>(detail::construct<T>(provider, captured...));
-        };
-        hosted_.push_back(descriptor);
-        return hosted_service_registration{std::move(descriptor)};
+        return add_hosted(detail::shared_type_name<T>(),
+                          [... captured = std::forward<Args>(args)](service_provider& provider) mutable {
+                              return std::shared_ptr<hosted_service>(detail::construct<T>(provider, captured...));
+                          });
     }
 
     // Registers a hosted service made by `factory(provider)` at build(), for
@@ -185,13 +195,10 @@ public:
         requires std::is_invocable_r_v<std::shared_ptr<T>, F&, service_provider&>
     hosted_service_registration add_hosted_service_factory(F factory)
     {
-        auto descriptor = std::make_shared<detail::hosted_descriptor>();
-        descriptor->name = detail::shared_type_name<T>();
-        descriptor->factory = [factory = std::move(factory)](service_provider& provider) mutable {
-            return std::shared_ptr<hosted_service>(factory(provider));
-        };
-        hosted_.push_back(descriptor);
-        return hosted_service_registration{std::move(descriptor)};
+        return add_hosted(detail::shared_type_name<T>(),
+                          [factory = std::move(factory)](service_provider& provider) mutable {
+                              return std::shared_ptr<hosted_service>(factory(provider));
+                          });
     }
 
     // Registers one shared instance of T, built by build() (before the hosted
@@ -252,7 +259,7 @@ public:
         return singletons_.contains(std::type_index(typeid(T)));
     }
 
-    std::size_t hosted_service_count() const noexcept { return hosted_.size(); }
+    std::size_t hosted_service_count() const noexcept { return hosted_ ? hosted_->items.size() : 0; }
 
 private:
     friend class service_provider;
@@ -260,10 +267,12 @@ private:
 
     service_collection& add(const std::type_info& key, std::string name,
                             std::function<std::shared_ptr<void>(service_provider&)> factory);
+    hosted_service_registration add_hosted(std::shared_ptr<const std::string> name,
+                                           std::function<std::shared_ptr<hosted_service>(service_provider&)> factory);
 
     std::unordered_map<std::type_index, detail::singleton_descriptor> singletons_;
     std::vector<std::type_index> singleton_order_;
-    std::vector<std::shared_ptr<detail::hosted_descriptor>> hosted_;
+    std::shared_ptr<detail::hosted_descriptors> hosted_; // made by the first registration
 };
 
 // Resolves the singletons registered on a service_collection. Every singleton

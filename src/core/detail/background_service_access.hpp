@@ -22,11 +22,16 @@ struct background_service_access {
         // it ended in (stopped, completed or faulted) and the exception.
         virtual void execute_ended(void* cookie, service_state state, std::exception_ptr error) = 0;
     };
-    static void set_observer(background_service& service, std::shared_ptr<observer> fn, void* cookie);
-
-    // What service_name() and service_logger() return.
-    static void set_identity(background_service& service, std::shared_ptr<const std::string> name,
-                             std::shared_ptr<spdlog::logger> logger);
+    // What the host tells a service about itself. One is shared by every
+    // instance registered under a name, so that each service pays for a
+    // pointer to it rather than for its contents.
+    struct binding {
+        std::shared_ptr<observer> watcher;
+        std::shared_ptr<const std::string> name;      // what service_name() returns
+        std::shared_ptr<spdlog::logger> logger;       // what service_logger() returns
+    };
+    // `cookie` is handed back to the observer.
+    static void bind(background_service& service, std::shared_ptr<const binding> b, void* cookie);
 
     // What start() does, from any thread: spawns execute on `executor`.
     static void launch(background_service& service, const asio::any_io_executor& executor);

@@ -93,7 +93,8 @@ host_core::host_core(settings s)
                 ? orchestrator_executor(io_->get_executor())
                 : orchestrator_executor(asio::make_strand(io_->get_executor()))),
       stages_(orch_),
-      lifetime_(std::make_shared<application_lifetime>())
+      lifetime_(std::make_shared<application_lifetime>()),
+      loop_executor_(io_->get_executor())
 {
     if (owned_io_)
         threads_ = std::make_unique<worker_threads>(
@@ -161,7 +162,7 @@ void host_core::close()
     }
 }
 
-void host_core::build(service_collection services, std::vector<std::shared_ptr<hosted_descriptor>> hosted)
+void host_core::build(service_collection services, std::shared_ptr<hosted_descriptors> hosted)
 {
     stages_.set_owner(weak_from_this());
     services.add_singleton<application_lifetime>(lifetime_);
@@ -199,27 +200,41 @@ void host_core::build(service_collection services, std::vector<std::shared_ptr<h
     };
     observer_ = std::make_shared<execute_observer>(weak_from_this(), orch_);
     // Services registered with starts_first() go first, in their own order.
-    std::stable_partition(hosted.begin(), hosted.end(), [](const auto& d) { return d->starts_first; });
-    entries_.reserve(hosted.size());
-    for (auto& held : hosted) {
-        // Released as soon as its entry exists: ten thousand descriptors
-        // need not all stay alive until the last one is built.
-        auto descriptor = std::move(*held);
-        held.reset();
+    std::vector<hosted_descriptor> first;
+    if (hosted) {
+        hosted->built = true;
+        for (auto& d : hosted->items)
+            if (d.starts_first)
+                first.push_back(std::move(d));
+    }
+    // Each registration is erased once read: a block of them is freed while
+    // the build still allocates, and is reused for the next entries.
+    auto next = [&, taken_first = std::size_t{0}]() mutable -> std::optional<hosted_descriptor> {
+        if (taken_first < first.size())
+            return std::move(first[taken_first++]);
+        while (hosted && !hosted->items.empty()) {
+            auto d = std::move(hosted->items.front());
+            hosted->items.pop_front();
+            if (!d.starts_first)
+                return d;
+        }
+        return std::nullopt;
+    };
+    while (auto taken = next()) {
+        auto& descriptor = *taken;
         auto service = descriptor.factory(*provider_);
         if (!service)
             throw std::logic_error("host_builder: the factory of " + *descriptor.name + " returned null");
         // A strand keeps a service's coroutines from running concurrently;
         // on a loop that only this host's single thread runs, nothing can.
-        asio::any_io_executor executor = owned_io_ && settings_.options.worker_threads == 1
-                                             ? asio::any_io_executor(io_->get_executor())
-                                             : asio::any_io_executor(asio::make_strand(io_->get_executor()));
-        auto& entry = *entries_.emplace_back(
-            std::make_unique<service_entry>(descriptor.name, std::move(service), std::move(executor)));
+        const asio::any_io_executor& executor = owned_io_ && settings_.options.worker_threads == 1
+                                                    ? loop_executor_
+                                                    : strands_.emplace_back(asio::make_strand(io_->get_executor()));
+        auto& entry = entries_.emplace_back(descriptor.name, std::move(service), executor);
         entry.brackets = descriptor.starts_first;
         if (descriptor.restart) {
             if (!entry.background)
-                throw std::invalid_argument("host_builder: service '" + entry.name +
+                throw std::invalid_argument("host_builder: service '" + entry.name() +
                                             "' has a restart policy but is not a background_service; only an "
                                             "execute that ends can be restarted");
             entry.supervised = std::make_unique<supervision>();
@@ -233,8 +248,11 @@ void host_core::build(service_collection services, std::vector<std::shared_ptr<h
 
 void host_core::attach_background(service_entry& entry, background_service& service)
 {
-    background_service_access::set_observer(service, observer_, &entry);
-    background_service_access::set_identity(service, entry.name_storage, loggers_->get(entry.name));
+    auto& binding = bindings_[entry.name_storage.get()];
+    if (!binding)
+        binding = std::make_shared<const background_service_access::binding>(
+            background_service_access::binding{observer_, entry.name_storage, loggers_->get(entry.name())});
+    background_service_access::bind(service, binding, &entry);
 }
 
 std::vector<service_status> host_core::statuses() const
@@ -242,7 +260,7 @@ std::vector<service_status> host_core::statuses() const
     std::vector<service_status> out;
     out.reserve(entries_.size());
     for (const auto& e : entries_)
-        out.push_back(e->status());
+        out.push_back(e.status());
     return out;
 }
 
@@ -359,7 +377,7 @@ std::shared_ptr<pending_call> host_core::spawn_call(service_entry& entry, stage_
     auto call = std::make_shared<pending_call>();
     call->entry = &entry;
     asio::co_spawn(
-        entry.strand,
+        *entry.strand,
         [fn, e = &entry, token]() -> asio::awaitable<void> {
             // Made before the co_await: GCC 12 can destroy a by-value
             // argument of a suspending expression (the token) twice.
@@ -399,8 +417,8 @@ asio::awaitable<void> host_core::do_start()
             break;
         std::vector<service_entry*> targets;
         for (auto& e : entries_)
-            if (!st.hook || e->lifecycle)
-                targets.push_back(e.get());
+            if (!st.hook || e.lifecycle)
+                targets.push_back(&e);
 
         stage_runner::plan plan;
         plan.concurrent = settings_.options.services_start_concurrently;
@@ -410,14 +428,14 @@ asio::awaitable<void> host_core::do_start()
         plan.begin = [&](service_entry& e) -> std::shared_ptr<pending_call> {
             if (!st.hook) {
                 e.state = service_state::starting;
-                host_log_->debug("Starting service '{}'", e.name);
+                host_log_->debug("Starting service '{}'", e.name());
             }
             if (st.hook || !e.background)
                 return spawn_call(e, st.fn, token);
             // background_service::start is final: launching execute is all
             // it does, and that needs no round trip through its strand.
             try {
-                background_service_access::launch(*e.background, e.strand);
+                background_service_access::launch(*e.background, *e.strand);
                 ++background_running_;
                 return done_call(e);
             } catch (...) {
@@ -428,30 +446,30 @@ asio::awaitable<void> host_core::do_start()
             auto& e = *call.entry;
             if (call.error) {
                 if (stop_seen_ && is_cancellation(call.error)) {
-                    host_log_->debug("{} of service '{}' was cancelled by the stop", st.what, e.name);
+                    host_log_->debug("{} of service '{}' was cancelled by the stop", st.what, e.name());
                     if (!st.hook)
                         e.state = service_state::stopped;
                 } else {
                     e.set_error(call.error);
                     e.state = service_state::faulted;
                     if (failure.empty())
-                        failure = "service '" + e.name + "' failed in " + st.what + "(): " + describe(call.error);
-                    host_log_->error("Service '{}' failed in {}(): {}", e.name, st.what, describe(call.error));
+                        failure = "service '" + e.name() + "' failed in " + st.what + "(): " + describe(call.error);
+                    host_log_->error("Service '{}' failed in {}(): {}", e.name(), st.what, describe(call.error));
                 }
             } else if (!st.hook) {
                 e.started = true;
                 if (e.state.load() == service_state::starting)
                     e.state = service_state::running;
-                host_log_->debug("Started service '{}'", e.name);
+                host_log_->debug("Started service '{}'", e.name());
             }
         };
 
-        std::vector<std::shared_ptr<pending_call>> calls;
-        if (!co_await stages_.run(targets, plan, calls)) {
+        std::vector<std::shared_ptr<pending_call>> unsettled;
+        if (!co_await stages_.run(targets, plan, unsettled)) {
             std::vector<std::string> late;
-            for (const auto& c : calls)
+            for (const auto& c : unsettled)
                 if (!c->done)
-                    late.push_back(c->entry->name);
+                    late.push_back(c->entry->name());
             start_cancel_.request_stop();
             abandoned_ = true;
             // A stop requested from another thread may not have reached the
@@ -496,7 +514,7 @@ asio::awaitable<void> host_core::do_start()
     host_log_->debug("Hosting started");
 
     if (settings_.options.stop_when_all_background_services_complete) {
-        if (std::none_of(entries_.begin(), entries_.end(), [](const auto& e) { return e->background; }))
+        if (std::none_of(entries_.begin(), entries_.end(), [](const auto& e) { return e.background; }))
             host_log_->warn("stop_when_all_background_services_complete is set but no background_service is registered");
         else
             stop_if_background_done();
@@ -537,7 +555,7 @@ void host_core::record_execute_end(service_entry& e, service_state state, std::e
     if (state == service_state::faulted) {
         e.set_error(error);
         ++e.faults;
-        host_log_->error("Background service '{}' faulted: {}", e.name, describe(error));
+        host_log_->error("Background service '{}' faulted: {}", e.name(), describe(error));
     }
     if (e.supervised && schedule_restart(e, state, error))
         return; // still counts as running: it will be back
@@ -552,11 +570,11 @@ void host_core::record_execute_end(service_entry& e, service_state state, std::e
             if (!stop_seen_)
                 host_log_->error("Stopping the host because '{}' faulted "
                                  "(background_service_exception_behavior::stop_host)",
-                                 e.name);
+                                 e.name());
             lifetime_->stop_application();
         }
     } else if (state == service_state::completed) {
-        host_log_->debug("Background service '{}' completed", e.name);
+        host_log_->debug("Background service '{}' completed", e.name());
     }
 
     --background_running_;
@@ -579,7 +597,7 @@ bool host_core::schedule_restart(service_entry& e, service_state state, const st
         sup.exhausted = true;
         host_log_->error("Service '{}' {} after {} restarts within {} s; the restart limit is reached and it stays "
                          "down{}",
-                         e.name, what, sup.recent.size(),
+                         e.name(), what, sup.recent.size(),
                          std::chrono::duration_cast<std::chrono::seconds>(policy.window).count(),
                          state == service_state::faulted ? std::string(": ") + describe(error) : std::string());
         return false;
@@ -595,7 +613,7 @@ bool host_core::schedule_restart(service_entry& e, service_state state, const st
     const auto delay = std::chrono::milliseconds(static_cast<std::int64_t>(std::max(0.0, delay_ms)));
     sup.recent.push_back(now);
     sup.pending = true;
-    host_log_->warn("Service '{}' {}; restarting it in {} ms (restart {} of at most {} within {} s)", e.name, what,
+    host_log_->warn("Service '{}' {}; restarting it in {} ms (restart {} of at most {} within {} s)", e.name(), what,
                     delay.count(), sup.recent.size(), policy.burst,
                     std::chrono::duration_cast<std::chrono::seconds>(policy.window).count());
     if (!sup.timer)
@@ -624,10 +642,10 @@ void host_core::restart_now(service_entry& e)
         // entry still holds an instance whose execute has ended, which a
         // stop handles.
         attach_background(e, *background);
-        background_service_access::launch(*background, e.strand);
+        background_service_access::launch(*background, *e.strand);
         e.replace(std::move(fresh));
     } catch (...) {
-        host_log_->error("Service '{}' could not be re-created for its restart: {}", e.name,
+        host_log_->error("Service '{}' could not be re-created for its restart: {}", e.name(),
                          describe(std::current_exception()));
         // Like an execute that faulted at once: backoff, then the limit.
         on_execute_end(e, service_state::faulted, std::current_exception());
@@ -635,16 +653,16 @@ void host_core::restart_now(service_entry& e)
     }
     ++e.restarts;
     e.state = service_state::running;
-    host_log_->info("Restarted service '{}' (restart {})", e.name, e.restarts.load());
+    host_log_->info("Restarted service '{}' (restart {})", e.name(), e.restarts.load());
 }
 
 void host_core::cancel_restarts()
 {
     for (auto& e : entries_) {
-        if (!e->supervised || !e->supervised->pending.exchange(false))
+        if (!e.supervised || !e.supervised->pending.exchange(false))
             continue;
-        e->supervised->timer->cancel();
-        host_log_->debug("Service '{}' will not be restarted: the host is stopping", e->name);
+        e.supervised->timer->cancel();
+        host_log_->debug("Service '{}' will not be restarted: the host is stopping", e.name());
         --background_running_;
     }
 }
@@ -695,8 +713,8 @@ asio::awaitable<void> host_core::stop_services()
 
     std::vector<service_entry*> targets;
     for (auto it = entries_.rbegin(); it != entries_.rend(); ++it)
-        if ((*it)->started)
-            targets.push_back(it->get());
+        if (it->started)
+            targets.push_back(&*it);
 
     // By entry, not by name: instances of one type share a name, and each
     // late one is worth counting.
@@ -704,7 +722,7 @@ asio::awaitable<void> host_core::stop_services()
     std::unordered_set<const service_entry*> late_entries;
     auto note_late = [&](const service_entry& e) {
         if (late_entries.insert(&e).second)
-            late.push_back(e.name);
+            late.push_back(e.name());
     };
 
     for (const auto& st : stop_stages) {
@@ -721,7 +739,7 @@ asio::awaitable<void> host_core::stop_services()
                 return spawn_call(e, st.fn, token);
             if (e.state.load() == service_state::running)
                 e.state = service_state::stopping;
-            host_log_->debug("Stopping service '{}'", e.name);
+            host_log_->debug("Stopping service '{}'", e.name());
             if (!e.background)
                 return spawn_call(e, st.fn, token);
             // Like background_service::stop, minus its coroutine: the end of
@@ -731,21 +749,16 @@ asio::awaitable<void> host_core::stop_services()
             auto call = std::make_shared<pending_call>();
             call->entry = &e;
             e.stop_waiter = call;
-            background_service_access::request_stop(*e.background, e.strand);
+            background_service_access::request_stop(*e.background, *e.strand);
             return call;
         };
-        std::vector<std::shared_ptr<pending_call>> calls;
-        co_await stages_.run(stage_targets, plan, calls);
-
-        for (const auto& call : calls) {
-            auto& e = *call->entry;
-            if (!call->done) {
-                note_late(e);
-            } else if (call->error) {
+        plan.settle = [&](pending_call& call) {
+            auto& e = *call.entry;
+            if (call.error) {
                 fail(1);
-                host_log_->error("Service '{}' threw from {}(): {}", e.name, st.what, describe(call->error));
+                host_log_->error("Service '{}' threw from {}(): {}", e.name(), st.what, describe(call.error));
                 if (!st.hook) {
-                    e.set_error(call->error);
+                    e.set_error(call.error);
                     e.state = service_state::faulted;
                 }
             } else if (!st.hook) {
@@ -757,10 +770,14 @@ asio::awaitable<void> host_core::stop_services()
                         e.set_error(e.background->exception());
                     if (e.state.load() != service_state::faulted)
                         e.state = final_state;
-                    host_log_->debug("Stopped service '{}'", e.name);
+                    host_log_->debug("Stopped service '{}'", e.name());
                 }
             }
-        }
+        };
+        std::vector<std::shared_ptr<pending_call>> unsettled;
+        co_await stages_.run(stage_targets, plan, unsettled);
+        for (const auto& call : unsettled)
+            note_late(*call->entry);
     }
 
     if (!late.empty()) {
@@ -812,9 +829,9 @@ void host_core::report_stragglers(const char* where)
 {
     std::vector<std::string> late;
     for (const auto& e : entries_) {
-        auto s = e->state.load();
+        auto s = e.state.load();
         if (s == service_state::starting || s == service_state::running || s == service_state::stopping)
-            late.push_back(e->name);
+            late.push_back(e.name());
     }
     fail(1);
     host_log_->error("The shutdown deadline of {} ms passed {} and the host's event loop does not respond: "

@@ -21,11 +21,13 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <random>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace hosting::detail {
@@ -50,7 +52,7 @@ public:
     void close();
 
     // Second construction step: needs shared_from_this.
-    void build(service_collection services, std::vector<std::shared_ptr<hosted_descriptor>> hosted);
+    void build(service_collection services, std::shared_ptr<hosted_descriptors> hosted);
 
     asio::awaitable<void> start();
     asio::awaitable<void> stop();
@@ -119,9 +121,17 @@ private:
 
     std::shared_ptr<application_lifetime> lifetime_;
     std::shared_ptr<background_service_access::observer> observer_;
+    // One per service name: what each background_service of that name is told.
+    std::unordered_map<const std::string*, std::shared_ptr<const background_service_access::binding>> bindings_;
     std::minstd_rand jitter_rng_{std::random_device{}()}; // orch_ only
     std::unique_ptr<service_provider> provider_;
-    std::vector<std::unique_ptr<service_entry>> entries_;
+    // What the entries run on (they point here): the loop itself, or a
+    // strand each when more than one thread runs it.
+    asio::any_io_executor loop_executor_;
+    std::deque<asio::any_io_executor> strands_;
+    // A deque: entries never move (the loop and the services point at
+    // them), and several share one allocation.
+    std::deque<service_entry> entries_;
 
     enum class phase { created, starting, started, stopping, stopped };
     phase phase_ = phase::created;        // orch_ only

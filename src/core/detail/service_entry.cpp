@@ -11,8 +11,8 @@ std::mutex entry_mutex;
 } // namespace
 
 service_entry::service_entry(std::shared_ptr<const std::string> n, std::shared_ptr<hosted_service> s,
-                             asio::any_io_executor ex)
-    : name_storage(std::move(n)), name(*name_storage), service(std::move(s)), strand(std::move(ex))
+                             const asio::any_io_executor& ex)
+    : name_storage(std::move(n)), service(std::move(s)), strand(&ex)
 {
     lifecycle = dynamic_cast<hosted_lifecycle_service*>(service.get());
     background = dynamic_cast<background_service*>(service.get());
@@ -39,7 +39,7 @@ void service_entry::replace(std::shared_ptr<hosted_service> s)
 service_status service_entry::status() const
 {
     service_status s;
-    s.name = name;
+    s.name = name();
     s.state = state.load();
     s.restarts = restarts.load();
     s.faults = faults.load();

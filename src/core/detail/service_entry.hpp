@@ -37,25 +37,28 @@ struct pending_call;
 
 struct service_entry {
     service_entry(std::shared_ptr<const std::string> n, std::shared_ptr<hosted_service> s,
-                  asio::any_io_executor ex);
+                  const asio::any_io_executor& ex);
+
+    const std::string& name() const noexcept { return *name_storage; }
 
     std::shared_ptr<const std::string> name_storage; // shared by instances of one type
-    const std::string& name;
     std::shared_ptr<hosted_service> service;
     hosted_lifecycle_service* lifecycle = nullptr;
     background_service* background = nullptr;
     // Its own strand, or the io_context itself when the host owns a
-    // single-threaded loop and a strand would only cost time.
-    asio::any_io_executor strand;
+    // single-threaded loop and a strand would only cost time. Owned by the
+    // host: with ten thousand services, a pointer here is 48 bytes less
+    // each than the executor itself.
+    const asio::any_io_executor* strand;
     std::atomic<service_state> state{service_state::not_started};
     bool started = false; // orchestrator strand only: start() succeeded, so stop() is owed
-    std::shared_ptr<pending_call> stop_waiter; // orchestrator strand only
-    std::atomic<std::uint32_t> restarts{0};
-    std::atomic<std::uint32_t> faults{0};
-    std::unique_ptr<supervision> supervised; // null without a restart policy
     // Registered with starts_first(): it starts before the other services
     // and stops after them even when they start or stop concurrently.
     bool brackets = false;
+    std::atomic<std::uint32_t> restarts{0};
+    std::atomic<std::uint32_t> faults{0};
+    std::shared_ptr<pending_call> stop_waiter; // orchestrator strand only
+    std::unique_ptr<supervision> supervised;   // null without a restart policy
 
     void set_error(std::exception_ptr e);
     // `service` and `background` change on a restart (on the orchestrator's

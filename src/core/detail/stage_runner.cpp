@@ -21,10 +21,13 @@ asio::awaitable<bool> stage_runner::run(const std::vector<service_entry*>& targe
             if (p.settle)
                 p.settle(c);
         }
+        return c.settled;
     };
+    // A settled call is let go at once: kept to the end of the stage, ten
+    // thousand of them would leave as many holes in the heap between the
+    // records that live on.
     auto settle_all = [&] {
-        for (auto& c : calls)
-            settle(*c);
+        std::erase_if(calls, [&](const std::shared_ptr<pending_call>& c) { return settle(*c); });
     };
     for (auto* e : targets) {
         if (p.halt && p.halt())
@@ -49,7 +52,8 @@ asio::awaitable<bool> stage_runner::run(const std::vector<service_entry*>& targe
                 co_await std::move(change);
             }
         }
-        settle(call);
+        if (settle(call))
+            calls.pop_back();
         if (!in_time && p.halt_at_deadline)
             break;
     }

@@ -47,7 +47,8 @@ public:
     // awaited before the next begins; concurrently, all begin and are then
     // awaited together, except an entry that brackets the others, which
     // never overlaps them. Returns false when the deadline passed with a
-    // call still running; `calls` then holds the calls that were begun.
+    // call still running; `calls` then holds the calls not settled, which
+    // are the ones still running.
     asio::awaitable<bool> run(const std::vector<service_entry*>& targets, const plan& p,
                               std::vector<std::shared_ptr<pending_call>>& calls);
 
