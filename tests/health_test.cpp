@@ -770,6 +770,42 @@ TEST_CASE("a full server evicts from the address that holds the most connections
     host.stop_blocking();
 }
 
+TEST_CASE("at capacity, an address that holds as many connections as any other is refused, not let evict",
+          "[health][http]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    auto options = loopback(4);
+    options.request_timeout = 30s;
+    hosting::add_health_endpoint(builder, options);
+    auto host = builder.build();
+    host.start_blocking();
+    const auto port = port_of(host);
+
+    asio::io_context io;
+    std::vector<asio::ip::tcp::socket> held;
+    for (const char* from : {"127.0.0.2", "127.0.0.3", "127.0.0.2", "127.0.0.3"}) {
+        held.push_back(connect_from(io, from, port));
+        asio::write(held.back(), asio::buffer(std::string_view("GET /health HT")));
+    }
+    // Read in the process: a probe would take a slot.
+    auto& registry = host.services().get<hosting::metrics_registry>();
+    REQUIRE(test::eventually(
+        [&] { return registry.render().find("\nhosting_http_open_connections 4\n") != std::string::npos; }));
+    // One more from an address that holds two, as many as any: refused,
+    // and nobody's connection is taken for it.
+    auto greedy = connect_from(io, "127.0.0.2", port);
+    CHECK(closed_by_server(greedy));
+    for (auto& s : held)
+        asio::write(s, asio::buffer(std::string_view("TP/1.1\r\nHost: x\r\n\r\n")));
+    for (auto& s : held)
+        CHECK(status_line(s) == "HTTP/1.1 200");
+    const auto text = registry.render();
+    CHECK(text.find("\nhosting_http_connections_rejected_total{reason=\"share\"} 1\n") != std::string::npos);
+    CHECK(text.find("\nhosting_http_connections_evicted_total{reason=\"capacity\"} 0\n") != std::string::npos);
+    host.stop_blocking();
+}
+
 TEST_CASE("a connection busy with a request is never evicted, a reserved slot admits a probe, then none",
           "[health][http]")
 {
@@ -830,7 +866,7 @@ TEST_CASE("a connection busy with a request is never evicted, a reserved slot ad
     }
     // Read in the process: a scrape would itself need a slot.
     const auto text = host.services().get<hosting::metrics_registry>().render();
-    CHECK(text.find("\nhosting_http_connections_rejected_total 1\n") != std::string::npos);
+    CHECK(text.find("\nhosting_http_connections_rejected_total{reason=\"busy\"} 1\n") != std::string::npos);
     CHECK(text.find("\nhosting_http_connections_reserved_total 2\n") != std::string::npos);
     host.stop_blocking();
 }

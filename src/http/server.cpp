@@ -37,6 +37,7 @@
 #include <stdexcept>
 #include <stop_token>
 #include <system_error>
+#include <limits>
 #include <list>
 #include <thread>
 #include <unordered_map>
@@ -239,7 +240,8 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     std::unordered_map<asio::ip::address, std::size_t> reserved_by_address;
     std::unordered_map<asio::ip::address, std::size_t> per_address; // admitted, by peer
     std::map<std::pair<const route_entry*, unsigned>, metric_counter*> request_counters;
-    metric_counter* rejected = nullptr;
+    metric_counter* rejected = nullptr;       // every connection it could displace was busy
+    metric_counter* rejected_share = nullptr; // its address held as many as any other
     metric_counter* reserved = nullptr;
     metric_counter* evicted_capacity = nullptr;
     metric_counter* evicted_address = nullptr;
@@ -258,8 +260,10 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
          std::shared_ptr<spdlog::logger> l)
         : options(std::move(o)), routes(std::move(r)), metrics(std::move(m)), log(std::move(l))
     {
-        rejected = &metrics->counter("hosting_http_connections_rejected_total",
-                                     "Connections to the HTTP server closed at once: every slot was busy");
+        const char* rejected_help = "Connections to the HTTP server closed at once";
+        rejected = &metrics->counter("hosting_http_connections_rejected_total", rejected_help, {{"reason", "busy"}});
+        rejected_share = &metrics->counter("hosting_http_connections_rejected_total", rejected_help,
+                                           {{"reason", "share"}});
         reserved = &metrics->counter("hosting_http_connections_reserved_total",
                                      "Connections to the HTTP server admitted to a slot kept for quick requests");
         const char* evicted_help = "Connections to the HTTP server closed to admit a new one";
@@ -320,7 +324,15 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         c.stream->close();
     }
 
-    enum class admission { refused, regular, reserved };
+    enum class admission { refused, refused_share, regular, reserved };
+
+    std::size_t heaviest_holding() const
+    {
+        std::size_t most = 0;
+        for (const auto& [address, holds] : per_address)
+            most = std::max(most, holds);
+        return most;
+    }
 
     // Makes room for a connection from `peer`, displacing a waiting one if
     // it must; refused when every connection it could displace is busy.
@@ -352,6 +364,14 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
             evict(*victim);
             evicted_address->inc();
         } else if (admitted >= options.max_connections) {
+            // An address that holds as many slots as any other takes none
+            // from another: it is refused at once, which costs an accept and
+            // a close, where an eviction costs the whole exchange of the
+            // client that comes back for its slot. Clients that reconnect as
+            // fast as they are closed then cost the server little, and a
+            // probe (whose address holds fewer) still gets in.
+            if (it != per_address.end() && it->second >= heaviest_holding())
+                return admission::refused_share;
             auto* victim = oldest_waiting(nullptr);
             if (!victim)
                 return reserve();
@@ -439,8 +459,11 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         if (ec)
             return; // gone already
         const auto admitted = self->admit(peer.address());
-        if (admitted == admission::refused) {
-            self->rejected->inc();
+        if (admitted == admission::refused || admitted == admission::refused_share) {
+            (admitted == admission::refused ? self->rejected : self->rejected_share)->inc();
+            // A reset, not a close: a refused connection leaves no
+            // TIME_WAIT behind on the server.
+            socket.set_option(asio::socket_base::linger(true, 0), ec);
             socket.close(ec);
             return;
         }
@@ -682,6 +705,14 @@ asio::awaitable<void> server::start(std::stop_token)
         acceptor.open(where.protocol());
         acceptor.set_option(asio::socket_base::reuse_address(true));
         acceptor.bind(where);
+        // What accepted connections inherit: room for the largest request
+        // the limits allow, not the megabytes Linux grows a loopback buffer
+        // to. A client that sends an oversized body as fast as it can then
+        // blocks on its own side instead of making the kernel copy data the
+        // server will throw away.
+        acceptor.set_option(asio::socket_base::receive_buffer_size(static_cast<int>(std::min<std::size_t>(
+            std::max<std::size_t>(64 * 1024, s.options.max_header_bytes + s.options.max_body_bytes + 4096),
+            std::numeric_limits<int>::max()))));
         acceptor.listen(asio::socket_base::max_listen_connections);
         acceptor.non_blocking(true); // for the accept loop's bursts
         // A connection aborted while queued is an error to see, not one
