@@ -4,7 +4,12 @@
 // answered 200 and their latency, and the same for a /metrics scrape every
 // 250 ms, beside the same probes with no attack in the same run.
 //
-//   http_attack_bench [seconds_per_attack=10] [attacker_nice=10]
+//   http_attack_bench [seconds_per_attack=10] [attacker_nice=10] [both|hosting|raw] [attack name part]
+//
+// Each attack runs against the host's server and then against a baseline:
+// the server one writes by hand with Beast, on one thread, with no limits
+// and no admission policy ("raw Beast"), which shows what the attack costs
+// this machine whatever the server does.
 //
 // The server runs with its default options. Attackers connect from other
 // loopback addresses (all of 127/8 is loopback): "one address" attacks come
@@ -18,7 +23,16 @@
 #include <hosting/http/server.hpp>
 #include <hosting/logging/logging.hpp>
 
+#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/connect.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/write.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read.hpp>
@@ -36,12 +50,16 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <netinet/in.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <thread>
 #include <unistd.h>
 #include <vector>
 
 namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
 using tcp = asio::ip::tcp;
 using clock_type = std::chrono::steady_clock;
 using namespace std::chrono_literals;
@@ -167,6 +185,14 @@ private:
         auto socket = std::make_shared<tcp::socket>(io_);
         boost::system::error_code ec;
         socket->open(tcp::v4(), ec);
+        // The port is then chosen by connect(), by the whole address pair.
+        // A bind() that picks one marks the port unusable for every other
+        // connect() on this machine, and tens of thousands of them (in
+        // TIME_WAIT after a flood) make the prober's connect() search the
+        // port range for a long time: a cost of sharing one kernel with
+        // the attacker that a remote attacker does not impose.
+        const int no_port = 1;
+        ::setsockopt(socket->native_handle(), IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &no_port, sizeof no_port);
         socket->bind({asio::ip::make_address(from_[slot % from_.size()]), 0}, ec);
         socket->async_connect({asio::ip::make_address("127.0.0.1"), port_},
                               [this, socket, slot](boost::system::error_code ec) {
@@ -298,9 +324,72 @@ attacker::behaviour oversized_body()
     };
 }
 
+// --- the baseline: the server one writes by hand with Beast ----------------
+
+// One thread, like the host's loop; no connection limit, a 5 s limit on each
+// read, a 1 KiB body limit, keep-alive: what the attacks cost the machine
+// and Beast without any admission policy.
+class raw_server {
+public:
+    raw_server() : acceptor_(io_, {asio::ip::make_address("127.0.0.1"), 0})
+    {
+        asio::co_spawn(io_, accept_loop(), asio::detached);
+        thread_ = std::thread([this] { io_.run(); });
+    }
+    ~raw_server()
+    {
+        io_.stop();
+        thread_.join();
+    }
+    unsigned short port() const { return acceptor_.local_endpoint().port(); }
+
+private:
+    asio::awaitable<void> accept_loop()
+    {
+        for (;;) {
+            boost::system::error_code ec;
+            tcp::socket socket = co_await acceptor_.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+            if (!ec)
+                asio::co_spawn(io_, session(beast::tcp_stream(std::move(socket))), asio::detached);
+        }
+    }
+
+    static asio::awaitable<void> session(beast::tcp_stream stream)
+    {
+        beast::flat_buffer buffer;
+        for (;;) {
+            http::request_parser<http::string_body> parser;
+            parser.body_limit(1024);
+            boost::system::error_code ec;
+            stream.expires_after(5s);
+            co_await http::async_read(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+            if (ec)
+                break;
+            auto& req = parser.get();
+            http::response<http::string_body> res{req.target() == "/health/live" || req.target() == "/metrics"
+                                                      ? http::status::ok
+                                                      : http::status::not_found,
+                                                  req.version()};
+            res.set(http::field::content_type, "text/plain");
+            res.body() = "Healthy";
+            res.keep_alive(req.keep_alive());
+            res.prepare_payload();
+            co_await http::async_write(stream, res, asio::redirect_error(asio::use_awaitable, ec));
+            if (ec || !res.keep_alive())
+                break;
+        }
+        boost::system::error_code ignored;
+        stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    }
+
+    asio::io_context io_{1};
+    tcp::acceptor acceptor_;
+    std::thread thread_;
+};
+
 void print_row(const char* what, const probe_figures& f, const std::string& attack_side)
 {
-    std::printf("%-40s %5d/%-5d %7.2f%% %8.2f %8.2f %8.2f %5d/%-4d %8.2f   %s\n", what, f.ok, f.sent,
+    std::printf("%-52s %5d/%-5d %7.2f%% %8.2f %8.2f %8.2f %5d/%-4d %8.2f   %s\n", what, f.ok, f.sent,
                 f.sent ? 100.0 * f.ok / f.sent : 0.0, percentile(f.latencies_ms, 0.5),
                 percentile(f.latencies_ms, 0.99), percentile(f.latencies_ms, 1.0), f.scrapes_ok, f.scrapes_sent,
                 percentile(f.scrape_ms, 0.99), attack_side.c_str());
@@ -313,6 +402,8 @@ int main(int argc, char** argv)
 {
     const auto seconds = std::chrono::seconds(argc > 1 ? std::atoi(argv[1]) : 10);
     attacker_nice = argc > 2 ? std::atoi(argv[2]) : 10;
+    const std::string which = argc > 3 ? argv[3] : "both";
+    const std::string only = argc > 4 ? argv[4] : ""; // run the attacks whose name contains this
 
     auto builder = hosting::host::create_builder();
     builder.use_console_lifetime(false);
@@ -322,37 +413,57 @@ int main(int argc, char** argv)
     hosting::add_health_endpoint(builder, options);
     auto host = builder.build();
     host.start_blocking();
-    const auto port = host.services().get<hosting::http::server>().port();
+    raw_server raw;
 
     std::printf("http_attack_bench: /health/live probed every 50 ms for %lld s per row, 1 s probe timeout; "
                 "server at its defaults (max_connections %zu); attacker at nice %d\n",
                 static_cast<long long>(seconds.count()), options.max_connections, attacker_nice);
-    std::printf("%-40s %11s %8s %8s %8s %8s %10s %8s   %s\n", "attack", "probes", "", "p50 ms", "p99 ms",
+    std::printf("%-52s %11s %8s %8s %8s %8s %10s %8s   %s\n", "attack [server]", "probes", "", "p50 ms", "p99 ms",
                 "max ms", "scrapes", "p99 ms", "attacker");
-    print_row("none (baseline)", probe_for(port, seconds), "");
 
+    // Each attack against one server, then the other: side by side, and
+    // neither row always runs in the wake of the same one.
+    struct target {
+        const char* name;
+        unsigned short port;
+    };
+    std::vector<target> targets;
+    if (which != "raw")
+        targets.push_back({"hosting", host.services().get<hosting::http::server>().port()});
+    if (which != "hosting")
+        targets.push_back({"raw Beast", raw.port()});
+    auto label = [](const char* attack, const target& t) { return std::string(attack) + " [" + t.name + "]"; };
+    for (const auto& t : targets)
+        print_row(label("none (baseline)", t).c_str(), probe_for(t.port, seconds), "");
+    auto wanted = [&](const char* name) { return std::string_view(name).find(only) != std::string_view::npos; };
     auto run = [&](const char* name, bool many, int connections, attacker::behaviour behave) {
-        attacker a(port, addresses(many), connections, std::move(behave));
-        auto f = probe_for(port, seconds);
-        char side[96];
-        std::snprintf(side, sizeof side, "%ld connections opened", a.opened());
-        print_row(name, f, side);
+        if (!wanted(name))
+            return;
+        for (const auto& t : targets) {
+            attacker a(t.port, addresses(many), connections, behave);
+            auto f = probe_for(t.port, seconds);
+            char side[96];
+            std::snprintf(side, sizeof side, "%ld connections opened", a.opened());
+            print_row(label(name, t).c_str(), f, side);
+        }
     };
     run("slow request heads, one address (300)", false, 300, slow_head());
     run("slow request heads, 64 addresses (300)", true, 300, slow_head());
     run("idle keep-alive, 64 addresses (300)", true, 300, idle_keep_alive());
     run("connection flood, 64 addresses (8)", true, 8, connection_flood());
-    {
+    for (const auto& t : targets) {
+        if (!wanted("request flood, one address (16 conns)"))
+            break;
         std::atomic<long> answered{0};
         auto behave = [&answered](std::shared_ptr<tcp::socket> s, std::function<void()> again) {
             ask_forever(std::move(s), std::make_shared<std::string>(), &answered, std::move(again));
         };
-        auto flood = std::make_unique<attacker>(port, addresses(false), 16, behave);
-        auto figures = probe_for(port, seconds);
+        auto flood = std::make_unique<attacker>(t.port, addresses(false), 16, behave);
+        auto figures = probe_for(t.port, seconds);
         flood.reset();
         char side[96];
         std::snprintf(side, sizeof side, "%ld requests answered", answered.load());
-        print_row("request flood, one address (16 conns)", figures, side);
+        print_row(label("request flood, one address (16 conns)", t).c_str(), figures, side);
     }
     run("oversized bodies, 64 addresses (64)", true, 64, oversized_body());
 
