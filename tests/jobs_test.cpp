@@ -16,10 +16,14 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <csignal>
 #include <filesystem>
 #include <map>
+#include <mutex>
+#include <numeric>
 #include <sstream>
 #include <set>
 #include <thread>
@@ -289,6 +293,61 @@ TEST_CASE("jobs: unique keys hold under concurrent enqueue", "[jobs][storage]")
     o.unique_states = {job_state::available};
     CHECK_THROWS_WITH(client.enqueue_blocking("report", std::string("daily"), o),
                       Catch::Contains("unique_states must include every state that is not final"));
+}
+
+TEST_CASE("jobs: a unique key is compared within its kind unless asked across kinds, and the caller learns "
+          "whether its job was created",
+          "[jobs][storage]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto store = make_storage(which, db);
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    jobs::add_jobs(builder, store, quick_server());
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+
+    jobs::job_options keyed;
+    keyed.unique_key = "invoice-7";
+    const auto a = client.enqueue_blocking("a", std::string("1"), keyed);
+    CHECK(a.created);
+    const auto again = client.enqueue_blocking("a", std::string("2"), keyed);
+    CHECK_FALSE(again.created);
+    CHECK(again.id == a.id);
+    // Another kind with the same key is another job.
+    const auto b = client.enqueue_blocking("b", std::string("1"), keyed);
+    CHECK(b.created);
+    CHECK(b.id != a.id);
+    CHECK(client.find_blocking(b.id)->unique_key == "invoice-7");
+    // Across kinds, when asked: one job for every kind that asks so.
+    jobs::job_options shared = keyed;
+    shared.unique_across_kinds = true;
+    const auto c = client.enqueue_blocking("c", std::string("1"), shared);
+    CHECK(c.created);
+    const auto d = client.enqueue_blocking("d", std::string("1"), shared);
+    CHECK_FALSE(d.created);
+    CHECK(d.id == c.id);
+    // The awaiting forms tell the same. (Arguments named before the
+    // co_await: see docs/gcc12.md.)
+    const std::string three = "3";
+    jobs::enqueued first, second;
+    asio::io_context io;
+    std::exception_ptr failure;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            first = co_await client.schedule("a", three, std::chrono::milliseconds(3'600'000), keyed);
+            second = co_await client.enqueue("e", three, keyed);
+        },
+        [&](std::exception_ptr e) { failure = e; });
+    io.run();
+    REQUIRE_FALSE(failure);
+    CHECK_FALSE(first.created);
+    CHECK(first.id == a.id);
+    CHECK(second.created);
+    CHECK(client.counts_blocking()[job_state::available] == 4); // a, b, c, e
 }
 
 TEST_CASE("jobs: a requeue is refused and a delete goes ahead when another job has taken the unique key",
@@ -1076,6 +1135,8 @@ TEST_CASE("jobs: a SQLite file of schema 1 migrates, and its counts match its ro
                                 "ALTER TABLE recurring_jobs DROP COLUMN unique_states; "
                                 "ALTER TABLE recurring_jobs DROP COLUMN concurrency_key; "
                                 "ALTER TABLE recurring_jobs DROP COLUMN overlap; "
+                                "ALTER TABLE recurring_jobs DROP COLUMN unique_across_kinds; "
+                                "ALTER TABLE jobs DROP COLUMN unique_scoped; "
                                 "DELETE FROM hosting_jobs_schema WHERE version >= 2;";
         CHECK(sqlite3_exec(raw, downgrade, nullptr, nullptr, nullptr) == SQLITE_OK);
         sqlite3_close(raw);
@@ -1909,6 +1970,7 @@ TEST_CASE("jobs: storages keep every field of a recurring job", "[jobs][storage]
     r.unique_key = "nightly-report";
     r.unique_states = {job_state::scheduled, job_state::available, job_state::awaiting,
                        job_state::running,   job_state::retryable, job_state::succeeded};
+    r.unique_across_kinds = true;
     r.concurrency_key = "reports";
     r.overlap = jobs::overlap_policy::wait;
     store->upsert_recurring(r);
@@ -1921,11 +1983,13 @@ TEST_CASE("jobs: storages keep every field of a recurring job", "[jobs][storage]
     CHECK(back[0].missed == jobs::missed_policy::run_all);
     CHECK(back[0].unique_key == "nightly-report");
     CHECK(back[0].unique_states.bits() == r.unique_states.bits());
+    CHECK(back[0].unique_across_kinds);
     CHECK(back[0].concurrency_key == "reports");
     CHECK(back[0].overlap == jobs::overlap_policy::wait);
     // An update with the same schedule replaces them all but next_fire.
     r.unique_key.clear();
     r.unique_states = jobs::default_unique_states;
+    r.unique_across_kinds = false;
     r.concurrency_key.clear();
     r.overlap = jobs::overlap_policy::skip;
     r.next_fire = utc(2026, 6, 3, 0, 30);
@@ -1934,6 +1998,7 @@ TEST_CASE("jobs: storages keep every field of a recurring job", "[jobs][storage]
     REQUIRE(back.size() == 1);
     CHECK(back[0].unique_key.empty());
     CHECK(back[0].unique_states.bits() == jobs::default_unique_states.bits());
+    CHECK_FALSE(back[0].unique_across_kinds);
     CHECK(back[0].concurrency_key.empty());
     CHECK(back[0].overlap == jobs::overlap_policy::skip);
     CHECK(back[0].next_fire == utc(2026, 6, 2, 0, 30));
@@ -1962,7 +2027,8 @@ TEST_CASE("jobs: a SQLite file of schema 2 migrates, and its recurring jobs beha
     };
     exec("ALTER TABLE recurring_jobs DROP COLUMN unique_key; ALTER TABLE recurring_jobs DROP COLUMN unique_states; "
          "ALTER TABLE recurring_jobs DROP COLUMN concurrency_key; ALTER TABLE recurring_jobs DROP COLUMN overlap; "
-         "DELETE FROM hosting_jobs_schema WHERE version = 3;");
+         "ALTER TABLE recurring_jobs DROP COLUMN unique_across_kinds; ALTER TABLE jobs DROP COLUMN unique_scoped; "
+         "DELETE FROM hosting_jobs_schema WHERE version >= 3;");
     jobs::sqlite_storage store(db.path.string());
     auto back = store.list_recurring();
     REQUIRE(back.size() == 1);
@@ -1981,6 +2047,69 @@ TEST_CASE("jobs: a SQLite file of schema 2 migrates, and its recurring jobs beha
     // Opened again, it is not migrated twice.
     jobs::sqlite_storage again(db.path.string());
     CHECK(again.list_recurring().at(0).concurrency_key == "hourly");
+}
+
+TEST_CASE("jobs: a SQLite file of schema 3 migrates, and the unique keys of its jobs hold within their kind",
+          "[jobs][storage]")
+{
+    temp_db db;
+    const auto t0 = jobs::clock::now();
+    auto keyed = [](std::string kind, std::string key, bool across = false) {
+        auto r = request(std::move(kind), "1");
+        r.unique_key = std::move(key);
+        r.unique_across_kinds = across;
+        return r;
+    };
+    auto occurrence = keyed("k", "recurring:tick", true);
+    occurrence.recurring_id = "tick";
+    {
+        jobs::sqlite_storage store(db.path.string());
+        // Job 2's old key is what job 1's key becomes within kind a: the
+        // migration must not trip over it on the way.
+        store.enqueue(std::vector<jobs::enqueue_request>{keyed("a", "k"), keyed("b", "1:ak"), keyed("naïve", "k"),
+                                                         occurrence},
+                      t0);
+    }
+    // Back to what schema 3 wrote: the slot held the bare key.
+    {
+        sqlite3* raw = nullptr;
+        REQUIRE(sqlite3_open(db.path.c_str(), &raw) == SQLITE_OK);
+        const char* downgrade = "UPDATE jobs SET unique_slot = NULL; "
+                                "UPDATE jobs SET unique_slot = unique_key WHERE kind <> 'naïve'; "
+                                "ALTER TABLE jobs DROP COLUMN unique_scoped; "
+                                "ALTER TABLE recurring_jobs DROP COLUMN unique_across_kinds; "
+                                "DELETE FROM hosting_jobs_schema WHERE version = 4;";
+        CHECK(sqlite3_exec(raw, downgrade, nullptr, nullptr, nullptr) == SQLITE_OK);
+        sqlite3_close(raw);
+    }
+    jobs::sqlite_storage store(db.path.string());
+    auto one = [&](const jobs::enqueue_request& r) {
+        return store.enqueue(std::vector<jobs::enqueue_request>{r}, t0).at(0);
+    };
+    // The jobs of kinds a and b still hold their keys, within their kinds.
+    auto found = one(keyed("a", "k"));
+    CHECK_FALSE(found.created);
+    CHECK(found.id == 1);
+    found = one(keyed("b", "1:ak"));
+    CHECK_FALSE(found.created);
+    CHECK(found.id == 2);
+    CHECK(one(keyed("c", "k")).created);
+    // A recurring job's own key stays across kinds, as the engine asks it.
+    auto again = occurrence;
+    again.kind = "k2";
+    found = one(again);
+    CHECK_FALSE(found.created);
+    CHECK(found.id == 4);
+    // A kind whose name is not ASCII: its length counts bytes, as the
+    // library's does. (Its slot was cleared above, so it takes it now.)
+    CHECK(store.change_state(3, job_state::cancelled, "x", t0) == job_state::cancelled);
+    auto taken = one(keyed("naïve", "k"));
+    CHECK(taken.created);
+    auto same = one(keyed("naïve", "k"));
+    CHECK_FALSE(same.created);
+    CHECK(same.id == taken.id);
+    // A requeue of the cancelled one is refused: the new one holds its key.
+    CHECK_THROWS_WITH(store.change_state(3, job_state::available, "x", t0), Catch::Contains("'k'"));
 }
 
 // ---------------------------------------------------------------------------
@@ -2306,6 +2435,7 @@ class failing_storage final : public jobs::storage {
 public:
     std::atomic<bool> down{false};
     jobs::memory_storage inner;
+    std::function<void(std::size_t)> on_enqueue; // sees each batch's size first
     void check()
     {
         if (down)
@@ -2314,6 +2444,8 @@ public:
     std::vector<jobs::enqueue_result> enqueue(std::span<const jobs::enqueue_request> j, jobs::time_point n) override
     {
         check();
+        if (on_enqueue)
+            on_enqueue(j.size());
         return inner.enqueue(j, n);
     }
     std::vector<jobs::job> complete_and_claim(std::span<const jobs::completion> d, const jobs::claim_request& c,
@@ -2362,6 +2494,107 @@ public:
     }
 };
 } // namespace
+
+TEST_CASE("jobs: no write transaction takes more than max_rows_per_write rows", "[jobs][storage]")
+{
+    SECTION("a backlog of due jobs is promoted in bounded steps, earliest first")
+    {
+        temp_db db;
+        const std::string which = GENERATE("memory", "sqlite");
+        INFO(which);
+        auto store = make_storage(which, db);
+        const auto t0 = jobs::clock::now();
+        const std::size_t n = 2 * jobs::max_rows_per_write + 100;
+        std::vector<jobs::enqueue_request> batch;
+        for (std::size_t i = 0; i < n; ++i) {
+            auto r = request("k", std::to_string(i));
+            r.run_at = t0 + std::chrono::seconds(1) + std::chrono::microseconds(i);
+            batch.push_back(std::move(r));
+        }
+        auto ids = store->enqueue(batch, t0);
+        const jobs::claim_request nothing{"node", {}, {}, t0 + 60s};
+        const auto later = t0 + 10s;
+        for (std::size_t step = 1; step <= 3; ++step) {
+            store->complete_and_claim({}, nothing, later);
+            const auto counts = store->counts();
+            CHECK(static_cast<std::size_t>(counts[job_state::available]) ==
+                  std::min(n, step * jobs::max_rows_per_write));
+            CHECK(static_cast<std::size_t>(counts[job_state::available] + counts[job_state::scheduled]) == n);
+            if (step == 1) {
+                // Earliest due first.
+                CHECK(store->find(ids[jobs::max_rows_per_write - 1].id)->state == job_state::available);
+                CHECK(store->find(ids[jobs::max_rows_per_write].id)->state == job_state::scheduled);
+                // The rest are due, so a server claims again at once.
+                const auto due = store->next_due();
+                REQUIRE(due);
+                CHECK(*due <= later);
+            }
+        }
+        CHECK_FALSE(store->next_due());
+    }
+    SECTION("enqueues that pile up are committed in bounded batches, none lost")
+    {
+        auto store = std::make_shared<failing_storage>();
+        std::mutex m;
+        std::condition_variable cv;
+        bool release = false;
+        std::vector<std::size_t> sizes;
+        store->on_enqueue = [&](std::size_t size) {
+            std::unique_lock lock(m);
+            sizes.push_back(size);
+            // The first batch waits until the rest have piled up behind it.
+            cv.wait(lock, [&] { return release; });
+        };
+        auto sink = std::make_shared<test::capture_sink>();
+        auto builder = test::make_builder(sink);
+        jobs::add_jobs(builder, store, quick_server());
+        auto host = builder.build();
+        auto& client = host.services().get<jobs::client>();
+        auto open_the_gate = [&] {
+            {
+                std::lock_guard lock(m);
+                release = true;
+            }
+            cv.notify_all();
+        };
+        std::thread first([&] { client.enqueue_blocking("k", 0); });
+        // However the test ends, the engine is let go and the thread joined.
+        struct gate_guard {
+            std::function<void()> open;
+            std::thread& t;
+            ~gate_guard()
+            {
+                open();
+                if (t.joinable())
+                    t.join();
+            }
+        } guard{open_the_gate, first};
+        REQUIRE(test::eventually([&] {
+            std::lock_guard lock(m);
+            return sizes.size() == 1;
+        }));
+        const int n = static_cast<int>(2 * jobs::max_rows_per_write + 10);
+        asio::io_context io;
+        std::atomic<int> stored{0};
+        for (int i = 1; i <= n; ++i)
+            asio::co_spawn(io, client.enqueue("k", i), [&](std::exception_ptr e, jobs::enqueued) {
+                if (!e)
+                    ++stored;
+            });
+        // Each coroutine hands its enqueue to the engine and waits: once
+        // poll() has nothing left to run, all of them are queued behind the
+        // first batch.
+        io.poll();
+        open_the_gate();
+        first.join();
+        io.run();
+        CHECK(stored == n);
+        std::lock_guard lock(m);
+        CHECK(sizes.size() >= 4); // the first, then at least three for the rest
+        CHECK(*std::max_element(sizes.begin(), sizes.end()) <= jobs::max_rows_per_write);
+        CHECK(std::accumulate(sizes.begin(), sizes.end(), std::size_t{0}) == static_cast<std::size_t>(n) + 1);
+    }
+}
 
 TEST_CASE("jobs: metrics count outcomes and a health check reports an unreachable storage", "[jobs][health]")
 {

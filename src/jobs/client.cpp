@@ -13,42 +13,43 @@ client::client(std::shared_ptr<detail::engine> engine) : engine_(std::move(engin
 
 time_point client::now() const { return engine_->now(); }
 
-asio::awaitable<job_id> client::submit(std::string kind, std::string args, const job_options& options,
-                                       std::optional<time_point> run_at)
+asio::awaitable<enqueued> client::submit(std::string kind, std::string args, const job_options& options,
+                                         std::optional<time_point> run_at)
 {
     // Validation throws here, at the call, before anything is awaited.
     auto request = engine_->make_request(std::move(kind), std::move(args), options, run_at);
     return enqueue_request_async(std::move(request));
 }
 
-asio::awaitable<job_id> client::enqueue_request_async(enqueue_request&& request)
+asio::awaitable<enqueued> client::enqueue_request_async(enqueue_request&& request)
 {
     auto* e = engine_.get();
     auto initiation = [e, request = std::move(request)](auto handler) mutable {
-        using completion = hosting::detail::remote_completion<decltype(handler), std::exception_ptr, job_id>;
+        using completion = hosting::detail::remote_completion<decltype(handler), std::exception_ptr, enqueued>;
         auto done = std::make_shared<completion>(std::move(handler));
-        e->submit_enqueue(std::move(request),
-                          [done](std::exception_ptr error, enqueue_result r) { done->complete(std::move(error), r.id); });
+        e->submit_enqueue(std::move(request), [done](std::exception_ptr error, enqueue_result r) {
+            done->complete(std::move(error), enqueued{r.id, r.created});
+        });
     };
-    return asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, job_id)>(
+    return asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, enqueued)>(
         std::move(initiation), asio::use_awaitable);
 }
 
-job_id client::submit_blocking(std::string kind, std::string args, job_options options,
-                               std::optional<time_point> run_at)
+enqueued client::submit_blocking(std::string kind, std::string args, job_options options,
+                                 std::optional<time_point> run_at)
 {
     return enqueue_request_blocking(engine_->make_request(std::move(kind), std::move(args), options, run_at));
 }
 
-job_id client::enqueue_request_blocking(enqueue_request request)
+enqueued client::enqueue_request_blocking(enqueue_request request)
 {
-    auto promise = std::make_shared<std::promise<job_id>>();
+    auto promise = std::make_shared<std::promise<enqueued>>();
     auto future = promise->get_future();
     engine_->submit_enqueue(std::move(request), [promise](std::exception_ptr error, enqueue_result r) {
         if (error)
             promise->set_exception(error);
         else
-            promise->set_value(r.id);
+            promise->set_value(enqueued{r.id, r.created});
     });
     return future.get();
 }
@@ -125,8 +126,8 @@ job_counts client::counts_blocking()
     return engine_->call_blocking<job_counts>([](storage& s) { return s.counts(); });
 }
 
-asio::awaitable<job_id> client::submit_continuation(job_id parent, std::string kind, std::string args,
-                                                    continuation_condition condition, const job_options& options)
+asio::awaitable<enqueued> client::submit_continuation(job_id parent, std::string kind, std::string args,
+                                                      continuation_condition condition, const job_options& options)
 {
     auto request = engine_->make_request(std::move(kind), std::move(args), options, std::nullopt);
     request.parent_id = parent;
@@ -135,8 +136,8 @@ asio::awaitable<job_id> client::submit_continuation(job_id parent, std::string k
     return enqueue_request_async(std::move(request));
 }
 
-job_id client::submit_continuation_blocking(job_id parent, std::string kind, std::string args,
-                                            continuation_condition condition, job_options options)
+enqueued client::submit_continuation_blocking(job_id parent, std::string kind, std::string args,
+                                              continuation_condition condition, job_options options)
 {
     auto request = engine_->make_request(std::move(kind), std::move(args), options, std::nullopt);
     request.parent_id = parent;
@@ -174,8 +175,10 @@ recurring_job client::make_recurring(std::string id, std::string cron, std::stri
     r.max_attempts = request.max_attempts;
     r.timeout = request.timeout;
     r.unique_key = request.unique_key;
-    if (!r.unique_key.empty()) // without a key, the states mean nothing: the default, as storages read it back
+    if (!r.unique_key.empty()) { // without a key, these mean nothing: the defaults, as storages read them back
         r.unique_states = request.unique_states;
+        r.unique_across_kinds = request.unique_across_kinds;
+    }
     r.concurrency_key = request.concurrency_key;
     r.overlap = overlap;
     r.missed = missed;
@@ -244,8 +247,9 @@ asio::awaitable<job_id> client::trigger(std::string id)
     auto r = co_await engine_->call<std::optional<recurring_job>>(std::move(fn));
     if (!r)
         throw std::invalid_argument("jobs: no recurring job '" + id + "'");
-    auto request = engine_->trigger_request(*r);
-    co_return co_await enqueue_request_async(std::move(request));
+    auto op = enqueue_request_async(engine_->trigger_request(*r));
+    const enqueued stored = co_await std::move(op);
+    co_return stored.id;
 }
 
 job_id client::trigger_recurring_blocking(std::string id)
@@ -253,7 +257,7 @@ job_id client::trigger_recurring_blocking(std::string id)
     auto r = engine_->call_blocking<std::optional<recurring_job>>([id](storage& s) { return find_recurring(s, id); });
     if (!r)
         throw std::invalid_argument("jobs: no recurring job '" + id + "'");
-    return enqueue_request_blocking(engine_->trigger_request(*r));
+    return enqueue_request_blocking(engine_->trigger_request(*r)).id;
 }
 
 asio::awaitable<std::vector<recurring_job>> client::list_recurring()

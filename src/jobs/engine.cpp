@@ -184,7 +184,11 @@ enqueue_request engine::make_request(std::string kind_name, std::string args, co
     r.run_at = run_at;
     r.unique_key = options.unique_key;
     r.unique_states = options.unique_states;
+    r.unique_across_kinds = options.unique_across_kinds;
     if (r.unique_key.empty() && k && base.unique_key) {
+        // The kind's name stays in the key, as it always did: stored jobs
+        // that hold such keys keep matching.
+        r.unique_across_kinds = false;
         r.unique_key = r.kind + ":" + base.unique_key(r.args);
         r.unique_states = base.unique_states;
     }
@@ -264,14 +268,22 @@ void engine::cancel_local(job_id id)
 void engine::loop()
 {
     for (;;) {
-        std::vector<std::pair<enqueue_request, enqueue_done>> batch;
+        std::deque<std::pair<enqueue_request, enqueue_done>> batch;
         std::deque<std::function<void(storage&)>> ops;
         {
             std::unique_lock lock(mutex_);
             changed_.wait(lock, [&] { return stopping_ || !enqueues_.empty() || !ops_.empty(); });
             if (enqueues_.empty() && ops_.empty())
                 return; // stopping, and nothing left to do
-            batch.swap(enqueues_);
+            // Bounded, so that the transaction is short (see
+            // max_rows_per_write); the rest go in the next one at once.
+            if (enqueues_.size() <= max_rows_per_write) {
+                batch.swap(enqueues_);
+            } else {
+                const auto cut = enqueues_.begin() + static_cast<std::ptrdiff_t>(max_rows_per_write);
+                batch.assign(std::make_move_iterator(enqueues_.begin()), std::make_move_iterator(cut));
+                enqueues_.erase(enqueues_.begin(), cut);
+            }
             ops.swap(ops_);
         }
         if (!batch.empty()) {
@@ -328,9 +340,13 @@ enqueue_request engine::occurrence_request(const recurring_job& r, time_point fi
         // While one is pending or running, the next returns it instead.
         q.unique_key = overlap_key(r);
         q.unique_states = default_unique_states;
+        // Across kinds: a recurring job whose kind changed must still not
+        // overlap the occurrence of its old kind.
+        q.unique_across_kinds = true;
     } else if (!r.unique_key.empty()) {
         q.unique_key = r.unique_key;
         q.unique_states = r.unique_states;
+        q.unique_across_kinds = r.unique_across_kinds;
     } else {
         // Every state: an occurrence is enqueued once, ever. (With a key of
         // its own, fire_recurring's compare-and-set alone sees to that.)
@@ -338,6 +354,7 @@ enqueue_request engine::occurrence_request(const recurring_job& r, time_point fi
                        std::to_string(
                            std::chrono::duration_cast<std::chrono::microseconds>(fire.time_since_epoch()).count());
         q.unique_states = state_set::all();
+        q.unique_across_kinds = true;
     }
     q.reason = "occurrence of recurring job '" + r.id + "'";
     return q;
@@ -352,6 +369,7 @@ enqueue_request engine::trigger_request(const recurring_job& r) const
     if (r.overlap != overlap_policy::skip && r.unique_key.empty()) {
         q.unique_key.clear();
         q.unique_states = default_unique_states;
+        q.unique_across_kinds = false;
     }
     q.reason = "recurring job '" + r.id + "' triggered by a client";
     return q;

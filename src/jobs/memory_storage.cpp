@@ -13,8 +13,12 @@ namespace hosting::jobs {
 struct memory_storage::state {
     job_id next = 1;
     std::map<job_id, job> jobs;
-    std::unordered_map<job_id, state_set> unique_states;
-    std::map<std::string, job_id> unique;                            // key -> the job holding it
+    struct uniqueness {
+        state_set states;
+        std::string slot; // unique_slot(): the key within its kind, or across kinds
+    };
+    std::unordered_map<job_id, uniqueness> unique_of; // jobs with a unique key
+    std::map<std::string, job_id> unique;            // slot -> the job holding it
     std::set<std::tuple<std::string, int, time_point, job_id>> ready; // available: queue, priority, run_at, id
     std::set<std::pair<time_point, job_id>> due;                     // scheduled and retryable, by run_at
     std::set<job_id> running;
@@ -65,12 +69,13 @@ struct memory_storage::state {
         if (!j.unique_key.empty()) {
             // Whether it holds the key, not whether its state would: a job
             // deleted while another held its key does not hold it.
-            const auto holder = unique.find(j.unique_key);
+            const auto& mine = unique_of.at(j.id);
+            const auto holder = unique.find(mine.slot);
             const bool holds = holder != unique.end() && holder->second == j.id;
-            const bool wants = unique_states.at(j.id).contains(to);
+            const bool wants = mine.states.contains(to);
             if (wants && !holds) {
                 if (holder == unique.end())
-                    unique.emplace(j.unique_key, j.id);
+                    unique.emplace(mine.slot, j.id);
                 else if (to != job_state::deleted) // a delete goes ahead without the key
                     throw invalid_transition(j.id, j.state, to,
                                              "job " + std::to_string(holder->second) + " holds its unique key '" +
@@ -181,8 +186,9 @@ struct memory_storage::state {
             parent = &it->second;
             initial = job_state::awaiting;
         }
-        if (!r.unique_key.empty() && r.unique_states.contains(initial)) {
-            if (auto it = unique.find(r.unique_key); it != unique.end()) {
+        const auto slot = unique_slot(r.kind, r.unique_key, r.unique_across_kinds);
+        if (!slot.empty() && r.unique_states.contains(initial)) {
+            if (auto it = unique.find(slot); it != unique.end()) {
                 out.push_back({it->second, false, {}});
                 return;
             }
@@ -204,10 +210,10 @@ struct memory_storage::state {
         j.condition = r.condition;
         j.recurring_id = r.recurring_id;
         j.history.push_back({initial, initial, now, r.reason, {}});
-        if (!r.unique_key.empty()) {
-            unique_states[j.id] = r.unique_states;
+        if (!slot.empty()) {
+            unique_of[j.id] = {r.unique_states, slot};
             if (r.unique_states.contains(initial))
-                unique.emplace(r.unique_key, j.id);
+                unique.emplace(slot, j.id);
         }
         const auto id = j.id;
         auto& stored = jobs.emplace(id, std::move(j)).first->second;
@@ -285,7 +291,8 @@ std::vector<job> memory_storage::complete_and_claim(std::span<const completion> 
         s.transition(j, effect.to, now, c.reason, c.error,
                      effect.uses_run_at ? std::optional<time_point>(c.run_at) : std::nullopt);
     }
-    while (!s.due.empty() && s.due.begin()->first <= now) {
+    for (std::size_t promoted = 0;
+         promoted < max_rows_per_write && !s.due.empty() && s.due.begin()->first <= now; ++promoted) {
         auto& j = s.jobs.at(s.due.begin()->second);
         s.transition(j, job_state::available, now, "due");
     }
@@ -459,10 +466,10 @@ std::size_t memory_storage::prune(job_state state, time_point before, std::size_
         auto& j = s.jobs.at(id);
         s.drop_children_of_pruned(j, now);
         s.unindex(j);
-        if (!j.unique_key.empty()) {
-            if (auto it = s.unique.find(j.unique_key); it != s.unique.end() && it->second == id)
+        if (auto u = s.unique_of.find(id); u != s.unique_of.end()) {
+            if (auto it = s.unique.find(u->second.slot); it != s.unique.end() && it->second == id)
                 s.unique.erase(it);
-            s.unique_states.erase(id);
+            s.unique_of.erase(u);
         }
         s.flagged.erase(id);
         s.jobs.erase(id);
@@ -477,6 +484,8 @@ std::size_t memory_storage::flag_unknown_kinds(const std::vector<std::string>& k
     auto& s = *state_;
     std::size_t noted = 0;
     for (const auto& key : s.ready) {
+        if (noted == max_rows_per_write)
+            break;
         auto& j = s.jobs.at(std::get<3>(key));
         if (std::find(known.begin(), known.end(), j.kind) != known.end() || s.flagged.contains(j.id))
             continue;

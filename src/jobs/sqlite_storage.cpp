@@ -216,6 +216,31 @@ ALTER TABLE recurring_jobs ADD COLUMN concurrency_key TEXT;
 ALTER TABLE recurring_jobs ADD COLUMN overlap         INTEGER NOT NULL DEFAULT 0;
 )sql";
 
+// Unique keys are compared within a kind unless the enqueue asked for
+// every kind. What the slot holds (unique_slot() in storage.hpp) is kept
+// beside the key. Rows written before held keys compared across kinds; they
+// now hold them within their kind, as the keys of a kind's rule always read
+// (they start with the kind's name), so that the jobs of that kind enqueued
+// after this one find them; except the keys the engine gives a recurring
+// job's occurrences, which it compares across kinds. The slots are cleared
+// before they are set again: a unique index is checked row by row, and one
+// row's new slot may be another's old one.
+const char* const migration_4 = R"sql(
+ALTER TABLE jobs ADD COLUMN unique_scoped TEXT;
+UPDATE jobs SET unique_scoped = CASE
+    WHEN recurring_id IS NOT NULL AND (unique_key = 'recurring:' || recurring_id
+                                       OR substr(unique_key, 1, length('recurring:' || recurring_id || ':'))
+                                          = 'recurring:' || recurring_id || ':')
+    THEN '*' || unique_key
+    ELSE length(CAST(kind AS BLOB)) || ':' || kind || unique_key END
+    WHERE unique_key IS NOT NULL AND unique_key <> '';
+CREATE TEMP TABLE holding AS SELECT id FROM jobs WHERE unique_slot IS NOT NULL;
+UPDATE jobs SET unique_slot = NULL WHERE unique_slot IS NOT NULL;
+UPDATE jobs SET unique_slot = unique_scoped WHERE id IN (SELECT id FROM holding);
+DROP TABLE holding;
+ALTER TABLE recurring_jobs ADD COLUMN unique_across_kinds INTEGER NOT NULL DEFAULT 0;
+)sql";
+
 // What a continuation waits for, for the reason of its deletion.
 const char* wanted(continuation_condition c)
 {
@@ -290,6 +315,10 @@ struct sqlite_storage::connection {
                 exec(migration_3, path);
                 exec("INSERT INTO hosting_jobs_schema (version) VALUES (3)", path);
             }
+            if (version < 4) {
+                exec(migration_4, path);
+                exec("INSERT INTO hosting_jobs_schema (version) VALUES (4)", path);
+            }
             exec("COMMIT", path);
         } catch (...) {
             sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
@@ -305,9 +334,9 @@ struct sqlite_storage::connection {
         insert = std::make_unique<statement>(
             db, "INSERT INTO jobs (kind, queue, args, priority, state, max_attempts, timeout_ms, created_at, run_at, "
                 "unique_key, unique_states, unique_slot, history, concurrency_key, parent_id, condition, recurring_id, "
-                "updated_at) "
+                "updated_at, unique_scoped) "
                 "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, json_array(json_array(?5, ?5, ?8, ?13, '')), "
-                "?14, ?15, ?16, ?17, ?8)"
+                "?14, ?15, ?16, ?17, ?8, ?18)"
                 " ON CONFLICT (unique_slot) DO NOTHING RETURNING id");
         find_unique = std::make_unique<statement>(db, "SELECT id FROM jobs WHERE unique_slot = ?1");
         // ?2 new state, ?3 attempt delta, ?4 run_at or NULL, ?5 error or NULL, ?6 now, ?7 reason.
@@ -326,14 +355,15 @@ struct sqlite_storage::connection {
                  "CASE cancel_requested WHEN 2 THEN 'deleted while running; the attempt ended: ' || ?7 "
                  "WHEN 1 THEN CASE WHEN ?2 = 7 THEN ?7 ELSE 'cancelled while running; the attempt ended: ' || ?7 END "
                  "ELSE ?7 END, coalesce(?5, ''))), "
-                 "unique_slot = CASE WHEN (unique_states >> " + ended + ") & 1 THEN unique_key END "
+                 "unique_slot = CASE WHEN (unique_states >> " + ended + ") & 1 THEN unique_scoped END "
                  "WHERE id = ?1 AND state = 3 AND lease_owner = ?8 AND attempt = ?9 RETURNING state")
                     .c_str());
         promote = std::make_unique<statement>(
             db, "UPDATE jobs SET state = 1, updated_at = ?1, "
                 "history = json_insert(history, '$[#]', json_array(state, 1, ?1, 'due', '')), "
-                "unique_slot = CASE WHEN (unique_states >> 1) & 1 THEN unique_key END "
-                "WHERE state IN (0, 4) AND run_at <= ?1");
+                "unique_slot = CASE WHEN (unique_states >> 1) & 1 THEN unique_scoped END "
+                "WHERE id IN (SELECT id FROM jobs WHERE state IN (0, 4) AND run_at <= ?1 ORDER BY run_at, id "
+                "LIMIT ?2)");
         // ?1 queue, ?2 kinds (JSON array). In claim order along jobs_ready,
         // with no window: the caller steps until it has what it wants, so a
         // backlog of jobs whose key is held never hides those behind it.
@@ -353,7 +383,7 @@ struct sqlite_storage::connection {
                                 "lease_expires = ?2, updated_at = ?3, "
                                 "history = json_insert(history, '$[#]', json_array(state, 3, ?3, "
                                 "'claimed by ' || ?1, '')), "
-                                "unique_slot = CASE WHEN (unique_states >> 3) & 1 THEN unique_key END "
+                                "unique_slot = CASE WHEN (unique_states >> 3) & 1 THEN unique_scoped END "
                                 "WHERE state = 1 AND id IN (SELECT value FROM json_each(?4)) RETURNING ";
         claim_sql += job_columns(false);
         claim = std::make_unique<statement>(db, claim_sql.c_str());
@@ -376,18 +406,18 @@ struct sqlite_storage::connection {
                 "updated_at = ?3, "
                 "history = json_insert(history, '$[#]', json_array(state, ?2, ?3, ?4, '')), "
                 "unique_slot = CASE WHEN (unique_states >> ?2) & 1 AND NOT EXISTS (SELECT 1 FROM jobs AS other "
-                "WHERE other.unique_slot = jobs.unique_key AND other.id <> jobs.id) THEN unique_key END "
+                "WHERE other.unique_slot = jobs.unique_scoped AND other.id <> jobs.id) THEN unique_scoped END "
                 "WHERE id = ?1");
         // Another job that holds the unique key job ?1 would take when
         // requeued (available holds it): its id and the key.
         key_holder = std::make_unique<statement>(
-            db, "SELECT other.id, other.unique_slot FROM jobs AS me JOIN jobs AS other "
-                "ON other.unique_slot = me.unique_key AND other.id <> me.id "
+            db, "SELECT other.id, me.unique_key FROM jobs AS me JOIN jobs AS other "
+                "ON other.unique_slot = me.unique_scoped AND other.id <> me.id "
                 "WHERE me.id = ?1 AND (me.unique_states >> 1) & 1");
         requeue = std::make_unique<statement>(
             db, "UPDATE jobs SET state = 1, attempt = 0, run_at = ?2, cancel_requested = 0, updated_at = ?2, "
                 "history = json_insert(history, '$[#]', json_array(state, 1, ?2, ?3, '')), "
-                "unique_slot = CASE WHEN (unique_states >> 1) & 1 THEN unique_key END "
+                "unique_slot = CASE WHEN (unique_states >> 1) & 1 THEN unique_scoped END "
                 "WHERE id = ?1");
         find = std::make_unique<statement>(db, ("SELECT " + job_columns(true) + " FROM jobs WHERE id = ?1").c_str());
         next_due = std::make_unique<statement>(db, "SELECT min(run_at) FROM jobs WHERE state IN (0, 4)");
@@ -493,9 +523,11 @@ struct sqlite_storage::connection {
         s.bind(1, r.kind).bind(2, r.queue).bind(3, r.args).bind(4, r.priority).bind(5, code(initial));
         s.bind(6, r.max_attempts).bind(7, static_cast<std::int64_t>(r.timeout.count())).bind(8, micros(now));
         s.bind(9, micros(r.run_at.value_or(now)));
+        const auto slot = unique_slot(r.kind, r.unique_key, r.unique_across_kinds);
         s.bind_or_null(10, r.unique_key);
         s.bind(11, r.unique_key.empty() ? 0 : static_cast<std::int64_t>(r.unique_states.bits()));
-        s.bind_or_null(12, r.unique_states.contains(initial) ? std::string_view(r.unique_key) : std::string_view());
+        s.bind_or_null(12, r.unique_states.contains(initial) ? std::string_view(slot) : std::string_view());
+        s.bind_or_null(18, slot);
         s.bind(13, r.reason).bind_or_null(14, r.concurrency_key);
         if (r.parent_id == 0)
             s.bind_null(15);
@@ -510,7 +542,7 @@ struct sqlite_storage::connection {
             return {id, true, {}};
         }
         using_statement u2{*find_unique};
-        find_unique->bind(1, r.unique_key);
+        find_unique->bind(1, slot);
         if (!find_unique->step())
             throw storage_error("jobs: sqlite: an insert conflicted but no job holds unique key '" + r.unique_key +
                                 "'");
@@ -676,7 +708,7 @@ std::vector<job> sqlite_storage::complete_and_claim(std::span<const completion> 
         }
         {
             using_statement u{*c.promote};
-            c.promote->bind(1, at);
+            c.promote->bind(1, at).bind(2, static_cast<std::int64_t>(max_rows_per_write));
             c.promote->run();
         }
         std::vector<job> claimed;
@@ -932,9 +964,13 @@ std::size_t sqlite_storage::flag_unknown_kinds(const std::vector<std::string>& k
         statement s(c.db, "UPDATE jobs SET unknown_flagged = 1, "
                           "history = json_insert(history, '$[#]', json_array(state, state, ?2, 'node ' || ?3 || "
                           "' does not know kind ''' || kind || '''; waiting for one that does', '')) "
-                          "WHERE state = 1 AND kind = ?1 AND unknown_flagged = 0");
+                          "WHERE id IN (SELECT id FROM jobs WHERE state = 1 AND kind = ?1 AND unknown_flagged = 0 "
+                          "LIMIT ?4)");
         for (const auto& kind : unknown) {
+            if (flagged == max_rows_per_write)
+                break;
             s.bind(1, kind).bind(2, micros(now)).bind(3, node);
+            s.bind(4, static_cast<std::int64_t>(max_rows_per_write - flagged));
             s.run();
             flagged += static_cast<std::size_t>(sqlite3_changes(c.db));
             s.reset();
@@ -951,13 +987,15 @@ void sqlite_storage::upsert_recurring(const recurring_job& r)
         // The schedule's own next_fire survives when cron and zone did not change.
         statement s(c.db,
                     "INSERT INTO recurring_jobs (id, cron, zone, kind, args, queue, priority, max_attempts, "
-                    "timeout_ms, missed, next_fire, last_fire, unique_key, unique_states, concurrency_key, overlap) "
-                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13, ?14, ?15) "
+                    "timeout_ms, missed, next_fire, last_fire, unique_key, unique_states, concurrency_key, overlap, "
+                    "unique_across_kinds) "
+                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13, ?14, ?15, ?16) "
                     "ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, args = excluded.args, "
                     "queue = excluded.queue, priority = excluded.priority, max_attempts = excluded.max_attempts, "
                     "timeout_ms = excluded.timeout_ms, missed = excluded.missed, "
                     "unique_key = excluded.unique_key, unique_states = excluded.unique_states, "
                     "concurrency_key = excluded.concurrency_key, overlap = excluded.overlap, "
+                    "unique_across_kinds = excluded.unique_across_kinds, "
                     "next_fire = CASE WHEN cron = excluded.cron AND zone = excluded.zone THEN next_fire "
                     "ELSE excluded.next_fire END, cron = excluded.cron, zone = excluded.zone");
         s.bind(1, r.id).bind(2, r.cron).bind(3, r.zone).bind(4, r.kind).bind(5, r.args).bind(6, r.queue);
@@ -966,6 +1004,7 @@ void sqlite_storage::upsert_recurring(const recurring_job& r)
         s.bind_or_null(12, r.unique_key);
         s.bind(13, r.unique_key.empty() ? std::int64_t{0} : static_cast<std::int64_t>(r.unique_states.bits()));
         s.bind_or_null(14, r.concurrency_key).bind(15, static_cast<int>(r.overlap));
+        s.bind(16, r.unique_across_kinds ? 1 : 0);
         s.run();
     });
 }
@@ -987,7 +1026,7 @@ std::vector<recurring_job> sqlite_storage::list_recurring()
     std::lock_guard lock(mutex_);
     auto& c = *db_;
     statement s(c.db, "SELECT id, cron, zone, kind, args, queue, priority, max_attempts, timeout_ms, missed, "
-                      "next_fire, last_fire, unique_key, unique_states, concurrency_key, overlap "
+                      "next_fire, last_fire, unique_key, unique_states, concurrency_key, overlap, unique_across_kinds "
                       "FROM recurring_jobs ORDER BY id");
     std::vector<recurring_job> out;
     while (s.step()) {
@@ -1010,6 +1049,7 @@ std::vector<recurring_job> sqlite_storage::list_recurring()
             r.unique_states = state_set::from_bits(static_cast<std::uint32_t>(s.integer(13)));
         r.concurrency_key = s.text(14);
         r.overlap = static_cast<overlap_policy>(s.integer(15));
+        r.unique_across_kinds = s.integer(16) != 0;
         out.push_back(std::move(r));
     }
     return out;

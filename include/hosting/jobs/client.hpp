@@ -55,22 +55,23 @@ class client {
 public:
     explicit client(std::shared_ptr<detail::engine> engine);
 
-    // Fire and forget: available now. Completes with the job's id once it is
-    // stored, or with a unique_key whose job exists in one of its
-    // unique_states, with that job's id. Throws std::invalid_argument at the
+    // Fire and forget: available now. Completes once the job is stored with
+    // its id and `created`, or, with a unique_key whose job exists in one of
+    // its unique_states, with that job's id and `created` false. (An
+    // `enqueued` converts to its job_id.) Throws std::invalid_argument at the
     // call for an empty kind or invalid job_options.
     template <class Args>
-    asio::awaitable<job_id> enqueue(std::string_view kind, const Args& args, const job_options& options)
+    asio::awaitable<enqueued> enqueue(std::string_view kind, const Args& args, const job_options& options)
     {
         return submit(std::string(kind), to_json(args), options, std::nullopt);
     }
     template <class Args>
-    asio::awaitable<job_id> enqueue(std::string_view kind, const Args& args)
+    asio::awaitable<enqueued> enqueue(std::string_view kind, const Args& args)
     {
         return submit(std::string(kind), to_json(args), job_options{}, std::nullopt);
     }
     template <class Args>
-    job_id enqueue_blocking(std::string_view kind, const Args& args, job_options options = {})
+    enqueued enqueue_blocking(std::string_view kind, const Args& args, job_options options = {})
     {
         return submit_blocking(std::string(kind), to_json(args), std::move(options), std::nullopt);
     }
@@ -78,29 +79,29 @@ public:
     // Runs no earlier than `at` (or `delay` from now, by
     // server_options::clock). Completes and throws as enqueue().
     template <class Args>
-    asio::awaitable<job_id> schedule(std::string_view kind, const Args& args, time_point at,
+    asio::awaitable<enqueued> schedule(std::string_view kind, const Args& args, time_point at,
                                      const job_options& options)
     {
         return submit(std::string(kind), to_json(args), options, at);
     }
     template <class Args>
-    asio::awaitable<job_id> schedule(std::string_view kind, const Args& args, time_point at)
+    asio::awaitable<enqueued> schedule(std::string_view kind, const Args& args, time_point at)
     {
         return submit(std::string(kind), to_json(args), job_options{}, at);
     }
     template <class Args>
-    asio::awaitable<job_id> schedule(std::string_view kind, const Args& args, std::chrono::milliseconds delay,
+    asio::awaitable<enqueued> schedule(std::string_view kind, const Args& args, std::chrono::milliseconds delay,
                                      const job_options& options)
     {
         return submit(std::string(kind), to_json(args), options, now() + delay);
     }
     template <class Args>
-    asio::awaitable<job_id> schedule(std::string_view kind, const Args& args, std::chrono::milliseconds delay)
+    asio::awaitable<enqueued> schedule(std::string_view kind, const Args& args, std::chrono::milliseconds delay)
     {
         return submit(std::string(kind), to_json(args), job_options{}, now() + delay);
     }
     template <class Args>
-    job_id schedule_blocking(std::string_view kind, const Args& args, std::chrono::milliseconds delay,
+    enqueued schedule_blocking(std::string_view kind, const Args& args, std::chrono::milliseconds delay,
                              job_options options = {})
     {
         return submit_blocking(std::string(kind), to_json(args), std::move(options), now() + delay);
@@ -115,19 +116,19 @@ public:
     // stored. Throws job_not_found for an unknown parent (when the storage
     // sees it), and std::invalid_argument at the call as enqueue().
     template <class Args>
-    asio::awaitable<job_id> continue_with(job_id parent, std::string_view kind, const Args& args,
+    asio::awaitable<enqueued> continue_with(job_id parent, std::string_view kind, const Args& args,
                                           continuation_condition condition, const job_options& options)
     {
         return submit_continuation(parent, std::string(kind), to_json(args), condition, options);
     }
     template <class Args>
-    asio::awaitable<job_id> continue_with(job_id parent, std::string_view kind, const Args& args,
+    asio::awaitable<enqueued> continue_with(job_id parent, std::string_view kind, const Args& args,
                                           continuation_condition condition = continuation_condition::on_success)
     {
         return submit_continuation(parent, std::string(kind), to_json(args), condition, job_options{});
     }
     template <class Args>
-    job_id continue_with_blocking(job_id parent, std::string_view kind, const Args& args,
+    enqueued continue_with_blocking(job_id parent, std::string_view kind, const Args& args,
                                   continuation_condition condition = continuation_condition::on_success,
                                   job_options options = {})
     {
@@ -234,15 +235,16 @@ private:
         return boost::json::serialize(boost::json::value_from(args));
     }
     time_point now() const;
-    asio::awaitable<job_id> submit(std::string kind, std::string args, const job_options& options,
-                                   std::optional<time_point> run_at);
-    job_id submit_blocking(std::string kind, std::string args, job_options options, std::optional<time_point> run_at);
+    asio::awaitable<enqueued> submit(std::string kind, std::string args, const job_options& options,
+                                     std::optional<time_point> run_at);
+    enqueued submit_blocking(std::string kind, std::string args, job_options options,
+                             std::optional<time_point> run_at);
     asio::awaitable<void> transition(job_id id, job_state to, std::string reason);
     asio::awaitable<job_id> trigger(std::string id);
-    asio::awaitable<job_id> submit_continuation(job_id parent, std::string kind, std::string args,
-                                                continuation_condition condition, const job_options& options);
-    job_id submit_continuation_blocking(job_id parent, std::string kind, std::string args,
-                                        continuation_condition condition, job_options options);
+    asio::awaitable<enqueued> submit_continuation(job_id parent, std::string kind, std::string args,
+                                                  continuation_condition condition, const job_options& options);
+    enqueued submit_continuation_blocking(job_id parent, std::string kind, std::string args,
+                                          continuation_condition condition, job_options options);
     recurring_job make_recurring(std::string id, std::string cron, std::string zone, std::string kind,
                                  std::string args, const job_options& options, missed_policy missed,
                                  overlap_policy overlap) const;
@@ -250,8 +252,8 @@ private:
     asio::awaitable<void> upsert_recurring(recurring_job r);
     void upsert_recurring_blocking(recurring_job r);
     // Not a coroutine: the request moves into the operation at once.
-    asio::awaitable<job_id> enqueue_request_async(enqueue_request&& request);
-    job_id enqueue_request_blocking(enqueue_request request);
+    asio::awaitable<enqueued> enqueue_request_async(enqueue_request&& request);
+    enqueued enqueue_request_blocking(enqueue_request request);
 
     std::shared_ptr<detail::engine> engine_;
 };

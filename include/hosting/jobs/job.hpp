@@ -137,14 +137,27 @@ struct job_options {
     std::optional<int> priority; // lower runs first
     std::optional<int> max_attempts;
     std::optional<std::chrono::milliseconds> timeout;
-    std::string unique_key; // empty: none
+    // Empty: none. Another job of the same kind holding the key in one of
+    // unique_states makes the enqueue return that job instead
+    // (enqueued::created false); of any kind with unique_across_kinds.
+    std::string unique_key;
     state_set unique_states = default_unique_states;
+    bool unique_across_kinds = false;
     // Jobs sharing a concurrency key never run at the same time, on any node:
     // the key is held by the running job's lease, so it cannot expire under
     // a job that still runs, and a dead node's key frees when its lease does.
     // Claims pass over the jobs whose key is held to those behind them, so a
     // backlog of one key never keeps a free worker idle.
     std::string concurrency_key;
+};
+
+// What an enqueue, a schedule or a continuation completes with: the job's
+// id, and whether this call stored it (false: a job holding the same unique
+// key was found, and that is its id). Converts to the id.
+struct enqueued {
+    job_id id = 0;
+    bool created = false;
+    operator job_id() const noexcept { return id; }
 };
 
 // A job as stored.
@@ -216,6 +229,7 @@ struct recurring_job {
     // every state, so that it is enqueued once, ever.
     std::string unique_key;
     state_set unique_states = default_unique_states;
+    bool unique_across_kinds = false;
     std::string concurrency_key;
     overlap_policy overlap = overlap_policy::allow;
 };

@@ -56,7 +56,7 @@ public:
 
     const std::string& path() const noexcept { return path_; }
     // The schema version this library writes.
-    static constexpr int schema_version = 3;
+    static constexpr int schema_version = 4;
 
 private:
     struct connection;

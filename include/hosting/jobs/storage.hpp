@@ -30,12 +30,23 @@ struct enqueue_request {
     std::optional<time_point> run_at; // none: available now
     std::string unique_key;
     state_set unique_states = default_unique_states;
+    bool unique_across_kinds = false; // else the key is only compared with jobs of the same kind
     std::string concurrency_key;
     job_id parent_id = 0; // a continuation: awaiting until its parent is final
     continuation_condition condition = continuation_condition::on_success;
     std::string recurring_id;
     std::string reason = "enqueued";
 };
+
+// What a storage compares for uniqueness: the key within its kind, or
+// across kinds. The kind's length comes first so that no kind and key can
+// spell another's; '*' is no digit, so a key across kinds spells no kind's.
+inline std::string unique_slot(const std::string& kind, const std::string& key, bool across_kinds)
+{
+    if (key.empty())
+        return {};
+    return across_kinds ? "*" + key : std::to_string(kind.size()) + ":" + kind + key;
+}
 
 struct enqueue_result {
     job_id id = 0;
@@ -147,6 +158,15 @@ struct job_counts {
     std::int64_t operator[](job_state s) const noexcept { return by_state[static_cast<std::size_t>(s)]; }
 };
 
+// A backlog never makes a write longer than this many rows: due jobs are
+// made available, and jobs of unknown kinds noted, this many at a time, and
+// the engine commits at most this many enqueues together. So another
+// process's lease renewal waits a fraction of the lease (5,000 rows are
+// tens of milliseconds of SQLite's time, against a 10-second lease), never
+// for the backlog. Writes the running jobs size (a dead node's recovery, a
+// parent's continuations) are not cut.
+inline constexpr std::size_t max_rows_per_write = 5000;
+
 // Each call is one transaction and either fully happens or throws
 // storage_error. Implementations are safe to call from several threads (the
 // engine calls each from one thread at a time, off the host's loop).
@@ -160,8 +180,10 @@ public:
     virtual std::vector<enqueue_result> enqueue(std::span<const enqueue_request> jobs, time_point now) = 0;
 
     // Records the completions (those of claim.node's own running attempts),
-    // makes due scheduled and retryable jobs
-    // available, then claims jobs for `claim` (marking them running under
+    // makes due scheduled and retryable jobs available (at most
+    // max_rows_per_write, the earliest due first; the rest on the calls that
+    // follow, which next_due() then says are due), then claims jobs for
+    // `claim` (marking them running under
     // its lease, attempt + 1): the engine's hot path, fused so that a drain
     // costs one commit per batch.
     virtual std::vector<job> complete_and_claim(std::span<const completion> done, const claim_request& claim,
@@ -208,7 +230,8 @@ public:
     virtual std::size_t prune(job_state state, time_point before, std::size_t limit, time_point now) = 0;
 
     // Available jobs whose kind is none of `known` get one note in their
-    // history saying so (once per job); returns how many were noted.
+    // history saying so (once per job, at most max_rows_per_write per call);
+    // returns how many were noted.
     virtual std::size_t flag_unknown_kinds(const std::vector<std::string>& known, const std::string& node,
                                            time_point now) = 0;
 

@@ -110,7 +110,7 @@ private:
     std::mutex mutex_;
     std::condition_variable changed_;
     bool stopping_ = false;
-    std::vector<std::pair<enqueue_request, enqueue_done>> enqueues_;
+    std::deque<std::pair<enqueue_request, enqueue_done>> enqueues_;
     std::deque<std::function<void(storage&)>> ops_;
     std::function<void()> waker_;              // mutex_
     std::function<void(job_id)> local_cancel_; // mutex_
