@@ -621,6 +621,23 @@ bool closed_by_server(asio::ip::tcp::socket& s)
     return ec == asio::error::eof || ec == asio::error::connection_reset;
 }
 
+// A host that serves the health endpoint with `options`, started.
+struct serving {
+    explicit serving(const hosting::health_endpoint_options& options) : host(build(options))
+    {
+        host.start_blocking();
+        port = port_of(host);
+    }
+    static hosting::host build(const hosting::health_endpoint_options& options)
+    {
+        auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+        hosting::add_health_endpoint(builder, options);
+        return builder.build();
+    }
+    hosting::host host;
+    unsigned short port = 0;
+};
+
 } // namespace
 
 // ---------------------------------------------------------------------------
@@ -691,14 +708,11 @@ TEST_CASE("malformed, oversized and slow requests are refused and the endpoint k
 
 TEST_CASE("a slow client is dropped after the request timeout and the endpoint keeps answering", "[health][http]")
 {
-    auto sink = std::make_shared<test::capture_sink>();
-    auto builder = test::make_builder(sink);
     auto options = loopback();
     options.request_timeout = 300ms;
-    hosting::add_health_endpoint(builder, options);
-    auto host = builder.build();
-    host.start_blocking();
-    const auto port = port_of(host);
+    serving served(options);
+    auto& host = served.host;
+    const auto port = served.port;
     // Half a request, then silence.
     auto r = test::raw_exchange(port, "GET /health/live HTTP/1.1\r\nHost: x\r\n", 10s);
     CHECK(r.closed);
@@ -714,15 +728,12 @@ TEST_CASE("a slow client is dropped after the request timeout and the endpoint k
 
 TEST_CASE("one client address holds at most its share of the connections", "[health][http]")
 {
-    auto sink = std::make_shared<test::capture_sink>();
-    auto builder = test::make_builder(sink);
     auto options = loopback(8);
     options.max_connections_per_address = 2;
     options.request_timeout = 30s;
-    hosting::add_health_endpoint(builder, options);
-    auto host = builder.build();
-    host.start_blocking();
-    const auto port = port_of(host);
+    serving served(options);
+    auto& host = served.host;
+    const auto port = served.port;
 
     asio::io_context io;
     auto first = connect_from(io, "127.0.0.2", port);
@@ -743,14 +754,11 @@ TEST_CASE("one client address holds at most its share of the connections", "[hea
 
 TEST_CASE("a full server evicts from the address that holds the most connections first", "[health][http]")
 {
-    auto sink = std::make_shared<test::capture_sink>();
-    auto builder = test::make_builder(sink);
     auto options = loopback(4);
     options.request_timeout = 30s;
-    hosting::add_health_endpoint(builder, options);
-    auto host = builder.build();
-    host.start_blocking();
-    const auto port = port_of(host);
+    serving served(options);
+    auto& host = served.host;
+    const auto port = served.port;
 
     asio::io_context io;
     // The oldest connection, alone on its address...
@@ -773,14 +781,11 @@ TEST_CASE("a full server evicts from the address that holds the most connections
 TEST_CASE("at capacity, an address that holds as many connections as any other is refused, not let evict",
           "[health][http]")
 {
-    auto sink = std::make_shared<test::capture_sink>();
-    auto builder = test::make_builder(sink);
     auto options = loopback(4);
     options.request_timeout = 30s;
-    hosting::add_health_endpoint(builder, options);
-    auto host = builder.build();
-    host.start_blocking();
-    const auto port = port_of(host);
+    serving served(options);
+    auto& host = served.host;
+    const auto port = served.port;
 
     asio::io_context io;
     std::vector<asio::ip::tcp::socket> held;
