@@ -198,6 +198,10 @@ private:
                               [this, socket, slot](boost::system::error_code ec) {
                                   auto again = [this, socket, slot] {
                                       boost::system::error_code ignored;
+                                      // A reset: a remote attacker's TIME_WAIT
+                                      // would be on its own machine, not in
+                                      // the kernel the prober shares.
+                                      socket->set_option(asio::socket_base::linger(true, 0), ignored);
                                       socket->close(ignored);
                                       open(slot);
                                   };
