@@ -295,6 +295,74 @@ TEST_CASE("jobs: unique keys hold under concurrent enqueue", "[jobs][storage]")
                       Catch::Contains("unique_states must include every state that is not final"));
 }
 
+namespace {
+struct mail_pool {
+    int size = 7;
+};
+} // namespace
+
+TEST_CASE("jobs: a handler can discard or cancel its job, a kind can refuse to retry an error, and a handler "
+          "reaches the host's services",
+          "[jobs][server]")
+{
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    builder.services().add_singleton<mail_pool>();
+    jobs::kind_options careful;
+    careful.retry.max_attempts = 5;
+    careful.retry.never_for<std::invalid_argument>();
+    std::atomic<int> pool_size{0};
+    jobs::add_jobs(builder, std::make_shared<jobs::memory_storage>(), quick_server())
+        .register_kind<std::string>(
+            "mail",
+            [&](std::string what, jobs::job_context& context) -> asio::awaitable<void> {
+                co_await asio::this_coro::executor;
+                pool_size = context.services().get<mail_pool>().size;
+                if (what == "discard")
+                    throw jobs::discard("the account is closed");
+                if (what == "cancel")
+                    throw jobs::cancel_job("the order was withdrawn");
+                if (what == "invalid")
+                    throw std::invalid_argument("no such address");
+                throw std::runtime_error("the mail server is down");
+            },
+            careful);
+    auto host = builder.build();
+    host.start_blocking();
+    auto& client = host.services().get<jobs::client>();
+
+    const auto discarded = client.enqueue_blocking("mail", std::string("discard"));
+    const auto cancelled = client.enqueue_blocking("mail", std::string("cancel"));
+    const auto invalid = client.enqueue_blocking("mail", std::string("invalid"));
+    const auto down = client.enqueue_blocking("mail", std::string("down"));
+    REQUIRE(wait_state(client, discarded, job_state::failed));
+    REQUIRE(wait_state(client, cancelled, job_state::cancelled));
+    REQUIRE(wait_state(client, invalid, job_state::failed));
+    REQUIRE(wait_state(client, down, job_state::retryable));
+
+    auto j = client.find_blocking(discarded);
+    CHECK(j->attempt == 1);
+    CHECK(j->last_error == "the account is closed");
+    CHECK_THAT(j->history.back().reason, Catch::Contains("not retried: discarded by its handler"));
+    j = client.find_blocking(cancelled);
+    CHECK(j->history.back().reason == "cancelled by its handler: the order was withdrawn");
+    j = client.find_blocking(invalid);
+    CHECK(j->attempt == 1);
+    CHECK(j->last_error == "no such address");
+    CHECK_THAT(j->history.back().reason, Catch::Contains("never retries"));
+    // Any other error is retried as the policy says.
+    CHECK(client.find_blocking(down)->attempt == 1);
+    CHECK(pool_size == 7);
+    host.stop_blocking();
+
+    // A context made without services says so.
+    jobs::job standalone;
+    standalone.id = 9;
+    standalone.kind = "mail";
+    jobs::job_context bare(standalone, {}, nullptr);
+    CHECK_THROWS_WITH(bare.services(), Catch::Contains("without a service_provider"));
+}
+
 TEST_CASE("jobs: a unique key is compared within its kind unless asked across kinds, and the caller learns "
           "whether its job was created",
           "[jobs][storage]")

@@ -4,6 +4,7 @@
 
 #include <boost/asio/co_spawn.hpp>
 
+#include <algorithm>
 #include <random>
 #include <unistd.h>
 
@@ -50,6 +51,11 @@ std::chrono::milliseconds retry_policy::default_backoff(int attempt)
     return std::chrono::seconds(n * n * n * n + 15) + std::chrono::milliseconds(jitter_ms(rng));
 }
 
+bool retry_policy::retries(const std::exception_ptr& e) const
+{
+    return std::none_of(not_retried.begin(), not_retried.end(), [&](const auto& matches) { return matches(e); });
+}
+
 std::chrono::milliseconds retry_policy::delay_after(int attempt) const
 {
     return backoff ? backoff(attempt) : default_backoff(attempt);
@@ -85,15 +91,25 @@ void server_options::validate() const
         fail("shutdown_grace must be shorter than lease_duration - heartbeat_interval");
 }
 
-job_context::job_context(const job& j, std::stop_token stop, std::shared_ptr<spdlog::logger> log)
+job_context::job_context(const job& j, std::stop_token stop, std::shared_ptr<spdlog::logger> log,
+                         service_provider* services)
     : id_(j.id),
       attempt_(j.attempt),
       max_attempts_(j.max_attempts),
       kind_(j.kind),
       queue_(j.queue),
       stop_(std::move(stop)),
-      log_(std::move(log))
+      log_(std::move(log)),
+      services_(services)
 {
+}
+
+service_provider& job_context::services() const
+{
+    if (!services_)
+        throw std::logic_error("jobs: job " + std::to_string(id_) + " (" + kind_ +
+                               "): this job_context was made without a service_provider");
+    return *services_;
 }
 
 // The job's id: the same for every run of the job (retries and redeliveries

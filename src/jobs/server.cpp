@@ -109,6 +109,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
 
     std::shared_ptr<detail::engine> engine;
     std::shared_ptr<spdlog::logger> log;
+    service_provider* provider = nullptr; // the host's; it outlives its services
     asio::any_io_executor ex; // the service's executor; everything below is touched only there
     std::optional<asio::steady_timer> wake_timer;
     bool woken = false;
@@ -297,7 +298,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
         ++running_of_kind[a->j.kind];
         a->started = std::chrono::steady_clock::now();
         running.emplace(a->j.id, a);
-        a->context = std::make_unique<job_context>(a->j, a->stop.get_token(), log);
+        a->context = std::make_unique<job_context>(a->j, a->stop.get_token(), log, provider);
         if (a->j.timeout > std::chrono::milliseconds::zero()) {
             a->timeout.emplace(ex, a->j.timeout);
             a->timeout->async_wait([weak = std::weak_ptr<active>(a)](boost::system::error_code ec) {
@@ -328,10 +329,15 @@ struct server::run : std::enable_shared_from_this<server::run> {
         completion c;
         c.id = j.id;
         c.attempt = j.attempt;
-        auto fail = [&](std::string error) {
+        const auto* kind = engine->kind(j.kind);
+        auto fail = [&](std::string error, const char* not_retried = nullptr) {
             c.error = std::move(error);
-            if (j.attempt < j.max_attempts) {
-                const auto* kind = engine->kind(j.kind);
+            if (not_retried) {
+                c.what = outcome::failed;
+                c.reason = "attempt " + std::to_string(j.attempt) + " of " + std::to_string(j.max_attempts) +
+                           " failed; not retried: " + not_retried;
+                log->error("Job {} ({}) failed, not retried ({}): {}", j.id, j.kind, not_retried, c.error);
+            } else if (j.attempt < j.max_attempts) {
                 const auto delay = kind ? kind->options.retry.delay_after(j.attempt)
                                         : retry_policy::default_backoff(j.attempt);
                 c.what = outcome::retry;
@@ -362,6 +368,13 @@ struct server::run : std::enable_shared_from_this<server::run> {
                 c.error = b.what();
                 c.reason = "its arguments do not convert; not retried";
                 log->error("Job {} ({}) failed: {}", j.id, j.kind, c.error);
+            } catch (const discard& d) {
+                // The handler's word goes, whatever interrupted it.
+                fail(d.what(), "discarded by its handler");
+            } catch (const cancel_job& x) {
+                c.what = outcome::cancelled;
+                c.reason = std::string("cancelled by its handler: ") + x.what();
+                log->info("Job {} ({}) cancelled by its handler: {}", j.id, j.kind, x.what());
             } catch (...) {
                 switch (a.why) {
                 case cause::shutdown:
@@ -373,7 +386,12 @@ struct server::run : std::enable_shared_from_this<server::run> {
                     c.reason = "cancelled while running";
                     break;
                 case cause::timeout: fail("timed out after " + ms_text(j.timeout)); break;
-                case cause::none: fail(hosting::detail::describe(e)); break;
+                case cause::none:
+                    if (kind && !kind->options.retry.retries(e))
+                        fail(hosting::detail::describe(e), "its kind never retries this error");
+                    else
+                        fail(hosting::detail::describe(e));
+                    break;
                 }
             }
         }
@@ -486,7 +504,10 @@ constexpr std::chrono::milliseconds release_margin{500};
 } // namespace
 
 server::server(service_provider& provider, std::shared_ptr<detail::engine> engine)
-    : engine_(std::move(engine)), metrics_(provider.try_get<metrics_registry>()), grace_(engine_->options().shutdown_grace)
+    : engine_(std::move(engine)),
+      provider_(&provider),
+      metrics_(provider.try_get<metrics_registry>()),
+      grace_(engine_->options().shutdown_grace)
 {
     // The grace runs inside the host's deadline: one that does not fit would
     // have the host abandon the server before it puts its jobs back, and
@@ -527,6 +548,7 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
     r->ex = co_await asio::this_coro::executor;
     r->wake_timer.emplace(r->ex);
     r->metrics = metrics_;
+    r->provider = provider_;
     if (metrics_) {
         metrics_->add_collector([counts = r->state_counts](metrics_writer& out) {
             for (std::size_t i = 0; i < job_state_count; ++i)

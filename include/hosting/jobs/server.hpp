@@ -61,7 +61,10 @@ private:
 // What a handler knows about the attempt it runs.
 class job_context {
 public:
-    job_context(const job& j, std::stop_token stop, std::shared_ptr<spdlog::logger> log);
+    // `services` may be null (a handler run by a test, say); services()
+    // then throws.
+    job_context(const job& j, std::stop_token stop, std::shared_ptr<spdlog::logger> log,
+                service_provider* services = nullptr);
 
     job_id id() const noexcept { return id_; }
     int attempt() const noexcept { return attempt_; }
@@ -77,6 +80,10 @@ public:
     // operation the handler awaits is cancelled then too.
     std::stop_token stop_token() const noexcept { return stop_; }
     const std::shared_ptr<spdlog::logger>& logger() const noexcept { return log_; }
+    // The host's services: what a handler needs (a database pool, a client
+    // of another system) without globals. Throws std::logic_error for a
+    // context made without them.
+    service_provider& services() const;
 
 private:
     job_id id_;
@@ -86,6 +93,7 @@ private:
     std::string queue_;
     std::stop_token stop_;
     std::shared_ptr<spdlog::logger> log_;
+    service_provider* services_;
 };
 
 // Thrown from a handler to run the job again later without counting the
@@ -98,6 +106,21 @@ public:
 
 private:
     std::chrono::milliseconds delay_;
+};
+
+// Thrown from a handler to end the job failed at once, whatever attempts
+// are left, with the message as its error: throw jobs::discard("account
+// closed"). Requeue it to run it again.
+class discard : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+// Thrown from a handler to end the job cancelled, as a client's cancel()
+// would, with the message in its history: the work is no longer wanted.
+class cancel_job : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
 };
 
 // A job whose stored arguments do not convert to the kind's type fails at
@@ -114,7 +137,28 @@ struct retry_policy {
     // 0..10 * n s (15-25 s after the first attempt, 16-36 s after the second).
     std::function<std::chrono::milliseconds(int attempt)> backoff;
 
+    // Exceptions that end the job failed at once, whatever attempts are
+    // left, for errors another attempt cannot mend (a validation error,
+    // say): retry.never_for<std::invalid_argument>(). Derived types count.
+    template <class E>
+    retry_policy& never_for()
+    {
+        not_retried.push_back([](const std::exception_ptr& e) {
+            try {
+                std::rethrow_exception(e);
+            } catch (const E&) {
+                return true;
+            } catch (...) {
+                return false;
+            }
+        });
+        return *this;
+    }
+    std::vector<std::function<bool(const std::exception_ptr&)>> not_retried;
+
     std::chrono::milliseconds delay_after(int attempt) const;
+    // False when one of never_for's types matches `e`.
+    bool retries(const std::exception_ptr& e) const;
     static std::chrono::milliseconds default_backoff(int attempt);
 };
 
@@ -289,6 +333,7 @@ protected:
 private:
     struct run;
     std::shared_ptr<detail::engine> engine_;
+    service_provider* provider_ = nullptr;
     metrics_registry* metrics_ = nullptr;
     std::chrono::milliseconds grace_;  // shutdown_grace, cut to fit the host's deadline
     std::string grace_note_;           // why it was cut, logged when execute begins
