@@ -364,17 +364,18 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
             evict(*victim);
             evicted_address->inc();
         } else if (admitted >= options.max_connections) {
+            auto* victim = oldest_waiting(nullptr);
+            if (!victim)
+                return reserve();
             // An address that holds as many slots as any other takes none
             // from another: it is refused at once, which costs an accept and
             // a close, where an eviction costs the whole exchange of the
             // client that comes back for its slot. Clients that reconnect as
             // fast as they are closed then cost the server little, and a
-            // probe (whose address holds fewer) still gets in.
+            // probe (whose address holds fewer) still gets in. (With nothing
+            // to evict, the reserved slots above are for every address.)
             if (it != per_address.end() && it->second >= heaviest_holding())
                 return admission::refused_share;
-            auto* victim = oldest_waiting(nullptr);
-            if (!victim)
-                return reserve();
             evict(*victim);
             evicted_capacity->inc();
         }
