@@ -638,7 +638,7 @@ TEST_CASE("jobs: prefetch bounds how many jobs a node claims ahead of its worker
     CHECK(store->counts()[job_state::available] == 10);
 }
 
-TEST_CASE("jobs: a node that claims back a job it still runs carries the run on under the new claim",
+TEST_CASE("jobs: a node whose renewal finds a lease gone stops the handler and records nothing of the run",
           "[jobs][server]")
 {
     temp_db db;
@@ -648,29 +648,120 @@ TEST_CASE("jobs: a node that claims back a job it still runs carries the run on 
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
     test::recorder r;
-    std::stop_source gate;
-    jobs::add_jobs(builder, store, quick_server())
-        .register_kind<int>("hold", [&](int, jobs::job_context&) -> asio::awaitable<void> {
-            r.add("started");
-            try {
-                co_await hosting::delay(std::chrono::hours(1), gate.get_token());
-            } catch (const hosting::operation_canceled&) {
-            }
-        });
+    auto options = quick_server();
+    // One worker, claiming nothing ahead: while the run goes on this node
+    // has no room, so only node-b can take the job back.
+    options.workers = 1;
+    options.prefetch = 1;
+    jobs::add_jobs(builder, store, options).register_kind<std::string>("hold", until_stopped(r));
     auto host = builder.build();
     host.start_blocking();
     auto& client = host.services().get<jobs::client>();
-    auto id = client.enqueue_blocking("hold", 1);
-    REQUIRE(r.wait_for("started"));
-    // What another node with its clock past this one's lease would do, as
-    // when this node's heartbeat stalls.
-    REQUIRE(store->recover_expired(jobs::clock::now() + std::chrono::hours(1)) == std::vector<jobs::job_id>{id});
-    REQUIRE(sink->wait_for("was claimed again while this node still holds it"));
-    CHECK(client.find_blocking(id)->attempt == 2);
-    gate.request_stop();
-    REQUIRE(wait_state(client, id, job_state::succeeded));
-    CHECK(r.count("started") == 1);
+    auto id = client.enqueue_blocking("hold", std::string("a"));
+    REQUIRE(r.wait_for("started a"));
+    // What happens when this process stalls past its lease (SIGSTOP, a
+    // storage locked by another process): another node recovers the job and
+    // claims it.
+    // Whole microseconds, as SQLite keeps them.
+    const auto now = std::chrono::floor<std::chrono::microseconds>(jobs::clock::now());
+    REQUIRE(store->recover_expired(now + 1h) == std::vector<jobs::job_id>{id});
+    const auto taken = store->complete_and_claim({}, {"node-b", {{"default", 1}}, {"hold"}, now + 1h}, now);
+    REQUIRE(taken.size() == 1);
+    REQUIRE(taken[0].attempt == 2);
+    // The next renewal finds it gone: the handler is stopped, and its end
+    // changes nothing in storage.
+    REQUIRE(r.wait_for("stopped a"));
+    REQUIRE(sink->wait_for("lost its lease while it ran here"));
+    REQUIRE(sink->wait_for("its end is not recorded here"));
+    auto j = store->find(id);
+    CHECK(j->state == job_state::running);
+    CHECK(j->lease_owner == "node-b");
+    CHECK(j->attempt == 2);
+    // This node renews only what it holds: node-b's lease is not extended
+    // by it (before, renewals went by owner and then by nothing at all).
+    CHECK(j->lease_expires == now + 1h);
     host.stop_blocking();
+    CHECK(r.count("started a") == 1);
+    CHECK(store->find(id)->state == job_state::running);
+}
+
+TEST_CASE("jobs: a handler that outlives the shutdown grace keeps its lease until the process ends",
+          "[jobs][server]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto store = make_storage(which, db);
+    auto sink = std::make_shared<test::capture_sink>();
+    test::recorder r;
+    jobs::job_id id = 0;
+    {
+        auto builder = test::make_builder(sink);
+        auto options = quick_server();
+        options.shutdown_grace = 100ms;
+        jobs::add_jobs(builder, store, options)
+            .register_kind<int>("stubborn", [&](int, jobs::job_context&) -> asio::awaitable<void> {
+                r.add("started");
+                // Deaf to its stop token and to the coroutine's cancellation.
+                co_await asio::this_coro::reset_cancellation_state(
+                    [](asio::cancellation_type) { return asio::cancellation_type::none; });
+                asio::steady_timer forever(co_await asio::this_coro::executor, std::chrono::hours(1));
+                co_await forever.async_wait(asio::use_awaitable);
+            });
+        auto host = builder.build();
+        host.start_blocking();
+        id = host.services().get<jobs::client>().enqueue_blocking("stubborn", 1);
+        REQUIRE(r.wait_for("started"));
+        host.stop_blocking();
+        CHECK(sink->has("1 jobs did not stop within the shutdown grace; they keep their leases"));
+        // Renewed after the stop: never available to another node while
+        // its handler may still run here.
+        const auto stopped = jobs::clock::now();
+        CHECK(test::eventually([&] { return store->find(id)->lease_expires > stopped + options.lease_duration; }));
+        CHECK(store->recover_expired(jobs::clock::now()).empty());
+        CHECK(store->find(id)->state == job_state::running);
+    }
+    // The host is gone (as with the process): nothing renews the lease, and
+    // another node recovers the job once it runs out.
+    CHECK(store->recover_expired(jobs::clock::now() + 1h) == std::vector<jobs::job_id>{id});
+    CHECK(store->find(id)->state == job_state::available);
+}
+
+TEST_CASE("jobs: storages renew only the leases a node names, and say which it lost", "[jobs][storage]")
+{
+    temp_db db;
+    const std::string which = GENERATE("memory", "sqlite");
+    INFO(which);
+    auto store = make_storage(which, db);
+    const auto t0 = std::chrono::floor<std::chrono::microseconds>(jobs::clock::now()); // as SQLite keeps it
+    auto ids = store->enqueue(std::vector<jobs::enqueue_request>{request("k", "1", 3), request("k", "2", 3),
+                                                                  request("k", "3", 3), request("k", "4", 3)},
+                              t0);
+    jobs::claim_request a{"node-a", {{"default", 4}}, {"k"}, t0 + 10s};
+    REQUIRE(store->complete_and_claim({}, a, t0).size() == 4);
+    // All four are taken back (the node's id started again; 1 ends
+    // cancelled); node-a claims 2 again, node-b claims 3, 4 stays available.
+    CHECK(store->change_state(ids[0].id, job_state::cancelled, "x", t0) == job_state::running);
+    REQUIRE(store->recover_node("node-a", t0 + 1s).size() == 4);
+    jobs::claim_request b{"node-b", {{"default", 1}}, {"k"}, t0 + 10s};
+    auto again = store->complete_and_claim({}, {"node-a", {{"default", 1}}, {"k"}, t0 + 10s}, t0 + 1s);
+    REQUIRE(again.size() == 1);
+    const auto b_took = store->complete_and_claim({}, b, t0 + 1s);
+    REQUIRE(b_took.size() == 1);
+    const jobs::held_lease held[] = {{again[0].id, again[0].attempt},        // still node-a's
+                                     {b_took[0].id, b_took[0].attempt - 1},  // node-b's now
+                                     {ids[3].id, 1},                         // available again
+                                     {again[0].id + 1000, 1}};               // no such job
+    const auto found = store->renew_leases("node-a", held, t0 + 20s, t0 + 2s);
+    CHECK(found.cancel_requested.empty());
+    CHECK(std::set<jobs::job_id>(found.lost.begin(), found.lost.end()) ==
+          std::set<jobs::job_id>{b_took[0].id, ids[3].id, again[0].id + 1000});
+    CHECK(store->find(again[0].id)->lease_expires == t0 + 20s);
+    CHECK(store->find(b_took[0].id)->lease_expires == t0 + 10s); // node-b's, untouched
+    // A stale attempt is lost even under the right owner.
+    const jobs::held_lease stale[] = {{again[0].id, again[0].attempt - 1}};
+    CHECK(store->renew_leases("node-a", stale, t0 + 30s, t0 + 3s).lost == std::vector<jobs::job_id>{again[0].id});
+    CHECK(store->find(again[0].id)->lease_expires == t0 + 20s);
 }
 
 TEST_CASE("jobs: a job that outlives its lease is not handed to another worker while its node lives",
@@ -879,7 +970,9 @@ TEST_CASE("jobs: a running job that is deleted keeps its lease and key until its
     // A cancel now does not turn the delete into a cancel.
     CHECK(store->change_state(ids[0].id, job_state::cancelled, "x", t0 + 1s) == job_state::running);
     CHECK(store->find(ids[0].id)->delete_requested);
-    CHECK(store->heartbeat("node-a", t0 + 12s, t0 + 2s) == std::vector<jobs::job_id>{ids[0].id});
+    const jobs::held_lease held[] = {{ids[0].id, 1}};
+    CHECK(store->renew_leases("node-a", held, t0 + 12s, t0 + 2s).cancel_requested ==
+          std::vector<jobs::job_id>{ids[0].id});
 
     // Whatever the attempt's outcome, the job ends deleted, which meets the
     // continuation's condition, and the key passes on.
@@ -2245,6 +2338,47 @@ TEST_CASE("jobs: two server processes on one SQLite file never run a job twice",
     CHECK(store.counts()[job_state::succeeded] == 3000);
 }
 
+TEST_CASE("jobs: a worker that blocks its only thread past the lease keeps its jobs from the other process",
+          "[jobs][process]")
+{
+    temp_db db;
+    enqueue_records(db.path.string(), 200);
+    // a's first job blocks a's one thread for 3 leases (a synchronous call
+    // that hangs); b works all the while. a's storage thread renews a's
+    // leases, so b never takes a job a holds, and a never runs one b took.
+    auto args = worker_args(db); // leases of 1.5 s
+    auto blocking = args;
+    blocking.push_back("--Jobs:BlockOnceMs=4500");
+    for (auto* v : {&args, &blocking})
+        v->push_back("--Jobs:Prefetch=1"); // so that b has work to take, if a lost its leases
+    test::child_process a(HOSTING_EXAMPLE_JOBS, blocking);
+    // Once a holds jobs: its claim is in storage before its first run.
+    REQUIRE(test::eventually(
+        [&] {
+            jobs::sqlite_storage store(db.path.string());
+            return store.counts()[job_state::running] > 0;
+        },
+        30s));
+    test::child_process b(HOSTING_EXAMPLE_JOBS, args);
+    CHECK(a.wait_exit(60s) == 0);
+    CHECK(b.wait_exit(60s) == 0);
+    auto runs_a = runs_in(a.output());
+    auto runs_b = runs_in(b.output());
+    std::size_t twice = 0;
+    for (const auto& [id, n] : runs_a)
+        twice += n > 1 || runs_b.contains(id);
+    for (const auto& [id, n] : runs_b)
+        twice += n > 1;
+    CHECK(twice == 0);
+    CHECK(runs_a.size() + runs_b.size() == 200);
+    jobs::sqlite_storage store(db.path.string());
+    CHECK(store.counts()[job_state::succeeded] == 200);
+    jobs::job_filter everything;
+    everything.limit = 200;
+    for (const auto& j : store.list(everything))
+        CHECK(j.attempt == 1); // no lease expired, so none was charged twice
+}
+
 TEST_CASE("jobs: a worker killed with SIGKILL mid-run loses nothing", "[jobs][process]")
 {
     temp_db db;
@@ -2522,10 +2656,11 @@ public:
         check();
         return inner.complete_and_claim(d, c, n);
     }
-    std::vector<jobs::job_id> heartbeat(const std::string& node, jobs::time_point l, jobs::time_point n) override
+    jobs::lease_renewal renew_leases(const std::string& node, std::span<const jobs::held_lease> h, jobs::time_point l,
+                                     jobs::time_point n) override
     {
         check();
-        return inner.heartbeat(node, l, n);
+        return inner.renew_leases(node, h, l, n);
     }
     std::vector<jobs::job_id> recover_expired(jobs::time_point n) override { return inner.recover_expired(n); }
     std::vector<jobs::job_id> recover_node(const std::string& node, jobs::time_point n) override

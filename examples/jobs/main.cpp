@@ -28,7 +28,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <string>
+#include <thread>
+#include <utility>
 
 namespace asio = boost::asio;
 namespace jobs = hosting::jobs;
@@ -110,11 +113,12 @@ int main(int argc, char** argv)
     // A fixed id, as a StatefulSet pod has: a restart takes back what the
     // previous process of that id held. Empty: a fresh id per process.
     server.node_id = config.get<std::string>("Jobs:NodeId", "");
-    // The grace must end before the leases it no longer renews do.
-    server.shutdown_grace =
-        std::min(server.shutdown_grace, (server.lease_duration - server.heartbeat_interval) / 2);
     const bool print_runs = config.get<bool>("Jobs:PrintRuns", false);
     const auto record_time = std::chrono::milliseconds(config.get<int>("Jobs:RecordMs", 0));
+    // The first record job this process runs blocks its thread this long,
+    // as a synchronous call or a CPU-heavy loop would: its leases must
+    // hold all the same.
+    auto block_once = std::make_shared<std::chrono::milliseconds>(config.get<int>("Jobs:BlockOnceMs", 0));
 
     auto storage = std::make_shared<jobs::sqlite_storage>(path, sqlite);
     auto registration = jobs::add_jobs(builder, storage, server);
@@ -140,7 +144,9 @@ int main(int argc, char** argv)
                                         co_await asio::this_coro::executor;
                                         context.logger()->info("recurring report '{}' (job {})", name, context.id());
                                     })
-        .register_kind<int>("record", [print_runs, record_time](int n, jobs::job_context& context) -> asio::awaitable<void> {
+        .register_kind<int>("record", [print_runs, record_time, block_once](int n, jobs::job_context& context) -> asio::awaitable<void> {
+            if (block_once->count() > 0)
+                std::this_thread::sleep_for(std::exchange(*block_once, {}));
             if (record_time.count() > 0)
                 co_await hosting::delay(record_time, context.stop_token());
             if (print_runs) {

@@ -85,10 +85,6 @@ void server_options::validate() const
         fail("lease_duration must be more than twice heartbeat_interval, or a slow heartbeat loses its leases");
     if (shutdown_grace < std::chrono::milliseconds::zero())
         fail("shutdown_grace must not be negative");
-    // The heartbeat stops when the grace begins: a grace longer than what is
-    // left of the leases would let other nodes recover jobs still running here.
-    if (shutdown_grace >= lease_duration - heartbeat_interval)
-        fail("shutdown_grace must be shorter than lease_duration - heartbeat_interval");
 }
 
 job_context::job_context(const job& j, std::stop_token stop, std::shared_ptr<spdlog::logger> log,
@@ -144,6 +140,7 @@ engine::engine(std::shared_ptr<storage> store, server_options options)
         options_.clock = std::make_shared<system_time_source>();
     if (options_.node_id.empty())
         options_.node_id = default_node_id();
+    next_renewal_ = std::chrono::steady_clock::now() + options_.heartbeat_interval;
     thread_ = std::thread([this] { loop(); });
 }
 
@@ -286,9 +283,19 @@ void engine::loop()
     for (;;) {
         std::deque<std::pair<enqueue_request, enqueue_done>> batch;
         std::deque<std::function<void(storage&)>> ops;
+        if (std::chrono::steady_clock::now() >= next_renewal_) {
+            if (held_.empty())
+                next_renewal_ = std::chrono::steady_clock::now() + options_.heartbeat_interval;
+            else
+                renew();
+        }
         {
             std::unique_lock lock(mutex_);
-            changed_.wait(lock, [&] { return stopping_ || !enqueues_.empty() || !ops_.empty(); });
+            const bool work = changed_.wait_until(lock, next_renewal_, [&] {
+                return stopping_ || !enqueues_.empty() || !ops_.empty();
+            });
+            if (!work)
+                continue; // a renewal is due
             if (enqueues_.empty() && ops_.empty())
                 return; // stopping, and nothing left to do
             // Bounded, so that the transaction is short (see
@@ -328,6 +335,56 @@ void engine::loop()
         for (auto& op : ops)
             op(*store_);
     }
+}
+
+std::vector<job> engine::complete_and_claim(storage& s, std::span<const completion> done, const claim_request& claim,
+                                            time_point now)
+{
+    auto claimed = s.complete_and_claim(done, claim, now);
+    // Committed: the completed attempts are no longer held (a completion
+    // the storage fenced off was of a lease already lost).
+    for (const auto& c : done)
+        if (auto it = held_.find(c.id); it != held_.end() && it->second == c.attempt)
+            held_.erase(it);
+    for (const auto& j : claimed)
+        held_[j.id] = j.attempt;
+    return claimed;
+}
+
+void engine::set_renewal_listener(renewal_listener fn)
+{
+    std::lock_guard lock(mutex_);
+    renewal_listener_ = std::move(fn);
+}
+
+void engine::renew()
+{
+    std::vector<held_lease> held;
+    held.reserve(held_.size());
+    for (const auto& [id, attempt] : held_)
+        held.push_back({id, attempt});
+    const auto at = now();
+    const auto until = at + options_.lease_duration;
+    lease_renewal found;
+    std::exception_ptr error;
+    try {
+        found = store_->renew_leases(options_.node_id, held, until, at);
+        for (auto id : found.lost)
+            held_.erase(id);
+        renewed_until_ = until.time_since_epoch().count();
+    } catch (...) {
+        error = std::current_exception();
+    }
+    // From the end of this renewal: one that took long (a storage busy with
+    // another process's write) is not followed by another at once.
+    next_renewal_ = std::chrono::steady_clock::now() + options_.heartbeat_interval;
+    renewal_listener fn;
+    {
+        std::lock_guard lock(mutex_);
+        fn = renewal_listener_;
+    }
+    if (fn)
+        fn(std::move(found), error);
 }
 
 } // namespace detail

@@ -330,20 +330,24 @@ std::vector<job> memory_storage::complete_and_claim(std::span<const completion> 
     return claimed;
 }
 
-std::vector<job_id> memory_storage::heartbeat(const std::string& node, time_point lease_until, time_point)
+lease_renewal memory_storage::renew_leases(const std::string& node, std::span<const held_lease> held,
+                                          time_point lease_until, time_point)
 {
     std::lock_guard lock(mutex_);
     auto& s = *state_;
-    std::vector<job_id> cancel;
-    for (auto id : s.running) {
-        auto& j = s.jobs.at(id);
-        if (j.lease_owner != node)
+    lease_renewal out;
+    for (const auto& h : held) {
+        auto it = s.jobs.find(h.id);
+        if (it == s.jobs.end() || it->second.state != job_state::running || it->second.lease_owner != node ||
+            it->second.attempt != h.attempt) {
+            out.lost.push_back(h.id);
             continue;
-        j.lease_expires = lease_until;
-        if (j.cancel_requested)
-            cancel.push_back(id);
+        }
+        it->second.lease_expires = lease_until;
+        if (it->second.cancel_requested)
+            out.cancel_requested.push_back(h.id);
     }
-    return cancel;
+    return out;
 }
 
 std::vector<job_id> memory_storage::recover_expired(time_point now)

@@ -96,7 +96,7 @@ recurring_result recurring_pass(storage& s, const detail::engine& e, time_point 
 } // namespace
 
 struct server::run : std::enable_shared_from_this<server::run> {
-    enum class cause { none, timeout, cancel, shutdown };
+    enum class cause { none, timeout, cancel, shutdown, lost };
     struct active {
         job j;
         std::stop_source stop;
@@ -136,9 +136,12 @@ struct server::run : std::enable_shared_from_this<server::run> {
                                                    std::default_delete<std::atomic<std::int64_t>[]>());
     std::unordered_map<std::string, std::size_t> buffered_in_queue;
     std::optional<asio::steady_timer> idle_event; // wakes the shutdown wait
-    // Here, not in execute's frame: the heartbeat coroutine clears its slot
-    // when it ends, which may be after execute returned.
-    asio::cancellation_signal heartbeat_stop;
+    // Here, not in execute's frame: the housekeeping coroutine clears its
+    // slot when it ends, which may be after execute returned.
+    asio::cancellation_signal housekeeping_stop;
+    // Set once execute() sent its last completions: a handler that outlived
+    // the grace (its lease still renewed) sends its own when it ends.
+    bool finished = false;
 
     const server_options& options() const { return engine->options(); }
     time_point now() const { return engine->now(); }
@@ -214,8 +217,10 @@ struct server::run : std::enable_shared_from_this<server::run> {
             // heartbeats and run by nobody, would hold the job forever.
             // A run that ended meanwhile has its completion waiting in
             // `done`: it then completes the new claim.
+            // (A run here that lost its lease and is still stopping is not
+            // this claim's: the claim waits in the buffer until it ends.)
             int* mine = nullptr;
-            if (auto it = running.find(j.id); it != running.end())
+            if (auto it = running.find(j.id); it != running.end() && it->second->why != cause::lost)
                 mine = &it->second->j.attempt;
             else if (auto b = std::find_if(buffered.begin(), buffered.end(), [&](const job& x) { return x.id == j.id; });
                      b != buffered.end())
@@ -245,7 +250,8 @@ struct server::run : std::enable_shared_from_this<server::run> {
             return;
         for (const auto& q : options().queues) {
             for (auto it = buffered.begin(); it != buffered.end() && running.size() < options().workers;) {
-                if (it->queue != q.name || count(running_in_queue, q.name) >= capacity(q) || kind_full(it->kind)) {
+                if (it->queue != q.name || count(running_in_queue, q.name) >= capacity(q) || kind_full(it->kind) ||
+                    !lease_current(*it) || running.contains(it->id)) {
                     ++it;
                     continue;
                 }
@@ -257,6 +263,13 @@ struct server::run : std::enable_shared_from_this<server::run> {
             }
         }
     }
+
+    // Whether this node may still count on holding the job: its lease, as
+    // its claim or the last renewal set it, has not run out. One that has
+    // may have gone to another node (this process was stopped, or the
+    // storage unreachable, for longer than the lease): it waits for the
+    // next renewal to say whether it is still held.
+    bool lease_current(const job& j) const { return std::max(j.lease_expires, engine->renewed_until()) > now(); }
 
     bool kind_full(const std::string& name) const
     {
@@ -386,6 +399,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
                     c.reason = "cancelled while running";
                     break;
                 case cause::timeout: fail("timed out after " + ms_text(j.timeout)); break;
+                case cause::lost: break; // not recorded: see below
                 case cause::none:
                     if (kind && !kind->options.retry.retries(e))
                         fail(hosting::detail::describe(e), "its kind never retries this error");
@@ -407,12 +421,53 @@ struct server::run : std::enable_shared_from_this<server::run> {
             else if (c.what == outcome::retry)
                 m.retried->inc();
         }
-        done.push_back(std::move(c));
+        if (a.why == cause::lost)
+            log->warn("Job {} ({}) attempt {} stopped after its lease was lost; its end is not recorded here",
+                      j.id, j.kind, j.attempt);
+        else if (finished)
+            send_late(std::move(c));
+        else
+            done.push_back(std::move(c));
         running.erase(j.id); // `a` may die here: nothing below touches it
         start_ready();
         wake();
         if (idle_event)
             idle_event->cancel();
+    }
+
+    // The renewal found that this node no longer holds the job: its lease
+    // ran out and another node recovered it. It is not started, its run is
+    // stopped, and nothing of it is recorded: it is another node's now.
+    void lose(job_id id)
+    {
+        if (auto it = running.find(id); it != running.end()) {
+            log->warn("Job {} ({}) lost its lease while it ran here (this process or its storage stalled for longer "
+                      "than the lease); its handler is asked to stop",
+                      id, it->second->j.kind);
+            interrupt(*it->second, cause::lost);
+            return;
+        }
+        if (auto b = std::find_if(buffered.begin(), buffered.end(), [&](const job& x) { return x.id == id; });
+            b != buffered.end()) {
+            log->warn("Job {} ({}) lost its lease before it started here; it is not started", id, b->kind);
+            --buffered_in_queue[b->queue];
+            --buffered_of_kind[b->kind];
+            buffered.erase(b);
+            return;
+        }
+        std::erase_if(done, [&](const completion& c) { return c.id == id; });
+    }
+
+    // A completion after execute() ended: committed on its own.
+    void send_late(completion c)
+    {
+        engine->submit([e = engine.get(), c = std::move(c), log = log](storage& s) {
+            try {
+                e->complete_and_claim(s, std::span<const completion>(&c, 1), claim_request{}, e->now());
+            } catch (const std::exception& ex) {
+                log->error("Job {}: its completion after the server stopped failed: {}", c.id, ex.what());
+            }
+        });
     }
 
     // A cancel() for a job this node holds: stop it, or drop it from the buffer.
@@ -482,7 +537,8 @@ struct server::run : std::enable_shared_from_this<server::run> {
     std::function<std::pair<std::vector<job>, std::optional<time_point>>(storage&)> claim_op()
     {
         in_flight = std::make_shared<std::vector<completion>>(std::exchange(done, {}));
-        return [d = in_flight, c = make_claim(), at = now(), take_back = !taken_back, log = log](storage& s) {
+        return [e = engine.get(), d = in_flight, c = make_claim(), at = now(), take_back = !taken_back,
+                log = log](storage& s) {
             // A fixed node_id (a StatefulSet pod's name) that restarted: what
             // its previous process held would stay running forever, its
             // leases renewed by this process's heartbeats.
@@ -490,7 +546,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
                 if (const auto n = s.recover_node(c.node, at).size(); n > 0)
                     log->warn("Node {} started again: {} jobs its previous process held were recovered", c.node, n);
             }
-            auto claimed = s.complete_and_claim(*d, c, at);
+            auto claimed = e->complete_and_claim(s, *d, c, at);
             // Only an idle server sleeps, and needs to know until when.
             auto due = claimed.empty() ? s.next_due() : std::nullopt;
             return std::make_pair(std::move(claimed), due);
@@ -567,6 +623,20 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
         if (auto alive = weak.lock())
             asio::post(alive->ex, [alive, id] { alive->cancel_local(id); });
     });
+    engine_->set_renewal_listener([weak](lease_renewal found, std::exception_ptr error) {
+        if (auto alive = weak.lock())
+            asio::post(alive->ex, [alive, found = std::move(found), error] {
+                if (error) {
+                    alive->log->error("Jobs lease renewal failed: {}", hosting::detail::describe(error));
+                    return;
+                }
+                for (auto id : found.lost)
+                    alive->lose(id);
+                for (auto id : found.cancel_requested)
+                    alive->cancel_local(id);
+                alive->start_ready(); // buffered jobs wait for a renewal when their claim's lease ran out
+            });
+    });
     engine_->options().clock->on_change([weak] {
         if (auto alive = weak.lock())
             alive->poke();
@@ -581,9 +651,9 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
                      return q;
                  }());
 
-    // Heartbeats: renew leases, pick up cancels from other processes, and
-    // recover the jobs of nodes that died.
-    auto heartbeat_loop = [r]() -> asio::awaitable<void> {
+    // Housekeeping, every heartbeat_interval: recover the jobs of nodes that
+    // died, count the jobs, prune. (Leases are renewed by the engine.)
+    auto housekeeping = [r]() -> asio::awaitable<void> {
         asio::steady_timer timer(r->ex);
         auto next_prune = std::chrono::steady_clock::now();
         auto next_survey = std::chrono::steady_clock::now();
@@ -598,10 +668,8 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
             co_await timer.async_wait(asio::use_awaitable);
             const auto now = r->now();
             const bool survey = std::chrono::steady_clock::now() >= next_survey;
-            std::function<std::pair<std::vector<job_id>, std::size_t>(storage&)> beat =
-                [node = r->engine->node(), until = now + r->options().lease_duration, now,
-                 known, counts = r->state_counts, survey, survey_cost](storage& s) {
-                    auto cancels = s.heartbeat(node, until, now);
+            std::function<std::size_t(storage&)> beat =
+                [node = r->engine->node(), now, known, counts = r->state_counts, survey, survey_cost](storage& s) {
                     auto recovered = s.recover_expired(now);
                     if (survey) {
                         const auto began = std::chrono::steady_clock::now();
@@ -611,18 +679,15 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
                     const auto c = s.counts();
                     for (std::size_t i = 0; i < job_state_count; ++i)
                         counts.get()[i] = c.by_state[i];
-                    return std::make_pair(std::move(cancels), recovered.size());
+                    return recovered.size();
                 };
             try {
-                auto [cancels, recovered] = co_await r->engine->call<std::pair<std::vector<job_id>, std::size_t>>(
-                    std::move(beat));
+                const auto recovered = co_await r->engine->call<std::size_t>(std::move(beat));
                 if (survey)
                     next_survey = std::chrono::steady_clock::now() +
                                   std::max<std::chrono::steady_clock::duration>(
                                       r->options().heartbeat_interval,
                                       std::chrono::steady_clock::duration(*survey_cost * 50));
-                for (auto id : cancels)
-                    r->cancel_local(id);
                 if (recovered > 0)
                     r->log->warn("Recovered {} jobs whose node's lease expired", recovered);
                 // Other processes may have changed the recurring jobs.
@@ -639,12 +704,12 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
                     });
                 }
             } catch (const storage_error& e) {
-                r->log->error("Jobs heartbeat failed: {}", e.what());
+                r->log->error("Jobs housekeeping failed: {}", e.what());
             }
         }
     };
-    asio::co_spawn(r->ex, std::move(heartbeat_loop),
-                   asio::bind_cancellation_slot(r->heartbeat_stop.slot(), [](std::exception_ptr) {}));
+    asio::co_spawn(r->ex, std::move(housekeeping),
+                   asio::bind_cancellation_slot(r->housekeeping_stop.slot(), [](std::exception_ptr) {}));
 
     std::exception_ptr fault;
     try {
@@ -695,17 +760,17 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
             co_await r->wake_timer->async_wait(asio::redirect_error(asio::use_awaitable, ec));
         }
     } catch (...) {
-        // A fault still goes through the shutdown below (heartbeat stopped,
-        // jobs released), then ends execute with its exception.
+        // A fault still goes through the shutdown below (housekeeping
+        // stopped, jobs released), then ends execute with its exception.
         if (!stopping.stop_requested() || !is_cancellation(std::current_exception()))
             fault = std::current_exception();
     }
 
     // Stopping: no more claims; running jobs are asked to stop and get the
-    // grace period; the rest go back to available.
+    // grace period; the jobs not started go back to available.
     co_await asio::this_coro::reset_cancellation_state();
     r->stopping = true;
-    r->heartbeat_stop.emit(asio::cancellation_type::terminal);
+    r->housekeeping_stop.emit(asio::cancellation_type::terminal);
     for (auto& [id, a] : r->running)
         r->interrupt(*a, run::cause::shutdown);
     r->idle_event.emplace(r->ex, asio::steady_timer::time_point::max());
@@ -715,17 +780,21 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
         boost::system::error_code ec;
         co_await r->idle_event->async_wait(asio::redirect_error(asio::use_awaitable, ec));
     }
-    for (auto& [id, a] : r->running)
-        r->done.push_back({a->j.id, a->j.attempt, outcome::released, {}, {},
-                           "released: it did not stop within the shutdown grace"});
-    const auto abandoned = r->running.size();
+    // A handler still running after the grace keeps its job: released, the
+    // job could start on another node while this one still runs it. The
+    // engine renews its lease until it ends (and sends its completion) or
+    // the process exits (and the lease runs out).
+    const auto outlived = r->running.size();
     for (auto& j : r->buffered)
         r->done.push_back({j.id, j.attempt, outcome::released, {}, {}, "released: the server stopped"});
     r->buffered.clear();
     auto op = r->claim_op();
     co_await engine_->call<std::pair<std::vector<job>, std::optional<time_point>>>(std::move(op));
-    if (abandoned > 0)
-        r->log->warn("{} jobs did not stop within the shutdown grace and were released", abandoned);
+    r->finished = true;
+    if (outlived > 0)
+        r->log->warn("{} jobs did not stop within the shutdown grace; they keep their leases until their handlers "
+                     "end or the process exits",
+                     outlived);
     engine_->set_waker({});
     engine_->set_local_cancel({});
     r->log->info("Jobs server {} stopped", engine_->node());

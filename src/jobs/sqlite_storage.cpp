@@ -258,7 +258,7 @@ struct sqlite_storage::connection {
     std::unique_ptr<sqlite3, database_closer> handle;
     sqlite3* db = nullptr; // handle's
     std::unique_ptr<statement> begin, commit, rollback;
-    std::unique_ptr<statement> insert, find_unique, complete, promote, candidates, claim, heartbeat, expired, held,
+    std::unique_ptr<statement> insert, find_unique, complete, promote, candidates, claim, renew, expired, held,
         state_of, transition, key_holder, requeue, find, next_due, counts, children;
 
     explicit connection(const std::string& path, const sqlite_options& options)
@@ -388,9 +388,9 @@ struct sqlite_storage::connection {
         claim_sql += job_columns(false);
         claim = std::make_unique<statement>(db, claim_sql.c_str());
         children = std::make_unique<statement>(db, "SELECT id, condition FROM jobs WHERE parent_id = ?1 AND state = 2");
-        heartbeat = std::make_unique<statement>(
-            db, "UPDATE jobs SET lease_expires = ?2 WHERE state = 3 AND lease_owner = ?1 "
-                "RETURNING id, cancel_requested");
+        renew = std::make_unique<statement>(
+            db, "UPDATE jobs SET lease_expires = ?2 WHERE id = ?3 AND state = 3 AND lease_owner = ?1 AND attempt = ?4 "
+                "RETURNING cancel_requested");
         expired = std::make_unique<statement>(
             db, "SELECT id, attempt, max_attempts, lease_owner, cancel_requested FROM jobs "
                 "WHERE state = 3 AND lease_expires < ?1");
@@ -771,18 +771,24 @@ std::vector<job> sqlite_storage::complete_and_claim(std::span<const completion> 
     });
 }
 
-std::vector<job_id> sqlite_storage::heartbeat(const std::string& node, time_point lease_until, time_point)
+lease_renewal sqlite_storage::renew_leases(const std::string& node, std::span<const held_lease> held,
+                                          time_point lease_until, time_point)
 {
     std::lock_guard lock(mutex_);
     auto& c = *db_;
     return c.write([&] {
-        std::vector<job_id> cancel;
-        using_statement u{*c.heartbeat};
-        c.heartbeat->bind(1, node).bind(2, micros(lease_until));
-        while (c.heartbeat->step())
-            if (c.heartbeat->integer(1) != 0)
-                cancel.push_back(c.heartbeat->integer(0));
-        return cancel;
+        lease_renewal out;
+        // One primary-key update per held job: a node holds hundreds at
+        // most, and a renewal by id and attempt is its own fencing check.
+        for (const auto& h : held) {
+            using_statement u{*c.renew};
+            c.renew->bind(1, node).bind(2, micros(lease_until)).bind(3, h.id).bind(4, h.attempt);
+            if (!c.renew->step())
+                out.lost.push_back(h.id);
+            else if (c.renew->integer(0) != 0)
+                out.cancel_requested.push_back(h.id);
+        }
+        return out;
     });
 }
 

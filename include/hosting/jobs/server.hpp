@@ -209,15 +209,21 @@ struct server_options {
     // How often the server looks for work other processes enqueued; work
     // this process enqueues wakes it at once.
     std::chrono::milliseconds poll_interval{std::chrono::seconds(1)};
-    // Leases: the server renews its jobs' leases every heartbeat_interval
-    // for lease_duration; a node silent for that long has its jobs
-    // recovered by any other.
+    // Leases: the node renews its jobs' leases every heartbeat_interval for
+    // lease_duration, from the thread that talks to the storage, so a
+    // handler that blocks the host's threads does not stop it; a node
+    // silent for that long (its process killed or stopped) has its jobs
+    // recovered by any other. A renewal that finds a job gone stops its
+    // handler, and the node neither starts nor completes it.
     std::chrono::milliseconds heartbeat_interval{std::chrono::seconds(2)};
     std::chrono::milliseconds lease_duration{std::chrono::seconds(10)};
-    // At stop, running jobs are asked to stop and get this long before they
-    // are released back to available. It runs inside the host's deadline,
-    // with 500 ms to spare for the release: a grace that does not fit is cut
-    // to fit, with a warning in the log.
+    // At stop, running jobs are asked to stop and get this long; those not
+    // started go back to available at once. A handler still running after
+    // the grace keeps its lease (and its job) until it ends or the process
+    // exits: never does a job become available while it may still run. It
+    // runs inside the host's deadline, with 500 ms to spare for the
+    // release: a grace that does not fit is cut to fit, with a warning in
+    // the log.
     std::chrono::milliseconds shutdown_grace{std::chrono::seconds(3)};
     // How many jobs a node may hold per worker (per unit of a queue's
     // concurrency), counting those running: claims of many jobs per commit

@@ -37,7 +37,8 @@ public:
     std::vector<enqueue_result> enqueue(std::span<const enqueue_request> jobs, time_point now) override;
     std::vector<job> complete_and_claim(std::span<const completion> done, const claim_request& claim,
                                         time_point now) override;
-    std::vector<job_id> heartbeat(const std::string& node, time_point lease_until, time_point now) override;
+    lease_renewal renew_leases(const std::string& node, std::span<const held_lease> held, time_point lease_until,
+                               time_point now) override;
     std::vector<job_id> recover_expired(time_point now) override;
     std::vector<job_id> recover_node(const std::string& node, time_point now) override;
     job_state change_state(job_id id, job_state to, const std::string& reason, time_point now) override;

@@ -144,6 +144,17 @@ struct claim_request {
     std::vector<std::pair<std::string, std::size_t>> kind_caps{};
 };
 
+// A job a node believes it holds: the attempt its claim started.
+struct held_lease {
+    job_id id = 0;
+    int attempt = 0;
+};
+
+struct lease_renewal {
+    std::vector<job_id> cancel_requested; // held, and cancel() or delete_job() asked to stop them
+    std::vector<job_id> lost;             // no longer held by this node at this attempt
+};
+
 struct job_filter {
     std::optional<job_state> state;
     std::optional<std::string> queue;
@@ -189,9 +200,15 @@ public:
     virtual std::vector<job> complete_and_claim(std::span<const completion> done, const claim_request& claim,
                                                 time_point now) = 0;
 
-    // The node is alive: extends the lease of its running jobs to
-    // `lease_until`, and returns those of them that cancel() asked to stop.
-    virtual std::vector<job_id> heartbeat(const std::string& node, time_point lease_until, time_point now) = 0;
+    // The node is alive: extends to `lease_until` the lease of each job it
+    // holds (claimed by it, with that attempt, and still running), and
+    // says which of them cancel() asked to stop and which it no longer
+    // holds (their lease expired and another node recovered them, or a
+    // restart of its id took them back): those it must neither start nor
+    // let run. Rows the node does not name are left alone, so a renewal
+    // never revives a lease by owner alone.
+    virtual lease_renewal renew_leases(const std::string& node, std::span<const held_lease> held,
+                                       time_point lease_until, time_point now) = 0;
 
     // Running jobs whose lease expired before `now` (their node died) become
     // available again; returns them.
@@ -261,7 +278,8 @@ public:
     std::vector<enqueue_result> enqueue(std::span<const enqueue_request> jobs, time_point now) override;
     std::vector<job> complete_and_claim(std::span<const completion> done, const claim_request& claim,
                                         time_point now) override;
-    std::vector<job_id> heartbeat(const std::string& node, time_point lease_until, time_point now) override;
+    lease_renewal renew_leases(const std::string& node, std::span<const held_lease> held, time_point lease_until,
+                               time_point now) override;
     std::vector<job_id> recover_expired(time_point now) override;
     std::vector<job_id> recover_node(const std::string& node, time_point now) override;
     job_state change_state(job_id id, job_state to, const std::string& reason, time_point now) override;

@@ -12,12 +12,14 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <future>
 #include <map>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 
 namespace hosting::jobs::detail {
 
@@ -100,8 +102,22 @@ public:
     void set_local_cancel(std::function<void(job_id)> fn);
     void cancel_local(job_id id);
 
+    // The storage thread's own record of the jobs this node holds, kept by
+    // every claim and completion that goes through here, is what the
+    // renewals name: they run on the storage thread every heartbeat_interval,
+    // where no handler can block them, whatever the host's threads do.
+    // Storage thread only.
+    std::vector<job> complete_and_claim(storage& s, std::span<const completion> done, const claim_request& claim,
+                                        time_point now);
+    // Told, on the storage thread, what each renewal found (or why it failed).
+    using renewal_listener = std::function<void(lease_renewal, std::exception_ptr)>;
+    void set_renewal_listener(renewal_listener fn);
+    // Until when the last renewal extended every lease it found held.
+    time_point renewed_until() const noexcept { return time_point(time_point::duration(renewed_until_.load())); }
+
 private:
     void loop();
+    void renew();
 
     std::shared_ptr<storage> store_;
     server_options options_;
@@ -114,6 +130,10 @@ private:
     std::deque<std::function<void(storage&)>> ops_;
     std::function<void()> waker_;              // mutex_
     std::function<void(job_id)> local_cancel_; // mutex_
+    renewal_listener renewal_listener_;        // mutex_
+    std::unordered_map<job_id, int> held_;     // storage thread: id -> the attempt its claim started
+    std::chrono::steady_clock::time_point next_renewal_; // storage thread
+    std::atomic<time_point::rep> renewed_until_{0};
     std::thread thread_;
 };
 
