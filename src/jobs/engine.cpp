@@ -344,10 +344,10 @@ std::vector<job> engine::complete_and_claim(storage& s, std::span<const completi
     // Committed: the completed attempts are no longer held (a completion
     // the storage fenced off was of a lease already lost).
     for (const auto& c : done)
-        if (auto it = held_.find(c.id); it != held_.end() && it->second == c.attempt)
+        if (auto it = held_.find(c.id); it != held_.end() && it->second.attempt == c.attempt)
             held_.erase(it);
     for (const auto& j : claimed)
-        held_[j.id] = j.attempt;
+        held_[j.id] = {j.attempt, false};
     return claimed;
 }
 
@@ -357,12 +357,19 @@ void engine::set_renewal_listener(renewal_listener fn)
     renewal_listener_ = std::move(fn);
 }
 
+void engine::note_started(std::span<const held_lease> started)
+{
+    for (const auto& h : started)
+        if (auto it = held_.find(h.id); it != held_.end() && it->second.attempt == h.attempt)
+            it->second.started = true;
+}
+
 void engine::renew()
 {
     std::vector<held_lease> held;
     held.reserve(held_.size());
-    for (const auto& [id, attempt] : held_)
-        held.push_back({id, attempt});
+    for (const auto& [id, h] : held_)
+        held.push_back({id, h.attempt, h.started});
     const auto at = now();
     const auto until = at + options_.lease_duration;
     lease_renewal found;

@@ -25,6 +25,8 @@ struct memory_storage::state {
     std::multimap<job_id, job_id> children;  // parent -> continuations
     std::set<std::string> held_keys;         // concurrency keys of running jobs
     std::set<job_id> flagged;                // noted as of an unknown kind
+    std::set<job_id> started;                // running, and its node reported the start
+    std::set<job_id> refunded;               // had an unstarted claim's attempt back once
     job_counts counts;                       // kept by index() and unindex()
     std::map<std::string, recurring_job> recurring;
 
@@ -42,7 +44,10 @@ struct memory_storage::state {
         case job_state::available: ready.erase(ready_key(j)); break;
         case job_state::scheduled:
         case job_state::retryable: due.erase({j.run_at, j.id}); break;
-        case job_state::running: running.erase(j.id); break;
+        case job_state::running:
+            running.erase(j.id);
+            started.erase(j.id);
+            break;
         default: break;
         }
     }
@@ -239,7 +244,10 @@ struct memory_storage::state {
                 transition(j, job_state::cancelled, now, reason + " while a cancel was pending");
             return;
         }
-        // The attempt counts: a job that kills its node must not loop forever.
+        // The attempt counts, unless the node never reported its start, and
+        // then once only: a job that kills its node must not loop forever.
+        if (!started.erase(j.id) && refunded.insert(j.id).second)
+            --j.attempt;
         if (j.attempt >= j.max_attempts)
             transition(j, job_state::failed, now, reason, reason);
         else
@@ -344,6 +352,8 @@ lease_renewal memory_storage::renew_leases(const std::string& node, std::span<co
             continue;
         }
         it->second.lease_expires = lease_until;
+        if (h.started)
+            s.started.insert(h.id);
         if (it->second.cancel_requested)
             out.cancel_requested.push_back(h.id);
     }
@@ -476,6 +486,7 @@ std::size_t memory_storage::prune(job_state state, time_point before, std::size_
             s.unique_of.erase(u);
         }
         s.flagged.erase(id);
+        s.refunded.erase(id);
         s.jobs.erase(id);
     }
     return doomed.size();

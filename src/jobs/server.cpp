@@ -105,6 +105,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
         std::optional<asio::steady_timer> timeout;
         std::unique_ptr<job_context> context;
         std::chrono::steady_clock::time_point started;
+        bool reported = false; // its start went to the storage thread
     };
 
     std::shared_ptr<detail::engine> engine;
@@ -185,9 +186,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
         c.lease_until = now() + options().lease_duration;
         if (stopping)
             return c;
-        // Claims of a few jobs per transaction would make every commit's
-        // flush the bottleneck: jobs are claimed ahead, up to `prefetch`.
-        const auto prefetch = options().prefetch;
+        const auto prefetch = claim_ahead();
         // The room is shared: what an earlier queue does not find goes to
         // the later ones, in the same claim.
         std::size_t room = options().workers * prefetch;
@@ -200,6 +199,23 @@ struct server::run : std::enable_shared_from_this<server::run> {
         }
         return c;
     }
+
+    // How many jobs per worker a claim takes. Claims of a few quick jobs per
+    // transaction would make every commit the bottleneck, so quick jobs are
+    // claimed ahead, as many as the workers start within claim_horizon (up
+    // to `prefetch` each). Slower ones are claimed for free workers only:
+    // held in a buffer they would wait while another node could run them,
+    // and the first node to look would take all the work.
+    std::size_t claim_ahead() const
+    {
+        const auto cap = options().prefetch;
+        if (cap <= 1 || mean_run_seconds <= 0)
+            return 1;
+        const auto fits = claim_horizon_seconds / mean_run_seconds;
+        return fits >= static_cast<double>(cap) ? cap : std::max<std::size_t>(1, static_cast<std::size_t>(fits));
+    }
+    static constexpr double claim_horizon_seconds = 0.02;
+    double mean_run_seconds = 0; // of recent runs, weighted to the latest; 0: none yet
 
     static std::size_t count(const std::unordered_map<std::string, std::size_t>& m, const std::string& k)
     {
@@ -411,9 +427,11 @@ struct server::run : std::enable_shared_from_this<server::run> {
         }
         --running_in_queue[j.queue];
         --running_of_kind[j.kind];
+        const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - a.started).count();
+        mean_run_seconds = mean_run_seconds <= 0 ? took : 0.9 * mean_run_seconds + 0.1 * took;
         if (metrics) {
             auto& m = metrics_for(j.kind, j.queue);
-            m.duration->observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - a.started).count());
+            m.duration->observe(took);
             if (c.what == outcome::succeeded)
                 m.succeeded->inc();
             else if (c.what == outcome::failed)
@@ -537,8 +555,15 @@ struct server::run : std::enable_shared_from_this<server::run> {
     std::function<std::pair<std::vector<job>, std::optional<time_point>>(storage&)> claim_op()
     {
         in_flight = std::make_shared<std::vector<completion>>(std::exchange(done, {}));
-        return [e = engine.get(), d = in_flight, c = make_claim(), at = now(), take_back = !taken_back,
-                log = log](storage& s) {
+        // Every claim says which runs started since the last one (at most
+        // the workers), so that renewals can tell the storage.
+        std::vector<held_lease> started;
+        for (auto& [id, a] : running)
+            if (!std::exchange(a->reported, true))
+                started.push_back({id, a->j.attempt, true});
+        return [e = engine.get(), d = in_flight, c = make_claim(), at = now(), take_back = !taken_back, log = log,
+                started = std::move(started)](storage& s) {
+            e->note_started(started);
             // A fixed node_id (a StatefulSet pod's name) that restarted: what
             // its previous process held would stay running forever, its
             // leases renewed by this process's heartbeats.

@@ -241,6 +241,13 @@ DROP TABLE holding;
 ALTER TABLE recurring_jobs ADD COLUMN unique_across_kinds INTEGER NOT NULL DEFAULT 0;
 )sql";
 
+// What a claim knows of its job beyond the attempt: bit 0, its node
+// reported that the handler started; bit 1, a recovery gave an unstarted
+// claim's attempt back once already (see storage::recover_expired).
+const char* const migration_5 = R"sql(
+ALTER TABLE jobs ADD COLUMN claim_flags INTEGER NOT NULL DEFAULT 0;
+)sql";
+
 // What a continuation waits for, for the reason of its deletion.
 const char* wanted(continuation_condition c)
 {
@@ -259,7 +266,7 @@ struct sqlite_storage::connection {
     sqlite3* db = nullptr; // handle's
     std::unique_ptr<statement> begin, commit, rollback;
     std::unique_ptr<statement> insert, find_unique, complete, promote, candidates, claim, renew, expired, held,
-        state_of, transition, key_holder, requeue, find, next_due, counts, children;
+        state_of, transition, key_holder, requeue, find, next_due, counts, children, refunded;
 
     explicit connection(const std::string& path, const sqlite_options& options)
     {
@@ -318,6 +325,10 @@ struct sqlite_storage::connection {
             if (version < 4) {
                 exec(migration_4, path);
                 exec("INSERT INTO hosting_jobs_schema (version) VALUES (4)", path);
+            }
+            if (version < 5) {
+                exec(migration_5, path);
+                exec("INSERT INTO hosting_jobs_schema (version) VALUES (5)", path);
             }
             exec("COMMIT", path);
         } catch (...) {
@@ -379,7 +390,8 @@ struct sqlite_storage::connection {
                 "ORDER BY priority, run_at, id");
         // ?1 node, ?2 lease_until, ?3 now, ?4 ids (JSON array)
         // Returns the same columns as find, so that read_job reads both.
-        std::string claim_sql = "UPDATE jobs SET state = 3, attempt = attempt + 1, lease_owner = ?1, "
+        std::string claim_sql = "UPDATE jobs SET state = 3, attempt = attempt + 1, claim_flags = claim_flags & 2, "
+                                "lease_owner = ?1, "
                                 "lease_expires = ?2, updated_at = ?3, "
                                 "history = json_insert(history, '$[#]', json_array(state, 3, ?3, "
                                 "'claimed by ' || ?1, '')), "
@@ -389,15 +401,16 @@ struct sqlite_storage::connection {
         claim = std::make_unique<statement>(db, claim_sql.c_str());
         children = std::make_unique<statement>(db, "SELECT id, condition FROM jobs WHERE parent_id = ?1 AND state = 2");
         renew = std::make_unique<statement>(
-            db, "UPDATE jobs SET lease_expires = ?2 WHERE id = ?3 AND state = 3 AND lease_owner = ?1 AND attempt = ?4 "
-                "RETURNING cancel_requested");
+            db, "UPDATE jobs SET lease_expires = ?2, claim_flags = claim_flags | ?5 "
+                "WHERE id = ?3 AND state = 3 AND lease_owner = ?1 AND attempt = ?4 RETURNING cancel_requested");
         expired = std::make_unique<statement>(
-            db, "SELECT id, attempt, max_attempts, lease_owner, cancel_requested FROM jobs "
+            db, "SELECT id, attempt, max_attempts, lease_owner, cancel_requested, claim_flags FROM jobs "
                 "WHERE state = 3 AND lease_expires < ?1");
         held = std::make_unique<statement>(
-            db, "SELECT id, attempt, max_attempts, lease_owner, cancel_requested FROM jobs "
+            db, "SELECT id, attempt, max_attempts, lease_owner, cancel_requested, claim_flags FROM jobs "
                 "WHERE state = 3 AND lease_owner = ?1");
         state_of = std::make_unique<statement>(db, "SELECT state FROM jobs WHERE id = ?1");
+        refunded = std::make_unique<statement>(db, "UPDATE jobs SET claim_flags = 2 WHERE id = ?1");
         // An outside transition of a job that is not running: ?2 new state, ?3 now, ?4 reason.
         // A state that holds the key takes it only if no other job holds it:
         // a delete goes ahead without it (a requeue is refused before).
@@ -621,16 +634,18 @@ struct sqlite_storage::connection {
         struct found {
             job_id id;
             int attempt;
-            bool attempts_left;
+            int max_attempts;
             std::string owner;
             std::int64_t cancel_requested; // 2: a delete
+            std::int64_t claim_flags;
         };
         std::vector<found> gone;
         {
             using_statement u{select};
             while (select.step())
                 gone.push_back({select.integer(0), static_cast<int>(select.integer(1)),
-                                select.integer(1) < select.integer(2), select.text(3), select.integer(4)});
+                                static_cast<int>(select.integer(2)), select.text(3), select.integer(4),
+                                select.integer(5)});
         }
         std::vector<job_id> out;
         for (const auto& f : gone) {
@@ -646,15 +661,23 @@ struct sqlite_storage::connection {
                 out.push_back(f.id);
                 continue;
             }
+            // The attempt counts, unless the node never reported its start,
+            // and then once only: a job that kills its node must not loop
+            // forever.
+            const bool refund = (f.claim_flags & 3) == 0;
+            const bool attempts_left = f.attempt - (refund ? 1 : 0) < f.max_attempts;
+            if (refund) {
+                using_statement r{*refunded};
+                refunded->bind(1, f.id).run();
+            }
             auto& s = *complete;
             using_statement u{s};
-            // The attempt counts: a job that kills its node must not loop forever.
-            s.bind(1, f.id).bind(2, code(f.attempts_left ? job_state::available : job_state::failed)).bind(3, 0);
-            s.bind_null(4).bind_or_null(5, f.attempts_left ? std::string_view() : std::string_view(reason));
+            s.bind(1, f.id).bind(2, code(attempts_left ? job_state::available : job_state::failed)).bind(3, refund ? -1 : 0);
+            s.bind_null(4).bind_or_null(5, attempts_left ? std::string_view() : std::string_view(reason));
             s.bind(6, micros(now)).bind(7, reason).bind(8, f.owner).bind(9, f.attempt);
             s.run();
             s.reset();
-            if (!f.attempts_left)
+            if (!attempts_left)
                 resolve_children(f.id, job_state::failed, now);
             out.push_back(f.id);
         }
@@ -782,7 +805,7 @@ lease_renewal sqlite_storage::renew_leases(const std::string& node, std::span<co
         // most, and a renewal by id and attempt is its own fencing check.
         for (const auto& h : held) {
             using_statement u{*c.renew};
-            c.renew->bind(1, node).bind(2, micros(lease_until)).bind(3, h.id).bind(4, h.attempt);
+            c.renew->bind(1, node).bind(2, micros(lease_until)).bind(3, h.id).bind(4, h.attempt).bind(5, h.started ? 1 : 0);
             if (!c.renew->step())
                 out.lost.push_back(h.id);
             else if (c.renew->integer(0) != 0)

@@ -225,12 +225,17 @@ struct server_options {
     // release: a grace that does not fit is cut to fit, with a warning in
     // the log.
     std::chrono::milliseconds shutdown_grace{std::chrono::seconds(3)};
-    // How many jobs a node may hold per worker (per unit of a queue's
-    // concurrency), counting those running: claims of many jobs per commit
-    // are what make a fast drain. A node that dies charges an attempt to
-    // every job it had claimed, started or not; 1 claims no more than there
-    // are free workers, so that a crash charges only jobs that had started
-    // (or wait for their kind's concurrency limit).
+    // At most how many jobs a node holds per worker (per unit of a queue's
+    // concurrency), counting those running. A node claims ahead only jobs
+    // that finish quickly (as many as its workers start within about 20 ms,
+    // going by the runs it has seen), because claims of many jobs per commit
+    // are what make a fast drain; slower jobs are claimed one per free
+    // worker, so that two nodes share them. A node that dies charges an
+    // attempt only to the jobs whose start it had reported (with the lease
+    // renewals, every heartbeat_interval): a job claimed ahead and never
+    // started, or started too recently to be reported, gets its attempt
+    // back, once in its life, so that a job that kills its node as it
+    // starts still runs out of attempts. 1 never claims ahead.
     std::size_t prefetch = 64;
     // Default: host name, pid and a random suffix. A fixed id (a StatefulSet
     // pod's name, a systemd instance) must belong to one live process at a

@@ -57,7 +57,7 @@ public:
 
     const std::string& path() const noexcept { return path_; }
     // The schema version this library writes.
-    static constexpr int schema_version = 4;
+    static constexpr int schema_version = 5;
 
 private:
     struct connection;

@@ -144,10 +144,12 @@ struct claim_request {
     std::vector<std::pair<std::string, std::size_t>> kind_caps{};
 };
 
-// A job a node believes it holds: the attempt its claim started.
+// A job a node believes it holds: the attempt its claim started, and
+// whether its handler has started (a claim runs ahead of the workers).
 struct held_lease {
     job_id id = 0;
     int attempt = 0;
+    bool started = false;
 };
 
 struct lease_renewal {
@@ -201,7 +203,8 @@ public:
                                                 time_point now) = 0;
 
     // The node is alive: extends to `lease_until` the lease of each job it
-    // holds (claimed by it, with that attempt, and still running), and
+    // holds (claimed by it, with that attempt, and still running), notes
+    // those whose handler started (see recover_expired), and
     // says which of them cancel() asked to stop and which it no longer
     // holds (their lease expired and another node recovered them, or a
     // restart of its id took them back): those it must neither start nor
@@ -211,13 +214,18 @@ public:
                                        time_point lease_until, time_point now) = 0;
 
     // Running jobs whose lease expired before `now` (their node died) become
-    // available again; returns them.
+    // available again; returns them. The claim charged each an attempt; a
+    // job whose start its node never reported (renew_leases, started) gets
+    // it back, once in the job's life: a node that dies holding jobs it
+    // claimed ahead charges none of them, while a job that kills its node
+    // as it starts (before a renewal reports it) is charged at least every
+    // other time, and so still runs out of attempts.
     virtual std::vector<job_id> recover_expired(time_point now) = 0;
 
     // A node id starts again (a fixed node_id: a StatefulSet pod's name, a
     // systemd instance): the running jobs its previous process held are
-    // recovered as recover_expired() recovers them, whatever their leases
-    // say; returns them. The server calls it before its first claim.
+    // recovered as recover_expired() recovers them (their attempts too),
+    // whatever their leases say; returns them. The server calls it before its first claim.
     virtual std::vector<job_id> recover_node(const std::string& node, time_point now) = 0;
 
     // A transition asked for from outside the engine (cancel, delete_job,

@@ -112,6 +112,10 @@ public:
     // Told, on the storage thread, what each renewal found (or why it failed).
     using renewal_listener = std::function<void(lease_renewal, std::exception_ptr)>;
     void set_renewal_listener(renewal_listener fn);
+    // These held jobs' handlers started: the next renewal tells the
+    // storage, so that a crash charges an attempt only to jobs that had
+    // started. Storage thread only.
+    void note_started(std::span<const held_lease> started);
     // Until when the last renewal extended every lease it found held.
     time_point renewed_until() const noexcept { return time_point(time_point::duration(renewed_until_.load())); }
 
@@ -131,7 +135,11 @@ private:
     std::function<void()> waker_;              // mutex_
     std::function<void(job_id)> local_cancel_; // mutex_
     renewal_listener renewal_listener_;        // mutex_
-    std::unordered_map<job_id, int> held_;     // storage thread: id -> the attempt its claim started
+    struct held {
+        int attempt;       // the attempt its claim started
+        bool started;      // its handler started (as far as the storage thread knows)
+    };
+    std::unordered_map<job_id, held> held_;    // storage thread
     std::chrono::steady_clock::time_point next_renewal_; // storage thread
     std::atomic<time_point::rep> renewed_until_{0};
     std::thread thread_;
