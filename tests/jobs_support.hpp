@@ -1,0 +1,271 @@
+// What the job tests share: storages to run against, requests, server
+// options fit for tests, and handlers that record what they saw.
+#pragma once
+
+#include <hosting/hosting.hpp>
+#include <hosting/scheduling/cron.hpp>
+#include <hosting/jobs/server.hpp>
+#include <hosting/jobs/sqlite_storage.hpp>
+
+#include "support.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/describe/class.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <csignal>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <numeric>
+#include <sstream>
+#include <set>
+#include <thread>
+
+using namespace std::chrono_literals;
+namespace asio = boost::asio;
+namespace jobs = hosting::jobs;
+using jobs::job_state;
+
+// Named, not anonymous: each test file uses only some of these.
+namespace jobs_test {
+
+struct add_args {
+    int a = 0;
+    int b = 0;
+};
+BOOST_DESCRIBE_STRUCT(add_args, (), (a, b))
+
+// A fresh SQLite file per test, removed afterwards.
+struct temp_db {
+    std::filesystem::path path;
+    temp_db()
+    {
+        static std::atomic<int> n{0};
+        path = std::filesystem::temp_directory_path() /
+               ("hosting-jobs-" + std::to_string(::getpid()) + "-" + std::to_string(n++) + ".db");
+        std::filesystem::remove(path);
+    }
+    ~temp_db()
+    {
+        std::error_code ec;
+        for (const char* suffix : {"", "-wal", "-shm"})
+            std::filesystem::remove(path.string() + suffix, ec);
+    }
+};
+
+// Both storages, so that every behaviour is checked on each.
+inline std::shared_ptr<jobs::storage> make_storage(const std::string& which, temp_db& db)
+{
+    if (which == "memory")
+        return std::make_shared<jobs::memory_storage>();
+    return std::make_shared<jobs::sqlite_storage>(db.path.string());
+}
+
+// A plain request in the default queue, for the tests that talk to a
+// storage directly. (Strings are moved in: assigning literals in a loop
+// draws a false -Wrestrict from GCC 12 at -O3.)
+inline jobs::enqueue_request request(std::string kind, std::string args, int max_attempts = 1)
+{
+    jobs::enqueue_request r;
+    r.kind = std::move(kind);
+    r.queue = std::string("default");
+    r.args = std::move(args);
+    r.max_attempts = max_attempts;
+    return r;
+}
+
+// What a node's renewal says of jobs whose handlers started: a crash then
+// charges their attempts.
+inline void report_started(jobs::storage& store, const std::string& node, const std::vector<jobs::job>& claimed,
+                    jobs::time_point lease_until, jobs::time_point now)
+{
+    std::vector<jobs::held_lease> held;
+    for (const auto& j : claimed)
+        held.push_back({j.id, j.attempt, true});
+    REQUIRE(store.renew_leases(node, held, lease_until, now).lost.empty());
+}
+
+inline jobs::server_options quick_server(std::shared_ptr<jobs::time_source> clock = {})
+{
+    jobs::server_options o;
+    o.workers = 4;
+    o.poll_interval = 50ms;
+    o.heartbeat_interval = 100ms;
+    o.lease_duration = 1s;
+    o.shutdown_grace = 500ms;
+    o.node_id = "test-node";
+    o.clock = std::move(clock);
+    return o;
+}
+
+// Waits until the job is in `state`, by asking the client; a job's state
+// lives in storage, with no event to wait on.
+inline bool wait_state(jobs::client& c, jobs::job_id id, job_state state)
+{
+    return test::eventually([&] {
+        auto j = c.find_blocking(id);
+        return j && j->state == state;
+    });
+}
+
+// A handler that records "started <name>", runs until its job's stop token
+// fires, then records "stopped <name>".
+inline auto until_stopped(test::recorder& r)
+{
+    return [&r](std::string name, jobs::job_context& context) -> asio::awaitable<void> {
+        r.add("started " + name);
+        try {
+            co_await hosting::delay(std::chrono::hours(1), context.stop_token());
+        } catch (...) {
+            r.add("stopped " + name);
+            throw;
+        }
+    };
+}
+
+// A job of `kind` (whose handler records "started <name>" and, when it is
+// ended, "<ended> <name>") that times out fails, and one cancelled while it
+// runs ends cancelled.
+inline void expect_timeout_and_cancel(jobs::client& client, test::recorder& r, const std::string& kind,
+                               const std::string& ended)
+{
+    jobs::job_options quick;
+    quick.timeout = 100ms;
+    auto timed = client.enqueue_blocking(kind, std::string("timed"), quick);
+    REQUIRE(r.wait_for(ended + " timed"));
+    REQUIRE(wait_state(client, timed, job_state::failed));
+    CHECK(client.find_blocking(timed)->last_error == "timed out after 100 ms");
+
+    auto cancelled = client.enqueue_blocking(kind, std::string("cancelled"));
+    REQUIRE(r.wait_for("started cancelled"));
+    client.cancel_blocking(cancelled);
+    REQUIRE(r.wait_for(ended + " cancelled"));
+    REQUIRE(wait_state(client, cancelled, job_state::cancelled));
+}
+
+
+struct mail_pool {
+    int size = 7;
+};
+
+// 2026-03-29 in Europe/Berlin: clocks jump from 02:00 to 03:00.
+inline jobs::time_point utc(int y, unsigned mo, unsigned d, int h, int mi)
+{
+    std::tm tm{};
+    tm.tm_year = y - 1900;
+    tm.tm_mon = static_cast<int>(mo) - 1;
+    tm.tm_mday = static_cast<int>(d);
+    tm.tm_hour = h;
+    tm.tm_min = mi;
+    return jobs::clock::from_time_t(timegm(&tm));
+}
+
+// A handler that records "started <name>", waits until `gate` opens (or its
+// job is stopped), then records "ended <name>" and succeeds.
+inline auto until_open(test::recorder& r, std::stop_source& gate)
+{
+    return [&r, &gate](std::string name, jobs::job_context&) -> asio::awaitable<void> {
+        r.add("started " + name);
+        const std::stop_token open = gate.get_token(); // named: see docs/gcc12.md
+        try {
+            co_await hosting::delay(std::chrono::hours(1), open);
+        } catch (const hosting::operation_canceled&) {
+        }
+        r.add("ended " + name);
+    };
+}
+
+// The events of one name, "started <name>" and "ended <name>", in order.
+inline std::vector<std::string> runs_of(const test::recorder& r, const std::string& name)
+{
+    std::vector<std::string> out;
+    for (const auto& e : r.events())
+        if (e == "started " + name || e == "ended " + name)
+            out.push_back(e);
+    return out;
+}
+
+// A storage that can be made to fail, to see the health check notice.
+class failing_storage final : public jobs::storage {
+public:
+    std::atomic<bool> down{false};
+    jobs::memory_storage inner;
+    std::function<void(std::size_t)> on_enqueue; // sees each batch's size first
+    void check()
+    {
+        if (down)
+            throw jobs::storage_error("jobs: storage unreachable (test)");
+    }
+    std::vector<jobs::enqueue_result> enqueue(std::span<const jobs::enqueue_request> j, jobs::time_point n) override
+    {
+        check();
+        if (on_enqueue)
+            on_enqueue(j.size());
+        return inner.enqueue(j, n);
+    }
+    std::vector<jobs::job> complete_and_claim(std::span<const jobs::completion> d, const jobs::claim_request& c,
+                                              jobs::time_point n) override
+    {
+        check();
+        return inner.complete_and_claim(d, c, n);
+    }
+    jobs::lease_renewal renew_leases(const std::string& node, std::span<const jobs::held_lease> h, jobs::time_point l,
+                                     jobs::time_point n) override
+    {
+        check();
+        return inner.renew_leases(node, h, l, n);
+    }
+    std::vector<jobs::job_id> recover_expired(jobs::time_point n) override { return inner.recover_expired(n); }
+    std::vector<jobs::job_id> recover_node(const std::string& node, jobs::time_point n) override
+    {
+        return inner.recover_node(node, n);
+    }
+    job_state change_state(jobs::job_id id, job_state to, const std::string& r, jobs::time_point n) override
+    {
+        return inner.change_state(id, to, r, n);
+    }
+    std::optional<jobs::job> find(jobs::job_id id, bool h) override { return inner.find(id, h); }
+    std::vector<jobs::job> list(const jobs::job_filter& f) override { return inner.list(f); }
+    jobs::job_counts counts() override
+    {
+        check();
+        return inner.counts();
+    }
+    std::optional<jobs::time_point> next_due() override { return inner.next_due(); }
+    std::size_t prune(job_state s, jobs::time_point b, std::size_t l, jobs::time_point n) override
+    {
+        return inner.prune(s, b, l, n);
+    }
+    std::size_t flag_unknown_kinds(const std::vector<std::string>& k, const std::string& n, jobs::time_point t) override
+    {
+        return inner.flag_unknown_kinds(k, n, t);
+    }
+    void upsert_recurring(const jobs::recurring_job& r) override { inner.upsert_recurring(r); }
+    bool remove_recurring(const std::string& id) override { return inner.remove_recurring(id); }
+    std::vector<jobs::recurring_job> list_recurring() override { return inner.list_recurring(); }
+    bool fire_recurring(const std::string& id, jobs::time_point e, jobs::time_point n,
+                        std::span<const jobs::enqueue_request> o, jobs::time_point t) override
+    {
+        return inner.fire_recurring(id, e, n, o, t);
+    }
+};
+
+// The storages the conformance suite (jobs_conformance_test.cpp) runs
+// against: each of its tests runs once per storage. A storage joins the
+// suite by adding its name here and to make_storage().
+inline std::vector<std::string> conformance_storages() { return {"memory", "sqlite"}; }
+
+} // namespace jobs_test
+
+using namespace jobs_test;
