@@ -156,7 +156,21 @@ void run_engine(const setup& s, std::size_t count, std::size_t latency_samples)
         std::printf("%-24s enqueue (1 caller):       %12s jobs/s\n", s.label,
                     with_commas(static_cast<double>(single) / seconds).c_str());
     }
-    const std::size_t total = count + 2000;
+    constexpr std::size_t batches = 5, per_batch = 10'000;
+    {
+        // Bulk enqueues: each batch is one transaction.
+        std::vector<jobs::job_batch> prepared(batches);
+        for (auto& b : prepared)
+            for (std::size_t i = 0; i < per_batch; ++i)
+                b.add("noop", static_cast<int>(i));
+        const auto began = clock_type::now();
+        for (const auto& b : prepared)
+            client.enqueue_many_blocking(b);
+        const double seconds = std::chrono::duration<double>(clock_type::now() - began).count();
+        std::printf("%-24s enqueue_many (10,000):    %12s jobs/s\n", s.label,
+                    with_commas(static_cast<double>(batches * per_batch) / seconds).c_str());
+    }
+    const std::size_t total = count + 2000 + batches * per_batch;
 
     // Drain with two workers, from the start of the host to the last start.
     const auto began = clock_type::now();

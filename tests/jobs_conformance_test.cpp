@@ -2120,3 +2120,91 @@ TEST_CASE("jobs: the server prunes finished jobs past their retention and keeps 
     host.stop_blocking();
 }
 
+namespace {
+// A kind bound to its arguments type by the type itself...
+struct welcome {
+    std::string to;
+    static constexpr std::string_view job_kind = "send_welcome";
+};
+BOOST_DESCRIBE_STRUCT(welcome, (), (to))
+} // namespace
+
+// ...and by a specialization, for a type the caller cannot change.
+namespace {
+struct invoice {
+    int number = 0;
+};
+BOOST_DESCRIBE_STRUCT(invoice, (), (number))
+} // namespace
+template <>
+struct hosting::jobs::kind_name<invoice> {
+    static constexpr std::string_view value = "invoice";
+};
+
+TEST_CASE("jobs: enqueue_many stores a batch of any kinds in one call, in order, keys honoured, and a kind bound to "
+          "its type needs no string",
+          "[jobs][conformance][client]")
+{
+    temp_db db;
+    const std::string which = GENERATE(from_range(conformance_storages()));
+    INFO(which);
+    auto store = make_storage(which, db);
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    test::recorder r;
+    jobs::add_jobs(builder, store, quick_server())
+        .register_kind<welcome>([&](welcome w, jobs::job_context&) -> asio::awaitable<void> {
+            r.add("welcome " + w.to);
+            co_return;
+        })
+        .register_kind<invoice>([&](invoice i, jobs::job_context&) -> asio::awaitable<void> {
+            r.add("invoice " + std::to_string(i.number));
+            co_return;
+        })
+        .register_kind<int>("count", [&](int, jobs::job_context&) -> asio::awaitable<void> { co_return; });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+
+    // An invalid job anywhere refuses the whole batch at the call, naming it.
+    jobs::job_batch bad;
+    bad.add("count", 1);
+    jobs::job_options no_queue;
+    no_queue.queue = "";
+    bad.add("count", 2, no_queue);
+    CHECK_THROWS_WITH(client.enqueue_many_blocking(bad), Catch::Contains("job 1 of the batch") &&
+                                                             Catch::Contains("empty queue name"));
+    CHECK(store->counts()[job_state::available] == 0);
+
+    jobs::job_batch batch;
+    jobs::job_options keyed;
+    keyed.unique_key = "once";
+    for (int i = 0; i < 10'000; ++i)
+        batch.add("count", i);
+    batch.add(welcome{"ada@example.com"});
+    batch.add(invoice{42});
+    batch.add("count", -1, keyed);
+    batch.add("count", -2, keyed); // the same key within the batch
+    batch.add(welcome{"later@example.com"}, {}, jobs::clock::now() + 1h);
+    const auto results = client.enqueue_many_blocking(batch);
+    REQUIRE(results.size() == 10'005);
+    bool in_order = true; // each new job's id after the one before
+    for (std::size_t i = 1; i <= 10'002; ++i)
+        in_order = in_order && results[i].created && results[i].id > results[i - 1].id;
+    CHECK(in_order);
+    CHECK(results[10'002].created);
+    CHECK_FALSE(results[10'003].created);
+    CHECK(results[10'003].id == results[10'002].id);
+    CHECK(client.find_blocking(results[10'000])->kind == "send_welcome"); // the stored name
+    CHECK(client.find_blocking(results[10'001])->kind == "invoice");
+    CHECK(client.find_blocking(results[10'004])->state == job_state::scheduled);
+    CHECK(store->counts()[job_state::available] == 10'003);
+
+    // One at a time too, with no string at the call.
+    host.start_blocking();
+    const auto typed = client.enqueue_blocking(welcome{"grace@example.com"});
+    CHECK(client.find_blocking(typed)->kind == "send_welcome");
+    REQUIRE(r.wait_for("welcome ada@example.com"));
+    REQUIRE(r.wait_for("invoice 42"));
+    REQUIRE(r.wait_for("welcome grace@example.com"));
+    CHECK(wait_state(client, results[9'999], job_state::succeeded));
+    host.stop_blocking();
+}

@@ -21,6 +21,50 @@ asio::awaitable<enqueued> client::submit(std::string kind, std::string args, con
     return enqueue_request_async(std::move(request));
 }
 
+std::vector<enqueue_request> client::batch_requests(const job_batch& batch) const
+{
+    std::vector<enqueue_request> requests;
+    requests.reserve(batch.items_.size());
+    for (std::size_t i = 0; i < batch.items_.size(); ++i) {
+        const auto& item = batch.items_[i];
+        try {
+            requests.push_back(engine_->make_request(item.kind, item.args, item.options, item.run_at));
+        } catch (const std::invalid_argument& e) {
+            throw std::invalid_argument("jobs: enqueue_many, job " + std::to_string(i) + " of the batch: " + e.what());
+        }
+    }
+    return requests;
+}
+
+namespace {
+// One transaction for the whole batch, on the storage thread; the server of
+// this process is told at once.
+std::function<std::vector<enqueued>(storage&)> enqueue_all(detail::engine* e, std::vector<enqueue_request> requests)
+{
+    return [e, requests = std::move(requests)](storage& s) {
+        std::vector<enqueued> out;
+        if (requests.empty())
+            return out;
+        const auto results = s.enqueue(requests, e->now());
+        out.reserve(results.size());
+        for (const auto& r : results)
+            out.push_back({r.id, r.created});
+        e->wake_server();
+        return out;
+    };
+}
+} // namespace
+
+asio::awaitable<std::vector<enqueued>> client::enqueue_many(const job_batch& batch)
+{
+    return engine_->call<std::vector<enqueued>>(enqueue_all(engine_.get(), batch_requests(batch)));
+}
+
+std::vector<enqueued> client::enqueue_many_blocking(const job_batch& batch)
+{
+    return engine_->call_blocking<std::vector<enqueued>>(enqueue_all(engine_.get(), batch_requests(batch)));
+}
+
 asio::awaitable<enqueued> client::enqueue_request_async(enqueue_request&& request)
 {
     auto* e = engine_.get();

@@ -22,6 +22,39 @@ namespace detail {
 class engine;
 }
 
+// Jobs for client::enqueue_many: of any kinds, each with its options and,
+// for a scheduled one, its time. Arguments are serialised when added.
+class job_batch {
+public:
+    template <class Args>
+    job_batch& add(std::string_view kind, const Args& args, job_options options = {},
+                   std::optional<time_point> run_at = std::nullopt)
+    {
+        items_.push_back({std::string(kind), boost::json::serialize(boost::json::value_from(args)),
+                          std::move(options), run_at});
+        return *this;
+    }
+    // A kind bound to its arguments type (kind_name).
+    template <named_kind Args>
+    job_batch& add(const Args& args, job_options options = {}, std::optional<time_point> run_at = std::nullopt)
+    {
+        return add(kind_name<Args>::value, args, std::move(options), run_at);
+    }
+    std::size_t size() const noexcept { return items_.size(); }
+    bool empty() const noexcept { return items_.empty(); }
+    void clear() noexcept { items_.clear(); }
+
+private:
+    friend class client;
+    struct item {
+        std::string kind;
+        std::string args;
+        job_options options;
+        std::optional<time_point> run_at;
+    };
+    std::vector<item> items_;
+};
+
 // Thread-safe; every call is awaitable and has a blocking form (..._blocking)
 // for callers that are not coroutines, which blocks its thread until the
 // storage has answered.
@@ -76,6 +109,34 @@ public:
         return submit_blocking(std::string(kind), to_json(args), std::move(options), std::nullopt);
     }
 
+    // The same, for a kind bound to its arguments type (kind_name): the
+    // type says the kind.
+    template <named_kind Args>
+    asio::awaitable<enqueued> enqueue(const Args& args, const job_options& options)
+    {
+        return submit(std::string(kind_name<Args>::value), to_json(args), options, std::nullopt);
+    }
+    template <named_kind Args>
+    asio::awaitable<enqueued> enqueue(const Args& args)
+    {
+        return submit(std::string(kind_name<Args>::value), to_json(args), job_options{}, std::nullopt);
+    }
+    template <named_kind Args>
+    enqueued enqueue_blocking(const Args& args, job_options options = {})
+    {
+        return submit_blocking(std::string(kind_name<Args>::value), to_json(args), std::move(options), std::nullopt);
+    }
+
+    // Every job of the batch in one transaction: all are stored, or none
+    // (the call throws). Completes with one result per job, in the batch's
+    // order (a job whose unique key another job holds gives that job's id,
+    // created false, as enqueue() does). The transaction's size is the
+    // batch's: a batch of tens of thousands holds the storage's write lock
+    // for tens of milliseconds. Throws std::invalid_argument at the call, as
+    // enqueue() does, naming the job's place in the batch.
+    asio::awaitable<std::vector<enqueued>> enqueue_many(const job_batch& batch);
+    std::vector<enqueued> enqueue_many_blocking(const job_batch& batch);
+
     // Runs no earlier than `at` (or `delay` from now, by
     // server_options::clock). Completes and throws as enqueue().
     template <class Args>
@@ -107,6 +168,22 @@ public:
         return submit_blocking(std::string(kind), to_json(args), std::move(options), now() + delay);
     }
 
+    template <named_kind Args>
+    asio::awaitable<enqueued> schedule(const Args& args, std::chrono::milliseconds delay, const job_options& options)
+    {
+        return submit(std::string(kind_name<Args>::value), to_json(args), options, now() + delay);
+    }
+    template <named_kind Args>
+    asio::awaitable<enqueued> schedule(const Args& args, std::chrono::milliseconds delay)
+    {
+        return submit(std::string(kind_name<Args>::value), to_json(args), job_options{}, now() + delay);
+    }
+    template <named_kind Args>
+    enqueued schedule_blocking(const Args& args, std::chrono::milliseconds delay, job_options options = {})
+    {
+        return submit_blocking(std::string(kind_name<Args>::value), to_json(args), std::move(options), now() + delay);
+    }
+
     // A continuation: awaiting while `parent` can still meet `condition`,
     // then available once it has, or deleted with the reason once it no
     // longer can (see continuation_condition: a parent that failed or was
@@ -133,6 +210,22 @@ public:
                                   job_options options = {})
     {
         return submit_continuation_blocking(parent, std::string(kind), to_json(args), condition, std::move(options));
+    }
+
+    template <named_kind Args>
+    asio::awaitable<enqueued> continue_with(job_id parent, const Args& args,
+                                          continuation_condition condition = continuation_condition::on_success)
+    {
+        return submit_continuation(parent, std::string(kind_name<Args>::value), to_json(args), condition,
+                                   job_options{});
+    }
+    template <named_kind Args>
+    enqueued continue_with_blocking(job_id parent, const Args& args,
+                                  continuation_condition condition = continuation_condition::on_success,
+                                  job_options options = {})
+    {
+        return submit_continuation_blocking(parent, std::string(kind_name<Args>::value), to_json(args), condition,
+                                            std::move(options));
     }
 
     // Recurring jobs: each occurrence of `cron` in `zone` (an IANA name)
@@ -251,6 +344,7 @@ private:
     // Not coroutines: they take their work before anything is awaited.
     asio::awaitable<void> upsert_recurring(recurring_job r);
     void upsert_recurring_blocking(recurring_job r);
+    std::vector<enqueue_request> batch_requests(const job_batch& batch) const;
     // Not a coroutine: the request moves into the operation at once.
     asio::awaitable<enqueued> enqueue_request_async(enqueue_request&& request);
     enqueued enqueue_request_blocking(enqueue_request request);

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <chrono>
+#include <concepts>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -149,6 +150,31 @@ struct job_options {
     // Claims pass over the jobs whose key is held to those behind them, so a
     // backlog of one key never keeps a free worker idle.
     std::string concurrency_key;
+};
+
+// Binds an arguments type to its kind once, so that client.enqueue(email{...})
+// and register_kind<email>(handler) need no string at each call site. The
+// name stays what is stored (renaming the type breaks nothing). Either the
+// type says it:
+//     struct email { ...; static constexpr std::string_view job_kind = "send_email"; };
+// or, for a type you cannot change, a specialization does:
+//     template <> struct hosting::jobs::kind_name<email> {
+//         static constexpr std::string_view value = "send_email";
+//     };
+template <class Args>
+struct kind_name {};
+
+template <class Args>
+    requires requires {
+        { Args::job_kind } -> std::convertible_to<std::string_view>;
+    }
+struct kind_name<Args> {
+    static constexpr std::string_view value = Args::job_kind;
+};
+
+template <class Args>
+concept named_kind = requires {
+    { kind_name<Args>::value } -> std::convertible_to<std::string_view>;
 };
 
 // What an enqueue, a schedule or a continuation completes with: the job's

@@ -311,6 +311,14 @@ public:
         return *this;
     }
 
+    // A kind bound to its arguments type (kind_name): the type says the name.
+    template <named_kind Args, class F>
+        requires std::invocable<F&, Args, job_context&>
+    jobs_registration& register_kind(F handler, kind_options options = {})
+    {
+        return register_kind<Args>(std::string(kind_name<Args>::value), std::move(handler), std::move(options));
+    }
+
 private:
     template <class Args>
     static Args parse(const std::string& text)
