@@ -2208,3 +2208,173 @@ TEST_CASE("jobs: enqueue_many stores a batch of any kinds in one call, in order,
     CHECK(wait_state(client, results[9'999], job_state::succeeded));
     host.stop_blocking();
 }
+
+TEST_CASE("jobs: counts by queue and kind follow every change, and sum to the counts by state",
+          "[jobs][conformance][storage]")
+{
+    temp_db db;
+    const std::string which = GENERATE(from_range(conformance_storages()));
+    INFO(which);
+    auto store = make_storage(which, db);
+    const auto t0 = jobs::clock::now();
+    auto in = [](std::string queue, std::string kind) {
+        auto r = request(std::move(kind), "{}");
+        r.queue = std::move(queue);
+        return r;
+    };
+    store->enqueue(std::vector<jobs::enqueue_request>{in("default", "a"), in("default", "a"), in("default", "b"),
+                                                       in("mail", "a")},
+                   t0);
+    const auto claimed = store->complete_and_claim({}, {"n", {{"default", 1}}, {"a"}, t0 + 10s}, t0);
+    REQUIRE(claimed.size() == 1);
+    store->complete_and_claim(std::vector<jobs::completion>{{claimed[0].id, 1, jobs::outcome::succeeded, {}, {}, "ok"}},
+                              {"n", {}, {"a"}, t0 + 10s}, t0 + 1s);
+    using row = std::tuple<std::string, std::string, job_state, std::int64_t>;
+    auto rows = [&] {
+        std::vector<row> out;
+        for (const auto& c : store->counts_by_queue_and_kind())
+            out.emplace_back(c.queue, c.kind, c.state, c.count);
+        std::sort(out.begin(), out.end());
+        return out;
+    };
+    CHECK(rows() == std::vector<row>{{"default", "a", job_state::available, 1},
+                                     {"default", "a", job_state::succeeded, 1},
+                                     {"default", "b", job_state::available, 1},
+                                     {"mail", "a", job_state::available, 1}});
+    // Pruned: the row goes (no zero rows), and the sums match counts().
+    CHECK(store->prune(job_state::succeeded, t0 + 1h, 10, t0 + 1h) == 1);
+    const auto after = rows();
+    CHECK(after.size() == 3);
+    std::int64_t available = 0;
+    for (const auto& [q, k, state, n] : after)
+        available += state == job_state::available ? n : 0;
+    CHECK(available == store->counts()[job_state::available]);
+}
+
+TEST_CASE("jobs: a running server is in the list of nodes with its workers, queues and jobs, and leaves it at stop",
+          "[jobs][conformance][server]")
+{
+    temp_db db;
+    const std::string which = GENERATE(from_range(conformance_storages()));
+    INFO(which);
+    auto store = make_storage(which, db);
+    test::recorder r;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    auto options = quick_server();
+    options.queues = {{"default", 0}, {"mail", 2}};
+    jobs::add_jobs(builder, store, options).register_kind<std::string>("hold", until_stopped(r));
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    CHECK(client.list_nodes_blocking().empty());
+    const auto before = jobs::clock::now();
+    host.start_blocking();
+    client.enqueue_blocking("hold", std::string("a"));
+    REQUIRE(r.wait_for("started a"));
+    // Announced with the renewals (every 100 ms here).
+    REQUIRE(test::eventually([&] {
+        const auto nodes = client.list_nodes_blocking();
+        return nodes.size() == 1 && nodes[0].running == 1;
+    }));
+    const auto node = client.list_nodes_blocking().at(0);
+    CHECK(node.id == "test-node");
+    CHECK(node.workers == 4);
+    CHECK(node.queues == std::vector<std::string>{"default", "mail"});
+    CHECK(node.pid == ::getpid());
+    CHECK_FALSE(node.host.empty());
+    CHECK(node.started_at >= before - 1s);
+    CHECK(node.heartbeat_at >= node.started_at);
+    host.stop_blocking();
+    CHECK(test::eventually([&] { return store->list_nodes().empty(); }));
+}
+
+TEST_CASE("jobs: a paused queue is not claimed by any node until it is resumed", "[jobs][conformance][server]")
+{
+    temp_db db;
+    const std::string which = GENERATE(from_range(conformance_storages()));
+    INFO(which);
+    auto store = make_storage(which, db);
+    test::recorder r;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    auto options = quick_server();
+    options.queues = {{"default", 0}, {"mail", 0}};
+    jobs::add_jobs(builder, store, options).register_kind<std::string>("note", [&](std::string text, jobs::job_context&) -> asio::awaitable<void> {
+        r.add(text);
+        co_return;
+    });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    CHECK_THROWS_AS(client.pause_queue_blocking(""), std::invalid_argument);
+    client.pause_queue_blocking("mail");
+    client.pause_queue_blocking("mail"); // twice changes nothing
+    CHECK(client.paused_queues_blocking() == std::vector<std::string>{"mail"});
+    host.start_blocking();
+    jobs::job_options mail;
+    mail.queue = "mail";
+    const auto held = client.enqueue_blocking("note", std::string("mail"), mail);
+    // Enqueued after it, in a queue claimed after it: once this one ran,
+    // the server has claimed past the paused queue.
+    const auto later = client.enqueue_blocking("note", std::string("default"));
+    REQUIRE(wait_state(client, later, job_state::succeeded));
+    CHECK(client.find_blocking(held)->state == job_state::available);
+    CHECK_FALSE(r.contains("mail"));
+    // Another node (a storage call, as from another process) sees it paused too.
+    const auto none = store->complete_and_claim({}, {"other", {{"mail", 10}}, {"note"}, jobs::clock::now() + 10s},
+                                                jobs::clock::now());
+    CHECK(none.empty());
+    client.resume_queue_blocking("mail");
+    CHECK(client.paused_queues_blocking().empty());
+    REQUIRE(wait_state(client, held, job_state::succeeded));
+    CHECK(r.contains("mail"));
+    host.stop_blocking();
+}
+
+TEST_CASE("jobs: a paused recurring job fires nothing, an update keeps it paused, and a resume starts from the next "
+          "occurrence",
+          "[jobs][conformance][recurring]")
+{
+    temp_db db;
+    const std::string which = GENERATE(from_range(conformance_storages()));
+    INFO(which);
+    auto clock = std::make_shared<jobs::manual_time_source>(utc(2026, 6, 1, 12, 0) + 30s);
+    auto store = make_storage(which, db);
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    test::recorder r;
+    jobs::add_jobs(builder, store, quick_server(clock))
+        .register_kind<std::string>("tick", [&](std::string name, jobs::job_context&) -> asio::awaitable<void> {
+            r.add(name);
+            co_return;
+        });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    // Both every minute; "witness" shows when the scheduler has passed.
+    client.add_or_update_recurring_blocking("paused", "* * * * *", "UTC", "tick", std::string("paused"));
+    client.add_or_update_recurring_blocking("witness", "* * * * *", "UTC", "tick", std::string("witness"));
+    CHECK_THROWS_AS(client.pause_recurring_blocking("nope"), std::invalid_argument);
+    client.pause_recurring_blocking("paused");
+    // A redeploy updates it: it stays paused.
+    client.add_or_update_recurring_blocking("paused", "* * * * *", "UTC", "tick", std::string("paused"));
+    auto defs = client.list_recurring_blocking();
+    REQUIRE(defs.size() == 2);
+    CHECK(defs[0].id == "paused");
+    CHECK(defs[0].paused);
+    CHECK_FALSE(defs[1].paused);
+    host.start_blocking();
+    clock->advance(5min); // five occurrences of each
+    REQUIRE(r.wait_for("witness"));
+    CHECK_FALSE(r.contains("paused"));
+    // Resumed: from the next occurrence after now, not the five it missed.
+    client.resume_recurring_blocking("paused");
+    defs = client.list_recurring_blocking();
+    CHECK_FALSE(defs[0].paused);
+    CHECK(defs[0].next_fire == utc(2026, 6, 1, 12, 6));
+    clock->advance(1min);
+    REQUIRE(r.wait_for("paused"));
+    REQUIRE(r.wait_for_count(3)); // witness twice (run_once for the five), paused once
+    jobs::job_filter f;
+    f.kind = "tick";
+    host.stop_blocking();
+    std::size_t paused_runs = 0;
+    for (const auto& j : store->list(f))
+        paused_runs += j.recurring_id == "paused";
+    CHECK(paused_runs == 1);
+}

@@ -242,6 +242,20 @@ public:
         check();
         return inner.counts();
     }
+    std::vector<jobs::queue_kind_count> counts_by_queue_and_kind() override { return inner.counts_by_queue_and_kind(); }
+    void announce_node(const jobs::node_info& node, jobs::time_point n) override
+    {
+        check();
+        inner.announce_node(node, n);
+    }
+    void remove_node(const std::string& id) override { inner.remove_node(id); }
+    std::vector<jobs::node_info> list_nodes() override { return inner.list_nodes(); }
+    void set_queue_paused(const std::string& q, bool p, jobs::time_point n) override { inner.set_queue_paused(q, p, n); }
+    std::vector<std::string> paused_queues() override { return inner.paused_queues(); }
+    bool set_recurring_paused(const std::string& id, bool p, jobs::time_point n) override
+    {
+        return inner.set_recurring_paused(id, p, n);
+    }
     std::optional<jobs::time_point> next_due() override { return inner.next_due(); }
     std::size_t prune(job_state s, jobs::time_point b, std::size_t l, jobs::time_point n) override
     {

@@ -254,6 +254,8 @@ TEST_CASE("jobs: a SQLite file of schema 1 migrates, and its counts match its ro
                                 "ALTER TABLE recurring_jobs DROP COLUMN unique_across_kinds; "
                                 "ALTER TABLE jobs DROP COLUMN unique_scoped; "
                                 "ALTER TABLE jobs DROP COLUMN claim_flags; "
+                                "DROP TABLE nodes; DROP TABLE paused_queues; "
+                                "ALTER TABLE recurring_jobs DROP COLUMN paused; "
                                 "DELETE FROM hosting_jobs_schema WHERE version >= 2;";
         CHECK(sqlite3_exec(raw, downgrade, nullptr, nullptr, nullptr) == SQLITE_OK);
         sqlite3_close(raw);
@@ -324,7 +326,8 @@ TEST_CASE("jobs: a SQLite file of schema 2 migrates, and its recurring jobs beha
     exec("ALTER TABLE recurring_jobs DROP COLUMN unique_key; ALTER TABLE recurring_jobs DROP COLUMN unique_states; "
          "ALTER TABLE recurring_jobs DROP COLUMN concurrency_key; ALTER TABLE recurring_jobs DROP COLUMN overlap; "
          "ALTER TABLE recurring_jobs DROP COLUMN unique_across_kinds; ALTER TABLE jobs DROP COLUMN unique_scoped; "
-         "ALTER TABLE jobs DROP COLUMN claim_flags; DELETE FROM hosting_jobs_schema WHERE version >= 3;");
+         "ALTER TABLE jobs DROP COLUMN claim_flags; DROP TABLE nodes; DROP TABLE paused_queues; "
+         "ALTER TABLE recurring_jobs DROP COLUMN paused; DELETE FROM hosting_jobs_schema WHERE version >= 3;");
     jobs::sqlite_storage store(db.path.string());
     auto back = store.list_recurring();
     REQUIRE(back.size() == 1);
@@ -375,6 +378,8 @@ TEST_CASE("jobs: a SQLite file of schema 3 migrates, and the unique keys of its 
                                 "ALTER TABLE jobs DROP COLUMN unique_scoped; "
                                 "ALTER TABLE recurring_jobs DROP COLUMN unique_across_kinds; "
                                 "ALTER TABLE jobs DROP COLUMN claim_flags; "
+                                "DROP TABLE nodes; DROP TABLE paused_queues; "
+                                "ALTER TABLE recurring_jobs DROP COLUMN paused; "
                                 "DELETE FROM hosting_jobs_schema WHERE version >= 4;";
         CHECK(sqlite3_exec(raw, downgrade, nullptr, nullptr, nullptr) == SQLITE_OK);
         sqlite3_close(raw);
@@ -584,6 +589,59 @@ TEST_CASE("jobs: a worker killed with SIGKILL mid-run loses nothing", "[jobs][pr
         charged += j.attempt > 1;
     INFO("charged " << charged);
     CHECK(charged <= 4);
+}
+
+TEST_CASE("jobs: of three server processes, one killed with SIGKILL: nothing lost, and only what it started runs "
+          "twice",
+          "[jobs][process]")
+{
+    temp_db db;
+    constexpr int total = 3000;
+    enqueue_records(db.path.string(), total);
+    auto args = worker_args(db); // leases of 1.5 s
+    args.push_back("--Jobs:RecordMs=10"); // 3000 jobs: seconds of work for 12 workers
+    test::child_process a(HOSTING_EXAMPLE_JOBS, args);
+    test::child_process b(HOSTING_EXAMPLE_JOBS, args);
+    test::child_process c(HOSTING_EXAMPLE_JOBS, args);
+    // b dies at work, holding jobs, a third of the way through.
+    REQUIRE(b.wait_for_output("ran ", 60s));
+    REQUIRE(test::eventually(
+        [&] { return jobs::sqlite_storage(db.path.string()).counts()[job_state::succeeded] >= total / 3; }, 60s));
+    b.send_signal(SIGKILL);
+    CHECK(b.wait_exit() == 128 + SIGKILL);
+    CHECK(a.wait_exit(90s) == 0);
+    CHECK(c.wait_exit(90s) == 0);
+    const auto runs_a = runs_in(a.output());
+    const auto runs_b = runs_in(b.output());
+    const auto runs_c = runs_in(c.output());
+    // While their processes lived, no job ran twice.
+    std::size_t twice_alive = 0;
+    for (const auto& [id, n] : runs_a)
+        twice_alive += n > 1 || runs_c.contains(id);
+    for (const auto& [id, n] : runs_c)
+        twice_alive += n > 1;
+    CHECK(twice_alive == 0);
+    // What ran again after the kill is what b had started: a job b never
+    // ran is never run twice.
+    std::size_t again = 0, b_twice = 0;
+    for (const auto& [id, n] : runs_b) {
+        const bool elsewhere = runs_a.contains(id) || runs_c.contains(id);
+        again += elsewhere;
+        b_twice += n > 1;
+    }
+    INFO("b ran " << runs_b.size() << ", of which " << again << " ran again elsewhere");
+    CHECK(b_twice == 0);
+    // Nothing lost: every job succeeded, and each ran somewhere.
+    std::set<std::int64_t> all;
+    for (const auto* runs : {&runs_a, &runs_b, &runs_c})
+        for (const auto& [id, n] : *runs)
+            all.insert(id);
+    CHECK(all.size() == static_cast<std::size_t>(total));
+    jobs::sqlite_storage store(db.path.string());
+    CHECK(store.counts()[job_state::succeeded] == total);
+    // Duplicates are bounded by b's claims: at most its 4 workers' runs, and
+    // those it had finished but not yet committed.
+    CHECK(again <= 4 * 64);
 }
 
 TEST_CASE("jobs: a worker killed with SIGKILL and started again under its fixed node id finishes every job",

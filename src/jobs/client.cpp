@@ -315,4 +315,127 @@ std::vector<recurring_job> client::list_recurring_blocking()
     return engine_->call_blocking<std::vector<recurring_job>>([](storage& s) { return s.list_recurring(); });
 }
 
+namespace {
+// Pauses or resumes a recurring job; a resume starts again from the next
+// occurrence after now. Storage thread.
+bool pause_or_resume(storage& s, const detail::engine& e, const std::string& id, bool paused)
+{
+    const auto r = find_recurring(s, id);
+    if (!r)
+        throw std::invalid_argument("jobs: no recurring job '" + id + "'");
+    auto next = r->next_fire;
+    if (!paused) {
+        const auto at = cron_expression::parse(r->cron).next(e.now(), time_zone::locate(r->zone));
+        next = at.value_or(time_point::max() - std::chrono::hours(24 * 365));
+    }
+    return s.set_recurring_paused(id, paused, next);
+}
+} // namespace
+
+asio::awaitable<void> client::set_recurring_paused(std::string id, bool paused)
+{
+    std::function<bool(storage&)> fn = [id = std::move(id), paused, e = engine_.get()](storage& s) {
+        const bool done = pause_or_resume(s, *e, id, paused);
+        e->wake_server();
+        return done;
+    };
+    return finish_bool(engine_->call<bool>(std::move(fn)));
+}
+
+asio::awaitable<void> client::pause_recurring(std::string_view id) { return set_recurring_paused(std::string(id), true); }
+asio::awaitable<void> client::resume_recurring(std::string_view id)
+{
+    return set_recurring_paused(std::string(id), false);
+}
+
+void client::pause_recurring_blocking(std::string id)
+{
+    engine_->call_blocking<bool>([id = std::move(id), e = engine_.get()](storage& s) {
+        return pause_or_resume(s, *e, id, true);
+    });
+}
+
+void client::resume_recurring_blocking(std::string id)
+{
+    engine_->call_blocking<bool>([id = std::move(id), e = engine_.get()](storage& s) {
+        return pause_or_resume(s, *e, id, false);
+    });
+    engine_->wake_server();
+}
+
+asio::awaitable<void> client::set_queue_paused(std::string queue, bool paused)
+{
+    if (queue.empty())
+        throw std::invalid_argument("jobs: pause_queue and resume_queue need a queue name");
+    std::function<bool(storage&)> fn = [queue = std::move(queue), paused, e = engine_.get()](storage& s) {
+        s.set_queue_paused(queue, paused, e->now());
+        e->wake_server();
+        return true;
+    };
+    return finish_bool(engine_->call<bool>(std::move(fn)));
+}
+
+asio::awaitable<void> client::pause_queue(std::string_view queue) { return set_queue_paused(std::string(queue), true); }
+asio::awaitable<void> client::resume_queue(std::string_view queue)
+{
+    return set_queue_paused(std::string(queue), false);
+}
+
+void client::pause_queue_blocking(std::string queue)
+{
+    if (queue.empty())
+        throw std::invalid_argument("jobs: pause_queue and resume_queue need a queue name");
+    engine_->call_blocking<bool>([queue = std::move(queue), e = engine_.get()](storage& s) {
+        s.set_queue_paused(queue, true, e->now());
+        return true;
+    });
+}
+
+void client::resume_queue_blocking(std::string queue)
+{
+    if (queue.empty())
+        throw std::invalid_argument("jobs: pause_queue and resume_queue need a queue name");
+    engine_->call_blocking<bool>([queue = std::move(queue), e = engine_.get()](storage& s) {
+        s.set_queue_paused(queue, false, e->now());
+        return true;
+    });
+    engine_->wake_server();
+}
+
+asio::awaitable<std::vector<std::string>> client::paused_queues()
+{
+    std::function<std::vector<std::string>(storage&)> fn = [](storage& s) { return s.paused_queues(); };
+    return engine_->call<std::vector<std::string>>(std::move(fn));
+}
+
+std::vector<std::string> client::paused_queues_blocking()
+{
+    return engine_->call_blocking<std::vector<std::string>>([](storage& s) { return s.paused_queues(); });
+}
+
+asio::awaitable<std::vector<queue_kind_count>> client::counts_by_queue_and_kind()
+{
+    std::function<std::vector<queue_kind_count>(storage&)> fn = [](storage& s) {
+        return s.counts_by_queue_and_kind();
+    };
+    return engine_->call<std::vector<queue_kind_count>>(std::move(fn));
+}
+
+std::vector<queue_kind_count> client::counts_by_queue_and_kind_blocking()
+{
+    return engine_->call_blocking<std::vector<queue_kind_count>>(
+        [](storage& s) { return s.counts_by_queue_and_kind(); });
+}
+
+asio::awaitable<std::vector<node_info>> client::list_nodes()
+{
+    std::function<std::vector<node_info>(storage&)> fn = [](storage& s) { return s.list_nodes(); };
+    return engine_->call<std::vector<node_info>>(std::move(fn));
+}
+
+std::vector<node_info> client::list_nodes_blocking()
+{
+    return engine_->call_blocking<std::vector<node_info>>([](storage& s) { return s.list_nodes(); });
+}
+
 } // namespace hosting::jobs

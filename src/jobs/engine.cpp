@@ -284,7 +284,12 @@ void engine::loop()
         std::deque<std::pair<enqueue_request, enqueue_done>> batch;
         std::deque<std::function<void(storage&)>> ops;
         if (std::chrono::steady_clock::now() >= next_renewal_) {
-            if (held_.empty())
+            bool announced = false;
+            {
+                std::lock_guard lock(mutex_);
+                announced = node_.has_value();
+            }
+            if (held_.empty() && !announced)
                 next_renewal_ = std::chrono::steady_clock::now() + options_.heartbeat_interval;
             else
                 renew();
@@ -364,6 +369,31 @@ void engine::note_started(std::span<const held_lease> started)
             it->second.started = true;
 }
 
+void engine::set_node(node_info node)
+{
+    std::lock_guard lock(mutex_);
+    node_ = std::move(node);
+}
+
+void engine::clear_node()
+{
+    std::string id;
+    {
+        std::lock_guard lock(mutex_);
+        if (!node_)
+            return;
+        id = node_->id;
+        node_.reset();
+    }
+    submit([id](storage& s) {
+        try {
+            s.remove_node(id);
+        } catch (const storage_error&) {
+            // It ages out of list_nodes() by its heartbeat.
+        }
+    });
+}
+
 void engine::renew()
 {
     std::vector<held_lease> held;
@@ -374,11 +404,20 @@ void engine::renew()
     const auto until = at + options_.lease_duration;
     lease_renewal found;
     std::exception_ptr error;
+    std::optional<node_info> node;
+    {
+        std::lock_guard lock(mutex_);
+        node = node_;
+    }
     try {
-        found = store_->renew_leases(options_.node_id, held, until, at);
-        for (auto id : found.lost)
-            held_.erase(id);
+        if (!held.empty()) {
+            found = store_->renew_leases(options_.node_id, held, until, at);
+            for (auto id : found.lost)
+                held_.erase(id);
+        }
         renewed_until_ = until.time_since_epoch().count();
+        if (node)
+            store_->announce_node(*node, at);
     } catch (...) {
         error = std::current_exception();
     }

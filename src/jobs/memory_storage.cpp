@@ -28,6 +28,9 @@ struct memory_storage::state {
     std::set<job_id> started;                // running, and its node reported the start
     std::set<job_id> refunded;               // had an unstarted claim's attempt back once
     job_counts counts;                       // kept by index() and unindex()
+    std::map<std::tuple<std::string, std::string, job_state>, std::int64_t> by_queue_kind; // the same, finer
+    std::map<std::string, node_info> nodes;
+    std::set<std::string> paused;            // queues
     std::map<std::string, recurring_job> recurring;
 
     static std::tuple<std::string, int, time_point, job_id> ready_key(const job& j)
@@ -40,6 +43,8 @@ struct memory_storage::state {
     void unindex(const job& j)
     {
         --counts.by_state[static_cast<std::size_t>(j.state)];
+        if (auto it = by_queue_kind.find({j.queue, j.kind, j.state}); it != by_queue_kind.end() && --it->second == 0)
+            by_queue_kind.erase(it);
         switch (j.state) {
         case job_state::available: ready.erase(ready_key(j)); break;
         case job_state::scheduled:
@@ -55,6 +60,7 @@ struct memory_storage::state {
     void index(const job& j)
     {
         ++counts.by_state[static_cast<std::size_t>(j.state)];
+        ++by_queue_kind[{j.queue, j.kind, j.state}];
         switch (j.state) {
         case job_state::available: ready.insert(ready_key(j)); break;
         case job_state::scheduled:
@@ -309,6 +315,8 @@ std::vector<job> memory_storage::complete_and_claim(std::span<const completion> 
     // In claim order, passing over what may not be taken, however much of it
     // comes first (see claim_request).
     for (const auto& [queue, cap] : claim.queues) {
+        if (s.paused.contains(queue))
+            continue;
         const auto count = std::min(cap, claim.total - std::min(claim.total, claimed.size()));
         auto it = s.ready.lower_bound({queue, std::numeric_limits<int>::min(), time_point::min(), 0});
         std::size_t taken = 0;
@@ -453,6 +461,60 @@ job_counts memory_storage::counts()
     return state_->counts;
 }
 
+std::vector<queue_kind_count> memory_storage::counts_by_queue_and_kind()
+{
+    std::lock_guard lock(mutex_);
+    std::vector<queue_kind_count> out;
+    for (const auto& [key, n] : state_->by_queue_kind)
+        out.push_back({std::get<0>(key), std::get<1>(key), std::get<2>(key), n});
+    return out;
+}
+
+void memory_storage::announce_node(const node_info& node, time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& nodes = state_->nodes;
+    std::erase_if(nodes, [&](const auto& n) { return n.second.heartbeat_at < now - std::chrono::hours(24); });
+    auto& slot = nodes[node.id];
+    slot = node;
+    slot.heartbeat_at = now;
+    slot.running = 0;
+}
+
+void memory_storage::remove_node(const std::string& id)
+{
+    std::lock_guard lock(mutex_);
+    state_->nodes.erase(id);
+}
+
+std::vector<node_info> memory_storage::list_nodes()
+{
+    std::lock_guard lock(mutex_);
+    auto& s = *state_;
+    std::vector<node_info> out;
+    for (const auto& [id, n] : s.nodes) {
+        out.push_back(n);
+        for (auto j : s.running)
+            out.back().running += s.jobs.at(j).lease_owner == id;
+    }
+    return out;
+}
+
+void memory_storage::set_queue_paused(const std::string& queue, bool paused, time_point)
+{
+    std::lock_guard lock(mutex_);
+    if (paused)
+        state_->paused.insert(queue);
+    else
+        state_->paused.erase(queue);
+}
+
+std::vector<std::string> memory_storage::paused_queues()
+{
+    std::lock_guard lock(mutex_);
+    return {state_->paused.begin(), state_->paused.end()};
+}
+
 std::optional<time_point> memory_storage::next_due()
 {
     std::lock_guard lock(mutex_);
@@ -516,11 +578,15 @@ void memory_storage::upsert_recurring(const recurring_job& r)
 {
     std::lock_guard lock(mutex_);
     auto& slot = state_->recurring[r.id];
-    const bool same_schedule = !slot.id.empty() && slot.cron == r.cron && slot.zone == r.zone;
+    const bool existed = !slot.id.empty();
+    const bool same_schedule = existed && slot.cron == r.cron && slot.zone == r.zone;
     auto kept_next = slot.next_fire;
     auto kept_last = slot.last_fire;
+    const bool kept_paused = slot.paused;
     slot = r;
     slot.last_fire = kept_last;
+    if (existed)
+        slot.paused = kept_paused; // a redeploy does not resume it
     if (same_schedule)
         slot.next_fire = kept_next;
 }
@@ -529,6 +595,18 @@ bool memory_storage::remove_recurring(const std::string& id)
 {
     std::lock_guard lock(mutex_);
     return state_->recurring.erase(id) > 0;
+}
+
+bool memory_storage::set_recurring_paused(const std::string& id, bool paused, time_point next_fire)
+{
+    std::lock_guard lock(mutex_);
+    auto it = state_->recurring.find(id);
+    if (it == state_->recurring.end())
+        return false;
+    if (it->second.paused && !paused)
+        it->second.next_fire = next_fire;
+    it->second.paused = paused;
+    return true;
 }
 
 std::vector<recurring_job> memory_storage::list_recurring()
@@ -546,7 +624,7 @@ bool memory_storage::fire_recurring(const std::string& id, time_point expected, 
     std::lock_guard lock(mutex_);
     auto& s = *state_;
     auto it = s.recurring.find(id);
-    if (it == s.recurring.end() || it->second.next_fire != expected)
+    if (it == s.recurring.end() || it->second.next_fire != expected || it->second.paused)
         return false;
     std::vector<enqueue_result> ignored;
     for (const auto& r : occurrences)

@@ -21,6 +21,8 @@
 #include <deque>
 #include <unordered_map>
 
+#include <unistd.h>
+
 namespace hosting::jobs {
 
 namespace {
@@ -41,6 +43,8 @@ recurring_result recurring_pass(storage& s, const detail::engine& e, time_point 
     recurring_result out;
     auto earliest = [&](time_point t) { out.next = out.next ? std::min(*out.next, t) : t; };
     for (const auto& r : s.list_recurring()) {
+        if (r.paused)
+            continue;
         if (r.next_fire > now) {
             earliest(r.next_fire);
             continue;
@@ -666,6 +670,19 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
         if (auto alive = weak.lock())
             alive->poke();
     });
+    {
+        node_info self;
+        self.id = engine_->node();
+        char host[256] = {};
+        ::gethostname(host, sizeof host - 1);
+        self.host = host;
+        self.pid = ::getpid();
+        self.workers = engine_->options().workers;
+        for (const auto& q : engine_->options().queues)
+            self.queues.push_back(q.name);
+        self.started_at = r->now();
+        engine_->set_node(std::move(self));
+    }
     if (engine_->kinds().empty())
         r->log->warn("The jobs server has no kinds registered; it will claim nothing");
     r->log->info("Jobs server {} started: {} workers, queues {}", engine_->node(), engine_->options().workers,
@@ -822,6 +839,7 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
                      outlived);
     engine_->set_waker({});
     engine_->set_local_cancel({});
+    engine_->clear_node();
     r->log->info("Jobs server {} stopped", engine_->node());
     if (fault)
         std::rethrow_exception(fault);

@@ -127,6 +127,20 @@ std::string json_array_of(const std::vector<std::string>& items)
     return out;
 }
 
+// The strings of a JSON array that json_array_of() wrote.
+std::vector<std::string> strings_of(const std::string& text)
+{
+    std::vector<std::string> out;
+    boost::system::error_code ec;
+    const auto value = boost::json::parse(text, ec);
+    if (ec || !value.is_array())
+        return out;
+    for (const auto& item : value.as_array())
+        if (item.is_string())
+            out.emplace_back(item.as_string());
+    return out;
+}
+
 // The closer of the connection's handle, declared before its statements so
 // that they are finalized first, whichever way the connection ends.
 struct database_closer {
@@ -248,6 +262,38 @@ const char* const migration_5 = R"sql(
 ALTER TABLE jobs ADD COLUMN claim_flags INTEGER NOT NULL DEFAULT 0;
 )sql";
 
+// What a dashboard reads: counts by queue, kind and state (kept by the
+// triggers in place of the counts by state, which are their sums: the same
+// two b-tree edits per change of state), the nodes, paused queues and
+// paused recurring jobs.
+const char* const migration_6 = R"sql(
+DROP TRIGGER jobs_counted_insert;
+DROP TRIGGER jobs_counted_delete;
+DROP TRIGGER jobs_counted_update;
+DROP TABLE job_counts;
+CREATE TABLE job_counts (
+    queue TEXT NOT NULL, kind TEXT NOT NULL, state INTEGER NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (queue, kind, state)
+) WITHOUT ROWID;
+INSERT INTO job_counts SELECT queue, kind, state, count(*) FROM jobs GROUP BY queue, kind, state;
+CREATE TRIGGER jobs_counted_insert AFTER INSERT ON jobs BEGIN
+    INSERT INTO job_counts VALUES (new.queue, new.kind, new.state, 1) ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER jobs_counted_delete AFTER DELETE ON jobs BEGIN
+    UPDATE job_counts SET n = n - 1 WHERE queue = old.queue AND kind = old.kind AND state = old.state;
+END;
+CREATE TRIGGER jobs_counted_update AFTER UPDATE OF state ON jobs WHEN old.state <> new.state BEGIN
+    UPDATE job_counts SET n = n - 1 WHERE queue = old.queue AND kind = old.kind AND state = old.state;
+    INSERT INTO job_counts VALUES (new.queue, new.kind, new.state, 1) ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TABLE nodes (
+    id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, workers INTEGER NOT NULL,
+    queues TEXT NOT NULL, started_at INTEGER NOT NULL, heartbeat_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE paused_queues (queue TEXT PRIMARY KEY, paused_at INTEGER NOT NULL) WITHOUT ROWID;
+ALTER TABLE recurring_jobs ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
+)sql";
+
 // What a continuation waits for, for the reason of its deletion.
 const char* wanted(continuation_condition c)
 {
@@ -266,7 +312,7 @@ struct sqlite_storage::connection {
     sqlite3* db = nullptr; // handle's
     std::unique_ptr<statement> begin, commit, rollback;
     std::unique_ptr<statement> insert, find_unique, complete, promote, candidates, claim, renew, expired, held,
-        state_of, transition, key_holder, requeue, find, next_due, counts, children, refunded;
+        state_of, transition, key_holder, requeue, find, next_due, counts, children, refunded, paused;
 
     explicit connection(const std::string& path, const sqlite_options& options)
     {
@@ -329,6 +375,10 @@ struct sqlite_storage::connection {
             if (version < 5) {
                 exec(migration_5, path);
                 exec("INSERT INTO hosting_jobs_schema (version) VALUES (5)", path);
+            }
+            if (version < 6) {
+                exec(migration_6, path);
+                exec("INSERT INTO hosting_jobs_schema (version) VALUES (6)", path);
             }
             exec("COMMIT", path);
         } catch (...) {
@@ -434,7 +484,8 @@ struct sqlite_storage::connection {
                 "WHERE id = ?1");
         find = std::make_unique<statement>(db, ("SELECT " + job_columns(true) + " FROM jobs WHERE id = ?1").c_str());
         next_due = std::make_unique<statement>(db, "SELECT min(run_at) FROM jobs WHERE state IN (0, 4)");
-        counts = std::make_unique<statement>(db, "SELECT state, n FROM job_counts");
+        counts = std::make_unique<statement>(db, "SELECT state, sum(n) FROM job_counts GROUP BY state");
+        paused = std::make_unique<statement>(db, "SELECT 1 FROM paused_queues WHERE queue = ?1");
     }
 
     // Runs `body` in one write transaction.
@@ -743,6 +794,11 @@ std::vector<job> sqlite_storage::complete_and_claim(std::span<const completion> 
             const auto count = std::min(cap, claim.total - std::min(claim.total, claimed.size()));
             if (count == 0)
                 continue;
+            {
+                using_statement u{*c.paused};
+                if (c.paused->bind(1, queue).step())
+                    continue;
+            }
             // Candidates in claim order, stepped through until there are
             // enough (see claim_request): the statement passes over jobs
             // whose key a running job holds, and this loop over those of a
@@ -926,6 +982,95 @@ job_counts sqlite_storage::counts()
     return out;
 }
 
+std::vector<queue_kind_count> sqlite_storage::counts_by_queue_and_kind()
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    statement s(c.db, "SELECT queue, kind, state, n FROM job_counts WHERE n <> 0 ORDER BY queue, kind, state");
+    std::vector<queue_kind_count> out;
+    while (s.step())
+        out.push_back({s.text(0), s.text(1), static_cast<job_state>(s.integer(2)), s.integer(3)});
+    return out;
+}
+
+void sqlite_storage::announce_node(const node_info& node, time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.write([&] {
+        statement gone(c.db, "DELETE FROM nodes WHERE heartbeat_at < ?1");
+        gone.bind(1, micros(now - std::chrono::hours(24))).run();
+        statement s(c.db, "INSERT INTO nodes (id, host, pid, workers, queues, started_at, heartbeat_at) "
+                          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO UPDATE SET host = excluded.host, "
+                          "pid = excluded.pid, workers = excluded.workers, queues = excluded.queues, "
+                          "started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at");
+        s.bind(1, node.id).bind(2, node.host).bind(3, node.pid).bind(4, static_cast<std::int64_t>(node.workers));
+        s.bind(5, json_array_of(node.queues)).bind(6, micros(node.started_at)).bind(7, micros(now));
+        s.run();
+    });
+}
+
+void sqlite_storage::remove_node(const std::string& id)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.write([&] {
+        statement s(c.db, "DELETE FROM nodes WHERE id = ?1");
+        s.bind(1, id).run();
+    });
+}
+
+std::vector<node_info> sqlite_storage::list_nodes()
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    // jobs_running holds the running jobs by owner: a count per node reads
+    // only them.
+    statement s(c.db, "SELECT id, host, pid, workers, queues, started_at, heartbeat_at, "
+                      "(SELECT count(*) FROM jobs INDEXED BY jobs_running WHERE state = 3 AND lease_owner = nodes.id) "
+                      "FROM nodes ORDER BY id");
+    std::vector<node_info> out;
+    while (s.step()) {
+        node_info n;
+        n.id = s.text(0);
+        n.host = s.text(1);
+        n.pid = s.integer(2);
+        n.workers = static_cast<std::size_t>(s.integer(3));
+        n.queues = strings_of(s.text(4));
+        n.started_at = from_micros(s.integer(5));
+        n.heartbeat_at = from_micros(s.integer(6));
+        n.running = s.integer(7);
+        out.push_back(std::move(n));
+    }
+    return out;
+}
+
+void sqlite_storage::set_queue_paused(const std::string& queue, bool paused, time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.write([&] {
+        if (paused) {
+            statement s(c.db, "INSERT INTO paused_queues (queue, paused_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING");
+            s.bind(1, queue).bind(2, micros(now)).run();
+        } else {
+            statement s(c.db, "DELETE FROM paused_queues WHERE queue = ?1");
+            s.bind(1, queue).run();
+        }
+    });
+}
+
+std::vector<std::string> sqlite_storage::paused_queues()
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    statement s(c.db, "SELECT queue FROM paused_queues ORDER BY queue");
+    std::vector<std::string> out;
+    while (s.step())
+        out.push_back(s.text(0));
+    return out;
+}
+
 std::optional<time_point> sqlite_storage::next_due()
 {
     std::lock_guard lock(mutex_);
@@ -1038,6 +1183,18 @@ void sqlite_storage::upsert_recurring(const recurring_job& r)
     });
 }
 
+bool sqlite_storage::set_recurring_paused(const std::string& id, bool paused, time_point next_fire)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    return c.write([&] {
+        statement s(c.db, "UPDATE recurring_jobs SET next_fire = CASE WHEN paused AND NOT ?2 THEN ?3 ELSE next_fire END, "
+                          "paused = ?2 WHERE id = ?1");
+        s.bind(1, id).bind(2, paused ? 1 : 0).bind(3, micros(next_fire)).run();
+        return sqlite3_changes(c.db) > 0;
+    });
+}
+
 bool sqlite_storage::remove_recurring(const std::string& id)
 {
     std::lock_guard lock(mutex_);
@@ -1055,8 +1212,8 @@ std::vector<recurring_job> sqlite_storage::list_recurring()
     std::lock_guard lock(mutex_);
     auto& c = *db_;
     statement s(c.db, "SELECT id, cron, zone, kind, args, queue, priority, max_attempts, timeout_ms, missed, "
-                      "next_fire, last_fire, unique_key, unique_states, concurrency_key, overlap, unique_across_kinds "
-                      "FROM recurring_jobs ORDER BY id");
+                      "next_fire, last_fire, unique_key, unique_states, concurrency_key, overlap, unique_across_kinds, "
+                      "paused FROM recurring_jobs ORDER BY id");
     std::vector<recurring_job> out;
     while (s.step()) {
         recurring_job r;
@@ -1079,6 +1236,7 @@ std::vector<recurring_job> sqlite_storage::list_recurring()
         r.concurrency_key = s.text(14);
         r.overlap = static_cast<overlap_policy>(s.integer(15));
         r.unique_across_kinds = s.integer(16) != 0;
+        r.paused = s.integer(17) != 0;
         out.push_back(std::move(r));
     }
     return out;
@@ -1091,7 +1249,7 @@ bool sqlite_storage::fire_recurring(const std::string& id, time_point expected, 
     auto& c = *db_;
     return c.write([&] {
         statement s(c.db, "UPDATE recurring_jobs SET next_fire = ?3, last_fire = coalesce(?4, last_fire) "
-                          "WHERE id = ?1 AND next_fire = ?2");
+                          "WHERE id = ?1 AND next_fire = ?2 AND NOT paused");
         s.bind(1, id).bind(2, micros(expected)).bind(3, micros(next_fire));
         if (occurrences.empty())
             s.bind_null(4);

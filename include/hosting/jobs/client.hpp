@@ -282,6 +282,15 @@ public:
     // unknown id, once the storage has been asked (not at the call).
     asio::awaitable<job_id> trigger_recurring(std::string_view id);
     job_id trigger_recurring_blocking(std::string id);
+    // Pauses a recurring job on every node: no occurrence fires while it is
+    // paused (those due meanwhile are skipped), and updating it with
+    // add_or_update_recurring keeps it paused. Resuming starts again from
+    // the next occurrence after now. Throws std::invalid_argument for an
+    // unknown id, once the storage has been asked.
+    asio::awaitable<void> pause_recurring(std::string_view id);
+    asio::awaitable<void> resume_recurring(std::string_view id);
+    void pause_recurring_blocking(std::string id);
+    void resume_recurring_blocking(std::string id);
     // Completes with every recurring job in the storage.
     asio::awaitable<std::vector<recurring_job>> list_recurring();
     std::vector<recurring_job> list_recurring_blocking();
@@ -320,6 +329,25 @@ public:
     std::vector<job> list_blocking(const job_filter& filter);
     asio::awaitable<job_counts> counts();
     job_counts counts_blocking();
+    // The non-zero counts by queue, kind and state, kept by the storage as
+    // jobs change (reading them scans no jobs).
+    asio::awaitable<std::vector<queue_kind_count>> counts_by_queue_and_kind();
+    std::vector<queue_kind_count> counts_by_queue_and_kind_blocking();
+    // The server processes that announced themselves (every
+    // heartbeat_interval, while they run), with how many jobs each holds: a
+    // node whose heartbeat_at is older than its lease_duration is gone.
+    asio::awaitable<std::vector<node_info>> list_nodes();
+    std::vector<node_info> list_nodes_blocking();
+
+    // Pauses a queue on every node: no node claims its jobs until it is
+    // resumed (those running go on; enqueues into it go on too). Throws
+    // std::invalid_argument at the call for an empty name.
+    asio::awaitable<void> pause_queue(std::string_view queue);
+    asio::awaitable<void> resume_queue(std::string_view queue);
+    void pause_queue_blocking(std::string queue);
+    void resume_queue_blocking(std::string queue);
+    asio::awaitable<std::vector<std::string>> paused_queues();
+    std::vector<std::string> paused_queues_blocking();
 
 private:
     template <class Args>
@@ -345,6 +373,9 @@ private:
     asio::awaitable<void> upsert_recurring(recurring_job r);
     void upsert_recurring_blocking(recurring_job r);
     std::vector<enqueue_request> batch_requests(const job_batch& batch) const;
+    // Not coroutines: the names are copied at the call.
+    asio::awaitable<void> set_recurring_paused(std::string id, bool paused);
+    asio::awaitable<void> set_queue_paused(std::string queue, bool paused);
     // Not a coroutine: the request moves into the operation at once.
     asio::awaitable<enqueued> enqueue_request_async(enqueue_request&& request);
     enqueued enqueue_request_blocking(enqueue_request request);

@@ -258,6 +258,8 @@ struct recurring_job {
     bool unique_across_kinds = false;
     std::string concurrency_key;
     overlap_policy overlap = overlap_policy::allow;
+    // Paused: no occurrence fires; those due meanwhile are skipped.
+    bool paused = false;
 };
 
 } // namespace hosting::jobs

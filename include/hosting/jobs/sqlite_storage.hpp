@@ -45,19 +45,26 @@ public:
     std::optional<job> find(job_id id, bool with_history = true) override;
     std::vector<job> list(const job_filter& filter) override;
     job_counts counts() override;
+    std::vector<queue_kind_count> counts_by_queue_and_kind() override;
+    void announce_node(const node_info& node, time_point now) override;
+    void remove_node(const std::string& id) override;
+    std::vector<node_info> list_nodes() override;
+    void set_queue_paused(const std::string& queue, bool paused, time_point now) override;
+    std::vector<std::string> paused_queues() override;
     std::optional<time_point> next_due() override;
     std::size_t prune(job_state state, time_point before, std::size_t limit, time_point now) override;
     std::size_t flag_unknown_kinds(const std::vector<std::string>& known, const std::string& node,
                                    time_point now) override;
     void upsert_recurring(const recurring_job& r) override;
     bool remove_recurring(const std::string& id) override;
+    bool set_recurring_paused(const std::string& id, bool paused, time_point next_fire) override;
     std::vector<recurring_job> list_recurring() override;
     bool fire_recurring(const std::string& id, time_point expected, time_point next_fire,
                         std::span<const enqueue_request> occurrences, time_point now) override;
 
     const std::string& path() const noexcept { return path_; }
     // The schema version this library writes.
-    static constexpr int schema_version = 5;
+    static constexpr int schema_version = 6;
 
 private:
     struct connection;

@@ -166,6 +166,27 @@ struct job_filter {
     bool with_history = false;
 };
 
+// How many jobs of one kind in one queue are in one state: kept by the
+// storage as jobs change, so reading them never scans the jobs.
+struct queue_kind_count {
+    std::string queue;
+    std::string kind;
+    job_state state = job_state::available;
+    std::int64_t count = 0;
+};
+
+// A server process, as it announces itself with each lease renewal.
+struct node_info {
+    std::string id;
+    std::string host;
+    std::int64_t pid = 0;
+    std::size_t workers = 0;
+    std::vector<std::string> queues;
+    time_point started_at{};
+    time_point heartbeat_at{};
+    std::int64_t running = 0; // jobs it holds (claimed, started or not); list_nodes() fills it
+};
+
 struct job_counts {
     std::array<std::int64_t, job_state_count> by_state{};
     std::int64_t operator[](job_state s) const noexcept { return by_state[static_cast<std::size_t>(s)]; }
@@ -241,6 +262,23 @@ public:
     virtual std::optional<job> find(job_id id, bool with_history = true) = 0;
     virtual std::vector<job> list(const job_filter& filter) = 0;
     virtual job_counts counts() = 0;
+    // The non-zero counts by queue, kind and state.
+    virtual std::vector<queue_kind_count> counts_by_queue_and_kind() = 0;
+
+    // Nodes: a server announces itself with every renewal (an upsert), and
+    // removes itself when it stops; list_nodes() gives every announced node
+    // with how many jobs it holds, whoever reads it judging from
+    // heartbeat_at whether it still lives. A node silent for a day is
+    // dropped by the next announce.
+    virtual void announce_node(const node_info& node, time_point now) = 0;
+    virtual void remove_node(const std::string& id) = 0;
+    virtual std::vector<node_info> list_nodes() = 0;
+
+    // A paused queue's jobs are not claimed by any node (those running go
+    // on) until it is resumed; enqueues into it go on too. Pausing twice or
+    // resuming a queue that is not paused changes nothing.
+    virtual void set_queue_paused(const std::string& queue, bool paused, time_point now) = 0;
+    virtual std::vector<std::string> paused_queues() = 0;
 
     // When the next scheduled or retryable job is due, if any.
     virtual std::optional<time_point> next_due() = 0;
@@ -264,6 +302,10 @@ public:
     // zone) did not change, so that redeploying never skips nor repeats.
     virtual void upsert_recurring(const recurring_job& r) = 0;
     virtual bool remove_recurring(const std::string& id) = 0;
+    // A paused recurring job fires no occurrence (those due meanwhile are
+    // skipped, not run at the resume); upsert_recurring keeps it paused. A
+    // resume moves next_fire to `next_fire`. False when there is no such job.
+    virtual bool set_recurring_paused(const std::string& id, bool paused, time_point next_fire) = 0;
     virtual std::vector<recurring_job> list_recurring() = 0;
     // Enqueues `occurrences` and moves next_fire from `expected` to
     // `next_fire`, only if it still is `expected`: of several servers racing
@@ -294,12 +336,19 @@ public:
     std::optional<job> find(job_id id, bool with_history = true) override;
     std::vector<job> list(const job_filter& filter) override;
     job_counts counts() override;
+    std::vector<queue_kind_count> counts_by_queue_and_kind() override;
+    void announce_node(const node_info& node, time_point now) override;
+    void remove_node(const std::string& id) override;
+    std::vector<node_info> list_nodes() override;
+    void set_queue_paused(const std::string& queue, bool paused, time_point now) override;
+    std::vector<std::string> paused_queues() override;
     std::optional<time_point> next_due() override;
     std::size_t prune(job_state state, time_point before, std::size_t limit, time_point now) override;
     std::size_t flag_unknown_kinds(const std::vector<std::string>& known, const std::string& node,
                                    time_point now) override;
     void upsert_recurring(const recurring_job& r) override;
     bool remove_recurring(const std::string& id) override;
+    bool set_recurring_paused(const std::string& id, bool paused, time_point next_fire) override;
     std::vector<recurring_job> list_recurring() override;
     bool fire_recurring(const std::string& id, time_point expected, time_point next_fire,
                         std::span<const enqueue_request> occurrences, time_point now) override;

@@ -116,6 +116,10 @@ public:
     // storage, so that a crash charges an attempt only to jobs that had
     // started. Storage thread only.
     void note_started(std::span<const held_lease> started);
+    // The server this process runs, announced with every renewal while set
+    // (list_nodes); clear_node() removes it from the storage.
+    void set_node(node_info node);
+    void clear_node();
     // Until when the last renewal extended every lease it found held.
     time_point renewed_until() const noexcept { return time_point(time_point::duration(renewed_until_.load())); }
 
@@ -135,6 +139,7 @@ private:
     std::function<void()> waker_;              // mutex_
     std::function<void(job_id)> local_cancel_; // mutex_
     renewal_listener renewal_listener_;        // mutex_
+    std::optional<node_info> node_;            // mutex_
     struct held {
         int attempt;       // the attempt its claim started
         bool started;      // its handler started (as far as the storage thread knows)
