@@ -4,7 +4,7 @@
 // answered 200 and their latency, and the same for a /metrics scrape every
 // 250 ms, beside the same probes with no attack in the same run.
 //
-//   http_attack_bench [seconds_per_attack=10] [attacker_nice=10] [both|hosting|raw] [attack name part]
+//   http_attack_bench [seconds_per_attack=10] [attacker_nice=10] [both|hosting|raw] [name part|name part...]
 //
 // Each attack runs against the host's server and then against a baseline:
 // the server one writes by hand with Beast, on one thread, with no limits
@@ -439,7 +439,18 @@ int main(int argc, char** argv)
     auto label = [](const char* attack, const target& t) { return std::string(attack) + " [" + t.name + "]"; };
     for (const auto& t : targets)
         print_row(label("none (baseline)", t).c_str(), probe_for(t.port, seconds), "");
-    auto wanted = [&](const char* name) { return std::string_view(name).find(only) != std::string_view::npos; };
+    // Several parts may be given, separated by '|': a row runs if its name contains any.
+    auto wanted = [&](const char* name) {
+        std::string_view parts = only;
+        for (;;) {
+            const auto bar = parts.find('|');
+            if (std::string_view(name).find(parts.substr(0, bar)) != std::string_view::npos)
+                return true;
+            if (bar == std::string_view::npos)
+                return false;
+            parts.remove_prefix(bar + 1);
+        }
+    };
     auto run = [&](const char* name, bool many, int connections, attacker::behaviour behave) {
         if (!wanted(name))
             return;
