@@ -2,7 +2,7 @@
 // engine on memory_storage and sqlite_storage (FULL and NORMAL), beside bare
 // SQLite doing the same claims and completions with no engine around it.
 //
-//   jobs_bench [jobs=50000] [latency_samples=2000]
+//   jobs_bench [jobs=50000] [latency_samples=2000] [setup label: only that one, without the bare loops]
 //
 // One figure per line, naming the storage and its setting.
 #include <hosting/hosting.hpp>
@@ -282,8 +282,10 @@ int main(int argc, char** argv)
     const std::size_t samples = argc > 2 ? std::strtoul(argv[2], nullptr, 10) : 2000;
     std::printf("jobs_bench: %zu no-op jobs, %zu latency samples, files in the current directory\n", count, samples);
 
-    run_bare("bare sqlite FULL", "PRAGMA synchronous = FULL", count);
-    run_bare("bare sqlite NORMAL", "PRAGMA synchronous = NORMAL", count);
+    if (argc <= 3) {
+        run_bare("bare sqlite FULL", "PRAGMA synchronous = FULL", count);
+        run_bare("bare sqlite NORMAL", "PRAGMA synchronous = NORMAL", count);
+    }
 
     const auto full_path = temp_file("full");
     const auto normal_path = temp_file("normal");
@@ -300,8 +302,10 @@ int main(int argc, char** argv)
         // Claims only for free workers: what a crash-proof attempt count costs.
         {"sqlite FULL, prefetch 1", [&] { return std::make_shared<jobs::sqlite_storage>(single_path); }, 1},
     };
+    const std::string only = argc > 3 ? argv[3] : ""; // the setups whose label is this, when given
     for (const auto& s : setups)
-        run_engine(s, count, samples);
+        if (only.empty() || only == s.label)
+            run_engine(s, count, samples);
     remove_file(full_path);
     remove_file(normal_path);
     remove_file(single_path);

@@ -265,7 +265,7 @@ ALTER TABLE jobs ADD COLUMN claim_flags INTEGER NOT NULL DEFAULT 0;
 // What a dashboard reads: counts by queue, kind and state (kept by the
 // triggers in place of the counts by state, which are their sums: the same
 // two b-tree edits per change of state), the nodes, paused queues and
-// paused recurring jobs.
+// paused recurring jobs. And the age index for finished jobs only.
 const char* const migration_6 = R"sql(
 DROP TRIGGER jobs_counted_insert;
 DROP TRIGGER jobs_counted_delete;
@@ -292,6 +292,10 @@ CREATE TABLE nodes (
 ) WITHOUT ROWID;
 CREATE TABLE paused_queues (queue TEXT PRIMARY KEY, paused_at INTEGER NOT NULL) WITHOUT ROWID;
 ALTER TABLE recurring_jobs ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
+-- Only pruning reads jobs by age, and only finished ones: the jobs on their
+-- way through (each change of state moved their entry) stay out of it.
+DROP INDEX jobs_aged;
+CREATE INDEX jobs_aged ON jobs (state, updated_at) WHERE state IN (5, 6, 7, 8);
 )sql";
 
 // What a continuation waits for, for the reason of its deletion.
@@ -1095,8 +1099,11 @@ std::size_t sqlite_storage::prune(job_state state, time_point before, std::size_
         // idempotency key, to the next job.
         std::string doomed = "[";
         {
-            statement s(c.db, "SELECT id FROM jobs WHERE state = ?1 AND updated_at < ?2 "
-                              "AND id < (SELECT max(id) FROM jobs) LIMIT ?3");
+            // The same terms as jobs_aged's, so that the index serves it.
+            statement s(c.db, is_final(state) ? "SELECT id FROM jobs WHERE state = ?1 AND state IN (5, 6, 7, 8) "
+                                                "AND updated_at < ?2 AND id < (SELECT max(id) FROM jobs) LIMIT ?3"
+                                              : "SELECT id FROM jobs WHERE state = ?1 AND updated_at < ?2 "
+                                                "AND id < (SELECT max(id) FROM jobs) LIMIT ?3");
             s.bind(1, code(state)).bind(2, micros(before)).bind(3, static_cast<std::int64_t>(limit));
             while (s.step()) {
                 if (doomed.size() > 1)
