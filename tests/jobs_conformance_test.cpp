@@ -7,13 +7,9 @@
 // jobs_test.cpp.
 #include "jobs_support.hpp"
 
-using Catch::Generators::from_range;
-
 TEST_CASE("jobs: storages claim, complete, recover and reject invalid transitions", "[jobs][conformance][storage]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     const auto t0 = jobs::clock::now();
     const auto r = request("k", "{}", 2);
@@ -76,9 +72,7 @@ TEST_CASE("jobs: storages claim, complete, recover and reject invalid transition
 
 TEST_CASE("jobs: unique keys hold under concurrent enqueue", "[jobs][conformance][storage]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
@@ -127,9 +121,7 @@ TEST_CASE("jobs: a unique key is compared within its kind unless asked across ki
           "whether its job was created",
           "[jobs][conformance][storage]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
@@ -181,9 +173,7 @@ TEST_CASE("jobs: a unique key is compared within its kind unless asked across ki
 TEST_CASE("jobs: a requeue is refused and a delete goes ahead when another job has taken the unique key",
           "[jobs][conformance][storage]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     const auto t0 = jobs::clock::now();
     auto keyed = [](std::string key, jobs::state_set states) {
@@ -246,9 +236,7 @@ TEST_CASE("jobs: a requeue is refused and a delete goes ahead when another job h
 TEST_CASE("jobs: a server runs jobs, retries with backoff on an injected clock, and fails them for good",
           "[jobs][conformance][server]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto clock = std::make_shared<jobs::manual_time_source>(jobs::clock::now());
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
@@ -310,27 +298,30 @@ TEST_CASE("jobs: a server runs jobs, retries with backoff on an injected clock, 
 
 TEST_CASE("jobs: a node claims ahead only jobs that finish quickly, and never more than prefetch", "[jobs][conformance][server]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
+    EACH_STORAGE(which, db);
     const std::size_t prefetch = GENERATE(std::size_t{1}, std::size_t{64});
-    INFO(which << " prefetch " << prefetch);
+    INFO("prefetch " << prefetch);
     auto store = make_storage(which, db);
-    test::recorder r;
-    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
     auto options = quick_server();
     options.workers = 2;
     options.prefetch = prefetch;
-    jobs::add_jobs(builder, store, options)
-        .register_kind<int>("hold",
-                            [&](int, jobs::job_context& context) -> asio::awaitable<void> {
-                                r.add("started");
-                                co_await hosting::delay(std::chrono::hours(1), context.stop_token());
-                            })
-        .register_kind<int>("quick", [&](int, jobs::job_context&) -> asio::awaitable<void> {
-            r.add("quick");
-            co_return;
-        });
-    auto host = builder.build();
+    // A host whose "hold" jobs run until stopped and "quick" ones at once.
+    auto make_host = [&](test::recorder& r) {
+        auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+        jobs::add_jobs(builder, store, options)
+            .register_kind<int>("hold",
+                                [&r](int, jobs::job_context& context) -> asio::awaitable<void> {
+                                    r.add("started");
+                                    co_await hosting::delay(std::chrono::hours(1), context.stop_token());
+                                })
+            .register_kind<int>("quick", [&r](int, jobs::job_context&) -> asio::awaitable<void> {
+                r.add("quick");
+                co_return;
+            });
+        return builder.build();
+    };
+    test::recorder r;
+    auto host = make_host(r);
     auto& client = host.services().get<jobs::client>();
     for (int i = 0; i < 10; ++i)
         client.enqueue_blocking("hold", i);
@@ -346,18 +337,7 @@ TEST_CASE("jobs: a node claims ahead only jobs that finish quickly, and never mo
     // After quick runs, a node with prefetch claims ahead: up to prefetch per
     // worker (here all 10), so that a drain commits many jobs at a time.
     test::recorder r2;
-    auto again_builder = test::make_builder(std::make_shared<test::capture_sink>());
-    jobs::add_jobs(again_builder, store, options)
-        .register_kind<int>("hold",
-                            [&](int, jobs::job_context& context) -> asio::awaitable<void> {
-                                r2.add("started again");
-                                co_await hosting::delay(std::chrono::hours(1), context.stop_token());
-                            })
-        .register_kind<int>("quick", [&](int, jobs::job_context&) -> asio::awaitable<void> {
-            r2.add("quick");
-            co_return;
-        });
-    auto again = again_builder.build();
+    auto again = make_host(r2);
     auto& again_client = again.services().get<jobs::client>();
     jobs::job_options first;
     first.priority = -1; // ahead of the holds
@@ -374,9 +354,7 @@ TEST_CASE("jobs: a node claims ahead only jobs that finish quickly, and never mo
 TEST_CASE("jobs: a node whose renewal finds a lease gone stops the handler and records nothing of the run",
           "[jobs][conformance][server]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
@@ -421,9 +399,7 @@ TEST_CASE("jobs: a node whose renewal finds a lease gone stops the handler and r
 TEST_CASE("jobs: a handler that outlives the shutdown grace keeps its lease until the process ends",
           "[jobs][conformance][server]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     auto sink = std::make_shared<test::capture_sink>();
     test::recorder r;
@@ -462,9 +438,7 @@ TEST_CASE("jobs: a handler that outlives the shutdown grace keeps its lease unti
 
 TEST_CASE("jobs: storages renew only the leases a node names, and say which it lost", "[jobs][conformance][storage]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     const auto t0 = std::chrono::floor<std::chrono::microseconds>(jobs::clock::now()); // as SQLite keeps it
     auto ids = store->enqueue(std::vector<jobs::enqueue_request>{request("k", "1", 3), request("k", "2", 3),
@@ -500,9 +474,7 @@ TEST_CASE("jobs: storages renew only the leases a node names, and say which it l
 TEST_CASE("jobs: a job that outlives its lease is not handed to another worker while its node lives",
           "[jobs][conformance][server]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     test::recorder r;
     auto builder = test::make_builder(std::make_shared<test::capture_sink>());
     // Leases of 1 s, renewed every 100 ms; the job takes 2.5 leases.
@@ -525,9 +497,7 @@ TEST_CASE("jobs: a dead node charges only the jobs it reported started, and an u
           "once",
           "[jobs][conformance][storage]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     const auto t0 = jobs::clock::now();
     // max_attempts 1: before, one crash failed every job its node had
@@ -557,9 +527,7 @@ TEST_CASE("jobs: a dead node charges only the jobs it reported started, and an u
 
 TEST_CASE("jobs: storages recover what a node id held when it starts again, and nothing else", "[jobs][conformance][storage]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     const auto t0 = jobs::clock::now();
     auto ids = store->enqueue(std::vector<jobs::enqueue_request>{request("k", "1", 3), request("k", "2", 1),
@@ -600,9 +568,7 @@ TEST_CASE("jobs: storages recover what a node id held when it starts again, and 
 TEST_CASE("jobs: a server that starts under a fixed node id takes back the jobs its last process held",
           "[jobs][conformance][server]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     const auto t0 = jobs::clock::now();
     // The last process of node test-node (quick_server's id) claimed two jobs
@@ -641,9 +607,7 @@ TEST_CASE("jobs: a server that starts under a fixed node id takes back the jobs 
 
 TEST_CASE("jobs: timeout and cancel also reach a handler through Asio cancellation", "[jobs][conformance][server]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     test::recorder r;
     auto builder = test::make_builder(std::make_shared<test::capture_sink>());
     jobs::kind_options once;
@@ -672,9 +636,7 @@ TEST_CASE("jobs: timeout and cancel also reach a handler through Asio cancellati
 
 TEST_CASE("jobs: earlier queues and lower priorities run first, and the state gauge counts jobs", "[jobs][conformance][server]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     test::recorder r;
     auto builder = test::make_builder(std::make_shared<test::capture_sink>());
     auto options = quick_server();
@@ -711,9 +673,7 @@ TEST_CASE("jobs: earlier queues and lower priorities run first, and the state ga
 TEST_CASE("jobs: a running job that is deleted keeps its lease and key until its node has stopped it",
           "[jobs][conformance][storage]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     const auto t0 = jobs::clock::now();
     auto keyed = request("k", "{}", 3);
@@ -770,9 +730,7 @@ TEST_CASE("jobs: a running job that is deleted keeps its lease and key until its
 
 TEST_CASE("jobs: a job deleted by another node stops before the next job with its key starts", "[jobs][conformance][server]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     test::recorder r;
     auto builder = test::make_builder(std::make_shared<test::capture_sink>());
@@ -797,11 +755,10 @@ TEST_CASE("jobs: a job deleted by another node stops before the next job with it
 TEST_CASE("jobs: a cancel recorded while a job runs ends it cancelled whatever the attempt's outcome",
           "[jobs][conformance][storage]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
+    EACH_STORAGE(which, db);
     const auto what = GENERATE(jobs::outcome::succeeded, jobs::outcome::retry, jobs::outcome::failed,
                                jobs::outcome::snoozed, jobs::outcome::released);
-    INFO(which << " outcome " << static_cast<int>(what));
+    INFO("outcome " << static_cast<int>(what));
     auto store = make_storage(which, db);
     const auto t0 = jobs::clock::now();
     const auto id = store->enqueue(std::vector<jobs::enqueue_request>{request("k", "{}", 3)}, t0)[0].id;
@@ -832,10 +789,9 @@ TEST_CASE("jobs: a cancel recorded while a job runs ends it cancelled whatever t
 TEST_CASE("jobs: a cancel from another process holds when the handler then fails, snoozes or is released",
           "[jobs][conformance][server]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
+    EACH_STORAGE(which, db);
     const std::string ending = GENERATE(as<std::string>{}, "fails", "snoozes", "is released");
-    INFO(which << ": the handler " << ending);
+    INFO("the handler " << ending);
     auto store = make_storage(which, db);
     // The other process: its own connection to the file (or the same memory).
     std::shared_ptr<jobs::storage> elsewhere = store;
@@ -892,9 +848,7 @@ TEST_CASE("jobs: a cancel from another process holds when the handler then fails
 
 TEST_CASE("jobs: timeout, cancel and bad arguments reach or end the handler", "[jobs][conformance][server]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
     test::recorder r;
@@ -930,9 +884,7 @@ TEST_CASE("jobs: timeout, cancel and bad arguments reach or end the handler", "[
 
 TEST_CASE("jobs: at shutdown running jobs go back to available, their attempt not counted", "[jobs][conformance][server]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     auto sink = std::make_shared<test::capture_sink>();
     test::recorder r;
@@ -960,9 +912,7 @@ TEST_CASE("jobs: at shutdown running jobs go back to available, their attempt no
 
 TEST_CASE("jobs: per-queue concurrency limits hold under load", "[jobs][conformance][server]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
     auto options = quick_server();
@@ -1009,9 +959,7 @@ TEST_CASE("jobs: per-queue concurrency limits hold under load", "[jobs][conforma
 
 TEST_CASE("jobs: continuations run or are deleted by their condition", "[jobs][conformance][server]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
     test::recorder r;
@@ -1069,9 +1017,7 @@ TEST_CASE("jobs: continuations run or are deleted by their condition", "[jobs][c
 
 TEST_CASE("jobs: storages keep a continuation waiting while its parent can still succeed", "[jobs][conformance][storage]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     const auto t0 = jobs::clock::now();
     using c = jobs::continuation_condition;
@@ -1148,9 +1094,7 @@ TEST_CASE("jobs: storages keep a continuation waiting while its parent can still
 
 TEST_CASE("jobs: a continuation of a failed parent runs once the requeued parent succeeds", "[jobs][conformance][server]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto builder = test::make_builder(std::make_shared<test::capture_sink>());
     test::recorder r;
     std::atomic<bool> fail_first{true};
@@ -1183,9 +1127,7 @@ TEST_CASE("jobs: a continuation of a failed parent runs once the requeued parent
 
 TEST_CASE("jobs: per-kind and per-key limits hold under load", "[jobs][conformance][server]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
     auto options = quick_server();
@@ -1240,9 +1182,7 @@ TEST_CASE("jobs: per-kind and per-key limits hold under load", "[jobs][conforman
 
 TEST_CASE("jobs: storages claim past a backlog of one concurrency key, and choose the same jobs", "[jobs][conformance][storage]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     const auto t0 = jobs::clock::now();
     auto job = [](std::string kind, std::string queue, std::string key) {
@@ -1292,9 +1232,7 @@ TEST_CASE("jobs: storages claim past a backlog of one concurrency key, and choos
 
 TEST_CASE("jobs: a backlog of one concurrency key leaves no worker idle that other work could use", "[jobs][conformance][server]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     test::recorder r;
     auto builder = test::make_builder(std::make_shared<test::capture_sink>());
@@ -1325,9 +1263,7 @@ TEST_CASE("jobs: a backlog of one concurrency key leaves no worker idle that oth
 
 TEST_CASE("jobs: storages take no more of a kind than a claim's cap, and pass over the rest", "[jobs][conformance][storage]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     const auto t0 = jobs::clock::now();
     auto job = [](std::string kind, std::string queue) {
@@ -1355,9 +1291,7 @@ TEST_CASE("jobs: storages take no more of a kind than a claim's cap, and pass ov
 
 TEST_CASE("jobs: a kind at its concurrency limit leaves no worker idle that other work could use", "[jobs][conformance][server]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     test::recorder r;
     auto builder = test::make_builder(std::make_shared<test::capture_sink>());
@@ -1391,9 +1325,7 @@ TEST_CASE("jobs: a kind at its concurrency limit leaves no worker idle that othe
 
 TEST_CASE("jobs: unknown kinds are noted in their history and wait", "[jobs][conformance][server]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
     jobs::add_jobs(builder, make_storage(which, db), quick_server())
@@ -1414,9 +1346,7 @@ TEST_CASE("jobs: unknown kinds are noted in their history and wait", "[jobs][con
 
 TEST_CASE("jobs: finished jobs are pruned after their retention, failed ones kept", "[jobs][conformance][storage]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     const auto t0 = jobs::clock::now();
     std::vector<jobs::enqueue_request> batch(5, request("k", "0"));
@@ -1438,9 +1368,7 @@ TEST_CASE("jobs: finished jobs are pruned after their retention, failed ones kep
 
 TEST_CASE("jobs: recurring jobs fire once per occurrence across a daylight-saving change", "[jobs][conformance][recurring]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     // 00:30 UTC = 01:30 CET, the night of the spring change.
     auto clock = std::make_shared<jobs::manual_time_source>(utc(2026, 3, 29, 0, 30));
     auto store = make_storage(which, db);
@@ -1491,10 +1419,9 @@ TEST_CASE("jobs: recurring jobs fire once per occurrence across a daylight-savin
 
 TEST_CASE("jobs: missed occurrences run once, all, or not at all", "[jobs][conformance][recurring]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
+    EACH_STORAGE(which, db);
     const auto policy = GENERATE(jobs::missed_policy::run_once, jobs::missed_policy::run_all, jobs::missed_policy::skip);
-    INFO(which << " policy " << static_cast<int>(policy));
+    INFO("policy " << static_cast<int>(policy));
     auto clock = std::make_shared<jobs::manual_time_source>(utc(2026, 6, 1, 12, 0));
     auto store = make_storage(which, db);
     {
@@ -1534,10 +1461,9 @@ TEST_CASE("jobs: missed occurrences run once, all, or not at all", "[jobs][confo
 
 TEST_CASE("jobs: beyond max_missed_runs missed occurrences, run_once and skip take the latest", "[jobs][conformance][recurring]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
+    EACH_STORAGE(which, db);
     const auto policy = GENERATE(jobs::missed_policy::run_once, jobs::missed_policy::skip);
-    INFO(which << " policy " << static_cast<int>(policy));
+    INFO("policy " << static_cast<int>(policy));
     const auto t0 = utc(2026, 6, 1, 12, 0);
     auto clock = std::make_shared<jobs::manual_time_source>(t0);
     auto store = make_storage(which, db);
@@ -1580,9 +1506,7 @@ TEST_CASE("jobs: beyond max_missed_runs missed occurrences, run_once and skip ta
 TEST_CASE("jobs: recurring occurrences keep every job option, and a concurrency key keeps them apart across nodes",
           "[jobs][conformance][recurring]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto clock = std::make_shared<jobs::manual_time_source>(utc(2026, 6, 1, 12, 0) + 30s);
     auto store = make_storage(which, db);
     // The second node's own connection to the file, as another process has.
@@ -1670,10 +1594,9 @@ TEST_CASE("jobs: recurring occurrences keep every job option, and a concurrency 
 TEST_CASE("jobs: a recurring job told never to overlap itself skips or waits while an earlier run has not ended",
           "[jobs][conformance][recurring]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
+    EACH_STORAGE(which, db);
     const auto overlap = GENERATE(jobs::overlap_policy::skip, jobs::overlap_policy::wait);
-    INFO(which << " overlap " << static_cast<int>(overlap));
+    INFO("overlap " << static_cast<int>(overlap));
     auto clock = std::make_shared<jobs::manual_time_source>(utc(2026, 6, 1, 12, 0) + 30s);
     test::recorder r;
     std::stop_source gate;
@@ -1752,9 +1675,7 @@ TEST_CASE("jobs: a recurring job told never to overlap itself skips or waits whi
 
 TEST_CASE("jobs: storages keep every field of a recurring job", "[jobs][conformance][storage]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     jobs::recurring_job r;
     r.id = "nightly";
@@ -1807,9 +1728,7 @@ TEST_CASE("jobs: storages keep every field of a recurring job", "[jobs][conforma
 
 TEST_CASE("jobs: every client call, awaited", "[jobs][conformance][client]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto clock = std::make_shared<jobs::manual_time_source>(utc(2026, 6, 1, 12, 0));
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
@@ -1900,9 +1819,7 @@ TEST_CASE("jobs: every client call, awaited", "[jobs][conformance][client]")
 TEST_CASE("jobs: the idempotency key is the same for every run of a job and never another job's",
           "[jobs][conformance][storage]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     const auto t0 = jobs::clock::now();
     // What a handler of that claim would be given.
@@ -1953,9 +1870,7 @@ TEST_CASE("jobs: no write transaction takes more than max_rows_per_write rows", 
 {
     SECTION("a backlog of due jobs is promoted in bounded steps, earliest first")
     {
-        temp_db db;
-        const std::string which = GENERATE(from_range(conformance_storages()));
-        INFO(which);
+        EACH_STORAGE(which, db);
         auto store = make_storage(which, db);
         const auto t0 = jobs::clock::now();
         const std::size_t n = 2 * jobs::max_rows_per_write + 100;
@@ -2052,9 +1967,7 @@ TEST_CASE("jobs: no write transaction takes more than max_rows_per_write rows", 
 
 TEST_CASE("jobs: a job enqueued in this process starts without waiting for a poll", "[jobs][conformance][server]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
     // Polls and heartbeats far beyond the test's patience: only the
@@ -2083,9 +1996,7 @@ TEST_CASE("jobs: a job enqueued in this process starts without waiting for a pol
 
 TEST_CASE("jobs: the server prunes finished jobs past their retention and keeps failed ones", "[jobs][conformance][server]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto clock = std::make_shared<jobs::manual_time_source>(utc(2026, 6, 1, 12, 0));
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
@@ -2145,9 +2056,7 @@ TEST_CASE("jobs: enqueue_many stores a batch of any kinds in one call, in order,
           "its type needs no string",
           "[jobs][conformance][client]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     auto builder = test::make_builder(std::make_shared<test::capture_sink>());
     test::recorder r;
@@ -2212,9 +2121,7 @@ TEST_CASE("jobs: enqueue_many stores a batch of any kinds in one call, in order,
 TEST_CASE("jobs: counts by queue and kind follow every change, and sum to the counts by state",
           "[jobs][conformance][storage]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     const auto t0 = jobs::clock::now();
     auto in = [](std::string queue, std::string kind) {
@@ -2254,9 +2161,7 @@ TEST_CASE("jobs: counts by queue and kind follow every change, and sum to the co
 TEST_CASE("jobs: a running server is in the list of nodes with its workers, queues and jobs, and leaves it at stop",
           "[jobs][conformance][server]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     test::recorder r;
     auto builder = test::make_builder(std::make_shared<test::capture_sink>());
@@ -2289,9 +2194,7 @@ TEST_CASE("jobs: a running server is in the list of nodes with its workers, queu
 
 TEST_CASE("jobs: a paused queue is not claimed by any node until it is resumed", "[jobs][conformance][server]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto store = make_storage(which, db);
     test::recorder r;
     auto builder = test::make_builder(std::make_shared<test::capture_sink>());
@@ -2332,9 +2235,7 @@ TEST_CASE("jobs: a paused recurring job fires nothing, an update keeps it paused
           "occurrence",
           "[jobs][conformance][recurring]")
 {
-    temp_db db;
-    const std::string which = GENERATE(from_range(conformance_storages()));
-    INFO(which);
+    EACH_STORAGE(which, db);
     auto clock = std::make_shared<jobs::manual_time_source>(utc(2026, 6, 1, 12, 0) + 30s);
     auto store = make_storage(which, db);
     auto builder = test::make_builder(std::make_shared<test::capture_sink>());

@@ -283,3 +283,10 @@ inline std::vector<std::string> conformance_storages() { return {"memory", "sqli
 } // namespace jobs_test
 
 using namespace jobs_test;
+
+// The rest of the test runs once per storage in conformance_storages():
+// `which` names it (and the report says it), `db` is the file SQLite uses.
+#define EACH_STORAGE(which, db)                                                                                       \
+    temp_db db;                                                                                                        \
+    const std::string which = GENERATE(Catch::Generators::from_range(conformance_storages()));                       \
+    INFO(which)
