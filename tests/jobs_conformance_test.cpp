@@ -436,6 +436,55 @@ TEST_CASE("jobs: a handler that outlives the shutdown grace keeps its lease unti
     CHECK(store->find(id)->state == job_state::available);
 }
 
+TEST_CASE("jobs: a handler that outlives the shutdown grace and then ends has its end recorded",
+          "[jobs][conformance][server]")
+{
+    EACH_STORAGE(which, db);
+    auto store = make_storage(which, db);
+    auto sink = std::make_shared<test::capture_sink>();
+    test::recorder r;
+    std::stop_source gate;
+    // On the program's own io_context, which runs on after the host stops,
+    // as an embedded host's does.
+    asio::io_context io;
+    auto guard = asio::make_work_guard(io);
+    std::jthread runner([&] { io.run(); });
+    auto builder = test::make_builder(sink);
+    builder.use_io_context(io);
+    auto options = quick_server();
+    options.shutdown_grace = 100ms;
+    jobs::add_jobs(builder, store, options)
+        .register_kind<int>("stubborn", [&](int, jobs::job_context&) -> asio::awaitable<void> {
+            r.add("started");
+            // Deaf to its stop token and to the coroutine's cancellation,
+            // until the gate opens; then it succeeds.
+            co_await asio::this_coro::reset_cancellation_state(
+                [](asio::cancellation_type) { return asio::cancellation_type::none; });
+            const std::stop_token open = gate.get_token(); // named: see docs/gcc12.md
+            try {
+                co_await hosting::delay(std::chrono::hours(1), open);
+            } catch (const hosting::operation_canceled&) {
+            }
+            r.add("ended");
+        });
+    {
+        auto host = builder.build();
+        host.start_blocking();
+        const auto id = host.services().get<jobs::client>().enqueue_blocking("stubborn", 1);
+        REQUIRE(r.wait_for("started"));
+        host.stop_blocking();
+        CHECK(store->find(id)->state == job_state::running);
+        gate.request_stop();
+        REQUIRE(r.wait_for("ended"));
+        // Sent on its own, after the server stopped: the job succeeded, and
+        // nothing holds it any more.
+        CHECK(test::eventually([&] { return store->find(id)->state == job_state::succeeded; }));
+        CHECK(store->find(id)->attempt == 1);
+        guard.reset();
+    }
+    runner.join();
+}
+
 TEST_CASE("jobs: storages renew only the leases a node names, and say which it lost", "[jobs][conformance][storage]")
 {
     EACH_STORAGE(which, db);

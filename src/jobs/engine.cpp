@@ -402,8 +402,7 @@ void engine::renew()
         held.push_back({id, h.attempt, h.started});
     const auto at = now();
     const auto until = at + options_.lease_duration;
-    lease_renewal found;
-    std::exception_ptr error;
+    renewal_report report;
     std::optional<node_info> node;
     {
         std::lock_guard lock(mutex_);
@@ -411,15 +410,20 @@ void engine::renew()
     }
     try {
         if (!held.empty()) {
-            found = store_->renew_leases(options_.node_id, held, until, at);
-            for (auto id : found.lost)
+            report.found = store_->renew_leases(options_.node_id, held, until, at);
+            for (auto id : report.found.lost)
                 held_.erase(id);
         }
-        renewed_until_ = until.time_since_epoch().count();
-        if (node)
-            store_->announce_node(*node, at);
+        report.renewed_until = until;
     } catch (...) {
-        error = std::current_exception();
+        report.error = std::current_exception();
+    }
+    if (node) {
+        try {
+            store_->announce_node(*node, at);
+        } catch (...) {
+            report.announce_error = std::current_exception();
+        }
     }
     // From the end of this renewal: one that took long (a storage busy with
     // another process's write) is not followed by another at once.
@@ -430,7 +434,7 @@ void engine::renew()
         fn = renewal_listener_;
     }
     if (fn)
-        fn(std::move(found), error);
+        fn(std::move(report));
 }
 
 } // namespace detail

@@ -110,6 +110,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
         std::unique_ptr<job_context> context;
         std::chrono::steady_clock::time_point started;
         bool reported = false; // its start went to the storage thread
+        bool lost = false;     // a renewal found its lease gone: its end is not recorded
     };
 
     std::shared_ptr<detail::engine> engine;
@@ -144,9 +145,12 @@ struct server::run : std::enable_shared_from_this<server::run> {
     // Here, not in execute's frame: the housekeeping coroutine clears its
     // slot when it ends, which may be after execute returned.
     asio::cancellation_signal housekeeping_stop;
-    // Set once execute() sent its last completions: a handler that outlived
-    // the grace (its lease still renewed) sends its own when it ends.
+    // Set when execute() sends its last completions: a handler that
+    // outlived the grace (its lease still renewed) sends its own when it ends.
     bool finished = false;
+    // Until when the last renewal extended the leases it found held; set
+    // here, after the jobs it found lost were dropped.
+    time_point renewed_until{};
 
     const server_options& options() const { return engine->options(); }
     time_point now() const { return engine->now(); }
@@ -240,8 +244,10 @@ struct server::run : std::enable_shared_from_this<server::run> {
             // (A run here that lost its lease and is still stopping is not
             // this claim's: the claim waits in the buffer until it ends.)
             int* mine = nullptr;
-            if (auto it = running.find(j.id); it != running.end() && it->second->why != cause::lost)
+            if (auto it = running.find(j.id); it != running.end() && !it->second->lost) {
                 mine = &it->second->j.attempt;
+                it->second->reported = false; // the new claim is told of the start at the next one
+            }
             else if (auto b = std::find_if(buffered.begin(), buffered.end(), [&](const job& x) { return x.id == j.id; });
                      b != buffered.end())
                 mine = &b->attempt;
@@ -289,7 +295,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
     // may have gone to another node (this process was stopped, or the
     // storage unreachable, for longer than the lease): it waits for the
     // next renewal to say whether it is still held.
-    bool lease_current(const job& j) const { return std::max(j.lease_expires, engine->renewed_until()) > now(); }
+    bool lease_current(const job& j) const { return std::max(j.lease_expires, renewed_until) > now(); }
 
     bool kind_full(const std::string& name) const
     {
@@ -443,7 +449,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
             else if (c.what == outcome::retry)
                 m.retried->inc();
         }
-        if (a.why == cause::lost)
+        if (a.lost)
             log->warn("Job {} ({}) attempt {} stopped after its lease was lost; its end is not recorded here",
                       j.id, j.kind, j.attempt);
         else if (finished)
@@ -466,6 +472,9 @@ struct server::run : std::enable_shared_from_this<server::run> {
             log->warn("Job {} ({}) lost its lease while it ran here (this process or its storage stalled for longer "
                       "than the lease); its handler is asked to stop",
                       id, it->second->j.kind);
+            // Whatever else was stopping it (a timeout, the shutdown), its
+            // end is not this node's to record any more.
+            it->second->lost = true;
             interrupt(*it->second, cause::lost);
             return;
         }
@@ -485,7 +494,9 @@ struct server::run : std::enable_shared_from_this<server::run> {
     {
         engine->submit([e = engine.get(), c = std::move(c), log = log](storage& s) {
             try {
-                e->complete_and_claim(s, std::span<const completion>(&c, 1), claim_request{}, e->now());
+                claim_request none; // completes this node's attempt, claims nothing
+                none.node = e->node();
+                e->complete_and_claim(s, std::span<const completion>(&c, 1), none, e->now());
             } catch (const std::exception& ex) {
                 log->error("Job {}: its completion after the server stopped failed: {}", c.id, ex.what());
             }
@@ -652,19 +663,34 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
         if (auto alive = weak.lock())
             asio::post(alive->ex, [alive, id] { alive->cancel_local(id); });
     });
-    engine_->set_renewal_listener([weak](lease_renewal found, std::exception_ptr error) {
-        if (auto alive = weak.lock())
-            asio::post(alive->ex, [alive, found = std::move(found), error] {
-                if (error) {
-                    alive->log->error("Jobs lease renewal failed: {}", hosting::detail::describe(error));
-                    return;
-                }
-                for (auto id : found.lost)
-                    alive->lose(id);
-                for (auto id : found.cancel_requested)
-                    alive->cancel_local(id);
-                alive->start_ready(); // buffered jobs wait for a renewal when their claim's lease ran out
-            });
+    // Kept after execute() ends, for handlers that outlive the grace: so it
+    // posts only while the host's io_context lives, and the storage thread
+    // keeps no reference to the run once it has posted.
+    engine_->set_renewal_listener([weak, liveness = hosting::detail::liveness_of(asio::query(
+                                                 r->ex, asio::execution::context))](detail::engine::renewal_report report) {
+        std::lock_guard lock(liveness->mutex);
+        if (!liveness->alive)
+            return;
+        auto alive = weak.lock();
+        if (!alive)
+            return;
+        auto ex = alive->ex;
+        asio::post(ex, [alive = std::move(alive), report = std::move(report)] {
+            if (report.announce_error)
+                alive->log->warn("Jobs server: announcing this node failed: {}",
+                                 hosting::detail::describe(report.announce_error));
+            if (report.error) {
+                alive->log->error("Jobs lease renewal failed: {}", hosting::detail::describe(report.error));
+                return;
+            }
+            for (auto id : report.found.lost)
+                alive->lose(id);
+            for (auto id : report.found.cancel_requested)
+                alive->cancel_local(id);
+            if (report.renewed_until)
+                alive->renewed_until = *report.renewed_until;
+            alive->start_ready(); // buffered jobs wait for a renewal when their claim's lease ran out
+        });
     });
     engine_->options().clock->on_change([weak] {
         if (auto alive = weak.lock())
@@ -830,9 +856,19 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
     for (auto& j : r->buffered)
         r->done.push_back({j.id, j.attempt, outcome::released, {}, {}, "released: the server stopped"});
     r->buffered.clear();
-    auto op = r->claim_op();
-    co_await engine_->call<std::pair<std::vector<job>, std::optional<time_point>>>(std::move(op));
+    // From here a handler that ends sends its own completion.
     r->finished = true;
+    auto op = r->claim_op();
+    try {
+        co_await engine_->call<std::pair<std::vector<job>, std::optional<time_point>>>(std::move(op));
+    } catch (const storage_error& e) {
+        // Once more, each on its own, or the jobs would stay held (and their
+        // leases renewed) for as long as this process lives.
+        r->log->error("Jobs server: releasing its jobs failed: {}; trying once more", e.what());
+        for (auto& c : *r->in_flight)
+            r->send_late(std::move(c));
+    }
+    r->in_flight.reset();
     if (outlived > 0)
         r->log->warn("{} jobs did not stop within the shutdown grace; they keep their leases until their handlers "
                      "end or the process exits",

@@ -109,8 +109,17 @@ public:
     // Storage thread only.
     std::vector<job> complete_and_claim(storage& s, std::span<const completion> done, const claim_request& claim,
                                         time_point now);
-    // Told, on the storage thread, what each renewal found (or why it failed).
-    using renewal_listener = std::function<void(lease_renewal, std::exception_ptr)>;
+    // What a renewal found: the leases lost and the cancels asked for, and
+    // until when it extended the others (none when it failed, with why).
+    // The announce of the node is reported apart: its failure loses nothing.
+    struct renewal_report {
+        lease_renewal found;
+        std::optional<time_point> renewed_until;
+        std::exception_ptr error;
+        std::exception_ptr announce_error;
+    };
+    // Told, on the storage thread, what each renewal found.
+    using renewal_listener = std::function<void(renewal_report)>;
     void set_renewal_listener(renewal_listener fn);
     // These held jobs' handlers started: the next renewal tells the
     // storage, so that a crash charges an attempt only to jobs that had
@@ -120,8 +129,6 @@ public:
     // (list_nodes); clear_node() removes it from the storage.
     void set_node(node_info node);
     void clear_node();
-    // Until when the last renewal extended every lease it found held.
-    time_point renewed_until() const noexcept { return time_point(time_point::duration(renewed_until_.load())); }
 
 private:
     void loop();
@@ -146,7 +153,6 @@ private:
     };
     std::unordered_map<job_id, held> held_;    // storage thread
     std::chrono::steady_clock::time_point next_renewal_; // storage thread
-    std::atomic<time_point::rep> renewed_until_{0};
     std::thread thread_;
 };
 
