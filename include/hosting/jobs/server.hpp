@@ -280,8 +280,12 @@ public:
     // offload().
     // Cancellation: on the job's timeout, a cancel() or delete_job() of the
     // job, and the server's stop, context.stop_token() fires and terminal
-    // cancellation is emitted on the handler's coroutine. At stop, a handler
-    // that has not ended within shutdown_grace is released back to available.
+    // cancellation is emitted on the handler's coroutine; so they are when
+    // this node finds the job's lease lost (the process stalled for longer
+    // than the lease and another node took the job), and the handler's end
+    // is then not recorded. At stop, a handler that has not ended within
+    // shutdown_grace keeps its job, its lease renewed, until it ends or the
+    // process exits.
     // Errors: returning is success, even after a timeout. A snooze runs the
     // job again after its delay; bad_arguments (also what a failed
     // conversion to Args throws) fails the job without retries. Any other
@@ -336,8 +340,10 @@ private:
 // claims jobs in batches, runs their handlers on the host's loop, and
 // records how they ended. A job enqueued in this process wakes it at once;
 // work from other processes is found by polling. At stop it stops claiming,
-// asks running jobs to stop, and releases those that do not end within
-// shutdown_grace back to available, their attempt not counted.
+// releases the jobs it claimed but did not start, and asks running jobs to
+// stop; a handler that ends by the cancellation within shutdown_grace is
+// released too, its attempt not counted, and one still running after it
+// keeps its job until it ends or the process exits.
 class server final : public background_service {
 public:
     server(service_provider& provider, std::shared_ptr<detail::engine> engine);
