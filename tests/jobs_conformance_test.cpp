@@ -396,6 +396,66 @@ TEST_CASE("jobs: a node whose renewal finds a lease gone stops the handler and r
     CHECK(store->find(id)->state == job_state::running);
 }
 
+TEST_CASE("jobs: a job claimed again behind its own lost run is dropped when that claim is lost too",
+          "[jobs][conformance][server]")
+{
+    EACH_STORAGE(which, db);
+    auto store = make_storage(which, db);
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    test::recorder r;
+    std::stop_source gate;
+    auto options = quick_server();
+    options.workers = 2;
+    options.prefetch = 1;
+    jobs::add_jobs(builder, store, options).register_kind<int>("deaf", [&](int, jobs::job_context&) -> asio::awaitable<void> {
+        r.add("started");
+        co_await asio::this_coro::reset_cancellation_state(
+            [](asio::cancellation_type) { return asio::cancellation_type::none; });
+        const std::stop_token open = gate.get_token(); // named: see docs/gcc12.md
+        try {
+            co_await hosting::delay(std::chrono::hours(1), open);
+        } catch (const hosting::operation_canceled&) {
+        }
+        r.add("ended");
+    });
+    auto host = builder.build();
+    host.start_blocking();
+    const auto id = host.services().get<jobs::client>().enqueue_blocking("deaf", 1);
+    REQUIRE(r.wait_for("started"));
+    const auto t0 = jobs::clock::now();
+    auto lines_with = [&](const std::string& text) {
+        std::size_t n = 0;
+        for (const auto& line : sink->lines())
+            n += line.text.find(text) != std::string::npos;
+        return n;
+    };
+    // Taken by node-b: this node's run is lost, but deaf, so it goes on.
+    // (This node has a free worker and may take the job back first; then
+    // node-b takes it from that claim, which waits behind the run.)
+    REQUIRE(test::eventually([&] {
+        store->recover_expired(t0 + 1h);
+        return !store->complete_and_claim({}, {"node-b", {{"default", 1}}, {"deaf"}, t0 + 1h + 10s}, t0 + 1h).empty();
+    }));
+    REQUIRE(sink->wait_for("lost its lease while it ran here"));
+    // node-b dies; this node, with a worker free, claims the job again: it
+    // waits behind the lost run.
+    REQUIRE(store->recover_expired(t0 + 2h).size() == 1);
+    REQUIRE(test::eventually([&] { return store->find(id)->lease_owner == "test-node"; }));
+    // And loses it again, to node-c, before the lost run ends (with no free
+    // worker left, this node cannot take it back in between).
+    const auto dropped = lines_with("lost its lease before it started here");
+    REQUIRE(store->recover_expired(t0 + 3h).size() == 1);
+    REQUIRE(store->complete_and_claim({}, {"node-c", {{"default", 1}}, {"deaf"}, t0 + 3h + 10s}, t0 + 3h).size() == 1);
+    REQUIRE(test::eventually([&] { return lines_with("lost its lease before it started here") > dropped; }));
+    gate.request_stop();
+    REQUIRE(r.wait_for("ended"));
+    REQUIRE(sink->wait_for("its end is not recorded here"));
+    host.stop_blocking();
+    CHECK(r.count("started") == 1); // never started again without its lease
+    CHECK(store->find(id)->lease_owner == "node-c");
+}
+
 TEST_CASE("jobs: a handler that outlives the shutdown grace keeps its lease until the process ends",
           "[jobs][conformance][server]")
 {

@@ -337,8 +337,13 @@ void engine::loop()
             if (!error)
                 wake_server();
         }
-        for (auto& op : ops)
+        for (auto& op : ops) {
+            // Ops may be many and slow (another process holding the write
+            // lock): renewals go between them, never after all of them.
+            if (!held_.empty() && std::chrono::steady_clock::now() >= next_renewal_)
+                renew();
             op(*store_);
+        }
     }
 }
 
@@ -433,8 +438,19 @@ void engine::renew()
         std::lock_guard lock(mutex_);
         fn = renewal_listener_;
     }
-    if (fn)
-        fn(std::move(report));
+    if (fn && !fn(std::move(report))) {
+        // The handlers whose jobs these are went with their server.
+        held_.clear();
+        std::lock_guard lock(mutex_);
+        node_.reset();
+        renewal_listener_ = nullptr;
+    }
+}
+
+void engine::forget(job_id id, int attempt)
+{
+    if (auto it = held_.find(id); it != held_.end() && it->second.attempt == attempt)
+        held_.erase(it);
 }
 
 } // namespace detail

@@ -169,6 +169,26 @@ struct server::run : std::enable_shared_from_this<server::run> {
         asio::post(ex, [self = shared_from_this()] { self->wake(); });
     }
 
+    // From a thread of the engine's (the storage thread) or the clock's:
+    // runs fn on the server's executor while the host's io_context lives,
+    // and keeps no reference to the run once posted, so that the last one
+    // never goes on that thread (it would take the engine with it, which
+    // cannot join its own thread). False when there is nobody to tell.
+    using liveness_ptr = std::shared_ptr<hosting::detail::context_liveness>;
+    template <class F>
+    static bool post_from_outside(const std::weak_ptr<run>& weak, const liveness_ptr& liveness, F fn)
+    {
+        std::lock_guard lock(liveness->mutex);
+        if (!liveness->alive)
+            return false;
+        auto alive = weak.lock();
+        if (!alive)
+            return false;
+        auto executor = alive->ex;
+        asio::post(executor, [alive = std::move(alive), fn = std::move(fn)]() mutable { fn(*alive); });
+        return true;
+    }
+
     std::size_t capacity(const queue_options& q) const
     {
         return q.concurrency == 0 ? options().workers : std::min(q.concurrency, options().workers);
@@ -468,7 +488,9 @@ struct server::run : std::enable_shared_from_this<server::run> {
     // stopped, and nothing of it is recorded: it is another node's now.
     void lose(job_id id)
     {
-        if (auto it = running.find(id); it != running.end()) {
+        // A run already lost may have a new claim of the job waiting in the
+        // buffer behind it: that one is what this loss is about.
+        if (auto it = running.find(id); it != running.end() && !it->second->lost) {
             log->warn("Job {} ({}) lost its lease while it ran here (this process or its storage stalled for longer "
                       "than the lease); its handler is asked to stop",
                       id, it->second->j.kind);
@@ -498,7 +520,12 @@ struct server::run : std::enable_shared_from_this<server::run> {
                 none.node = e->node();
                 e->complete_and_claim(s, std::span<const completion>(&c, 1), none, e->now());
             } catch (const std::exception& ex) {
-                log->error("Job {}: its completion after the server stopped failed: {}", c.id, ex.what());
+                // Not renewed any more: its lease runs out, and another node
+                // (or this one's next start) recovers it.
+                e->forget(c.id, c.attempt);
+                log->error("Job {}: its completion after the server stopped failed: {}; it is recovered once its "
+                           "lease runs out",
+                           c.id, ex.what());
             }
         });
     }
@@ -655,47 +682,34 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
     }
     run_.store(r);
     std::weak_ptr<run> weak = r;
-    engine_->set_waker([weak] {
-        if (auto alive = weak.lock())
-            alive->poke();
+    const auto liveness = hosting::detail::liveness_of(asio::query(r->ex, asio::execution::context));
+    engine_->set_waker([weak, liveness] { run::post_from_outside(weak, liveness, [](run& alive) { alive.wake(); }); });
+    engine_->set_local_cancel([weak, liveness](job_id id) {
+        run::post_from_outside(weak, liveness, [id](run& alive) { alive.cancel_local(id); });
     });
-    engine_->set_local_cancel([weak](job_id id) {
-        if (auto alive = weak.lock())
-            asio::post(alive->ex, [alive, id] { alive->cancel_local(id); });
-    });
-    // Kept after execute() ends, for handlers that outlive the grace: so it
-    // posts only while the host's io_context lives, and the storage thread
-    // keeps no reference to the run once it has posted.
-    engine_->set_renewal_listener([weak, liveness = hosting::detail::liveness_of(asio::query(
-                                                 r->ex, asio::execution::context))](detail::engine::renewal_report report) {
-        std::lock_guard lock(liveness->mutex);
-        if (!liveness->alive)
-            return;
-        auto alive = weak.lock();
-        if (!alive)
-            return;
-        auto ex = alive->ex;
-        asio::post(ex, [alive = std::move(alive), report = std::move(report)] {
+    // Kept after execute() ends, for handlers that outlive the grace. When
+    // the server or the host's io_context is gone, so are those handlers:
+    // the engine then lets their leases run out.
+    engine_->set_renewal_listener([weak, liveness](detail::engine::renewal_report report) {
+        return run::post_from_outside(weak, liveness, [report = std::move(report)](run& alive) {
             if (report.announce_error)
-                alive->log->warn("Jobs server: announcing this node failed: {}",
-                                 hosting::detail::describe(report.announce_error));
+                alive.log->warn("Jobs server: announcing this node failed: {}",
+                                hosting::detail::describe(report.announce_error));
             if (report.error) {
-                alive->log->error("Jobs lease renewal failed: {}", hosting::detail::describe(report.error));
+                alive.log->error("Jobs lease renewal failed: {}", hosting::detail::describe(report.error));
                 return;
             }
             for (auto id : report.found.lost)
-                alive->lose(id);
+                alive.lose(id);
             for (auto id : report.found.cancel_requested)
-                alive->cancel_local(id);
+                alive.cancel_local(id);
             if (report.renewed_until)
-                alive->renewed_until = *report.renewed_until;
-            alive->start_ready(); // buffered jobs wait for a renewal when their claim's lease ran out
+                alive.renewed_until = *report.renewed_until;
+            alive.start_ready(); // buffered jobs wait for a renewal when their claim's lease ran out
         });
     });
-    engine_->options().clock->on_change([weak] {
-        if (auto alive = weak.lock())
-            alive->poke();
-    });
+    engine_->options().clock->on_change(
+        [weak, liveness] { run::post_from_outside(weak, liveness, [](run& alive) { alive.wake(); }); });
     {
         node_info self;
         self.id = engine_->node();

@@ -118,13 +118,18 @@ public:
         std::exception_ptr error;
         std::exception_ptr announce_error;
     };
-    // Told, on the storage thread, what each renewal found.
-    using renewal_listener = std::function<void(renewal_report)>;
+    // Told, on the storage thread, what each renewal found; false when
+    // nobody is there to act on it (the server and its handlers are gone):
+    // the engine then stops renewing and announcing.
+    using renewal_listener = std::function<bool(renewal_report)>;
     void set_renewal_listener(renewal_listener fn);
     // These held jobs' handlers started: the next renewal tells the
     // storage, so that a crash charges an attempt only to jobs that had
     // started. Storage thread only.
     void note_started(std::span<const held_lease> started);
+    // Stops renewing a job this node can no longer finish (its completion
+    // failed): its lease runs out and it is recovered. Storage thread only.
+    void forget(job_id id, int attempt);
     // The server this process runs, announced with every renewal while set
     // (list_nodes); clear_node() removes it from the storage.
     void set_node(node_info node);
