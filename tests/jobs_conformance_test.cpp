@@ -408,17 +408,7 @@ TEST_CASE("jobs: a job claimed again behind its own lost run is dropped when tha
     auto options = quick_server();
     options.workers = 2;
     options.prefetch = 1;
-    jobs::add_jobs(builder, store, options).register_kind<int>("deaf", [&](int, jobs::job_context&) -> asio::awaitable<void> {
-        r.add("started");
-        co_await asio::this_coro::reset_cancellation_state(
-            [](asio::cancellation_type) { return asio::cancellation_type::none; });
-        const std::stop_token open = gate.get_token(); // named: see docs/gcc12.md
-        try {
-            co_await hosting::delay(std::chrono::hours(1), open);
-        } catch (const hosting::operation_canceled&) {
-        }
-        r.add("ended");
-    });
+    jobs::add_jobs(builder, store, options).register_kind<int>("deaf", deaf_until(r, gate));
     auto host = builder.build();
     host.start_blocking();
     const auto id = host.services().get<jobs::client>().enqueue_blocking("deaf", 1);
@@ -463,20 +453,13 @@ TEST_CASE("jobs: a handler that outlives the shutdown grace keeps its lease unti
     auto store = make_storage(which, db);
     auto sink = std::make_shared<test::capture_sink>();
     test::recorder r;
+    std::stop_source never; // the gate stays shut
     jobs::job_id id = 0;
     {
         auto builder = test::make_builder(sink);
         auto options = quick_server();
         options.shutdown_grace = 100ms;
-        jobs::add_jobs(builder, store, options)
-            .register_kind<int>("stubborn", [&](int, jobs::job_context&) -> asio::awaitable<void> {
-                r.add("started");
-                // Deaf to its stop token and to the coroutine's cancellation.
-                co_await asio::this_coro::reset_cancellation_state(
-                    [](asio::cancellation_type) { return asio::cancellation_type::none; });
-                asio::steady_timer forever(co_await asio::this_coro::executor, std::chrono::hours(1));
-                co_await forever.async_wait(asio::use_awaitable);
-            });
+        jobs::add_jobs(builder, store, options).register_kind<int>("stubborn", deaf_until(r, never));
         auto host = builder.build();
         host.start_blocking();
         id = host.services().get<jobs::client>().enqueue_blocking("stubborn", 1);
@@ -513,20 +496,7 @@ TEST_CASE("jobs: a handler that outlives the shutdown grace and then ends has it
     builder.use_io_context(io);
     auto options = quick_server();
     options.shutdown_grace = 100ms;
-    jobs::add_jobs(builder, store, options)
-        .register_kind<int>("stubborn", [&](int, jobs::job_context&) -> asio::awaitable<void> {
-            r.add("started");
-            // Deaf to its stop token and to the coroutine's cancellation,
-            // until the gate opens; then it succeeds.
-            co_await asio::this_coro::reset_cancellation_state(
-                [](asio::cancellation_type) { return asio::cancellation_type::none; });
-            const std::stop_token open = gate.get_token(); // named: see docs/gcc12.md
-            try {
-                co_await hosting::delay(std::chrono::hours(1), open);
-            } catch (const hosting::operation_canceled&) {
-            }
-            r.add("ended");
-        });
+    jobs::add_jobs(builder, store, options).register_kind<int>("stubborn", deaf_until(r, gate));
     {
         auto host = builder.build();
         host.start_blocking();

@@ -134,6 +134,25 @@ inline auto until_stopped(test::recorder& r)
     };
 }
 
+// A handler deaf to its job's stop token and to its coroutine's
+// cancellation (a timeout, a cancel, the server's stop reach it in vain):
+// it records "started", waits until `gate` opens, records "ended" and
+// succeeds.
+inline auto deaf_until(test::recorder& r, std::stop_source& gate)
+{
+    return [&r, &gate](int, jobs::job_context&) -> asio::awaitable<void> {
+        r.add("started");
+        co_await asio::this_coro::reset_cancellation_state(
+            [](asio::cancellation_type) { return asio::cancellation_type::none; });
+        const std::stop_token open = gate.get_token(); // named: see docs/gcc12.md
+        try {
+            co_await hosting::delay(std::chrono::hours(1), open);
+        } catch (const hosting::operation_canceled&) {
+        }
+        r.add("ended");
+    };
+}
+
 // A job of `kind` (whose handler records "started <name>" and, when it is
 // ended, "<ended> <name>") that times out fails, and one cancelled while it
 // runs ends cancelled.
