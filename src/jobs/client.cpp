@@ -332,14 +332,33 @@ bool pause_or_resume(storage& s, const detail::engine& e, const std::string& id,
 }
 } // namespace
 
-asio::awaitable<void> client::set_recurring_paused(std::string id, bool paused)
+namespace {
+// The storage-thread work of a pause or resume, for the awaitable and the
+// blocking forms alike; the server of this process looks for work again.
+std::function<bool(storage&)> recurring_pause_op(detail::engine* e, std::string id, bool paused)
 {
-    std::function<bool(storage&)> fn = [id = std::move(id), paused, e = engine_.get()](storage& s) {
+    return [e, id = std::move(id), paused](storage& s) {
         const bool done = pause_or_resume(s, *e, id, paused);
         e->wake_server();
         return done;
     };
-    return finish_bool(engine_->call<bool>(std::move(fn)));
+}
+
+std::function<bool(storage&)> queue_pause_op(detail::engine* e, std::string queue, bool paused)
+{
+    if (queue.empty())
+        throw std::invalid_argument("jobs: pause_queue and resume_queue need a queue name");
+    return [e, queue = std::move(queue), paused](storage& s) {
+        s.set_queue_paused(queue, paused, e->now());
+        e->wake_server();
+        return true;
+    };
+}
+} // namespace
+
+asio::awaitable<void> client::set_recurring_paused(std::string id, bool paused)
+{
+    return finish_bool(engine_->call<bool>(recurring_pause_op(engine_.get(), std::move(id), paused)));
 }
 
 asio::awaitable<void> client::pause_recurring(std::string_view id) { return set_recurring_paused(std::string(id), true); }
@@ -350,29 +369,17 @@ asio::awaitable<void> client::resume_recurring(std::string_view id)
 
 void client::pause_recurring_blocking(std::string id)
 {
-    engine_->call_blocking<bool>([id = std::move(id), e = engine_.get()](storage& s) {
-        return pause_or_resume(s, *e, id, true);
-    });
+    engine_->call_blocking<bool>(recurring_pause_op(engine_.get(), std::move(id), true));
 }
 
 void client::resume_recurring_blocking(std::string id)
 {
-    engine_->call_blocking<bool>([id = std::move(id), e = engine_.get()](storage& s) {
-        return pause_or_resume(s, *e, id, false);
-    });
-    engine_->wake_server();
+    engine_->call_blocking<bool>(recurring_pause_op(engine_.get(), std::move(id), false));
 }
 
 asio::awaitable<void> client::set_queue_paused(std::string queue, bool paused)
 {
-    if (queue.empty())
-        throw std::invalid_argument("jobs: pause_queue and resume_queue need a queue name");
-    std::function<bool(storage&)> fn = [queue = std::move(queue), paused, e = engine_.get()](storage& s) {
-        s.set_queue_paused(queue, paused, e->now());
-        e->wake_server();
-        return true;
-    };
-    return finish_bool(engine_->call<bool>(std::move(fn)));
+    return finish_bool(engine_->call<bool>(queue_pause_op(engine_.get(), std::move(queue), paused)));
 }
 
 asio::awaitable<void> client::pause_queue(std::string_view queue) { return set_queue_paused(std::string(queue), true); }
@@ -383,23 +390,12 @@ asio::awaitable<void> client::resume_queue(std::string_view queue)
 
 void client::pause_queue_blocking(std::string queue)
 {
-    if (queue.empty())
-        throw std::invalid_argument("jobs: pause_queue and resume_queue need a queue name");
-    engine_->call_blocking<bool>([queue = std::move(queue), e = engine_.get()](storage& s) {
-        s.set_queue_paused(queue, true, e->now());
-        return true;
-    });
+    engine_->call_blocking<bool>(queue_pause_op(engine_.get(), std::move(queue), true));
 }
 
 void client::resume_queue_blocking(std::string queue)
 {
-    if (queue.empty())
-        throw std::invalid_argument("jobs: pause_queue and resume_queue need a queue name");
-    engine_->call_blocking<bool>([queue = std::move(queue), e = engine_.get()](storage& s) {
-        s.set_queue_paused(queue, false, e->now());
-        return true;
-    });
-    engine_->wake_server();
+    engine_->call_blocking<bool>(queue_pause_op(engine_.get(), std::move(queue), false));
 }
 
 asio::awaitable<std::vector<std::string>> client::paused_queues()
