@@ -7,6 +7,9 @@
 #include <hosting/logging/sinks.hpp>
 
 #include "core/detail/host_core.hpp"
+#ifdef _WIN32
+#include "core/detail/windows_process.hpp"
+#endif
 
 #include <spdlog/common.h>
 
@@ -28,6 +31,12 @@ host_environment make_environment(int argc, char** argv)
     e.application_name = argc > 0 && argv && argv[0] ? std::filesystem::path(argv[0]).filename().string() : "";
     std::error_code ec;
     e.content_root = std::filesystem::current_path(ec).string();
+#ifdef _WIN32
+    // A service starts in the system's folder; its settings are beside it
+    // (what .NET's builder does too).
+    if (detail::started_by_service_control_manager())
+        e.content_root = detail::program_folder();
+#endif
     return e;
 }
 
@@ -234,7 +243,7 @@ host host_builder::build()
     st.services.add_singleton<host_options>(std::make_shared<host_options>(st.options));
     auto core = std::make_shared<detail::host_core>(detail::host_core::settings{
         st.options, st.logging, st.external_io, st.console_lifetime, st.environment.environment_name,
-        std::exchange(st.lifetimes, {}),
+        st.environment.content_root, std::exchange(st.lifetimes, {}),
         st.config});
     auto hosted = std::exchange(st.services.hosted_, nullptr);
     // The builder may outlive the host, so it keeps nothing of it (a

@@ -3,6 +3,8 @@
 #include <boost/json/object.hpp>
 #include <boost/json/serialize.hpp>
 
+#include <spdlog/details/os.h>
+
 #include <chrono>
 #include <ctime>
 
@@ -26,8 +28,7 @@ void line_sink::flush()
 std::string json_console_sink::format(const spdlog::details::log_msg& msg) const
 {
     auto t = std::chrono::system_clock::to_time_t(msg.time);
-    std::tm tm{};
-    gmtime_r(&t, &tm);
+    const std::tm tm = spdlog::details::os::gmtime(t);
     char stamp[32];
     std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
     const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(msg.time.time_since_epoch()).count() % 1000;

@@ -13,6 +13,14 @@ namespace hosting {
 // of its own, so a service that blocks the event loop cannot delay the
 // second-signal exit.
 //
+// On Windows, console control events take the signals' place: Ctrl+C and
+// Ctrl+Break start a graceful stop, and a second one ends the process at
+// once with exit code 130 or 149 (128 + SIGINT's or SIGBREAK's number). The
+// console's close, the user's logoff and the system's shutdown also start a
+// graceful stop, and hold the process (which the system ends as soon as the
+// handler returns) until the host has stopped or its deadline has passed.
+// Windows has no SIGHUP: the configuration is not reloaded from outside.
+//
 // Every host built by host_builder has one unless
 // host_builder::use_console_lifetime(false) switches it off (when the
 // program handles signals itself).

@@ -15,7 +15,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 #include <unordered_set>
 #include <vector>
 
@@ -509,8 +508,7 @@ asio::awaitable<void> host_core::do_start()
     lifetime_log_->info(settings_.console_lifetime ? "Application started. Press Ctrl+C to shut down."
                                                    : "Application started.");
     lifetime_log_->info("Hosting environment: {}", settings_.environment);
-    std::error_code ec;
-    lifetime_log_->info("Content root path: {}", std::filesystem::current_path(ec).string());
+    lifetime_log_->info("Content root path: {}", settings_.content_root);
     host_log_->debug("Hosting started");
 
     if (settings_.options.stop_when_all_background_services_complete) {

@@ -40,6 +40,7 @@ public:
         asio::io_context* external_io = nullptr;
         bool console_lifetime = true; // only for the "Press Ctrl+C" line
         std::string environment;
+        std::string content_root;
         std::vector<std::shared_ptr<host_lifetime>> lifetimes;
         std::optional<hosting::configuration> config;
     };
