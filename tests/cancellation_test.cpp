@@ -20,7 +20,6 @@
 
 #include <functional>
 #include <future>
-#include <latch>
 #include <thread>
 
 using namespace std::chrono_literals;
@@ -205,10 +204,10 @@ TEST_CASE("a cancelled offload resumes at once and drops the result and an unsta
 {
     // Outlives the test body: the pool may still be inside wait() when the
     // caller has long resumed.
-    auto release_ptr = std::make_shared<std::latch>(1);
+    auto release_ptr = std::make_shared<test::latch>(1);
     auto& release = *release_ptr;
-    std::latch running(1);
-    std::latch pool_done(1);
+    test::latch running(1);
+    test::latch pool_done(1);
     std::stop_source source;
     std::atomic<bool> finished_on_pool{false};
     auto began = std::chrono::steady_clock::now();
@@ -249,10 +248,10 @@ TEST_CASE("an offload awaited by a cancelled coroutine resumes with operation_ca
 {
     asio::io_context io;
     asio::cancellation_signal signal;
-    auto release_ptr = std::make_shared<std::latch>(1);
+    auto release_ptr = std::make_shared<test::latch>(1);
     auto& release = *release_ptr;
-    std::latch running(1);
-    std::latch pool_done(1);
+    test::latch running(1);
+    test::latch pool_done(1);
     std::exception_ptr error;
     bool done = false;
     asio::co_spawn(
@@ -329,7 +328,7 @@ TEST_CASE("an offload still queued when its token fires never runs", "[offload][
 {
     // Occupy every pool thread, queue one more call behind them, cancel it.
     const auto threads = hosting::offload_concurrency();
-    std::latch release(1);
+    test::latch release(1);
     std::atomic<bool> queued_ran{false};
     std::stop_source cancel;
     asio::io_context io;

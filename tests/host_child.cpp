@@ -3,11 +3,10 @@
 #include <hosting/hosting.hpp>
 #include <hosting/async/offload.hpp>
 #include <hosting/configuration/configuration.hpp>
-#include <hosting/health/health.hpp>
-#include <hosting/health/health_endpoint.hpp>
-#include <hosting/metrics/metrics.hpp>
 #include <hosting/logging/logging.hpp>
-#include <spdlog/spdlog.h>
+#ifdef _WIN32
+#include <hosting/windows/windows_service.hpp>
+#endif
 
 #include <chrono>
 #include <cstdio>
@@ -41,6 +40,13 @@ public:
         std::fflush(stdout);
         co_await hosting::delay(60s);
     }
+};
+
+// A start that takes 3 s, cooperatively.
+class slow_start : public hosting::hosted_service {
+public:
+    asio::awaitable<void> start(std::stop_token cancel) override { co_await hosting::delay(3s, cancel); }
+    asio::awaitable<void> stop(std::stop_token) override { co_return; }
 };
 
 // Blocks the host's only worker thread in a synchronous call once the host
@@ -97,11 +103,24 @@ int main(int argc, char** argv)
 {
     std::string scenario = argc > 1 ? argv[1] : "";
     auto builder = hosting::host::create_builder(argc, argv);
+#ifdef _WIN32
+    hosting::windows_service_options service;
+    if (scenario == "slow_start")
+        service.progress_every = 200ms;
+    hosting::use_windows_service(builder, service);
+#endif
     if (scenario == "ticker") {
         builder.services().add_hosted_service<ticker>();
     } else if (scenario == "slow_stop") {
         builder.options().shutdown_timeout = 60s;
         builder.services().add_hosted_service<slow_stop>();
+    } else if (scenario == "stubborn") {
+        // slow_stop under the configured deadline (5 s unless
+        // --Hosting:ShutdownTimeoutSeconds says otherwise).
+        builder.services().add_hosted_service<ticker>();
+        builder.services().add_hosted_service<slow_stop>();
+    } else if (scenario == "slow_start") {
+        builder.services().add_hosted_service<slow_start>();
     } else if (scenario == "blocking") {
         builder.options().shutdown_timeout = 1s;
         builder.services().add_hosted_service<ticker>();
@@ -113,7 +132,7 @@ int main(int argc, char** argv)
         builder.options().shutdown_timeout = 30s;
         builder.services().add_hosted_service<self_stopper>();
     } else {
-        std::fprintf(stderr, "usage: %s ticker|slow_stop|blocking|no_console|self_stop_slow\n", argv[0]);
+        std::fprintf(stderr, "usage: %s ticker|slow_stop|stubborn|slow_start|blocking|no_console|self_stop_slow\n", argv[0]);
         return 64;
     }
     auto host = builder.build();

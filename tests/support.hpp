@@ -49,6 +49,36 @@ private:
     std::vector<std::string> events_;
 };
 
+// std::latch's count_down and wait on a mutex and a condition variable.
+// libstdc++ 12 builds std::latch on an atomic wait that, where there is no
+// futex (MinGW-w64), checks the value outside the mutex its notifier does
+// not take, and so can miss the wakeup for good.
+class latch {
+public:
+    explicit latch(int count) : count_(count) {}
+    void count_down()
+    {
+        std::lock_guard lock(mutex_);
+        if (count_ > 0 && --count_ == 0)
+            zero_.notify_all();
+    }
+    void wait()
+    {
+        std::unique_lock lock(mutex_);
+        zero_.wait(lock, [&] { return count_ == 0; });
+    }
+    bool try_wait()
+    {
+        std::lock_guard lock(mutex_);
+        return count_ == 0;
+    }
+
+private:
+    std::mutex mutex_;
+    std::condition_variable zero_;
+    int count_;
+};
+
 // How many were inside a span at once, at most: enter() and leave() around
 // it, from any thread.
 class high_water {
@@ -97,7 +127,9 @@ private:
 hosting::host_builder make_builder(std::shared_ptr<capture_sink> sink,
                                    spdlog::level::level_enum level = spdlog::level::debug);
 
-// A child process with stdout and stderr read through one pipe.
+#ifndef _WIN32
+// A child process with stdout and stderr read through one pipe
+// (support_posix.cpp).
 class child_process {
 public:
     child_process(const std::string& path, const std::vector<std::string>& args,
@@ -123,9 +155,11 @@ private:
     std::optional<int> exit_code_;
     std::string output_;
 };
+#endif
 
 } // namespace test
 
+#ifndef _WIN32
 namespace test {
 
 // A real HTTP/1.1 client on loopback (Boost.Beast, blocking, bounded by
@@ -145,6 +179,11 @@ struct raw_result {
 };
 raw_result raw_exchange(unsigned short port, const std::string& bytes,
                         std::chrono::milliseconds timeout = patience);
+
+} // namespace test
+#endif
+
+namespace test {
 
 // Polls `condition` until true or `timeout`; for state that only a fresh
 // request can observe (an HTTP endpoint), where there is no event to wait on.
