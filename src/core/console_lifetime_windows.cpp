@@ -46,11 +46,17 @@ struct console_lifetime::state {
 
     std::mutex mutex;
     std::condition_variable changed;
-    bool stopped = false;
+    bool stopped = false; // the host has stopped, or is gone: `lifetime` is not used any more
+    int in_flight = 0;    // handlers inside stop_application
 
     void on_event(DWORD type)
     {
         const auto kind = describe(type);
+        {
+            std::lock_guard lock(mutex);
+            if (stopped)
+                return;
+        }
         if (event_received.exchange(true)) {
             if (kind.graceful_only)
                 return; // the stop is under way; the handler waits for it
@@ -66,16 +72,38 @@ struct console_lifetime::state {
             log->info("Received {}; shutting down", kind.name);
         else
             log->info("Received {}; shutting down (press it again to exit at once)", kind.name);
+        {
+            std::lock_guard lock(mutex);
+            if (stopped)
+                return;
+            ++in_flight;
+        }
         lifetime->stop_application();
+        {
+            std::lock_guard lock(mutex);
+            --in_flight;
+        }
+        changed.notify_all();
+    }
+
+    // From stopped() or the destructor: no handler uses the host after this.
+    void finish()
+    {
+        std::unique_lock lock(mutex);
+        stopped = true;
+        changed.notify_all();
+        changed.wait(lock, [&] { return in_flight == 0; });
     }
 
     // The system ends the process when a close, logoff or shutdown handler
-    // returns (or after its own timeout): hold it until the host has stopped
-    // or its deadline has passed, so that the services get their graceful run.
+    // returns (or, for a close, 5 s after the event whatever the handler
+    // does): hold it until the host has stopped or its deadline has passed,
+    // so that the services get their graceful run.
     void wait_stopped()
     {
+        const auto longest = std::chrono::milliseconds(std::chrono::hours(24));
         std::unique_lock lock(mutex);
-        changed.wait_for(lock, shutdown_timeout + std::chrono::seconds(1), [&] { return stopped; });
+        changed.wait_for(lock, std::min(shutdown_timeout, longest) + std::chrono::seconds(1), [&] { return stopped; });
     }
 
     // Console control handlers are process-wide functions without a
@@ -110,25 +138,27 @@ struct console_lifetime::state {
 
     static void enlist(const std::shared_ptr<state>& s)
     {
+        // Installed once and never removed: the system holds its own lock
+        // while it runs the handlers and takes it in SetConsoleCtrlHandler,
+        // so changing the handlers under registry_mutex could deadlock with
+        // a handler that waits for it. With no lifetime listed, the handler
+        // passes the event on (the default ends the process).
+        static std::once_flag installed;
+        std::call_once(installed, [] { SetConsoleCtrlHandler(on_console_event, TRUE); });
         std::lock_guard lock(registry_mutex());
         auto& r = registry();
-        if (std::find(r.begin(), r.end(), s) != r.end())
-            return;
-        if (r.empty())
-            SetConsoleCtrlHandler(on_console_event, TRUE);
-        r.push_back(s);
+        if (std::find(r.begin(), r.end(), s) == r.end())
+            r.push_back(s);
     }
 
     static void delist(const std::shared_ptr<state>& s)
     {
-        std::lock_guard lock(registry_mutex());
-        auto& r = registry();
-        const auto it = std::find(r.begin(), r.end(), s);
-        if (it == r.end())
-            return;
-        r.erase(it);
-        if (r.empty())
-            SetConsoleCtrlHandler(on_console_event, FALSE);
+        {
+            std::lock_guard lock(registry_mutex());
+            auto& r = registry();
+            r.erase(std::remove(r.begin(), r.end(), s), r.end());
+        }
+        s->finish();
     }
 };
 
@@ -153,11 +183,6 @@ void console_lifetime::started() {}
 
 void console_lifetime::stopped(int)
 {
-    {
-        std::lock_guard lock(state_->mutex);
-        state_->stopped = true;
-    }
-    state_->changed.notify_all();
     // As on Linux: once the host has stopped, Ctrl+C ends the process the
     // system's way.
     state::delist(state_);

@@ -17,7 +17,9 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdlib>
 #include <filesystem>
+#include <optional>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
@@ -30,18 +32,24 @@ bool is_windows_service() { return detail::started_by_service_control_manager();
 // and the control handler) and the progress thread.
 struct windows_service_lifetime::state {
     windows_service_options options;
-    application_lifetime* lifetime = nullptr;
     asio::any_io_executor loop;
     std::shared_ptr<spdlog::logger> log;
     std::chrono::milliseconds shutdown_timeout{};
 
     std::mutex mutex;
     std::condition_variable changed;
+    // Null once the host is gone; the control handler calls it only while
+    // counted in `in_flight`, which the destructor waits to drain.
+    application_lifetime* lifetime = nullptr;
+    int in_flight = 0;
     SERVICE_STATUS_HANDLE handle = nullptr;
     SERVICE_STATUS status{};
+    std::chrono::steady_clock::time_point pending_since{};
     bool registered = false;       // ServiceMain has run
+    DWORD register_error = 0;      // of RegisterServiceCtrlHandlerExW, on the dispatcher's thread
     bool dispatcher_ended = false; // StartServiceCtrlDispatcher returned
     DWORD dispatcher_error = 0;
+    std::optional<int> exit_code; // run()'s, once the host has stopped
     bool quit = false;
     std::thread dispatcher;
     std::thread progress;
@@ -56,12 +64,22 @@ struct windows_service_lifetime::state {
         return s;
     }
 
+    // A wait hint in the DWORD of milliseconds the service control manager
+    // takes, whatever the configured durations.
+    static DWORD hint_of(std::chrono::milliseconds wait)
+    {
+        constexpr auto longest = std::chrono::milliseconds(std::chrono::hours(24));
+        return static_cast<DWORD>(std::clamp(wait, std::chrono::milliseconds(0), longest).count());
+    }
+
     // Under `mutex`.
     void report(DWORD new_state, DWORD exit_code = NO_ERROR)
     {
         if (!handle || status.dwCurrentState == SERVICE_STOPPED)
             return;
         const bool pending = new_state == SERVICE_START_PENDING || new_state == SERVICE_STOP_PENDING;
+        if (pending && new_state != status.dwCurrentState)
+            pending_since = std::chrono::steady_clock::now();
         status.dwServiceType = SERVICE_WIN32_OWN_PROCESS;
         status.dwCheckPoint = pending && new_state == status.dwCurrentState ? status.dwCheckPoint + 1 : (pending ? 1 : 0);
         status.dwCurrentState = new_state;
@@ -75,10 +93,13 @@ struct windows_service_lifetime::state {
             status.dwWin32ExitCode = NO_ERROR;
             status.dwServiceSpecificExitCode = 0;
         }
+        const auto progress_hint = options.progress_every * 2;
         const auto hint = new_state == SERVICE_STOP_PENDING
-                              ? std::max(options.progress_every * 2, shutdown_timeout + std::chrono::seconds(1))
-                              : options.progress_every * 2;
-        status.dwWaitHint = pending ? static_cast<DWORD>(hint.count()) : 0;
+                              ? std::max(progress_hint, std::min(shutdown_timeout, std::chrono::milliseconds(
+                                                                                       std::chrono::hours(24))) +
+                                                            std::chrono::seconds(1))
+                              : progress_hint;
+        status.dwWaitHint = pending ? hint_of(hint) : 0;
         if (!SetServiceStatus(handle, &status) && log)
             log->error("SetServiceStatus failed (error {})", GetLastError());
         changed.notify_all();
@@ -94,15 +115,25 @@ struct windows_service_lifetime::state {
             const char* what = control == SERVICE_CONTROL_STOP       ? "stop"
                                : control == SERVICE_CONTROL_SHUTDOWN ? "shutdown"
                                                                      : "preshutdown";
+            application_lifetime* lifetime = nullptr;
             {
                 std::lock_guard lock(self.mutex);
-                if (self.status.dwCurrentState == SERVICE_STOP_PENDING ||
+                if (!self.lifetime || self.status.dwCurrentState == SERVICE_STOP_PENDING ||
                     self.status.dwCurrentState == SERVICE_STOPPED)
                     return NO_ERROR;
                 self.report(SERVICE_STOP_PENDING);
+                lifetime = self.lifetime;
+                ++self.in_flight;
             }
             self.log->info("The service control manager sent {}; shutting down", what);
-            self.lifetime->stop_application();
+            // Outside the mutex: the host tells every lifetime that it is
+            // stopping, this one included, from within.
+            lifetime->stop_application();
+            {
+                std::lock_guard lock(self.mutex);
+                --self.in_flight;
+            }
+            self.changed.notify_all();
             return NO_ERROR;
         }
         case SERVICE_CONTROL_INTERROGATE: return NO_ERROR;
@@ -118,8 +149,10 @@ struct windows_service_lifetime::state {
         // A service of its own process (SERVICE_WIN32_OWN_PROCESS): the
         // name is not checked.
         const auto handle = RegisterServiceCtrlHandlerExW(L"", on_control, self);
+        const DWORD error = handle ? 0 : GetLastError();
         std::lock_guard lock(self->mutex);
         self->handle = handle;
+        self->register_error = error;
         self->registered = true;
         if (handle)
             self->report(SERVICE_START_PENDING);
@@ -130,14 +163,16 @@ struct windows_service_lifetime::state {
     {
         SERVICE_TABLE_ENTRYW table[] = {{const_cast<wchar_t*>(L""), service_main}, {nullptr, nullptr}};
         const BOOL ok = StartServiceCtrlDispatcherW(table);
+        const DWORD error = ok ? 0 : GetLastError();
         std::lock_guard lock(mutex);
         dispatcher_ended = true;
-        dispatcher_error = ok ? 0 : GetLastError();
+        dispatcher_error = error;
         changed.notify_all();
     }
 
     // Reports a new checkpoint every progress_every while a start or stop
-    // is pending and the loop still runs what is posted to it.
+    // is pending, the loop still runs what is posted to it, and the start or
+    // stop has not been pending for longer than max_pending.
     void run_progress()
     {
         using namespace std::chrono;
@@ -152,22 +187,40 @@ struct windows_service_lifetime::state {
                 break;
             const auto pending = status.dwCurrentState;
             const auto seen = steady_clock::time_point(steady_clock::duration(loop_seen->load()));
-            if ((pending == SERVICE_START_PENDING || pending == SERVICE_STOP_PENDING) && seen >= asked)
+            if ((pending == SERVICE_START_PENDING || pending == SERVICE_STOP_PENDING) && seen >= asked &&
+                steady_clock::now() - pending_since < options.max_pending)
                 report(pending);
         }
     }
 
-    void end_threads()
+    void end_progress()
     {
         {
             std::lock_guard lock(mutex);
             quit = true;
         }
         changed.notify_all();
-        if (progress.joinable())
+        if (progress.joinable() && progress.get_id() != std::this_thread::get_id())
             progress.join();
+    }
+
+    // Once the host is gone (or the process exits with it still there):
+    // STOPPED, after which the service control manager may end the process
+    // at any moment.
+    void report_stopped()
+    {
+        end_progress();
+        std::unique_lock lock(mutex);
+        lifetime = nullptr;
+        changed.wait(lock, [&] { return in_flight == 0; });
+        report(SERVICE_STOPPED, static_cast<DWORD>(exit_code.value_or(1)));
+    }
+
+    void end_dispatcher()
+    {
         // The dispatcher returns once STOPPED has been reported; should the
-        // service control manager be gone, the process exits without it.
+        // service control manager not answer, the process exits without it
+        // (nothing of the host is used by it any more).
         std::unique_lock lock(mutex);
         const bool ended = changed.wait_for(lock, std::chrono::seconds(5), [&] { return dispatcher_ended; });
         lock.unlock();
@@ -185,18 +238,26 @@ windows_service_lifetime::windows_service_lifetime(windows_service_options optio
 {
     if (options.progress_every <= std::chrono::milliseconds(0))
         throw std::invalid_argument("windows_service_options: progress_every must be positive");
+    if (options.max_pending <= std::chrono::milliseconds(0))
+        throw std::invalid_argument("windows_service_options: max_pending must be positive");
     state_->options = std::move(options);
 }
 
 windows_service_lifetime::~windows_service_lifetime()
 {
-    state_->end_threads();
-    state* expected = state_.get();
-    state::current().compare_exchange_strong(expected, nullptr);
+    state* self = state_.get();
+    if (state::current().load() == self) {
+        state_->report_stopped();
+        state_->end_dispatcher();
+        state::current().store(nullptr);
+    } else {
+        state_->end_progress();
+    }
 }
 
 void windows_service_lifetime::attach(const host_lifetime_context& context)
 {
+    std::lock_guard lock(state_->mutex);
     state_->lifetime = &context.lifetime;
     state_->loop = context.loop;
     state_->log = context.loggers.get("hosting.lifetime");
@@ -212,12 +273,21 @@ void windows_service_lifetime::starting()
             s.log->error("A process runs one Windows service; this host is not reported to the service control manager");
         return;
     }
+    // Should the program end without destroying its host, STOPPED still
+    // goes out (with the host's exit code once it has stopped).
+    static std::once_flag at_exit;
+    std::call_once(at_exit, [] {
+        std::atexit([] {
+            if (state* current = state::current().load())
+                current->report_stopped();
+        });
+    });
     s.dispatcher = std::thread([self = state_] { self->run_dispatcher(); });
     std::unique_lock lock(s.mutex);
     // The service control manager waits 30 s for a service to connect.
     s.changed.wait_for(lock, std::chrono::seconds(30), [&] { return s.registered || s.dispatcher_ended; });
     if (!s.handle) {
-        const auto error = s.dispatcher_ended ? s.dispatcher_error : GetLastError();
+        const auto error = s.registered ? s.register_error : s.dispatcher_error;
         lock.unlock();
         s.log->error("Could not connect to the service control manager (error {}); running without it", error);
         return;
@@ -242,11 +312,11 @@ void windows_service_lifetime::stopping()
 
 void windows_service_lifetime::stopped(int exit_code)
 {
-    {
-        std::lock_guard lock(state_->mutex);
-        state_->report(SERVICE_STOPPED, static_cast<DWORD>(exit_code));
-    }
-    state_->end_threads();
+    // STOPPED waits for the host's destruction (.NET's waits for its
+    // disposal): the service control manager may end the process as soon as
+    // it has it, and the program still has its host to take down.
+    std::lock_guard lock(state_->mutex);
+    state_->exit_code = exit_code;
 }
 
 namespace {

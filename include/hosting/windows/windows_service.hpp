@@ -20,6 +20,10 @@ struct windows_service_options {
     // EXTEND_TIMEOUT_USEC. A start or stop whose loop is blocked reports
     // nothing, and the service control manager may give up on it.
     std::chrono::milliseconds progress_every{std::chrono::seconds(2)};
+    // A start or stop pending this long reports no more progress, even on a
+    // responsive loop (a start that awaits something that never comes is
+    // not progressing): the service control manager then judges it.
+    std::chrono::milliseconds max_pending{std::chrono::minutes(5)};
     // Where the service's log file goes; empty: <program>.log beside the
     // program (a service's working folder is the system's).
     std::string log_file;
@@ -34,7 +38,8 @@ bool is_windows_service();
 
 // As .NET's UseWindowsService: when the process runs as a Windows service,
 // the host reports its life to the service control manager (START_PENDING,
-// RUNNING, STOP_PENDING, then STOPPED with run()'s exit code), the stop,
+// RUNNING, STOP_PENDING, then STOPPED with run()'s exit code once the host
+// is destroyed, or at the program's exit if it never is), the stop,
 // shutdown and preshutdown controls start the graceful stop under the
 // host's deadline, there is no console lifetime, and the log goes to the
 // Windows event log and to a file (unless sinks were configured). When it

@@ -45,6 +45,8 @@ bool parent_is_services()
     CloseHandle(snapshot);
     for (auto& c : parent_name)
         c = static_cast<wchar_t>(std::towlower(c));
+    // .NET also wants the parent in session 0; Wine runs its services.exe
+    // in session 1, and a program of that name elsewhere is far-fetched.
     return parent_name == L"services.exe";
 }
 
