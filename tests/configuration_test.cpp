@@ -294,3 +294,18 @@ TEST_CASE("configuration: the JSON console format writes one object per line", "
     CHECK(line.back() == '\n');
     CHECK(std::count(line.begin(), line.end(), '\n') == 1);
 }
+
+TEST_CASE("configuration: JSON held in memory reads as a file does, and names itself in errors", "[configuration]")
+{
+    auto config = hosting::configuration::from(
+        {hosting::json_text_source("// settings\n{\"Worker\": {\"Runs\": 3, \"Hosts\": [\"a\", \"b\",],},}")});
+    CHECK(config.get<int>("Worker:Runs") == 3);
+    CHECK(config.get<std::string>("Worker:Hosts:1") == "b");
+
+    try {
+        hosting::configuration::from({hosting::json_text_source("{\n  \"a\": 1,\n  \"b\": }", "the vault's answer")});
+        FAIL("malformed JSON was accepted");
+    } catch (const hosting::configuration_error& e) {
+        CHECK(std::string(e.what()).find("the vault's answer:3:") != std::string::npos);
+    }
+}

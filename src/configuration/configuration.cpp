@@ -66,6 +66,38 @@ void flatten(const boost::json::value& v, const std::string& key, configuration_
     }
 }
 
+// Parses `text` (named `name` in errors) as .NET's appsettings.json readers
+// do, comments and trailing commas included, into flattened pairs.
+void load_json(const std::string& text, const std::string& name, configuration_values& into)
+{
+    boost::json::parse_options options;
+    options.allow_comments = true;
+    options.allow_trailing_commas = true;
+    boost::json::stream_parser parser({}, options);
+    boost::system::error_code ec;
+    std::size_t consumed = parser.write(text.data(), text.size(), ec);
+    if (!ec)
+        parser.finish(ec);
+    if (ec) {
+        // Where it went wrong, as an editor counts: 1-based lines and columns.
+        std::size_t line = 1, column = 1;
+        for (std::size_t i = 0; i < std::min(consumed, text.size()); ++i) {
+            if (text[i] == '\n') {
+                ++line;
+                column = 1;
+            } else {
+                ++column;
+            }
+        }
+        throw configuration_error("configuration: " + name + ":" + std::to_string(line) + ":" +
+                                  std::to_string(column) + ": malformed JSON (" + ec.message() + ")");
+    }
+    auto root = parser.release();
+    if (!root.is_object())
+        throw configuration_error("configuration: " + name + ": the top level must be a JSON object");
+    flatten(root, "", into);
+}
+
 class json_file final : public configuration_source {
 public:
     json_file(std::string path, bool optional) : path_(std::move(path)), optional_(optional) {}
@@ -82,39 +114,23 @@ public:
         }
         std::stringstream buffer;
         buffer << in.rdbuf();
-        const std::string text = buffer.str();
-        // What .NET's appsettings.json readers accept too.
-        boost::json::parse_options options;
-        options.allow_comments = true;
-        options.allow_trailing_commas = true;
-        boost::json::stream_parser parser({}, options);
-        boost::system::error_code ec;
-        std::size_t consumed = parser.write(text.data(), text.size(), ec);
-        if (!ec)
-            parser.finish(ec);
-        if (ec) {
-            // Where it went wrong, as an editor counts: 1-based lines and columns.
-            std::size_t line = 1, column = 1;
-            for (std::size_t i = 0; i < std::min(consumed, text.size()); ++i) {
-                if (text[i] == '\n') {
-                    ++line;
-                    column = 1;
-                } else {
-                    ++column;
-                }
-            }
-            throw configuration_error("configuration: " + path_ + ":" + std::to_string(line) + ":" +
-                                      std::to_string(column) + ": malformed JSON (" + ec.message() + ")");
-        }
-        auto root = parser.release();
-        if (!root.is_object())
-            throw configuration_error("configuration: " + path_ + ": the top level must be a JSON object");
-        flatten(root, "", into);
+        load_json(buffer.str(), path_, into);
     }
 
 private:
     std::string path_;
     bool optional_;
+};
+
+class json_text final : public configuration_source {
+public:
+    json_text(std::string text, std::string name) : text_(std::move(text)), name_(std::move(name)) {}
+    std::string describe() const override { return name_; }
+    void load(configuration_values& into) const override { load_json(text_, name_, into); }
+
+private:
+    std::string text_;
+    std::string name_;
 };
 
 class environment final : public configuration_source {
@@ -239,6 +255,11 @@ boost::json::value arrays_back(boost::json::value v)
 }
 
 } // namespace
+
+std::shared_ptr<configuration_source> json_text_source(std::string text, std::string name)
+{
+    return std::make_shared<json_text>(std::move(text), std::move(name));
+}
 
 std::shared_ptr<configuration_source> json_file_source(std::string path, bool optional)
 {

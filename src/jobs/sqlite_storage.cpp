@@ -7,6 +7,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <limits>
 #include <tuple>
 #include <unordered_map>
 #include <unordered_set>
@@ -20,8 +21,16 @@ std::int64_t micros(time_point t)
     return std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
 }
 
+// Saturates: a damaged file may hold any integer, and the clock's finer
+// ticks cannot represent them all.
 time_point from_micros(std::int64_t us)
 {
+    using limits = std::numeric_limits<clock::duration::rep>;
+    constexpr auto per = std::chrono::duration_cast<clock::duration>(std::chrono::microseconds(1)).count();
+    if (us > limits::max() / per)
+        return time_point::max();
+    if (us < limits::min() / per)
+        return time_point::min();
     return time_point(std::chrono::duration_cast<clock::duration>(std::chrono::microseconds(us)));
 }
 
@@ -124,6 +133,38 @@ std::string json_array_of(const std::vector<std::string>& items)
         out += boost::json::serialize(boost::json::string_view(item));
     }
     out += ']';
+    return out;
+}
+
+// A state read back from the file: a damaged one is a storage_error naming
+// the job, never an enum value out of range.
+job_state stored_state(std::int64_t value, job_id id)
+{
+    if (value < 0 || value >= static_cast<std::int64_t>(job_state_count))
+        throw storage_error("jobs: job " + std::to_string(id) + " has a damaged state (" + std::to_string(value) +
+                            ") in the file");
+    return static_cast<job_state>(value);
+}
+
+// A job's history as the storage wrote it: an array of [from, to, at,
+// reason, error]; anything else is a storage_error naming the job.
+std::vector<state_change> stored_history(const std::string& text, job_id id)
+{
+    std::vector<state_change> out;
+    try {
+        const auto history = boost::json::parse(text);
+        for (const auto& item : history.as_array()) {
+            const auto& a = item.as_array();
+            out.push_back({stored_state(a.at(0).to_number<int>(), id), stored_state(a.at(1).to_number<int>(), id),
+                           from_micros(a.at(2).to_number<std::int64_t>()), std::string(a.at(3).as_string()),
+                           std::string(a.at(4).as_string())});
+        }
+    } catch (const storage_error&) {
+        throw;
+    } catch (const std::exception& e) {
+        throw storage_error("jobs: job " + std::to_string(id) + " has a damaged history in the file (" + e.what() +
+                            ")");
+    }
     return out;
 }
 
@@ -529,7 +570,7 @@ struct sqlite_storage::connection {
         j.queue = s.text(2);
         j.args = s.text(3);
         j.priority = static_cast<int>(s.integer(4));
-        j.state = static_cast<job_state>(s.integer(5));
+        j.state = stored_state(s.integer(5), j.id);
         j.attempt = static_cast<int>(s.integer(6));
         j.max_attempts = static_cast<int>(s.integer(7));
         j.timeout = std::chrono::milliseconds(s.integer(8));
@@ -545,16 +586,8 @@ struct sqlite_storage::connection {
         j.parent_id = s.is_null(18) ? 0 : s.integer(18);
         j.condition = static_cast<continuation_condition>(s.integer(19));
         j.recurring_id = s.text(20);
-        if (with_history) {
-            auto history = boost::json::parse(s.text(16));
-            for (const auto& item : history.as_array()) {
-                const auto& a = item.as_array();
-                j.history.push_back({static_cast<job_state>(a.at(0).to_number<int>()),
-                                     static_cast<job_state>(a.at(1).to_number<int>()),
-                                     from_micros(a.at(2).to_number<std::int64_t>()),
-                                     std::string(a.at(3).as_string()), std::string(a.at(4).as_string())});
-            }
-        }
+        if (with_history)
+            j.history = stored_history(s.text(16), j.id);
         return j;
     }
 
@@ -564,7 +597,7 @@ struct sqlite_storage::connection {
         state_of->bind(1, id);
         if (!state_of->step())
             return std::nullopt;
-        return static_cast<job_state>(state_of->integer(0));
+        return stored_state(state_of->integer(0), id);
     }
 
     job_state current_state(job_id id)
@@ -779,7 +812,7 @@ std::vector<job> sqlite_storage::complete_and_claim(std::span<const completion> 
             s.bind_or_null(5, d.error).bind(6, at).bind(7, d.reason).bind(8, claim.node).bind(9, d.attempt);
             if (!s.step())
                 continue; // not this node's attempt any more: the result is moot
-            const auto ended = static_cast<job_state>(s.integer(0));
+            const auto ended = stored_state(s.integer(0), d.id);
             s.reset();
             if (is_final(ended))
                 c.resolve_children(d.id, ended, now);
@@ -992,8 +1025,12 @@ std::vector<queue_kind_count> sqlite_storage::counts_by_queue_and_kind()
     auto& c = *db_;
     statement s(c.db, "SELECT queue, kind, state, n FROM job_counts WHERE n <> 0 ORDER BY queue, kind, state");
     std::vector<queue_kind_count> out;
-    while (s.step())
-        out.push_back({s.text(0), s.text(1), static_cast<job_state>(s.integer(2)), s.integer(3)});
+    while (s.step()) {
+        // As counts(): a damaged count row is left out, not reported.
+        const auto state = s.integer(2);
+        if (state >= 0 && state < static_cast<std::int64_t>(job_state_count))
+            out.push_back({s.text(0), s.text(1), static_cast<job_state>(state), s.integer(3)});
+    }
     return out;
 }
 

@@ -62,6 +62,9 @@ public:
 // nothing; a missing required one, or malformed JSON, is an error naming the
 // file (with the line and column).
 std::shared_ptr<configuration_source> json_file_source(std::string path, bool optional = true);
+// JSON held in memory (fetched from elsewhere, or embedded), read as a file
+// is; `name` stands for the file's path in errors.
+std::shared_ptr<configuration_source> json_text_source(std::string text, std::string name = "JSON text");
 // Environment variables, "__" standing for ':'; with a prefix, only the
 // variables that start with it, with the prefix removed.
 std::shared_ptr<configuration_source> environment_source(std::string prefix = {});

@@ -130,6 +130,19 @@ public:
     using std::runtime_error::runtime_error;
 };
 
+// A job's stored arguments as the handler of a kind registered with Args
+// receives them (boost::json::value_to); throws bad_arguments, naming what
+// did not convert, for text that is not JSON or does not convert to Args.
+template <class Args>
+Args decode_arguments(const std::string& text)
+{
+    try {
+        return boost::json::value_to<Args>(boost::json::parse(text));
+    } catch (const std::exception& e) {
+        throw bad_arguments(std::string("jobs: the arguments do not convert: ") + e.what() + " (" + text + ")");
+    }
+}
+
 struct retry_policy {
     int max_attempts = 10;
     // The wait before attempt n + 1 after attempt n failed; the default is
@@ -305,7 +318,7 @@ public:
         e.options = std::move(options);
         e.invoke = [handler = std::move(handler)](const std::string& text,
                                                    job_context& context) -> asio::awaitable<void> {
-            Args args = parse<Args>(text);
+            Args args = decode_arguments<Args>(text);
             // Made before the co_await: GCC 12 can destroy the by-value
             // arguments of a suspending expression twice.
             auto op = handler(std::move(args), context);
@@ -324,15 +337,6 @@ public:
     }
 
 private:
-    template <class Args>
-    static Args parse(const std::string& text)
-    {
-        try {
-            return boost::json::value_to<Args>(boost::json::parse(text));
-        } catch (const std::exception& e) {
-            throw bad_arguments(std::string("jobs: the arguments do not convert: ") + e.what() + " (" + text + ")");
-        }
-    }
     std::shared_ptr<detail::engine> engine_;
 };
 
