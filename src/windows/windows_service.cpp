@@ -207,7 +207,14 @@ struct windows_service_lifetime::state {
     // Once the host is gone (or the process exits with it still there):
     // STOPPED, after which the service control manager may end the process
     // at any moment.
+    std::once_flag stopped_once; // the destructor and the program's exit may both get here
+
     void report_stopped()
+    {
+        std::call_once(stopped_once, [this] { report_stopped_once(); });
+    }
+
+    void report_stopped_once()
     {
         end_progress();
         std::unique_lock lock(mutex);
@@ -274,7 +281,9 @@ void windows_service_lifetime::starting()
         return;
     }
     // Should the program end without destroying its host, STOPPED still
-    // goes out (with the host's exit code once it has stopped).
+    // goes out (with the host's exit code once it has stopped). A host in
+    // static storage is destroyed after this runs: it reports STOPPED before
+    // its own stop, so a service's host belongs in main.
     static std::once_flag at_exit;
     std::call_once(at_exit, [] {
         std::atexit([] {
