@@ -21,17 +21,25 @@ std::int64_t micros(time_point t)
     return std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
 }
 
-// Saturates: a damaged file may hold any integer, and the clock's finer
-// ticks cannot represent them all.
+// A damaged file may hold any integer. Times read back are kept within half
+// the clock's range on either side of its epoch (1824 to 2116), so that the
+// differences the server takes between them cannot overflow either.
 time_point from_micros(std::int64_t us)
 {
     using limits = std::numeric_limits<clock::duration::rep>;
     constexpr auto per = std::chrono::duration_cast<clock::duration>(std::chrono::microseconds(1)).count();
-    if (us > limits::max() / per)
-        return time_point::max();
-    if (us < limits::min() / per)
-        return time_point::min();
-    return time_point(std::chrono::duration_cast<clock::duration>(std::chrono::microseconds(us)));
+    static_assert(per >= 1);
+    constexpr std::int64_t bound = limits::max() / 2 / per;
+    const auto kept = std::chrono::microseconds(std::clamp(us, -bound, bound));
+    return time_point(std::chrono::duration_cast<clock::duration>(kept));
+}
+
+// A timeout read back: no longer than a century, so that a timer of the
+// clock's nanoseconds holds it.
+std::chrono::milliseconds stored_timeout(std::int64_t ms)
+{
+    constexpr std::int64_t century = std::int64_t(100) * 366 * 24 * 3600 * 1000;
+    return std::chrono::milliseconds(std::clamp<std::int64_t>(ms, 0, century));
 }
 
 int code(job_state s) { return static_cast<int>(s); }
@@ -573,7 +581,7 @@ struct sqlite_storage::connection {
         j.state = stored_state(s.integer(5), j.id);
         j.attempt = static_cast<int>(s.integer(6));
         j.max_attempts = static_cast<int>(s.integer(7));
-        j.timeout = std::chrono::milliseconds(s.integer(8));
+        j.timeout = stored_timeout(s.integer(8));
         j.created_at = from_micros(s.integer(9));
         j.run_at = from_micros(s.integer(10));
         j.unique_key = s.text(11);
@@ -1269,7 +1277,7 @@ std::vector<recurring_job> sqlite_storage::list_recurring()
         r.queue = s.text(5);
         r.priority = static_cast<int>(s.integer(6));
         r.max_attempts = static_cast<int>(s.integer(7));
-        r.timeout = std::chrono::milliseconds(s.integer(8));
+        r.timeout = stored_timeout(s.integer(8));
         r.missed = static_cast<missed_policy>(s.integer(9));
         r.next_fire = from_micros(s.integer(10));
         if (!s.is_null(11))
