@@ -3,6 +3,8 @@
 // connections and processes on one file), and examples/jobs as a process.
 #include "jobs_support.hpp"
 
+#include "../bench/support/fault_vfs.hpp"
+
 TEST_CASE("jobs: the state machine allows exactly its transitions", "[jobs]")
 {
     using s = job_state;
@@ -747,6 +749,53 @@ TEST_CASE("jobs: metrics count outcomes and a health check reports an unreachabl
     REQUIRE(sink->wait_for("storage unreachable (test)"));
     store->down = false;
     host.stop_blocking();
+}
+
+TEST_CASE("jobs: readiness fails while a SQLite file's disk is full, and jobs run again once it has room",
+          "[jobs][health]")
+{
+    // Reads pass on a full disk: readiness must not take a count for health.
+    fault_vfs::install();
+    temp_db db;
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    test::recorder r;
+    jobs::add_jobs(builder, std::make_shared<jobs::sqlite_storage>(db.path.string()), quick_server())
+        .register_kind<int>("count", [&](int n, jobs::job_context&) -> asio::awaitable<void> {
+            co_await asio::this_coro::executor;
+            r.add("ran " + std::to_string(n));
+        });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    auto& monitor = host.services().get<hosting::health_monitor>();
+    auto status = [&] {
+        asio::io_context io;
+        std::optional<hosting::health_report> report;
+        asio::co_spawn(io, monitor.check("jobs"), [&](std::exception_ptr, hosting::health_report rep) {
+            report = std::move(rep);
+        });
+        io.run();
+        return *report->find("jobs_storage");
+    };
+    host.start_blocking();
+    client.enqueue_blocking("count", 1);
+    REQUIRE(r.wait_for("ran 1"));
+    CHECK(status().status == hosting::health_status::healthy);
+
+    fault_vfs::arm(1, fault_vfs::mode::disk_full);
+    CHECK_THROWS_AS(client.enqueue_blocking("count", 2), jobs::storage_error);
+    // The next heartbeat's announce fails too, whatever was written last.
+    REQUIRE(test::eventually([&] { return status().status == hosting::health_status::unhealthy; }));
+    CHECK(status().description.find("full") != std::string::npos);
+    REQUIRE(fault_vfs::injected() > 0);
+
+    fault_vfs::disarm();
+    REQUIRE(test::eventually([&] { return status().status == hosting::health_status::healthy; }));
+    client.enqueue_blocking("count", 3);
+    REQUIRE(r.wait_for("ran 3"));
+    CHECK_FALSE(r.contains("ran 2"));
+    host.stop_blocking();
+    CHECK(jobs::sqlite_storage(db.path.string()).counts()[job_state::succeeded] == 2);
 }
 
 

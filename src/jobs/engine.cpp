@@ -326,6 +326,7 @@ void engine::loop()
             } catch (...) {
                 error = std::current_exception();
             }
+            note_write(error);
             for (std::size_t i = 0; i < batch.size(); ++i) {
                 if (error)
                     batch[i].second(error, {});
@@ -350,7 +351,14 @@ void engine::loop()
 std::vector<job> engine::complete_and_claim(storage& s, std::span<const completion> done, const claim_request& claim,
                                             time_point now)
 {
-    auto claimed = s.complete_and_claim(done, claim, now);
+    std::vector<job> claimed;
+    try {
+        claimed = s.complete_and_claim(done, claim, now);
+    } catch (...) {
+        note_write(std::current_exception());
+        throw;
+    }
+    note_write(nullptr);
     // Committed: the completed attempts are no longer held (a completion
     // the storage fenced off was of a lease already lost).
     for (const auto& c : done)
@@ -430,6 +438,7 @@ void engine::renew()
             report.announce_error = std::current_exception();
         }
     }
+    note_write(report.error ? report.error : report.announce_error);
     // From the end of this renewal: one that took long (a storage busy with
     // another process's write) is not followed by another at once.
     next_renewal_ = std::chrono::steady_clock::now() + options_.heartbeat_interval;
@@ -445,6 +454,28 @@ void engine::renew()
         node_.reset();
         renewal_listener_ = nullptr;
     }
+}
+
+void engine::note_write(std::exception_ptr error)
+{
+    std::string why;
+    if (error) {
+        try {
+            std::rethrow_exception(error);
+        } catch (const std::exception& e) {
+            why = e.what();
+        } catch (...) {
+            why = "unknown error";
+        }
+    }
+    std::lock_guard lock(mutex_);
+    write_failure_ = std::move(why);
+}
+
+std::string engine::write_failure() const
+{
+    std::lock_guard lock(mutex_);
+    return write_failure_;
 }
 
 void engine::forget(job_id id, int attempt)

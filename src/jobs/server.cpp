@@ -905,6 +905,8 @@ jobs_registration add_jobs(host_builder& builder, std::shared_ptr<storage> store
     add_health_checks(builder).add_check(
         "jobs_storage",
         [engine](std::stop_token) -> asio::awaitable<health_check_result> {
+            if (auto why = engine->write_failure(); !why.empty())
+                co_return health_check_result::unhealthy("writes fail: " + why);
             std::function<job_counts(storage&)> fn = [](storage& s) { return s.counts(); };
             auto counts = co_await engine->call<job_counts>(std::move(fn));
             co_return health_check_result::healthy(

@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <exception>
 #include <deque>
 #include <future>
 #include <map>
@@ -135,15 +136,22 @@ public:
     void set_node(node_info node);
     void clear_node();
 
+    // Why the latest write to the storage failed; empty once one succeeds.
+    // Reads can pass while writes fail (a full disk, a read-only file), so
+    // readiness asks this before it reads. A running server writes every
+    // heartbeat_interval (its announce), so recovery shows within one.
+    std::string write_failure() const;
+
 private:
     void loop();
     void renew();
+    void note_write(std::exception_ptr error);
 
     std::shared_ptr<storage> store_;
     server_options options_;
     std::map<std::string, kind_entry, std::less<>> kinds_;
 
-    std::mutex mutex_;
+    mutable std::mutex mutex_;
     std::condition_variable changed_;
     bool stopping_ = false;
     std::deque<std::pair<enqueue_request, enqueue_done>> enqueues_;
@@ -152,6 +160,7 @@ private:
     std::function<void(job_id)> local_cancel_; // mutex_
     renewal_listener renewal_listener_;        // mutex_
     std::optional<node_info> node_;            // mutex_
+    std::string write_failure_;                // mutex_
     struct held {
         int attempt;       // the attempt its claim started
         bool started;      // its handler started (as far as the storage thread knows)
