@@ -2,9 +2,12 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <mutex>
+#include <string>
+#include <vector>
 
 namespace fault_vfs {
 namespace {
@@ -14,6 +17,7 @@ std::atomic<std::int64_t> target{0};
 std::atomic<mode> how{mode::once};
 std::atomic<std::int64_t> counted{0};
 std::atomic<std::int64_t> faults{0};
+std::atomic<bool> volatile_writes{false};
 
 sqlite3_vfs* real_vfs = nullptr;
 sqlite3_vfs shim_vfs;
@@ -36,18 +40,44 @@ bool fail(op what)
     return hit;
 }
 
+// Writes not synced yet, in the order they were made (lose_unsynced_writes).
+struct pending_write {
+    sqlite3_int64 offset;
+    std::string bytes;
+};
+
 struct file {
     sqlite3_file base;
     sqlite3_file* real; // follows this struct in the same allocation
+    std::vector<pending_write>* pending; // null unless writes are volatile
 };
 
 sqlite3_file* real_of(sqlite3_file* f) { return reinterpret_cast<file*>(f)->real; }
+
+std::vector<pending_write>* pending_of(sqlite3_file* f) { return reinterpret_cast<file*>(f)->pending; }
+
+int flush(sqlite3_file* f)
+{
+    auto* p = pending_of(f);
+    if (!p)
+        return SQLITE_OK;
+    auto* r = real_of(f);
+    for (const auto& w : *p)
+        if (int rc = r->pMethods->xWrite(r, w.bytes.data(), static_cast<int>(w.bytes.size()), w.offset);
+            rc != SQLITE_OK)
+            return rc;
+    p->clear();
+    return SQLITE_OK;
+}
 
 int io_error(int code) { return how.load() == mode::disk_full ? SQLITE_FULL : code; }
 
 int x_close(sqlite3_file* f)
 {
     auto* r = real_of(f);
+    // A process that closes its file lives: the kernel keeps what it wrote.
+    flush(f);
+    delete pending_of(f);
     return r->pMethods ? r->pMethods->xClose(r) : SQLITE_OK;
 }
 int x_read(sqlite3_file* f, void* buffer, int amount, sqlite3_int64 offset)
@@ -55,12 +85,40 @@ int x_read(sqlite3_file* f, void* buffer, int amount, sqlite3_int64 offset)
     if (fail(op::read))
         return SQLITE_IOERR_READ;
     auto* r = real_of(f);
-    return r->pMethods->xRead(r, buffer, amount, offset);
+    auto* p = pending_of(f);
+    if (!p || p->empty())
+        return r->pMethods->xRead(r, buffer, amount, offset);
+    int rc = r->pMethods->xRead(r, buffer, amount, offset);
+    if (rc != SQLITE_OK && rc != SQLITE_IOERR_SHORT_READ)
+        return rc;
+    // What is pending covers the file as written, in order.
+    sqlite3_int64 end_seen = 0;
+    if (rc == SQLITE_IOERR_SHORT_READ) {
+        sqlite3_int64 size = 0;
+        r->pMethods->xFileSize(r, &size);
+        end_seen = std::max<sqlite3_int64>(size, offset);
+    } else {
+        end_seen = offset + amount;
+    }
+    auto* out = static_cast<char*>(buffer);
+    for (const auto& w : *p) {
+        const auto from = std::max(offset, w.offset);
+        const auto to = std::min(offset + amount, w.offset + static_cast<sqlite3_int64>(w.bytes.size()));
+        if (from >= to)
+            continue;
+        std::memcpy(out + (from - offset), w.bytes.data() + (from - w.offset), static_cast<std::size_t>(to - from));
+        end_seen = std::max(end_seen, to);
+    }
+    return end_seen >= offset + amount ? SQLITE_OK : SQLITE_IOERR_SHORT_READ;
 }
 int x_write(sqlite3_file* f, const void* buffer, int amount, sqlite3_int64 offset)
 {
     if (fail(op::write))
         return io_error(SQLITE_IOERR_WRITE);
+    if (auto* p = pending_of(f)) {
+        p->push_back({offset, std::string(static_cast<const char*>(buffer), static_cast<std::size_t>(amount))});
+        return SQLITE_OK;
+    }
     auto* r = real_of(f);
     return r->pMethods->xWrite(r, buffer, amount, offset);
 }
@@ -68,6 +126,10 @@ int x_truncate(sqlite3_file* f, sqlite3_int64 size)
 {
     if (fail(op::other))
         return SQLITE_IOERR_TRUNCATE;
+    // Made durable with what came before it: simpler than a pending
+    // truncation, and it loses less, never more, than a crash would.
+    if (int rc = flush(f); rc != SQLITE_OK)
+        return rc;
     auto* r = real_of(f);
     return r->pMethods->xTruncate(r, size);
 }
@@ -75,6 +137,8 @@ int x_sync(sqlite3_file* f, int flags)
 {
     if (fail(op::other))
         return SQLITE_IOERR_FSYNC;
+    if (int rc = flush(f); rc != SQLITE_OK)
+        return rc;
     auto* r = real_of(f);
     return r->pMethods->xSync(r, flags);
 }
@@ -83,7 +147,12 @@ int x_file_size(sqlite3_file* f, sqlite3_int64* size)
     if (fail(op::other))
         return SQLITE_IOERR_FSTAT;
     auto* r = real_of(f);
-    return r->pMethods->xFileSize(r, size);
+    if (int rc = r->pMethods->xFileSize(r, size); rc != SQLITE_OK)
+        return rc;
+    if (auto* p = pending_of(f))
+        for (const auto& w : *p)
+            *size = std::max(*size, w.offset + static_cast<sqlite3_int64>(w.bytes.size()));
+    return SQLITE_OK;
 }
 int x_lock(sqlite3_file* f, int level) { auto* r = real_of(f); return r->pMethods->xLock(r, level); }
 int x_unlock(sqlite3_file* f, int level) { auto* r = real_of(f); return r->pMethods->xUnlock(r, level); }
@@ -161,11 +230,16 @@ int x_open(sqlite3_vfs*, sqlite3_filename name, sqlite3_file* f, int flags, int*
     shim->base.pMethods = nullptr;
     shim->real = reinterpret_cast<sqlite3_file*>(shim + 1);
     shim->real->pMethods = nullptr;
+    shim->pending = nullptr;
     if (fail(op::other))
         return SQLITE_CANTOPEN;
     const int rc = real_vfs->xOpen(real_vfs, name, shim->real, flags, out_flags);
-    if (shim->real->pMethods)
+    if (shim->real->pMethods) {
         shim->base.pMethods = &methods;
+        // The WAL only (see lose_unsynced_writes).
+        if (volatile_writes.load() && (flags & SQLITE_OPEN_WAL))
+            shim->pending = new std::vector<pending_write>();
+    }
     return rc;
 }
 int x_delete(sqlite3_vfs*, const char* name, int sync_dir)
@@ -234,6 +308,8 @@ void arm(std::int64_t n, mode m)
 }
 
 void disarm() { armed = false; }
+
+void lose_unsynced_writes(bool on) { volatile_writes = on; }
 
 std::int64_t operations() { return counted.load(); }
 std::int64_t injected() { return faults.load(); }

@@ -23,6 +23,17 @@ void arm(std::int64_t n, mode m);
 // Nothing fails from now; the counters keep their values.
 void disarm();
 
+// From now, what this process writes to a WAL file stays in its memory
+// until the file is synced (or closed): a SIGKILL loses it, as a power loss
+// loses what the disk had not made durable. Reads see it. Other processes
+// see it once synced, which keeps the file true to what every process saw
+// in WAL mode with synchronous=FULL only: there a commit's frames are synced
+// before the commit becomes visible. The database file's writes go
+// through: a checkpoint cut short (a busy reader) leaves pages written and
+// not synced that other processes then read, so dropping them would show
+// a file no machine could hold.
+void lose_unsynced_writes(bool on);
+
 // Operations (reads, writes, syncs, truncates, opens, sizes) counted since arm().
 std::int64_t operations();
 // Faults injected since arm().

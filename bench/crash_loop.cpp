@@ -1,0 +1,380 @@
+// crash_loop: SIGKILLs job worker processes at random moments, thousands of
+// times, while the others keep working and new jobs keep arriving, on one
+// SQLite file (synchronous = FULL). Every handler records each run, before
+// and after its work, in a second SQLite file. The workers open both files
+// through a VFS that keeps what they write to the WAL in memory until it is
+// synced, so a SIGKILL loses every commit the disk had not been told to
+// keep, as a power loss would (see bench/support/fault_vfs.hpp). With
+// --sync normal (commits not synced) the same loop shows what that costs.
+//
+// After each kill, and at the end (once every job is final):
+//   acknowledged enqueues lost        every id an enqueue returned exists
+//   completions lost                  a job seen succeeded stays succeeded
+//   jobs run twice while alive        a job ran again only after the process
+//                                     of its earlier run was killed
+//   duplicates <= leases recovered    every run again follows a recovery
+//   unfinished                        every job ends succeeded
+// Prints the kill count and each figure; exits 1 if any is violated.
+//
+//   crash_loop [--kills N] [--seconds S] [--workers W] [--dir D] [--sync full|normal]
+#include "support/fault_vfs.hpp"
+
+#include <hosting/hosting.hpp>
+#include <hosting/jobs/server.hpp>
+#include <hosting/jobs/sqlite_storage.hpp>
+
+#include <sqlite3.h>
+
+#include <boost/asio/this_coro.hpp>
+
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <fcntl.h>
+#include <filesystem>
+#include <map>
+#include <random>
+#include <set>
+#include <string>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+namespace asio = boost::asio;
+namespace jobs = hosting::jobs;
+using jobs::job_state;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::int64_t now_us()
+{
+    return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+void check_sqlite(int rc, sqlite3* db, const char* what)
+{
+    if (rc != SQLITE_OK && rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        std::fprintf(stderr, "%s: %s\n", what, sqlite3_errmsg(db));
+        std::exit(3);
+    }
+}
+
+sqlite3* open_runs(const std::string& path)
+{
+    sqlite3* db = nullptr;
+    check_sqlite(sqlite3_open(path.c_str(), &db), db, "open runs");
+    sqlite3_busy_timeout(db, 30000);
+    check_sqlite(sqlite3_exec(db,
+                              "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; "
+                              "CREATE TABLE IF NOT EXISTS runs (job INTEGER, attempt INTEGER, pid INTEGER, "
+                              "phase TEXT, at_us INTEGER)",
+                              nullptr, nullptr, nullptr),
+                 db, "create runs");
+    return db;
+}
+
+// A worker: a host running jobs from the file, recording each run.
+int worker(const std::string& db_path, const std::string& runs_path, const std::string& node, bool full, char* argv0)
+{
+    fault_vfs::install();
+    fault_vfs::lose_unsynced_writes(true);
+    sqlite3* runs = open_runs(runs_path);
+    sqlite3_stmt* insert = nullptr;
+    check_sqlite(sqlite3_prepare_v2(runs, "INSERT INTO runs VALUES (?, ?, ?, ?, ?)", -1, &insert, nullptr), runs,
+                 "prepare");
+    auto record = [&](jobs::job_id id, int attempt, const char* phase) {
+        sqlite3_bind_int64(insert, 1, id);
+        sqlite3_bind_int(insert, 2, attempt);
+        sqlite3_bind_int64(insert, 3, ::getpid());
+        sqlite3_bind_text(insert, 4, phase, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(insert, 5, now_us());
+        check_sqlite(sqlite3_step(insert), runs, "record a run");
+        sqlite3_reset(insert);
+    };
+    char level[] = "--Logging:LogLevel:Default=Warning";
+    char* args[] = {argv0, level, nullptr};
+    auto builder = hosting::host::create_builder(2, args);
+    jobs::server_options options;
+    options.node_id = node;
+    options.workers = 4;
+    options.poll_interval = 100ms;
+    options.heartbeat_interval = 200ms;
+    options.lease_duration = 1s;
+    std::mt19937 random(static_cast<unsigned>(::getpid()));
+    jobs::sqlite_options sqlite;
+    sqlite.sync = full ? jobs::sqlite_options::durability::full : jobs::sqlite_options::durability::normal;
+    jobs::add_jobs(builder, std::make_shared<jobs::sqlite_storage>(db_path, sqlite), options)
+        .register_kind<int>("work", [&](int, jobs::job_context& context) -> asio::awaitable<void> {
+            record(context.id(), context.attempt(), "start");
+            const auto work = std::chrono::milliseconds(random() % 50);
+            co_await hosting::delay(work, context.stop_token());
+            record(context.id(), context.attempt(), "end");
+        });
+    auto host = builder.build();
+    return host.run();
+}
+
+struct worker_process {
+    pid_t pid = 0;
+    int slot = 0;
+    int generation = 0;
+};
+
+struct figures {
+    long kills = 0;
+    long enqueued = 0;
+    long acknowledged_lost = 0;
+    long completions_lost = 0;
+    long run_twice_alive = 0;
+    long duplicates = 0;
+    long leases_recovered = 0;
+    long unfinished = 0;
+    long records_lost = 0;
+};
+
+class parent {
+public:
+    parent(std::string dir, int workers, std::string self, std::string sync)
+        : sync_(std::move(sync)), dir_(std::move(dir)), db_(dir_ + "/crash_loop.db"), runs_(dir_ + "/crash_loop_runs.db"),
+          self_(std::move(self)), slots_(static_cast<std::size_t>(workers))
+    {
+        for (const auto& p : {db_, runs_})
+            for (const char* suffix : {"", "-wal", "-shm"})
+                std::filesystem::remove(p + suffix);
+        store_ = std::make_unique<jobs::sqlite_storage>(db_);
+        sqlite3_close(open_runs(runs_));
+        for (std::size_t i = 0; i < slots_.size(); ++i)
+            start(static_cast<int>(i));
+    }
+
+    void start(int slot)
+    {
+        auto& w = slots_[static_cast<std::size_t>(slot)];
+        w.slot = slot;
+        ++w.generation;
+        // Even slots come back under the same id (a StatefulSet pod): they
+        // take their jobs back at once. Odd ones get a new id: their old
+        // leases must expire.
+        const std::string node =
+            "w" + std::to_string(slot) + (slot % 2 ? "-" + std::to_string(w.generation) : std::string());
+        const std::string log = dir_ + "/crash_loop_worker" + std::to_string(slot) + ".log";
+        const pid_t pid = ::fork();
+        if (pid == 0) {
+            const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+            ::dup2(fd, 1);
+            ::dup2(fd, 2);
+            ::execl(self_.c_str(), self_.c_str(), "--worker", db_.c_str(), runs_.c_str(), node.c_str(),
+                    sync_.c_str(), static_cast<char*>(nullptr));
+            std::_Exit(127);
+        }
+        w.pid = pid;
+    }
+
+    void kill_one(std::mt19937& random)
+    {
+        auto& w = slots_[random() % slots_.size()];
+        ::kill(w.pid, SIGKILL);
+        int status = 0;
+        ::waitpid(w.pid, &status, 0);
+        killed_at_[w.pid] = now_us();
+        ++f_.kills;
+        start(w.slot);
+    }
+
+    void enqueue(int n)
+    {
+        std::vector<jobs::enqueue_request> batch(static_cast<std::size_t>(n));
+        for (auto& r : batch) {
+            r.kind = "work";
+            r.queue = "default";
+            r.args = "1";
+            r.max_attempts = 1000; // a crash charges an attempt to a job that started
+        }
+        for (const auto& r : store_->enqueue(batch, jobs::clock::now()))
+            acknowledged_.insert(r.id);
+        f_.enqueued += n;
+    }
+
+    // What the file holds now, against what it was told and showed before.
+    void check()
+    {
+        std::map<jobs::job_id, job_state> states;
+        jobs::job_filter all;
+        all.limit = 10'000'000;
+        for (const auto& j : store_->list(all))
+            states[j.id] = j.state;
+        for (auto id : acknowledged_)
+            if (!states.contains(id)) {
+                ++f_.acknowledged_lost;
+                std::printf("VIOLATION acknowledged job %lld lost\n", static_cast<long long>(id));
+            }
+        for (auto id : succeeded_)
+            if (states[id] != job_state::succeeded) {
+                ++f_.completions_lost;
+                std::printf("VIOLATION job %lld was succeeded, now %s\n", static_cast<long long>(id),
+                            std::string(jobs::to_string(states[id])).c_str());
+            }
+        for (const auto& [id, state] : states)
+            if (state == job_state::succeeded)
+                succeeded_.insert(id);
+    }
+
+    bool wait_all_final(std::chrono::seconds bound)
+    {
+        const auto until = std::chrono::steady_clock::now() + bound;
+        while (std::chrono::steady_clock::now() < until) {
+            const auto c = store_->counts();
+            if (c[job_state::succeeded] == static_cast<std::int64_t>(acknowledged_.size()))
+                return true;
+            std::this_thread::sleep_for(100ms);
+        }
+        return false;
+    }
+
+    void stop_all()
+    {
+        for (auto& w : slots_)
+            ::kill(w.pid, SIGTERM);
+        for (auto& w : slots_) {
+            int status = 0;
+            ::waitpid(w.pid, &status, 0);
+        }
+    }
+
+    // Runs, as the handlers recorded them, against the kills.
+    void analyse()
+    {
+        struct run {
+            pid_t pid;
+            std::int64_t at;
+            bool ended = false;
+        };
+        std::map<jobs::job_id, std::vector<run>> runs;
+        sqlite3* db = open_runs(runs_);
+        sqlite3_stmt* s = nullptr;
+        check_sqlite(sqlite3_prepare_v2(db, "SELECT job, pid, phase, at_us FROM runs ORDER BY rowid", -1, &s, nullptr),
+                     db, "read runs");
+        while (sqlite3_step(s) == SQLITE_ROW) {
+            const auto id = sqlite3_column_int64(s, 0);
+            const auto pid = static_cast<pid_t>(sqlite3_column_int64(s, 1));
+            const std::string phase = reinterpret_cast<const char*>(sqlite3_column_text(s, 2));
+            auto& list = runs[id];
+            if (phase == "start")
+                list.push_back({pid, sqlite3_column_int64(s, 3)});
+            else
+                for (auto& r : list)
+                    if (r.pid == pid)
+                        r.ended = true;
+        }
+        sqlite3_finalize(s);
+        sqlite3_close(db);
+        for (auto id : acknowledged_) {
+            auto j = store_->find(id, true);
+            if (!j || j->state != job_state::succeeded) {
+                ++f_.unfinished;
+                continue;
+            }
+            for (const auto& h : j->history)
+                if (h.reason.find("expired") != std::string::npos || h.reason.find("started again") != std::string::npos)
+                    ++f_.leases_recovered;
+            const auto& list = runs[id];
+            if (list.empty() || !list.back().ended) {
+                ++f_.records_lost;
+                std::printf("VIOLATION job %lld succeeded without a complete run on record\n",
+                            static_cast<long long>(id));
+            }
+            for (std::size_t i = 1; i < list.size(); ++i) {
+                ++f_.duplicates;
+                const auto earlier = list[i - 1];
+                auto k = killed_at_.find(earlier.pid);
+                if (k == killed_at_.end() || k->second > list[i].at) {
+                    ++f_.run_twice_alive;
+                    std::printf("VIOLATION job %lld ran again in %d while %d, which ran it, lived\n",
+                                static_cast<long long>(id), list[i].pid, earlier.pid);
+                }
+            }
+        }
+    }
+
+    figures& result() { return f_; }
+
+private:
+    std::string sync_, dir_, db_, runs_, self_;
+    std::vector<worker_process> slots_;
+    std::unique_ptr<jobs::sqlite_storage> store_;
+    std::set<jobs::job_id> acknowledged_, succeeded_;
+    std::map<pid_t, std::int64_t> killed_at_;
+    figures f_;
+};
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    if (argc == 6 && std::string(argv[1]) == "--worker")
+        return worker(argv[2], argv[3], argv[4], std::string(argv[5]) == "full", argv[0]);
+    long kills = 200;
+    double seconds = 600;
+    int workers = 3;
+    std::string sync = "full";
+    std::string dir = std::filesystem::temp_directory_path().string();
+    for (int i = 1; i + 1 < argc; i += 2) {
+        const std::string a = argv[i];
+        if (a == "--kills")
+            kills = std::atol(argv[i + 1]);
+        else if (a == "--seconds")
+            seconds = std::atof(argv[i + 1]);
+        else if (a == "--workers")
+            workers = std::atoi(argv[i + 1]);
+        else if (a == "--dir")
+            dir = argv[i + 1];
+        else if (a == "--sync" && (std::string(argv[i + 1]) == "full" || std::string(argv[i + 1]) == "normal"))
+            sync = argv[i + 1];
+        else {
+            std::fprintf(stderr,
+                         "usage: crash_loop [--kills N] [--seconds S] [--workers W] [--dir D] [--sync full|normal]\n");
+            return 2;
+        }
+    }
+    const std::string self = std::filesystem::canonical("/proc/self/exe").string();
+    std::mt19937 random(12345);
+    const auto started = std::chrono::steady_clock::now();
+    const auto deadline = started + std::chrono::duration<double>(seconds);
+    parent p(dir, workers, self, sync);
+    bool drained = false;
+    try {
+        while (p.result().kills < kills && std::chrono::steady_clock::now() < deadline) {
+            p.enqueue(30);
+            // A random moment: during a start, a claim, a handler, a commit.
+            std::this_thread::sleep_for(std::chrono::milliseconds(10 + random() % 250));
+            p.kill_one(random);
+            p.check();
+        }
+        drained = p.wait_all_final(120s);
+        p.check();
+        p.stop_all();
+        p.analyse();
+    } catch (const jobs::storage_error& e) {
+        // A damaged file: every figure after this point is unknown.
+        std::printf("VIOLATION the job file: %s\n", e.what());
+        p.stop_all();
+    }
+    const auto& f = p.result();
+    const auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    std::printf("kills %ld, jobs %ld, %s in %.1f s\n", f.kills, f.enqueued, drained ? "all final" : "NOT ALL FINAL",
+                elapsed);
+    std::printf("acknowledged enqueues lost %ld\n", f.acknowledged_lost);
+    std::printf("completions lost %ld\n", f.completions_lost);
+    std::printf("run records lost %ld\n", f.records_lost);
+    std::printf("jobs run twice while their process lived %ld\n", f.run_twice_alive);
+    std::printf("duplicates after kills %ld, leases recovered %ld\n", f.duplicates, f.leases_recovered);
+    std::printf("jobs not succeeded at the end %ld\n", f.unfinished);
+    const bool ok = drained && f.acknowledged_lost == 0 && f.completions_lost == 0 && f.records_lost == 0 &&
+                    f.run_twice_alive == 0 && f.duplicates <= f.leases_recovered && f.unfinished == 0;
+    std::printf("%s\n", ok ? "ok" : "VIOLATED");
+    return ok ? 0 : 1;
+}
