@@ -21,6 +21,7 @@ extern "C" int hosting_fuzz_cron(const std::uint8_t*, std::size_t);
 extern "C" int hosting_fuzz_configuration(const std::uint8_t*, std::size_t);
 extern "C" int hosting_fuzz_job_arguments(const std::uint8_t*, std::size_t);
 extern "C" int hosting_fuzz_sqlite_file(const std::uint8_t*, std::size_t);
+extern "C" int hosting_fuzz_http_request(const std::uint8_t*, std::size_t);
 
 namespace {
 
@@ -34,6 +35,7 @@ constexpr named_target targets[] = {
     {"configuration", hosting_fuzz_configuration},
     {"job_arguments", hosting_fuzz_job_arguments},
     {"sqlite_file", hosting_fuzz_sqlite_file},
+    {"http_request", hosting_fuzz_http_request},
 };
 
 } // namespace
