@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <fcntl.h>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <latch>
 #include <random>
@@ -225,6 +226,10 @@ public:
     timed(int start_ms, int stop_ms) : start_(start_ms), stop_(stop_ms) {}
     asio::awaitable<void> start(std::stop_token cancel) override
     {
+        // The host has its signal handlers by now: a signal before them
+        // ends the process by its default action, as for any program.
+        std::printf("starting\n");
+        std::fflush(stdout);
         co_await hosting::delay(std::chrono::milliseconds(start_), cancel);
     }
     asio::awaitable<void> stop(std::stop_token) override
@@ -255,7 +260,7 @@ protected:
 int child(int start_ms, int stop_ms, int deadline_ms)
 {
     char name[] = "host_stress";
-    char level[] = "--Logging:LogLevel:Default=None";
+    char level[] = "--Logging:LogLevel:Default=Information";
     char* args[] = {name, level, nullptr};
     auto builder = hosting::host::create_builder(2, args);
     builder.options().shutdown_timeout = std::chrono::milliseconds(deadline_ms);
@@ -271,7 +276,8 @@ int child(int start_ms, int stop_ms, int deadline_ms)
 
 struct spawned {
     pid_t pid;
-    int out; // the child's stdout
+    int out;         // the child's stdout
+    std::string log; // its stderr: its log, shown when a run goes wrong
 };
 
 spawned spawn(const std::string& self, int start_ms, int stop_ms, int deadline_ms)
@@ -279,8 +285,13 @@ spawned spawn(const std::string& self, int start_ms, int stop_ms, int deadline_m
     int fds[2];
     if (::pipe(fds) != 0)
         std::abort();
+    static int n = 0;
+    const std::string log = std::filesystem::temp_directory_path().string() + "/host_stress-" +
+                            std::to_string(::getpid()) + "-" + std::to_string(n++) + ".log";
     const pid_t pid = ::fork();
     if (pid == 0) {
+        const int err = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        ::dup2(err, 2);
         ::dup2(fds[1], 1);
         ::close(fds[0]);
         ::close(fds[1]);
@@ -289,7 +300,7 @@ spawned spawn(const std::string& self, int start_ms, int stop_ms, int deadline_m
         std::_Exit(127);
     }
     ::close(fds[1]);
-    return {pid, fds[0]};
+    return {pid, fds[0], log};
 }
 
 // Reads the child's output until `text` (false at its end).
@@ -327,6 +338,22 @@ std::pair<int, std::chrono::milliseconds> reap(pid_t pid, steady::time_point fro
     return {code, std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - from)};
 }
 
+// check(), and the child's log when the run broke a promise.
+void check_child(tally& t, const char* what, const spawned& c, int code, int expected,
+                 std::chrono::milliseconds took, std::chrono::milliseconds bound)
+{
+    const auto before = t.violations;
+    check(t, what, code, expected, took, bound);
+    ::close(c.out);
+    if (t.violations != before) {
+        std::ifstream in(c.log);
+        std::string line;
+        while (std::getline(in, line))
+            std::printf("  child: %s\n", line.c_str());
+    }
+    std::filesystem::remove(c.log);
+}
+
 void signals(tally& t, const std::string& self, int n, std::mt19937& random)
 {
     for (int i = 0; i < n; ++i) {
@@ -334,24 +361,22 @@ void signals(tally& t, const std::string& self, int n, std::mt19937& random)
         // no failure.
         {
             auto c = spawn(self, 300, 0, 1000);
-            read_until(c.out, "built");
+            read_until(c.out, "starting");
             std::this_thread::sleep_for(std::chrono::milliseconds(random() % 300));
             const auto at = steady::now();
             ::kill(c.pid, SIGTERM);
             auto [code, took] = reap(c.pid, at);
-            ::close(c.out);
-            check(t, "SIGTERM during start", code, 0, took, 1000ms);
+            check_child(t, "SIGTERM during start", c, code, 0, took, 1000ms);
         }
         // During a stop that overruns its 300-ms deadline: exit 1, on time.
         {
             auto c = spawn(self, 0, 5000, 300);
-            read_until(c.out, "built");
+            read_until(c.out, "starting");
             std::this_thread::sleep_for(std::chrono::milliseconds(random() % 50));
             const auto at = steady::now();
             ::kill(c.pid, SIGTERM);
             auto [code, took] = reap(c.pid, at);
-            ::close(c.out);
-            check(t, "SIGTERM, stop past the deadline", code, 1, took, 300ms);
+            check_child(t, "SIGTERM, stop past the deadline", c, code, 1, took, 300ms);
         }
         // A service blocks the loop's thread: the deadline still holds.
         {
@@ -360,21 +385,19 @@ void signals(tally& t, const std::string& self, int n, std::mt19937& random)
             const auto at = steady::now();
             ::kill(c.pid, SIGTERM);
             auto [code, took] = reap(c.pid, at);
-            ::close(c.out);
-            check(t, "SIGTERM, a thread blocked", code, 1, took, 300ms);
+            check_child(t, "SIGTERM, a thread blocked", c, code, 1, took, 300ms);
         }
         // Twice: the second ends the process at once with 128 + SIGTERM.
         {
             auto c = spawn(self, 0, 5000, 5000);
-            read_until(c.out, "built");
+            read_until(c.out, "starting");
             ::kill(c.pid, SIGTERM);
             read_until(c.out, "stopping");
             std::this_thread::sleep_for(std::chrono::milliseconds(random() % 50));
             const auto at = steady::now();
             ::kill(c.pid, SIGTERM);
             auto [code, took] = reap(c.pid, at);
-            ::close(c.out);
-            check(t, "SIGTERM twice", code, 128 + SIGTERM, took, 0ms);
+            check_child(t, "SIGTERM twice", c, code, 128 + SIGTERM, took, 0ms);
         }
     }
 }
