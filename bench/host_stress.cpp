@@ -392,7 +392,8 @@ void signals(tally& t, const std::string& self, int n, std::mt19937& random)
             auto c = spawn(self, 0, 5000, 5000);
             read_until(c.out, "starting");
             ::kill(c.pid, SIGTERM);
-            read_until(c.out, "stopping");
+            if (!read_until(c.out, "stopping"))
+                violation(t, "SIGTERM twice: the first signal did not start a graceful stop");
             std::this_thread::sleep_for(std::chrono::milliseconds(random() % 50));
             const auto at = steady::now();
             ::kill(c.pid, SIGTERM);

@@ -265,6 +265,12 @@ int main(int argc, char** argv)
             auto j = store.find(p.id, false);
             const auto state = j ? j->state : job_state::deleted;
             ++ended[state];
+            // Timed out on every attempt: all five were used.
+            if (state == job_state::failed && p.what == "timeout" && j->attempt != 5) {
+                ++violations;
+                std::printf("VIOLATION job %lld timed out on attempt %d of 5 and was not retried\n",
+                            static_cast<long long>(p.id), j->attempt);
+            }
             if (state != p.expected) {
                 ++violations;
                 if (violations <= 20)
@@ -288,12 +294,28 @@ int main(int argc, char** argv)
             }
         done += n;
         ++windows;
-        if (windows % restart_every == 0) {
-            ::kill(restarted, ++generation % 2 ? SIGKILL : SIGTERM);
+        // Not after the last window: a worker stopped before its host has
+        // its signal handlers ends by SIGTERM's default action.
+        if (windows % restart_every == 0 && done < total) {
+            const int sig = ++generation % 2 ? SIGKILL : SIGTERM;
+            ::kill(restarted, sig);
             int status = 0;
             ::waitpid(restarted, &status, 0);
+            // Killed, or stopped cleanly by its SIGTERM: anything else is a
+            // worker that died on its own.
+            if (sig == SIGKILL ? !(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+                               : !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+                ++violations;
+                std::printf("VIOLATION the restarted worker ended with status %d, not by its %s\n", status,
+                            sig == SIGKILL ? "SIGKILL" : "SIGTERM");
+            }
             restarted = spawn(self, db, "restarted", log);
             ++restarts;
+        }
+        // A dead worker has no memory to drift: that must not read as flat.
+        if (int status = 0; ::waitpid(steady_worker, &status, WNOHANG) != 0) {
+            std::printf("VIOLATION the long-lived worker died (status %d)\n", status);
+            return 1;
         }
         samples.push_back({rss_kib(steady_worker), fds(steady_worker), file_kib(db)});
     }
@@ -301,6 +323,10 @@ int main(int argc, char** argv)
         ::kill(pid, SIGTERM);
         int status = 0;
         ::waitpid(pid, &status, 0);
+        if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+            ++violations;
+            std::printf("VIOLATION a worker's graceful stop ended with status %d\n", status);
+        }
     }
     const double seconds = std::chrono::duration<double>(steady::now() - started).count();
     const std::size_t warm = std::max<std::size_t>(1, samples.size() / 10);

@@ -425,7 +425,12 @@ int main(int argc, char** argv)
                     std::printf("VIOLATION %s, %s fault at operation %ld: %s\n", sc.name.c_str(), mode_name(m), n,
                                 violation.c_str());
                 }
-                if (faults == 0 && acked) {
+                if (faults == 0) {
+                    // Past its last I/O operation: it must pass untouched.
+                    if (!acked) {
+                        ++t.violations;
+                        std::printf("VIOLATION %s failed with no fault injected\n", sc.name.c_str());
+                    }
                     ops_clean = ops;
                     break;
                 }

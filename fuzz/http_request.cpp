@@ -20,6 +20,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -82,13 +84,15 @@ fixture& server()
 }
 
 // Sends `bytes`, half-closes, and returns everything read until the server
-// closes (or 5 s pass: a hang).
+// closes (or 5 s pass: a hang). libFuzzer's timeout is a SIGALRM every few
+// seconds, so every call here may be interrupted and is tried again.
 std::string exchange(std::uint16_t port, const std::string& bytes, bool& hung)
 {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
     const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    // From a new loopback address each time (127.1.0.0/16): a thousand
-    // connections a second would otherwise come round, within a minute, to
-    // a port whose last connection still waits in TIME_WAIT, and stall.
+    // From a new loopback address each time (127.1.0.0/16), so that a
+    // thousand connections a second never run out of ports that are not
+    // in TIME_WAIT.
     static std::uint32_t next = 0;
     sockaddr_in from{};
     from.sin_family = AF_INET;
@@ -98,15 +102,21 @@ std::string exchange(std::uint16_t port, const std::string& bytes, bool& hung)
     to.sin_family = AF_INET;
     to.sin_port = htons(port);
     to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) != 0) {
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) != 0 && errno != EINTR) {
         std::fprintf(stderr, "cannot connect to the server: %s\n", std::strerror(errno));
         std::abort();
     }
+    // An interrupted connect goes on in the background: wait until the
+    // socket is writable before sending.
+    for (pollfd p{fd, POLLOUT, 0}; ::poll(&p, 1, 5000) < 0 && errno == EINTR;)
+        ;
     // The server may answer and close before it has read everything:
     // a failed send is no failure.
     std::size_t sent = 0;
     while (sent < bytes.size()) {
         const auto n = ::send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
         if (n <= 0)
             break;
         sent += static_cast<std::size_t>(n);
@@ -115,13 +125,23 @@ std::string exchange(std::uint16_t port, const std::string& bytes, bool& hung)
     std::string answer;
     hung = false;
     for (;;) {
-        pollfd p{fd, POLLIN, 0};
-        if (::poll(&p, 1, 5000) <= 0) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) {
             hung = true;
+            break;
+        }
+        pollfd p{fd, POLLIN, 0};
+        const int ready = ::poll(&p, 1, static_cast<int>(left.count()));
+        if (ready < 0 && errno == EINTR)
+            continue;
+        if (ready <= 0) {
+            hung = ready == 0;
             break;
         }
         char buffer[4096];
         const auto n = ::recv(fd, buffer, sizeof buffer, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
         if (n <= 0)
             break;
         answer.append(buffer, static_cast<std::size_t>(n));

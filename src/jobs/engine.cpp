@@ -358,7 +358,10 @@ std::vector<job> engine::complete_and_claim(storage& s, std::span<const completi
         note_write(std::current_exception());
         throw;
     }
-    note_write(nullptr);
+    // An idle poll commits an empty transaction, which even a full disk
+    // lets pass: only a completion or a claim says that writes work again.
+    if (!done.empty() || !claimed.empty())
+        note_write(nullptr);
     // Committed: the completed attempts are no longer held (a completion
     // the storage fenced off was of a lease already lost).
     for (const auto& c : done)

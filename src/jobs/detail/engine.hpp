@@ -136,10 +136,12 @@ public:
     void set_node(node_info node);
     void clear_node();
 
-    // Why the latest write to the storage failed; empty once one succeeds.
-    // Reads can pass while writes fail (a full disk, a read-only file), so
-    // readiness asks this before it reads. A running server writes every
-    // heartbeat_interval (its announce), so recovery shows within one.
+    // Why the latest of the engine's own writes (enqueue batches,
+    // completions and claims, lease renewals and announces) failed; empty
+    // once one that wrote something succeeds. Reads can pass while writes
+    // fail (a full disk, a read-only file), so readiness asks this before
+    // it reads. A running server announces itself every heartbeat_interval,
+    // so recovery shows within one.
     std::string write_failure() const;
 
 private:
