@@ -77,8 +77,13 @@ int worker(const std::string& db, const std::string& node, char* argv0)
                     const auto stop = context.stop_token(); // named: see docs/gcc12.md
                     co_await hosting::delay(10s, stop);
                 }
-                if (what == "snooze" && snoozed->insert(context.id()).second)
-                    throw jobs::snooze(5ms);
+                if (what == "snooze") {
+                    // Forgotten on the run after the snooze: this set must
+                    // not grow, or the drift measured would be its own.
+                    if (snoozed->insert(context.id()).second)
+                        throw jobs::snooze(5ms);
+                    snoozed->erase(context.id());
+                }
                 co_return;
             },
             kind);
