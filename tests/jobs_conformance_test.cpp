@@ -872,10 +872,8 @@ TEST_CASE("jobs: a cancel from another process holds when the handler then fails
     const std::string ending = GENERATE(as<std::string>{}, "fails", "snoozes", "is released");
     INFO("the handler " << ending);
     auto store = make_storage(which, db);
-    // The other process: its own connection to the file (or the same memory).
-    std::shared_ptr<jobs::storage> elsewhere = store;
-    if (which == "sqlite")
-        elsewhere = std::make_shared<jobs::sqlite_storage>(db.path.string());
+    // The other process: its own connection to the store (or the same memory).
+    auto elsewhere = reopen(which, db, store);
     test::recorder r;
     std::stop_source gate;
     auto builder = test::make_builder(std::make_shared<test::capture_sink>());
@@ -1588,10 +1586,8 @@ TEST_CASE("jobs: recurring occurrences keep every job option, and a concurrency 
     EACH_STORAGE(which, db);
     auto clock = std::make_shared<jobs::manual_time_source>(utc(2026, 6, 1, 12, 0) + 30s);
     auto store = make_storage(which, db);
-    // The second node's own connection to the file, as another process has.
-    std::shared_ptr<jobs::storage> elsewhere = store;
-    if (which == "sqlite")
-        elsewhere = std::make_shared<jobs::sqlite_storage>(db.path.string());
+    // The second node's own connection to the store, as another process has.
+    auto elsewhere = reopen(which, db, store);
     test::recorder r;
     std::stop_source gate;
     auto options = quick_server(clock);

@@ -6,6 +6,9 @@
 #include <hosting/scheduling/cron.hpp>
 #include <hosting/jobs/server.hpp>
 #include <hosting/jobs/sqlite_storage.hpp>
+#ifdef HOSTING_TEST_POSTGRES_CONNINFO
+#include <hosting/jobs/postgres_storage.hpp>
+#endif
 
 #include "support.hpp"
 
@@ -23,8 +26,10 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdio>
 #include <csignal>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <numeric>
@@ -46,14 +51,18 @@ struct add_args {
 };
 BOOST_DESCRIBE_STRUCT(add_args, (), (a, b))
 
-// A fresh SQLite file per test, removed afterwards.
+// A fresh store per test: a SQLite file, removed afterwards, and a
+// PostgreSQL schema of its own on the tests' server (thrown away with the
+// server).
 struct temp_db {
     std::filesystem::path path;
+    std::string schema;
     temp_db()
     {
         static std::atomic<int> n{0};
-        path = std::filesystem::temp_directory_path() /
-               ("hosting-jobs-" + std::to_string(::getpid()) + "-" + std::to_string(n++) + ".db");
+        const auto name = std::to_string(::getpid()) + "-" + std::to_string(n++);
+        path = std::filesystem::temp_directory_path() / ("hosting-jobs-" + name + ".db");
+        schema = "test_" + name;
         std::filesystem::remove(path);
     }
     ~temp_db()
@@ -64,12 +73,39 @@ struct temp_db {
     }
 };
 
-// Both storages, so that every behaviour is checked on each.
+// The connection string of the PostgreSQL server CTest started for the
+// tests (tests/tools/postgres-server), or empty when there is none: the
+// test binary run by hand, or a build without libpq.
+inline std::string postgres_conninfo()
+{
+#ifdef HOSTING_TEST_POSTGRES_CONNINFO
+    std::ifstream file(HOSTING_TEST_POSTGRES_CONNINFO);
+    std::string line;
+    std::getline(file, line);
+    return line;
+#else
+    return {};
+#endif
+}
+
+// Each storage, so that every behaviour is checked on each.
 inline std::shared_ptr<jobs::storage> make_storage(const std::string& which, temp_db& db)
 {
     if (which == "memory")
         return std::make_shared<jobs::memory_storage>();
+#ifdef HOSTING_TEST_POSTGRES_CONNINFO
+    if (which == "postgresql")
+        return std::make_shared<jobs::postgres_storage>(postgres_conninfo(), jobs::postgres_options{.schema = db.schema});
+#endif
     return std::make_shared<jobs::sqlite_storage>(db.path.string());
+}
+
+// The same store as `store`, as another process sees it: its own
+// connection to the file or the server (the same object in memory).
+inline std::shared_ptr<jobs::storage> reopen(const std::string& which, temp_db& db,
+                                             std::shared_ptr<jobs::storage> store)
+{
+    return which == "memory" ? store : make_storage(which, db);
 }
 
 // A plain request in the default queue, for the tests that talk to a
@@ -297,14 +333,30 @@ public:
 // The storages the conformance suite (jobs_conformance_test.cpp) runs
 // against: each of its tests runs once per storage. A storage joins the
 // suite by adding its name here and to make_storage().
-inline std::vector<std::string> conformance_storages() { return {"memory", "sqlite"}; }
+// PostgreSQL joins when CTest started its server; run by hand without one,
+// the binary says so once and tests the others.
+inline std::vector<std::string> conformance_storages()
+{
+    static const std::vector<std::string> storages = [] {
+        std::vector<std::string> out{"memory", "sqlite"};
+#ifdef HOSTING_TEST_POSTGRES_CONNINFO
+        if (!postgres_conninfo().empty())
+            out.push_back("postgresql");
+        else
+            std::fprintf(stderr, "jobs tests: no PostgreSQL server (ctest starts one): PostgreSQL not tested\n");
+#endif
+        return out;
+    }();
+    return storages;
+}
 
 } // namespace jobs_test
 
 using namespace jobs_test;
 
 // The rest of the test runs once per storage in conformance_storages():
-// `which` names it (and the report says it), `db` is the file SQLite uses.
+// `which` names it (and the report says it), `db` is the file SQLite uses
+// and the schema PostgreSQL uses.
 #define EACH_STORAGE(which, db)                                                                                       \
     temp_db db;                                                                                                        \
     const std::string which = GENERATE(Catch::Generators::from_range(conformance_storages()));                       \

@@ -1,8 +1,6 @@
 #include <hosting/jobs/sqlite_storage.hpp>
 
-#include <boost/json/parse.hpp>
-#include <boost/json/serialize.hpp>
-#include <boost/json/value.hpp>
+#include "jobs/detail/stored.hpp"
 
 #include <sqlite3.h>
 
@@ -16,33 +14,7 @@ namespace hosting::jobs {
 
 namespace {
 
-std::int64_t micros(time_point t)
-{
-    return std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
-}
-
-// A damaged file may hold any integer. Times read back are kept within half
-// the clock's range on either side of its epoch (1824 to 2116), so that the
-// differences the server takes between them cannot overflow either.
-time_point from_micros(std::int64_t us)
-{
-    using limits = std::numeric_limits<clock::duration::rep>;
-    constexpr auto per = std::chrono::duration_cast<clock::duration>(std::chrono::microseconds(1)).count();
-    static_assert(per >= 1);
-    constexpr std::int64_t bound = limits::max() / 2 / per;
-    const auto kept = std::chrono::microseconds(std::clamp(us, -bound, bound));
-    return time_point(std::chrono::duration_cast<clock::duration>(kept));
-}
-
-// A timeout read back: no longer than a century, so that a timer of the
-// clock's nanoseconds holds it.
-std::chrono::milliseconds stored_timeout(std::int64_t ms)
-{
-    constexpr std::int64_t century = std::int64_t(100) * 366 * 24 * 3600 * 1000;
-    return std::chrono::milliseconds(std::clamp<std::int64_t>(ms, 0, century));
-}
-
-int code(job_state s) { return static_cast<int>(s); }
+using namespace detail;
 
 // A prepared statement, reset after each use.
 class statement {
@@ -129,65 +101,6 @@ std::string job_columns(bool with_history)
     return std::string("id, kind, queue, args, priority, state, attempt, max_attempts, timeout_ms, "
                        "created_at, run_at, unique_key, lease_owner, lease_expires, last_error, cancel_requested, ") +
            (with_history ? "history" : "NULL") + ", concurrency_key, parent_id, condition, recurring_id";
-}
-
-// A JSON array of strings, for json_each.
-std::string json_array_of(const std::vector<std::string>& items)
-{
-    std::string out = "[";
-    for (const auto& item : items) {
-        if (out.size() > 1)
-            out += ',';
-        out += boost::json::serialize(boost::json::string_view(item));
-    }
-    out += ']';
-    return out;
-}
-
-// A state read back from the file: a damaged one is a storage_error naming
-// the job, never an enum value out of range.
-job_state stored_state(std::int64_t value, job_id id)
-{
-    if (value < 0 || value >= static_cast<std::int64_t>(job_state_count))
-        throw storage_error("jobs: job " + std::to_string(id) + " has a damaged state (" + std::to_string(value) +
-                            ") in the file");
-    return static_cast<job_state>(value);
-}
-
-// A job's history as the storage wrote it: an array of [from, to, at,
-// reason, error]; anything else is a storage_error naming the job.
-std::vector<state_change> stored_history(const std::string& text, job_id id)
-{
-    std::vector<state_change> out;
-    try {
-        const auto history = boost::json::parse(text);
-        for (const auto& item : history.as_array()) {
-            const auto& a = item.as_array();
-            out.push_back({stored_state(a.at(0).to_number<int>(), id), stored_state(a.at(1).to_number<int>(), id),
-                           from_micros(a.at(2).to_number<std::int64_t>()), std::string(a.at(3).as_string()),
-                           std::string(a.at(4).as_string())});
-        }
-    } catch (const storage_error&) {
-        throw;
-    } catch (const std::exception& e) {
-        throw storage_error("jobs: job " + std::to_string(id) + " has a damaged history in the file (" + e.what() +
-                            ")");
-    }
-    return out;
-}
-
-// The strings of a JSON array that json_array_of() wrote.
-std::vector<std::string> strings_of(const std::string& text)
-{
-    std::vector<std::string> out;
-    boost::system::error_code ec;
-    const auto value = boost::json::parse(text, ec);
-    if (ec || !value.is_array())
-        return out;
-    for (const auto& item : value.as_array())
-        if (item.is_string())
-            out.emplace_back(item.as_string());
-    return out;
 }
 
 // The closer of the connection's handle, declared before its statements so
@@ -347,16 +260,6 @@ DROP INDEX jobs_aged;
 CREATE INDEX jobs_aged ON jobs (state, updated_at) WHERE state IN (5, 6, 7, 8);
 )sql";
 
-// What a continuation waits for, for the reason of its deletion.
-const char* wanted(continuation_condition c)
-{
-    switch (c) {
-    case continuation_condition::on_success: return "succeeded";
-    case continuation_condition::on_any_final: return "ended";
-    case continuation_condition::on_deleted: return "was deleted";
-    }
-    return "ended";
-}
 
 } // namespace
 

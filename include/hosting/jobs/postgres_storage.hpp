@@ -1,0 +1,80 @@
+// jobs/postgres_storage.hpp: jobs in PostgreSQL, for many nodes on many
+// machines.
+#pragma once
+
+#include <hosting/jobs/storage.hpp>
+
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+
+namespace hosting::jobs {
+
+struct postgres_options {
+    // The schema that holds the job tables, created when missing: several
+    // applications (or test runs) share one database, each in its own
+    // schema, and the tables never mix with the application's own.
+    std::string schema = "hosting_jobs";
+    // How long one statement may run (a lock held by a stalled node
+    // included) before the server cancels it and the call fails with
+    // storage_error; zero: no limit.
+    std::chrono::milliseconds statement_timeout{std::chrono::seconds(30)};
+};
+
+// One libpq connection (a connection string "host=... dbname=..." or a
+// "postgresql://" URI), with the schema migrated on open: the version is
+// recorded in the schema, and nodes that start together migrate it once.
+// Claims take jobs with FOR UPDATE SKIP LOCKED, so many nodes claim at once
+// without waiting on each other and never share a claim. After the server
+// restarts or the network drops, the call that finds the connection broken
+// fails with storage_error, and the next one connects again: a write is
+// never repeated when it is not known whether it committed. Blocking: the
+// engine calls it from its own thread, never from the host's loop.
+class postgres_storage final : public storage {
+public:
+    // Connects and migrates; throws storage_error with the server's message
+    // (the connection string, which may hold a password, is never in it).
+    explicit postgres_storage(std::string conninfo, postgres_options options = {});
+    ~postgres_storage() override;
+
+    std::vector<enqueue_result> enqueue(std::span<const enqueue_request> jobs, time_point now) override;
+    std::vector<job> complete_and_claim(std::span<const completion> done, const claim_request& claim,
+                                        time_point now) override;
+    lease_renewal renew_leases(const std::string& node, std::span<const held_lease> held, time_point lease_until,
+                               time_point now) override;
+    std::vector<job_id> recover_expired(time_point now) override;
+    std::vector<job_id> recover_node(const std::string& node, time_point now) override;
+    job_state change_state(job_id id, job_state to, const std::string& reason, time_point now) override;
+    std::optional<job> find(job_id id, bool with_history = true) override;
+    std::vector<job> list(const job_filter& filter) override;
+    job_counts counts() override;
+    std::vector<queue_kind_count> counts_by_queue_and_kind() override;
+    void announce_node(const node_info& node, time_point now) override;
+    void remove_node(const std::string& id) override;
+    std::vector<node_info> list_nodes() override;
+    void set_queue_paused(const std::string& queue, bool paused, time_point now) override;
+    std::vector<std::string> paused_queues() override;
+    std::optional<time_point> next_due() override;
+    std::size_t prune(job_state state, time_point before, std::size_t limit, time_point now) override;
+    std::size_t flag_unknown_kinds(const std::vector<std::string>& known, const std::string& node,
+                                   time_point now) override;
+    void upsert_recurring(const recurring_job& r) override;
+    bool remove_recurring(const std::string& id) override;
+    bool set_recurring_paused(const std::string& id, bool paused, time_point next_fire) override;
+    std::vector<recurring_job> list_recurring() override;
+    bool fire_recurring(const std::string& id, time_point expected, time_point next_fire,
+                        std::span<const enqueue_request> occurrences, time_point now) override;
+
+    const postgres_options& options() const noexcept { return options_; }
+    // The schema version this library writes.
+    static constexpr int schema_version = 1;
+
+private:
+    struct connection;
+    postgres_options options_;
+    std::mutex mutex_;
+    std::unique_ptr<connection> db_;
+};
+
+} // namespace hosting::jobs

@@ -1,0 +1,119 @@
+// jobs/detail/stored.hpp: how the SQL storages write values and read them
+// back (times in microseconds, states as integers, histories and lists as
+// JSON), so that a damaged row reads back as a storage_error naming the
+// job, never as an out-of-range value.
+#pragma once
+
+#include <hosting/jobs/storage.hpp>
+
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+#include <boost/json/value.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace hosting::jobs::detail {
+
+inline std::int64_t micros(time_point t)
+{
+    return std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
+}
+
+// A damaged file may hold any integer. Times read back are kept within half
+// the clock's range on either side of its epoch (1824 to 2116), so that the
+// differences the server takes between them cannot overflow either.
+inline time_point from_micros(std::int64_t us)
+{
+    using limits = std::numeric_limits<clock::duration::rep>;
+    constexpr auto per = std::chrono::duration_cast<clock::duration>(std::chrono::microseconds(1)).count();
+    static_assert(per >= 1);
+    constexpr std::int64_t bound = limits::max() / 2 / per;
+    const auto kept = std::chrono::microseconds(std::clamp(us, -bound, bound));
+    return time_point(std::chrono::duration_cast<clock::duration>(kept));
+}
+
+// A timeout read back: no longer than a century, so that a timer of the
+// clock's nanoseconds holds it.
+inline std::chrono::milliseconds stored_timeout(std::int64_t ms)
+{
+    constexpr std::int64_t century = std::int64_t(100) * 366 * 24 * 3600 * 1000;
+    return std::chrono::milliseconds(std::clamp<std::int64_t>(ms, 0, century));
+}
+
+inline int code(job_state s) { return static_cast<int>(s); }
+
+// A JSON array of strings (SQLite reads it with json_each).
+inline std::string json_array_of(const std::vector<std::string>& items)
+{
+    std::string out = "[";
+    for (const auto& item : items) {
+        if (out.size() > 1)
+            out += ',';
+        out += boost::json::serialize(boost::json::string_view(item));
+    }
+    out += ']';
+    return out;
+}
+
+// A state read back from storage: a damaged one is a storage_error naming
+// the job, never an enum value out of range.
+inline job_state stored_state(std::int64_t value, job_id id)
+{
+    if (value < 0 || value >= static_cast<std::int64_t>(job_state_count))
+        throw storage_error("jobs: job " + std::to_string(id) + " has a damaged state (" + std::to_string(value) +
+                            ") in storage");
+    return static_cast<job_state>(value);
+}
+
+// A job's history as the storage wrote it: an array of [from, to, at,
+// reason, error]; anything else is a storage_error naming the job.
+inline std::vector<state_change> stored_history(const std::string& text, job_id id)
+{
+    std::vector<state_change> out;
+    try {
+        const auto history = boost::json::parse(text);
+        for (const auto& item : history.as_array()) {
+            const auto& a = item.as_array();
+            out.push_back({stored_state(a.at(0).to_number<int>(), id), stored_state(a.at(1).to_number<int>(), id),
+                           from_micros(a.at(2).to_number<std::int64_t>()), std::string(a.at(3).as_string()),
+                           std::string(a.at(4).as_string())});
+        }
+    } catch (const storage_error&) {
+        throw;
+    } catch (const std::exception& e) {
+        throw storage_error("jobs: job " + std::to_string(id) + " has a damaged history in storage (" + e.what() +
+                            ")");
+    }
+    return out;
+}
+
+// The strings of a JSON array that json_array_of() wrote.
+inline std::vector<std::string> strings_of(const std::string& text)
+{
+    std::vector<std::string> out;
+    boost::system::error_code ec;
+    const auto value = boost::json::parse(text, ec);
+    if (ec || !value.is_array())
+        return out;
+    for (const auto& item : value.as_array())
+        if (item.is_string())
+            out.emplace_back(item.as_string());
+    return out;
+}
+
+// What a continuation waits for, for the reason of its deletion.
+inline const char* wanted(continuation_condition c)
+{
+    switch (c) {
+    case continuation_condition::on_success: return "succeeded";
+    case continuation_condition::on_any_final: return "ended";
+    case continuation_condition::on_deleted: return "was deleted";
+    }
+    return "ended";
+}
+
+} // namespace hosting::jobs::detail

@@ -1,0 +1,1285 @@
+#include <hosting/jobs/postgres_storage.hpp>
+
+#include "jobs/detail/stored.hpp"
+
+#include <libpq-fe.h>
+
+#include <algorithm>
+#include <charconv>
+#include <climits>
+#include <optional>
+#include <tuple>
+#include <unordered_map>
+#include <unordered_set>
+
+namespace hosting::jobs {
+
+namespace {
+
+using namespace detail;
+
+// A statement the server refused, with its SQLSTATE: the write that met a
+// deadlock, a serialization failure or a unique key taken by a racing
+// transaction is rolled back whole and can be tried again.
+class server_error : public storage_error {
+public:
+    server_error(const std::string& message, std::string sqlstate)
+        : storage_error(message), sqlstate_(std::move(sqlstate))
+    {
+    }
+    bool retryable() const noexcept
+    {
+        return sqlstate_ == "40001" || sqlstate_ == "40P01" || sqlstate_ == "23505";
+    }
+
+private:
+    std::string sqlstate_;
+};
+
+std::string trimmed(const char* message)
+{
+    std::string out = message ? message : "";
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' '))
+        out.pop_back();
+    return out;
+}
+
+struct result_clearer {
+    void operator()(PGresult* r) const { PQclear(r); }
+};
+
+// A result in text format.
+class result {
+public:
+    explicit result(PGresult* r) : r_(r) {}
+    int rows() const { return PQntuples(r_.get()); }
+    bool is_null(int row, int col) const { return PQgetisnull(r_.get(), row, col) != 0; }
+    std::string text(int row, int col) const
+    {
+        return std::string(PQgetvalue(r_.get(), row, col), static_cast<std::size_t>(PQgetlength(r_.get(), row, col)));
+    }
+    std::int64_t integer(int row, int col) const
+    {
+        if (is_null(row, col))
+            return 0;
+        const char* p = PQgetvalue(r_.get(), row, col);
+        const char* end = p + PQgetlength(r_.get(), row, col);
+        std::int64_t v = 0;
+        if (*p == 't' || *p == 'f') // a boolean
+            return *p == 't' ? 1 : 0;
+        const auto [ptr, ec] = std::from_chars(p, end, v);
+        if (ec != std::errc() || ptr != end)
+            throw storage_error("jobs: postgresql returned '" + std::string(p, end) + "' for an integer");
+        return v;
+    }
+    PGresult* raw() const noexcept { return r_.get(); }
+    std::int64_t affected() const
+    {
+        const char* n = PQcmdTuples(r_.get());
+        std::int64_t v = 0;
+        std::from_chars(n, n + std::char_traits<char>::length(n), v);
+        return v;
+    }
+
+private:
+    std::unique_ptr<PGresult, result_clearer> r_;
+};
+
+// The parameters of one statement, as text; NULL where absent.
+class params {
+public:
+    params& add(std::int64_t v) { return put(std::to_string(v)); }
+    params& add(int v) { return put(std::to_string(v)); }
+    params& add(std::string_view v) { return put(std::string(v)); }
+    params& add(const char* v) { return put(std::string(v)); }
+    params& add(const std::string& v) { return put(v); }
+    params& add(bool v) { return put(v ? "true" : "false"); }
+    params& add_null()
+    {
+        values_.emplace_back();
+        return *this;
+    }
+    // NULL for an empty string: the columns that mean "none" that way.
+    params& add_or_null(std::string_view v) { return v.empty() ? add_null() : add(v); }
+    template <class T>
+    params& add(const std::optional<T>& v)
+    {
+        return v ? add(*v) : add_null();
+    }
+
+    int size() const { return static_cast<int>(values_.size()); }
+    std::vector<const char*> pointers() const
+    {
+        std::vector<const char*> out;
+        out.reserve(values_.size());
+        for (const auto& v : values_)
+            out.push_back(v ? v->c_str() : nullptr);
+        return out;
+    }
+
+private:
+    params& put(std::string v)
+    {
+        values_.emplace_back(std::move(v));
+        return *this;
+    }
+    std::vector<std::optional<std::string>> values_;
+};
+
+// An array literal for a text[] parameter.
+std::string text_array(const std::vector<std::string>& items)
+{
+    std::string out = "{";
+    for (const auto& item : items) {
+        if (out.size() > 1)
+            out += ',';
+        out += '"';
+        for (char ch : item) {
+            if (ch == '"' || ch == '\\')
+                out += '\\';
+            out += ch;
+        }
+        out += '"';
+    }
+    out += '}';
+    return out;
+}
+
+template <class Range>
+std::string integer_array(const Range& items)
+{
+    std::string out = "{";
+    for (const auto& item : items) {
+        if (out.size() > 1)
+            out += ',';
+        out += std::to_string(item);
+    }
+    out += '}';
+    return out;
+}
+
+std::string job_columns(bool with_history)
+{
+    return std::string("id, kind, queue, args, priority, state, attempt, max_attempts, timeout_ms, "
+                       "created_at, run_at, unique_key, lease_owner, lease_expires, last_error, cancel_requested, ") +
+           (with_history ? "history::text" : "NULL") + ", concurrency_key, parent_id, condition, recurring_id";
+}
+
+// A new line of a job's history, appended as the row changes.
+std::string logged(const std::string& to, const std::string& at, const std::string& reason,
+                   const std::string& error = "''")
+{
+    return "history = history || jsonb_build_array(jsonb_build_array(state, " + to + ", " + at + ", " + reason +
+           ", " + error + "))";
+}
+
+// Counts by queue, kind and state are kept as deltas that statement-level
+// triggers append: concurrent writers never wait on one counter row (nor
+// deadlock over two), and announce_node() folds them now and then. The
+// functions keep the schema they were created in, so that a job written on
+// another connection (whatever its search_path) is counted here.
+const char* const migration_1 = R"sql(
+CREATE TABLE jobs (
+    id               BIGINT  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind             TEXT    NOT NULL,
+    queue            TEXT    NOT NULL,
+    args             TEXT    NOT NULL,
+    priority         INTEGER NOT NULL,
+    state            INTEGER NOT NULL,
+    attempt          INTEGER NOT NULL DEFAULT 0,
+    max_attempts     INTEGER NOT NULL,
+    timeout_ms       BIGINT  NOT NULL,
+    created_at       BIGINT  NOT NULL,
+    run_at           BIGINT  NOT NULL,
+    updated_at       BIGINT  NOT NULL,
+    unique_key       TEXT,
+    unique_states    INTEGER NOT NULL DEFAULT 0,
+    unique_scoped    TEXT,
+    -- unique_scoped while the state is one of unique_states, else NULL:
+    -- the unique index enforces "one job per key in those states".
+    unique_slot      TEXT UNIQUE,
+    lease_owner      TEXT,
+    lease_expires    BIGINT,
+    -- bit 0: the node reported the handler started; bit 1: a recovery gave
+    -- an unstarted claim's attempt back once already.
+    claim_flags      INTEGER NOT NULL DEFAULT 0,
+    last_error       TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    concurrency_key  TEXT,
+    parent_id        BIGINT,
+    condition        INTEGER NOT NULL DEFAULT 0,
+    recurring_id     TEXT,
+    unknown_flagged  BOOLEAN NOT NULL DEFAULT false,
+    -- [[from, to, at_us, reason, error], ...]
+    history          JSONB   NOT NULL
+);
+CREATE INDEX jobs_ready    ON jobs (queue, priority, run_at, id) WHERE state = 1;
+CREATE INDEX jobs_due      ON jobs (run_at, id) WHERE state IN (0, 4);
+CREATE INDEX jobs_running  ON jobs (lease_owner) WHERE state = 3;
+CREATE INDEX jobs_expiring ON jobs (lease_expires) WHERE state = 3;
+CREATE INDEX jobs_state    ON jobs (state, id);
+CREATE INDEX jobs_aged     ON jobs (state, updated_at) WHERE state IN (5, 6, 7, 8);
+CREATE INDEX jobs_waiting  ON jobs (parent_id) WHERE state = 2;
+CREATE INDEX jobs_held     ON jobs (concurrency_key) WHERE state = 3 AND concurrency_key IS NOT NULL;
+CREATE TABLE recurring_jobs (
+    id                  TEXT    PRIMARY KEY,
+    cron                TEXT    NOT NULL,
+    zone                TEXT    NOT NULL,
+    kind                TEXT    NOT NULL,
+    args                TEXT    NOT NULL,
+    queue               TEXT    NOT NULL,
+    priority            INTEGER NOT NULL,
+    max_attempts        INTEGER NOT NULL,
+    timeout_ms          BIGINT  NOT NULL,
+    missed              INTEGER NOT NULL,
+    next_fire           BIGINT  NOT NULL,
+    last_fire           BIGINT,
+    unique_key          TEXT,
+    unique_states       INTEGER NOT NULL DEFAULT 0,
+    concurrency_key     TEXT,
+    overlap             INTEGER NOT NULL DEFAULT 0,
+    unique_across_kinds BOOLEAN NOT NULL DEFAULT false,
+    paused              BOOLEAN NOT NULL DEFAULT false
+);
+CREATE TABLE job_counts (queue TEXT NOT NULL, kind TEXT NOT NULL, state INTEGER NOT NULL, n BIGINT NOT NULL);
+CREATE FUNCTION jobs_counted_insert() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    INSERT INTO job_counts SELECT queue, kind, state, count(*) FROM new_rows GROUP BY queue, kind, state;
+    RETURN NULL;
+END $$;
+CREATE FUNCTION jobs_counted_delete() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    INSERT INTO job_counts SELECT queue, kind, state, -count(*) FROM old_rows GROUP BY queue, kind, state;
+    RETURN NULL;
+END $$;
+CREATE FUNCTION jobs_counted_update() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    INSERT INTO job_counts
+        SELECT queue, kind, state, sum(n) FROM (
+            SELECT queue, kind, state, -1 AS n FROM old_rows
+            UNION ALL SELECT queue, kind, state, 1 FROM new_rows) AS changed
+        GROUP BY queue, kind, state HAVING sum(n) <> 0;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER jobs_counted_insert AFTER INSERT ON jobs REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION jobs_counted_insert();
+CREATE TRIGGER jobs_counted_delete AFTER DELETE ON jobs REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION jobs_counted_delete();
+CREATE TRIGGER jobs_counted_update AFTER UPDATE ON jobs REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION jobs_counted_update();
+CREATE TABLE nodes (
+    id TEXT PRIMARY KEY, host TEXT NOT NULL, pid BIGINT NOT NULL, workers BIGINT NOT NULL,
+    queues TEXT NOT NULL, started_at BIGINT NOT NULL, heartbeat_at BIGINT NOT NULL
+);
+CREATE TABLE paused_queues (queue TEXT PRIMARY KEY, paused_at BIGINT NOT NULL);
+)sql";
+
+// The statements the engine runs over and over, prepared once per
+// connection. `E` is the state a completion ends in: a job cancelled (1) or
+// deleted (2) while it ran, from any node, ends cancelled or deleted
+// whatever the attempt's outcome.
+struct prepared_sql {
+    const char* name;
+    std::string sql;
+};
+
+std::vector<prepared_sql> statements()
+{
+    const std::string ended = "(CASE cancel_requested WHEN 2 THEN 8 WHEN 1 THEN 7 ELSE $2::int END)";
+    const std::string not_held = "(concurrency_key IS NULL OR NOT EXISTS (SELECT 1 FROM jobs AS held "
+                                 "WHERE held.state = 3 AND held.concurrency_key = jobs.concurrency_key))";
+    return {
+        {"insert",
+         "INSERT INTO jobs (kind, queue, args, priority, state, max_attempts, timeout_ms, created_at, run_at, "
+         "unique_key, unique_states, unique_slot, history, concurrency_key, parent_id, condition, recurring_id, "
+         "updated_at, unique_scoped) VALUES ($1, $2, $3, $4, $5::int, $6, $7, $8::bigint, $9, $10, $11, $12, "
+         "jsonb_build_array(jsonb_build_array($5::int, $5::int, $8::bigint, $13::text, '')), $14, $15, $16, $17, "
+         "$8::bigint, $18) ON CONFLICT (unique_slot) DO NOTHING RETURNING id"},
+        {"find_unique", "SELECT id FROM jobs WHERE unique_slot = $1"},
+        // $2 new state, $3 attempt delta, $4 run_at or NULL, $5 error or NULL, $6 now, $7 reason.
+        {"complete",
+         "UPDATE jobs SET state = " + ended + ", attempt = attempt + CASE WHEN cancel_requested <> 0 THEN 0 "
+         "ELSE $3::int END, run_at = CASE WHEN cancel_requested <> 0 THEN run_at ELSE coalesce($4::bigint, run_at) "
+         "END, last_error = coalesce($5::text, last_error), lease_owner = NULL, lease_expires = NULL, "
+         "cancel_requested = 0, updated_at = $6::bigint, " +
+             logged(ended, "$6::bigint",
+                    "CASE cancel_requested WHEN 2 THEN 'deleted while running; the attempt ended: ' || $7::text "
+                    "WHEN 1 THEN CASE WHEN $2::int = 7 THEN $7::text "
+                    "ELSE 'cancelled while running; the attempt ended: ' || $7::text END ELSE $7::text END",
+                    "coalesce($5::text, '')") +
+             ", unique_slot = CASE WHEN (unique_states >> " + ended + ") & 1 = 1 THEN unique_scoped END "
+             "WHERE id = $1 AND state = 3 AND lease_owner = $8 AND attempt = $9 RETURNING state"},
+        // Locked in order and skipping rows another node has locked: two
+        // nodes promoting at once never wait on each other.
+        {"promote",
+         "UPDATE jobs SET state = 1, updated_at = $1::bigint, " + logged("1", "$1::bigint", "'due'") +
+             ", unique_slot = CASE WHEN (unique_states >> 1) & 1 = 1 THEN unique_scoped END "
+             "WHERE id IN (SELECT id FROM jobs WHERE state IN (0, 4) AND run_at <= $1::bigint "
+             "ORDER BY run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)"},
+        // One page of candidates in claim order after ($3, $4, $5), passing
+        // over jobs whose key a running job holds.
+        {"candidates",
+         "SELECT id, concurrency_key, kind, priority, run_at FROM jobs WHERE state = 1 AND queue = $1 "
+         "AND kind = ANY($2::text[]) AND " + not_held +
+             " AND (priority, run_at, id) > ($3::int, $4::bigint, $5::bigint) ORDER BY priority, run_at, id LIMIT $6"},
+        // The keys this claim may take: a key another node is claiming at
+        // this moment is passed over (its transaction holds the lock).
+        {"lock_keys",
+         "SELECT k FROM unnest($1::text[]) AS k WHERE pg_try_advisory_xact_lock(hashtextextended(k, 7201))"},
+        // $1 node, $2 lease_until, $3 now, $4 ids. A job another node took
+        // meanwhile (locked, or no longer available) is skipped, and so is
+        // one whose key a job claimed since holds.
+        {"claim",
+         "UPDATE jobs SET state = 3, attempt = attempt + 1, claim_flags = claim_flags & 2, lease_owner = $1, "
+         "lease_expires = $2, updated_at = $3::bigint, " +
+             logged("3", "$3::bigint", "'claimed by ' || $1::text") +
+             ", unique_slot = CASE WHEN (unique_states >> 3) & 1 = 1 THEN unique_scoped END "
+             "WHERE id IN (SELECT id FROM jobs WHERE id = ANY($4::bigint[]) AND state = 1 ORDER BY id "
+             "FOR UPDATE SKIP LOCKED) AND " + not_held + " RETURNING " + job_columns(false)},
+        {"children", "SELECT id, condition FROM jobs WHERE parent_id = $1 AND state = 2 ORDER BY id"},
+        // Locked in id order: a renewal and a recovery never deadlock.
+        {"renew",
+         "UPDATE jobs SET lease_expires = $2, claim_flags = jobs.claim_flags | h.started "
+         "FROM unnest($3::bigint[], $4::int[], $5::int[]) AS h(id, attempt, started) "
+         "WHERE jobs.id = h.id AND jobs.id IN (SELECT id FROM jobs WHERE id = ANY($3::bigint[]) ORDER BY id FOR UPDATE) "
+         "AND jobs.state = 3 AND jobs.lease_owner = $1 AND jobs.attempt = h.attempt "
+         "RETURNING jobs.id, jobs.cancel_requested"},
+        {"expired",
+         "SELECT id, attempt, max_attempts, lease_owner, cancel_requested, claim_flags FROM jobs "
+         "WHERE state = 3 AND lease_expires < $1 ORDER BY id FOR UPDATE SKIP LOCKED"},
+        {"held",
+         "SELECT id, attempt, max_attempts, lease_owner, cancel_requested, claim_flags FROM jobs "
+         "WHERE state = 3 AND lease_owner = $1 ORDER BY id FOR UPDATE"},
+        {"state_of", "SELECT state FROM jobs WHERE id = $1"},
+        {"state_for_update", "SELECT state FROM jobs WHERE id = $1 FOR UPDATE"},
+        // A parent read for a continuation: its completion waits for the
+        // continuation's insert to commit, and so sees it.
+        {"state_for_share", "SELECT state FROM jobs WHERE id = $1 FOR SHARE"},
+        {"refunded", "UPDATE jobs SET claim_flags = 2 WHERE id = $1"},
+        // An outside transition of a job that is not running: $2 new state,
+        // $3 now, $4 reason. A state that holds the key takes it only if no
+        // other job holds it.
+        {"transition",
+         "UPDATE jobs SET state = $2::int, cancel_requested = 0, lease_owner = NULL, lease_expires = NULL, "
+         "updated_at = $3::bigint, " + logged("$2::int", "$3::bigint", "$4::text") +
+             ", unique_slot = CASE WHEN (unique_states >> $2::int) & 1 = 1 AND NOT EXISTS (SELECT 1 FROM jobs AS "
+             "other WHERE other.unique_slot = jobs.unique_scoped AND other.id <> jobs.id) THEN unique_scoped END "
+             "WHERE id = $1"},
+        {"key_holder",
+         "SELECT other.id, me.unique_key FROM jobs AS me JOIN jobs AS other "
+         "ON other.unique_slot = me.unique_scoped AND other.id <> me.id "
+         "WHERE me.id = $1 AND (me.unique_states >> 1) & 1 = 1"},
+        {"requeue",
+         "UPDATE jobs SET state = 1, attempt = 0, run_at = $2::bigint, cancel_requested = 0, updated_at = $2::bigint, " +
+             logged("1", "$2::bigint", "$3::text") +
+             ", unique_slot = CASE WHEN (unique_states >> 1) & 1 = 1 THEN unique_scoped END WHERE id = $1"},
+        {"stop_running", "UPDATE jobs SET cancel_requested = greatest(cancel_requested, $2) WHERE id = $1"},
+        {"find", "SELECT " + job_columns(true) + " FROM jobs WHERE id = $1"},
+        {"next_due", "SELECT min(run_at) FROM jobs WHERE state IN (0, 4)"},
+        {"counts", "SELECT state, sum(n) FROM job_counts GROUP BY state"},
+        {"paused", "SELECT 1 FROM paused_queues WHERE queue = $1"},
+    };
+}
+
+} // namespace
+
+struct postgres_storage::connection {
+    struct closer {
+        void operator()(PGconn* c) const { PQfinish(c); }
+    };
+    std::unique_ptr<PGconn, closer> conn;
+    std::string conninfo;
+    postgres_options options;
+    std::vector<prepared_sql> sql = statements();
+    bool prepared = false;
+
+    connection(std::string info, postgres_options opts) : conninfo(std::move(info)), options(std::move(opts))
+    {
+        if (options.schema.empty())
+            throw storage_error("jobs: postgresql: the schema name is empty");
+        conn.reset(PQconnectdb(conninfo.c_str()));
+        if (!conn)
+            throw storage_error("jobs: postgresql: out of memory for a connection");
+        if (PQstatus(conn.get()) != CONNECTION_OK)
+            throw storage_error("jobs: cannot connect to postgresql: " + trimmed(PQerrorMessage(conn.get())));
+        set_up_session();
+        migrate();
+    }
+
+    // Where the server is, for messages: never the connection string, which
+    // may hold a password.
+    std::string where() const
+    {
+        const char* host = PQhost(conn.get());
+        const char* port = PQport(conn.get());
+        const char* db = PQdb(conn.get());
+        return std::string("postgresql ") + (db ? db : "?") + " at " + (host ? host : "?") + ":" + (port ? port : "?");
+    }
+
+    std::string quoted_schema() const
+    {
+        char* q = PQescapeIdentifier(conn.get(), options.schema.data(), options.schema.size());
+        if (!q)
+            throw storage_error("jobs: postgresql: schema name '" + options.schema +
+                                "' is refused: " + trimmed(PQerrorMessage(conn.get())));
+        std::string out(q);
+        PQfreemem(q);
+        return out;
+    }
+
+    void set_up_session()
+    {
+        exec("SET search_path TO " + quoted_schema());
+        exec("SET statement_timeout = " + std::to_string(options.statement_timeout.count()));
+        prepared = false;
+    }
+
+    // A broken connection (the server restarted, the network dropped) is
+    // opened again before the next call; the call that broke it has failed.
+    void ensure_connected()
+    {
+        if (PQstatus(conn.get()) != CONNECTION_OK) {
+            PQreset(conn.get());
+            if (PQstatus(conn.get()) != CONNECTION_OK)
+                throw storage_error("jobs: cannot reconnect to postgresql: " + trimmed(PQerrorMessage(conn.get())));
+            set_up_session();
+        } else if (PQtransactionStatus(conn.get()) != PQTRANS_IDLE) {
+            exec("ROLLBACK");
+        }
+        if (!prepared) {
+            for (const auto& s : sql) {
+                result r(PQprepare(conn.get(), s.name, s.sql.c_str(), 0, nullptr));
+                check(r, s.name);
+            }
+            prepared = true;
+        }
+    }
+
+    void check(const result& r, const char* what) const
+    {
+        auto* raw = r.raw();
+        const auto status = raw ? PQresultStatus(raw) : PGRES_FATAL_ERROR;
+        if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK)
+            return;
+        const char* state = raw ? PQresultErrorField(raw, PG_DIAG_SQLSTATE) : nullptr;
+        const std::string message = raw ? trimmed(PQresultErrorMessage(raw)) : trimmed(PQerrorMessage(conn.get()));
+        throw server_error("jobs: " + where() + ": " + what + ": " + message, state ? state : "");
+    }
+
+    result exec(const std::string& text, const params& p = {})
+    {
+        // Without parameters, the simple protocol: a migration is several
+        // statements in one text.
+        const auto values = p.pointers();
+        result r(p.size() == 0 ? PQexec(conn.get(), text.c_str())
+                               : PQexecParams(conn.get(), text.c_str(), p.size(), nullptr, values.data(), nullptr,
+                                              nullptr, 0));
+        check(r, "statement");
+        return r;
+    }
+
+    result run(const char* name, const params& p)
+    {
+        const auto values = p.pointers();
+        result r(PQexecPrepared(conn.get(), name, p.size(), values.data(), nullptr, nullptr, 0));
+        check(r, name);
+        return r;
+    }
+
+    // Runs `body` in one transaction. A deadlock, a serialization failure
+    // or a unique key taken by a racing transaction rolls it back whole,
+    // and it runs again; a broken connection is never retried here: whether
+    // the commit happened is then unknown.
+    template <class F>
+    auto write(F&& body)
+    {
+        for (int attempt = 1;; ++attempt) {
+            exec("BEGIN");
+            try {
+                if constexpr (std::is_void_v<decltype(body())>) {
+                    body();
+                    exec("COMMIT");
+                    return;
+                } else {
+                    auto out = body();
+                    exec("COMMIT");
+                    return out;
+                }
+            } catch (const server_error& e) {
+                rollback_quietly();
+                if (e.retryable() && attempt < 8 && PQstatus(conn.get()) == CONNECTION_OK)
+                    continue;
+                throw;
+            } catch (...) {
+                rollback_quietly();
+                throw;
+            }
+        }
+    }
+
+    void rollback_quietly()
+    {
+        if (PQstatus(conn.get()) == CONNECTION_OK && PQtransactionStatus(conn.get()) != PQTRANS_IDLE)
+            PQclear(PQexec(conn.get(), "ROLLBACK"));
+    }
+
+    void migrate()
+    {
+        write([&] {
+            // Nodes that start together migrate one after the other.
+            exec("SELECT pg_advisory_xact_lock(hashtextextended($1, 7200))",
+                 params().add("hosting_jobs_schema:" + options.schema));
+            exec("CREATE SCHEMA IF NOT EXISTS " + quoted_schema());
+            exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)");
+            auto v = exec("SELECT max(version) FROM schema_version");
+            const int version = v.is_null(0, 0) ? 0 : static_cast<int>(v.integer(0, 0));
+            if (version > schema_version)
+                throw storage_error("jobs: " + where() + ": schema '" + options.schema + "' has version " +
+                                    std::to_string(version) + ", newer than this program's " +
+                                    std::to_string(schema_version));
+            if (version < 1) {
+                exec(migration_1);
+                exec("INSERT INTO schema_version (version) VALUES (1)");
+            }
+        });
+    }
+
+    static job read_job(const result& r, int row, bool with_history)
+    {
+        job j;
+        j.id = r.integer(row, 0);
+        j.kind = r.text(row, 1);
+        j.queue = r.text(row, 2);
+        j.args = r.text(row, 3);
+        j.priority = static_cast<int>(r.integer(row, 4));
+        j.state = stored_state(r.integer(row, 5), j.id);
+        j.attempt = static_cast<int>(r.integer(row, 6));
+        j.max_attempts = static_cast<int>(r.integer(row, 7));
+        j.timeout = stored_timeout(r.integer(row, 8));
+        j.created_at = from_micros(r.integer(row, 9));
+        j.run_at = from_micros(r.integer(row, 10));
+        j.unique_key = r.text(row, 11);
+        j.lease_owner = r.text(row, 12);
+        j.lease_expires = r.is_null(row, 13) ? time_point{} : from_micros(r.integer(row, 13));
+        j.last_error = r.text(row, 14);
+        j.cancel_requested = r.integer(row, 15) != 0;
+        j.delete_requested = r.integer(row, 15) == 2;
+        j.concurrency_key = r.text(row, 17);
+        j.parent_id = r.is_null(row, 18) ? 0 : r.integer(row, 18);
+        j.condition = static_cast<continuation_condition>(r.integer(row, 19));
+        j.recurring_id = r.text(row, 20);
+        if (with_history)
+            j.history = stored_history(r.text(row, 16), j.id);
+        return j;
+    }
+
+    std::optional<job_state> state_if_any(job_id id, const char* how = "state_of")
+    {
+        auto r = run(how, params().add(id));
+        if (r.rows() == 0)
+            return std::nullopt;
+        return stored_state(r.integer(0, 0), id);
+    }
+
+    // Inserts one job, inside the caller's transaction: the one path for
+    // enqueues and recurring occurrences alike.
+    enqueue_result add(const enqueue_request& r, time_point now)
+    {
+        auto initial = r.run_at && *r.run_at > now ? job_state::scheduled : job_state::available;
+        std::optional<job_state> parent;
+        if (r.parent_id != 0) {
+            parent = state_if_any(r.parent_id, "state_for_share");
+            if (!parent)
+                return {0, false, "jobs: no job " + std::to_string(r.parent_id) + " to continue"};
+            initial = job_state::awaiting;
+        }
+        const auto slot = unique_slot(r.kind, r.unique_key, r.unique_across_kinds);
+        params p;
+        p.add(r.kind).add(r.queue).add(r.args).add(r.priority).add(code(initial));
+        p.add(r.max_attempts).add(static_cast<std::int64_t>(r.timeout.count())).add(micros(now));
+        p.add(micros(r.run_at.value_or(now)));
+        p.add_or_null(r.unique_key);
+        p.add(r.unique_key.empty() ? std::int64_t{0} : static_cast<std::int64_t>(r.unique_states.bits()));
+        p.add_or_null(r.unique_states.contains(initial) ? std::string_view(slot) : std::string_view());
+        p.add(r.reason).add_or_null(r.concurrency_key);
+        if (r.parent_id == 0)
+            p.add_null();
+        else
+            p.add(r.parent_id);
+        p.add(static_cast<int>(r.condition)).add_or_null(r.recurring_id).add_or_null(slot);
+        auto inserted = run("insert", p);
+        if (inserted.rows() == 1) {
+            const auto id = inserted.integer(0, 0);
+            if (parent && is_final(*parent))
+                resolve_children(r.parent_id, *parent, now);
+            return {id, true, {}};
+        }
+        auto holder = run("find_unique", params().add(slot));
+        if (holder.rows() == 0)
+            // The holder let the key go between the two statements: the
+            // whole write runs again.
+            throw server_error("jobs: " + where() + ": unique key '" + r.unique_key + "' changed hands", "23505");
+        return {holder.integer(0, 0), false, {}};
+    }
+
+    void apply_transition(job_id id, job_state to, time_point now, const std::string& reason)
+    {
+        run("transition", params().add(id).add(code(to)).add(micros(now)).add(reason));
+        if (is_final(to))
+            resolve_children(id, to, now);
+    }
+
+    void resolve_children(job_id parent, job_state ended, time_point now)
+    {
+        auto waiting = run("children", params().add(parent));
+        for (int i = 0; i < waiting.rows(); ++i) {
+            const auto id = waiting.integer(i, 0);
+            const auto condition = static_cast<continuation_condition>(waiting.integer(i, 1));
+            switch (fate_of(condition, ended)) {
+            case continuation_fate::wait: break;
+            case continuation_fate::run:
+                run("requeue", params().add(id).add(micros(now)).add("parent " + std::to_string(parent) + " " +
+                                                                    std::string(to_string(ended))));
+                break;
+            case continuation_fate::drop:
+                apply_transition(id, job_state::deleted, now,
+                                 "parent " + std::to_string(parent) + " ended " + std::string(to_string(ended)) +
+                                     "; the continuation runs only when it " + wanted(condition));
+                break;
+            }
+        }
+    }
+
+    void drop_children_of_pruned(const std::vector<job_id>& parents, job_state was, time_point now)
+    {
+        auto waiting = exec("SELECT id, parent_id, condition FROM jobs WHERE parent_id = ANY($1::bigint[]) "
+                            "AND state = 2 ORDER BY id",
+                            params().add(integer_array(parents)));
+        for (int i = 0; i < waiting.rows(); ++i)
+            apply_transition(waiting.integer(i, 0), job_state::deleted, now,
+                             "parent " + std::to_string(waiting.integer(i, 1)) + " was pruned (it had ended " +
+                                 std::string(to_string(was)) + "); the continuation runs only when it " +
+                                 wanted(static_cast<continuation_condition>(waiting.integer(i, 2))));
+    }
+
+    // Running jobs whose node is gone, as read (and locked) by `found`:
+    // id, attempt, max_attempts, lease_owner, cancel_requested, claim_flags.
+    template <class Why>
+    std::vector<job_id> recover(const result& found, time_point now, Why why)
+    {
+        std::vector<job_id> out;
+        for (int i = 0; i < found.rows(); ++i) {
+            const auto id = found.integer(i, 0);
+            const auto attempt = static_cast<int>(found.integer(i, 1));
+            const auto max_attempts = static_cast<int>(found.integer(i, 2));
+            const auto owner = found.text(i, 3);
+            const auto cancel_requested = found.integer(i, 4);
+            const auto claim_flags = found.integer(i, 5);
+            const std::string reason = why(owner);
+            if (cancel_requested == 2) {
+                apply_transition(id, job_state::deleted, now, reason + " while a delete was pending");
+                out.push_back(id);
+                continue;
+            }
+            if (cancel_requested != 0) {
+                apply_transition(id, job_state::cancelled, now, reason + " while a cancel was pending");
+                out.push_back(id);
+                continue;
+            }
+            // The attempt counts, unless the node never reported its start,
+            // and then once only: a job that kills its node must not loop
+            // forever.
+            const bool refund = (claim_flags & 3) == 0;
+            const bool attempts_left = attempt - (refund ? 1 : 0) < max_attempts;
+            if (refund)
+                run("refunded", params().add(id));
+            params p;
+            p.add(id).add(code(attempts_left ? job_state::available : job_state::failed)).add(refund ? -1 : 0);
+            p.add_null().add_or_null(attempts_left ? std::string_view() : std::string_view(reason));
+            p.add(micros(now)).add(reason).add(owner).add(attempt);
+            run("complete", p);
+            if (!attempts_left)
+                resolve_children(id, job_state::failed, now);
+            out.push_back(id);
+        }
+        return out;
+    }
+};
+
+postgres_storage::postgres_storage(std::string conninfo, postgres_options options)
+    : options_(options), db_(std::make_unique<connection>(std::move(conninfo), std::move(options)))
+{
+}
+
+postgres_storage::~postgres_storage() = default;
+
+std::vector<enqueue_result> postgres_storage::enqueue(std::span<const enqueue_request> requests, time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.ensure_connected();
+    return c.write([&] {
+        std::vector<enqueue_result> out;
+        out.reserve(requests.size());
+        for (const auto& r : requests)
+            out.push_back(c.add(r, now));
+        return out;
+    });
+}
+
+std::vector<job> postgres_storage::complete_and_claim(std::span<const completion> done, const claim_request& claim,
+                                                      time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.ensure_connected();
+    const auto at = micros(now);
+    return c.write([&] {
+        for (const auto& d : done) {
+            const auto effect = effect_of(d.what);
+            params p;
+            p.add(d.id).add(code(effect.to)).add(effect.attempt_delta);
+            if (effect.uses_run_at)
+                p.add(micros(d.run_at));
+            else
+                p.add_null();
+            p.add_or_null(d.error).add(at).add(d.reason).add(claim.node).add(d.attempt);
+            auto r = c.run("complete", p);
+            if (r.rows() == 0)
+                continue; // not this node's attempt any more: the result is moot
+            const auto ended = stored_state(r.integer(0, 0), d.id);
+            if (is_final(ended))
+                c.resolve_children(d.id, ended, now);
+        }
+        c.run("promote", params().add(at).add(static_cast<std::int64_t>(max_rows_per_write)));
+        std::vector<job> claimed;
+        if (claim.kinds.empty())
+            return claimed;
+        const auto kinds = text_array(claim.kinds);
+        std::unordered_map<std::string, std::size_t> kind_left(claim.kind_caps.begin(), claim.kind_caps.end());
+        for (const auto& [queue, cap] : claim.queues) {
+            auto count = std::min(cap, claim.total - std::min(claim.total, claimed.size()));
+            if (count == 0)
+                continue;
+            if (c.run("paused", params().add(queue)).rows() != 0)
+                continue;
+            // Pages of candidates in claim order until there are enough or
+            // none is left (see claim_request): the statement passes over
+            // jobs whose key a running job holds, this loop over those of a
+            // kind whose cap is reached, those whose key an earlier
+            // candidate took, and those whose key another node is claiming.
+            std::tuple<std::int64_t, std::int64_t, std::int64_t> after{INT_MIN, INT64_MIN, INT64_MIN};
+            std::unordered_set<std::string> taken_keys;
+            const std::int64_t page = static_cast<std::int64_t>(std::max<std::size_t>(count * 2, 32));
+            for (;;) {
+                auto q = c.run("candidates", params()
+                                                 .add(queue)
+                                                 .add(kinds)
+                                                 .add(std::get<0>(after))
+                                                 .add(std::get<1>(after))
+                                                 .add(std::get<2>(after))
+                                                 .add(page));
+                // The candidates chosen, with the kind each charged to its cap.
+                std::vector<std::pair<job_id, std::string>> chosen;
+                std::vector<std::pair<job_id, std::string>> keyed;
+                int examined = 0;
+                for (; examined < q.rows() && chosen.size() < count; ++examined) {
+                    const int i = examined;
+                    after = {q.integer(i, 3), q.integer(i, 4), q.integer(i, 0)};
+                    auto left = kind_left.find(q.text(i, 2));
+                    if (left != kind_left.end() && left->second == 0)
+                        continue;
+                    if (!q.is_null(i, 1) && !taken_keys.insert(q.text(i, 1)).second)
+                        continue;
+                    if (left != kind_left.end())
+                        --left->second;
+                    chosen.emplace_back(q.integer(i, 0), q.text(i, 2));
+                    if (!q.is_null(i, 1))
+                        keyed.emplace_back(q.integer(i, 0), q.text(i, 1));
+                }
+                std::unordered_set<job_id> passed; // keyed jobs whose key another node is claiming
+                if (!keyed.empty()) {
+                    std::vector<std::string> keys;
+                    for (const auto& k : keyed)
+                        keys.push_back(k.second);
+                    auto locked = c.run("lock_keys", params().add(text_array(keys)));
+                    std::unordered_set<std::string> ours;
+                    for (int i = 0; i < locked.rows(); ++i)
+                        ours.insert(locked.text(i, 0));
+                    for (const auto& [id, key] : keyed)
+                        if (!ours.contains(key))
+                            passed.insert(id);
+                }
+                std::vector<job_id> ids;
+                for (const auto& [id, kind] : chosen)
+                    if (!passed.contains(id))
+                        ids.push_back(id);
+                std::unordered_set<job_id> got;
+                if (!ids.empty()) {
+                    auto r = c.run("claim", params()
+                                                .add(claim.node)
+                                                .add(micros(claim.lease_until))
+                                                .add(at)
+                                                .add(integer_array(ids)));
+                    const auto first = claimed.size();
+                    for (int i = 0; i < r.rows(); ++i) {
+                        claimed.push_back(connection::read_job(r, i, false));
+                        got.insert(claimed.back().id);
+                    }
+                    std::sort(claimed.begin() + static_cast<std::ptrdiff_t>(first), claimed.end(),
+                              [](const job& a, const job& b) {
+                                  return std::tie(a.priority, a.run_at, a.id) < std::tie(b.priority, b.run_at, b.id);
+                              });
+                    count -= std::min(count, got.size());
+                }
+                // A candidate another node took meanwhile gives its kind's
+                // place back to the candidates after it.
+                for (const auto& [id, kind] : chosen) {
+                    auto left = kind_left.find(kind);
+                    if (left != kind_left.end() && !got.contains(id))
+                        ++left->second;
+                }
+                if (count == 0 || (examined == q.rows() && q.rows() < page))
+                    break;
+            }
+        }
+        return claimed;
+    });
+}
+
+lease_renewal postgres_storage::renew_leases(const std::string& node, std::span<const held_lease> held,
+                                            time_point lease_until, time_point)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.ensure_connected();
+    lease_renewal out;
+    if (held.empty())
+        return out;
+    std::vector<std::int64_t> ids, attempts, started;
+    for (const auto& h : held) {
+        ids.push_back(h.id);
+        attempts.push_back(h.attempt);
+        started.push_back(h.started ? 1 : 0);
+    }
+    auto r = c.write([&] {
+        return c.run("renew", params()
+                                  .add(node)
+                                  .add(micros(lease_until))
+                                  .add(integer_array(ids))
+                                  .add(integer_array(attempts))
+                                  .add(integer_array(started)));
+    });
+    std::unordered_map<job_id, bool> renewed;
+    for (int i = 0; i < r.rows(); ++i)
+        renewed.emplace(r.integer(i, 0), r.integer(i, 1) != 0);
+    for (const auto& h : held) {
+        const auto it = renewed.find(h.id);
+        if (it == renewed.end())
+            out.lost.push_back(h.id);
+        else if (it->second)
+            out.cancel_requested.push_back(h.id);
+    }
+    return out;
+}
+
+std::vector<job_id> postgres_storage::recover_expired(time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.ensure_connected();
+    return c.write([&] {
+        auto found = c.run("expired", params().add(micros(now)));
+        return c.recover(found, now, [](const std::string& owner) { return "the lease of node " + owner + " expired"; });
+    });
+}
+
+std::vector<job_id> postgres_storage::recover_node(const std::string& node, time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.ensure_connected();
+    return c.write([&] {
+        auto found = c.run("held", params().add(node));
+        return c.recover(found, now, [](const std::string& owner) { return "node " + owner + " started again"; });
+    });
+}
+
+job_state postgres_storage::change_state(job_id id, job_state to, const std::string& reason, time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.ensure_connected();
+    return c.write([&] {
+        const auto state = c.state_if_any(id, "state_for_update");
+        if (!state)
+            throw job_not_found(id);
+        const auto from = *state;
+        // The node running it stops it, and its completion ends it; until
+        // then it keeps its lease and its concurrency key.
+        if (from == job_state::running && (to == job_state::cancelled || to == job_state::deleted)) {
+            c.run("stop_running", params().add(id).add(to == job_state::deleted ? 2 : 1));
+            return from;
+        }
+        // From outside, available means requeue: only a job that ended can
+        // be requeued (a running one would end up with two runs).
+        if (!can_transition(from, to) || (to == job_state::available && !is_final(from)))
+            throw invalid_transition(id, from, to);
+        if (to == job_state::available) {
+            auto holder = c.run("key_holder", params().add(id));
+            if (holder.rows() != 0)
+                throw invalid_transition(id, from, to,
+                                         "job " + std::to_string(holder.integer(0, 0)) + " holds its unique key '" +
+                                             holder.text(0, 1) + "'");
+            c.run("requeue", params().add(id).add(micros(now)).add(reason));
+        } else {
+            c.apply_transition(id, to, now, reason);
+        }
+        return to;
+    });
+}
+
+std::optional<job> postgres_storage::find(job_id id, bool with_history)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.ensure_connected();
+    auto r = c.run("find", params().add(id));
+    if (r.rows() == 0)
+        return std::nullopt;
+    auto j = connection::read_job(r, 0, true);
+    if (!with_history)
+        j.history.clear();
+    return j;
+}
+
+std::vector<job> postgres_storage::list(const job_filter& filter)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.ensure_connected();
+    std::string sql = "SELECT " + job_columns(filter.with_history) + " FROM jobs WHERE true";
+    params p;
+    if (filter.state) {
+        p.add(code(*filter.state));
+        sql += " AND state = $" + std::to_string(p.size());
+    }
+    if (filter.queue) {
+        p.add(*filter.queue);
+        sql += " AND queue = $" + std::to_string(p.size());
+    }
+    if (filter.kind) {
+        p.add(*filter.kind);
+        sql += " AND kind = $" + std::to_string(p.size());
+    }
+    p.add(static_cast<std::int64_t>(std::min<std::size_t>(filter.limit, INT64_MAX)));
+    sql += " ORDER BY id LIMIT $" + std::to_string(p.size());
+    p.add(static_cast<std::int64_t>(std::min<std::size_t>(filter.offset, INT64_MAX)));
+    sql += " OFFSET $" + std::to_string(p.size());
+    auto r = c.exec(sql, p);
+    std::vector<job> out;
+    out.reserve(static_cast<std::size_t>(r.rows()));
+    for (int i = 0; i < r.rows(); ++i)
+        out.push_back(connection::read_job(r, i, filter.with_history));
+    return out;
+}
+
+job_counts postgres_storage::counts()
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.ensure_connected();
+    auto r = c.run("counts", {});
+    job_counts out;
+    for (int i = 0; i < r.rows(); ++i) {
+        const auto state = r.integer(i, 0);
+        if (state >= 0 && state < static_cast<std::int64_t>(job_state_count))
+            out.by_state[static_cast<std::size_t>(state)] = r.integer(i, 1);
+    }
+    return out;
+}
+
+std::vector<queue_kind_count> postgres_storage::counts_by_queue_and_kind()
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.ensure_connected();
+    auto r = c.exec("SELECT queue, kind, state, sum(n) FROM job_counts GROUP BY queue, kind, state "
+                    "HAVING sum(n) <> 0 ORDER BY queue, kind, state");
+    std::vector<queue_kind_count> out;
+    for (int i = 0; i < r.rows(); ++i) {
+        const auto state = r.integer(i, 2);
+        if (state >= 0 && state < static_cast<std::int64_t>(job_state_count))
+            out.push_back({r.text(i, 0), r.text(i, 1), static_cast<job_state>(state), r.integer(i, 3)});
+    }
+    return out;
+}
+
+void postgres_storage::announce_node(const node_info& node, time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.ensure_connected();
+    c.write([&] {
+        c.exec("DELETE FROM nodes WHERE heartbeat_at < $1", params().add(micros(now - std::chrono::hours(24))));
+        c.exec("INSERT INTO nodes (id, host, pid, workers, queues, started_at, heartbeat_at) "
+               "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET host = excluded.host, "
+               "pid = excluded.pid, workers = excluded.workers, queues = excluded.queues, "
+               "started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at",
+               params()
+                   .add(node.id)
+                   .add(node.host)
+                   .add(node.pid)
+                   .add(static_cast<std::int64_t>(node.workers))
+                   .add(json_array_of(node.queues))
+                   .add(micros(node.started_at))
+                   .add(micros(now)));
+    });
+    // The count deltas since the last fold become one row per queue, kind
+    // and state, by whichever node gets there first.
+    c.write([&] {
+        c.exec("WITH folded AS (DELETE FROM job_counts WHERE pg_try_advisory_xact_lock(hashtextextended('"
+               "hosting_jobs_counts', 7202)) RETURNING queue, kind, state, n) "
+               "INSERT INTO job_counts SELECT queue, kind, state, sum(n) FROM folded GROUP BY queue, kind, state "
+               "HAVING sum(n) <> 0");
+    });
+}
+
+void postgres_storage::remove_node(const std::string& id)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.ensure_connected();
+    c.exec("DELETE FROM nodes WHERE id = $1", params().add(id));
+}
+
+std::vector<node_info> postgres_storage::list_nodes()
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.ensure_connected();
+    auto r = c.exec("SELECT id, host, pid, workers, queues, started_at, heartbeat_at, "
+                    "(SELECT count(*) FROM jobs WHERE state = 3 AND lease_owner = nodes.id) FROM nodes ORDER BY id");
+    std::vector<node_info> out;
+    for (int i = 0; i < r.rows(); ++i) {
+        node_info n;
+        n.id = r.text(i, 0);
+        n.host = r.text(i, 1);
+        n.pid = r.integer(i, 2);
+        n.workers = static_cast<std::size_t>(r.integer(i, 3));
+        n.queues = strings_of(r.text(i, 4));
+        n.started_at = from_micros(r.integer(i, 5));
+        n.heartbeat_at = from_micros(r.integer(i, 6));
+        n.running = r.integer(i, 7);
+        out.push_back(std::move(n));
+    }
+    return out;
+}
+
+void postgres_storage::set_queue_paused(const std::string& queue, bool paused, time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.ensure_connected();
+    if (paused)
+        c.exec("INSERT INTO paused_queues (queue, paused_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+               params().add(queue).add(micros(now)));
+    else
+        c.exec("DELETE FROM paused_queues WHERE queue = $1", params().add(queue));
+}
+
+std::vector<std::string> postgres_storage::paused_queues()
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.ensure_connected();
+    auto r = c.exec("SELECT queue FROM paused_queues ORDER BY queue");
+    std::vector<std::string> out;
+    for (int i = 0; i < r.rows(); ++i)
+        out.push_back(r.text(i, 0));
+    return out;
+}
+
+std::optional<time_point> postgres_storage::next_due()
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.ensure_connected();
+    auto r = c.run("next_due", {});
+    if (r.rows() == 0 || r.is_null(0, 0))
+        return std::nullopt;
+    return from_micros(r.integer(0, 0));
+}
+
+std::size_t postgres_storage::prune(job_state state, time_point before, std::size_t limit, time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.ensure_connected();
+    // Ids come from a sequence and are never given twice: unlike SQLite's,
+    // the newest job can go too.
+    return c.write([&] {
+        auto doomed = c.exec(is_final(state) ? "SELECT id FROM jobs WHERE state = $1 AND state IN (5, 6, 7, 8) "
+                                               "AND updated_at < $2 ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED"
+                                             : "SELECT id FROM jobs WHERE state = $1 AND updated_at < $2 "
+                                               "ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED",
+                             params().add(code(state)).add(micros(before)).add(static_cast<std::int64_t>(limit)));
+        if (doomed.rows() == 0)
+            return std::size_t{0};
+        std::vector<job_id> ids;
+        for (int i = 0; i < doomed.rows(); ++i)
+            ids.push_back(doomed.integer(i, 0));
+        c.drop_children_of_pruned(ids, state, now);
+        auto gone = c.exec("DELETE FROM jobs WHERE id = ANY($1::bigint[])", params().add(integer_array(ids)));
+        return static_cast<std::size_t>(gone.affected());
+    });
+}
+
+std::size_t postgres_storage::flag_unknown_kinds(const std::vector<std::string>& known, const std::string& node,
+                                                 time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.ensure_connected();
+    auto unknown = c.exec("SELECT DISTINCT kind FROM jobs WHERE state = 1 AND NOT unknown_flagged "
+                          "AND kind <> ALL($1::text[])",
+                          params().add(text_array(known)));
+    if (unknown.rows() == 0)
+        return 0;
+    return c.write([&] {
+        std::size_t flagged = 0;
+        for (int i = 0; i < unknown.rows() && flagged < max_rows_per_write; ++i) {
+            auto r = c.exec("UPDATE jobs SET unknown_flagged = true, " +
+                                logged("state", "$2::bigint",
+                                       "'node ' || $3::text || ' does not know kind ''' || kind || "
+                                       "'''; waiting for one that does'") +
+                                " WHERE id IN (SELECT id FROM jobs WHERE state = 1 AND kind = $1 "
+                                "AND NOT unknown_flagged LIMIT $4 FOR UPDATE SKIP LOCKED)",
+                            params()
+                                .add(unknown.text(i, 0))
+                                .add(micros(now))
+                                .add(node)
+                                .add(static_cast<std::int64_t>(max_rows_per_write - flagged)));
+            flagged += static_cast<std::size_t>(r.affected());
+        }
+        return flagged;
+    });
+}
+
+void postgres_storage::upsert_recurring(const recurring_job& r)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.ensure_connected();
+    // The schedule's own next_fire survives when cron and zone did not change.
+    c.exec("INSERT INTO recurring_jobs (id, cron, zone, kind, args, queue, priority, max_attempts, timeout_ms, "
+           "missed, next_fire, last_fire, unique_key, unique_states, concurrency_key, overlap, unique_across_kinds) "
+           "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12, $13, $14, $15, $16) "
+           "ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, args = excluded.args, queue = excluded.queue, "
+           "priority = excluded.priority, max_attempts = excluded.max_attempts, timeout_ms = excluded.timeout_ms, "
+           "missed = excluded.missed, unique_key = excluded.unique_key, unique_states = excluded.unique_states, "
+           "concurrency_key = excluded.concurrency_key, overlap = excluded.overlap, "
+           "unique_across_kinds = excluded.unique_across_kinds, "
+           "next_fire = CASE WHEN recurring_jobs.cron = excluded.cron AND recurring_jobs.zone = excluded.zone "
+           "THEN recurring_jobs.next_fire ELSE excluded.next_fire END, cron = excluded.cron, zone = excluded.zone",
+           params()
+               .add(r.id)
+               .add(r.cron)
+               .add(r.zone)
+               .add(r.kind)
+               .add(r.args)
+               .add(r.queue)
+               .add(r.priority)
+               .add(r.max_attempts)
+               .add(static_cast<std::int64_t>(r.timeout.count()))
+               .add(static_cast<int>(r.missed))
+               .add(micros(r.next_fire))
+               .add_or_null(r.unique_key)
+               .add(r.unique_key.empty() ? std::int64_t{0} : static_cast<std::int64_t>(r.unique_states.bits()))
+               .add_or_null(r.concurrency_key)
+               .add(static_cast<int>(r.overlap))
+               .add(r.unique_across_kinds));
+}
+
+bool postgres_storage::set_recurring_paused(const std::string& id, bool paused, time_point next_fire)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.ensure_connected();
+    auto r = c.exec("UPDATE recurring_jobs SET next_fire = CASE WHEN paused AND NOT $2::boolean THEN $3 "
+                    "ELSE next_fire END, paused = $2::boolean WHERE id = $1",
+                    params().add(id).add(paused).add(micros(next_fire)));
+    return r.affected() > 0;
+}
+
+bool postgres_storage::remove_recurring(const std::string& id)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.ensure_connected();
+    return c.exec("DELETE FROM recurring_jobs WHERE id = $1", params().add(id)).affected() > 0;
+}
+
+std::vector<recurring_job> postgres_storage::list_recurring()
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.ensure_connected();
+    auto s = c.exec("SELECT id, cron, zone, kind, args, queue, priority, max_attempts, timeout_ms, missed, "
+                    "next_fire, last_fire, unique_key, unique_states, concurrency_key, overlap, unique_across_kinds, "
+                    "paused FROM recurring_jobs ORDER BY id");
+    std::vector<recurring_job> out;
+    for (int i = 0; i < s.rows(); ++i) {
+        recurring_job r;
+        r.id = s.text(i, 0);
+        r.cron = s.text(i, 1);
+        r.zone = s.text(i, 2);
+        r.kind = s.text(i, 3);
+        r.args = s.text(i, 4);
+        r.queue = s.text(i, 5);
+        r.priority = static_cast<int>(s.integer(i, 6));
+        r.max_attempts = static_cast<int>(s.integer(i, 7));
+        r.timeout = stored_timeout(s.integer(i, 8));
+        r.missed = static_cast<missed_policy>(s.integer(i, 9));
+        r.next_fire = from_micros(s.integer(i, 10));
+        if (!s.is_null(i, 11))
+            r.last_fire = from_micros(s.integer(i, 11));
+        r.unique_key = s.text(i, 12);
+        if (!r.unique_key.empty())
+            r.unique_states = state_set::from_bits(static_cast<std::uint32_t>(s.integer(i, 13)));
+        r.concurrency_key = s.text(i, 14);
+        r.overlap = static_cast<overlap_policy>(s.integer(i, 15));
+        r.unique_across_kinds = s.integer(i, 16) != 0;
+        r.paused = s.integer(i, 17) != 0;
+        out.push_back(std::move(r));
+    }
+    return out;
+}
+
+bool postgres_storage::fire_recurring(const std::string& id, time_point expected, time_point next_fire,
+                                      std::span<const enqueue_request> occurrences, time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
+    c.ensure_connected();
+    return c.write([&] {
+        params p;
+        p.add(id).add(micros(expected)).add(micros(next_fire));
+        if (occurrences.empty())
+            p.add_null();
+        else
+            p.add(micros(occurrences.back().run_at.value_or(expected)));
+        // Of several nodes racing for one occurrence, the row lock makes the
+        // others wait, and they then find next_fire moved.
+        auto r = c.exec("UPDATE recurring_jobs SET next_fire = $3, last_fire = coalesce($4::bigint, last_fire) "
+                        "WHERE id = $1 AND next_fire = $2 AND NOT paused",
+                        p);
+        if (r.affected() == 0)
+            return false;
+        for (const auto& o : occurrences)
+            c.add(o, now);
+        return true;
+    });
+}
+
+} // namespace hosting::jobs
