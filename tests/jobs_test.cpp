@@ -422,13 +422,12 @@ TEST_CASE("jobs: a SQLite file of schema 3 migrates, and the unique keys of its 
 #ifdef HOSTING_EXAMPLE_JOBS
 namespace {
 
-void enqueue_records(const std::string& path, int count)
+void enqueue_records(const std::string& which, temp_db& db, int count)
 {
-    jobs::sqlite_storage store(path);
     std::vector<jobs::enqueue_request> batch;
     for (int i = 1; i <= count; ++i)
         batch.push_back(request("record", std::to_string(i), 3));
-    store.enqueue(batch, jobs::clock::now());
+    make_storage(which, db)->enqueue(batch, jobs::clock::now());
 }
 
 // "ran <id> <n>" lines -> how often each id ran.
@@ -443,23 +442,42 @@ std::map<std::int64_t, int> runs_in(const std::string& output)
     return out;
 }
 
-std::vector<std::string> worker_args(const temp_db& db)
+std::vector<std::string> worker_args(const std::string& which, const temp_db& db)
 {
-    return {"--Jobs:Mode=work", "--Jobs:Database=" + db.path.string(), "--Jobs:PrintRuns=true",
-            "--Jobs:LeaseMs=1500", "--Jobs:HeartbeatMs=300", "--Jobs:PollMs=100",
+    return {"--Jobs:Mode=work",
+            "--Jobs:Storage=" + (which == "postgresql" ? postgres_conninfo() : db.path.string()),
+            "--Jobs:Schema=" + db.schema,
+            "--Jobs:PrintRuns=true",
+            "--Jobs:LeaseMs=1500",
+            "--Jobs:HeartbeatMs=300",
+            "--Jobs:PollMs=100",
             "--Logging:LogLevel:Default=Warning"};
 }
 
+// The storages several processes share: a SQLite file, and PostgreSQL when
+// CTest started its server.
+std::vector<std::string> process_storages()
+{
+    auto out = conformance_storages();
+    out.erase(std::remove(out.begin(), out.end(), "memory"), out.end());
+    return out;
+}
+
+#define PROCESS_STORAGE(which, db)                                                                                   \
+    temp_db db;                                                                                                        \
+    const std::string which = GENERATE(Catch::Generators::from_range(process_storages()));                           \
+    INFO(which)
+
 } // namespace
 
-TEST_CASE("jobs: two server processes on one SQLite file never run a job twice", "[jobs][process]")
+TEST_CASE("jobs: two server processes on one store never run a job twice", "[jobs][process]")
 {
-    temp_db db;
-    enqueue_records(db.path.string(), 3000);
+    PROCESS_STORAGE(which, db);
+    enqueue_records(which, db, 3000);
     // Each job takes 3 ms, so that one process alone needs seconds, and b
     // starts once a is at work: both then share the queue for a while, however
     // slowly a sanitizer makes them start.
-    auto args = worker_args(db);
+    auto args = worker_args(which, db);
     args.push_back("--Jobs:RecordMs=3");
     test::child_process a(HOSTING_EXAMPLE_JOBS, args);
     REQUIRE(a.wait_for_output("ran ", 60s));
@@ -477,19 +495,20 @@ TEST_CASE("jobs: two server processes on one SQLite file never run a job twice",
     CHECK(runs_a.size() + runs_b.size() == 3000);
     CHECK(!runs_a.empty());
     CHECK(!runs_b.empty());
-    jobs::sqlite_storage store(db.path.string());
+    auto owned = make_storage(which, db);
+    auto& store = *owned;
     CHECK(store.counts()[job_state::succeeded] == 3000);
 }
 
 TEST_CASE("jobs: a worker that blocks its only thread past the lease keeps its jobs from the other process",
           "[jobs][process]")
 {
-    temp_db db;
-    enqueue_records(db.path.string(), 200);
+    PROCESS_STORAGE(which, db);
+    enqueue_records(which, db, 200);
     // a's first job blocks a's one thread for 3 leases (a synchronous call
     // that hangs); b works all the while. a's storage thread renews a's
     // leases, so b never takes a job a holds, and a never runs one b took.
-    auto args = worker_args(db); // leases of 1.5 s
+    auto args = worker_args(which, db); // leases of 1.5 s
     auto blocking = args;
     blocking.push_back("--Jobs:BlockOnceMs=4500");
     for (auto* v : {&args, &blocking})
@@ -498,7 +517,8 @@ TEST_CASE("jobs: a worker that blocks its only thread past the lease keeps its j
     // Once a holds jobs: its claim is in storage before its first run.
     REQUIRE(test::eventually(
         [&] {
-            jobs::sqlite_storage store(db.path.string());
+            auto owned = make_storage(which, db);
+            auto& store = *owned;
             return store.counts()[job_state::running] > 0;
         },
         30s));
@@ -514,7 +534,8 @@ TEST_CASE("jobs: a worker that blocks its only thread past the lease keeps its j
         twice += n > 1;
     CHECK(twice == 0);
     CHECK(runs_a.size() + runs_b.size() == 200);
-    jobs::sqlite_storage store(db.path.string());
+    auto owned = make_storage(which, db);
+    auto& store = *owned;
     CHECK(store.counts()[job_state::succeeded] == 200);
     jobs::job_filter everything;
     everything.limit = 200;
@@ -524,11 +545,11 @@ TEST_CASE("jobs: a worker that blocks its only thread past the lease keeps its j
 
 TEST_CASE("jobs: two server processes share slow jobs fairly", "[jobs][process]")
 {
-    temp_db db;
-    enqueue_records(db.path.string(), 200);
+    PROCESS_STORAGE(which, db);
+    enqueue_records(which, db, 200);
     // 200 jobs of 200 ms, 4 workers each, the default prefetch: before, the
     // first node to look claimed all 200 (4 workers * 64) and the other idled.
-    auto args = worker_args(db);
+    auto args = worker_args(which, db);
     args.push_back("--Jobs:RecordMs=200");
     test::child_process a(HOSTING_EXAMPLE_JOBS, args);
     test::child_process b(HOSTING_EXAMPLE_JOBS, args);
@@ -544,12 +565,12 @@ TEST_CASE("jobs: two server processes share slow jobs fairly", "[jobs][process]"
 
 TEST_CASE("jobs: a worker killed with SIGKILL mid-run loses nothing", "[jobs][process]")
 {
-    temp_db db;
+    PROCESS_STORAGE(which, db);
     constexpr int total = 10000;
     const int prefetch = GENERATE(1, 64);
     INFO("prefetch " << prefetch);
-    enqueue_records(db.path.string(), total);
-    auto args = worker_args(db);
+    enqueue_records(which, db, total);
+    auto args = worker_args(which, db);
     args.push_back("--Jobs:Prefetch=" + std::to_string(prefetch));
     std::map<std::int64_t, int> before;
     {
@@ -561,7 +582,8 @@ TEST_CASE("jobs: a worker killed with SIGKILL mid-run loses nothing", "[jobs][pr
         before = runs_in(victim.output());
     }
     {
-        jobs::sqlite_storage store(db.path.string());
+        auto owned = make_storage(which, db);
+        auto& store = *owned;
         const auto counts = store.counts();
         INFO("succeeded before the restart: " << counts[job_state::succeeded]);
         CHECK(counts[job_state::succeeded] < total); // it really died mid-run
@@ -569,7 +591,8 @@ TEST_CASE("jobs: a worker killed with SIGKILL mid-run loses nothing", "[jobs][pr
     test::child_process survivor(HOSTING_EXAMPLE_JOBS, args);
     CHECK(survivor.wait_exit(120s) == 0);
     auto after = runs_in(survivor.output());
-    jobs::sqlite_storage store(db.path.string());
+    auto owned = make_storage(which, db);
+    auto& store = *owned;
     const auto counts = store.counts();
     CHECK(counts[job_state::succeeded] == total);
     CHECK(counts[job_state::failed] == 0);
@@ -597,10 +620,10 @@ TEST_CASE("jobs: of three server processes, one killed with SIGKILL: nothing los
           "twice",
           "[jobs][process]")
 {
-    temp_db db;
+    PROCESS_STORAGE(which, db);
     constexpr int total = 3000;
-    enqueue_records(db.path.string(), total);
-    auto args = worker_args(db); // leases of 1.5 s
+    enqueue_records(which, db, total);
+    auto args = worker_args(which, db); // leases of 1.5 s
     args.push_back("--Jobs:RecordMs=10"); // 3000 jobs: seconds of work for 12 workers
     test::child_process a(HOSTING_EXAMPLE_JOBS, args);
     test::child_process b(HOSTING_EXAMPLE_JOBS, args);
@@ -608,7 +631,7 @@ TEST_CASE("jobs: of three server processes, one killed with SIGKILL: nothing los
     // b dies at work, holding jobs, a third of the way through.
     REQUIRE(b.wait_for_output("ran ", 60s));
     REQUIRE(test::eventually(
-        [&] { return jobs::sqlite_storage(db.path.string()).counts()[job_state::succeeded] >= total / 3; }, 60s));
+        [&] { return make_storage(which, db)->counts()[job_state::succeeded] >= total / 3; }, 60s));
     b.send_signal(SIGKILL);
     CHECK(b.wait_exit() == 128 + SIGKILL);
     CHECK(a.wait_exit(90s) == 0);
@@ -639,7 +662,8 @@ TEST_CASE("jobs: of three server processes, one killed with SIGKILL: nothing los
         for (const auto& [id, n] : *runs)
             all.insert(id);
     CHECK(all.size() == static_cast<std::size_t>(total));
-    jobs::sqlite_storage store(db.path.string());
+    auto owned = make_storage(which, db);
+    auto& store = *owned;
     CHECK(store.counts()[job_state::succeeded] == total);
     // Duplicates are bounded by b's claims: at most its 4 workers' runs, and
     // those it had finished but not yet committed.
@@ -649,10 +673,10 @@ TEST_CASE("jobs: of three server processes, one killed with SIGKILL: nothing los
 TEST_CASE("jobs: a worker killed with SIGKILL and started again under its fixed node id finishes every job",
           "[jobs][process]")
 {
-    temp_db db;
+    PROCESS_STORAGE(which, db);
     constexpr int total = 3000;
-    enqueue_records(db.path.string(), total);
-    auto args = worker_args(db);
+    enqueue_records(which, db, total);
+    auto args = worker_args(which, db);
     args.push_back("--Jobs:NodeId=worker-0"); // a StatefulSet pod's name, say
     args.push_back("--Jobs:RecordMs=2");      // so that it dies with jobs in hand
     {
@@ -662,14 +686,16 @@ TEST_CASE("jobs: a worker killed with SIGKILL and started again under its fixed 
         CHECK(victim.wait_exit() == 128 + SIGKILL);
     }
     {
-        jobs::sqlite_storage store(db.path.string());
+        auto owned = make_storage(which, db);
+        auto& store = *owned;
         REQUIRE(store.counts()[job_state::running] > 0); // it died holding jobs
     }
     // The same id again: what the dead process held must not stay running,
     // renewed by this one's heartbeats, or the worker never finds its work done.
     test::child_process survivor(HOSTING_EXAMPLE_JOBS, args);
     CHECK(survivor.wait_exit(60s) == 0);
-    jobs::sqlite_storage store(db.path.string());
+    auto owned = make_storage(which, db);
+    auto& store = *owned;
     const auto counts = store.counts();
     CHECK(counts[job_state::succeeded] == total);
     CHECK(counts[job_state::running] == 0);

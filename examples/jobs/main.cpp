@@ -1,10 +1,11 @@
-// Persistent background jobs on a SQLite file: fire and forget, scheduled,
-// chained and recurring jobs that survive a crash.
+// Persistent background jobs on a SQLite file (or PostgreSQL): fire and
+// forget, scheduled, chained and recurring jobs that survive a crash.
 //
 //   jobs                                   # the demo: enqueue, schedule, chain, recur; stops when done
 //   jobs --Jobs:Mode=enqueue --Jobs:Count=10000   # only enqueue N jobs of kind "record"
 //   jobs --Jobs:Mode=work                  # only run jobs, until none is left
-//   jobs --Jobs:Database=/var/lib/app/jobs.db ...
+//   jobs --Jobs:Storage=/var/lib/app/jobs.db ...          # a SQLite file (default: jobs.db)
+//   jobs --Jobs:Storage=postgresql://user@db1/app ...     # PostgreSQL, for many nodes
 //
 // Kill it with kill -9 at any moment and start it again: every job that was
 // enqueued runs to the end (jobs that were running when it died run again
@@ -17,8 +18,8 @@
 #include <hosting/metrics/metrics.hpp>
 #include <hosting/logging/logging.hpp>
 #include <spdlog/spdlog.h>
+#include <hosting/jobs/open_storage.hpp>
 #include <hosting/jobs/server.hpp>
-#include <hosting/jobs/sqlite_storage.hpp>
 
 #include <boost/asio/this_coro.hpp>
 #include <boost/describe/class.hpp>
@@ -98,11 +99,6 @@ int main(int argc, char** argv)
     auto builder = hosting::host::create_builder(argc, argv);
     auto& config = builder.configuration();
     const auto mode = config.get<std::string>("Jobs:Mode", "demo");
-    const auto path = config.get<std::string>("Jobs:Database", "jobs.db");
-
-    jobs::sqlite_options sqlite;
-    if (config.get<std::string>("Jobs:Sync", "full") == "normal")
-        sqlite.sync = jobs::sqlite_options::durability::normal;
     jobs::server_options server;
     server.workers = config.get<std::size_t>("Jobs:Workers", 4);
     server.lease_duration = std::chrono::milliseconds(config.get<int>("Jobs:LeaseMs", 10000));
@@ -120,7 +116,8 @@ int main(int argc, char** argv)
     // hold all the same.
     auto block_once = std::make_shared<std::chrono::milliseconds>(config.get<int>("Jobs:BlockOnceMs", 0));
 
-    auto storage = std::make_shared<jobs::sqlite_storage>(path, sqlite);
+    // Jobs:Storage, Jobs:Schema and Jobs:Sync say which storage and how.
+    auto storage = jobs::open_storage(config);
     auto registration = jobs::add_jobs(builder, storage, server);
     registration
         .register_kind<email>("send_email",
@@ -169,7 +166,7 @@ int main(int argc, char** argv)
         // (Concurrent callers would share commits.)
         for (int i = 0; i < count; ++i)
             client.enqueue_blocking("record", i);
-        std::printf("enqueued %d jobs into %s\n", count, path.c_str());
+        std::printf("enqueued %d jobs\n", count);
         return 0;
     }
     if (demo) {

@@ -402,6 +402,9 @@ struct postgres_storage::connection {
             throw storage_error("jobs: postgresql: out of memory for a connection");
         if (PQstatus(conn.get()) != CONNECTION_OK)
             throw storage_error("jobs: cannot connect to postgresql: " + trimmed(PQerrorMessage(conn.get())));
+        // The server's notices ("already exists, skipping" from a migration
+        // that finds its work done) are not the program's to print.
+        PQsetNoticeProcessor(conn.get(), [](void*, const char*) {}, nullptr);
         set_up_session();
         migrate();
     }
