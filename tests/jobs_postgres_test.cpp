@@ -267,3 +267,38 @@ TEST_CASE("jobs: a host's jobs go on running after their PostgreSQL server resta
     CHECK(r.count("before") == 1);
     CHECK(r.count("after") == 1);
 }
+
+TEST_CASE("jobs: a job another node enqueues on PostgreSQL starts at once, not at the next poll",
+          "[jobs][postgresql]")
+{
+    REQUIRE_POSTGRES();
+    temp_db db;
+    test::recorder r;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    auto options = quick_server();
+    options.poll_interval = 60s; // a poll would come too late for the waits below
+    jobs::add_jobs(builder, make_storage("postgresql", db), options)
+        .register_kind<std::string>("note", [&](std::string what, jobs::job_context&) -> asio::awaitable<void> {
+            r.add(what);
+            co_return;
+        });
+    auto host = builder.build();
+    host.start_blocking();
+    // The other node: a connection of its own, enqueueing in its own
+    // transactions; each commit notifies the listening node.
+    auto elsewhere = make_storage("postgresql", db);
+    for (int i = 0; i < 3; ++i) {
+        const auto what = "from elsewhere " + std::to_string(i);
+        elsewhere->enqueue(std::vector{request("note", "\"" + what + "\"")}, jobs::clock::now());
+        CHECK(r.wait_for(what, 20s));
+    }
+    // A batch, and a job made available again by a requeue, wake it too.
+    std::vector<jobs::enqueue_request> batch{request("note", "\"batch 1\""), request("note", "\"batch 2\"")};
+    const auto ids = elsewhere->enqueue(batch, jobs::clock::now());
+    CHECK(r.wait_for("batch 2", 20s));
+    REQUIRE(test::eventually([&] { return elsewhere->find(ids[0].id)->state == job_state::succeeded; }, 20s));
+    elsewhere->change_state(ids[0].id, job_state::available, "again", jobs::clock::now());
+    CHECK(test::eventually([&] { return r.count("batch 1") == 2; }, 20s));
+    host.stop_blocking();
+    CHECK(host.exit_code() == 0);
+}

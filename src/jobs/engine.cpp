@@ -246,6 +246,8 @@ void engine::submit(std::function<void(storage&)> op)
 
 void engine::set_waker(std::function<void()> fn)
 {
+    // Work other nodes enqueue wakes the server as this process's own does.
+    store_->listen_for_work(fn);
     std::lock_guard lock(mutex_);
     waker_ = std::move(fn);
 }

@@ -4,10 +4,16 @@
 
 #include <libpq-fe.h>
 
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <climits>
 #include <optional>
+#include <thread>
 #include <tuple>
 #include <unordered_map>
 #include <unordered_set>
@@ -126,13 +132,18 @@ private:
     std::vector<std::optional<std::string>> values_;
 };
 
-// An array literal for a text[] parameter.
-std::string text_array(const std::vector<std::string>& items)
+// An array literal for a text[] parameter; with empty_as_null, an empty
+// string is NULL (the columns that mean "none" that way).
+std::string text_array(const std::vector<std::string>& items, bool empty_as_null = false)
 {
     std::string out = "{";
     for (const auto& item : items) {
         if (out.size() > 1)
             out += ',';
+        if (empty_as_null && item.empty()) {
+            out += "NULL";
+            continue;
+        }
         out += '"';
         for (char ch : item) {
             if (ch == '"' || ch == '\\')
@@ -157,6 +168,10 @@ std::string integer_array(const Range& items)
     out += '}';
     return out;
 }
+
+// The channel nodes of one schema hear each other on (a channel name is
+// at most 63 bytes).
+std::string channel_of(const std::string& schema) { return ("hosting_jobs." + schema).substr(0, 63); }
 
 std::string job_columns(bool with_history)
 {
@@ -295,6 +310,17 @@ std::vector<prepared_sql> statements()
          "updated_at, unique_scoped) VALUES ($1, $2, $3, $4, $5::int, $6, $7, $8::bigint, $9, $10, $11, $12, "
          "jsonb_build_array(jsonb_build_array($5::int, $5::int, $8::bigint, $13::text, '')), $14, $15, $16, $17, "
          "$8::bigint, $18) ON CONFLICT (unique_slot) DO NOTHING RETURNING id"},
+        // Many plain jobs (no unique key, no parent) in one statement, in
+        // the order given: ids are drawn as the rows are inserted.
+        {"insert_many",
+         "INSERT INTO jobs (kind, queue, args, priority, state, max_attempts, timeout_ms, created_at, run_at, "
+         "concurrency_key, recurring_id, updated_at, history) "
+         "SELECT kind, queue, args, priority, state, max_attempts, timeout_ms, $1::bigint, run_at, concurrency_key, "
+         "recurring_id, $1::bigint, jsonb_build_array(jsonb_build_array(state, state, $1::bigint, reason, '')) "
+         "FROM unnest($2::text[], $3::text[], $4::text[], $5::int[], $6::int[], $7::int[], $8::bigint[], "
+         "$9::bigint[], $10::text[], $11::text[], $12::text[]) WITH ORDINALITY AS r(kind, queue, args, priority, "
+         "state, max_attempts, timeout_ms, run_at, concurrency_key, recurring_id, reason, ord) "
+         "ORDER BY ord RETURNING id"},
         {"find_unique", "SELECT id FROM jobs WHERE unique_slot = $1"},
         // $2 new state, $3 attempt delta, $4 run_at or NULL, $5 error or NULL, $6 now, $7 reason.
         {"complete",
@@ -378,6 +404,7 @@ std::vector<prepared_sql> statements()
         {"next_due", "SELECT min(run_at) FROM jobs WHERE state IN (0, 4)"},
         {"counts", "SELECT state, sum(n) FROM job_counts GROUP BY state"},
         {"paused", "SELECT 1 FROM paused_queues WHERE queue = $1"},
+        {"notify", "SELECT pg_notify($1, '')"},
     };
 }
 
@@ -392,6 +419,8 @@ struct postgres_storage::connection {
     postgres_options options;
     std::vector<prepared_sql> sql = statements();
     bool prepared = false;
+    // This transaction made jobs available: other nodes hear of it at commit.
+    bool wake_others = false;
 
     connection(std::string info, postgres_options opts) : conninfo(std::move(info)), options(std::move(opts))
     {
@@ -498,14 +527,15 @@ struct postgres_storage::connection {
     {
         for (int attempt = 1;; ++attempt) {
             exec("BEGIN");
+            wake_others = false;
             try {
                 if constexpr (std::is_void_v<decltype(body())>) {
                     body();
-                    exec("COMMIT");
+                    commit();
                     return;
                 } else {
                     auto out = body();
-                    exec("COMMIT");
+                    commit();
                     return out;
                 }
             } catch (const server_error& e) {
@@ -518,6 +548,14 @@ struct postgres_storage::connection {
                 throw;
             }
         }
+    }
+
+    // A notification is sent with the transaction, and only if it commits.
+    void commit()
+    {
+        if (wake_others && options.notifications)
+            run("notify", params().add(channel_of(options.schema)));
+        exec("COMMIT");
     }
 
     void rollback_quietly()
@@ -613,6 +651,7 @@ struct postgres_storage::connection {
         auto inserted = run("insert", p);
         if (inserted.rows() == 1) {
             const auto id = inserted.integer(0, 0);
+            wake_others |= initial == job_state::available;
             if (parent && is_final(*parent))
                 resolve_children(r.parent_id, *parent, now);
             return {id, true, {}};
@@ -623,6 +662,51 @@ struct postgres_storage::connection {
             // whole write runs again.
             throw server_error("jobs: " + where() + ": unique key '" + r.unique_key + "' changed hands", "23505");
         return {holder.integer(0, 0), false, {}};
+    }
+
+    // Plain jobs (no unique key, no parent) in one statement, inside the
+    // caller's transaction; `out` gets their results in order.
+    void add_many(std::span<const enqueue_request> requests, time_point now, std::span<enqueue_result> out)
+    {
+        std::vector<std::string> kind, queue, args, concurrency_key, recurring_id, reason;
+        std::vector<std::int64_t> priority, state, max_attempts, timeout_ms, run_at;
+        for (const auto& r : requests) {
+            kind.push_back(r.kind);
+            queue.push_back(r.queue);
+            args.push_back(r.args);
+            priority.push_back(r.priority);
+            state.push_back(code(r.run_at && *r.run_at > now ? job_state::scheduled : job_state::available));
+            max_attempts.push_back(r.max_attempts);
+            timeout_ms.push_back(static_cast<std::int64_t>(r.timeout.count()));
+            run_at.push_back(micros(r.run_at.value_or(now)));
+            concurrency_key.push_back(r.concurrency_key);
+            recurring_id.push_back(r.recurring_id);
+            reason.push_back(r.reason);
+        }
+        auto ids = run("insert_many", params()
+                                          .add(micros(now))
+                                          .add(text_array(kind))
+                                          .add(text_array(queue))
+                                          .add(text_array(args))
+                                          .add(integer_array(priority))
+                                          .add(integer_array(state))
+                                          .add(integer_array(max_attempts))
+                                          .add(integer_array(timeout_ms))
+                                          .add(integer_array(run_at))
+                                          .add(text_array(concurrency_key, true))
+                                          .add(text_array(recurring_id, true))
+                                          .add(text_array(reason)));
+        if (ids.rows() != static_cast<int>(requests.size()))
+            throw storage_error("jobs: " + where() + ": a batch of " + std::to_string(requests.size()) +
+                                " jobs stored " + std::to_string(ids.rows()));
+        // Drawn in the statement's order: sorted, they are the batch's.
+        std::vector<job_id> sorted;
+        for (int i = 0; i < ids.rows(); ++i)
+            sorted.push_back(ids.integer(i, 0));
+        std::sort(sorted.begin(), sorted.end());
+        for (std::size_t k = 0; k < requests.size(); ++k)
+            out[k] = {sorted[k], true, {}};
+        wake_others |= std::find(state.begin(), state.end(), code(job_state::available)) != state.end();
     }
 
     void apply_transition(job_id id, job_state to, time_point now, const std::string& reason)
@@ -641,6 +725,7 @@ struct postgres_storage::connection {
             switch (fate_of(condition, ended)) {
             case continuation_fate::wait: break;
             case continuation_fate::run:
+                wake_others = true;
                 run("requeue", params().add(id).add(micros(now)).add("parent " + std::to_string(parent) + " " +
                                                                     std::string(to_string(ended))));
                 break;
@@ -703,6 +788,7 @@ struct postgres_storage::connection {
             run("complete", p);
             if (!attempts_left)
                 resolve_children(id, job_state::failed, now);
+            wake_others |= attempts_left;
             out.push_back(id);
         }
         return out;
@@ -710,11 +796,129 @@ struct postgres_storage::connection {
 };
 
 postgres_storage::postgres_storage(std::string conninfo, postgres_options options)
-    : options_(options), db_(std::make_unique<connection>(std::move(conninfo), std::move(options)))
+    : conninfo_(conninfo), options_(options), db_(std::make_unique<connection>(std::move(conninfo), std::move(options)))
 {
 }
 
-postgres_storage::~postgres_storage() = default;
+postgres_storage::~postgres_storage() { listen_for_work({}); }
+
+// A connection that LISTENs on the schema's channel, on a thread of its
+// own. It never blocks where a stop cannot reach it: the connection is made
+// without blocking, and every wait is a poll() that also watches an eventfd
+// the stop writes to.
+struct postgres_storage::listener {
+    std::string conninfo;
+    std::string channel;
+    std::function<void()> wake;
+    int stop_fd = -1;
+    std::thread thread;
+
+    listener(std::string info, std::string chan, std::function<void()> fn)
+        : conninfo(std::move(info)), channel(std::move(chan)), wake(std::move(fn))
+    {
+        stop_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (stop_fd < 0)
+            throw storage_error("jobs: postgresql: cannot make an eventfd for the listener");
+        thread = std::thread([this] { run(); });
+    }
+    ~listener()
+    {
+        const std::uint64_t one = 1;
+        [[maybe_unused]] auto n = ::write(stop_fd, &one, sizeof one);
+        thread.join();
+        ::close(stop_fd);
+    }
+
+    // Waits until `fd` is ready for `events`, the stop is asked, or the
+    // time passes: true only for the first.
+    bool wait(int fd, short events, int timeout_ms) const
+    {
+        pollfd fds[2] = {{stop_fd, POLLIN, 0}, {fd, events, 0}};
+        const int n = ::poll(fds, fd < 0 ? 1 : 2, timeout_ms);
+        if (n < 0 || (fds[0].revents & POLLIN) != 0)
+            return false;
+        return fd >= 0 && fds[1].revents != 0;
+    }
+    bool stopping() const
+    {
+        pollfd fd{stop_fd, POLLIN, 0};
+        return ::poll(&fd, 1, 0) > 0;
+    }
+
+    PGconn* connect() const
+    {
+        PGconn* conn = PQconnectStart(conninfo.c_str());
+        if (!conn)
+            return nullptr;
+        auto status = PGRES_POLLING_WRITING;
+        while (status != PGRES_POLLING_OK && status != PGRES_POLLING_FAILED) {
+            if (!wait(PQsocket(conn), status == PGRES_POLLING_READING ? POLLIN : POLLOUT, 10000)) {
+                PQfinish(conn);
+                return nullptr;
+            }
+            status = PQconnectPoll(conn);
+        }
+        if (status == PGRES_POLLING_FAILED) {
+            PQfinish(conn);
+            return nullptr;
+        }
+        PQsetNoticeProcessor(conn, [](void*, const char*) {}, nullptr);
+        char* quoted = PQescapeIdentifier(conn, channel.data(), channel.size());
+        bool listening = false;
+        if (quoted) {
+            PGresult* r = PQexec(conn, (std::string("LISTEN ") + quoted).c_str());
+            listening = PQresultStatus(r) == PGRES_COMMAND_OK;
+            PQclear(r);
+            PQfreemem(quoted);
+        }
+        if (!listening) {
+            PQfinish(conn);
+            return nullptr;
+        }
+        return conn;
+    }
+
+    void run()
+    {
+        PGconn* conn = nullptr;
+        while (!stopping()) {
+            if (!conn) {
+                conn = connect();
+                if (!conn) {
+                    wait(-1, 0, 1000); // the server is away: try again in a second
+                    continue;
+                }
+                // Notifications sent while no connection listened are lost:
+                // one look makes up for them.
+                wake();
+            }
+            if (!wait(PQsocket(conn), POLLIN, 60000))
+                continue;
+            if (PQconsumeInput(conn) == 0) {
+                PQfinish(conn); // the server went away: connect again
+                conn = nullptr;
+                continue;
+            }
+            bool heard = false;
+            while (PGnotify* n = PQnotifies(conn)) {
+                heard = true;
+                PQfreemem(n);
+            }
+            if (heard)
+                wake();
+        }
+        if (conn)
+            PQfinish(conn);
+    }
+};
+
+void postgres_storage::listen_for_work(std::function<void()> wake)
+{
+    std::lock_guard lock(listener_mutex_);
+    listener_.reset();
+    if (wake && options_.notifications)
+        listener_ = std::make_unique<listener>(conninfo_, channel_of(options_.schema), std::move(wake));
+}
 
 std::vector<enqueue_result> postgres_storage::enqueue(std::span<const enqueue_request> requests, time_point now)
 {
@@ -722,10 +926,23 @@ std::vector<enqueue_result> postgres_storage::enqueue(std::span<const enqueue_re
     auto& c = *db_;
     c.ensure_connected();
     return c.write([&] {
-        std::vector<enqueue_result> out;
-        out.reserve(requests.size());
-        for (const auto& r : requests)
-            out.push_back(c.add(r, now));
+        std::vector<enqueue_result> out(requests.size());
+        // Each run of plain jobs goes in one statement; a job with a unique
+        // key or a parent goes alone, as it must see the rows before it.
+        // Ids follow the order of the batch either way.
+        std::size_t run_start = 0;
+        for (std::size_t i = 0; i <= requests.size(); ++i) {
+            if (i < requests.size() && requests[i].unique_key.empty() && requests[i].parent_id == 0)
+                continue;
+            if (i - run_start == 1)
+                out[run_start] = c.add(requests[run_start], now);
+            else if (i > run_start)
+                c.add_many(requests.subspan(run_start, i - run_start), now,
+                           std::span(out).subspan(run_start, i - run_start));
+            if (i < requests.size())
+                out[i] = c.add(requests[i], now);
+            run_start = i + 1;
+        }
         return out;
     });
 }
@@ -935,6 +1152,7 @@ job_state postgres_storage::change_state(job_id id, job_state to, const std::str
                                          "job " + std::to_string(holder.integer(0, 0)) + " holds its unique key '" +
                                              holder.text(0, 1) + "'");
             c.run("requeue", params().add(id).add(micros(now)).add(reason));
+            c.wake_others = true;
         } else {
             c.apply_transition(id, to, now, reason);
         }

@@ -20,6 +20,12 @@ struct postgres_options {
     // included) before the server cancels it and the call fails with
     // storage_error; zero: no limit.
     std::chrono::milliseconds statement_timeout{std::chrono::seconds(30)};
+    // A node hears of jobs other nodes enqueue through LISTEN/NOTIFY (sent
+    // in the enqueue's own transaction, so only once it commits) and claims
+    // them at once; the server's polling stays as the fallback. Off: polling
+    // only, for a pooler in transaction mode (PgBouncer), which does not
+    // carry notifications.
+    bool notifications = true;
 };
 
 // One libpq connection (a connection string "host=... dbname=..." or a
@@ -65,6 +71,10 @@ public:
     std::vector<recurring_job> list_recurring() override;
     bool fire_recurring(const std::string& id, time_point expected, time_point next_fire,
                         std::span<const enqueue_request> occurrences, time_point now) override;
+    // A connection of its own LISTENs, on a thread of its own, connecting
+    // again (and calling `wake` once, for what it may have missed) when the
+    // server restarts.
+    void listen_for_work(std::function<void()> wake) override;
 
     const postgres_options& options() const noexcept { return options_; }
     // The schema version this library writes.
@@ -72,9 +82,13 @@ public:
 
 private:
     struct connection;
+    struct listener;
+    std::string conninfo_;
     postgres_options options_;
     std::mutex mutex_;
     std::unique_ptr<connection> db_;
+    std::mutex listener_mutex_;
+    std::unique_ptr<listener> listener_;
 };
 
 } // namespace hosting::jobs

@@ -10,6 +10,7 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <limits>
@@ -312,6 +313,14 @@ public:
     // for one occurrence, exactly one wins. False when another did.
     virtual bool fire_recurring(const std::string& id, time_point expected, time_point next_fire,
                                 std::span<const enqueue_request> occurrences, time_point now) = 0;
+
+    // Work other processes write: a storage that hears of it (PostgreSQL's
+    // LISTEN/NOTIFY) calls `wake`, from a thread of its own, soon after
+    // another connection commits jobs that can run now, so that the server
+    // claims them at once rather than at its next poll. An empty function
+    // stops it, and returns once no call of the previous one runs. The
+    // default hears nothing: the server finds such work by polling.
+    virtual void listen_for_work(std::function<void()> wake) { (void)wake; }
 };
 
 class storage_error : public std::runtime_error {
