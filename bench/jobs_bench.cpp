@@ -1,9 +1,13 @@
 // Enqueue and drain throughput, and enqueue-to-start latency, of the job
-// engine on memory_storage and sqlite_storage (FULL and NORMAL), beside bare
-// SQLite doing the same claims and completions with no engine around it.
+// engine on memory_storage, sqlite_storage (FULL and NORMAL) and
+// postgres_storage, beside bare SQLite doing the same claims and completions
+// with no engine around it, and a bare PostgreSQL queue woken by NOTIFY.
 //
 //   jobs_bench [jobs=50000] [latency_samples=2000] [setup label: only that one, without the bare loops]
 //
+// PostgreSQL: the server HOSTING_BENCH_POSTGRES names (a libpq connection
+// string), or else one the bench starts in the current directory with
+// tests/tools/postgres-server, durable (fsync on, commits synchronous).
 // One figure per line, naming the storage and its setting.
 #include <hosting/hosting.hpp>
 #include <hosting/async/offload.hpp>
@@ -15,6 +19,10 @@
 #include <spdlog/spdlog.h>
 #include <hosting/jobs/server.hpp>
 #include <hosting/jobs/sqlite_storage.hpp>
+#ifdef HOSTING_BENCH_POSTGRES_SERVER
+#include <hosting/jobs/postgres_storage.hpp>
+#include <libpq-fe.h>
+#endif
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -35,6 +43,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <poll.h>
 #include <unistd.h>
 #include <vector>
 
@@ -77,6 +86,8 @@ struct setup {
     const char* label;
     std::function<std::shared_ptr<jobs::storage>()> make;
     std::size_t prefetch = 64;
+    // Another node's connection to the same store, for the latency across nodes.
+    std::function<std::shared_ptr<jobs::storage>()> elsewhere{};
 };
 
 // Counts handler starts, and wakes whoever waits for a number of them.
@@ -200,6 +211,33 @@ void run_engine(const setup& s, std::size_t count, std::size_t latency_samples)
     std::sort(micros.begin(), micros.end());
     std::printf("%-24s enqueue-to-start p50:     %12.0f us\n", s.label, micros[micros.size() / 2]);
     std::printf("%-24s enqueue-to-start p99:     %12.0f us\n", s.label, micros[micros.size() * 99 / 100]);
+
+    // Across nodes: another connection (another node, as far as the
+    // storage knows) enqueues; this node's server hears of it and runs it.
+    if (s.elsewhere) {
+        auto other = s.elsewhere();
+        micros.clear();
+        for (std::size_t i = 0; i < latency_samples; ++i) {
+            std::size_t before;
+            {
+                std::lock_guard lock(p.mutex);
+                before = p.done;
+            }
+            jobs::enqueue_request r;
+            r.kind = "noop";
+            r.queue = "default";
+            r.args = "0";
+            const auto sent = clock_type::now();
+            other->enqueue(std::span(&r, 1), jobs::clock::now());
+            p.wait_for(before + 1);
+            const auto started = clock_type::time_point(clock_type::duration(p.last_start_ns.load()));
+            micros.push_back(std::chrono::duration<double, std::micro>(started - sent).count());
+        }
+        std::sort(micros.begin(), micros.end());
+        std::printf("%-24s other node's enqueue-to-start p50: %6.0f us\n", s.label, micros[micros.size() / 2]);
+        std::printf("%-24s other node's enqueue-to-start p99: %6.0f us\n", s.label,
+                    micros[micros.size() * 99 / 100]);
+    }
     host.stop_blocking();
 }
 
@@ -274,6 +312,97 @@ void run_bare(const char* label, const char* synchronous, std::size_t count)
     remove_file(path);
 }
 
+#ifdef HOSTING_BENCH_POSTGRES_SERVER
+// The server the bench runs against: HOSTING_BENCH_POSTGRES, or one of its
+// own, durable, in the current directory (its disk, as SQLite's files).
+class postgres_server {
+public:
+    postgres_server()
+    {
+        if (const char* given = std::getenv("HOSTING_BENCH_POSTGRES")) {
+            conninfo_ = given;
+            return;
+        }
+        dir_ = (std::filesystem::current_path() / ("hosting-bench-pg-" + std::to_string(::getpid()))).string();
+        if (std::system((std::string(HOSTING_BENCH_POSTGRES_SERVER) + " start '" + dir_ + "' durable > /dev/null").c_str()) !=
+            0) {
+            dir_.clear();
+            return;
+        }
+        std::FILE* f = std::fopen((dir_ + "/conninfo").c_str(), "r");
+        char line[512] = {};
+        if (f && std::fgets(line, sizeof line, f))
+            conninfo_ = line;
+        if (f)
+            std::fclose(f);
+        while (!conninfo_.empty() && (conninfo_.back() == '\n' || conninfo_.back() == ' '))
+            conninfo_.pop_back();
+    }
+    ~postgres_server()
+    {
+        if (!dir_.empty())
+            [[maybe_unused]] auto rc =
+                std::system((std::string(HOSTING_BENCH_POSTGRES_SERVER) + " stop '" + dir_ + "'").c_str());
+    }
+    const std::string& conninfo() const { return conninfo_; }
+
+private:
+    std::string dir_;
+    std::string conninfo_;
+};
+
+void exec_or_die(PGconn* c, const char* sql)
+{
+    PGresult* r = PQexec(c, sql);
+    const auto status = PQresultStatus(r);
+    if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
+        std::fprintf(stderr, "jobs_bench: %s: %s", sql, PQerrorMessage(c));
+        std::exit(1);
+    }
+    PQclear(r);
+}
+
+// The baseline for the latency across nodes: a bare queue table, a row
+// inserted and a NOTIFY sent in one transaction, the listener woken by it
+// and taking the row with SKIP LOCKED. No engine, no handler.
+void run_bare_notify(const std::string& conninfo, std::size_t samples)
+{
+    PGconn* producer = PQconnectdb(conninfo.c_str());
+    PGconn* consumer = PQconnectdb(conninfo.c_str());
+    if (PQstatus(producer) != CONNECTION_OK || PQstatus(consumer) != CONNECTION_OK) {
+        std::fprintf(stderr, "jobs_bench: cannot connect to postgresql: %s", PQerrorMessage(producer));
+        std::exit(1);
+    }
+    PQsetNoticeProcessor(producer, [](void*, const char*) {}, nullptr);
+    exec_or_die(producer, "DROP TABLE IF EXISTS bench_queue; CREATE TABLE bench_queue (id bigserial PRIMARY KEY, v int)");
+    exec_or_die(consumer, "LISTEN bench_queue");
+    std::vector<double> micros;
+    for (std::size_t i = 0; i < samples; ++i) {
+        const auto sent = clock_type::now();
+        exec_or_die(producer, "BEGIN; INSERT INTO bench_queue (v) VALUES (1); NOTIFY bench_queue; COMMIT");
+        for (bool heard = false; !heard;) {
+            pollfd fd{PQsocket(consumer), POLLIN, 0};
+            ::poll(&fd, 1, 1000);
+            PQconsumeInput(consumer);
+            while (PGnotify* n = PQnotifies(consumer)) {
+                heard = true;
+                PQfreemem(n);
+            }
+        }
+        exec_or_die(consumer, "DELETE FROM bench_queue WHERE id = (SELECT id FROM bench_queue ORDER BY id LIMIT 1 "
+                              "FOR UPDATE SKIP LOCKED) RETURNING id");
+        micros.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - sent).count());
+    }
+    std::sort(micros.begin(), micros.end());
+    std::printf("%-24s enqueue-to-claim p50:     %12.0f us\n", "bare postgresql NOTIFY", micros[micros.size() / 2]);
+    std::printf("%-24s enqueue-to-claim p99:     %12.0f us\n", "bare postgresql NOTIFY",
+                micros[micros.size() * 99 / 100]);
+    exec_or_die(producer, "DROP TABLE bench_queue");
+    PQfinish(producer);
+    PQfinish(consumer);
+}
+#endif
+
 } // namespace
 
 int main(int argc, char** argv)
@@ -290,7 +419,7 @@ int main(int argc, char** argv)
     const auto full_path = temp_file("full");
     const auto normal_path = temp_file("normal");
     const auto single_path = temp_file("prefetch1");
-    const std::vector<setup> setups = {
+    std::vector<setup> setups = {
         {"memory", [] { return std::make_shared<jobs::memory_storage>(); }},
         {"sqlite FULL", [&] { return std::make_shared<jobs::sqlite_storage>(full_path); }},
         {"sqlite NORMAL",
@@ -302,6 +431,20 @@ int main(int argc, char** argv)
         // Claims only for free workers: what a crash-proof attempt count costs.
         {"sqlite FULL, prefetch 1", [&] { return std::make_shared<jobs::sqlite_storage>(single_path); }, 1},
     };
+#ifdef HOSTING_BENCH_POSTGRES_SERVER
+    postgres_server server;
+    const std::string schema = "bench_" + std::to_string(::getpid());
+    if (server.conninfo().empty()) {
+        std::printf("postgresql: no server (set HOSTING_BENCH_POSTGRES, or install Debian's postgresql)\n");
+    } else {
+        if (argc <= 3)
+            run_bare_notify(server.conninfo(), samples);
+        auto make = [&] {
+            return std::make_shared<jobs::postgres_storage>(server.conninfo(), jobs::postgres_options{.schema = schema});
+        };
+        setups.push_back({"postgresql", make, 64, make});
+    }
+#endif
     const std::string only = argc > 3 ? argv[3] : ""; // the setups whose label is this, when given
     for (const auto& s : setups)
         if (only.empty() || only == s.label)

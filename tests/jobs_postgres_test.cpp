@@ -302,3 +302,129 @@ TEST_CASE("jobs: a job another node enqueues on PostgreSQL starts at once, not a
     host.stop_blocking();
     CHECK(host.exit_code() == 0);
 }
+
+TEST_CASE("jobs: jobs enqueued in the caller's own PostgreSQL transaction commit or roll back with it",
+          "[jobs][postgresql]")
+{
+    REQUIRE_POSTGRES();
+    temp_db db;
+    auto store = std::make_shared<jobs::postgres_storage>(postgres_conninfo(), jobs::postgres_options{.schema = db.schema});
+    test::recorder r;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    auto options = quick_server();
+    options.poll_interval = 60s; // the commit's notification wakes the server, not a poll
+    jobs::add_jobs(builder, store, options)
+        .register_kind<int>("receipt", [&](int order, jobs::job_context&) -> asio::awaitable<void> {
+            r.add("receipt " + std::to_string(order));
+            co_return;
+        });
+    auto host = builder.build();
+    host.start_blocking();
+    auto& client = host.services().get<jobs::client>();
+
+    // The application's connection, with a table of its own and its own
+    // search_path.
+    std::unique_ptr<PGconn, decltype(&PQfinish)> app(PQconnectdb(postgres_conninfo().c_str()), &PQfinish);
+    REQUIRE(PQstatus(app.get()) == CONNECTION_OK);
+    const std::string orders = "\"orders_" + db.schema + "\"";
+    auto exec = [&](const std::string& sql) {
+        std::unique_ptr<PGresult, decltype(&PQclear)> res(PQexec(app.get(), sql.c_str()), &PQclear);
+        INFO(sql << ": " << PQresultErrorMessage(res.get()));
+        REQUIRE((PQresultStatus(res.get()) == PGRES_COMMAND_OK || PQresultStatus(res.get()) == PGRES_TUPLES_OK));
+        return PQntuples(res.get()) > 0 ? std::string(PQgetvalue(res.get(), 0, 0)) : std::string();
+    };
+    exec("SET search_path TO public");
+    exec("CREATE TABLE public." + orders + " (id int PRIMARY KEY)");
+
+    // Outside a transaction: refused, saying why.
+    jobs::job_batch one;
+    one.add("receipt", 0);
+    CHECK_THROWS_WITH(store->enqueue_in_transaction(app.get(), client.requests_for(one)),
+                      Catch::Contains("no transaction open"));
+
+    // Rolled back: neither the order nor its job.
+    exec("BEGIN");
+    exec("INSERT INTO " + orders + " VALUES (1)");
+    jobs::job_batch first;
+    first.add("receipt", 1);
+    const auto rolled_back = store->enqueue_in_transaction(app.get(), client.requests_for(first));
+    REQUIRE(rolled_back.size() == 1);
+    exec("ROLLBACK");
+    CHECK_FALSE(store->find(rolled_back[0].id).has_value());
+
+    // Committed: both, and the job is invisible to others until then.
+    exec("BEGIN");
+    exec("INSERT INTO " + orders + " VALUES (2)");
+    jobs::job_batch second;
+    second.add("receipt", 2);
+    jobs::job_options keyed;
+    keyed.unique_key = "order-2";
+    second.add("receipt", 2, keyed);
+    second.add("receipt", 2, keyed); // found, not made twice
+    const auto committed = store->enqueue_in_transaction(app.get(), client.requests_for(second));
+    REQUIRE(committed.size() == 3);
+    CHECK(committed[1].created);
+    CHECK_FALSE(committed[2].created);
+    CHECK(committed[2].id == committed[1].id);
+    CHECK(exec("SHOW search_path") == "public"); // the caller's, as it was
+    CHECK_FALSE(store->find(committed[0].id).has_value());
+    exec("COMMIT");
+    CHECK(r.wait_for("receipt 2", 20s));
+    CHECK(test::eventually([&] { return r.count("receipt 2") == 2; }, 20s));
+    CHECK(exec("SELECT count(*) FROM " + orders) == "1");
+    CHECK(r.count("receipt 1") == 0);
+    host.stop_blocking();
+    CHECK(host.exit_code() == 0);
+}
+
+TEST_CASE("jobs: a continuation cancelled while its parent's node settles it stays cancelled",
+          "[jobs][postgresql]")
+{
+    REQUIRE_POSTGRES();
+    temp_db db;
+    auto store = make_storage("postgresql", db);
+    const auto t0 = jobs::clock::now();
+    const auto parent = store->enqueue(std::vector{request("k", "1")}, t0)[0].id;
+    auto child = request("k", "2");
+    child.parent_id = parent;
+    const auto continuation = store->enqueue(std::vector{child}, t0)[0].id;
+    const jobs::claim_request claim{"node-a", {{"default", 1}}, {"k"}, t0 + 60s};
+    const auto claimed = store->complete_and_claim({}, claim, t0);
+    REQUIRE(claimed.size() == 1);
+    REQUIRE(claimed[0].id == parent);
+
+    // Another process cancels the continuation, and has not committed yet
+    // when the parent's node finishes the parent and settles its
+    // continuations.
+    std::unique_ptr<PGconn, decltype(&PQfinish)> other(PQconnectdb(postgres_conninfo().c_str()), &PQfinish);
+    REQUIRE(PQstatus(other.get()) == CONNECTION_OK);
+    auto exec = [&](const std::string& sql) {
+        std::unique_ptr<PGresult, decltype(&PQclear)> res(PQexec(other.get(), sql.c_str()), &PQclear);
+        INFO(sql << ": " << PQresultErrorMessage(res.get()));
+        REQUIRE((PQresultStatus(res.get()) == PGRES_COMMAND_OK || PQresultStatus(res.get()) == PGRES_TUPLES_OK));
+    };
+    exec("BEGIN");
+    exec("UPDATE \"" + db.schema + "\".jobs SET state = 7 WHERE id = " + std::to_string(continuation));
+    std::string xid;
+    {
+        std::unique_ptr<PGresult, decltype(&PQclear)> res(PQexec(other.get(), "SELECT pg_current_xact_id()"), &PQclear);
+        REQUIRE(PQresultStatus(res.get()) == PGRES_TUPLES_OK);
+        xid = PQgetvalue(res.get(), 0, 0);
+    }
+    std::thread completing([&] {
+        store->complete_and_claim(
+            std::vector<jobs::completion>{{parent, claimed[0].attempt, jobs::outcome::succeeded, {}, {}, "ok"}},
+            claim, t0);
+    });
+    // Once the node waits for the continuation's row (held by the cancel).
+    CHECK(test::eventually(
+        [&] {
+            return query(postgres_conninfo(), "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = "
+                                              "'transactionid' AND transactionid::text = '" + xid + "'") != "0";
+        },
+        20s));
+    exec("COMMIT");
+    completing.join();
+    CHECK(store->find(parent)->state == job_state::succeeded);
+    CHECK(store->find(continuation)->state == job_state::cancelled); // not made available again
+}

@@ -21,7 +21,7 @@ asio::awaitable<enqueued> client::submit(std::string kind, std::string args, con
     return enqueue_request_async(std::move(request));
 }
 
-std::vector<enqueue_request> client::batch_requests(const job_batch& batch) const
+std::vector<enqueue_request> client::requests_for(const job_batch& batch) const
 {
     std::vector<enqueue_request> requests;
     requests.reserve(batch.items_.size());
@@ -57,12 +57,12 @@ std::function<std::vector<enqueued>(storage&)> enqueue_all(detail::engine* e, st
 
 asio::awaitable<std::vector<enqueued>> client::enqueue_many(const job_batch& batch)
 {
-    return engine_->call<std::vector<enqueued>>(enqueue_all(engine_.get(), batch_requests(batch)));
+    return engine_->call<std::vector<enqueued>>(enqueue_all(engine_.get(), requests_for(batch)));
 }
 
 std::vector<enqueued> client::enqueue_many_blocking(const job_batch& batch)
 {
-    return engine_->call_blocking<std::vector<enqueued>>(enqueue_all(engine_.get(), batch_requests(batch)));
+    return engine_->call_blocking<std::vector<enqueued>>(enqueue_all(engine_.get(), requests_for(batch)));
 }
 
 asio::awaitable<enqueued> client::enqueue_request_async(enqueue_request&& request)

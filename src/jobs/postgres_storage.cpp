@@ -9,9 +9,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <charconv>
 #include <climits>
+#include <cstdio>
 #include <optional>
 #include <thread>
 #include <tuple>
@@ -126,6 +128,10 @@ public:
 private:
     params& put(std::string v)
     {
+        // A C string ends at the first NUL: the value would be cut short.
+        if (v.find('\0') != std::string::npos)
+            throw storage_error("jobs: postgresql cannot store a text that holds a NUL character ('\\0'): " +
+                                v.substr(0, v.find('\0')) + "...");
         values_.emplace_back(std::move(v));
         return *this;
     }
@@ -171,7 +177,20 @@ std::string integer_array(const Range& items)
 
 // The channel nodes of one schema hear each other on (a channel name is
 // at most 63 bytes).
-std::string channel_of(const std::string& schema) { return ("hosting_jobs." + schema).substr(0, 63); }
+std::string channel_of(const std::string& schema)
+{
+    std::string channel = "hosting_jobs." + schema;
+    if (channel.size() <= 63)
+        return channel;
+    // Too long: a hash that every node computes alike (FNV-1a), never a cut
+    // through a character.
+    std::uint64_t h = 14695981039346656037ull;
+    for (unsigned char ch : schema)
+        h = (h ^ ch) * 1099511628211ull;
+    char hex[17];
+    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+    return "hosting_jobs." + std::string(hex);
+}
 
 std::string job_columns(bool with_history)
 {
@@ -351,7 +370,7 @@ std::vector<prepared_sql> statements()
         // The keys this claim may take: a key another node is claiming at
         // this moment is passed over (its transaction holds the lock).
         {"lock_keys",
-         "SELECT k FROM unnest($1::text[]) AS k WHERE pg_try_advisory_xact_lock(hashtextextended(k, 7201))"},
+         "SELECT k FROM unnest($1::text[]) AS k WHERE pg_try_advisory_xact_lock(hashtextextended($2 || k, 7201))"},
         // $1 node, $2 lease_until, $3 now, $4 ids. A job another node took
         // meanwhile (locked, or no longer available) is skipped, and so is
         // one whose key a job claimed since holds.
@@ -362,7 +381,9 @@ std::vector<prepared_sql> statements()
              ", unique_slot = CASE WHEN (unique_states >> 3) & 1 = 1 THEN unique_scoped END "
              "WHERE id IN (SELECT id FROM jobs WHERE id = ANY($4::bigint[]) AND state = 1 ORDER BY id "
              "FOR UPDATE SKIP LOCKED) AND " + not_held + " RETURNING " + job_columns(false)},
-        {"children", "SELECT id, condition FROM jobs WHERE parent_id = $1 AND state = 2 ORDER BY id"},
+        // Locked, and read again if another transaction changed them: a
+        // continuation cancelled meanwhile is no longer awaiting.
+        {"children", "SELECT id, condition FROM jobs WHERE parent_id = $1 AND state = 2 ORDER BY id FOR UPDATE"},
         // Locked in id order: a renewal and a recovery never deadlock.
         {"renew",
          "UPDATE jobs SET lease_expires = $2, claim_flags = jobs.claim_flags | h.started "
@@ -378,9 +399,15 @@ std::vector<prepared_sql> statements()
          "WHERE state = 3 AND lease_owner = $1 ORDER BY id FOR UPDATE"},
         {"state_of", "SELECT state FROM jobs WHERE id = $1"},
         {"state_for_update", "SELECT state FROM jobs WHERE id = $1 FOR UPDATE"},
-        // A parent read for a continuation: its completion waits for the
-        // continuation's insert to commit, and so sees it.
-        {"state_for_share", "SELECT state FROM jobs WHERE id = $1 FOR SHARE"},
+        // A parent and its continuations: the enqueue of a continuation
+        // holds its parent's lock shared, and whoever settles the parent's
+        // continuations holds it alone, so each sees the other's work. A
+        // lock apart from the row: a row lock would hold up the renewal of
+        // the parent's lease for as long as an application's transaction
+        // (enqueue_in_transaction) stays open.
+        {"lock_parent_shared", "SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 7203))"},
+        {"lock_parents",
+         "SELECT pg_advisory_xact_lock(hashtextextended(k, 7203)) FROM (SELECT unnest($1::text[]) AS k ORDER BY 1) AS s"},
         {"refunded", "UPDATE jobs SET claim_flags = 2 WHERE id = $1"},
         // An outside transition of a job that is not running: $2 new state,
         // $3 now, $4 reason. A state that holds the key takes it only if no
@@ -408,19 +435,35 @@ std::vector<prepared_sql> statements()
     };
 }
 
+// A connection of the storage's own is closed with it; one borrowed from
+// the caller (enqueue_in_transaction) is not.
+struct connection_closer {
+    bool owned = true;
+    void operator()(PGconn* c) const
+    {
+        if (owned)
+            PQfinish(c);
+    }
+};
+
 } // namespace
 
 struct postgres_storage::connection {
-    struct closer {
-        void operator()(PGconn* c) const { PQfinish(c); }
-    };
-    std::unique_ptr<PGconn, closer> conn;
+    std::unique_ptr<PGconn, connection_closer> conn;
     std::string conninfo;
     postgres_options options;
     std::vector<prepared_sql> sql = statements();
     bool prepared = false;
     // This transaction made jobs available: other nodes hear of it at commit.
     bool wake_others = false;
+
+    // The caller's connection, inside its transaction: statements run
+    // unprepared (the names are the caller's to use), and nothing begins or
+    // commits.
+    connection(PGconn* borrowed, postgres_options opts)
+        : conn(borrowed, connection_closer{false}), options(std::move(opts)), prepared(true)
+    {
+    }
 
     connection(std::string info, postgres_options opts) : conninfo(std::move(info)), options(std::move(opts))
     {
@@ -461,9 +504,9 @@ struct postgres_storage::connection {
 
     void set_up_session()
     {
+        prepared = false;
         exec("SET search_path TO " + quoted_schema());
         exec("SET statement_timeout = " + std::to_string(options.statement_timeout.count()));
-        prepared = false;
     }
 
     // A broken connection (the server restarted, the network dropped) is
@@ -479,6 +522,8 @@ struct postgres_storage::connection {
             exec("ROLLBACK");
         }
         if (!prepared) {
+            // Those a failed round prepared go first: a name is prepared once.
+            exec("DEALLOCATE ALL");
             for (const auto& s : sql) {
                 result r(PQprepare(conn.get(), s.name, s.sql.c_str(), 0, nullptr));
                 check(r, s.name);
@@ -513,6 +558,14 @@ struct postgres_storage::connection {
     result run(const char* name, const params& p)
     {
         const auto values = p.pointers();
+        if (!conn.get_deleter().owned) {
+            const auto s = std::find_if(sql.begin(), sql.end(), [&](const prepared_sql& s) {
+                return std::string_view(s.name) == name;
+            });
+            result r(PQexecParams(conn.get(), s->sql.c_str(), p.size(), nullptr, values.data(), nullptr, nullptr, 0));
+            check(r, name);
+            return r;
+        }
         result r(PQexecPrepared(conn.get(), name, p.size(), values.data(), nullptr, nullptr, 0));
         check(r, name);
         return r;
@@ -629,7 +682,8 @@ struct postgres_storage::connection {
         auto initial = r.run_at && *r.run_at > now ? job_state::scheduled : job_state::available;
         std::optional<job_state> parent;
         if (r.parent_id != 0) {
-            parent = state_if_any(r.parent_id, "state_for_share");
+            run("lock_parent_shared", params().add(parent_key(r.parent_id)));
+            parent = state_if_any(r.parent_id);
             if (!parent)
                 return {0, false, "jobs: no job " + std::to_string(r.parent_id) + " to continue"};
             initial = job_state::awaiting;
@@ -648,20 +702,24 @@ struct postgres_storage::connection {
         else
             p.add(r.parent_id);
         p.add(static_cast<int>(r.condition)).add_or_null(r.recurring_id).add_or_null(slot);
-        auto inserted = run("insert", p);
-        if (inserted.rows() == 1) {
-            const auto id = inserted.integer(0, 0);
-            wake_others |= initial == job_state::available;
-            if (parent && is_final(*parent))
-                resolve_children(r.parent_id, *parent, now);
-            return {id, true, {}};
+        // The job holding the key may let it go between the insert and the
+        // look for it; each statement sees what committed before it, so a
+        // few rounds settle it.
+        for (int round = 0; round < 16; ++round) {
+            auto inserted = run("insert", p);
+            if (inserted.rows() == 1) {
+                const auto id = inserted.integer(0, 0);
+                wake_others |= initial == job_state::available;
+                if (parent && is_final(*parent))
+                    resolve_children(r.parent_id, *parent, now);
+                return {id, true, {}};
+            }
+            auto holder = run("find_unique", params().add(slot));
+            if (holder.rows() != 0)
+                return {holder.integer(0, 0), false, {}};
         }
-        auto holder = run("find_unique", params().add(slot));
-        if (holder.rows() == 0)
-            // The holder let the key go between the two statements: the
-            // whole write runs again.
-            throw server_error("jobs: " + where() + ": unique key '" + r.unique_key + "' changed hands", "23505");
-        return {holder.integer(0, 0), false, {}};
+        throw storage_error("jobs: " + where() + ": unique key '" + r.unique_key +
+                            "' kept changing hands; the enqueue was not made");
     }
 
     // Plain jobs (no unique key, no parent) in one statement, inside the
@@ -709,6 +767,29 @@ struct postgres_storage::connection {
         wake_others |= std::find(state.begin(), state.end(), code(job_state::available)) != state.end();
     }
 
+    // The jobs, in order, inside the caller's transaction.
+    std::vector<enqueue_result> enqueue_all(std::span<const enqueue_request> requests, time_point now)
+    {
+        std::vector<enqueue_result> out(requests.size());
+        // Each run of plain jobs goes in one statement; a job with a unique
+        // key or a parent goes alone, as it must see the rows before it.
+        // Ids follow the order of the batch either way.
+        std::size_t run_start = 0;
+        for (std::size_t i = 0; i <= requests.size(); ++i) {
+            if (i < requests.size() && requests[i].unique_key.empty() && requests[i].parent_id == 0)
+                continue;
+            if (i - run_start == 1)
+                out[run_start] = add(requests[run_start], now);
+            else if (i > run_start)
+                add_many(requests.subspan(run_start, i - run_start), now,
+                         std::span(out).subspan(run_start, i - run_start));
+            if (i < requests.size())
+                out[i] = add(requests[i], now);
+            run_start = i + 1;
+        }
+        return out;
+    }
+
     void apply_transition(job_id id, job_state to, time_point now, const std::string& reason)
     {
         run("transition", params().add(id).add(code(to)).add(micros(now)).add(reason));
@@ -716,8 +797,12 @@ struct postgres_storage::connection {
             resolve_children(id, to, now);
     }
 
+    // A job's key among the parents' locks.
+    std::string parent_key(job_id id) const { return options.schema + ":" + std::to_string(id); }
+
     void resolve_children(job_id parent, job_state ended, time_point now)
     {
+        run("lock_parents", params().add(text_array({parent_key(parent)})));
         auto waiting = run("children", params().add(parent));
         for (int i = 0; i < waiting.rows(); ++i) {
             const auto id = waiting.integer(i, 0);
@@ -740,8 +825,12 @@ struct postgres_storage::connection {
 
     void drop_children_of_pruned(const std::vector<job_id>& parents, job_state was, time_point now)
     {
+        std::vector<std::string> keys;
+        for (auto id : parents)
+            keys.push_back(parent_key(id));
+        run("lock_parents", params().add(text_array(keys)));
         auto waiting = exec("SELECT id, parent_id, condition FROM jobs WHERE parent_id = ANY($1::bigint[]) "
-                            "AND state = 2 ORDER BY id",
+                            "AND state = 2 ORDER BY id FOR UPDATE",
                             params().add(integer_array(parents)));
         for (int i = 0; i < waiting.rows(); ++i)
             apply_transition(waiting.integer(i, 0), job_state::deleted, now,
@@ -925,26 +1014,37 @@ std::vector<enqueue_result> postgres_storage::enqueue(std::span<const enqueue_re
     std::lock_guard lock(mutex_);
     auto& c = *db_;
     c.ensure_connected();
-    return c.write([&] {
-        std::vector<enqueue_result> out(requests.size());
-        // Each run of plain jobs goes in one statement; a job with a unique
-        // key or a parent goes alone, as it must see the rows before it.
-        // Ids follow the order of the batch either way.
-        std::size_t run_start = 0;
-        for (std::size_t i = 0; i <= requests.size(); ++i) {
-            if (i < requests.size() && requests[i].unique_key.empty() && requests[i].parent_id == 0)
-                continue;
-            if (i - run_start == 1)
-                out[run_start] = c.add(requests[run_start], now);
-            else if (i > run_start)
-                c.add_many(requests.subspan(run_start, i - run_start), now,
-                           std::span(out).subspan(run_start, i - run_start));
-            if (i < requests.size())
-                out[i] = c.add(requests[i], now);
-            run_start = i + 1;
-        }
+    return c.write([&] { return c.enqueue_all(requests, now); });
+}
+
+std::vector<enqueue_result> postgres_storage::enqueue_in_transaction(pg_conn* caller,
+                                                                     std::span<const enqueue_request> requests,
+                                                                     time_point now)
+{
+    if (!caller || PQstatus(caller) != CONNECTION_OK)
+        throw storage_error("jobs: enqueue_in_transaction: the connection is not open");
+    if (PQtransactionStatus(caller) != PQTRANS_INTRANS)
+        throw storage_error("jobs: enqueue_in_transaction: the connection has no transaction open "
+                            "(BEGIN first; a failed statement aborts it too)");
+    connection c(caller, options_);
+    // The tables are found through this schema for these statements only:
+    // the caller's search_path is put back, within its transaction.
+    auto saved = c.exec("SELECT current_setting('search_path')");
+    const auto previous = saved.text(0, 0);
+    c.exec("SELECT set_config('search_path', $1, true)", params().add(c.quoted_schema()));
+    try {
+        auto out = c.enqueue_all(requests, now);
+        if (c.wake_others && options_.notifications)
+            c.run("notify", params().add(channel_of(options_.schema)));
+        c.exec("SELECT set_config('search_path', $1, true)", params().add(previous));
         return out;
-    });
+    } catch (...) {
+        // Put back if the transaction still takes statements; an aborted
+        // one ends with a rollback, which puts it back itself.
+        PQclear(PQexecParams(caller, "SELECT set_config('search_path', $1, true)", 1, nullptr,
+                             std::array<const char*, 1>{previous.c_str()}.data(), nullptr, nullptr, 0));
+        throw;
+    }
 }
 
 std::vector<job> postgres_storage::complete_and_claim(std::span<const completion> done, const claim_request& claim,
@@ -1022,7 +1122,7 @@ std::vector<job> postgres_storage::complete_and_claim(std::span<const completion
                     std::vector<std::string> keys;
                     for (const auto& k : keyed)
                         keys.push_back(k.second);
-                    auto locked = c.run("lock_keys", params().add(text_array(keys)));
+                    auto locked = c.run("lock_keys", params().add(text_array(keys)).add(c.options.schema + ":"));
                     std::unordered_set<std::string> ours;
                     for (int i = 0; i < locked.rows(); ++i)
                         ours.insert(locked.text(i, 0));
@@ -1259,10 +1359,11 @@ void postgres_storage::announce_node(const node_info& node, time_point now)
     // The count deltas since the last fold become one row per queue, kind
     // and state, by whichever node gets there first.
     c.write([&] {
-        c.exec("WITH folded AS (DELETE FROM job_counts WHERE pg_try_advisory_xact_lock(hashtextextended('"
-               "hosting_jobs_counts', 7202)) RETURNING queue, kind, state, n) "
+        c.exec("WITH folded AS (DELETE FROM job_counts WHERE pg_try_advisory_xact_lock(hashtextextended($1, 7202)) "
+               "RETURNING queue, kind, state, n) "
                "INSERT INTO job_counts SELECT queue, kind, state, sum(n) FROM folded GROUP BY queue, kind, state "
-               "HAVING sum(n) <> 0");
+               "HAVING sum(n) <> 0",
+               params().add(c.options.schema));
     });
 }
 

@@ -136,6 +136,11 @@ public:
     // enqueue() does, naming the job's place in the batch.
     asio::awaitable<std::vector<enqueued>> enqueue_many(const job_batch& batch);
     std::vector<enqueued> enqueue_many_blocking(const job_batch& batch);
+    // What enqueue_many() would store, each job with its kind's defaults
+    // and validated (std::invalid_argument as enqueue_many() throws it), for
+    // a storage call of the caller's own: a transactional enqueue, say
+    // (postgres_storage::enqueue_in_transaction).
+    std::vector<enqueue_request> requests_for(const job_batch& batch) const;
 
     // Runs no earlier than `at` (or `delay` from now, by
     // server_options::clock). Completes and throws as enqueue().
@@ -372,7 +377,6 @@ private:
     // Not coroutines: they take their work before anything is awaited.
     asio::awaitable<void> upsert_recurring(recurring_job r);
     void upsert_recurring_blocking(recurring_job r);
-    std::vector<enqueue_request> batch_requests(const job_batch& batch) const;
     // Not coroutines: the names are copied at the call.
     asio::awaitable<void> set_recurring_paused(std::string id, bool paused);
     asio::awaitable<void> set_queue_paused(std::string queue, bool paused);

@@ -9,6 +9,9 @@
 #include <mutex>
 #include <string>
 
+// libpq's connection (PGconn), for enqueue_in_transaction.
+struct pg_conn;
+
 namespace hosting::jobs {
 
 struct postgres_options {
@@ -71,6 +74,19 @@ public:
     std::vector<recurring_job> list_recurring() override;
     bool fire_recurring(const std::string& id, time_point expected, time_point next_fire,
                         std::span<const enqueue_request> occurrences, time_point now) override;
+    // Enqueues `jobs` on the caller's own libpq connection, inside the
+    // transaction it has open: they commit or roll back with it, and other
+    // nodes hear of them (NOTIFY) only once it commits. So a row of the
+    // application and the job that handles it are never one without the
+    // other. The caller's search_path is left as it was. Throws
+    // storage_error when the connection has no transaction open or a
+    // statement fails (which, as any failed statement, aborts the caller's
+    // transaction). client::requests_for(batch) makes the requests, with
+    // each kind's defaults, from a job_batch. Thread safety: the
+    // connection's, which is the caller's to keep to one thread.
+    std::vector<enqueue_result> enqueue_in_transaction(pg_conn* connection, std::span<const enqueue_request> jobs,
+                                                       time_point now = clock::now());
+
     // A connection of its own LISTENs, on a thread of its own, connecting
     // again (and calling `wake` once, for what it may have missed) when the
     // server restarts.
