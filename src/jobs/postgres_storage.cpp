@@ -308,10 +308,30 @@ CREATE TABLE nodes (
 CREATE TABLE paused_queues (queue TEXT PRIMARY KEY, paused_at BIGINT NOT NULL);
 )sql";
 
+// What a completion does to its job, for one row or many: `to` the state
+// its outcome asks for, the rest likewise SQL for its values. A job
+// cancelled (1) or deleted (2) while it ran, from any node, ends cancelled
+// or deleted whatever the attempt's outcome, its attempt counted.
+std::string completion_set(const std::string& to, const std::string& delta, const std::string& run_at,
+                           const std::string& error, const std::string& now, const std::string& reason)
+{
+    const std::string ended = "(CASE cancel_requested WHEN 2 THEN 8 WHEN 1 THEN 7 ELSE " + to + " END)";
+    return "state = " + ended + ", attempt = attempt + CASE WHEN cancel_requested <> 0 THEN 0 ELSE " + delta +
+           " END, run_at = CASE WHEN cancel_requested <> 0 THEN run_at ELSE coalesce(" + run_at +
+           ", run_at) END, last_error = coalesce(" + error +
+           ", last_error), lease_owner = NULL, lease_expires = NULL, cancel_requested = 0, updated_at = " + now +
+           ", " +
+           logged(ended, now,
+                  "CASE cancel_requested WHEN 2 THEN 'deleted while running; the attempt ended: ' || " + reason +
+                      " WHEN 1 THEN CASE WHEN " + to + " = 7 THEN " + reason +
+                      " ELSE 'cancelled while running; the attempt ended: ' || " + reason + " END ELSE " + reason +
+                      " END",
+                  "coalesce(" + error + ", '')") +
+           ", unique_slot = CASE WHEN (unique_states >> " + ended + ") & 1 = 1 THEN unique_scoped END";
+}
+
 // The statements the engine runs over and over, prepared once per
-// connection. `E` is the state a completion ends in: a job cancelled (1) or
-// deleted (2) while it ran, from any node, ends cancelled or deleted
-// whatever the attempt's outcome.
+// connection.
 struct prepared_sql {
     const char* name;
     std::string sql;
@@ -319,7 +339,6 @@ struct prepared_sql {
 
 std::vector<prepared_sql> statements()
 {
-    const std::string ended = "(CASE cancel_requested WHEN 2 THEN 8 WHEN 1 THEN 7 ELSE $2::int END)";
     const std::string not_held = "(concurrency_key IS NULL OR NOT EXISTS (SELECT 1 FROM jobs AS held "
                                  "WHERE held.state = 3 AND held.concurrency_key = jobs.concurrency_key))";
     return {
@@ -342,18 +361,19 @@ std::vector<prepared_sql> statements()
          "ORDER BY ord RETURNING id"},
         {"find_unique", "SELECT id FROM jobs WHERE unique_slot = $1"},
         // $2 new state, $3 attempt delta, $4 run_at or NULL, $5 error or NULL, $6 now, $7 reason.
+        // $2 new state, $3 attempt delta, $4 run_at or NULL, $5 error or NULL, $6 now, $7 reason.
         {"complete",
-         "UPDATE jobs SET state = " + ended + ", attempt = attempt + CASE WHEN cancel_requested <> 0 THEN 0 "
-         "ELSE $3::int END, run_at = CASE WHEN cancel_requested <> 0 THEN run_at ELSE coalesce($4::bigint, run_at) "
-         "END, last_error = coalesce($5::text, last_error), lease_owner = NULL, lease_expires = NULL, "
-         "cancel_requested = 0, updated_at = $6::bigint, " +
-             logged(ended, "$6::bigint",
-                    "CASE cancel_requested WHEN 2 THEN 'deleted while running; the attempt ended: ' || $7::text "
-                    "WHEN 1 THEN CASE WHEN $2::int = 7 THEN $7::text "
-                    "ELSE 'cancelled while running; the attempt ended: ' || $7::text END ELSE $7::text END",
-                    "coalesce($5::text, '')") +
-             ", unique_slot = CASE WHEN (unique_states >> " + ended + ") & 1 = 1 THEN unique_scoped END "
-             "WHERE id = $1 AND state = 3 AND lease_owner = $8 AND attempt = $9 RETURNING state"},
+         "UPDATE jobs SET " + completion_set("$2::int", "$3::int", "$4::bigint", "$5::text", "$6::bigint", "$7::text") +
+             " WHERE id = $1 AND state = 3 AND lease_owner = $8 AND attempt = $9 RETURNING state"},
+        // A node's completions in one statement: $1 now, $9 the node, the
+        // rest one array per column.
+        {"complete_many",
+         "UPDATE jobs SET " +
+             completion_set("d.d_to", "d.d_delta", "d.d_run_at", "d.d_error", "$1::bigint", "d.d_reason") +
+             " FROM unnest($2::bigint[], $3::int[], $4::int[], $5::bigint[], $6::text[], $7::text[], $8::int[]) "
+             "AS d(d_id, d_to, d_delta, d_run_at, d_error, d_reason, d_attempt) "
+             "WHERE jobs.id = d.d_id AND jobs.state = 3 AND jobs.lease_owner = $9 AND jobs.attempt = d.d_attempt "
+             "RETURNING jobs.id, jobs.state"},
         // Locked in order and skipping rows another node has locked: two
         // nodes promoting at once never wait on each other.
         {"promote",
@@ -362,9 +382,11 @@ std::vector<prepared_sql> statements()
              "WHERE id IN (SELECT id FROM jobs WHERE state IN (0, 4) AND run_at <= $1::bigint "
              "ORDER BY run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)"},
         // One page of candidates in claim order after ($3, $4, $5), passing
-        // over jobs whose key a running job holds.
+        // over jobs whose key a running job holds; none when the queue is
+        // paused.
         {"candidates",
          "SELECT id, concurrency_key, kind, priority, run_at FROM jobs WHERE state = 1 AND queue = $1 "
+         "AND NOT EXISTS (SELECT 1 FROM paused_queues WHERE paused_queues.queue = $1) "
          "AND kind = ANY($2::text[]) AND " + not_held +
              " AND (priority, run_at, id) > ($3::int, $4::bigint, $5::bigint) ORDER BY priority, run_at, id LIMIT $6"},
         // The keys this claim may take: a key another node is claiming at
@@ -383,7 +405,9 @@ std::vector<prepared_sql> statements()
              "FOR UPDATE SKIP LOCKED) AND " + not_held + " RETURNING " + job_columns(false)},
         // Locked, and read again if another transaction changed them: a
         // continuation cancelled meanwhile is no longer awaiting.
-        {"children", "SELECT id, condition FROM jobs WHERE parent_id = $1 AND state = 2 ORDER BY id FOR UPDATE"},
+        {"children",
+         "SELECT id, condition, parent_id FROM jobs WHERE parent_id = ANY($1::bigint[]) AND state = 2 "
+         "ORDER BY id FOR UPDATE"},
         // Locked in id order: a renewal and a recovery never deadlock.
         {"renew",
          "UPDATE jobs SET lease_expires = $2, claim_flags = jobs.claim_flags | h.started "
@@ -430,7 +454,6 @@ std::vector<prepared_sql> statements()
         {"find", "SELECT " + job_columns(true) + " FROM jobs WHERE id = $1"},
         {"next_due", "SELECT min(run_at) FROM jobs WHERE state IN (0, 4)"},
         {"counts", "SELECT state, sum(n) FROM job_counts GROUP BY state"},
-        {"paused", "SELECT 1 FROM paused_queues WHERE queue = $1"},
         {"notify", "SELECT pg_notify($1, '')"},
     };
 }
@@ -802,21 +825,40 @@ struct postgres_storage::connection {
 
     void resolve_children(job_id parent, job_state ended, time_point now)
     {
-        run("lock_parents", params().add(text_array({parent_key(parent)})));
-        auto waiting = run("children", params().add(parent));
+        resolve_children(std::vector<std::pair<job_id, job_state>>{{parent, ended}}, now);
+    }
+
+    // Parents that reached a final state: each awaiting continuation
+    // becomes available or deleted as fate_of() says, or goes on waiting.
+    void resolve_children(const std::vector<std::pair<job_id, job_state>>& parents, time_point now)
+    {
+        if (parents.empty())
+            return;
+        std::vector<std::string> keys;
+        std::vector<job_id> ids;
+        std::unordered_map<job_id, job_state> ended;
+        for (const auto& [id, state] : parents) {
+            keys.push_back(parent_key(id));
+            ids.push_back(id);
+            ended.emplace(id, state);
+        }
+        run("lock_parents", params().add(text_array(keys)));
+        auto waiting = run("children", params().add(integer_array(ids)));
         for (int i = 0; i < waiting.rows(); ++i) {
             const auto id = waiting.integer(i, 0);
             const auto condition = static_cast<continuation_condition>(waiting.integer(i, 1));
-            switch (fate_of(condition, ended)) {
+            const auto parent = waiting.integer(i, 2);
+            const auto state = ended.at(parent);
+            switch (fate_of(condition, state)) {
             case continuation_fate::wait: break;
             case continuation_fate::run:
                 wake_others = true;
                 run("requeue", params().add(id).add(micros(now)).add("parent " + std::to_string(parent) + " " +
-                                                                    std::string(to_string(ended))));
+                                                                    std::string(to_string(state))));
                 break;
             case continuation_fate::drop:
                 apply_transition(id, job_state::deleted, now,
-                                 "parent " + std::to_string(parent) + " ended " + std::string(to_string(ended)) +
+                                 "parent " + std::to_string(parent) + " ended " + std::string(to_string(state)) +
                                      "; the continuation runs only when it " + wanted(condition));
                 break;
             }
@@ -829,14 +871,12 @@ struct postgres_storage::connection {
         for (auto id : parents)
             keys.push_back(parent_key(id));
         run("lock_parents", params().add(text_array(keys)));
-        auto waiting = exec("SELECT id, parent_id, condition FROM jobs WHERE parent_id = ANY($1::bigint[]) "
-                            "AND state = 2 ORDER BY id FOR UPDATE",
-                            params().add(integer_array(parents)));
+        auto waiting = run("children", params().add(integer_array(parents)));
         for (int i = 0; i < waiting.rows(); ++i)
             apply_transition(waiting.integer(i, 0), job_state::deleted, now,
-                             "parent " + std::to_string(waiting.integer(i, 1)) + " was pruned (it had ended " +
+                             "parent " + std::to_string(waiting.integer(i, 2)) + " was pruned (it had ended " +
                                  std::string(to_string(was)) + "); the continuation runs only when it " +
-                                 wanted(static_cast<continuation_condition>(waiting.integer(i, 2))));
+                                 wanted(static_cast<continuation_condition>(waiting.integer(i, 1))));
     }
 
     // Running jobs whose node is gone, as read (and locked) by `found`:
@@ -1055,21 +1095,44 @@ std::vector<job> postgres_storage::complete_and_claim(std::span<const completion
     c.ensure_connected();
     const auto at = micros(now);
     return c.write([&] {
-        for (const auto& d : done) {
-            const auto effect = effect_of(d.what);
-            params p;
-            p.add(d.id).add(code(effect.to)).add(effect.attempt_delta);
-            if (effect.uses_run_at)
-                p.add(micros(d.run_at));
-            else
-                p.add_null();
-            p.add_or_null(d.error).add(at).add(d.reason).add(claim.node).add(d.attempt);
-            auto r = c.run("complete", p);
-            if (r.rows() == 0)
-                continue; // not this node's attempt any more: the result is moot
-            const auto ended = stored_state(r.integer(0, 0), d.id);
-            if (is_final(ended))
-                c.resolve_children(d.id, ended, now);
+        if (!done.empty()) {
+            std::vector<std::int64_t> ids, to, delta, attempt;
+            std::vector<std::string> errors, reasons;
+            std::string run_at = "{";
+            for (const auto& d : done) {
+                const auto effect = effect_of(d.what);
+                ids.push_back(d.id);
+                to.push_back(code(effect.to));
+                delta.push_back(effect.attempt_delta);
+                attempt.push_back(d.attempt);
+                errors.push_back(d.error);
+                reasons.push_back(d.reason);
+                if (run_at.size() > 1)
+                    run_at += ',';
+                run_at += effect.uses_run_at ? std::to_string(micros(d.run_at)) : "NULL";
+            }
+            run_at += '}';
+            auto r = c.run("complete_many", params()
+                                                .add(at)
+                                                .add(integer_array(ids))
+                                                .add(integer_array(to))
+                                                .add(integer_array(delta))
+                                                .add(run_at)
+                                                .add(text_array(errors, true))
+                                                .add(text_array(reasons))
+                                                .add(integer_array(attempt))
+                                                .add(claim.node));
+            // Those not this node's attempt any more are not returned: their
+            // result is moot.
+            std::vector<std::pair<job_id, job_state>> finished;
+            for (int i = 0; i < r.rows(); ++i) {
+                const auto id = r.integer(i, 0);
+                const auto ended = stored_state(r.integer(i, 1), id);
+                if (is_final(ended))
+                    finished.emplace_back(id, ended);
+            }
+            std::sort(finished.begin(), finished.end());
+            c.resolve_children(finished, now);
         }
         c.run("promote", params().add(at).add(static_cast<std::int64_t>(max_rows_per_write)));
         std::vector<job> claimed;
@@ -1080,8 +1143,6 @@ std::vector<job> postgres_storage::complete_and_claim(std::span<const completion
         for (const auto& [queue, cap] : claim.queues) {
             auto count = std::min(cap, claim.total - std::min(claim.total, claimed.size()));
             if (count == 0)
-                continue;
-            if (c.run("paused", params().add(queue)).rows() != 0)
                 continue;
             // Pages of candidates in claim order until there are enough or
             // none is left (see claim_request): the statement passes over
