@@ -19,11 +19,19 @@
 //   unfinished                        every job ends succeeded
 // Prints the kill count and each figure; exits 1 if any is violated.
 //
-//   crash_loop [--kills N] [--seconds S] [--workers W] [--dir D] [--sync full|normal]
+// With --storage postgresql the jobs live in a PostgreSQL server the loop
+// starts (tests/tools/postgres-server) instead of the file, and every tenth
+// kill also stops the server at once (every connection broken) and starts
+// it again: the workers and the loop itself carry on through it. The run
+// records stay in their SQLite file.
+//
+//   crash_loop [--kills N] [--seconds S] [--workers W] [--dir D] [--sync full|normal] [--storage sqlite|postgresql]
 #include "support/fault_vfs.hpp"
+#include "support/postgres_server.hpp"
 
 #include <hosting/hosting.hpp>
 #include <hosting/jobs/server.hpp>
+#include <hosting/jobs/open_storage.hpp>
 #include <hosting/jobs/sqlite_storage.hpp>
 
 #include <sqlite3.h>
@@ -80,8 +88,20 @@ sqlite3* open_runs(const std::string& path)
     return db;
 }
 
-// A worker: a host running jobs from the file, recording each run.
-int worker(const std::string& db_path, const std::string& runs_path, const std::string& node, bool full, char* argv0)
+// Where the jobs live: the file, or PostgreSQL ("postgresql" as the sync
+// argument, the connection string as the path).
+std::shared_ptr<jobs::storage> open_jobs(const std::string& where, const std::string& sync)
+{
+    if (sync == "postgresql")
+        return jobs::open_storage(where, "crash_loop");
+    jobs::sqlite_options sqlite;
+    sqlite.sync = sync == "full" ? jobs::sqlite_options::durability::full : jobs::sqlite_options::durability::normal;
+    return std::make_shared<jobs::sqlite_storage>(where, sqlite);
+}
+
+// A worker: a host running jobs from the store, recording each run.
+int worker(const std::string& db_path, const std::string& runs_path, const std::string& node, const std::string& sync,
+           char* argv0)
 {
     fault_vfs::install();
     fault_vfs::lose_unsynced_writes(true);
@@ -107,10 +127,26 @@ int worker(const std::string& db_path, const std::string& runs_path, const std::
     options.poll_interval = 100ms;
     options.heartbeat_interval = 200ms;
     options.lease_duration = 1s;
+    // A server restart takes the storage away for a second or so: a lease
+    // must outlast it, or a live node's jobs would go to another.
+    if (sync == "postgresql")
+        options.lease_duration = 5s;
     std::mt19937 random(static_cast<unsigned>(::getpid()));
-    jobs::sqlite_options sqlite;
-    sqlite.sync = full ? jobs::sqlite_options::durability::full : jobs::sqlite_options::durability::normal;
-    jobs::add_jobs(builder, std::make_shared<jobs::sqlite_storage>(db_path, sqlite), options)
+    // A worker may start while the server restarts: it waits for it, as a
+    // supervisor restarting a process that failed to start would.
+    std::shared_ptr<jobs::storage> store;
+    for (int attempt = 1; !store; ++attempt) {
+        try {
+            store = open_jobs(db_path, sync);
+        } catch (const jobs::storage_error& e) {
+            if (attempt == 300) {
+                std::fprintf(stderr, "crash_loop worker: %s\n", e.what());
+                return 3;
+            }
+            std::this_thread::sleep_for(100ms);
+        }
+    }
+    jobs::add_jobs(builder, store, options)
         .register_kind<int>("work", [&](int, jobs::job_context& context) -> asio::awaitable<void> {
             record(context.id(), context.attempt(), "start");
             const auto work = std::chrono::milliseconds(random() % 50);
@@ -153,16 +189,33 @@ struct figures {
     long workers_died = 0; // ended other than by our SIGKILL or cleanly at our SIGTERM
 };
 
+// A storage call of the loop's own, tried again while the server restarts.
+template <class F>
+auto with_retries(F&& call)
+{
+    for (int attempt = 1;; ++attempt) {
+        try {
+            return call();
+        } catch (const jobs::storage_error&) {
+            if (attempt == 300)
+                throw;
+            std::this_thread::sleep_for(100ms);
+        }
+    }
+}
+
 class parent {
 public:
-    parent(std::string dir, int workers, std::string self, std::string sync)
+    parent(std::string dir, int workers, std::string self, std::string sync, std::string postgres)
         : sync_(std::move(sync)), dir_(std::move(dir)), db_(dir_ + "/crash_loop.db"), runs_(dir_ + "/crash_loop_runs.db"),
           self_(std::move(self)), slots_(static_cast<std::size_t>(workers))
     {
         for (const auto& p : {db_, runs_})
             for (const char* suffix : {"", "-wal", "-shm"})
                 std::filesystem::remove(p + suffix);
-        store_ = std::make_unique<jobs::sqlite_storage>(db_);
+        if (!postgres.empty())
+            db_ = std::move(postgres);
+        store_ = open_jobs(db_, sync_ == "postgresql" ? sync_ : "full");
         sqlite3_close(open_runs(runs_));
         for (std::size_t i = 0; i < slots_.size(); ++i)
             start(static_cast<int>(i));
@@ -213,11 +266,17 @@ public:
         start(w.slot);
     }
 
+    // Each job with a key of its own, so that an enqueue tried again after
+    // a broken connection (committed or not) makes each job once.
     void enqueue(int n)
     {
-        const auto one = work_request("work", "default", "1");
-        const std::vector<jobs::enqueue_request> batch(static_cast<std::size_t>(n), one);
-        for (const auto& r : store_->enqueue(batch, jobs::clock::now()))
+        std::vector<jobs::enqueue_request> batch;
+        for (int i = 0; i < n; ++i) {
+            auto r = work_request("work", "default", "1");
+            r.unique_key = "crash-loop-" + std::to_string(f_.enqueued + i);
+            batch.push_back(std::move(r));
+        }
+        for (const auto& r : with_retries([&] { return store_->enqueue(batch, jobs::clock::now()); }))
             acknowledged_.insert(r.id);
         f_.enqueued += n;
     }
@@ -228,7 +287,7 @@ public:
         std::map<jobs::job_id, job_state> states;
         jobs::job_filter all;
         all.limit = 10'000'000;
-        for (const auto& j : store_->list(all))
+        for (const auto& j : with_retries([&] { return store_->list(all); }))
             states[j.id] = j.state;
         for (auto id : acknowledged_)
             if (!states.contains(id)) {
@@ -250,7 +309,7 @@ public:
     {
         const auto until = std::chrono::steady_clock::now() + bound;
         while (std::chrono::steady_clock::now() < until) {
-            const auto c = store_->counts();
+            const auto c = with_retries([&] { return store_->counts(); });
             if (c[job_state::succeeded] == static_cast<std::int64_t>(acknowledged_.size()))
                 return true;
             std::this_thread::sleep_for(100ms);
@@ -332,7 +391,7 @@ public:
 private:
     std::string sync_, dir_, db_, runs_, self_;
     std::vector<worker_process> slots_;
-    std::unique_ptr<jobs::sqlite_storage> store_;
+    std::shared_ptr<jobs::storage> store_;
     std::set<jobs::job_id> acknowledged_, succeeded_;
     std::map<pid_t, std::int64_t> killed_at_;
     figures f_;
@@ -343,11 +402,12 @@ private:
 int main(int argc, char** argv)
 {
     if (argc == 6 && std::string(argv[1]) == "--worker")
-        return worker(argv[2], argv[3], argv[4], std::string(argv[5]) == "full", argv[0]);
+        return worker(argv[2], argv[3], argv[4], argv[5], argv[0]);
     long kills = 200;
     double seconds = 600;
     int workers = 3;
     std::string sync = "full";
+    std::string storage = "sqlite";
     std::string dir = std::filesystem::temp_directory_path().string();
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string a = argv[i];
@@ -361,17 +421,30 @@ int main(int argc, char** argv)
             dir = argv[i + 1];
         else if (a == "--sync" && (std::string(argv[i + 1]) == "full" || std::string(argv[i + 1]) == "normal"))
             sync = argv[i + 1];
+        else if (a == "--storage" && (std::string(argv[i + 1]) == "sqlite" || std::string(argv[i + 1]) == "postgresql"))
+            storage = argv[i + 1];
         else {
-            std::fprintf(stderr,
-                         "usage: crash_loop [--kills N] [--seconds S] [--workers W] [--dir D] [--sync full|normal]\n");
+            std::fprintf(stderr, "usage: crash_loop [--kills N] [--seconds S] [--workers W] [--dir D] "
+                                 "[--sync full|normal] [--storage sqlite|postgresql]\n");
             return 2;
         }
     }
+    postgres_server server(dir + "/crash_loop_postgres");
+    std::string postgres;
+    if (storage == "postgresql") {
+        postgres = server.start();
+        if (postgres.empty()) {
+            std::printf("VIOLATED: no PostgreSQL server could be started\n");
+            return 1;
+        }
+        sync = "postgresql";
+    }
+    long restarts = 0;
     const std::string self = std::filesystem::canonical("/proc/self/exe").string();
     std::mt19937 random(12345);
     const auto started = std::chrono::steady_clock::now();
     const auto deadline = started + std::chrono::duration<double>(seconds);
-    parent p(dir, workers, self, sync);
+    parent p(dir, workers, self, sync, postgres);
     bool drained = false;
     try {
         while (p.result().kills < kills && std::chrono::steady_clock::now() < deadline) {
@@ -379,6 +452,13 @@ int main(int argc, char** argv)
             // A random moment: during a start, a claim, a handler, a commit.
             std::this_thread::sleep_for(std::chrono::milliseconds(10 + random() % 250));
             p.kill_one(random);
+            if (!postgres.empty() && p.result().kills % 10 == 0) {
+                if (!server.restart()) {
+                    std::printf("VIOLATION the PostgreSQL server did not start again\n");
+                    break;
+                }
+                ++restarts;
+            }
             p.check();
         }
         drained = p.wait_all_final(120s);
@@ -394,6 +474,8 @@ int main(int argc, char** argv)
     const auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     std::printf("kills %ld, jobs %ld, %s in %.1f s\n", f.kills, f.enqueued, drained ? "all final" : "NOT ALL FINAL",
                 elapsed);
+    if (!postgres.empty())
+        std::printf("postgresql server restarts %ld\n", restarts);
     std::printf("acknowledged enqueues lost %ld\n", f.acknowledged_lost);
     std::printf("completions lost %ld\n", f.completions_lost);
     std::printf("run records lost %ld\n", f.records_lost);

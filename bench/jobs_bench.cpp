@@ -19,7 +19,8 @@
 #include <spdlog/spdlog.h>
 #include <hosting/jobs/server.hpp>
 #include <hosting/jobs/sqlite_storage.hpp>
-#ifdef HOSTING_BENCH_POSTGRES_SERVER
+#ifdef HOSTING_POSTGRES_SERVER
+#include "support/postgres_server.hpp"
 #include <hosting/jobs/postgres_storage.hpp>
 #include <libpq-fe.h>
 #endif
@@ -312,44 +313,15 @@ void run_bare(const char* label, const char* synchronous, std::size_t count)
     remove_file(path);
 }
 
-#ifdef HOSTING_BENCH_POSTGRES_SERVER
+#ifdef HOSTING_POSTGRES_SERVER
 // The server the bench runs against: HOSTING_BENCH_POSTGRES, or one of its
 // own, durable, in the current directory (its disk, as SQLite's files).
-class postgres_server {
-public:
-    postgres_server()
-    {
-        if (const char* given = std::getenv("HOSTING_BENCH_POSTGRES")) {
-            conninfo_ = given;
-            return;
-        }
-        dir_ = (std::filesystem::current_path() / ("hosting-bench-pg-" + std::to_string(::getpid()))).string();
-        if (std::system((std::string(HOSTING_BENCH_POSTGRES_SERVER) + " start '" + dir_ + "' durable > /dev/null").c_str()) !=
-            0) {
-            dir_.clear();
-            return;
-        }
-        std::FILE* f = std::fopen((dir_ + "/conninfo").c_str(), "r");
-        char line[512] = {};
-        if (f && std::fgets(line, sizeof line, f))
-            conninfo_ = line;
-        if (f)
-            std::fclose(f);
-        while (!conninfo_.empty() && (conninfo_.back() == '\n' || conninfo_.back() == ' '))
-            conninfo_.pop_back();
-    }
-    ~postgres_server()
-    {
-        if (!dir_.empty())
-            [[maybe_unused]] auto rc =
-                std::system((std::string(HOSTING_BENCH_POSTGRES_SERVER) + " stop '" + dir_ + "'").c_str());
-    }
-    const std::string& conninfo() const { return conninfo_; }
-
-private:
-    std::string dir_;
-    std::string conninfo_;
-};
+std::string bench_postgres(postgres_server& own)
+{
+    if (const char* given = std::getenv("HOSTING_BENCH_POSTGRES"))
+        return given;
+    return own.start();
+}
 
 void exec_or_die(PGconn* c, const char* sql)
 {
@@ -431,16 +403,18 @@ int main(int argc, char** argv)
         // Claims only for free workers: what a crash-proof attempt count costs.
         {"sqlite FULL, prefetch 1", [&] { return std::make_shared<jobs::sqlite_storage>(single_path); }, 1},
     };
-#ifdef HOSTING_BENCH_POSTGRES_SERVER
-    postgres_server server;
+#ifdef HOSTING_POSTGRES_SERVER
+    postgres_server own((std::filesystem::current_path() / ("hosting-bench-pg-" + std::to_string(::getpid()))).string(),
+                        true);
+    const std::string conninfo = bench_postgres(own);
     const std::string schema = "bench_" + std::to_string(::getpid());
-    if (server.conninfo().empty()) {
+    if (conninfo.empty()) {
         std::printf("postgresql: no server (set HOSTING_BENCH_POSTGRES, or install Debian's postgresql)\n");
     } else {
         if (argc <= 3)
-            run_bare_notify(server.conninfo(), samples);
+            run_bare_notify(conninfo, samples);
         auto make = [&] {
-            return std::make_shared<jobs::postgres_storage>(server.conninfo(), jobs::postgres_options{.schema = schema});
+            return std::make_shared<jobs::postgres_storage>(conninfo, jobs::postgres_options{.schema = schema});
         };
         setups.push_back({"postgresql", make, 64, make});
     }

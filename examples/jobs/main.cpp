@@ -117,7 +117,13 @@ int main(int argc, char** argv)
     auto block_once = std::make_shared<std::chrono::milliseconds>(config.get<int>("Jobs:BlockOnceMs", 0));
 
     // Jobs:Storage, Jobs:Schema and Jobs:Sync say which storage and how.
-    auto storage = jobs::open_storage(config);
+    std::shared_ptr<jobs::storage> storage;
+    try {
+        storage = jobs::open_storage(config);
+    } catch (const std::exception& e) { // storage_error, invalid_storage_location
+        std::fprintf(stderr, "%s\n", e.what());
+        return 1;
+    }
     auto registration = jobs::add_jobs(builder, storage, server);
     registration
         .register_kind<email>("send_email",

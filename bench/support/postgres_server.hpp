@@ -1,0 +1,52 @@
+// A PostgreSQL server of a bench program's own, started with
+// tests/tools/postgres-server in a directory it is given and thrown away
+// with it. The script's path comes from HOSTING_POSTGRES_SERVER.
+#pragma once
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+class postgres_server {
+public:
+    // durable: fsync on, as a real server (for figures of speed).
+    explicit postgres_server(std::string dir, bool durable = false) : dir_(std::move(dir)), durable_(durable) {}
+    ~postgres_server()
+    {
+        if (started_)
+            run("stop");
+    }
+    postgres_server(const postgres_server&) = delete;
+    postgres_server& operator=(const postgres_server&) = delete;
+
+    // Its libpq connection string, or empty when it could not start.
+    std::string start()
+    {
+        if (!run("start", durable_ ? " durable" : ""))
+            return {};
+        started_ = true;
+        std::string conninfo;
+        if (std::FILE* f = std::fopen((dir_ + "/conninfo").c_str(), "r")) {
+            char line[512] = {};
+            if (std::fgets(line, sizeof line, f))
+                conninfo = line;
+            std::fclose(f);
+        }
+        while (!conninfo.empty() && (conninfo.back() == '\n' || conninfo.back() == ' '))
+            conninfo.pop_back();
+        return conninfo;
+    }
+    // Stopped at once, every connection broken, and started again.
+    bool restart() { return run("restart"); }
+
+private:
+    bool run(const char* action, const char* extra = "")
+    {
+        const std::string command =
+            std::string(HOSTING_POSTGRES_SERVER) + " " + action + " '" + dir_ + "'" + extra + " > /dev/null";
+        return std::system(command.c_str()) == 0;
+    }
+    std::string dir_;
+    bool durable_;
+    bool started_ = false;
+};
