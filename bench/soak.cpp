@@ -7,10 +7,21 @@
 // long-lived worker's memory and file descriptors and the storage's size
 // must stay flat: the program prints their drift.
 //
-//   soak [--jobs N] [--window W] [--restart-every R] [--dir D]
+// With --storage postgresql the jobs live in a PostgreSQL server the soak
+// starts (tests/tools/postgres-server), and the storage's size is that of
+// the schema's tables and indexes, as the server reports it.
+//
+//   soak [--jobs N] [--window W] [--restart-every R] [--dir D] [--storage sqlite|postgresql]
+#include "support/postgres_server.hpp"
+
 #include <hosting/hosting.hpp>
+#include <hosting/jobs/open_storage.hpp>
 #include <hosting/jobs/server.hpp>
 #include <hosting/jobs/sqlite_storage.hpp>
+
+#ifdef HOSTING_SOAK_POSTGRES
+#include <libpq-fe.h>
+#endif
 
 #include <boost/asio/this_coro.hpp>
 
@@ -65,7 +76,7 @@ int worker(const std::string& db, const std::string& node, char* argv0)
     kind.retry.backoff = [](int) { return 5ms; };
     kind.retry.never_for<std::invalid_argument>();
     auto snoozed = std::make_shared<std::set<jobs::job_id>>();
-    jobs::add_jobs(builder, std::make_shared<jobs::sqlite_storage>(db), options)
+    jobs::add_jobs(builder, jobs::open_storage(db, "soak"), options)
         .register_kind<std::string>(
             "soak",
             [snoozed](std::string what, jobs::job_context& context) -> asio::awaitable<void> {
@@ -126,8 +137,24 @@ long fds(pid_t pid)
     return n;
 }
 
-long file_kib(const std::string& db)
+// The storage's size: the SQLite file and its WAL, or the PostgreSQL
+// schema's tables, indexes and TOAST.
+long storage_kib(const std::string& db, bool postgres)
 {
+#ifdef HOSTING_SOAK_POSTGRES
+    if (postgres) {
+        PGconn* c = PQconnectdb(db.c_str());
+        PGresult* r = PQexec(c, "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+                                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'soak' AND "
+                                "c.relkind = 'r'");
+        const long kib = PQresultStatus(r) == PGRES_TUPLES_OK ? std::atol(PQgetvalue(r, 0, 0)) / 1024 : -1;
+        PQclear(r);
+        PQfinish(c);
+        return kib;
+    }
+#else
+    (void)postgres;
+#endif
     std::uintmax_t total = 0;
     std::error_code ec;
     for (const char* suffix : {"", "-wal"}) {
@@ -161,6 +188,7 @@ int main(int argc, char** argv)
     long window = 2000;
     long restart_every = 2;
     std::string dir = std::filesystem::temp_directory_path().string();
+    std::string storage = "sqlite";
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string a = argv[i];
         if (a == "--jobs")
@@ -171,17 +199,31 @@ int main(int argc, char** argv)
             restart_every = std::max(1L, std::atol(argv[i + 1]));
         else if (a == "--dir")
             dir = argv[i + 1];
+        else if (a == "--storage" && (std::string(argv[i + 1]) == "sqlite" || std::string(argv[i + 1]) == "postgresql"))
+            storage = argv[i + 1];
         else {
-            std::fprintf(stderr, "usage: soak [--jobs N] [--window W] [--restart-every R] [--dir D]\n");
+            std::fprintf(stderr, "usage: soak [--jobs N] [--window W] [--restart-every R] [--dir D] "
+                                 "[--storage sqlite|postgresql]\n");
             return 2;
         }
     }
     const std::string self = std::filesystem::canonical("/proc/self/exe").string();
-    const std::string db = dir + "/soak.db", log = dir + "/soak_workers.log";
+    std::string db = dir + "/soak.db";
+    const std::string log = dir + "/soak_workers.log";
     for (const char* suffix : {"", "-wal", "-shm"})
         std::filesystem::remove(db + suffix);
     std::filesystem::remove(log);
-    jobs::sqlite_storage store(db);
+    const bool postgres = storage == "postgresql";
+    postgres_server server(dir + "/soak_postgres");
+    if (postgres) {
+        db = server.start(); // the workers get the connection string in the file's place
+        if (db.empty()) {
+            std::printf("VIOLATED: no PostgreSQL server could be started\n");
+            return 1;
+        }
+    }
+    auto opened = jobs::open_storage(db, "soak");
+    auto& store = *opened;
 
     const pid_t steady_worker = spawn(self, db, "steady", log);
     int generation = 0;
@@ -322,7 +364,7 @@ int main(int argc, char** argv)
             std::printf("VIOLATION the long-lived worker died (status %d)\n", status);
             return 1;
         }
-        samples.push_back({rss_kib(steady_worker), fds(steady_worker), file_kib(db)});
+        samples.push_back({rss_kib(steady_worker), fds(steady_worker), storage_kib(db, postgres)});
     }
     for (pid_t pid : {steady_worker, restarted}) {
         ::kill(pid, SIGTERM);

@@ -45,6 +45,9 @@ public:
     const std::string& conninfo() const { return conninfo_; }
     // Stopped at once, as by a crash, every connection broken; then started.
     void restart() { REQUIRE(run("restart") == 0); }
+    // Its processes stopped (SIGSTOP): connections open, nothing answered.
+    void stall() { REQUIRE(run("stall") == 0); }
+    void resume() { REQUIRE(run("resume") == 0); }
 
 private:
     int run(const char* action) const
@@ -427,4 +430,39 @@ TEST_CASE("jobs: a continuation cancelled while its parent's node settles it sta
     completing.join();
     CHECK(store->find(parent)->state == job_state::succeeded);
     CHECK(store->find(continuation)->state == job_state::cancelled); // not made available again
+}
+
+TEST_CASE("jobs: a PostgreSQL server that stops answering fails the call in bounded time, and the next call "
+          "after it answers again works",
+          "[jobs][postgresql]")
+{
+    REQUIRE_POSTGRES();
+    private_server server;
+    jobs::postgres_options options;
+    options.statement_timeout = 1s; // the call gives up 2 s after it
+    jobs::postgres_storage store(server.conninfo(), options);
+    const auto t0 = jobs::clock::now();
+    store.enqueue(std::vector{request("k", "1")}, t0);
+    server.stall();
+    // No answer, and no word that the connection broke: the call must not
+    // wait for ever (it would hold the storage thread, and every lease).
+    std::atomic<bool> returned{false};
+    std::string error;
+    std::thread call([&] {
+        try {
+            store.enqueue(std::vector{request("k", "2")}, t0);
+        } catch (const jobs::storage_error& e) {
+            error = e.what();
+        }
+        returned = true;
+    });
+    const bool in_time = test::eventually([&] { return returned.load(); }, 60s);
+    server.resume(); // whatever happened, so that the thread can end
+    call.join();
+    CHECK(in_time);
+    INFO(error);
+    CHECK(error.find("no answer within 3000 ms") != std::string::npos);
+    // Answering again: the next call connects anew.
+    store.enqueue(std::vector{request("k", "3")}, t0);
+    CHECK(store.counts()[job_state::available] == 2);
 }

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cerrno>
 #include <charconv>
 #include <climits>
 #include <cstdio>
@@ -250,11 +251,17 @@ CREATE TABLE jobs (
 CREATE INDEX jobs_ready    ON jobs (queue, priority, run_at, id) WHERE state = 1;
 CREATE INDEX jobs_due      ON jobs (run_at, id) WHERE state IN (0, 4);
 CREATE INDEX jobs_running  ON jobs (lease_owner) WHERE state = 3;
-CREATE INDEX jobs_expiring ON jobs (lease_expires) WHERE state = 3;
 CREATE INDEX jobs_state    ON jobs (state, id);
 CREATE INDEX jobs_aged     ON jobs (state, updated_at) WHERE state IN (5, 6, 7, 8);
 CREATE INDEX jobs_waiting  ON jobs (parent_id) WHERE state = 2;
 CREATE INDEX jobs_held     ON jobs (concurrency_key) WHERE state = 3 AND concurrency_key IS NOT NULL;
+-- A job's row is rewritten at each change of state and each lease renewal,
+-- and pruned in the end: room left in each page lets a renewal (which no
+-- index reads: expired leases are found through jobs_running) rewrite the
+-- row in place, and autovacuum comes for the dead rows at 2% of the table
+-- rather than at the default 20%.
+ALTER TABLE jobs SET (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02,
+    autovacuum_vacuum_insert_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
 CREATE TABLE recurring_jobs (
     id                  TEXT    PRIMARY KEY,
     cron                TEXT    NOT NULL,
@@ -276,6 +283,7 @@ CREATE TABLE recurring_jobs (
     paused              BOOLEAN NOT NULL DEFAULT false
 );
 CREATE TABLE job_counts (queue TEXT NOT NULL, kind TEXT NOT NULL, state INTEGER NOT NULL, n BIGINT NOT NULL);
+ALTER TABLE job_counts SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.02);
 CREATE FUNCTION jobs_counted_insert() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
     INSERT INTO job_counts SELECT queue, kind, state, count(*) FROM new_rows GROUP BY queue, kind, state;
@@ -479,6 +487,11 @@ struct postgres_storage::connection {
     bool prepared = false;
     // This transaction made jobs available: other nodes hear of it at commit.
     bool wake_others = false;
+    // A statement had no answer in time (the server stalled, the network
+    // dropped without a word): the connection is opened again before the
+    // next call, as a broken one is.
+    bool broken = false;
+    std::string no_answer;
 
     // The caller's connection, inside its transaction: statements run
     // unprepared (the names are the caller's to use), and nothing begins or
@@ -492,7 +505,11 @@ struct postgres_storage::connection {
     {
         if (options.schema.empty())
             throw storage_error("jobs: postgresql: the schema name is empty");
-        conn.reset(PQconnectdb(conninfo.c_str()));
+        // A connection that gets no answer gives up after 10 s (unless the
+        // connection string says otherwise), rather than wait for ever.
+        const char* keys[] = {"connect_timeout", "dbname", nullptr};
+        const char* values[] = {"10", conninfo.c_str(), nullptr};
+        conn.reset(PQconnectdbParams(keys, values, 1));
         if (!conn)
             throw storage_error("jobs: postgresql: out of memory for a connection");
         if (PQstatus(conn.get()) != CONNECTION_OK)
@@ -536,7 +553,8 @@ struct postgres_storage::connection {
     // opened again before the next call; the call that broke it has failed.
     void ensure_connected()
     {
-        if (PQstatus(conn.get()) != CONNECTION_OK) {
+        if (broken || PQstatus(conn.get()) != CONNECTION_OK) {
+            broken = false;
             PQreset(conn.get());
             if (PQstatus(conn.get()) != CONNECTION_OK)
                 throw storage_error("jobs: cannot reconnect to postgresql: " + trimmed(PQerrorMessage(conn.get())));
@@ -548,7 +566,7 @@ struct postgres_storage::connection {
             // Those a failed round prepared go first: a name is prepared once.
             exec("DEALLOCATE ALL");
             for (const auto& s : sql) {
-                result r(PQprepare(conn.get(), s.name, s.sql.c_str(), 0, nullptr));
+                result r(answer(PQsendPrepare(conn.get(), s.name, s.sql.c_str(), 0, nullptr)));
                 check(r, s.name);
             }
             prepared = true;
@@ -562,8 +580,61 @@ struct postgres_storage::connection {
         if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK)
             return;
         const char* state = raw ? PQresultErrorField(raw, PG_DIAG_SQLSTATE) : nullptr;
-        const std::string message = raw ? trimmed(PQresultErrorMessage(raw)) : trimmed(PQerrorMessage(conn.get()));
+        const std::string message = raw                 ? trimmed(PQresultErrorMessage(raw))
+                                    : !no_answer.empty() ? no_answer
+                                                         : trimmed(PQerrorMessage(conn.get()));
         throw server_error("jobs: " + where() + ": " + what + ": " + message, state ? state : "");
+    }
+
+    // The answer to the query just sent (`sent` is what sending returned):
+    // its last result, or its first error. On a connection of the
+    // storage's own it waits no longer than the statement_timeout and 2 s
+    // more: past that, the server that would have cancelled the statement
+    // is not answering at all, and the connection is given up.
+    PGresult* answer(int sent)
+    {
+        no_answer.clear();
+        if (sent == 0)
+            return nullptr;
+        const bool bounded = conn.get_deleter().owned && options.statement_timeout.count() > 0;
+        const auto deadline = std::chrono::steady_clock::now() + options.statement_timeout + std::chrono::seconds(2);
+        PGresult* kept = nullptr;
+        for (;;) {
+            while (PQisBusy(conn.get())) {
+                int wait_ms = -1;
+                if (bounded) {
+                    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                        deadline - std::chrono::steady_clock::now());
+                    if (left.count() <= 0) {
+                        PQclear(kept);
+                        broken = true;
+                        no_answer = "no answer within " +
+                                    std::to_string((options.statement_timeout + std::chrono::seconds(2)).count()) +
+                                    " ms (the statement_timeout and 2 s); the connection is given up";
+                        return nullptr;
+                    }
+                    wait_ms = static_cast<int>(left.count());
+                }
+                pollfd fd{PQsocket(conn.get()), POLLIN, 0};
+                if (::poll(&fd, 1, wait_ms) < 0 && errno != EINTR)
+                    break;
+                if (PQconsumeInput(conn.get()) == 0)
+                    break; // broken: PQgetResult says so
+            }
+            PGresult* r = PQgetResult(conn.get());
+            if (!r)
+                return kept;
+            // The first error wins; otherwise the last result.
+            const auto succeeded = [](PGresult* x) {
+                return PQresultStatus(x) == PGRES_COMMAND_OK || PQresultStatus(x) == PGRES_TUPLES_OK;
+            };
+            if (kept && !succeeded(kept)) {
+                PQclear(r);
+                continue;
+            }
+            PQclear(kept);
+            kept = r;
+        }
     }
 
     result exec(const std::string& text, const params& p = {})
@@ -571,9 +642,9 @@ struct postgres_storage::connection {
         // Without parameters, the simple protocol: a migration is several
         // statements in one text.
         const auto values = p.pointers();
-        result r(p.size() == 0 ? PQexec(conn.get(), text.c_str())
-                               : PQexecParams(conn.get(), text.c_str(), p.size(), nullptr, values.data(), nullptr,
-                                              nullptr, 0));
+        result r(answer(p.size() == 0 ? PQsendQuery(conn.get(), text.c_str())
+                                      : PQsendQueryParams(conn.get(), text.c_str(), p.size(), nullptr, values.data(),
+                                                          nullptr, nullptr, 0)));
         check(r, "statement");
         return r;
     }
@@ -585,11 +656,12 @@ struct postgres_storage::connection {
             const auto s = std::find_if(sql.begin(), sql.end(), [&](const prepared_sql& s) {
                 return std::string_view(s.name) == name;
             });
-            result r(PQexecParams(conn.get(), s->sql.c_str(), p.size(), nullptr, values.data(), nullptr, nullptr, 0));
+            result r(answer(
+                PQsendQueryParams(conn.get(), s->sql.c_str(), p.size(), nullptr, values.data(), nullptr, nullptr, 0)));
             check(r, name);
             return r;
         }
-        result r(PQexecPrepared(conn.get(), name, p.size(), values.data(), nullptr, nullptr, 0));
+        result r(answer(PQsendQueryPrepared(conn.get(), name, p.size(), values.data(), nullptr, nullptr, 0)));
         check(r, name);
         return r;
     }
@@ -616,7 +688,7 @@ struct postgres_storage::connection {
                 }
             } catch (const server_error& e) {
                 rollback_quietly();
-                if (e.retryable() && attempt < 8 && PQstatus(conn.get()) == CONNECTION_OK)
+                if (e.retryable() && attempt < 8 && !broken && PQstatus(conn.get()) == CONNECTION_OK)
                     continue;
                 throw;
             } catch (...) {
@@ -636,8 +708,8 @@ struct postgres_storage::connection {
 
     void rollback_quietly()
     {
-        if (PQstatus(conn.get()) == CONNECTION_OK && PQtransactionStatus(conn.get()) != PQTRANS_IDLE)
-            PQclear(PQexec(conn.get(), "ROLLBACK"));
+        if (!broken && PQstatus(conn.get()) == CONNECTION_OK && PQtransactionStatus(conn.get()) != PQTRANS_IDLE)
+            PQclear(answer(PQsendQuery(conn.get(), "ROLLBACK")));
     }
 
     void migrate()
