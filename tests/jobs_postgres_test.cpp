@@ -466,3 +466,39 @@ TEST_CASE("jobs: a PostgreSQL server that stops answering fails the call in boun
     store.enqueue(std::vector{request("k", "3")}, t0);
     CHECK(store.counts()[job_state::available] == 2);
 }
+
+TEST_CASE("jobs: readiness fails while the PostgreSQL server does not answer, and jobs run again once it does",
+          "[jobs][postgresql][health]")
+{
+    REQUIRE_POSTGRES();
+    private_server server;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    test::recorder r;
+    jobs::postgres_options options;
+    options.statement_timeout = 1s; // a call gives up 2 s after it
+    jobs::add_jobs(builder, std::make_shared<jobs::postgres_storage>(server.conninfo(), options), quick_server())
+        .register_kind<int>("count", [&](int n, jobs::job_context&) -> asio::awaitable<void> {
+            r.add("ran " + std::to_string(n));
+            co_return;
+        });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    host.start_blocking();
+    client.enqueue_blocking("count", 1);
+    REQUIRE(r.wait_for("ran 1"));
+    CHECK(jobs_storage_health(host).status == hosting::health_status::healthy);
+
+    server.stall();
+    CHECK_THROWS_AS(client.enqueue_blocking("count", 2), jobs::storage_error);
+    REQUIRE(test::eventually([&] { return jobs_storage_health(host).status == hosting::health_status::unhealthy; }));
+    CHECK(jobs_storage_health(host).description.find("no answer") != std::string::npos);
+
+    server.resume();
+    REQUIRE(test::eventually(
+        [&] { return jobs_storage_health(host).status == hosting::health_status::healthy; }, 30s));
+    client.enqueue_blocking("count", 3);
+    REQUIRE(r.wait_for("ran 3"));
+    host.stop_blocking();
+    CHECK(host.exit_code() == 0);
+    CHECK_FALSE(r.contains("ran 2")); // never committed: the server never read it
+}

@@ -4,6 +4,7 @@
 
 #include <hosting/hosting.hpp>
 #include <hosting/scheduling/cron.hpp>
+#include <hosting/health/health.hpp>
 #include <hosting/jobs/server.hpp>
 #include <hosting/jobs/sqlite_storage.hpp>
 #ifdef HOSTING_TEST_POSTGRES_CONNINFO
@@ -106,6 +107,19 @@ inline std::shared_ptr<jobs::storage> reopen(const std::string& which, temp_db& 
                                              std::shared_ptr<jobs::storage> store)
 {
     return which == "memory" ? store : make_storage(which, db);
+}
+
+// The jobs_storage readiness check's entry, as a probe of the host would
+// read it now.
+inline hosting::health_entry jobs_storage_health(hosting::host& host)
+{
+    auto& monitor = host.services().get<hosting::health_monitor>();
+    asio::io_context io;
+    std::optional<hosting::health_report> report;
+    asio::co_spawn(io, monitor.check("jobs"),
+                   [&](std::exception_ptr, hosting::health_report rep) { report = std::move(rep); });
+    io.run();
+    return *report->find("jobs_storage");
 }
 
 // A plain request in the default queue, for the tests that talk to a

@@ -759,16 +759,7 @@ TEST_CASE("jobs: metrics count outcomes and a health check reports an unreachabl
     CHECK(metrics.render().find("hosting_jobs_duration_seconds_count{kind=\"count\",queue=\"default\"} 1\n") !=
           std::string::npos);
 
-    auto& monitor = host.services().get<hosting::health_monitor>();
-    auto healthy = [&] {
-        asio::io_context io;
-        std::optional<hosting::health_report> report;
-        asio::co_spawn(io, monitor.check("jobs"), [&](std::exception_ptr, hosting::health_report rep) {
-            report = std::move(rep);
-        });
-        io.run();
-        return report->find("jobs_storage")->status;
-    };
+    auto healthy = [&] { return jobs_storage_health(host).status; };
     CHECK(healthy() == hosting::health_status::healthy);
     store->down = true;
     CHECK(healthy() == hosting::health_status::unhealthy);
@@ -793,16 +784,7 @@ TEST_CASE("jobs: readiness fails while a SQLite file's disk is full, and jobs ru
         });
     auto host = builder.build();
     auto& client = host.services().get<jobs::client>();
-    auto& monitor = host.services().get<hosting::health_monitor>();
-    auto status = [&] {
-        asio::io_context io;
-        std::optional<hosting::health_report> report;
-        asio::co_spawn(io, monitor.check("jobs"), [&](std::exception_ptr, hosting::health_report rep) {
-            report = std::move(rep);
-        });
-        io.run();
-        return *report->find("jobs_storage");
-    };
+    auto status = [&] { return jobs_storage_health(host); };
     host.start_blocking();
     client.enqueue_blocking("count", 1);
     REQUIRE(r.wait_for("ran 1"));
