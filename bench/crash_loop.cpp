@@ -429,6 +429,7 @@ int main(int argc, char** argv)
             return 2;
         }
     }
+    std::filesystem::create_directories(dir);
     postgres_server server(dir + "/crash_loop_postgres");
     std::string postgres;
     if (storage == "postgresql") {

@@ -207,6 +207,7 @@ int main(int argc, char** argv)
             return 2;
         }
     }
+    std::filesystem::create_directories(dir);
     const std::string self = std::filesystem::canonical("/proc/self/exe").string();
     std::string db = dir + "/soak.db";
     const std::string log = dir + "/soak_workers.log";
