@@ -404,16 +404,13 @@ job_state memory_storage::change_state(job_id id, job_state to, const std::strin
     if (it == s.jobs.end())
         throw job_not_found(id);
     auto& j = it->second;
-    if (j.state == job_state::running && (to == job_state::cancelled || to == job_state::deleted)) {
+    const auto change = outside_change_of(id, j.state, to);
+    if (change == outside_change::stop_running) {
         j.cancel_requested = true;
         j.delete_requested = j.delete_requested || to == job_state::deleted;
         return j.state;
     }
-    // From outside, available means requeue: only a job that ended can be
-    // requeued (a running one would end up with two runs).
-    if (!can_transition(j.state, to) || (to == job_state::available && !is_final(j.state)))
-        throw invalid_transition(id, j.state, to);
-    if (to == job_state::available) {
+    if (change == outside_change::requeue) {
         s.transition(j, to, now, reason, {}, now); // first: it may refuse, and then nothing changed
         j.attempt = 0;
         j.cancel_requested = false;

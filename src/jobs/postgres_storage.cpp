@@ -964,33 +964,25 @@ struct postgres_storage::connection {
             const auto owner = found.text(i, 3);
             const auto cancel_requested = found.integer(i, 4);
             const auto claim_flags = found.integer(i, 5);
-            const std::string reason = why(owner);
-            if (cancel_requested == 2) {
-                apply_transition(id, job_state::deleted, now, reason + " while a delete was pending");
-                out.push_back(id);
+            out.push_back(id);
+            const auto r = recovery_of(attempt, max_attempts, cancel_requested, claim_flags);
+            const std::string reason = r.reason(why(owner));
+            // A job asked to stop does not start again because its node died.
+            if (r.to == job_state::deleted || r.to == job_state::cancelled) {
+                apply_transition(id, r.to, now, reason);
                 continue;
             }
-            if (cancel_requested != 0) {
-                apply_transition(id, job_state::cancelled, now, reason + " while a cancel was pending");
-                out.push_back(id);
-                continue;
-            }
-            // The attempt counts, unless the node never reported its start,
-            // and then once only: a job that kills its node must not loop
-            // forever.
-            const bool refund = (claim_flags & 3) == 0;
-            const bool attempts_left = attempt - (refund ? 1 : 0) < max_attempts;
-            if (refund)
+            if (r.refund)
                 run("refunded", params().add(id));
+            const bool failed = r.to == job_state::failed;
             params p;
-            p.add(id).add(code(attempts_left ? job_state::available : job_state::failed)).add(refund ? -1 : 0);
-            p.add_null().add_or_null(attempts_left ? std::string_view() : std::string_view(reason));
+            p.add(id).add(code(r.to)).add(r.refund ? -1 : 0);
+            p.add_null().add_or_null(failed ? std::string_view(reason) : std::string_view());
             p.add(micros(now)).add(reason).add(owner).add(attempt);
             run("complete", p);
-            if (!attempts_left)
+            if (failed)
                 resolve_children(id, job_state::failed, now);
-            wake_others |= attempts_left;
-            out.push_back(id);
+            wake_others |= !failed;
         }
         return out;
     }
@@ -1368,17 +1360,12 @@ job_state postgres_storage::change_state(job_id id, job_state to, const std::str
         if (!state)
             throw job_not_found(id);
         const auto from = *state;
-        // The node running it stops it, and its completion ends it; until
-        // then it keeps its lease and its concurrency key.
-        if (from == job_state::running && (to == job_state::cancelled || to == job_state::deleted)) {
+        const auto change = outside_change_of(id, from, to);
+        if (change == outside_change::stop_running) {
             c.run("stop_running", params().add(id).add(to == job_state::deleted ? 2 : 1));
             return from;
         }
-        // From outside, available means requeue: only a job that ended can
-        // be requeued (a running one would end up with two runs).
-        if (!can_transition(from, to) || (to == job_state::available && !is_final(from)))
-            throw invalid_transition(id, from, to);
-        if (to == job_state::available) {
+        if (change == outside_change::requeue) {
             auto holder = c.run("key_holder", params().add(id));
             if (holder.rows() != 0)
                 throw invalid_transition(id, from, to,

@@ -648,37 +648,28 @@ struct sqlite_storage::connection {
         }
         std::vector<job_id> out;
         for (const auto& f : gone) {
-            const std::string reason = why(f.owner);
+            out.push_back(f.id);
+            const auto r = recovery_of(f.attempt, f.max_attempts, f.cancel_requested, f.claim_flags);
+            const std::string reason = r.reason(why(f.owner));
             // A job asked to stop does not start again because its node died.
-            if (f.cancel_requested == 2) {
-                apply_transition(f.id, job_state::deleted, now, reason + " while a delete was pending");
-                out.push_back(f.id);
+            if (r.to == job_state::deleted || r.to == job_state::cancelled) {
+                apply_transition(f.id, r.to, now, reason);
                 continue;
             }
-            if (f.cancel_requested != 0) {
-                apply_transition(f.id, job_state::cancelled, now, reason + " while a cancel was pending");
-                out.push_back(f.id);
-                continue;
-            }
-            // The attempt counts, unless the node never reported its start,
-            // and then once only: a job that kills its node must not loop
-            // forever.
-            const bool refund = (f.claim_flags & 3) == 0;
-            const bool attempts_left = f.attempt - (refund ? 1 : 0) < f.max_attempts;
-            if (refund) {
-                using_statement r{*refunded};
+            if (r.refund) {
+                using_statement u{*refunded};
                 refunded->bind(1, f.id).run();
             }
+            const bool failed = r.to == job_state::failed;
             auto& s = *complete;
             using_statement u{s};
-            s.bind(1, f.id).bind(2, code(attempts_left ? job_state::available : job_state::failed)).bind(3, refund ? -1 : 0);
-            s.bind_null(4).bind_or_null(5, attempts_left ? std::string_view() : std::string_view(reason));
+            s.bind(1, f.id).bind(2, code(r.to)).bind(3, r.refund ? -1 : 0);
+            s.bind_null(4).bind_or_null(5, failed ? std::string_view(reason) : std::string_view());
             s.bind(6, micros(now)).bind(7, reason).bind(8, f.owner).bind(9, f.attempt);
             s.run();
             s.reset();
-            if (!attempts_left)
+            if (failed)
                 resolve_children(f.id, job_state::failed, now);
-            out.push_back(f.id);
         }
         return out;
     }
@@ -846,19 +837,14 @@ job_state sqlite_storage::change_state(job_id id, job_state to, const std::strin
     auto& c = *db_;
     return c.write([&] {
         const auto from = c.current_state(id);
-        // The node running it stops it, and its completion ends it; until
-        // then it keeps its lease and its concurrency key.
-        if (from == job_state::running && (to == job_state::cancelled || to == job_state::deleted)) {
+        const auto change = outside_change_of(id, from, to);
+        if (change == outside_change::stop_running) {
             statement s(c.db, "UPDATE jobs SET cancel_requested = max(cancel_requested, ?2) WHERE id = ?1");
             s.bind(1, id).bind(2, to == job_state::deleted ? 2 : 1);
             s.run();
             return from;
         }
-        // From outside, available means requeue: only a job that ended can
-        // be requeued (a running one would end up with two runs).
-        if (!can_transition(from, to) || (to == job_state::available && !is_final(from)))
-            throw invalid_transition(id, from, to);
-        if (to == job_state::available) {
+        if (change == outside_change::requeue) {
             // Another job took its unique key while it was final: a requeue
             // would make two.
             {

@@ -113,6 +113,24 @@ constexpr continuation_fate fate_of(continuation_condition condition, job_state 
     return continuation_fate::wait;
 }
 
+// What a transition asked for from outside the engine (storage::
+// change_state) does, for every storage alike: cancelling or deleting a
+// running job only asks its node to stop it (its completion then ends it,
+// and until then it keeps its lease and its concurrency key); available
+// means a requeue, which only a job that ended can have (a running one would
+// end up with two runs); anything else the state machine forbids throws
+// invalid_transition.
+enum class outside_change : std::uint8_t { stop_running, requeue, transition };
+
+inline outside_change outside_change_of(job_id id, job_state from, job_state to)
+{
+    if (from == job_state::running && (to == job_state::cancelled || to == job_state::deleted))
+        return outside_change::stop_running;
+    if (!can_transition(from, to) || (to == job_state::available && !is_final(from)))
+        throw invalid_transition(id, from, to);
+    return to == job_state::available ? outside_change::requeue : outside_change::transition;
+}
+
 // Matched against the claim: a completion from a node whose lease was lost
 // (the job recovered and claimed again elsewhere) changes nothing.
 struct completion {

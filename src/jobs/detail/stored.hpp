@@ -116,4 +116,33 @@ inline const char* wanted(continuation_condition c)
     return "ended";
 }
 
+// What recovering a running job whose node is gone does, from its row (see
+// storage::recover_expired): a job asked to stop (cancel_requested 1, or 2
+// for a delete) ends cancelled or deleted; any other is charged its
+// attempt, unless its node never reported its start (claim_flags bit 0)
+// and it never had one back (bit 1): then the attempt is refunded, once in
+// its life. It becomes available while attempts are left, failed after.
+struct recovery {
+    job_state to;
+    bool refund = false;
+
+    // The history's reason, given why the node is gone.
+    std::string reason(const std::string& why) const
+    {
+        return to == job_state::deleted     ? why + " while a delete was pending"
+               : to == job_state::cancelled ? why + " while a cancel was pending"
+                                            : why;
+    }
+};
+
+inline recovery recovery_of(int attempt, int max_attempts, std::int64_t cancel_requested, std::int64_t claim_flags)
+{
+    if (cancel_requested == 2)
+        return {job_state::deleted};
+    if (cancel_requested != 0)
+        return {job_state::cancelled};
+    const bool refund = (claim_flags & 3) == 0;
+    return {attempt - (refund ? 1 : 0) < max_attempts ? job_state::available : job_state::failed, refund};
+}
+
 } // namespace hosting::jobs::detail
