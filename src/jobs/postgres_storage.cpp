@@ -345,7 +345,7 @@ struct prepared_sql {
     std::string sql;
 };
 
-std::vector<prepared_sql> statements()
+std::vector<prepared_sql> make_statements()
 {
     const std::string not_held = "(concurrency_key IS NULL OR NOT EXISTS (SELECT 1 FROM jobs AS held "
                                  "WHERE held.state = 3 AND held.concurrency_key = jobs.concurrency_key))";
@@ -466,6 +466,14 @@ std::vector<prepared_sql> statements()
     };
 }
 
+// Built once: each connection prepares them, and each borrowed connection
+// (enqueue_in_transaction) looks them up.
+const std::vector<prepared_sql>& statements()
+{
+    static const std::vector<prepared_sql> all = make_statements();
+    return all;
+}
+
 // A connection of the storage's own is closed with it; one borrowed from
 // the caller (enqueue_in_transaction) is not.
 struct connection_closer {
@@ -483,7 +491,7 @@ struct postgres_storage::connection {
     std::unique_ptr<PGconn, connection_closer> conn;
     std::string conninfo;
     postgres_options options;
-    std::vector<prepared_sql> sql = statements();
+    const std::vector<prepared_sql>& sql = statements();
     bool prepared = false;
     // This transaction made jobs available: other nodes hear of it at commit.
     bool wake_others = false;
@@ -1388,10 +1396,7 @@ std::optional<job> postgres_storage::find(job_id id, bool with_history)
     auto r = c.run("find", params().add(id));
     if (r.rows() == 0)
         return std::nullopt;
-    auto j = connection::read_job(r, 0, true);
-    if (!with_history)
-        j.history.clear();
-    return j;
+    return connection::read_job(r, 0, with_history); // without: the history is not parsed
 }
 
 std::vector<job> postgres_storage::list(const job_filter& filter)
