@@ -15,16 +15,29 @@
 
 namespace {
 
-// The first value a statement returns, on a connection of the test's own.
-std::string query(const std::string& conninfo, const std::string& sql)
-{
-    std::unique_ptr<PGconn, decltype(&PQfinish)> conn(PQconnectdb(conninfo.c_str()), &PQfinish);
-    REQUIRE(PQstatus(conn.get()) == CONNECTION_OK);
-    std::unique_ptr<PGresult, decltype(&PQclear)> r(PQexec(conn.get(), sql.c_str()), &PQclear);
-    INFO(sql << ": " << PQresultErrorMessage(r.get()));
-    REQUIRE((PQresultStatus(r.get()) == PGRES_TUPLES_OK || PQresultStatus(r.get()) == PGRES_COMMAND_OK));
-    return PQntuples(r.get()) > 0 ? PQgetvalue(r.get(), 0, 0) : "";
-}
+// A connection of the test's own, as an application or another process
+// has: exec() runs a statement and gives its first value.
+class session {
+public:
+    explicit session(const std::string& conninfo) : conn_(PQconnectdb(conninfo.c_str()), &PQfinish)
+    {
+        REQUIRE(PQstatus(conn_.get()) == CONNECTION_OK);
+    }
+    PGconn* get() const { return conn_.get(); }
+    std::string exec(const std::string& sql)
+    {
+        std::unique_ptr<PGresult, decltype(&PQclear)> r(PQexec(conn_.get(), sql.c_str()), &PQclear);
+        INFO(sql << ": " << PQresultErrorMessage(r.get()));
+        REQUIRE((PQresultStatus(r.get()) == PGRES_TUPLES_OK || PQresultStatus(r.get()) == PGRES_COMMAND_OK));
+        return PQntuples(r.get()) > 0 ? PQgetvalue(r.get(), 0, 0) : "";
+    }
+
+private:
+    std::unique_ptr<PGconn, decltype(&PQfinish)> conn_;
+};
+
+// The first value a statement returns, on a connection of its own.
+std::string query(const std::string& conninfo, const std::string& sql) { return session(conninfo).exec(sql); }
 
 // A server of the test's own, which it may restart without breaking the
 // tests that share CTest's.
@@ -327,17 +340,10 @@ TEST_CASE("jobs: jobs enqueued in the caller's own PostgreSQL transaction commit
 
     // The application's connection, with a table of its own and its own
     // search_path.
-    std::unique_ptr<PGconn, decltype(&PQfinish)> app(PQconnectdb(postgres_conninfo().c_str()), &PQfinish);
-    REQUIRE(PQstatus(app.get()) == CONNECTION_OK);
+    session app(postgres_conninfo());
     const std::string orders = "\"orders_" + db.schema + "\"";
-    auto exec = [&](const std::string& sql) {
-        std::unique_ptr<PGresult, decltype(&PQclear)> res(PQexec(app.get(), sql.c_str()), &PQclear);
-        INFO(sql << ": " << PQresultErrorMessage(res.get()));
-        REQUIRE((PQresultStatus(res.get()) == PGRES_COMMAND_OK || PQresultStatus(res.get()) == PGRES_TUPLES_OK));
-        return PQntuples(res.get()) > 0 ? std::string(PQgetvalue(res.get(), 0, 0)) : std::string();
-    };
-    exec("SET search_path TO public");
-    exec("CREATE TABLE public." + orders + " (id int PRIMARY KEY)");
+    app.exec("SET search_path TO public");
+    app.exec("CREATE TABLE public." + orders + " (id int PRIMARY KEY)");
 
     // Outside a transaction: refused, saying why.
     jobs::job_batch one;
@@ -346,18 +352,18 @@ TEST_CASE("jobs: jobs enqueued in the caller's own PostgreSQL transaction commit
                       Catch::Contains("no transaction open"));
 
     // Rolled back: neither the order nor its job.
-    exec("BEGIN");
-    exec("INSERT INTO " + orders + " VALUES (1)");
+    app.exec("BEGIN");
+    app.exec("INSERT INTO " + orders + " VALUES (1)");
     jobs::job_batch first;
     first.add("receipt", 1);
     const auto rolled_back = store->enqueue_in_transaction(app.get(), client.requests_for(first));
     REQUIRE(rolled_back.size() == 1);
-    exec("ROLLBACK");
+    app.exec("ROLLBACK");
     CHECK_FALSE(store->find(rolled_back[0].id).has_value());
 
     // Committed: both, and the job is invisible to others until then.
-    exec("BEGIN");
-    exec("INSERT INTO " + orders + " VALUES (2)");
+    app.exec("BEGIN");
+    app.exec("INSERT INTO " + orders + " VALUES (2)");
     jobs::job_batch second;
     second.add("receipt", 2);
     jobs::job_options keyed;
@@ -369,12 +375,12 @@ TEST_CASE("jobs: jobs enqueued in the caller's own PostgreSQL transaction commit
     CHECK(committed[1].created);
     CHECK_FALSE(committed[2].created);
     CHECK(committed[2].id == committed[1].id);
-    CHECK(exec("SHOW search_path") == "public"); // the caller's, as it was
+    CHECK(app.exec("SHOW search_path") == "public"); // the caller's, as it was
     CHECK_FALSE(store->find(committed[0].id).has_value());
-    exec("COMMIT");
+    app.exec("COMMIT");
     CHECK(r.wait_for("receipt 2", 20s));
     CHECK(test::eventually([&] { return r.count("receipt 2") == 2; }, 20s));
-    CHECK(exec("SELECT count(*) FROM " + orders) == "1");
+    CHECK(app.exec("SELECT count(*) FROM " + orders) == "1");
     CHECK(r.count("receipt 1") == 0);
     host.stop_blocking();
     CHECK(host.exit_code() == 0);
@@ -399,21 +405,10 @@ TEST_CASE("jobs: a continuation cancelled while its parent's node settles it sta
     // Another process cancels the continuation, and has not committed yet
     // when the parent's node finishes the parent and settles its
     // continuations.
-    std::unique_ptr<PGconn, decltype(&PQfinish)> other(PQconnectdb(postgres_conninfo().c_str()), &PQfinish);
-    REQUIRE(PQstatus(other.get()) == CONNECTION_OK);
-    auto exec = [&](const std::string& sql) {
-        std::unique_ptr<PGresult, decltype(&PQclear)> res(PQexec(other.get(), sql.c_str()), &PQclear);
-        INFO(sql << ": " << PQresultErrorMessage(res.get()));
-        REQUIRE((PQresultStatus(res.get()) == PGRES_COMMAND_OK || PQresultStatus(res.get()) == PGRES_TUPLES_OK));
-    };
-    exec("BEGIN");
-    exec("UPDATE \"" + db.schema + "\".jobs SET state = 7 WHERE id = " + std::to_string(continuation));
-    std::string xid;
-    {
-        std::unique_ptr<PGresult, decltype(&PQclear)> res(PQexec(other.get(), "SELECT pg_current_xact_id()"), &PQclear);
-        REQUIRE(PQresultStatus(res.get()) == PGRES_TUPLES_OK);
-        xid = PQgetvalue(res.get(), 0, 0);
-    }
+    session other(postgres_conninfo());
+    other.exec("BEGIN");
+    other.exec("UPDATE \"" + db.schema + "\".jobs SET state = 7 WHERE id = " + std::to_string(continuation));
+    const std::string xid = other.exec("SELECT pg_current_xact_id()");
     std::thread completing([&] {
         store->complete_and_claim(
             std::vector<jobs::completion>{{parent, claimed[0].attempt, jobs::outcome::succeeded, {}, {}, "ok"}},
@@ -426,7 +421,7 @@ TEST_CASE("jobs: a continuation cancelled while its parent's node settles it sta
                                               "'transactionid' AND transactionid::text = '" + xid + "'") != "0";
         },
         20s));
-    exec("COMMIT");
+    other.exec("COMMIT");
     completing.join();
     CHECK(store->find(parent)->state == job_state::succeeded);
     CHECK(store->find(continuation)->state == job_state::cancelled); // not made available again
