@@ -12,3 +12,4 @@
 #include <hosting/core/host_options.hpp>
 #include <hosting/core/hosted_service.hpp>
 #include <hosting/core/services.hpp>
+#include <hosting/core/single_instance.hpp>

@@ -209,6 +209,11 @@ void background_service_access::request_stop(background_service& service, const 
     asio::dispatch(executor, [e = e] { e->cancel_execute(); });
 }
 
+void background_service_access::request_stop_token(background_service& service) noexcept
+{
+    service.execution_->stopping.request_stop();
+}
+
 bool background_service_access::execute_ended(const background_service& service) noexcept
 {
     return service.execution_->ended.load();

@@ -38,13 +38,15 @@ std::string demangle(const std::type_info& type)
 
 hosted_service_registration
 service_collection::add_hosted(std::shared_ptr<const std::string> name,
-                               std::function<std::shared_ptr<hosted_service>(service_provider&)> factory)
+                               std::function<std::shared_ptr<hosted_service>(service_provider&)> factory,
+                               bool background)
 {
     if (!hosted_)
         hosted_ = std::make_shared<detail::hosted_descriptors>();
     auto& descriptor = hosted_->items.emplace_back();
     descriptor.name = std::move(name);
     descriptor.factory = std::move(factory);
+    descriptor.background = background;
     return hosted_service_registration{hosted_, hosted_->items.size() - 1};
 }
 

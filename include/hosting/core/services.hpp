@@ -1,6 +1,7 @@
 // The service registry: what services are built from and what they can ask for.
 #pragma once
 
+#include <hosting/core/background_service.hpp>
 #include <hosting/core/hosted_service.hpp>
 
 #include <chrono>
@@ -110,7 +111,9 @@ struct hosted_descriptor {
     std::shared_ptr<const std::string> name;
     std::function<std::shared_ptr<hosted_service>(service_provider&)> factory;
     std::shared_ptr<const restart_policy> restart; // null: never
+    std::shared_ptr<const std::string> single_instance; // the lease's name (empty: the service's); null: every node
     bool starts_first = false;
+    bool background = false; // the factory makes a background_service
 };
 // Registrations lie side by side, several to a block, and build() frees
 // each block as soon as it has read it: ten thousand registrations then
@@ -163,6 +166,24 @@ public:
         return *this;
     }
 
+    // Runs the service's execute on one node at a time, among all the
+    // processes that share the host's coordination storage: this node runs
+    // it only while it holds the lease `lease_name` (the service's name when
+    // empty), and stops it (its stop token fires, its awaited operations
+    // are cancelled) before the lease can pass to another node. Each hold
+    // builds a new instance with the registration's factory; inside
+    // execute, co_await fencing_token() gives the hold's term
+    // (single_instance.hpp). A restart policy applies to the whole: an
+    // execute that faults gives the lease up and is restarted per the
+    // policy. build() throws std::invalid_argument when the service is not
+    // a background_service or when no coordination is registered (see
+    // hosting::coordination::add_coordination).
+    hosted_service_registration& single_instance(std::string lease_name = {})
+    {
+        descriptor().single_instance = std::make_shared<const std::string>(std::move(lease_name));
+        return *this;
+    }
+
 private:
     detail::hosted_descriptor& descriptor();
 
@@ -184,7 +205,8 @@ public:
         return add_hosted(detail::shared_type_name<T>(),
                           [... captured = std::forward<Args>(args)](service_provider& provider) mutable {
                               return std::shared_ptr<hosted_service>(detail::construct<T>(provider, captured...));
-                          });
+                          },
+                          std::derived_from<T, background_service>);
     }
 
     // Registers a hosted service made by `factory(provider)` at build(), for
@@ -198,7 +220,8 @@ public:
         return add_hosted(detail::shared_type_name<T>(),
                           [factory = std::move(factory)](service_provider& provider) mutable {
                               return std::shared_ptr<hosted_service>(factory(provider));
-                          });
+                          },
+                          std::derived_from<T, background_service>);
     }
 
     // Registers one shared instance of T, built by build() (before the hosted
@@ -268,7 +291,8 @@ private:
     service_collection& add(const std::type_info& key, std::string name,
                             std::function<std::shared_ptr<void>(service_provider&)> factory);
     hosted_service_registration add_hosted(std::shared_ptr<const std::string> name,
-                                           std::function<std::shared_ptr<hosted_service>(service_provider&)> factory);
+                                           std::function<std::shared_ptr<hosted_service>(service_provider&)> factory,
+                                           bool background);
 
     std::unordered_map<std::type_index, detail::singleton_descriptor> singletons_;
     std::vector<std::type_index> singleton_order_;

@@ -42,6 +42,10 @@ struct background_service_access {
     // `executor` is the one execute was launched on.
     static void request_stop(background_service& service, const asio::any_io_executor& executor);
 
+    // Requests the `stopping` token only, from any thread: a handler that
+    // checks it sees it at once, even while the service's executor is busy.
+    static void request_stop_token(background_service& service) noexcept;
+
     // True once execute has ended (any thread).
     static bool execute_ended(const background_service& service) noexcept;
 };

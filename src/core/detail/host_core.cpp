@@ -3,6 +3,7 @@
 #include <hosting/async/cancellation.hpp>
 #include <hosting/core/background_service.hpp>
 
+#include "core/detail/single_instance_service.hpp"
 #include "detail/describe.hpp"
 #include "detail/keep_alive.hpp"
 
@@ -221,6 +222,8 @@ void host_core::build(service_collection services, std::shared_ptr<hosted_descri
     };
     while (auto taken = next()) {
         auto& descriptor = *taken;
+        if (descriptor.single_instance)
+            descriptor.factory = single_instance_factory(descriptor);
         auto service = descriptor.factory(*provider_);
         if (!service)
             throw std::logic_error("host_builder: the factory of " + *descriptor.name + " returned null");
@@ -243,6 +246,28 @@ void host_core::build(service_collection services, std::shared_ptr<hosted_descri
         if (entry.background)
             attach_background(entry, *entry.background);
     }
+}
+
+std::function<std::shared_ptr<hosted_service>(service_provider&)>
+host_core::single_instance_factory(hosted_descriptor& descriptor)
+{
+    const std::string& name = *descriptor.name;
+    const std::string lease = descriptor.single_instance->empty() ? name : *descriptor.single_instance;
+    if (!descriptor.background)
+        throw std::invalid_argument("host_builder: service '" + name + "' is single_instance(\"" + lease +
+                                    "\") but not a background_service; only an execute can run on one node at a "
+                                    "time");
+    auto* coordinator = provider_->try_get<instance_coordinator>();
+    if (!coordinator)
+        throw std::invalid_argument("host_builder: service '" + name + "' is single_instance(\"" + lease +
+                                    "\"), and no coordination is registered to grant the lease; add one with "
+                                    "hosting::coordination::add_coordination(builder, ...)");
+    // The provider outlives the services and their frames.
+    std::shared_ptr<instance_coordinator> shared(std::shared_ptr<void>{}, coordinator);
+    return [shared, lease, inner = std::move(descriptor.factory)](service_provider& provider) {
+        return std::shared_ptr<hosted_service>(
+            std::make_shared<single_instance_service>(shared, lease, inner, provider));
+    };
 }
 
 void host_core::attach_background(service_entry& entry, background_service& service)

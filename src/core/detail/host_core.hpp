@@ -54,6 +54,9 @@ public:
 
     // Second construction step: needs shared_from_this.
     void build(service_collection services, std::shared_ptr<hosted_descriptors> hosted);
+    // What a registration marked single_instance() is built with instead.
+    std::function<std::shared_ptr<hosted_service>(service_provider&)>
+    single_instance_factory(hosted_descriptor& descriptor);
 
     asio::awaitable<void> start();
     asio::awaitable<void> stop();

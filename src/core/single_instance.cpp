@@ -1,0 +1,229 @@
+#include "core/detail/single_instance_service.hpp"
+
+#include "core/detail/background_service_access.hpp"
+#include "detail/describe.hpp"
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <spdlog/logger.h>
+
+#include <utility>
+
+namespace hosting {
+namespace detail {
+
+namespace {
+
+// The executor a single-instance service's execute runs on: the service's
+// own strand, carrying the lease, so that fencing_token() finds it from
+// any coroutine execute awaits. Everything else is the strand's.
+class lease_executor {
+public:
+    lease_executor(asio::any_io_executor inner, std::shared_ptr<const instance_lease> lease) noexcept
+        : inner_(std::move(inner)), lease_(std::move(lease))
+    {
+    }
+
+    template <class F>
+    void execute(F&& f) const
+    {
+        inner_.execute(std::forward<F>(f));
+    }
+
+    template <class P>
+    auto query(const P& p) const -> decltype(asio::query(std::declval<const asio::any_io_executor&>(), p))
+    {
+        return asio::query(inner_, p);
+    }
+
+    template <class P>
+    auto require(const P& p) const
+        -> decltype(asio::require(std::declval<const asio::any_io_executor&>(), p), lease_executor(*this))
+    {
+        return lease_executor(asio::require(inner_, p), lease_);
+    }
+
+    template <class P>
+    auto prefer(const P& p) const
+        -> decltype(asio::prefer(std::declval<const asio::any_io_executor&>(), p), lease_executor(*this))
+    {
+        return lease_executor(asio::prefer(inner_, p), lease_);
+    }
+
+    friend bool operator==(const lease_executor& a, const lease_executor& b) noexcept
+    {
+        return a.inner_ == b.inner_ && a.lease_ == b.lease_;
+    }
+    friend bool operator!=(const lease_executor& a, const lease_executor& b) noexcept { return !(a == b); }
+
+    const std::shared_ptr<const instance_lease>& lease() const noexcept { return lease_; }
+
+private:
+    asio::any_io_executor inner_;
+    std::shared_ptr<const instance_lease> lease_;
+};
+
+// One hold's run of the inner service, shared with what tells of its end
+// and of the lease's loss (the coordinator's thread).
+struct run_state {
+    explicit run_state(const asio::any_io_executor& executor) : event(executor, asio::steady_timer::time_point::max())
+    {
+    }
+    asio::steady_timer event; // the service's executor only
+    bool ended = false;
+    service_state state = service_state::running;
+    std::exception_ptr error;
+};
+
+struct run_observer final : background_service_access::observer {
+    std::weak_ptr<run_state> run;
+    explicit run_observer(std::weak_ptr<run_state> r) : run(std::move(r)) {}
+    void execute_ended(void*, service_state state, std::exception_ptr error) override
+    {
+        if (auto r = run.lock()) {
+            r->ended = true;
+            r->state = state;
+            r->error = std::move(error);
+            r->event.cancel();
+        }
+    }
+};
+
+} // namespace
+
+single_instance_service::single_instance_service(std::shared_ptr<instance_coordinator> coordinator,
+                                                 std::string lease_name, hosted_factory factory,
+                                                 service_provider& provider)
+    : coordinator_(std::move(coordinator)), lease_name_(std::move(lease_name)), factory_(std::move(factory)),
+      provider_(provider)
+{
+}
+
+asio::awaitable<void> single_instance_service::execute(std::stop_token stopping)
+{
+    const asio::any_io_executor executor = co_await asio::this_coro::executor;
+    const auto& log = service_logger();
+    const std::string& name = service_name();
+    for (;;) {
+        auto acquiring = coordinator_->acquire(lease_name_, stopping);
+        std::shared_ptr<instance_lease> lease = co_await std::move(acquiring);
+        if (stopping.stop_requested()) {
+            co_await release(*lease);
+            co_return;
+        }
+        if (log)
+            log->info("Service '{}' holds lease '{}' (term {}) and starts", name, lease_name_, lease->term());
+
+        std::shared_ptr<hosted_service> made;
+        std::exception_ptr not_made;
+        try {
+            made = factory_(provider_);
+            if (!dynamic_cast<background_service*>(made.get()))
+                throw std::logic_error("service '" + name + "': its factory made no background_service");
+        } catch (...) {
+            not_made = std::current_exception();
+        }
+        if (not_made) {
+            co_await release(*lease);
+            std::rethrow_exception(not_made);
+        }
+        auto* inner = dynamic_cast<background_service*>(made.get());
+        auto run = std::make_shared<run_state>(executor);
+        background_service_access::bind(
+            *inner,
+            std::make_shared<const background_service_access::binding>(background_service_access::binding{
+                std::make_shared<run_observer>(run), std::make_shared<const std::string>(name), log}),
+            nullptr);
+        const asio::any_io_executor inner_executor = lease_executor(executor, lease);
+        background_service_access::launch(*inner, inner_executor);
+
+        {
+            // The stop token fires from the coordinator's thread at once, so
+            // that a handler that checks it stops even while the loop is
+            // blocked; the cancellation of awaited operations has to go
+            // through the service's executor.
+            auto on_lost = [made, inner, run, executor] {
+                background_service_access::request_stop_token(*inner);
+                asio::post(executor, [run] { run->event.cancel(); });
+            };
+            std::stop_callback<decltype(on_lost)> lost_callback(lease->lost(), std::move(on_lost));
+            while (!run->ended && !lease->lost().stop_requested() && !stopping.stop_requested()) {
+                boost::system::error_code ec;
+                co_await run->event.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+            }
+            if (!run->ended) {
+                // The host's stop cancelled this coroutine: what follows
+                // must still await the service's end, which the host's own
+                // deadline bounds. The lease is renewed meanwhile: the
+                // service may still be running.
+                co_await asio::this_coro::reset_cancellation_state();
+                background_service_access::request_stop(*inner, inner_executor);
+                while (!run->ended) {
+                    boost::system::error_code ec;
+                    co_await run->event.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+                }
+            }
+        }
+
+        const bool lost = lease->lost().stop_requested();
+        co_await release(*lease);
+        if (run->state == service_state::faulted && !lost)
+            std::rethrow_exception(run->error);
+        if (stopping.stop_requested())
+            co_return;
+        if (lost) {
+            if (log) {
+                if (run->state == service_state::faulted)
+                    log->warn("Service '{}' lost lease '{}' (term {}) and ended with: {}; it runs again once this "
+                              "node holds the lease",
+                              name, lease_name_, lease->term(), describe(run->error));
+                else
+                    log->warn("Service '{}' lost lease '{}' (term {}) and was stopped; it runs again once this "
+                              "node holds the lease",
+                              name, lease_name_, lease->term());
+            }
+            continue;
+        }
+        if (log)
+            log->info("Service '{}' completed; lease '{}' (term {}) released", name, lease_name_, lease->term());
+        co_return;
+    }
+}
+
+asio::awaitable<void> single_instance_service::release(instance_lease& lease)
+{
+    // Also after the host's stop cancelled this coroutine: a lease given
+    // up now passes to another node at once instead of when it expires.
+    co_await asio::this_coro::reset_cancellation_state();
+    try {
+        co_await lease.release();
+    } catch (...) {
+        // It expires instead.
+    }
+}
+
+} // namespace detail
+
+asio::awaitable<std::shared_ptr<const instance_lease>> current_instance_lease()
+{
+    const asio::any_io_executor executor = co_await asio::this_coro::executor;
+    if (const auto* found = executor.target<detail::lease_executor>())
+        co_return found->lease();
+    co_return nullptr;
+}
+
+asio::awaitable<std::uint64_t> fencing_token()
+{
+    const asio::any_io_executor executor = co_await asio::this_coro::executor;
+    if (const auto* found = executor.target<detail::lease_executor>())
+        co_return found->lease()->term();
+    throw not_single_instance("fencing_token(): not inside the execute of a service registered with "
+                              "single_instance() (or of a coroutine it awaits on its executor)");
+}
+
+} // namespace hosting
