@@ -1,5 +1,7 @@
 #include "jobs/detail/engine.hpp"
 
+#include "detail/node_id.hpp"
+
 #include <hosting/scheduling/cron.hpp>
 
 #include <boost/asio/co_spawn.hpp>
@@ -116,20 +118,6 @@ namespace detail {
 
 void register_kind(engine& e, kind_entry entry) { e.add_kind(std::move(entry)); }
 
-namespace {
-std::string default_node_id()
-{
-    char host[256] = {};
-    ::gethostname(host, sizeof host - 1);
-    std::random_device rd;
-    static constexpr char digits[] = "0123456789abcdef";
-    std::string suffix;
-    for (int i = 0; i < 6; ++i)
-        suffix += digits[rd() % 16];
-    return std::string(host) + ":" + std::to_string(::getpid()) + ":" + suffix;
-}
-} // namespace
-
 engine::engine(std::shared_ptr<storage> store, server_options options)
     : store_(std::move(store)), options_(std::move(options))
 {
@@ -139,7 +127,7 @@ engine::engine(std::shared_ptr<storage> store, server_options options)
     if (!options_.clock)
         options_.clock = std::make_shared<system_time_source>();
     if (options_.node_id.empty())
-        options_.node_id = default_node_id();
+        options_.node_id = hosting::detail::default_node_id();
     next_renewal_ = std::chrono::steady_clock::now() + options_.heartbeat_interval;
     thread_ = std::thread([this] { loop(); });
 }
