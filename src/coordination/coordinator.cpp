@@ -1,0 +1,659 @@
+#include <hosting/coordination/coordination.hpp>
+
+#include <hosting/core/host_builder.hpp>
+#include <hosting/core/hosted_service.hpp>
+#include <hosting/core/services.hpp>
+#include <hosting/health/health.hpp>
+#include <hosting/logging/logging.hpp>
+#include <hosting/metrics/metrics.hpp>
+
+#include "detail/describe.hpp"
+#include "detail/node_id.hpp"
+#include "detail/remote_completion.hpp"
+
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/error.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <spdlog/logger.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <list>
+#include <map>
+#include <mutex>
+#include <thread>
+
+namespace hosting::coordination {
+
+namespace {
+
+using clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+constexpr const char* leader_lease = "leader";
+
+} // namespace
+
+void coordination_options::validate() const
+{
+    auto fail = [](const std::string& what) { throw std::invalid_argument("coordination_options: " + what); };
+    if (lease_duration < milliseconds(100))
+        fail("lease_duration must be at least 100 ms");
+    if (renew_interval.count() < 0 || retry_interval.count() < 0 || stop_margin.count() < 0)
+        fail("renew_interval, retry_interval and stop_margin must not be negative");
+    const auto margin = stop_margin.count() ? stop_margin : lease_duration / 5;
+    const auto renew = renew_interval.count() ? renew_interval : lease_duration / 3;
+    if (margin >= lease_duration)
+        fail("stop_margin must be shorter than lease_duration");
+    if (renew >= lease_duration - margin)
+        fail("renew_interval must be shorter than lease_duration - stop_margin, or a holder would stop "
+             "before its first renewal");
+}
+
+// One term of a lease this node holds.
+class held_lease final : public instance_lease {
+public:
+    held_lease(std::shared_ptr<coordinator::impl> owner, std::string name, std::uint64_t term,
+               clock::time_point valid_until)
+        : owner_(std::move(owner)), name_(std::move(name)), term_(term), valid_until(valid_until.time_since_epoch().count()),
+          renewed(clock::now().time_since_epoch().count())
+    {
+    }
+
+    const std::string& name() const noexcept override { return name_; }
+    std::uint64_t term() const noexcept override { return term_; }
+    std::stop_token lost() const noexcept override { return lost_.get_token(); }
+    asio::awaitable<void> release() override;
+
+    // From any thread; the first reason wins.
+    bool lose(const std::string& why)
+    {
+        std::lock_guard lock(mutex_);
+        if (lost_.stop_requested())
+            return false;
+        why_ = why;
+        lost_.request_stop();
+        return true;
+    }
+    bool is_lost() const noexcept { return lost_.stop_requested(); }
+    std::string why_lost() const
+    {
+        std::lock_guard lock(mutex_);
+        return why_;
+    }
+
+private:
+    std::shared_ptr<coordinator::impl> owner_;
+    std::string name_;
+    std::uint64_t term_;
+    std::stop_source lost_;
+    mutable std::mutex mutex_;
+    std::string why_;
+
+public:
+    // Until when this node may act on it: the last renewal's start plus the
+    // lease's duration, less the stop margin.
+    std::atomic<clock::rep> valid_until;
+    std::atomic<clock::rep> renewed;
+    bool released = false; // coordinator thread only
+};
+
+struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
+    impl(std::shared_ptr<lease_store> s, coordination_options o) : store(std::move(s)), options(std::move(o))
+    {
+        if (!store)
+            throw std::invalid_argument("coordination: the lease store is null");
+        options.validate();
+        if (options.node_id.empty())
+            options.node_id = hosting::detail::default_node_id();
+        if (!options.renew_interval.count())
+            options.renew_interval = options.lease_duration / 3;
+        if (!options.retry_interval.count())
+            options.retry_interval = options.lease_duration / 20;
+        if (!options.stop_margin.count())
+            options.stop_margin = options.lease_duration / 5;
+    }
+
+    std::shared_ptr<lease_store> store;
+    coordination_options options;
+    std::shared_ptr<spdlog::logger> log;
+
+    asio::io_context io{1};
+    std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
+    std::thread thread;
+    std::atomic<bool> started{false};
+    std::atomic<bool> stopping{false};
+
+    // A coroutine waiting in acquire().
+    struct request {
+        std::string name;
+        std::function<void(std::exception_ptr, std::shared_ptr<instance_lease>)> complete;
+        bool done = false; // coordinator thread only
+    };
+
+    // Coordinator thread only, but for `held`, which holdings() reads
+    // under `mutex`.
+    struct slot {
+        std::string name;
+        std::list<std::shared_ptr<request>> waiting;
+        bool wants_leader = false;
+        std::shared_ptr<held_lease> held;
+        std::optional<asio::steady_timer> timer;
+        bool trying = false; // an attempt or renewal is scheduled
+    };
+    std::map<std::string, slot, std::less<>> slots;
+
+    mutable std::mutex mutex; // what other threads read
+    std::vector<std::shared_ptr<held_lease>> holding;
+    std::string error;
+    std::shared_ptr<held_lease> leading;
+
+    // The watchdog: tells a holder it lost its lease once valid_until has
+    // passed without a renewal, from a thread of its own, so that a
+    // storage call that hangs cannot keep a lapsed holder running.
+    std::thread watchdog;
+    std::condition_variable watchdog_wake;
+    bool watchdog_stop = false; // under mutex
+
+    void start(std::shared_ptr<spdlog::logger> logger)
+    {
+        if (started.exchange(true))
+            return;
+        log = std::move(logger);
+        work.emplace(io.get_executor());
+        auto self = shared_from_this();
+        thread = std::thread([self] { self->io.run(); });
+        watchdog = std::thread([self] { self->watch(); });
+        // What is posted to `io` or waits in it holds `this` plainly: `io`
+        // is this object's own, and its thread is joined before it dies.
+        if (options.elect_leader)
+            asio::post(io, [this] {
+                auto& s = slot_of(leader_lease);
+                s.wants_leader = true;
+                attempt(s);
+            });
+    }
+
+    // Stops taking leases and gives up the leader's; the leases services
+    // hold stay theirs (and are renewed) until they release them.
+    void stop_taking() noexcept
+    {
+        if (!started.load() || stopping.exchange(true))
+            return;
+        try {
+            asio::post(io, [this] {
+                for (auto& [name, s] : slots) {
+                    for (auto& r : s.waiting)
+                        finish(*r, std::make_exception_ptr(boost::system::system_error(asio::error::operation_aborted)),
+                               nullptr);
+                    s.waiting.clear();
+                    s.wants_leader = false;
+                    if (s.held && s.held == leading_lease())
+                        give_up(s);
+                }
+            });
+        } catch (...) {
+        }
+    }
+
+    void shut_down() noexcept
+    {
+        if (!started.load())
+            return;
+        stop_taking();
+        {
+            std::lock_guard lock(mutex);
+            watchdog_stop = true;
+        }
+        watchdog_wake.notify_all();
+        // What is still scheduled runs first: the leader's release above.
+        work.reset();
+        asio::post(io, [this] { io.stop(); });
+        if (thread.joinable() && thread.get_id() != std::this_thread::get_id())
+            thread.join();
+        if (watchdog.joinable())
+            watchdog.join();
+    }
+
+    slot& slot_of(const std::string& name)
+    {
+        auto it = slots.find(name);
+        if (it == slots.end()) {
+            it = slots.emplace(name, slot{}).first;
+            it->second.name = name;
+            it->second.timer.emplace(io);
+        }
+        return it->second;
+    }
+
+    void finish(request& r, std::exception_ptr error, std::shared_ptr<instance_lease> lease)
+    {
+        if (r.done)
+            return;
+        r.done = true;
+        // Gone once called: what it holds (the stop callback, which holds
+        // this object) must not outlive the request's answer.
+        auto complete = std::move(r.complete);
+        r.complete = nullptr;
+        complete(std::move(error), std::move(lease));
+    }
+
+    void note_error(const std::string& what)
+    {
+        std::lock_guard lock(mutex);
+        if (error != what && log)
+            log->warn("Coordination on {}: {}", store->describe(), what);
+        error = what;
+    }
+    void note_success()
+    {
+        std::lock_guard lock(mutex);
+        if (!error.empty() && log)
+            log->info("Coordination on {} answers again", store->describe());
+        error.clear();
+    }
+
+    void schedule(slot& s, milliseconds after, void (impl::*step)(slot&))
+    {
+        s.trying = true;
+        s.timer->expires_after(after);
+        s.timer->async_wait([this, name = s.name, step](boost::system::error_code ec) {
+            auto it = slots.find(name);
+            if (ec || it == slots.end())
+                return;
+            it->second.trying = false;
+            (this->*step)(it->second);
+        });
+    }
+
+    // Takes the lease for the first waiter (or for leading), or tries
+    // again after retry_interval.
+    void attempt(slot& s)
+    {
+        std::erase_if(s.waiting, [](const auto& r) { return r->done; });
+        if (s.held || s.trying || (s.waiting.empty() && !s.wants_leader) || (stopping.load() && s.waiting.empty()))
+            return;
+        const auto sent = clock::now();
+        std::optional<std::uint64_t> term;
+        try {
+            term = store->acquire(s.name, options.node_id, options.lease_duration);
+            note_success();
+        } catch (const std::exception& e) {
+            note_error(std::string("taking lease '") + s.name + "' failed: " + e.what());
+        }
+        if (!term) {
+            schedule(s, options.retry_interval, &impl::attempt);
+            return;
+        }
+        auto lease = std::make_shared<held_lease>(shared_from_this(), s.name, *term,
+                                                  sent + options.lease_duration - options.stop_margin);
+        s.held = lease;
+        {
+            std::lock_guard lock(mutex);
+            holding.push_back(lease);
+            if (s.wants_leader)
+                leading = lease;
+        }
+        watchdog_wake.notify_all();
+        if (log)
+            log->debug("Node '{}' took lease '{}' (term {})", options.node_id, s.name, *term);
+        if (s.wants_leader) {
+            if (log)
+                log->info("Node '{}' leads (term {})", options.node_id, *term);
+        } else {
+            auto r = s.waiting.front();
+            s.waiting.pop_front();
+            finish(*r, nullptr, lease);
+        }
+        schedule(s, options.renew_interval, &impl::renew);
+    }
+
+    void renew(slot& s)
+    {
+        auto lease = s.held;
+        if (!lease || lease->released)
+            return;
+        if (lease->is_lost()) {
+            // Its holder is told; the leader's own lease is given up here.
+            if (lease == leading_lease())
+                give_up(s);
+            return;
+        }
+        const auto sent = clock::now();
+        bool kept = false;
+        try {
+            kept = store->renew(s.name, options.node_id, lease->term(), options.lease_duration);
+            note_success();
+        } catch (const std::exception& e) {
+            note_error(std::string("renewing lease '") + s.name + "' failed: " + e.what());
+            schedule(s, options.retry_interval, &impl::renew);
+            return;
+        }
+        if (!kept) {
+            lose(*lease, "the storage says another node took it");
+            if (lease == leading_lease())
+                give_up(s);
+            return;
+        }
+        const auto until = sent + options.lease_duration - options.stop_margin;
+        if (until <= clock::now()) {
+            // The answer came too late to count: the watchdog has told, or
+            // is about to tell, the holder that it lost the lease.
+            lose(*lease, "its renewal took longer than the lease allows");
+            if (lease == leading_lease())
+                give_up(s);
+            return;
+        }
+        lease->valid_until.store(until.time_since_epoch().count());
+        lease->renewed.store(sent.time_since_epoch().count());
+        watchdog_wake.notify_all();
+        schedule(s, options.renew_interval, &impl::renew);
+    }
+
+    std::shared_ptr<held_lease> leading_lease()
+    {
+        std::lock_guard lock(mutex);
+        return leading;
+    }
+
+    void lose(held_lease& lease, const std::string& why)
+    {
+        if (lease.lose(why) && log)
+            log->warn("Node '{}' lost lease '{}' (term {}): {}", options.node_id, lease.name(), lease.term(), why);
+    }
+
+    // Frees the lease in the storage (when it may still be ours) and the
+    // slot, then serves the next waiter.
+    void give_up(slot& s)
+    {
+        auto lease = s.held;
+        if (!lease)
+            return;
+        lease->released = true;
+        lease->lose("released");
+        try {
+            store->release(s.name, options.node_id, lease->term());
+        } catch (const std::exception& e) {
+            note_error(std::string("releasing lease '") + s.name + "' failed (it expires instead): " + e.what());
+        }
+        s.held.reset();
+        s.timer->cancel();
+        s.trying = false;
+        {
+            std::lock_guard lock(mutex);
+            std::erase(holding, lease);
+            if (leading == lease)
+                leading.reset();
+        }
+        if (!stopping.load() || !s.waiting.empty())
+            attempt(s);
+    }
+
+    void watch()
+    {
+        std::unique_lock lock(mutex);
+        while (!watchdog_stop) {
+            auto next = clock::time_point::max();
+            const auto now = clock::now();
+            std::vector<std::shared_ptr<held_lease>> lapsed;
+            for (auto& l : holding) {
+                if (l->is_lost())
+                    continue;
+                const auto until = clock::time_point(clock::duration(l->valid_until.load()));
+                if (until <= now)
+                    lapsed.push_back(l);
+                else
+                    next = std::min(next, until);
+            }
+            if (!lapsed.empty()) {
+                lock.unlock();
+                for (auto& l : lapsed)
+                    lose(*l, "no renewal succeeded in time (the storage did not answer)");
+                lock.lock();
+                continue;
+            }
+            if (next == clock::time_point::max())
+                watchdog_wake.wait(lock);
+            else
+                watchdog_wake.wait_until(lock, next);
+        }
+    }
+
+    template <class R>
+    asio::awaitable<R> call(std::function<R()> fn)
+    {
+        return asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, R)>(
+            [this, fn = std::move(fn)](auto handler) mutable {
+                using completion = hosting::detail::remote_completion<decltype(handler), std::exception_ptr, R>;
+                auto done = std::make_shared<completion>(std::move(handler));
+                asio::post(io, [fn = std::move(fn), done] {
+                    std::exception_ptr error;
+                    R result{};
+                    try {
+                        result = fn();
+                    } catch (...) {
+                        error = std::current_exception();
+                    }
+                    done->complete(std::move(error), std::move(result));
+                });
+            },
+            asio::use_awaitable);
+    }
+};
+
+asio::awaitable<void> held_lease::release()
+{
+    auto* owner = owner_.get();
+    std::function<bool()> fn = [owner, name = name_, term = term_] {
+        auto it = owner->slots.find(name);
+        if (it != owner->slots.end() && it->second.held && it->second.held->term() == term)
+            owner->give_up(it->second);
+        return true;
+    };
+    co_await owner->call<bool>(std::move(fn));
+}
+
+coordinator::coordinator(std::shared_ptr<lease_store> store, coordination_options options)
+    : impl_(std::make_shared<impl>(std::move(store), std::move(options)))
+{
+}
+
+coordinator::~coordinator() { impl_->shut_down(); }
+
+void coordinator::start(std::shared_ptr<spdlog::logger> log) { impl_->start(std::move(log)); }
+void coordinator::stop() noexcept { impl_->stop_taking(); }
+
+const std::string& coordinator::node_id() const noexcept { return impl_->options.node_id; }
+const coordination_options& coordinator::options() const noexcept { return impl_->options; }
+
+bool coordinator::is_leader() const noexcept
+{
+    std::lock_guard lock(impl_->mutex);
+    return impl_->leading && !impl_->leading->is_lost();
+}
+
+std::optional<std::uint64_t> coordinator::leader_term() const noexcept
+{
+    std::lock_guard lock(impl_->mutex);
+    if (impl_->leading && !impl_->leading->is_lost())
+        return impl_->leading->term();
+    return std::nullopt;
+}
+
+std::vector<coordinator::holding> coordinator::holdings() const
+{
+    std::lock_guard lock(impl_->mutex);
+    std::vector<holding> out;
+    for (const auto& l : impl_->holding)
+        if (!l->is_lost())
+            out.push_back({l->name(), l->term(), clock::time_point(clock::duration(l->renewed.load()))});
+    return out;
+}
+
+asio::awaitable<std::vector<lease_record>> coordinator::leases() const
+{
+    if (!impl_->started.load())
+        throw std::logic_error("coordination: leases() before the coordinator started");
+    std::function<std::vector<lease_record>()> read = [store = impl_->store] { return store->leases(); };
+    return impl_->call<std::vector<lease_record>>(std::move(read));
+}
+
+std::string coordinator::last_error() const
+{
+    std::lock_guard lock(impl_->mutex);
+    return impl_->error;
+}
+
+asio::awaitable<std::shared_ptr<instance_lease>> coordinator::acquire(std::string name, std::stop_token cancel)
+{
+    if (!impl_->started.load())
+        throw std::logic_error("coordination: acquire() before the coordinator started");
+    if (name == leader_lease)
+        throw std::invalid_argument("coordination: the lease name 'leader' is the leader election's own");
+    auto owner = impl_;
+    return asio::async_initiate<decltype(asio::use_awaitable),
+                                void(std::exception_ptr, std::shared_ptr<instance_lease>)>(
+        [owner, name = std::move(name), cancel = std::move(cancel)](auto handler) mutable {
+            using completion = hosting::detail::remote_completion<decltype(handler), std::exception_ptr,
+                                                                  std::shared_ptr<instance_lease>>;
+            auto slot = asio::get_associated_cancellation_slot(handler);
+            auto done = std::make_shared<completion>(std::move(handler));
+            auto r = std::make_shared<impl::request>();
+            r->name = name;
+            r->complete = [done](std::exception_ptr e, std::shared_ptr<instance_lease> l) {
+                done->complete(std::move(e), std::move(l));
+            };
+            // A cancelled wait leaves the queue on the coordinator's thread.
+            // Weak: what waits in the coordinator's queue, or in the
+            // request it keeps, must not keep the coordinator alive.
+            auto abandon = [weak_owner = std::weak_ptr<impl>(owner), weak = std::weak_ptr<impl::request>(r)] {
+                auto o = weak_owner.lock();
+                if (!o)
+                    return;
+                try {
+                    asio::post(o->io, [o = o.get(), weak] {
+                        if (auto r = weak.lock())
+                            o->finish(*r,
+                                      std::make_exception_ptr(
+                                          boost::system::system_error(asio::error::operation_aborted)),
+                                      nullptr);
+                    });
+                } catch (...) {
+                }
+            };
+            if (slot.is_connected())
+                slot.assign([abandon](asio::cancellation_type) { abandon(); });
+            // Kept with the request: it lives until the request is done.
+            auto on_stop = std::make_shared<std::optional<std::stop_callback<std::function<void()>>>>();
+            asio::post(owner->io, [owner = owner.get(), r, on_stop, cancel, abandon] {
+                if (owner->stopping.load()) {
+                    owner->finish(*r,
+                                  std::make_exception_ptr(boost::system::system_error(asio::error::operation_aborted)),
+                                  nullptr);
+                    return;
+                }
+                auto& s = owner->slot_of(r->name);
+                s.waiting.push_back(r);
+                auto complete = std::move(r->complete);
+                r->complete = [complete = std::move(complete), on_stop](std::exception_ptr e,
+                                                                        std::shared_ptr<instance_lease> l) {
+                    complete(std::move(e), std::move(l));
+                };
+                on_stop->emplace(cancel, std::function<void()>(abandon));
+                owner->attempt(s);
+            });
+        },
+        asio::use_awaitable);
+}
+
+namespace {
+
+// Starts the coordinator before every other service, and stops taking
+// leases after they all stopped.
+class coordination_service final : public hosted_service {
+public:
+    coordination_service(service_provider& provider, std::shared_ptr<coordinator> c)
+        : coordinator_(std::move(c)), log_(provider.get<logger_factory>().get("hosting.coordination"))
+    {
+    }
+    asio::awaitable<void> start(std::stop_token) override
+    {
+        coordinator_->start(log_);
+        co_return;
+    }
+    asio::awaitable<void> stop(std::stop_token) override
+    {
+        coordinator_->stop();
+        co_return;
+    }
+
+private:
+    std::shared_ptr<coordinator> coordinator_;
+    std::shared_ptr<spdlog::logger> log_;
+};
+
+struct coordination_feature {
+    std::shared_ptr<coordinator> instance;
+};
+
+} // namespace
+
+std::shared_ptr<coordinator> add_coordination(host_builder& builder, std::shared_ptr<lease_store> store,
+                                              coordination_options options)
+{
+    auto& feature = builder.feature<coordination_feature>();
+    if (feature.instance)
+        throw std::logic_error("coordination: add_coordination() was already called on this builder");
+    auto made = std::make_shared<coordinator>(std::move(store), std::move(options));
+    feature.instance = made;
+    builder.services().add_singleton<coordinator>(made);
+    builder.services().add_singleton<instance_coordinator>(std::shared_ptr<instance_coordinator>(made));
+    builder.services().add_hosted_service<coordination_service>(made).name("hosting.coordination").starts_first();
+
+    auto metrics = add_metrics(builder);
+    metrics->add_collector([weak = std::weak_ptr<coordinator>(made)](metrics_writer& out) {
+        auto c = weak.lock();
+        if (!c)
+            return;
+        for (const auto& h : c->holdings()) {
+            out.gauge("hosting_coordination_lease_held", "1 while this node holds the lease", {{"lease", h.name}}, 1);
+            out.gauge("hosting_coordination_lease_term", "The term this node holds the lease in", {{"lease", h.name}},
+                      static_cast<double>(h.term));
+        }
+    });
+    add_health_checks(builder).add_check(
+        "coordination",
+        [weak = std::weak_ptr<coordinator>(made)](std::stop_token) -> asio::awaitable<health_check_result> {
+            auto c = weak.lock();
+            if (!c)
+                co_return health_check_result::unhealthy("the coordinator is gone");
+            std::map<std::string, std::string> data{{"node", c->node_id()},
+                                                    {"leader", c->is_leader() ? "yes" : "no"}};
+            std::vector<lease_record> all;
+            try {
+                auto reading = c->leases();
+                all = co_await std::move(reading);
+            } catch (const std::exception& e) {
+                co_return health_check_result::unhealthy(std::string("the lease storage fails: ") + e.what(),
+                                                         std::move(data));
+            }
+            for (const auto& l : all)
+                data["lease:" + l.name] = l.expires_in.count() > 0
+                                              ? l.holder + " (term " + std::to_string(l.term) + ")"
+                                              : "free (last term " + std::to_string(l.term) + ")";
+            if (auto why = c->last_error(); !why.empty())
+                co_return health_check_result::unhealthy(why, std::move(data));
+            co_return health_check_result::healthy("reachable", std::move(data));
+        },
+        {std::string(health_tags::ready), "coordination"}, std::chrono::seconds(5));
+    return made;
+}
+
+} // namespace hosting::coordination

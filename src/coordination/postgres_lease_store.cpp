@@ -1,0 +1,235 @@
+#include <hosting/coordination/postgres_lease_store.hpp>
+
+#include <libpq-fe.h>
+
+#include <poll.h>
+
+#include <cerrno>
+#include <charconv>
+#include <memory>
+
+namespace hosting::coordination {
+
+namespace {
+
+std::string trimmed(const char* message)
+{
+    std::string out = message ? message : "";
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' '))
+        out.pop_back();
+    return out;
+}
+
+struct result_clearer {
+    void operator()(PGresult* r) const { PQclear(r); }
+};
+using result = std::unique_ptr<PGresult, result_clearer>;
+
+std::int64_t integer(const result& r, int row, int col)
+{
+    const char* p = PQgetvalue(r.get(), row, col);
+    const char* end = p + PQgetlength(r.get(), row, col);
+    std::int64_t v = 0;
+    const auto [ptr, ec] = std::from_chars(p, end, v);
+    if (ec != std::errc() || ptr != end)
+        throw lease_store_error("coordination: postgresql returned '" + std::string(p, end) + "' for an integer");
+    return v;
+}
+
+} // namespace
+
+struct postgres_lease_store::impl {
+    std::string conninfo;
+    postgres_lease_options options;
+    PGconn* conn = nullptr;
+    std::string server = "postgresql"; // where, for messages: never the connection string
+
+    ~impl() { PQfinish(conn); }
+
+    std::string quoted_schema() const
+    {
+        char* q = PQescapeIdentifier(conn, options.schema.data(), options.schema.size());
+        if (!q)
+            throw lease_store_error("coordination: postgresql: schema name '" + options.schema +
+                                    "' is refused: " + trimmed(PQerrorMessage(conn)));
+        std::string out(q);
+        PQfreemem(q);
+        return out;
+    }
+
+    // Opens the connection when there is none, or when the last one broke
+    // or went unanswered.
+    void ensure_connected()
+    {
+        if (conn && PQstatus(conn) == CONNECTION_OK)
+            return;
+        PQfinish(conn);
+        conn = nullptr;
+        const auto seconds = std::to_string(std::max<long long>(
+            2, std::chrono::duration_cast<std::chrono::seconds>(options.timeout).count()));
+        const char* keys[] = {"connect_timeout", "dbname", nullptr};
+        const char* values[] = {seconds.c_str(), conninfo.c_str(), nullptr};
+        conn = PQconnectdbParams(keys, values, 1);
+        if (!conn)
+            throw lease_store_error("coordination: postgresql: out of memory for a connection");
+        if (PQstatus(conn) != CONNECTION_OK) {
+            const std::string why = trimmed(PQerrorMessage(conn));
+            PQfinish(conn);
+            conn = nullptr;
+            throw lease_store_error("coordination: cannot connect to postgresql: " + why);
+        }
+        const char* host = PQhost(conn);
+        const char* port = PQport(conn);
+        const char* db = PQdb(conn);
+        server = std::string("postgresql ") + (db ? db : "?") + " at " + (host ? host : "?") + ":" +
+                 (port ? port : "?");
+        PQsetNoticeProcessor(conn, [](void*, const char*) {}, nullptr);
+        try {
+            run("SET statement_timeout = " + std::to_string(options.timeout.count()), {});
+            run("SELECT pg_advisory_xact_lock(hashtextextended('hosting_coordination_schema', 7200)); "
+                "CREATE SCHEMA IF NOT EXISTS " +
+                    quoted_schema() + "; CREATE TABLE IF NOT EXISTS " + quoted_schema() +
+                    ".leases (name text PRIMARY KEY, holder text NOT NULL, term bigint NOT NULL, "
+                    "expires_at timestamptz NOT NULL)",
+                {});
+        } catch (...) {
+            PQfinish(conn);
+            conn = nullptr;
+            throw;
+        }
+    }
+
+    // Runs one text (several statements when without parameters), waiting
+    // no longer than the timeout and a second more for the server, which
+    // would have cancelled the statement itself by then were it answering.
+    result run(const std::string& text, const std::vector<std::string>& values)
+    {
+        std::vector<const char*> pointers;
+        for (const auto& v : values)
+            pointers.push_back(v.c_str());
+        const int sent = values.empty() ? PQsendQuery(conn, text.c_str())
+                                        : PQsendQueryParams(conn, text.c_str(), static_cast<int>(values.size()),
+                                                            nullptr, pointers.data(), nullptr, nullptr, 0);
+        if (!sent)
+            return fail("sending a statement failed: " + trimmed(PQerrorMessage(conn)));
+        const auto deadline = std::chrono::steady_clock::now() + options.timeout + std::chrono::seconds(1);
+        result kept;
+        for (;;) {
+            while (PQisBusy(conn)) {
+                const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    deadline - std::chrono::steady_clock::now());
+                if (left.count() <= 0)
+                    return fail("no answer within " + std::to_string((options.timeout + std::chrono::seconds(1)).count()) +
+                                " ms; the connection is given up");
+                pollfd fd{PQsocket(conn), POLLIN, 0};
+                if (::poll(&fd, 1, static_cast<int>(left.count())) < 0 && errno != EINTR)
+                    break;
+                if (PQconsumeInput(conn) == 0)
+                    break;
+            }
+            result r(PQgetResult(conn));
+            if (!r)
+                break;
+            if (kept && PQresultStatus(kept.get()) != PGRES_COMMAND_OK && PQresultStatus(kept.get()) != PGRES_TUPLES_OK)
+                continue; // the first error wins
+            kept = std::move(r);
+        }
+        if (!kept)
+            return fail(trimmed(PQerrorMessage(conn)));
+        const auto status = PQresultStatus(kept.get());
+        if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK)
+            throw lease_store_error("coordination: " + server + ": " + trimmed(PQresultErrorMessage(kept.get())));
+        return kept;
+    }
+
+    // The connection is closed, and opened again by the next call: whether
+    // the statement took effect is unknown, which a lease call tolerates
+    // (the holder renews or tries again; a term is never reused).
+    [[noreturn]] result fail(const std::string& why)
+    {
+        PQfinish(conn);
+        conn = nullptr;
+        throw lease_store_error("coordination: " + server + ": " + why);
+    }
+
+    result call(const std::string& text, const std::vector<std::string>& values)
+    {
+        ensure_connected();
+        return run(text, values);
+    }
+
+    std::string table() const { return quoted_schema() + ".leases"; }
+};
+
+postgres_lease_store::postgres_lease_store(std::string conninfo, postgres_lease_options options)
+    : impl_(std::make_unique<impl>())
+{
+    impl_->conninfo = std::move(conninfo);
+    impl_->options = std::move(options);
+    if (impl_->options.schema.empty())
+        throw lease_store_error("coordination: postgresql: the schema name is empty");
+    if (impl_->options.timeout.count() <= 0)
+        throw lease_store_error("coordination: postgresql: the timeout must be positive");
+    impl_->ensure_connected();
+}
+
+postgres_lease_store::~postgres_lease_store() = default;
+
+std::string postgres_lease_store::describe() const { return impl_->server; }
+
+std::optional<std::uint64_t> postgres_lease_store::acquire(const std::string& name, const std::string& holder,
+                                                           std::chrono::milliseconds duration)
+{
+    impl_->ensure_connected();
+    // One statement: a free, expired or own row gets the next term; a row
+    // another holder's running lease keeps returns nothing.
+    auto r = impl_->run("INSERT INTO " + impl_->table() +
+                            " AS l (name, holder, term, expires_at) VALUES ($1, $2, 1, now() + $3 * interval '1 "
+                            "millisecond') ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, term = l.term "
+                            "+ 1, expires_at = excluded.expires_at WHERE l.holder = '' OR l.holder = excluded.holder "
+                            "OR l.expires_at <= now() RETURNING term",
+                        {name, holder, std::to_string(duration.count())});
+    if (PQntuples(r.get()) == 0)
+        return std::nullopt;
+    return static_cast<std::uint64_t>(integer(r, 0, 0));
+}
+
+bool postgres_lease_store::renew(const std::string& name, const std::string& holder, std::uint64_t term,
+                                 std::chrono::milliseconds duration)
+{
+    impl_->ensure_connected();
+    auto r = impl_->run("UPDATE " + impl_->table() +
+                            " SET expires_at = now() + $4 * interval '1 millisecond' WHERE name = $1 AND holder = $2 "
+                            "AND term = $3",
+                        {name, holder, std::to_string(term), std::to_string(duration.count())});
+    return std::string_view(PQcmdTuples(r.get())) == "1";
+}
+
+void postgres_lease_store::release(const std::string& name, const std::string& holder, std::uint64_t term)
+{
+    impl_->ensure_connected();
+    impl_->run("UPDATE " + impl_->table() +
+                   " SET holder = '', expires_at = '-infinity' WHERE name = $1 AND holder = $2 AND term = $3",
+               {name, holder, std::to_string(term)});
+}
+
+std::vector<lease_record> postgres_lease_store::leases()
+{
+    impl_->ensure_connected();
+    auto r = impl_->run("SELECT name, holder, term, CASE WHEN expires_at > now() THEN (extract(epoch FROM "
+                        "expires_at - now()) * 1000)::bigint ELSE 0 END FROM " +
+                            impl_->table() + " ORDER BY name",
+                        {});
+    std::vector<lease_record> out;
+    for (int i = 0; i < PQntuples(r.get()); ++i) {
+        lease_record l;
+        l.name = PQgetvalue(r.get(), i, 0);
+        l.holder = PQgetvalue(r.get(), i, 1);
+        l.term = static_cast<std::uint64_t>(integer(r, i, 2));
+        l.expires_in = std::chrono::milliseconds(l.holder.empty() ? 0 : integer(r, i, 3));
+        out.push_back(std::move(l));
+    }
+    return out;
+}
+
+} // namespace hosting::coordination
