@@ -415,7 +415,7 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
             if (!lapsed.empty()) {
                 lock.unlock();
                 for (auto& l : lapsed)
-                    lose(*l, "no renewal succeeded in time (the storage did not answer)");
+                    lose(*l, "no renewal succeeded in time (the storage did not answer, or this process was paused)");
                 lock.lock();
                 continue;
             }
