@@ -42,15 +42,15 @@ public:
     }
 
     template <class P>
-    auto require(const P& p) const
-        -> decltype(asio::require(std::declval<const asio::any_io_executor&>(), p), lease_executor(*this))
+        requires requires(const asio::any_io_executor& e, const P& p) { asio::require(e, p); }
+    lease_executor require(const P& p) const
     {
         return lease_executor(asio::require(inner_, p), lease_);
     }
 
     template <class P>
-    auto prefer(const P& p) const
-        -> decltype(asio::prefer(std::declval<const asio::any_io_executor&>(), p), lease_executor(*this))
+        requires requires(const asio::any_io_executor& e, const P& p) { asio::prefer(e, p); }
+    lease_executor prefer(const P& p) const
     {
         return lease_executor(asio::prefer(inner_, p), lease_);
     }
@@ -59,7 +59,6 @@ public:
     {
         return a.inner_ == b.inner_ && a.lease_ == b.lease_;
     }
-    friend bool operator!=(const lease_executor& a, const lease_executor& b) noexcept { return !(a == b); }
 
     const std::shared_ptr<const instance_lease>& lease() const noexcept { return lease_; }
 
