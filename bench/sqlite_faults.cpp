@@ -12,6 +12,7 @@
 // Prints the faults injected and the violations; exits 1 on any violation.
 //
 //   sqlite_faults [--dir D] [--max-n N]
+#include "support/fault_scenarios.hpp"
 #include "support/fault_vfs.hpp"
 
 #include <hosting/jobs/sqlite_storage.hpp>
@@ -29,209 +30,19 @@
 #include <unistd.h>
 #include <vector>
 
-namespace jobs = hosting::jobs;
-using jobs::job_state;
-using namespace std::chrono_literals;
+using namespace fault_scenarios;
 
 namespace {
 
-// Whole microseconds: what the file keeps of a time.
-const jobs::time_point t0 = std::chrono::floor<std::chrono::microseconds>(jobs::clock::now());
-const std::string node = "faulty-node";
-
-jobs::enqueue_request request(int n)
-{
-    jobs::enqueue_request r;
-    r.kind = "k";
-    r.queue = "default";
-    r.args = std::to_string(n);
-    r.max_attempts = 3;
-    return r;
-}
-
-jobs::claim_request claim_of(std::size_t n)
-{
-    return {node, {{"default", n}}, {"k"}, t0 + 1h};
-}
-
-// What the file must hold, as far as the program was told.
-struct ledger {
-    std::set<jobs::job_id> acknowledged; // enqueues that returned
-    std::set<jobs::job_id> claimed;      // claims that returned, not completed since
-    std::size_t total_before = 0;        // jobs before the operation
-};
-
-struct scenario {
-    std::string name;
-    // Before the fault is armed, on the live connection.
-    std::function<void(jobs::sqlite_storage&, ledger&)> setup;
-    // Under the fault; records what it acknowledged. Opens the file itself
-    // when `opens` (a migration): then `live` is null.
-    std::function<void(jobs::sqlite_storage* live, const std::string& path, ledger&)> op;
-    // After the fault, on the file opened again: returns what is wrong.
-    // `acked`: the operation returned.
-    std::function<std::string(jobs::sqlite_storage&, const ledger&, bool acked)> check;
-    bool opens = false;
-};
-
-std::size_t total(jobs::sqlite_storage& s)
-{
-    std::size_t n = 0;
-    for (auto c : s.counts().by_state)
-        n += static_cast<std::size_t>(c);
-    return n;
-}
-
-std::vector<jobs::job> all_in(jobs::sqlite_storage& s, job_state state)
-{
-    jobs::job_filter f;
-    f.state = state;
-    f.limit = 100000;
-    return s.list(f);
-}
-
-void enqueue_acked(jobs::sqlite_storage& s, ledger& l, int n, int first = 0)
-{
-    std::vector<jobs::enqueue_request> batch;
-    for (int i = 0; i < n; ++i)
-        batch.push_back(request(first + i));
-    for (const auto& r : s.enqueue(batch, t0))
-        l.acknowledged.insert(r.id);
-}
-
-void claim_acked(jobs::sqlite_storage& s, ledger& l, std::size_t n)
-{
-    for (const auto& j : s.complete_and_claim({}, claim_of(n), t0))
-        l.claimed.insert(j.id);
-}
-
 std::vector<scenario> scenarios()
 {
-    std::vector<scenario> all;
-    all.push_back({
-        "enqueue",
-        [](jobs::sqlite_storage& s, ledger& l) { enqueue_acked(s, l, 20); },
-        [](jobs::sqlite_storage* s, const std::string&, ledger& l) { enqueue_acked(*s, l, 10, 100); },
-        [](jobs::sqlite_storage& s, const ledger& l, bool acked) -> std::string {
-            const auto n = total(s);
-            if (acked && n != l.total_before + 10)
-                return "acknowledged batch of 10 left " + std::to_string(n - l.total_before) + " jobs";
-            if (n != l.total_before && n != l.total_before + 10)
-                return "a batch of 10 was half stored: " + std::to_string(n - l.total_before);
-            return {};
-        },
-    });
-    all.push_back({
-        "claim",
-        [](jobs::sqlite_storage& s, ledger& l) { enqueue_acked(s, l, 20); },
-        [](jobs::sqlite_storage* s, const std::string&, ledger& l) { claim_acked(*s, l, 5); },
-        [](jobs::sqlite_storage& s, const ledger&, bool acked) -> std::string {
-            const auto running = all_in(s, job_state::running).size();
-            if (acked && running != 5)
-                return "acknowledged claim of 5 left " + std::to_string(running) + " running";
-            if (running != 0 && running != 5)
-                return "a claim of 5 was half stored: " + std::to_string(running);
-            return {};
-        },
-    });
-    all.push_back({
-        "complete",
-        [](jobs::sqlite_storage& s, ledger& l) {
-            enqueue_acked(s, l, 20);
-            claim_acked(s, l, 5);
-        },
-        [](jobs::sqlite_storage* s, const std::string&, ledger& l) {
-            std::vector<jobs::completion> done;
-            for (auto id : l.claimed)
-                done.push_back({id, 1, jobs::outcome::succeeded, {}, {}, "done"});
-            // And the next claim, as the server sends them.
-            auto next = s->complete_and_claim(done, claim_of(3), t0);
-            l.claimed.clear();
-            for (const auto& j : next)
-                l.claimed.insert(j.id);
-        },
-        [](jobs::sqlite_storage& s, const ledger&, bool acked) -> std::string {
-            const auto ok = all_in(s, job_state::succeeded).size();
-            const auto running = all_in(s, job_state::running).size();
-            if (acked && (ok != 5 || running != 3))
-                return "acknowledged completion left " + std::to_string(ok) + " succeeded, " +
-                       std::to_string(running) + " running";
-            if (!(ok == 0 && running == 5) && !(ok == 5 && running == 3))
-                return "a completion was half stored: " + std::to_string(ok) + " succeeded, " +
-                       std::to_string(running) + " running";
-            return {};
-        },
-    });
-    all.push_back({
-        "recurring tick",
-        [](jobs::sqlite_storage& s, ledger& l) {
-            enqueue_acked(s, l, 5);
-            jobs::recurring_job r;
-            r.id = "tick";
-            r.cron = "0 * * * *";
-            r.kind = "k";
-            r.args = "1";
-            r.queue = "default";
-            r.next_fire = t0;
-            s.upsert_recurring(r);
-        },
-        [](jobs::sqlite_storage* s, const std::string&, ledger&) {
-            auto occurrence = request(7);
-            occurrence.recurring_id = "tick";
-            occurrence.run_at = t0;
-            occurrence.unique_key = "recurring:tick:0";
-            occurrence.unique_states = jobs::state_set::all();
-            if (!s->fire_recurring("tick", t0, t0 + 1h, std::span(&occurrence, 1), t0))
-                throw std::runtime_error("the tick was refused");
-        },
-        [](jobs::sqlite_storage& s, const ledger& l, bool acked) -> std::string {
-            const auto n = total(s) - l.total_before;
-            const auto r = s.list_recurring();
-            if (r.size() != 1)
-                return "the recurring job is gone";
-            const bool moved = r[0].next_fire == t0 + 1h;
-            if (acked && (n != 1 || !moved))
-                return "an acknowledged tick left " + std::to_string(n) + " occurrences";
-            if (moved != (n == 1) || n > 1)
-                return "a tick was half stored: " + std::to_string(n) + " occurrences, next fire " +
-                       (moved ? "moved" : "kept");
-            return {};
-        },
-    });
-    all.push_back({
-        "prune",
-        [](jobs::sqlite_storage& s, ledger& l) {
-            enqueue_acked(s, l, 30);
-            claim_acked(s, l, 30);
-            std::vector<jobs::completion> done;
-            for (auto id : l.claimed)
-                done.push_back({id, 1, jobs::outcome::succeeded, {}, {}, "done"});
-            s.complete_and_claim(done, claim_of(0), t0);
-            l.claimed.clear();
-            enqueue_acked(s, l, 5, 50);
-        },
-        [](jobs::sqlite_storage* s, const std::string&, ledger& l) {
-            // Pruned on purpose: no longer expected, whatever prune reports.
-            for (auto it = l.acknowledged.begin(); it != l.acknowledged.end();)
-                it = *it <= 30 ? l.acknowledged.erase(it) : std::next(it);
-            if (s->prune(job_state::succeeded, t0 + 1h, 1000, t0 + 1h) != 30)
-                throw std::runtime_error("prune removed another number");
-        },
-        [](jobs::sqlite_storage& s, const ledger&, bool acked) -> std::string {
-            const auto ok = all_in(s, job_state::succeeded).size();
-            if (acked && ok != 0)
-                return "an acknowledged prune left " + std::to_string(ok) + " jobs";
-            if (ok != 0 && ok != 30)
-                return "a prune was half stored: " + std::to_string(ok) + " left";
-            return {};
-        },
-    });
+    auto all = common_scenarios();
     // Creating the schema in an empty file.
     all.push_back({
         "migration (new file)",
         {},
-        [](jobs::sqlite_storage*, const std::string& path, ledger&) { jobs::sqlite_storage s(path); },
-        [](jobs::sqlite_storage& s, const ledger&, bool) -> std::string {
+        [](jobs::storage*, const std::string& path, ledger&) { jobs::sqlite_storage s(path); },
+        [](jobs::storage& s, const ledger&, bool) -> std::string {
             return total(s) == 0 ? std::string() : "jobs in a new file";
         },
         true,
@@ -239,12 +50,12 @@ std::vector<scenario> scenarios()
     // Schema 5 to 6: the counts rebuilt from the rows, tables added.
     all.push_back({
         "migration (schema 5)",
-        [](jobs::sqlite_storage& s, ledger& l) {
+        [](jobs::storage& s, ledger& l) {
             enqueue_acked(s, l, 40);
             claim_acked(s, l, 6);
         },
-        [](jobs::sqlite_storage*, const std::string& path, ledger&) { jobs::sqlite_storage s(path); },
-        [](jobs::sqlite_storage& s, const ledger&, bool) -> std::string {
+        [](jobs::storage*, const std::string& path, ledger&) { jobs::sqlite_storage s(path); },
+        [](jobs::storage& s, const ledger&, bool) -> std::string {
             if (all_in(s, job_state::running).size() != 6 || all_in(s, job_state::available).size() != 34)
                 return "the migrated file lost jobs or their states";
             return {};
@@ -253,6 +64,7 @@ std::vector<scenario> scenarios()
     });
     return all;
 }
+
 
 // Turns the file back into what schema 5 wrote (see the migration tests).
 void downgrade_to_5(const std::string& path)
@@ -290,37 +102,12 @@ std::string integrity(const std::string& path)
     return result;
 }
 
-// The checks every scenario shares, on the file opened again.
-std::string common_checks(jobs::sqlite_storage& s, const ledger& l)
-{
-    for (auto id : l.acknowledged)
-        if (!s.find(id, false))
-            return "acknowledged job " + std::to_string(id) + " lost";
-    const auto now = jobs::clock::now();
-    for (const auto& j : all_in(s, job_state::running))
-        if (j.lease_owner != node || j.lease_expires <= now)
-            return "job " + std::to_string(j.id) + " running without a live lease";
-    const auto counts = s.counts();
-    for (std::size_t i = 0; i < jobs::job_state_count; ++i) {
-        const auto state = static_cast<job_state>(i);
-        const auto rows = all_in(s, state).size();
-        if (static_cast<std::size_t>(counts[state]) != rows)
-            return std::string("count of ") + std::string(jobs::to_string(state)) + " is " +
-                   std::to_string(counts[state]) + ", rows " + std::to_string(rows);
-    }
-    return {};
-}
-
 void remove_files(const std::string& path)
 {
     std::error_code ec;
     for (const char* suffix : {"", "-wal", "-shm", "-journal"})
         std::filesystem::remove(path + suffix, ec);
 }
-
-struct totals {
-    long runs = 0, faults = 0, failed_ops = 0, violations = 0, committed_but_failed = 0;
-};
 
 const char* mode_name(fault_vfs::mode m)
 {
