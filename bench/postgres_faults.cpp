@@ -346,17 +346,13 @@ int main(int argc, char** argv)
     const auto started = std::chrono::steady_clock::now();
     totals all;
     long run_number = 0;
-    std::printf("%-22s %-11s %6s %7s %7s %9s %10s\n", "operation", "fault", "ops", "faults", "errors", "committed",
-                "violations");
+    print_header();
     for (const auto& sc : scenarios) {
         for (auto m : modes) {
-            totals t;
-            long n = 1;
-            long ops_clean = 0;
-            for (; n <= max_n; ++n) {
+            all.add(until_clean(sc.name, fault_name(m), max_n, [&](long n) {
                 const std::string schema = "faults_" + std::to_string(run_number++);
                 // Directly, not through the proxy: what the operation finds.
-                auto open_direct = [&] {
+                auto open_direct = [&]() -> std::unique_ptr<jobs::storage> {
                     return std::make_unique<jobs::postgres_storage>(
                         direct, jobs::postgres_options{.schema = schema, .notifications = false});
                 };
@@ -368,93 +364,30 @@ int main(int argc, char** argv)
                     l.total_before = total(*s);
                 }
                 // Through the proxy, with a short statement_timeout so that
-                // a stalled call is given up soon (after it and 2 s).
+                // a stalled call is given up soon (after it and 2 s). Its
+                // statements are prepared before the fault is armed: the
+                // faults fall in the operation's own round trips (a
+                // connection's first ones are the migration's scenario).
                 std::unique_ptr<jobs::postgres_storage> live;
-                if (!sc.opens)
+                if (!sc.opens) {
                     live = std::make_unique<jobs::postgres_storage>(
                         proxied, jobs::postgres_options{.schema = schema,
                                                         .statement_timeout = std::chrono::milliseconds(200),
                                                         .notifications = false});
-                // Its statements prepared before the fault is armed: the
-                // faults fall in the operation's own round trips (a
-                // connection's first ones are the migration's scenario).
-                if (live)
                     live->counts();
-                std::string violation;
-                bool acked = false;
+                }
                 proxy.arm(n, m);
-                try {
-                    sc.op(live.get(), schema, l);
-                    acked = true;
-                } catch (const jobs::storage_error&) {
-                    ++t.failed_ops;
-                } catch (const std::exception& e) {
-                    violation = std::string("not a storage_error: ") + e.what();
-                }
-                const auto faults = proxy.injected();
-                const auto ops = proxy.operations();
-                proxy.disarm();
-                t.faults += faults;
-                ++t.runs;
-                // The storage that saw the fault goes on working.
-                if (violation.empty() && live) {
-                    try {
-                        try {
-                            enqueue_acked(*live, l, 1, 900);
-                        } catch (const jobs::storage_error&) {
-                            // The call that finds the connection broken fails;
-                            // the next one connects again.
-                            enqueue_acked(*live, l, 1, 900);
-                        }
-                        ++l.total_before; // the checks compare what the operation did
-                        live->counts();
-                    } catch (const std::exception& e) {
-                        violation = std::string("the storage does not recover: ") + e.what();
-                    }
-                }
-                live.reset();
-                if (violation.empty()) {
-                    try {
-                        auto again = open_direct();
-                        violation = common_checks(*again, l);
-                        if (violation.empty())
-                            violation = sc.check(*again, l, acked);
-                        if (violation.empty() && !acked && sc.name == "enqueue" && total(*again) != l.total_before)
-                            ++t.committed_but_failed;
-                    } catch (const std::exception& e) {
-                        violation = std::string("the schema does not open again: ") + e.what();
-                    }
-                }
-                if (!violation.empty()) {
-                    ++t.violations;
-                    std::printf("VIOLATION %s, %s fault at operation %ld: %s\n", sc.name.c_str(), fault_name(m), n,
-                                violation.c_str());
-                }
-                if (faults == 0) {
-                    if (!acked) {
-                        ++t.violations;
-                        std::printf("VIOLATION %s failed with no fault injected\n", sc.name.c_str());
-                    }
-                    ops_clean = ops;
-                    break;
-                }
-            }
-            if (n > max_n) {
-                ++t.violations;
-                std::printf("VIOLATION %s, %s: still failing at operation %ld\n", sc.name.c_str(), fault_name(m),
-                            max_n);
-            }
-            std::printf("%-22s %-11s %6ld %7ld %7ld %9ld %10ld\n", sc.name.c_str(), fault_name(m), ops_clean, t.faults,
-                        t.failed_ops, t.committed_but_failed, t.violations);
-            std::fflush(stdout);
-            all.runs += t.runs;
-            all.faults += t.faults;
-            all.failed_ops += t.failed_ops;
-            all.violations += t.violations;
+                auto lift = [&] {
+                    const std::pair<long, long> counted(proxy.injected(), proxy.operations());
+                    proxy.disarm();
+                    return counted;
+                };
+                // The call that finds the connection broken fails; the
+                // next one connects again.
+                return operate(sc, live.get(), schema, l, lift, 2, open_direct);
+            }));
         }
     }
-    const auto seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    std::printf("runs %ld, faults injected %ld, operations that reported an error %ld, violations %ld (%.1f s)\n",
-                all.runs, all.faults, all.failed_ops, all.violations, seconds);
+    print_summary(all, std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
     return all.violations == 0 ? 0 : 1;
 }

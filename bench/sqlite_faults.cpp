@@ -140,14 +140,10 @@ int main(int argc, char** argv)
     const std::string path = dir + "/hosting-faults-" + std::to_string(::getpid()) + ".db";
     const auto started = std::chrono::steady_clock::now();
     totals all;
-    std::printf("%-22s %-11s %6s %7s %7s %9s %10s\n", "operation", "fault", "ops", "faults", "errors", "committed",
-                "violations");
+    print_header();
     for (const auto& sc : scenarios()) {
         for (auto m : {fault_vfs::mode::once, fault_vfs::mode::persistent, fault_vfs::mode::disk_full}) {
-            totals t;
-            long n = 1;
-            std::int64_t ops_clean = 0;
-            for (; n <= max_n; ++n) {
+            all.add(until_clean(sc.name, mode_name(m), max_n, [&](long n) {
                 remove_files(path);
                 ledger l;
                 std::unique_ptr<jobs::sqlite_storage> live;
@@ -161,85 +157,26 @@ int main(int argc, char** argv)
                     downgrade_to_5(path);
                 if (!sc.opens)
                     live = std::make_unique<jobs::sqlite_storage>(path);
-                std::string violation;
-                bool acked = false;
                 fault_vfs::arm(n, m);
-                try {
-                    sc.op(live.get(), path, l);
-                    acked = true;
-                } catch (const jobs::storage_error&) {
-                    ++t.failed_ops;
-                } catch (const std::exception& e) {
-                    violation = std::string("not a storage_error: ") + e.what();
-                }
-                fault_vfs::disarm();
-                const auto faults = fault_vfs::injected();
-                const auto ops = fault_vfs::operations();
-                t.faults += faults;
-                ++t.runs;
-                // The connection that saw the fault goes on working.
-                if (violation.empty() && live) {
-                    try {
-                        enqueue_acked(*live, l, 1, 900);
-                        ++l.total_before; // the checks compare what the operation did
-                        live->counts();
-                    } catch (const std::exception& e) {
-                        violation = std::string("the connection does not recover: ") + e.what();
-                    }
-                }
-                live.reset();
+                auto lift = [] {
+                    fault_vfs::disarm();
+                    return std::pair<long, long>(fault_vfs::injected(), fault_vfs::operations());
+                };
                 // A new file whose creation failed may not exist: nothing
-                // was acknowledged in it.
-                const bool absent = sc.opens && !sc.setup && !std::filesystem::exists(path);
-                if (violation.empty() && !absent) {
+                // was acknowledged in it. Otherwise the file must pass
+                // SQLite's own check before it is opened again.
+                return operate(sc, live.get(), path, l, lift, 1, [&]() -> std::unique_ptr<jobs::storage> {
+                    live.reset();
+                    if (sc.opens && !sc.setup && !std::filesystem::exists(path))
+                        return nullptr;
                     if (auto r = integrity(path); r != "ok")
-                        violation = "integrity_check: " + r;
-                }
-                if (violation.empty() && !absent) {
-                    try {
-                        jobs::sqlite_storage again(path);
-                        violation = common_checks(again, l);
-                        if (violation.empty())
-                            violation = sc.check(again, l, acked);
-                        if (violation.empty() && !acked && sc.name == "enqueue" && total(again) != l.total_before)
-                            ++t.committed_but_failed;
-                    } catch (const std::exception& e) {
-                        violation = std::string("the file does not open again: ") + e.what();
-                    }
-                }
-                if (!violation.empty()) {
-                    ++t.violations;
-                    std::printf("VIOLATION %s, %s fault at operation %ld: %s\n", sc.name.c_str(), mode_name(m), n,
-                                violation.c_str());
-                }
-                if (faults == 0) {
-                    // Past its last I/O operation: it must pass untouched.
-                    if (!acked) {
-                        ++t.violations;
-                        std::printf("VIOLATION %s failed with no fault injected\n", sc.name.c_str());
-                    }
-                    ops_clean = ops;
-                    break;
-                }
-            }
-            if (n > max_n) {
-                ++t.violations;
-                std::printf("VIOLATION %s, %s: still failing at operation %ld\n", sc.name.c_str(), mode_name(m),
-                            max_n);
-            }
-            std::printf("%-22s %-11s %6lld %7ld %7ld %9ld %10ld\n", sc.name.c_str(), mode_name(m),
-                        static_cast<long long>(ops_clean), t.faults, t.failed_ops, t.committed_but_failed,
-                        t.violations);
-            std::fflush(stdout);
-            all.runs += t.runs;
-            all.faults += t.faults;
-            all.failed_ops += t.failed_ops;
-            all.violations += t.violations;
+                        throw std::runtime_error("integrity_check: " + r);
+                    return std::make_unique<jobs::sqlite_storage>(path);
+                });
+            }));
         }
     }
     remove_files(path);
-    const auto seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    std::printf("runs %ld, faults injected %ld, operations that reported an error %ld, violations %ld (%.1f s)\n",
-                all.runs, all.faults, all.failed_ops, all.violations, seconds);
+    print_summary(all, std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
     return all.violations == 0 ? 0 : 1;
 }

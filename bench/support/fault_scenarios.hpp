@@ -6,6 +6,10 @@
 #include <hosting/jobs/storage.hpp>
 
 #include <chrono>
+#include <cstdio>
+#include <memory>
+#include <tuple>
+#include <utility>
 #include <functional>
 #include <set>
 #include <stdexcept>
@@ -236,6 +240,125 @@ inline std::string common_checks(jobs::storage& s, const ledger& l)
 
 struct totals {
     long runs = 0, faults = 0, failed_ops = 0, violations = 0, committed_but_failed = 0;
+    void add(const totals& t)
+    {
+        runs += t.runs;
+        faults += t.faults;
+        failed_ops += t.failed_ops;
+        violations += t.violations;
+    }
 };
+
+// How one run at N went.
+struct outcome {
+    long faults = 0; // injected
+    long ops = 0;    // the I/O operations the run counted
+    bool acked = false;
+    bool failed = false; // reported a storage_error
+    bool committed_but_failed = false;
+    std::string violation;
+};
+
+// What a run does between arming and lifting its fault: the operation,
+// then the checks every storage shares. `live` (null for a migration) must
+// go on working: its next enqueue is acknowledged within `recover_tries`
+// calls (a network storage's first call may find its connection broken).
+// `reopen` opens the storage again for the checks, or returns null when
+// there is nothing to check (a new file whose creation failed).
+inline outcome operate(const scenario& sc, jobs::storage* live, const std::string& where, ledger& l,
+                       const std::function<std::pair<long, long>()>& lift, int recover_tries,
+                       const std::function<std::unique_ptr<jobs::storage>()>& reopen)
+{
+    outcome o;
+    try {
+        sc.op(live, where, l);
+        o.acked = true;
+    } catch (const jobs::storage_error&) {
+        o.failed = true;
+    } catch (const std::exception& e) {
+        o.violation = std::string("not a storage_error: ") + e.what();
+    }
+    std::tie(o.faults, o.ops) = lift();
+    if (o.violation.empty() && live) {
+        for (int attempt = 1;; ++attempt) {
+            try {
+                enqueue_acked(*live, l, 1, 900);
+                ++l.total_before; // the checks compare what the operation did
+                live->counts();
+                break;
+            } catch (const std::exception& e) {
+                if (attempt < recover_tries)
+                    continue;
+                o.violation = std::string("the storage does not recover: ") + e.what();
+                break;
+            }
+        }
+    }
+    if (o.violation.empty() && reopen) {
+        try {
+            auto again = reopen();
+            if (!again)
+                return o;
+            o.violation = common_checks(*again, l);
+            if (o.violation.empty())
+                o.violation = sc.check(*again, l, o.acked);
+            o.committed_but_failed = o.violation.empty() && !o.acked && sc.name == "enqueue" &&
+                                     total(*again) != l.total_before;
+        } catch (const std::exception& e) {
+            o.violation = std::string("the storage does not open again: ") + e.what();
+        }
+    }
+    return o;
+}
+
+inline void print_header()
+{
+    std::printf("%-22s %-11s %6s %7s %7s %9s %10s\n", "operation", "fault", "ops", "faults", "errors", "committed",
+                "violations");
+}
+
+// Runs `run(n)` for N = 1, 2, 3, ... until a run injects no fault (it must
+// then have passed), printing each violation and the scenario's row.
+inline totals until_clean(const std::string& name, const char* fault, long max_n,
+                          const std::function<outcome(long n)>& run)
+{
+    totals t;
+    long n = 1;
+    long ops_clean = 0;
+    for (; n <= max_n; ++n) {
+        const auto o = run(n);
+        ++t.runs;
+        t.faults += o.faults;
+        t.failed_ops += o.failed ? 1 : 0;
+        t.committed_but_failed += o.committed_but_failed ? 1 : 0;
+        if (!o.violation.empty()) {
+            ++t.violations;
+            std::printf("VIOLATION %s, %s fault at operation %ld: %s\n", name.c_str(), fault, n, o.violation.c_str());
+        }
+        if (o.faults == 0) {
+            // Past its last operation: it must pass untouched.
+            if (!o.acked) {
+                ++t.violations;
+                std::printf("VIOLATION %s failed with no fault injected\n", name.c_str());
+            }
+            ops_clean = o.ops;
+            break;
+        }
+    }
+    if (n > max_n) {
+        ++t.violations;
+        std::printf("VIOLATION %s, %s: still failing at operation %ld\n", name.c_str(), fault, max_n);
+    }
+    std::printf("%-22s %-11s %6ld %7ld %7ld %9ld %10ld\n", name.c_str(), fault, ops_clean, t.faults, t.failed_ops,
+                t.committed_but_failed, t.violations);
+    std::fflush(stdout);
+    return t;
+}
+
+inline void print_summary(const totals& all, double seconds)
+{
+    std::printf("runs %ld, faults injected %ld, operations that reported an error %ld, violations %ld (%.1f s)\n",
+                all.runs, all.faults, all.failed_ops, all.violations, seconds);
+}
 
 } // namespace fault_scenarios
