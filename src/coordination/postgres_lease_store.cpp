@@ -1,5 +1,7 @@
 #include <hosting/coordination/postgres_lease_store.hpp>
 
+#include "detail/trimmed.hpp"
+
 #include <libpq-fe.h>
 
 #include <poll.h>
@@ -12,13 +14,7 @@ namespace hosting::coordination {
 
 namespace {
 
-std::string trimmed(const char* message)
-{
-    std::string out = message ? message : "";
-    while (!out.empty() && (out.back() == '\n' || out.back() == ' '))
-        out.pop_back();
-    return out;
-}
+using hosting::detail::trimmed;
 
 struct result_clearer {
     void operator()(PGresult* r) const { PQclear(r); }

@@ -1,5 +1,6 @@
 #include <hosting/jobs/postgres_storage.hpp>
 
+#include "detail/trimmed.hpp"
 #include "jobs/detail/stored.hpp"
 
 #include <libpq-fe.h>
@@ -45,13 +46,7 @@ private:
     std::string sqlstate_;
 };
 
-std::string trimmed(const char* message)
-{
-    std::string out = message ? message : "";
-    while (!out.empty() && (out.back() == '\n' || out.back() == ' '))
-        out.pop_back();
-    return out;
-}
+using hosting::detail::trimmed;
 
 struct result_clearer {
     void operator()(PGresult* r) const { PQclear(r); }
