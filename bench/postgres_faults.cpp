@@ -332,7 +332,10 @@ int main(int argc, char** argv)
         "migration (new schema)",
         {},
         [&](jobs::storage*, const std::string& schema, ledger&) {
-            jobs::postgres_storage s(proxied, jobs::postgres_options{.schema = schema, .notifications = false});
+            // A stall is given up after 1 s and 2 s more, not 30 and 2.
+            jobs::postgres_storage s(proxied, jobs::postgres_options{.schema = schema,
+                                                                     .statement_timeout = std::chrono::seconds(1),
+                                                                     .notifications = false});
         },
         [](jobs::storage& s, const ledger&, bool) -> std::string {
             return total(s) == 0 ? std::string() : "jobs in a new schema";
