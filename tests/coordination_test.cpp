@@ -116,6 +116,13 @@ struct hold_log {
                 return event{key.first, key.second, true};
         return std::nullopt;
     }
+    static std::string text(const std::vector<event>& all)
+    {
+        std::string out;
+        for (const auto& e : all)
+            out += (e.started ? "start " : "stop ") + e.node + " " + std::to_string(e.term) + "; ";
+        return out;
+    }
     // Every hold ended before the next began, and terms grew.
     static bool never_overlapping(const std::vector<event>& all)
     {
@@ -321,6 +328,7 @@ TEST_CASE("coordination: a holder whose renewals fail is stopped before its leas
         return std::any_of(e.begin(), e.end(), [](auto& x) { return x.node == "b" && x.started; });
     }));
     const auto events = log->snapshot();
+    INFO(hold_log::text(events));
     // a stopped (its lease's loss fired) before b started.
     CHECK(hold_log::never_overlapping(events));
     CHECK(events.at(1).node == "a");
@@ -337,6 +345,7 @@ TEST_CASE("coordination: a holder whose renewals fail is stopped before its leas
     b->stop();
     REQUIRE(log->wait([](const auto& e) { return e.size() >= 5 && e.back().node == "a" && e.back().started; }));
     a.reset();
+    INFO(hold_log::text(log->snapshot()));
     CHECK(hold_log::never_overlapping(log->snapshot()));
 }
 
