@@ -2069,7 +2069,8 @@ TEST_CASE("jobs: a job enqueued in this process starts without waiting for a pol
     host.stop_blocking();
 }
 
-TEST_CASE("jobs: the server prunes finished jobs past their retention and keeps failed ones", "[jobs][conformance][server]")
+TEST_CASE("jobs: the server prunes finished jobs past their retention, when prune_if allows, and keeps failed ones",
+          "[jobs][conformance][server]")
 {
     EACH_STORAGE(which, db);
     auto clock = std::make_shared<jobs::manual_time_source>(utc(2026, 6, 1, 12, 0));
@@ -2078,6 +2079,13 @@ TEST_CASE("jobs: the server prunes finished jobs past their retention and keeps 
     auto options = quick_server(clock);
     options.retention.succeeded = std::chrono::hours(1);
     options.retention.interval = 50ms;
+    // Pruning waits for its turn (a leader, say) until allowed.
+    std::atomic<bool> allowed{false};
+    std::atomic<int> asked{0};
+    options.retention.prune_if = [&] {
+        ++asked;
+        return allowed.load();
+    };
     jobs::kind_options once;
     once.retry.max_attempts = 1;
     test::recorder r;
@@ -2099,6 +2107,10 @@ TEST_CASE("jobs: the server prunes finished jobs past their retention and keeps 
     REQUIRE(wait_state(client, ok, job_state::succeeded));
     REQUIRE(wait_state(client, bad, job_state::failed));
     clock->advance(std::chrono::hours(2));
+    const int before = asked.load();
+    REQUIRE(test::eventually([&] { return asked.load() >= before + 3; }));
+    CHECK(client.find_blocking(ok));
+    allowed = true;
     REQUIRE(test::eventually([&] { return !client.find_blocking(ok); }));
     CHECK(client.find_blocking(bad)->state == job_state::failed);
     // The log line follows the commit that the find above observed.

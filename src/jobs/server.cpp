@@ -775,7 +775,8 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
                 // Other processes may have changed the recurring jobs.
                 r->recurring_dirty = true;
                 r->poke();
-                if (std::chrono::steady_clock::now() >= next_prune && !r->pruning) {
+                const auto& prune_if = r->options().retention.prune_if;
+                if (std::chrono::steady_clock::now() >= next_prune && !r->pruning && (!prune_if || prune_if())) {
                     // On its own: a long prune must not hold up lease renewals.
                     next_prune = std::chrono::steady_clock::now() + r->options().retention.interval;
                     r->pruning = true;

@@ -208,6 +208,11 @@ struct retention_options {
     std::optional<std::chrono::milliseconds> failed;
     std::chrono::milliseconds interval{std::chrono::minutes(1)}; // how often a server prunes
     std::size_t batch = 1000;                                     // rows per transaction
+    // Asked at each interval; this node prunes only when it returns true
+    // (null: always). Every node may prune (pruning is correct on many at
+    // once, only repeated); with coordination, one node does it:
+    // `[c] { return c->is_leader(); }` (coordination/coordination.hpp).
+    std::function<bool()> prune_if;
 };
 
 struct queue_options {
