@@ -90,7 +90,9 @@ public:
     }
 
 private:
-    std::shared_ptr<coordinator::impl> owner_;
+    // Weak: the coordinator holds its leases, and a lease that outlives it
+    // (one its service never gave back) has nothing left to release.
+    std::weak_ptr<coordinator::impl> owner_;
     std::string name_;
     std::uint64_t term_;
     std::stop_source lost_;
@@ -216,10 +218,18 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
         // What is still scheduled runs first: the leader's release above.
         work.reset();
         asio::post(io, [this] { io.stop(); });
-        if (thread.joinable() && thread.get_id() != std::this_thread::get_id())
+        if (thread.joinable() && thread.get_id() == std::this_thread::get_id())
+            return; // never from its own thread: what it runs is still here
+        if (thread.joinable())
             thread.join();
         if (watchdog.joinable())
             watchdog.join();
+        // A lease a service still holds (its host stopped before it gave
+        // the lease back) expires in the storage.
+        slots.clear();
+        std::lock_guard lock(mutex);
+        holding.clear();
+        leading.reset();
     }
 
     slot& slot_of(const std::string& name)
@@ -469,8 +479,10 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
 
 asio::awaitable<void> held_lease::release()
 {
-    auto* owner = owner_.get();
-    std::function<bool()> fn = [owner, name = name_, term = term_] {
+    auto owner = owner_.lock();
+    if (!owner)
+        co_return;
+    std::function<bool()> fn = [owner = owner.get(), name = name_, term = term_] {
         auto it = owner->slots.find(name);
         if (it != owner->slots.end() && it->second.held && it->second.held->term() == term)
             owner->give_up(it->second);
