@@ -104,7 +104,6 @@ public:
     // lease's duration, less the stop margin.
     std::atomic<clock::rep> valid_until;
     std::atomic<clock::rep> renewed;
-    bool released = false; // coordinator thread only
 };
 
 struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
@@ -137,6 +136,8 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
     struct request {
         std::string name;
         std::function<void(std::exception_ptr, std::shared_ptr<instance_lease>)> complete;
+        // Abandons the wait when the caller's token fires.
+        std::optional<std::stop_callback<std::function<void()>>> on_stop;
         bool done = false; // coordinator thread only
     };
 
@@ -197,7 +198,7 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
                                nullptr);
                     s.waiting.clear();
                     s.wants_leader = false;
-                    if (s.held && s.held == leading_lease())
+                    if (s.name == leader_lease)
                         give_up(s);
                 }
             });
@@ -248,8 +249,7 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
         if (r.done)
             return;
         r.done = true;
-        // Gone once called: what it holds (the stop callback, which holds
-        // this object) must not outlive the request's answer.
+        // Let go of the caller's handler once it is answered.
         auto complete = std::move(r.complete);
         r.complete = nullptr;
         complete(std::move(error), std::move(lease));
@@ -343,12 +343,10 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
     void renew(slot& s)
     {
         auto lease = s.held;
-        if (!lease || lease->released)
+        if (!lease)
             return;
         if (lease->is_lost()) {
-            // Its holder is told; the leader's own lease is given up here.
-            if (lease == leading_lease())
-                give_up(s);
+            after_loss(s);
             return;
         }
         const auto sent = clock::now();
@@ -363,8 +361,7 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
         }
         if (!kept) {
             lose(*lease, "the storage says another node took it");
-            if (lease == leading_lease())
-                give_up(s);
+            after_loss(s);
             return;
         }
         const auto until = sent + options.lease_duration - options.stop_margin;
@@ -372,8 +369,7 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
             // The answer came too late to count: the watchdog has told, or
             // is about to tell, the holder that it lost the lease.
             lose(*lease, "its renewal took longer than the lease allows");
-            if (lease == leading_lease())
-                give_up(s);
+            after_loss(s);
             return;
         }
         lease->valid_until.store(until.time_since_epoch().count());
@@ -382,10 +378,12 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
         schedule(s, options.renew_interval, &impl::renew);
     }
 
-    std::shared_ptr<held_lease> leading_lease()
+    // A service's lost lease stays in its slot until the service has
+    // stopped and gives it back; the leader's own is given up at once.
+    void after_loss(slot& s)
     {
-        std::lock_guard lock(mutex);
-        return leading;
+        if (s.name == leader_lease)
+            give_up(s);
     }
 
     void lose(held_lease& lease, const std::string& why)
@@ -401,7 +399,6 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
         auto lease = s.held;
         if (!lease)
             return;
-        lease->released = true;
         lease->lose("released");
         try {
             store->release(s.name, options.node_id, lease->term());
@@ -581,9 +578,7 @@ asio::awaitable<std::shared_ptr<instance_lease>> coordinator::acquire(std::strin
             };
             if (slot.is_connected())
                 slot.assign([abandon](asio::cancellation_type) { abandon(); });
-            // Kept with the request: it lives until the request is done.
-            auto on_stop = std::make_shared<std::optional<std::stop_callback<std::function<void()>>>>();
-            asio::post(owner->io, [owner = owner.get(), r, on_stop, cancel, abandon] {
+            asio::post(owner->io, [owner = owner.get(), r, cancel, abandon] {
                 if (owner->stopping.load()) {
                     owner->finish(*r,
                                   std::make_exception_ptr(boost::system::system_error(asio::error::operation_aborted)),
@@ -592,12 +587,7 @@ asio::awaitable<std::shared_ptr<instance_lease>> coordinator::acquire(std::strin
                 }
                 auto& s = owner->slot_of(r->name);
                 s.waiting.push_back(r);
-                auto complete = std::move(r->complete);
-                r->complete = [complete = std::move(complete), on_stop](std::exception_ptr e,
-                                                                        std::shared_ptr<instance_lease> l) {
-                    complete(std::move(e), std::move(l));
-                };
-                on_stop->emplace(cancel, std::function<void()>(abandon));
+                r->on_stop.emplace(cancel, std::function<void()>(abandon));
                 owner->attempt(s);
             });
         },

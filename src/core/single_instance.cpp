@@ -119,10 +119,12 @@ asio::awaitable<void> single_instance_service::execute(std::stop_token stopping)
             log->info("Service '{}' holds lease '{}' (term {}) and starts", name, lease_name_, lease->term());
 
         std::shared_ptr<hosted_service> made;
+        background_service* inner = nullptr;
         std::exception_ptr not_made;
         try {
             made = factory_(provider_);
-            if (!dynamic_cast<background_service*>(made.get()))
+            inner = dynamic_cast<background_service*>(made.get());
+            if (!inner)
                 throw std::logic_error("service '" + name + "': its factory made no background_service");
         } catch (...) {
             not_made = std::current_exception();
@@ -131,7 +133,6 @@ asio::awaitable<void> single_instance_service::execute(std::stop_token stopping)
             co_await release(*lease);
             std::rethrow_exception(not_made);
         }
-        auto* inner = dynamic_cast<background_service*>(made.get());
         auto run = std::make_shared<run_state>(executor);
         background_service_access::bind(
             *inner,
@@ -156,10 +157,11 @@ asio::awaitable<void> single_instance_service::execute(std::stop_token stopping)
                 co_await run->event.async_wait(asio::redirect_error(asio::use_awaitable, ec));
             }
             if (!run->ended) {
-                // The host's stop cancelled this coroutine: what follows
-                // must still await the service's end, which the host's own
-                // deadline bounds. The lease is renewed meanwhile: the
-                // service may still be running.
+                // The lease was lost, or the host stops (and has cancelled
+                // this coroutine, hence the reset): stop the service and
+                // await its end, which the host's own deadline bounds. A
+                // lease not lost is renewed meanwhile: the service may
+                // still be running.
                 co_await asio::this_coro::reset_cancellation_state();
                 background_service_access::request_stop(*inner, inner_executor);
                 while (!run->ended) {

@@ -54,9 +54,6 @@ public:
 
     // Second construction step: needs shared_from_this.
     void build(service_collection services, std::shared_ptr<hosted_descriptors> hosted);
-    // What a registration marked single_instance() is built with instead.
-    std::function<std::shared_ptr<hosted_service>(service_provider&)>
-    single_instance_factory(hosted_descriptor& descriptor);
 
     asio::awaitable<void> start();
     asio::awaitable<void> stop();
@@ -71,6 +68,9 @@ public:
     std::vector<service_status> statuses() const;
 
 private:
+    // What a registration marked single_instance() is built with instead.
+    std::function<std::shared_ptr<hosted_service>(service_provider&)>
+    single_instance_factory(hosted_descriptor& descriptor);
     // Orchestration; everything below runs on orch_ unless it says otherwise.
     asio::awaitable<void> do_start();
     asio::awaitable<void> do_stop();
