@@ -81,10 +81,12 @@ struct postgres_lease_store::impl {
                  (port ? port : "?");
         PQsetNoticeProcessor(conn, [](void*, const char*) {}, nullptr);
         try {
+            if (schema_quoted.empty())
+                schema_quoted = quoted_schema();
             run("SET statement_timeout = " + std::to_string(options.timeout.count()), {});
             run("SELECT pg_advisory_xact_lock(hashtextextended('hosting_coordination_schema', 7200)); "
                 "CREATE SCHEMA IF NOT EXISTS " +
-                    quoted_schema() + "; CREATE TABLE IF NOT EXISTS " + quoted_schema() +
+                    schema_quoted + "; CREATE TABLE IF NOT EXISTS " + schema_quoted +
                     ".leases (name text PRIMARY KEY, holder text NOT NULL, term bigint NOT NULL, "
                     "expires_at timestamptz NOT NULL)",
                 {});
@@ -107,7 +109,7 @@ struct postgres_lease_store::impl {
                                         : PQsendQueryParams(conn, text.c_str(), static_cast<int>(values.size()),
                                                             nullptr, pointers.data(), nullptr, nullptr, 0);
         if (!sent)
-            return fail("sending a statement failed: " + trimmed(PQerrorMessage(conn)));
+            fail("sending a statement failed: " + trimmed(PQerrorMessage(conn)));
         const auto deadline = std::chrono::steady_clock::now() + options.timeout + std::chrono::seconds(1);
         result kept;
         for (;;) {
@@ -115,7 +117,7 @@ struct postgres_lease_store::impl {
                 const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
                     deadline - std::chrono::steady_clock::now());
                 if (left.count() <= 0)
-                    return fail("no answer within " + std::to_string((options.timeout + std::chrono::seconds(1)).count()) +
+                    fail("no answer within " + std::to_string((options.timeout + std::chrono::seconds(1)).count()) +
                                 " ms; the connection is given up");
                 pollfd fd{PQsocket(conn), POLLIN, 0};
                 if (::poll(&fd, 1, static_cast<int>(left.count())) < 0 && errno != EINTR)
@@ -131,7 +133,7 @@ struct postgres_lease_store::impl {
             kept = std::move(r);
         }
         if (!kept)
-            return fail(trimmed(PQerrorMessage(conn)));
+            fail(trimmed(PQerrorMessage(conn)));
         const auto status = PQresultStatus(kept.get());
         if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK)
             throw lease_store_error("coordination: " + server + ": " + trimmed(PQresultErrorMessage(kept.get())));
@@ -141,7 +143,7 @@ struct postgres_lease_store::impl {
     // The connection is closed, and opened again by the next call: whether
     // the statement took effect is unknown, which a lease call tolerates
     // (the holder renews or tries again; a term is never reused).
-    [[noreturn]] result fail(const std::string& why)
+    [[noreturn]] void fail(const std::string& why)
     {
         PQfinish(conn);
         conn = nullptr;
@@ -154,7 +156,10 @@ struct postgres_lease_store::impl {
         return run(text, values);
     }
 
-    std::string table() const { return quoted_schema() + ".leases"; }
+    // The schema's name quoted, from the first connection on: the
+    // statements name the table without a connection to escape it with.
+    std::string schema_quoted;
+    std::string table() const { return schema_quoted + ".leases"; }
 };
 
 postgres_lease_store::postgres_lease_store(std::string conninfo, postgres_lease_options options)
@@ -176,10 +181,9 @@ std::string postgres_lease_store::describe() const { return impl_->server; }
 std::optional<std::uint64_t> postgres_lease_store::acquire(const std::string& name, const std::string& holder,
                                                            std::chrono::milliseconds duration)
 {
-    impl_->ensure_connected();
     // One statement: a free, expired or own row gets the next term; a row
     // another holder's running lease keeps returns nothing.
-    auto r = impl_->run("INSERT INTO " + impl_->table() +
+    auto r = impl_->call("INSERT INTO " + impl_->table() +
                             " AS l (name, holder, term, expires_at) VALUES ($1, $2, 1, now() + $3 * interval '1 "
                             "millisecond') ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, term = l.term "
                             "+ 1, expires_at = excluded.expires_at WHERE l.holder = '' OR l.holder = excluded.holder "
@@ -193,8 +197,7 @@ std::optional<std::uint64_t> postgres_lease_store::acquire(const std::string& na
 bool postgres_lease_store::renew(const std::string& name, const std::string& holder, std::uint64_t term,
                                  std::chrono::milliseconds duration)
 {
-    impl_->ensure_connected();
-    auto r = impl_->run("UPDATE " + impl_->table() +
+    auto r = impl_->call("UPDATE " + impl_->table() +
                             " SET expires_at = now() + $4 * interval '1 millisecond' WHERE name = $1 AND holder = $2 "
                             "AND term = $3",
                         {name, holder, std::to_string(term), std::to_string(duration.count())});
@@ -203,16 +206,14 @@ bool postgres_lease_store::renew(const std::string& name, const std::string& hol
 
 void postgres_lease_store::release(const std::string& name, const std::string& holder, std::uint64_t term)
 {
-    impl_->ensure_connected();
-    impl_->run("UPDATE " + impl_->table() +
+    impl_->call("UPDATE " + impl_->table() +
                    " SET holder = '', expires_at = '-infinity' WHERE name = $1 AND holder = $2 AND term = $3",
                {name, holder, std::to_string(term)});
 }
 
 std::vector<lease_record> postgres_lease_store::leases()
 {
-    impl_->ensure_connected();
-    auto r = impl_->run("SELECT name, holder, term, CASE WHEN expires_at > now() THEN (extract(epoch FROM "
+    auto r = impl_->call("SELECT name, holder, term, CASE WHEN expires_at > now() THEN (extract(epoch FROM "
                         "expires_at - now()) * 1000)::bigint ELSE 0 END FROM " +
                             impl_->table() + " ORDER BY name",
                         {});
