@@ -140,34 +140,34 @@ void client::requeue_blocking(job_id id)
 asio::awaitable<std::optional<job>> client::find(job_id id)
 {
     std::function<std::optional<job>(storage&)> fn = [id](storage& s) { return s.find(id, true); };
-    co_return co_await engine_->call<std::optional<job>>(std::move(fn));
+    co_return co_await engine_->call<std::optional<job>>(std::move(fn), detail::engine::lane::reads);
 }
 
 std::optional<job> client::find_blocking(job_id id)
 {
-    return engine_->call_blocking<std::optional<job>>([id](storage& s) { return s.find(id, true); });
+    return engine_->call_blocking<std::optional<job>>([id](storage& s) { return s.find(id, true); }, detail::engine::lane::reads);
 }
 
 asio::awaitable<std::vector<job>> client::list(const job_filter& filter)
 {
     std::function<std::vector<job>(storage&)> fn = [filter](storage& s) { return s.list(filter); };
-    return engine_->call<std::vector<job>>(std::move(fn));
+    return engine_->call<std::vector<job>>(std::move(fn), detail::engine::lane::reads);
 }
 
 std::vector<job> client::list_blocking(const job_filter& filter)
 {
-    return engine_->call_blocking<std::vector<job>>([filter](storage& s) { return s.list(filter); });
+    return engine_->call_blocking<std::vector<job>>([filter](storage& s) { return s.list(filter); }, detail::engine::lane::reads);
 }
 
 asio::awaitable<job_counts> client::counts()
 {
     std::function<job_counts(storage&)> fn = [](storage& s) { return s.counts(); };
-    co_return co_await engine_->call<job_counts>(std::move(fn));
+    co_return co_await engine_->call<job_counts>(std::move(fn), detail::engine::lane::reads);
 }
 
 job_counts client::counts_blocking()
 {
-    return engine_->call_blocking<job_counts>([](storage& s) { return s.counts(); });
+    return engine_->call_blocking<job_counts>([](storage& s) { return s.counts(); }, detail::engine::lane::reads);
 }
 
 asio::awaitable<enqueued> client::submit_continuation(job_id parent, std::string kind, std::string args,
@@ -307,12 +307,12 @@ job_id client::trigger_recurring_blocking(std::string id)
 asio::awaitable<std::vector<recurring_job>> client::list_recurring()
 {
     std::function<std::vector<recurring_job>(storage&)> fn = [](storage& s) { return s.list_recurring(); };
-    co_return co_await engine_->call<std::vector<recurring_job>>(std::move(fn));
+    co_return co_await engine_->call<std::vector<recurring_job>>(std::move(fn), detail::engine::lane::reads);
 }
 
 std::vector<recurring_job> client::list_recurring_blocking()
 {
-    return engine_->call_blocking<std::vector<recurring_job>>([](storage& s) { return s.list_recurring(); });
+    return engine_->call_blocking<std::vector<recurring_job>>([](storage& s) { return s.list_recurring(); }, detail::engine::lane::reads);
 }
 
 namespace {
@@ -401,12 +401,12 @@ void client::resume_queue_blocking(std::string queue)
 asio::awaitable<std::vector<std::string>> client::paused_queues()
 {
     std::function<std::vector<std::string>(storage&)> fn = [](storage& s) { return s.paused_queues(); };
-    return engine_->call<std::vector<std::string>>(std::move(fn));
+    return engine_->call<std::vector<std::string>>(std::move(fn), detail::engine::lane::reads);
 }
 
 std::vector<std::string> client::paused_queues_blocking()
 {
-    return engine_->call_blocking<std::vector<std::string>>([](storage& s) { return s.paused_queues(); });
+    return engine_->call_blocking<std::vector<std::string>>([](storage& s) { return s.paused_queues(); }, detail::engine::lane::reads);
 }
 
 asio::awaitable<std::vector<queue_kind_count>> client::counts_by_queue_and_kind()
@@ -414,24 +414,24 @@ asio::awaitable<std::vector<queue_kind_count>> client::counts_by_queue_and_kind(
     std::function<std::vector<queue_kind_count>(storage&)> fn = [](storage& s) {
         return s.counts_by_queue_and_kind();
     };
-    return engine_->call<std::vector<queue_kind_count>>(std::move(fn));
+    return engine_->call<std::vector<queue_kind_count>>(std::move(fn), detail::engine::lane::reads);
 }
 
 std::vector<queue_kind_count> client::counts_by_queue_and_kind_blocking()
 {
     return engine_->call_blocking<std::vector<queue_kind_count>>(
-        [](storage& s) { return s.counts_by_queue_and_kind(); });
+        [](storage& s) { return s.counts_by_queue_and_kind(); }, detail::engine::lane::reads);
 }
 
 asio::awaitable<std::vector<node_info>> client::list_nodes()
 {
     std::function<std::vector<node_info>(storage&)> fn = [](storage& s) { return s.list_nodes(); };
-    return engine_->call<std::vector<node_info>>(std::move(fn));
+    return engine_->call<std::vector<node_info>>(std::move(fn), detail::engine::lane::reads);
 }
 
 std::vector<node_info> client::list_nodes_blocking()
 {
-    return engine_->call_blocking<std::vector<node_info>>([](storage& s) { return s.list_nodes(); });
+    return engine_->call_blocking<std::vector<node_info>>([](storage& s) { return s.list_nodes(); }, detail::engine::lane::reads);
 }
 
 } // namespace hosting::jobs

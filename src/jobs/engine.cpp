@@ -130,6 +130,7 @@ engine::engine(std::shared_ptr<storage> store, server_options options)
         options_.node_id = hosting::detail::default_node_id();
     next_renewal_ = std::chrono::steady_clock::now() + options_.heartbeat_interval;
     thread_ = std::thread([this] { loop(); });
+    reader_ = std::thread([this] { read_loop(); });
 }
 
 engine::~engine()
@@ -139,7 +140,9 @@ engine::~engine()
         stopping_ = true;
     }
     changed_.notify_all();
+    reads_changed_.notify_all();
     thread_.join();
+    reader_.join();
 }
 
 void engine::add_kind(kind_entry entry)
@@ -223,13 +226,29 @@ void engine::submit_enqueue(enqueue_request request, enqueue_done done)
     changed_.notify_one();
 }
 
-void engine::submit(std::function<void(storage&)> op)
+void engine::submit(std::function<void(storage&)> op, lane on)
 {
     {
         std::lock_guard lock(mutex_);
-        ops_.push_back(std::move(op));
+        (on == lane::reads ? reads_ : ops_).push_back(std::move(op));
     }
-    changed_.notify_one();
+    (on == lane::reads ? reads_changed_ : changed_).notify_one();
+}
+
+void engine::read_loop()
+{
+    for (;;) {
+        std::deque<std::function<void(storage&)>> reads;
+        {
+            std::unique_lock lock(mutex_);
+            reads_changed_.wait(lock, [&] { return stopping_ || !reads_.empty(); });
+            if (reads_.empty())
+                return; // stopping, and nothing left to read
+            reads.swap(reads_);
+        }
+        for (auto& op : reads)
+            op(*store_);
+    }
 }
 
 void engine::set_waker(std::function<void()> fn)

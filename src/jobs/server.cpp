@@ -909,7 +909,7 @@ jobs_registration add_jobs(host_builder& builder, std::shared_ptr<storage> store
             if (auto why = engine->write_failure(); !why.empty())
                 co_return health_check_result::unhealthy("writes fail: " + why);
             std::function<job_counts(storage&)> fn = [](storage& s) { return s.counts(); };
-            auto counts = co_await engine->call<job_counts>(std::move(fn));
+            auto counts = co_await engine->call<job_counts>(std::move(fn), detail::engine::lane::reads);
             co_return health_check_result::healthy(
                 "reachable", {{"available", std::to_string(counts[job_state::available])},
                               {"running", std::to_string(counts[job_state::running])},

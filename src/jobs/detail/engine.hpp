@@ -52,18 +52,25 @@ public:
     // transaction: SQLite has no group commit of its own.
     using enqueue_done = std::function<void(std::exception_ptr, enqueue_result)>;
     void submit_enqueue(enqueue_request request, enqueue_done done);
-    // Any other storage call, in order, on the storage thread.
-    void submit(std::function<void(storage&)> op);
+    // Where a storage call runs. Writes go in order on the storage thread,
+    // which also renews leases. Reads that change nothing (a job, a list,
+    // counts, nodes: what an operator's page or a readiness check asks)
+    // go on a reader thread of their own, in order among themselves, so
+    // that they never wait behind a drain's claims and commits, and a
+    // drain never waits behind them. A caller that awaited a write reads
+    // what it wrote: the write committed before the read is sent.
+    enum class lane { writes, reads };
+    void submit(std::function<void(storage&)> op, lane on = lane::writes);
 
     // Runs `fn` on the storage thread and resumes the caller on its own
     // executor with the result. Not a coroutine, and taking a reference: a
     // by-value argument would be a temporary inside the caller's co_await,
     // which GCC 12 can destroy twice.
     template <class R>
-    asio::awaitable<R> call(std::function<R(storage&)>&& fn)
+    asio::awaitable<R> call(std::function<R(storage&)>&& fn, lane on = lane::writes)
     {
         return asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, R)>(
-            [this, fn = std::move(fn)](auto handler) mutable {
+            [this, on, fn = std::move(fn)](auto handler) mutable {
                 using completion = hosting::detail::remote_completion<decltype(handler), std::exception_ptr, R>;
                 auto done = std::make_shared<completion>(std::move(handler));
                 submit([fn = std::move(fn), done](storage& s) mutable {
@@ -75,13 +82,13 @@ public:
                         error = std::current_exception();
                     }
                     done->complete(std::move(error), std::move(result));
-                });
+                }, on);
             },
             asio::use_awaitable);
     }
 
     template <class R>
-    R call_blocking(std::function<R(storage&)> fn)
+    R call_blocking(std::function<R(storage&)> fn, lane on = lane::writes)
     {
         auto promise = std::make_shared<std::promise<R>>();
         auto future = promise->get_future();
@@ -91,7 +98,7 @@ public:
             } catch (...) {
                 promise->set_exception(std::current_exception());
             }
-        });
+        }, on);
         return future.get();
     }
 
@@ -146,6 +153,7 @@ public:
 
 private:
     void loop();
+    void read_loop();
     void renew();
     void note_write(std::exception_ptr error);
 
@@ -158,6 +166,8 @@ private:
     bool stopping_ = false;
     std::deque<std::pair<enqueue_request, enqueue_done>> enqueues_;
     std::deque<std::function<void(storage&)>> ops_;
+    std::deque<std::function<void(storage&)>> reads_;
+    std::condition_variable reads_changed_;
     std::function<void()> waker_;              // mutex_
     std::function<void(job_id)> local_cancel_; // mutex_
     renewal_listener renewal_listener_;        // mutex_
@@ -170,6 +180,7 @@ private:
     std::unordered_map<job_id, held> held_;    // storage thread
     std::chrono::steady_clock::time_point next_renewal_; // storage thread
     std::thread thread_;
+    std::thread reader_;
 };
 
 } // namespace hosting::jobs::detail
