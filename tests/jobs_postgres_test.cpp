@@ -12,6 +12,9 @@
 #include <libpq-fe.h>
 
 #include <cstdlib>
+#include <future>
+#include <thread>
+#include <tuple>
 
 namespace {
 
@@ -248,6 +251,89 @@ TEST_CASE("jobs: a PostgreSQL server that restarts fails the call it breaks, and
     CHECK(claimed.size() == 2);
 }
 
+TEST_CASE("jobs: a PostgreSQL storage answers other calls while one waits on a lock, and its idle connections "
+          "reconnect after a restart",
+          "[jobs][postgresql]")
+{
+    REQUIRE_POSTGRES();
+    private_server server;
+    CHECK_THROWS_WITH(jobs::postgres_storage(server.conninfo(), {.pool_size = 0}),
+                      Catch::Contains("pool_size must be at least 1"));
+    jobs::postgres_storage store(server.conninfo(), {.pool_size = 2});
+    const auto t0 = jobs::clock::now();
+    const auto ids = store.enqueue(std::vector{request("k", "1"), request("k", "2")}, t0);
+    // Another session holds the first job's row, as a slow transaction
+    // would: a cancel of it waits for the lock on a connection of its own,
+    // and the calls behind it go on.
+    const auto blocked_cancel = [&] {
+        auto locker = std::make_shared<session>(server.conninfo());
+        locker->exec("BEGIN");
+        locker->exec("SELECT id FROM hosting_jobs.jobs WHERE id = " + std::to_string(ids[0].id) + " FOR UPDATE");
+        auto done = std::make_shared<std::atomic<bool>>(false);
+        std::thread cancel([&store, id = ids[0].id, done] {
+            store.change_state(id, job_state::cancelled, "by the test", jobs::clock::now());
+            *done = true;
+        });
+        return std::make_tuple(locker, done, std::move(cancel));
+    };
+    {
+        auto [locker, done, cancel] = blocked_cancel();
+        auto counts = std::async(std::launch::async, [&] { return store.counts(); });
+        REQUIRE(counts.wait_for(30s) == std::future_status::ready);
+        CHECK(counts.get()[job_state::available] == 2);
+        CHECK(store.find(ids[1].id)->state == job_state::available);
+        CHECK_FALSE(done->load()); // still waiting: it was never in the way
+        locker->exec("COMMIT");
+        cancel.join();
+        CHECK(store.find(ids[0].id)->state == job_state::cancelled);
+    }
+    // Both connections are open now. The server restarts: the call that
+    // meets a broken connection fails, and every call after it works,
+    // whichever connection it takes (the idle one is opened again first).
+    server.restart();
+    CHECK_THROWS_AS(store.counts(), jobs::storage_error);
+    store.change_state(ids[0].id, job_state::available, "again", jobs::clock::now());
+    {
+        auto [locker, done, cancel] = blocked_cancel();
+        auto counts = std::async(std::launch::async, [&] { return store.counts(); });
+        REQUIRE(counts.wait_for(30s) == std::future_status::ready);
+        CHECK(counts.get()[job_state::available] == 2);
+        locker->exec("COMMIT");
+        cancel.join();
+        CHECK(done->load());
+    }
+}
+
+TEST_CASE("jobs: a client's reads are answered while the engine's writes wait on PostgreSQL", "[jobs][postgresql]")
+{
+    REQUIRE_POSTGRES();
+    temp_db db;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    jobs::add_jobs(builder, make_storage("postgresql", db), quick_server());
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    const auto first = client.enqueue_blocking("unknown kind", 1).id;
+    const auto second = client.enqueue_blocking("unknown kind", 2).id;
+    // A slow transaction elsewhere holds the first job's row: the cancel
+    // waits on the engine's storage thread, where every write queues.
+    session locker(postgres_conninfo());
+    locker.exec("BEGIN");
+    locker.exec("SELECT id FROM \"" + db.schema + "\".jobs WHERE id = " + std::to_string(first) + " FOR UPDATE");
+    auto cancel = std::async(std::launch::async, [&] { client.cancel_blocking(first); });
+    auto reads = std::async(std::launch::async, [&] {
+        return std::make_pair(client.find_blocking(second), client.counts_blocking());
+    });
+    REQUIRE(reads.wait_for(30s) == std::future_status::ready);
+    const auto [found, counts] = reads.get();
+    CHECK(found->state == job_state::available);
+    CHECK(counts[job_state::available] == 2);
+    CHECK(cancel.wait_for(0s) == std::future_status::timeout);
+    locker.exec("COMMIT");
+    REQUIRE(cancel.wait_for(30s) == std::future_status::ready);
+    cancel.get();
+    CHECK(client.find_blocking(first)->state == job_state::cancelled);
+}
+
 TEST_CASE("jobs: a host's jobs go on running after their PostgreSQL server restarts", "[jobs][postgresql]")
 {
     REQUIRE_POSTGRES();
@@ -457,9 +543,13 @@ TEST_CASE("jobs: a PostgreSQL server that stops answering fails the call in boun
     CHECK(in_time);
     INFO(error);
     CHECK(error.find("no answer within 3000 ms") != std::string::npos);
-    // Answering again: the next call connects anew.
+    // Answering again: the next call connects anew. The call that gave up
+    // cannot know whether its transaction committed (its COMMIT went with
+    // its statements, and the server, resumed, may read and run them): its
+    // job is stored once or not at all, never twice.
     store.enqueue(std::vector{request("k", "3")}, t0);
-    CHECK(store.counts()[job_state::available] == 2);
+    const auto stored = store.counts()[job_state::available];
+    CHECK((stored == 2 || stored == 3));
 }
 
 TEST_CASE("jobs: readiness fails while the PostgreSQL server does not answer, and jobs run again once it does",
@@ -496,5 +586,7 @@ TEST_CASE("jobs: readiness fails while the PostgreSQL server does not answer, an
     REQUIRE(r.wait_for("ran 3"));
     host.stop_blocking();
     CHECK(host.exit_code() == 0);
-    CHECK_FALSE(r.contains("ran 2")); // never committed: the server never read it
+    // The call that gave up could not know whether its COMMIT, sent with
+    // its statements, would run once the server went on: at most once.
+    CHECK(r.count("ran 2") <= 1);
 }

@@ -15,6 +15,7 @@
 #include <cerrno>
 #include <charconv>
 #include <climits>
+#include <condition_variable>
 #include <cstdio>
 #include <optional>
 #include <thread>
@@ -406,6 +407,25 @@ std::vector<prepared_sql> make_statements()
              ", unique_slot = CASE WHEN (unique_states >> 3) & 1 = 1 THEN unique_scoped END "
              "WHERE id IN (SELECT id FROM jobs WHERE id = ANY($4::bigint[]) AND state = 1 ORDER BY id "
              "FOR UPDATE SKIP LOCKED) AND " + not_held + " RETURNING " + job_columns(false)},
+        // The claim of the common case, in one statement: $1 node, $2
+        // lease_until, $3 now, $4 queue, $5 kinds, $6 count. The first jobs
+        // in claim order that no other node is claiming, none taken when a
+        // concurrency key is among them (the general claim settles those).
+        {"claim_first",
+         "WITH first AS (SELECT id, concurrency_key FROM jobs WHERE state = 1 AND queue = $4 "
+         "AND NOT EXISTS (SELECT 1 FROM paused_queues WHERE paused_queues.queue = $4) "
+         "AND kind = ANY($5::text[]) ORDER BY priority, run_at, id LIMIT $6 FOR UPDATE SKIP LOCKED) "
+         "UPDATE jobs SET state = 3, attempt = attempt + 1, claim_flags = claim_flags & 2, lease_owner = $1, "
+         "lease_expires = $2, updated_at = $3::bigint, " +
+             logged("3", "$3::bigint", "'claimed by ' || $1::text") +
+             ", unique_slot = CASE WHEN (unique_states >> 3) & 1 = 1 THEN unique_scoped END "
+             "WHERE id IN (SELECT id FROM first) AND NOT EXISTS (SELECT 1 FROM first WHERE concurrency_key IS NOT "
+             "NULL) RETURNING " + job_columns(false)},
+        // How many of the first candidates carry a concurrency key: when
+        // claim_first took nothing, whether the general claim must look.
+        {"first_keys",
+         "SELECT count(concurrency_key) FROM (SELECT concurrency_key FROM jobs WHERE state = 1 AND queue = $1 "
+         "AND kind = ANY($2::text[]) ORDER BY priority, run_at, id LIMIT $3) AS first"},
         // Locked, and read again if another transaction changed them: a
         // continuation cancelled meanwhile is no longer awaiting.
         {"children",
@@ -495,6 +515,13 @@ struct postgres_storage::connection {
     // next call, as a broken one is.
     bool broken = false;
     std::string no_answer;
+    // write() began a transaction whose BEGIN is not sent yet: it goes in
+    // one round trip with the transaction's first statement.
+    bool begin_pending = false;
+    // The body of write() sent its last statement with the COMMIT.
+    bool committed = false;
+    // The pool's generation when this connection was last known good.
+    std::uint64_t generation = 0;
 
     // The caller's connection, inside its transaction: statements run
     // unprepared (the names are the caller's to use), and nothing begins or
@@ -504,10 +531,19 @@ struct postgres_storage::connection {
     {
     }
 
-    connection(std::string info, postgres_options opts) : conninfo(std::move(info)), options(std::move(opts))
+    // A connection of the storage's own; the first one migrates the schema.
+    connection(std::string info, postgres_options opts, bool migrating)
+        : conninfo(std::move(info)), options(std::move(opts))
     {
         if (options.schema.empty())
             throw storage_error("jobs: postgresql: the schema name is empty");
+        open();
+        if (migrating)
+            migrate();
+    }
+
+    void open()
+    {
         // A connection that gets no answer gives up after 10 s (unless the
         // connection string says otherwise), rather than wait for ever.
         const char* keys[] = {"connect_timeout", "dbname", nullptr};
@@ -521,7 +557,6 @@ struct postgres_storage::connection {
         // that finds its work done) are not the program's to print.
         PQsetNoticeProcessor(conn.get(), [](void*, const char*) {}, nullptr);
         set_up_session();
-        migrate();
     }
 
     // Where the server is, for messages: never the connection string, which
@@ -556,12 +591,25 @@ struct postgres_storage::connection {
     // opened again before the next call; the call that broke it has failed.
     void ensure_connected()
     {
+        begin_pending = false;
         if (broken || PQstatus(conn.get()) != CONNECTION_OK) {
             broken = false;
-            PQreset(conn.get());
-            if (PQstatus(conn.get()) != CONNECTION_OK)
-                throw storage_error("jobs: cannot reconnect to postgresql: " + trimmed(PQerrorMessage(conn.get())));
-            set_up_session();
+            // One given up inside a pipeline is opened afresh: a reset
+            // keeps nothing of it, but a new connection is sure not to.
+            if (PQpipelineStatus(conn.get()) != PQ_PIPELINE_OFF) {
+                try {
+                    open();
+                } catch (const storage_error& e) {
+                    broken = true;
+                    throw storage_error(std::string("jobs: cannot reconnect to postgresql: ") + e.what());
+                }
+            } else {
+                PQreset(conn.get());
+                if (PQstatus(conn.get()) != CONNECTION_OK)
+                    throw storage_error("jobs: cannot reconnect to postgresql: " +
+                                        trimmed(PQerrorMessage(conn.get())));
+                set_up_session();
+            }
         } else if (PQtransactionStatus(conn.get()) != PQTRANS_IDLE) {
             exec("ROLLBACK");
         }
@@ -642,6 +690,10 @@ struct postgres_storage::connection {
 
     result exec(const std::string& text, const params& p = {})
     {
+        // A text goes on its own (a migration is several statements in
+        // one, which a pipeline does not take), after the BEGIN it waits for.
+        if (std::exchange(begin_pending, false))
+            exec("BEGIN");
         // Without parameters, the simple protocol: a migration is several
         // statements in one text.
         const auto values = p.pointers();
@@ -652,8 +704,106 @@ struct postgres_storage::connection {
         return r;
     }
 
+    // Sends one statement (a prepared one by name; BEGIN or COMMIT as
+    // text, with the extended protocol that a pipeline takes); 0 when it
+    // could not be sent.
+    int send(const char* name, const params& p)
+    {
+        const auto values = p.pointers();
+        if (std::string_view(name) == "BEGIN" || std::string_view(name) == "COMMIT")
+            return PQsendQueryParams(conn.get(), name, 0, nullptr, nullptr, nullptr, nullptr, 0);
+        if (!conn.get_deleter().owned) {
+            const auto s = std::find_if(sql.begin(), sql.end(), [&](const prepared_sql& s) {
+                return std::string_view(s.name) == name;
+            });
+            return PQsendQueryParams(conn.get(), s->sql.c_str(), p.size(), nullptr, values.data(), nullptr, nullptr,
+                                     0);
+        }
+        return PQsendQueryPrepared(conn.get(), name, p.size(), values.data(), nullptr, nullptr, 0);
+    }
+
+    struct step {
+        const char* name;
+        params values;
+    };
+
+    // Statements sent together and answered together, in one round trip
+    // (the BEGIN a transaction waits for goes first): a claim's own
+    // statements, and an enqueue's, are most of what a job's latency is
+    // made of on a network. Each result in order; the first error is
+    // thrown, and the statements after it were not run (the server skips
+    // them, and the transaction is aborted).
+    std::vector<result> pipeline(std::vector<step> steps)
+    {
+        if (std::exchange(begin_pending, false))
+            steps.insert(steps.begin(), step{"BEGIN", {}});
+        if (PQenterPipelineMode(conn.get()) == 0)
+            throw storage_error("jobs: " + where() + ": cannot pipeline: " + trimmed(PQerrorMessage(conn.get())));
+        bool sent = true;
+        for (const auto& s : steps)
+            sent = sent && send(s.name, s.values) != 0;
+        sent = sent && PQpipelineSync(conn.get()) != 0;
+        std::vector<result> out;
+        out.reserve(steps.size());
+        for (std::size_t i = 0; i < steps.size(); ++i)
+            out.emplace_back(answer(sent ? 1 : 0));
+        if (sent && !broken) {
+            result sync(answer(1));
+            if (!sync.raw() || PQresultStatus(sync.raw()) != PGRES_PIPELINE_SYNC)
+                broken = true;
+        } else {
+            broken = true; // a pipeline cut short leaves answers unread: opened again
+        }
+        if (!broken)
+            PQexitPipelineMode(conn.get());
+        for (std::size_t i = 0; i < steps.size(); ++i)
+            check(out[i], steps[i].name);
+        if (broken)
+            throw server_error("jobs: " + where() + ": " + steps.front().name + ": " +
+                                   (no_answer.empty() ? trimmed(PQerrorMessage(conn.get())) : no_answer),
+                               "");
+        if (steps.front().name == std::string_view("BEGIN"))
+            out.erase(out.begin());
+        return out;
+    }
+
+    // The second statement's result; the first one's is not needed, so
+    // both go in one round trip.
+    result run_after(const char* first, params first_values, const char* second, params second_values)
+    {
+        auto out = pipeline({{first, std::move(first_values)}, {second, std::move(second_values)}});
+        return std::move(out.back());
+    }
+
+    // The transaction's last statement, sent with its COMMIT (and the
+    // NOTIFY, when it makes work for others) in the same round trip: a job
+    // enqueued alone, or claimed on a quiet node, costs one round trip
+    // and one commit. The body of write() sends nothing after it.
+    result run_and_commit(const char* name, params p)
+    {
+        std::vector<step> steps;
+        steps.push_back({name, std::move(p)});
+        return std::move(commit_with(std::move(steps)).front());
+    }
+
+    // The transaction's last statements, sent with the COMMIT; their
+    // results in order.
+    std::vector<result> commit_with(std::vector<step> steps)
+    {
+        const auto n = steps.size();
+        if (wake_others && options.notifications)
+            steps.push_back({"notify", params().add(channel_of(options.schema))});
+        steps.push_back({"COMMIT", {}});
+        auto out = pipeline(std::move(steps));
+        committed = true;
+        out.erase(out.begin() + static_cast<std::ptrdiff_t>(n), out.end());
+        return out;
+    }
+
     result run(const char* name, const params& p)
     {
+        if (begin_pending)
+            return std::move(pipeline({{name, p}}).back());
         const auto values = p.pointers();
         if (!conn.get_deleter().owned) {
             const auto s = std::find_if(sql.begin(), sql.end(), [&](const prepared_sql& s) {
@@ -677,7 +827,8 @@ struct postgres_storage::connection {
     auto write(F&& body)
     {
         for (int attempt = 1;; ++attempt) {
-            exec("BEGIN");
+            begin_pending = true;
+            committed = false;
             wake_others = false;
             try {
                 if constexpr (std::is_void_v<decltype(body())>) {
@@ -704,13 +855,20 @@ struct postgres_storage::connection {
     // A notification is sent with the transaction, and only if it commits.
     void commit()
     {
+        if (std::exchange(committed, false))
+            return;
+        if (std::exchange(begin_pending, false))
+            return; // nothing was sent, not even the BEGIN
         if (wake_others && options.notifications)
-            run("notify", params().add(channel_of(options.schema)));
-        exec("COMMIT");
+            pipeline({{"notify", params().add(channel_of(options.schema))}, {"COMMIT", {}}});
+        else
+            exec("COMMIT");
     }
 
     void rollback_quietly()
     {
+        if (std::exchange(begin_pending, false))
+            return;
         if (!broken && PQstatus(conn.get()) == CONNECTION_OK && PQtransactionStatus(conn.get()) != PQTRANS_IDLE)
             PQclear(answer(PQsendQuery(conn.get(), "ROLLBACK")));
     }
@@ -821,8 +979,11 @@ struct postgres_storage::connection {
     }
 
     // Plain jobs (no unique key, no parent) in one statement, inside the
-    // caller's transaction; `out` gets their results in order.
-    void add_many(std::span<const enqueue_request> requests, time_point now, std::span<enqueue_result> out)
+    // caller's transaction; `out` gets their results in order. With
+    // `commit`, the statement is the transaction's last, sent with its
+    // COMMIT.
+    void add_many(std::span<const enqueue_request> requests, time_point now, std::span<enqueue_result> out,
+                  bool commit = false)
     {
         std::vector<std::string> kind, queue, args, concurrency_key, recurring_id, reason;
         std::vector<std::int64_t> priority, state, max_attempts, timeout_ms, run_at;
@@ -839,7 +1000,8 @@ struct postgres_storage::connection {
             recurring_id.push_back(r.recurring_id);
             reason.push_back(r.reason);
         }
-        auto ids = run("insert_many", params()
+        wake_others |= std::find(state.begin(), state.end(), code(job_state::available)) != state.end();
+        auto insert = params()
                                           .add(micros(now))
                                           .add(text_array(kind))
                                           .add(text_array(queue))
@@ -851,7 +1013,8 @@ struct postgres_storage::connection {
                                           .add(integer_array(run_at))
                                           .add(text_array(concurrency_key, true))
                                           .add(text_array(recurring_id, true))
-                                          .add(text_array(reason)));
+                                          .add(text_array(reason));
+        auto ids = commit ? run_and_commit("insert_many", std::move(insert)) : run("insert_many", insert);
         if (ids.rows() != static_cast<int>(requests.size()))
             throw storage_error("jobs: " + where() + ": a batch of " + std::to_string(requests.size()) +
                                 " jobs stored " + std::to_string(ids.rows()));
@@ -862,7 +1025,6 @@ struct postgres_storage::connection {
         std::sort(sorted.begin(), sorted.end());
         for (std::size_t k = 0; k < requests.size(); ++k)
             out[k] = {sorted[k], true, {}};
-        wake_others |= std::find(state.begin(), state.end(), code(job_state::available)) != state.end();
     }
 
     // The jobs, in order, inside the caller's transaction.
@@ -917,8 +1079,10 @@ struct postgres_storage::connection {
             ids.push_back(id);
             ended.emplace(id, state);
         }
-        run("lock_parents", params().add(text_array(keys)));
-        auto waiting = run("children", params().add(integer_array(ids)));
+        // The children are read once the lock is held: each statement sees
+        // what committed before it started.
+        auto waiting = run_after("lock_parents", params().add(text_array(keys)), "children",
+                                 params().add(integer_array(ids)));
         for (int i = 0; i < waiting.rows(); ++i) {
             const auto id = waiting.integer(i, 0);
             const auto condition = static_cast<continuation_condition>(waiting.integer(i, 1));
@@ -991,8 +1155,95 @@ struct postgres_storage::connection {
     }
 };
 
+// The storage's connections. Each call takes one for itself, so calls
+// from several threads (the engine's writes and its reads, an
+// application's own) run at once, up to pool_size; past that a call waits
+// for one to come back. The one given back last goes out first, so a
+// storage used by one thread at a time keeps one connection busy and the
+// others idle. A connection found broken (the server restarted) marks the
+// idle ones as suspect: each is opened again before its next call, rather
+// than fail that call as the first one did.
+struct postgres_storage::pool {
+    std::string conninfo;
+    postgres_options options;
+    std::mutex mutex;
+    std::condition_variable returned;
+    std::vector<std::unique_ptr<connection>> idle; // mutex
+    std::size_t open = 0;                          // mutex
+    std::uint64_t generation = 0;                  // mutex: bumped when one is found broken
+
+    class lease {
+    public:
+        lease(pool& p, std::unique_ptr<connection> c) : pool_(&p), c_(std::move(c)) {}
+        lease(lease&& other) noexcept = default;
+        lease& operator=(lease&&) = delete;
+        ~lease()
+        {
+            if (c_)
+                pool_->give_back(std::move(c_));
+        }
+        connection& operator*() const { return *c_; }
+
+    private:
+        pool* pool_;
+        std::unique_ptr<connection> c_;
+    };
+
+    pool(std::string info, postgres_options opts) : conninfo(std::move(info)), options(std::move(opts))
+    {
+        if (options.pool_size < 1)
+            throw storage_error("jobs: postgresql: pool_size must be at least 1");
+        idle.push_back(std::make_unique<connection>(conninfo, options, true));
+        open = 1;
+    }
+
+    // A connection, connected and out of any transaction.
+    lease take()
+    {
+        std::unique_lock lock(mutex);
+        returned.wait(lock, [&] { return !idle.empty() || open < options.pool_size; });
+        std::unique_ptr<connection> c;
+        if (!idle.empty()) {
+            c = std::move(idle.back());
+            idle.pop_back();
+            if (c->generation < generation)
+                c->broken = true;
+        } else {
+            ++open;
+            lock.unlock();
+            try {
+                c = std::make_unique<connection>(conninfo, options, false);
+            } catch (...) {
+                lock.lock();
+                --open;
+                returned.notify_one();
+                throw;
+            }
+            lock.lock();
+        }
+        c->generation = generation;
+        lock.unlock();
+        lease out(*this, std::move(c));
+        (*out).ensure_connected();
+        return out;
+    }
+
+    void give_back(std::unique_ptr<connection> c)
+    {
+        {
+            std::lock_guard lock(mutex);
+            if (c->broken || PQstatus(c->conn.get()) != CONNECTION_OK) {
+                c->broken = true;
+                c->generation = ++generation;
+            }
+            idle.push_back(std::move(c));
+        }
+        returned.notify_one();
+    }
+};
+
 postgres_storage::postgres_storage(std::string conninfo, postgres_options options)
-    : conninfo_(conninfo), options_(options), db_(std::make_unique<connection>(std::move(conninfo), std::move(options)))
+    : conninfo_(conninfo), options_(options), pool_(std::make_unique<pool>(std::move(conninfo), std::move(options)))
 {
 }
 
@@ -1100,8 +1351,9 @@ struct postgres_storage::listener {
                 heard = true;
                 PQfreemem(n);
             }
-            if (heard)
+            if (heard) {
                 wake();
+            }
         }
         if (conn)
             PQfinish(conn);
@@ -1118,9 +1370,17 @@ void postgres_storage::listen_for_work(std::function<void()> wake)
 
 std::vector<enqueue_result> postgres_storage::enqueue(std::span<const enqueue_request> requests, time_point now)
 {
-    std::lock_guard lock(mutex_);
-    auto& c = *db_;
-    c.ensure_connected();
+    auto db = pool_->take();
+    auto& c = *db;
+    const bool plain = std::all_of(requests.begin(), requests.end(), [](const enqueue_request& r) {
+        return r.unique_key.empty() && r.parent_id == 0;
+    });
+    if (plain && !requests.empty())
+        return c.write([&] {
+            std::vector<enqueue_result> out(requests.size());
+            c.add_many(requests, now, out, true);
+            return out;
+        });
     return c.write([&] { return c.enqueue_all(requests, now); });
 }
 
@@ -1157,11 +1417,10 @@ std::vector<enqueue_result> postgres_storage::enqueue_in_transaction(pg_conn* ca
 std::vector<job> postgres_storage::complete_and_claim(std::span<const completion> done, const claim_request& claim,
                                                       time_point now)
 {
-    std::lock_guard lock(mutex_);
-    auto& c = *db_;
-    c.ensure_connected();
+    auto db = pool_->take();
+    auto& c = *db;
     const auto at = micros(now);
-    return c.write([&] {
+    auto settle = [&] {
         if (!done.empty()) {
             std::vector<std::int64_t> ids, to, delta, attempt;
             std::vector<std::string> errors, reasons;
@@ -1201,15 +1460,22 @@ std::vector<job> postgres_storage::complete_and_claim(std::span<const completion
             std::sort(finished.begin(), finished.end());
             c.resolve_children(finished, now);
         }
-        c.run("promote", params().add(at).add(static_cast<std::int64_t>(max_rows_per_write)));
+    };
+    const auto promote = params().add(at).add(static_cast<std::int64_t>(max_rows_per_write));
+    // The claim of every case, in the order claim_request gives.
+    auto claim_in_order = [&] {
+        // Promotion goes with the first page of candidates, in one round trip.
+        bool promoted = false;
         std::vector<job> claimed;
-        if (claim.kinds.empty())
+        if (claim.kinds.empty()) {
+            c.run("promote", promote);
             return claimed;
+        }
         const auto kinds = text_array(claim.kinds);
         std::unordered_map<std::string, std::size_t> kind_left(claim.kind_caps.begin(), claim.kind_caps.end());
         for (const auto& [queue, cap] : claim.queues) {
             auto count = std::min(cap, claim.total - std::min(claim.total, claimed.size()));
-            if (count == 0)
+            if (count == 0 || c.committed)
                 continue;
             // Pages of candidates in claim order until there are enough or
             // none is left (see claim_request): the statement passes over
@@ -1220,13 +1486,15 @@ std::vector<job> postgres_storage::complete_and_claim(std::span<const completion
             std::unordered_set<std::string> taken_keys;
             const std::int64_t page = static_cast<std::int64_t>(std::max<std::size_t>(count * 2, 32));
             for (;;) {
-                auto q = c.run("candidates", params()
-                                                 .add(queue)
-                                                 .add(kinds)
-                                                 .add(std::get<0>(after))
-                                                 .add(std::get<1>(after))
-                                                 .add(std::get<2>(after))
-                                                 .add(page));
+                auto page_params = params()
+                                       .add(queue)
+                                       .add(kinds)
+                                       .add(std::get<0>(after))
+                                       .add(std::get<1>(after))
+                                       .add(std::get<2>(after))
+                                       .add(page);
+                auto q = std::exchange(promoted, true) ? c.run("candidates", page_params)
+                                                       : c.run_after("promote", promote, "candidates", page_params);
                 // The candidates chosen, with the kind each charged to its cap.
                 std::vector<std::pair<job_id, std::string>> chosen;
                 std::vector<std::pair<job_id, std::string>> keyed;
@@ -1264,11 +1532,21 @@ std::vector<job> postgres_storage::complete_and_claim(std::span<const completion
                         ids.push_back(id);
                 std::unordered_set<job_id> got;
                 if (!ids.empty()) {
-                    auto r = c.run("claim", params()
-                                                .add(claim.node)
-                                                .add(micros(claim.lease_until))
-                                                .add(at)
-                                                .add(integer_array(ids)));
+                    auto take = params()
+                                    .add(claim.node)
+                                    .add(micros(claim.lease_until))
+                                    .add(at)
+                                    .add(integer_array(ids));
+                    // Nothing would follow this claim (enough were chosen,
+                    // or none is left, and no later queue has room): it
+                    // goes with the COMMIT. If another node took some of
+                    // them meanwhile, the next claim makes up for them.
+                    const bool fills = ids.size() == count;
+                    const bool none_left = examined == q.rows() && q.rows() < page;
+                    const bool last =
+                        (fills || none_left) && (&queue == &claim.queues.back().first ||
+                                                 (fills && claimed.size() + ids.size() >= claim.total));
+                    auto r = last ? c.run_and_commit("claim", std::move(take)) : c.run("claim", take);
                     const auto first = claimed.size();
                     for (int i = 0; i < r.rows(); ++i) {
                         claimed.push_back(connection::read_job(r, i, false));
@@ -1287,20 +1565,59 @@ std::vector<job> postgres_storage::complete_and_claim(std::span<const completion
                     if (left != kind_left.end() && !got.contains(id))
                         ++left->second;
                 }
-                if (count == 0 || (examined == q.rows() && q.rows() < page))
+                if (count == 0 || (examined == q.rows() && q.rows() < page) || c.committed)
                     break;
             }
         }
+        if (!promoted)
+            c.run("promote", promote);
         return claimed;
+    };
+    // The common case (one queue with room, no kind at its cap) goes in one
+    // round trip with promotion and the COMMIT: the first jobs in claim
+    // order, unless a concurrency key is among them, which only the loop
+    // above settles.
+    const auto with_room = std::count_if(claim.queues.begin(), claim.queues.end(),
+                                         [](const auto& q) { return q.second > 0; });
+    if (with_room != 1 || claim.total == 0 || !claim.kind_caps.empty() || claim.kinds.empty())
+        return c.write([&] {
+            settle();
+            return claim_in_order();
+        });
+    const auto& [queue, cap] = *std::find_if(claim.queues.begin(), claim.queues.end(),
+                                             [](const auto& q) { return q.second > 0; });
+    const auto count = static_cast<std::int64_t>(std::min(cap, claim.total));
+    bool keyed = false;
+    auto claimed = c.write([&] {
+        settle();
+        auto r = c.commit_with({{"promote", promote},
+                                {"first_keys", params().add(queue).add(text_array(claim.kinds)).add(count)},
+                                {"claim_first", params()
+                                                    .add(claim.node)
+                                                    .add(micros(claim.lease_until))
+                                                    .add(at)
+                                                    .add(queue)
+                                                    .add(text_array(claim.kinds))
+                                                    .add(count)}});
+        std::vector<job> out;
+        for (int i = 0; i < r[2].rows(); ++i)
+            out.push_back(connection::read_job(r[2], i, false));
+        std::sort(out.begin(), out.end(), [](const job& a, const job& b) {
+            return std::tie(a.priority, a.run_at, a.id) < std::tie(b.priority, b.run_at, b.id);
+        });
+        keyed = out.empty() && r[1].integer(0, 0) > 0;
+        return out;
     });
+    if (!keyed)
+        return claimed;
+    return c.write([&] { return claim_in_order(); });
 }
 
 lease_renewal postgres_storage::renew_leases(const std::string& node, std::span<const held_lease> held,
                                             time_point lease_until, time_point)
 {
-    std::lock_guard lock(mutex_);
-    auto& c = *db_;
-    c.ensure_connected();
+    auto db = pool_->take();
+    auto& c = *db;
     lease_renewal out;
     if (held.empty())
         return out;
@@ -1333,9 +1650,8 @@ lease_renewal postgres_storage::renew_leases(const std::string& node, std::span<
 
 std::vector<job_id> postgres_storage::recover_expired(time_point now)
 {
-    std::lock_guard lock(mutex_);
-    auto& c = *db_;
-    c.ensure_connected();
+    auto db = pool_->take();
+    auto& c = *db;
     return c.write([&] {
         auto found = c.run("expired", params().add(micros(now)));
         return c.recover(found, now, [](const std::string& owner) { return "the lease of node " + owner + " expired"; });
@@ -1344,9 +1660,8 @@ std::vector<job_id> postgres_storage::recover_expired(time_point now)
 
 std::vector<job_id> postgres_storage::recover_node(const std::string& node, time_point now)
 {
-    std::lock_guard lock(mutex_);
-    auto& c = *db_;
-    c.ensure_connected();
+    auto db = pool_->take();
+    auto& c = *db;
     return c.write([&] {
         auto found = c.run("held", params().add(node));
         return c.recover(found, now, [](const std::string& owner) { return "node " + owner + " started again"; });
@@ -1355,9 +1670,8 @@ std::vector<job_id> postgres_storage::recover_node(const std::string& node, time
 
 job_state postgres_storage::change_state(job_id id, job_state to, const std::string& reason, time_point now)
 {
-    std::lock_guard lock(mutex_);
-    auto& c = *db_;
-    c.ensure_connected();
+    auto db = pool_->take();
+    auto& c = *db;
     return c.write([&] {
         const auto state = c.state_if_any(id, "state_for_update");
         if (!state)
@@ -1385,9 +1699,8 @@ job_state postgres_storage::change_state(job_id id, job_state to, const std::str
 
 std::optional<job> postgres_storage::find(job_id id, bool with_history)
 {
-    std::lock_guard lock(mutex_);
-    auto& c = *db_;
-    c.ensure_connected();
+    auto db = pool_->take();
+    auto& c = *db;
     auto r = c.run("find", params().add(id));
     if (r.rows() == 0)
         return std::nullopt;
@@ -1396,9 +1709,8 @@ std::optional<job> postgres_storage::find(job_id id, bool with_history)
 
 std::vector<job> postgres_storage::list(const job_filter& filter)
 {
-    std::lock_guard lock(mutex_);
-    auto& c = *db_;
-    c.ensure_connected();
+    auto db = pool_->take();
+    auto& c = *db;
     std::string sql = "SELECT " + job_columns(filter.with_history) + " FROM jobs WHERE true";
     params p;
     if (filter.state) {
@@ -1427,9 +1739,8 @@ std::vector<job> postgres_storage::list(const job_filter& filter)
 
 job_counts postgres_storage::counts()
 {
-    std::lock_guard lock(mutex_);
-    auto& c = *db_;
-    c.ensure_connected();
+    auto db = pool_->take();
+    auto& c = *db;
     auto r = c.run("counts", {});
     job_counts out;
     for (int i = 0; i < r.rows(); ++i) {
@@ -1442,9 +1753,8 @@ job_counts postgres_storage::counts()
 
 std::vector<queue_kind_count> postgres_storage::counts_by_queue_and_kind()
 {
-    std::lock_guard lock(mutex_);
-    auto& c = *db_;
-    c.ensure_connected();
+    auto db = pool_->take();
+    auto& c = *db;
     auto r = c.exec("SELECT queue, kind, state, sum(n) FROM job_counts GROUP BY queue, kind, state "
                     "HAVING sum(n) <> 0 ORDER BY queue, kind, state");
     std::vector<queue_kind_count> out;
@@ -1458,9 +1768,8 @@ std::vector<queue_kind_count> postgres_storage::counts_by_queue_and_kind()
 
 void postgres_storage::announce_node(const node_info& node, time_point now)
 {
-    std::lock_guard lock(mutex_);
-    auto& c = *db_;
-    c.ensure_connected();
+    auto db = pool_->take();
+    auto& c = *db;
     c.write([&] {
         c.exec("DELETE FROM nodes WHERE heartbeat_at < $1", params().add(micros(now - std::chrono::hours(24))));
         c.exec("INSERT INTO nodes (id, host, pid, workers, queues, started_at, heartbeat_at) "
@@ -1489,17 +1798,15 @@ void postgres_storage::announce_node(const node_info& node, time_point now)
 
 void postgres_storage::remove_node(const std::string& id)
 {
-    std::lock_guard lock(mutex_);
-    auto& c = *db_;
-    c.ensure_connected();
+    auto db = pool_->take();
+    auto& c = *db;
     c.exec("DELETE FROM nodes WHERE id = $1", params().add(id));
 }
 
 std::vector<node_info> postgres_storage::list_nodes()
 {
-    std::lock_guard lock(mutex_);
-    auto& c = *db_;
-    c.ensure_connected();
+    auto db = pool_->take();
+    auto& c = *db;
     auto r = c.exec("SELECT id, host, pid, workers, queues, started_at, heartbeat_at, "
                     "(SELECT count(*) FROM jobs WHERE state = 3 AND lease_owner = nodes.id) FROM nodes ORDER BY id");
     std::vector<node_info> out;
@@ -1520,9 +1827,8 @@ std::vector<node_info> postgres_storage::list_nodes()
 
 void postgres_storage::set_queue_paused(const std::string& queue, bool paused, time_point now)
 {
-    std::lock_guard lock(mutex_);
-    auto& c = *db_;
-    c.ensure_connected();
+    auto db = pool_->take();
+    auto& c = *db;
     if (paused)
         c.exec("INSERT INTO paused_queues (queue, paused_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                params().add(queue).add(micros(now)));
@@ -1532,9 +1838,8 @@ void postgres_storage::set_queue_paused(const std::string& queue, bool paused, t
 
 std::vector<std::string> postgres_storage::paused_queues()
 {
-    std::lock_guard lock(mutex_);
-    auto& c = *db_;
-    c.ensure_connected();
+    auto db = pool_->take();
+    auto& c = *db;
     auto r = c.exec("SELECT queue FROM paused_queues ORDER BY queue");
     std::vector<std::string> out;
     for (int i = 0; i < r.rows(); ++i)
@@ -1544,9 +1849,8 @@ std::vector<std::string> postgres_storage::paused_queues()
 
 std::optional<time_point> postgres_storage::next_due()
 {
-    std::lock_guard lock(mutex_);
-    auto& c = *db_;
-    c.ensure_connected();
+    auto db = pool_->take();
+    auto& c = *db;
     auto r = c.run("next_due", {});
     if (r.rows() == 0 || r.is_null(0, 0))
         return std::nullopt;
@@ -1555,9 +1859,8 @@ std::optional<time_point> postgres_storage::next_due()
 
 std::size_t postgres_storage::prune(job_state state, time_point before, std::size_t limit, time_point now)
 {
-    std::lock_guard lock(mutex_);
-    auto& c = *db_;
-    c.ensure_connected();
+    auto db = pool_->take();
+    auto& c = *db;
     // Ids come from a sequence and are never given twice: unlike SQLite's,
     // the newest job can go too.
     return c.write([&] {
@@ -1580,9 +1883,8 @@ std::size_t postgres_storage::prune(job_state state, time_point before, std::siz
 std::size_t postgres_storage::flag_unknown_kinds(const std::vector<std::string>& known, const std::string& node,
                                                  time_point now)
 {
-    std::lock_guard lock(mutex_);
-    auto& c = *db_;
-    c.ensure_connected();
+    auto db = pool_->take();
+    auto& c = *db;
     auto unknown = c.exec("SELECT DISTINCT kind FROM jobs WHERE state = 1 AND NOT unknown_flagged "
                           "AND kind <> ALL($1::text[])",
                           params().add(text_array(known)));
@@ -1610,9 +1912,8 @@ std::size_t postgres_storage::flag_unknown_kinds(const std::vector<std::string>&
 
 void postgres_storage::upsert_recurring(const recurring_job& r)
 {
-    std::lock_guard lock(mutex_);
-    auto& c = *db_;
-    c.ensure_connected();
+    auto db = pool_->take();
+    auto& c = *db;
     // The schedule's own next_fire survives when cron and zone did not change.
     c.exec("INSERT INTO recurring_jobs (id, cron, zone, kind, args, queue, priority, max_attempts, timeout_ms, "
            "missed, next_fire, last_fire, unique_key, unique_states, concurrency_key, overlap, unique_across_kinds) "
@@ -1645,9 +1946,8 @@ void postgres_storage::upsert_recurring(const recurring_job& r)
 
 bool postgres_storage::set_recurring_paused(const std::string& id, bool paused, time_point next_fire)
 {
-    std::lock_guard lock(mutex_);
-    auto& c = *db_;
-    c.ensure_connected();
+    auto db = pool_->take();
+    auto& c = *db;
     auto r = c.exec("UPDATE recurring_jobs SET next_fire = CASE WHEN paused AND NOT $2::boolean THEN $3 "
                     "ELSE next_fire END, paused = $2::boolean WHERE id = $1",
                     params().add(id).add(paused).add(micros(next_fire)));
@@ -1656,17 +1956,15 @@ bool postgres_storage::set_recurring_paused(const std::string& id, bool paused, 
 
 bool postgres_storage::remove_recurring(const std::string& id)
 {
-    std::lock_guard lock(mutex_);
-    auto& c = *db_;
-    c.ensure_connected();
+    auto db = pool_->take();
+    auto& c = *db;
     return c.exec("DELETE FROM recurring_jobs WHERE id = $1", params().add(id)).affected() > 0;
 }
 
 std::vector<recurring_job> postgres_storage::list_recurring()
 {
-    std::lock_guard lock(mutex_);
-    auto& c = *db_;
-    c.ensure_connected();
+    auto db = pool_->take();
+    auto& c = *db;
     auto s = c.exec("SELECT id, cron, zone, kind, args, queue, priority, max_attempts, timeout_ms, missed, "
                     "next_fire, last_fire, unique_key, unique_states, concurrency_key, overlap, unique_across_kinds, "
                     "paused FROM recurring_jobs ORDER BY id");
@@ -1701,9 +1999,8 @@ std::vector<recurring_job> postgres_storage::list_recurring()
 bool postgres_storage::fire_recurring(const std::string& id, time_point expected, time_point next_fire,
                                       std::span<const enqueue_request> occurrences, time_point now)
 {
-    std::lock_guard lock(mutex_);
-    auto& c = *db_;
-    c.ensure_connected();
+    auto db = pool_->take();
+    auto& c = *db;
     return c.write([&] {
         params p;
         p.add(id).add(micros(expected)).add(micros(next_fire));

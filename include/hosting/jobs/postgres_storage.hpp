@@ -29,10 +29,15 @@ struct postgres_options {
     // only, for a pooler in transaction mode (PgBouncer), which does not
     // carry notifications.
     bool notifications = true;
+    // At most this many connections for calls (the listener has one more):
+    // each call takes one for itself, so a page of the dashboard, a
+    // readiness check or an application's enqueue runs beside the engine's
+    // claims rather than behind them. Opened when first needed; at least 1.
+    std::size_t pool_size = 4;
 };
 
-// One libpq connection (a connection string "host=... dbname=..." or a
-// "postgresql://" URI), with the schema migrated on open: the version is
+// Jobs on a PostgreSQL server (a connection string "host=... dbname=..."
+// or a "postgresql://" URI), with the schema migrated on open: the version is
 // recorded in the schema, and nodes that start together migrate it once.
 // Claims take jobs with FOR UPDATE SKIP LOCKED, so many nodes claim at once
 // without waiting on each other and never share a claim. After the server
@@ -101,8 +106,8 @@ private:
     struct listener;
     std::string conninfo_;
     postgres_options options_;
-    std::mutex mutex_;
-    std::unique_ptr<connection> db_;
+    struct pool;
+    std::unique_ptr<pool> pool_;
     std::mutex listener_mutex_;
     std::unique_ptr<listener> listener_;
 };
