@@ -10,6 +10,7 @@
 #endif
 
 #include <regex>
+#include <thread>
 
 namespace coord = hosting::coordination;
 
@@ -347,6 +348,62 @@ TEST_CASE("coordination: a holder whose renewals fail is stopped before its leas
     a.reset();
     INFO(hold_log::text(log->snapshot()));
     CHECK(hold_log::never_overlapping(log->snapshot()));
+}
+
+// Holds the host's only thread from its start until its stop token fires:
+// nothing else runs on that host meanwhile, so only a thread of the
+// coordinator's own can tell it that its lease is lost.
+class spinner : public hosting::background_service {
+public:
+    spinner(std::shared_ptr<hold_log> log, std::string node) : log_(std::move(log)), node_(std::move(node)) {}
+
+protected:
+    asio::awaitable<void> execute(std::stop_token stopping) override
+    {
+        const auto term = co_await hosting::fencing_token();
+        log_->add({node_, term, true});
+        while (!stopping.stop_requested())
+            std::this_thread::yield();
+        log_->add({node_, term, false});
+    }
+
+private:
+    std::shared_ptr<hold_log> log_;
+    std::string node_;
+};
+
+TEST_CASE("coordination: a holder that blocks its host's thread is told of its lost lease before another node "
+          "takes it",
+          "[coordination]")
+{
+    EACH_LEASE_STORAGE(which, db);
+    auto log = std::make_shared<hold_log>();
+    auto faulty = std::make_shared<faulty_store>(make_lease_store(which, db));
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    coord::add_coordination(builder, faulty, quick_options("a"));
+    builder.services().add_hosted_service<spinner>(log, "a").name("spinner").single_instance("work");
+    auto a = builder.build();
+    a.start_blocking();
+    REQUIRE(log->wait([](const auto& e) { return hold_log::running(e).has_value(); }));
+    auto b = std::make_unique<node>(make_lease_store(which, db), "b", log);
+
+    // a's renewals fail while its only thread spins: its stop token must
+    // fire before its lease can expire, so before b can take it.
+    faulty->failing = true;
+    REQUIRE(log->wait([](const auto& e) {
+        return std::any_of(e.begin(), e.end(), [](auto& x) { return x.node == "b" && x.started; });
+    }));
+    const auto events = log->snapshot();
+    INFO(hold_log::text(events));
+    INFO(sink->dump());
+    CHECK(hold_log::never_overlapping(events));
+    CHECK(events.at(1).node == "a");
+    CHECK_FALSE(events.at(1).started);
+    // The storage still fails, so a cannot take the lease (and spin) again.
+    b.reset();
+    a.stop_blocking();
+    CHECK(a.exit_code() == 0);
 }
 
 TEST_CASE("coordination: misuse is refused with errors that say what is wrong", "[coordination]")

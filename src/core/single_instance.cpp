@@ -140,18 +140,20 @@ asio::awaitable<void> single_instance_service::execute(std::stop_token stopping)
                 std::make_shared<run_observer>(run), std::make_shared<const std::string>(name), log}),
             nullptr);
         const asio::any_io_executor inner_executor = lease_executor(executor, lease);
-        background_service_access::launch(*inner, inner_executor);
 
         {
             // The stop token fires from the coordinator's thread at once, so
             // that a handler that checks it stops even while the loop is
             // blocked; the cancellation of awaited operations has to go
-            // through the service's executor.
+            // through the service's executor. Registered before the launch:
+            // co_spawn dispatches, so execute runs inline until it first
+            // suspends, and one that never does would otherwise never hear.
             auto on_lost = [made, inner, run, executor] {
                 background_service_access::request_stop_token(*inner);
                 asio::post(executor, [run] { run->event.cancel(); });
             };
             std::stop_callback<decltype(on_lost)> lost_callback(lease->lost(), std::move(on_lost));
+            background_service_access::launch(*inner, inner_executor);
             while (!run->ended && !lease->lost().stop_requested() && !stopping.stop_requested()) {
                 boost::system::error_code ec;
                 co_await run->event.async_wait(asio::redirect_error(asio::use_awaitable, ec));
