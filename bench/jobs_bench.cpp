@@ -19,6 +19,7 @@
 #include <spdlog/spdlog.h>
 #include <hosting/jobs/server.hpp>
 #include <hosting/jobs/sqlite_storage.hpp>
+#include "support/bench_common.hpp"
 #ifdef HOSTING_POSTGRES_SERVER
 #include "support/postgres_server.hpp"
 #include <hosting/jobs/postgres_storage.hpp>
@@ -50,22 +51,13 @@
 
 namespace asio = boost::asio;
 namespace jobs = hosting::jobs;
-using clock_type = std::chrono::steady_clock;
 using namespace std::chrono_literals;
+using bench::clock_type;
+using bench::progress;
+using bench::quiet_builder;
+using bench::with_commas;
 
 namespace {
-
-std::string with_commas(double value)
-{
-    auto n = static_cast<long long>(value + 0.5);
-    std::string digits = std::to_string(n), out;
-    for (std::size_t i = 0; i < digits.size(); ++i) {
-        if (i > 0 && (digits.size() - i) % 3 == 0)
-            out += ',';
-        out += digits[i];
-    }
-    return out;
-}
 
 std::string temp_file(const char* name)
 {
@@ -90,38 +82,6 @@ struct setup {
     // Another node's connection to the same store, for the latency across nodes.
     std::function<std::shared_ptr<jobs::storage>()> elsewhere{};
 };
-
-// Counts handler starts, and wakes whoever waits for a number of them.
-struct progress {
-    std::mutex mutex;
-    std::condition_variable changed;
-    std::size_t done = 0;
-    std::atomic<std::int64_t> last_start_ns{0};
-
-    void add()
-    {
-        last_start_ns = clock_type::now().time_since_epoch().count();
-        {
-            std::lock_guard lock(mutex);
-            ++done;
-        }
-        changed.notify_all();
-    }
-    void wait_for(std::size_t n)
-    {
-        std::unique_lock lock(mutex);
-        changed.wait(lock, [&] { return done >= n; });
-    }
-};
-
-hosting::host_builder quiet_builder()
-{
-    auto builder = hosting::host::create_builder();
-    builder.use_console_lifetime(false);
-    builder.logging().sinks.push_back(std::make_shared<spdlog::sinks::null_sink_mt>());
-    hosting::add_health_checks(builder).options().loop_lag_interval = std::chrono::milliseconds::zero();
-    return builder;
-}
 
 void run_engine(const setup& s, std::size_t count, std::size_t latency_samples)
 {
