@@ -2367,3 +2367,43 @@ TEST_CASE("jobs: a paused recurring job fires nothing, an update keeps it paused
         paused_runs += j.recurring_id == "paused";
     CHECK(paused_runs == 1);
 }
+
+TEST_CASE("jobs: storages list jobs newest first or oldest first, a page after another by keyset",
+          "[jobs][conformance][storage]")
+{
+    EACH_STORAGE(which, db);
+    auto store = make_storage(which, db);
+    const auto t0 = jobs::clock::now();
+    std::vector<jobs::enqueue_request> batch;
+    for (int i = 0; i < 7; ++i)
+        batch.push_back(request(i % 2 == 0 ? "even" : "odd", std::to_string(i)));
+    const auto ids = store->enqueue(batch, t0);
+    REQUIRE(ids.size() == 7);
+    const auto id_list = [](const std::vector<jobs::job>& jobs) {
+        std::vector<jobs::job_id> out;
+        for (const auto& j : jobs)
+            out.push_back(j.id);
+        return out;
+    };
+
+    jobs::job_filter newest;
+    newest.limit = 3;
+    newest.newest_first = true;
+    const auto first = store->list(newest);
+    CHECK(id_list(first) == std::vector{ids[6].id, ids[5].id, ids[4].id});
+    newest.before = first.back().id;
+    CHECK(id_list(store->list(newest)) == std::vector{ids[3].id, ids[2].id, ids[1].id});
+    newest.before = ids[1].id;
+    CHECK(id_list(store->list(newest)) == std::vector{ids[0].id});
+
+    jobs::job_filter oldest;
+    oldest.kind = "even";
+    oldest.limit = 2;
+    oldest.after = ids[0].id;
+    CHECK(id_list(store->list(oldest)) == std::vector{ids[2].id, ids[4].id});
+    jobs::job_filter odd_newest;
+    odd_newest.kind = "odd";
+    odd_newest.newest_first = true;
+    odd_newest.before = ids[5].id;
+    CHECK(id_list(store->list(odd_newest)) == std::vector{ids[3].id, ids[1].id});
+}

@@ -437,17 +437,26 @@ std::vector<job> memory_storage::list(const job_filter& filter)
     std::lock_guard lock(mutex_);
     std::vector<job> out;
     std::size_t skipped = 0;
-    for (const auto& [id, j] : state_->jobs) {
+    const auto take = [&](const job& j) {
         if ((filter.state && j.state != *filter.state) || (filter.queue && j.queue != *filter.queue) ||
-            (filter.kind && j.kind != *filter.kind))
-            continue;
+            (filter.kind && j.kind != *filter.kind) || (filter.before != 0 && j.id >= filter.before) ||
+            (filter.after != 0 && j.id <= filter.after))
+            return true;
         if (skipped++ < filter.offset)
-            continue;
+            return true;
         if (out.size() >= filter.limit)
-            break;
+            return false;
         out.push_back(j);
         if (!filter.with_history)
             out.back().history.clear();
+        return true;
+    };
+    if (filter.newest_first) {
+        for (auto it = state_->jobs.rbegin(); it != state_->jobs.rend() && take(it->second); ++it) {
+        }
+    } else {
+        for (auto it = state_->jobs.begin(); it != state_->jobs.end() && take(it->second); ++it) {
+        }
     }
     return out;
 }

@@ -1725,8 +1725,17 @@ std::vector<job> postgres_storage::list(const job_filter& filter)
         p.add(*filter.kind);
         sql += " AND kind = $" + std::to_string(p.size());
     }
+    if (filter.before != 0) {
+        p.add(filter.before);
+        sql += " AND id < $" + std::to_string(p.size());
+    }
+    if (filter.after != 0) {
+        p.add(filter.after);
+        sql += " AND id > $" + std::to_string(p.size());
+    }
     p.add(static_cast<std::int64_t>(std::min<std::size_t>(filter.limit, INT64_MAX)));
-    sql += " ORDER BY id LIMIT $" + std::to_string(p.size());
+    sql += std::string(filter.newest_first ? " ORDER BY id DESC" : " ORDER BY id") + " LIMIT $" +
+           std::to_string(p.size());
     p.add(static_cast<std::int64_t>(std::min<std::size_t>(filter.offset, INT64_MAX)));
     sql += " OFFSET $" + std::to_string(p.size());
     auto r = c.exec(sql, p);

@@ -887,8 +887,17 @@ std::vector<job> sqlite_storage::list(const job_filter& filter)
         sql += " AND queue = ?2";
     if (filter.kind)
         sql += " AND kind = ?3";
-    sql += " ORDER BY id LIMIT ?4 OFFSET ?5";
+    if (filter.before != 0)
+        sql += " AND id < ?6";
+    if (filter.after != 0)
+        sql += " AND id > ?7";
+    sql += filter.newest_first ? " ORDER BY id DESC" : " ORDER BY id";
+    sql += " LIMIT ?4 OFFSET ?5";
     statement s(c.db, sql.c_str());
+    if (filter.before != 0)
+        s.bind(6, filter.before);
+    if (filter.after != 0)
+        s.bind(7, filter.after);
     if (filter.state)
         s.bind(1, code(*filter.state));
     if (filter.queue)

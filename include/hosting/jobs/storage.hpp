@@ -177,12 +177,21 @@ struct lease_renewal {
 };
 
 struct job_filter {
-    std::optional<job_state> state;
-    std::optional<std::string> queue;
-    std::optional<std::string> kind;
+    std::optional<job_state> state{};
+    std::optional<std::string> queue{};
+    std::optional<std::string> kind{};
     std::size_t limit = 100;
     std::size_t offset = 0;
     bool with_history = false;
+    // Newest first (by id, descending) rather than oldest first.
+    bool newest_first = false;
+    // Keyset paging: only jobs whose id is below `before` (newest first)
+    // or above `after` (oldest first), when not 0. A page that ended at id
+    // N asks for the next with before = N: unlike an offset, it costs the
+    // same on the millionth page as on the first, and jobs added meanwhile
+    // never shift it.
+    job_id before = 0;
+    job_id after = 0;
 };
 
 // How many jobs of one kind in one queue are in one state: kept by the
