@@ -178,7 +178,7 @@ struct raw_result {
     bool closed = false;
 };
 raw_result raw_exchange(unsigned short port, const std::string& bytes,
-                        std::chrono::milliseconds timeout = patience);
+                        std::chrono::milliseconds timeout = patience, const std::string& address = "127.0.0.1");
 
 } // namespace test
 #endif

@@ -181,11 +181,12 @@ http_response http_get(unsigned short port, const std::string& target, const std
     return out;
 }
 
-raw_result raw_exchange(unsigned short port, const std::string& bytes, std::chrono::milliseconds timeout)
+raw_result raw_exchange(unsigned short port, const std::string& bytes, std::chrono::milliseconds timeout,
+                        const std::string& address)
 {
     boost::asio::io_context io;
     tcp::socket socket(io);
-    socket.connect(tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), port));
+    socket.connect(tcp::endpoint(boost::asio::ip::make_address(address), port));
     raw_result out;
     boost::asio::async_write(socket, boost::asio::buffer(bytes), [](boost::system::error_code, std::size_t) {});
     char chunk[4096];

@@ -1,0 +1,623 @@
+#include <hosting/jobs/dashboard.hpp>
+
+#include <hosting/core/background_service.hpp>
+#include <hosting/core/host_builder.hpp>
+#include <hosting/jobs/client.hpp>
+#include <hosting/scheduling/cron.hpp>
+
+#include "jobs/dashboard_assets.hpp"
+
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/json.hpp>
+
+#include <algorithm>
+#include <array>
+#include <charconv>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <random>
+#include <stdexcept>
+
+namespace hosting::jobs {
+
+namespace json = boost::json;
+
+void dashboard_options::validate() const
+{
+    if (path.size() < 2 || path.front() != '/' || path.back() == '/' ||
+        path.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/_-.") !=
+            std::string::npos)
+        throw std::invalid_argument("jobs dashboard: path must start with '/', not end with one, and hold only "
+                                    "letters, digits and / _ - . (got '" + path + "')");
+    if (scan_limit < 100)
+        throw std::invalid_argument("jobs dashboard: scan_limit must be at least 100");
+    if (poll_interval < std::chrono::milliseconds(100))
+        throw std::invalid_argument("jobs dashboard: poll_interval must be at least 100 ms");
+}
+
+namespace {
+
+std::int64_t ms(time_point t)
+{
+    return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+}
+
+// One reading of the poller: the counts by state, when it was taken.
+struct sample {
+    std::int64_t at_ms = 0;
+    std::int64_t succeeded = 0;
+    std::int64_t failed = 0;
+};
+
+// What every page shows, read once per poll_interval for all of them.
+struct snapshot {
+    job_counts counts;
+    std::vector<queue_kind_count> by_queue_kind;
+    std::vector<node_info> nodes;
+    std::vector<std::string> paused;
+    std::string error; // why the last poll failed, if it did
+    bool ready = false;
+};
+
+struct dashboard_state {
+    dashboard_options options;
+    std::string csrf;
+    client* jobs = nullptr; // set when the host is built, before the server starts
+    std::mutex mutex;
+    snapshot last;               // mutex
+    std::deque<sample> seconds;  // mutex: the last hour, one per poll
+    std::deque<sample> minutes;  // mutex: the last day, one per minute
+};
+
+std::string random_token()
+{
+    std::random_device device;
+    std::array<std::uint32_t, 8> words{};
+    for (auto& w : words)
+        w = device();
+    std::string out;
+    char hex[9];
+    for (auto w : words) {
+        std::snprintf(hex, sizeof hex, "%08x", w);
+        out += hex;
+    }
+    return out;
+}
+
+// The one poller of the process: a background service, so that it stops
+// with the host, whatever the number of open pages.
+class dashboard_poller final : public background_service {
+public:
+    dashboard_poller(service_provider& provider, std::shared_ptr<dashboard_state> state) : state_(std::move(state))
+    {
+        auto* jobs = provider.try_get<client>();
+        if (!jobs)
+            throw std::logic_error("add_jobs_dashboard: no jobs client; call add_jobs on the same builder");
+        state_->jobs = jobs;
+    }
+
+protected:
+    asio::awaitable<void> execute(std::stop_token stopping) override
+    {
+        asio::steady_timer timer(co_await asio::this_coro::executor);
+        while (!stopping.stop_requested()) {
+            snapshot next;
+            try {
+                auto& c = *state_->jobs;
+                auto counts = c.counts();
+                next.counts = co_await std::move(counts);
+                auto by_queue_kind = c.counts_by_queue_and_kind();
+                next.by_queue_kind = co_await std::move(by_queue_kind);
+                auto nodes = c.list_nodes();
+                next.nodes = co_await std::move(nodes);
+                auto paused = c.paused_queues();
+                next.paused = co_await std::move(paused);
+                next.ready = true;
+            } catch (const std::exception& e) {
+                next.error = e.what();
+            }
+            record(std::move(next));
+            timer.expires_after(state_->options.poll_interval);
+            boost::system::error_code ec;
+            co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        }
+    }
+
+private:
+    void record(snapshot next)
+    {
+        std::lock_guard lock(state_->mutex);
+        if (next.ready) {
+            const sample s{ms(clock::now()), next.counts[job_state::succeeded], next.counts[job_state::failed]};
+            state_->seconds.push_back(s);
+            const auto keep = std::max<std::int64_t>(
+                2, std::chrono::hours(1) / std::max(state_->options.poll_interval, std::chrono::milliseconds(1)));
+            while (static_cast<std::int64_t>(state_->seconds.size()) > keep)
+                state_->seconds.pop_front();
+            if (state_->minutes.empty() || s.at_ms - state_->minutes.back().at_ms >= 60'000)
+                state_->minutes.push_back(s);
+            while (state_->minutes.size() > 24 * 60 + 1)
+                state_->minutes.pop_front();
+            state_->last = std::move(next);
+        } else {
+            state_->last.error = next.error;
+        }
+    }
+    std::shared_ptr<dashboard_state> state_;
+};
+
+// Rates per second between consecutive samples (a prune makes a count
+// fall: that interval counts as none).
+json::array rates(const std::deque<sample>& samples)
+{
+    json::array out;
+    for (std::size_t i = 1; i < samples.size(); ++i) {
+        const auto& a = samples[i - 1];
+        const auto& b = samples[i];
+        const double seconds = static_cast<double>(std::max<std::int64_t>(1, b.at_ms - a.at_ms)) / 1000.0;
+        out.push_back(json::array{b.at_ms, std::max<double>(0, static_cast<double>(b.succeeded - a.succeeded) / seconds),
+                                  std::max<double>(0, static_cast<double>(b.failed - a.failed) / seconds)});
+    }
+    return out;
+}
+
+json::object counts_json(const job_counts& counts)
+{
+    json::object out;
+    for (std::size_t i = 0; i < job_state_count; ++i)
+        out[to_string(static_cast<job_state>(i))] = counts.by_state[i];
+    return out;
+}
+
+std::optional<job_state> state_named(std::string_view name)
+{
+    for (std::size_t i = 0; i < job_state_count; ++i)
+        if (to_string(static_cast<job_state>(i)) == name)
+            return static_cast<job_state>(i);
+    return std::nullopt;
+}
+
+json::object job_json(const job& j)
+{
+    json::object o;
+    o["id"] = j.id;
+    o["kind"] = j.kind;
+    o["queue"] = j.queue;
+    o["state"] = to_string(j.state);
+    o["attempt"] = j.attempt;
+    o["max_attempts"] = j.max_attempts;
+    o["priority"] = j.priority;
+    o["created_at"] = ms(j.created_at);
+    o["run_at"] = ms(j.run_at);
+    o["args"] = j.args;
+    o["last_error"] = j.last_error;
+    o["node"] = j.lease_owner;
+    o["unique_key"] = j.unique_key;
+    o["concurrency_key"] = j.concurrency_key;
+    o["parent_id"] = j.parent_id;
+    o["recurring_id"] = j.recurring_id;
+    o["cancel_requested"] = j.cancel_requested;
+    if (!j.history.empty()) {
+        json::array h;
+        for (const auto& c : j.history)
+            h.push_back(json::object{{"from", to_string(c.from)},
+                                     {"to", to_string(c.to)},
+                                     {"at", ms(c.at)},
+                                     {"reason", c.reason},
+                                     {"error", c.error}});
+        o["history"] = std::move(h);
+    }
+    return o;
+}
+
+http::response json_response(const json::value& v, unsigned status = 200)
+{
+    http::response r;
+    r.status = status;
+    r.body = json::serialize(v);
+    return r;
+}
+
+bool is_loopback(std::string_view address)
+{
+    return address.starts_with("127.") || address == "::1" || address.starts_with("::ffff:127.");
+}
+
+// Same-origin for a state-changing request: a browser's Sec-Fetch-Site,
+// or failing that its Origin against the Host it was sent to; a request
+// with neither (not from a browser page) is refused too.
+bool same_origin(const http::request& r)
+{
+    if (auto site = r.header("Sec-Fetch-Site"))
+        return *site == "same-origin";
+    auto origin = r.header("Origin");
+    auto host = r.header("Host");
+    if (!origin || !host)
+        return false;
+    return *origin == "http://" + std::string(*host) || *origin == "https://" + std::string(*host);
+}
+
+bool tokens_equal(std::string_view a, std::string_view b)
+{
+    if (a.size() != b.size())
+        return false;
+    unsigned char diff = 0;
+    for (std::size_t i = 0; i < a.size(); ++i)
+        diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+    return diff == 0;
+}
+
+std::optional<std::int64_t> integer_parameter(const http::request& r, std::string_view name)
+{
+    auto text = r.query_parameter(name);
+    if (!text || text->empty())
+        return std::nullopt;
+    std::int64_t v = 0;
+    const auto [end, ec] = std::from_chars(text->data(), text->data() + text->size(), v);
+    if (ec != std::errc() || end != text->data() + text->size() || v < 0)
+        throw std::invalid_argument("'" + std::string(name) + "' must be a non-negative integer");
+    return v;
+}
+
+std::string required(const http::request& r, std::string_view name)
+{
+    auto v = r.query_parameter(name);
+    if (!v || v->empty())
+        throw std::invalid_argument("'" + std::string(name) + "' is missing");
+    return *v;
+}
+
+class dashboard {
+public:
+    explicit dashboard(std::shared_ptr<dashboard_state> state) : state_(std::move(state)) {}
+
+    asio::awaitable<http::response> handle(const http::request& r)
+    {
+        http::response out;
+        try {
+            out = co_await route(r);
+        } catch (const std::invalid_argument& e) {
+            out = http::response::error(400, e.what());
+        } catch (const std::exception& e) {
+            out = http::response::error(503, std::string("the jobs storage failed: ") + e.what());
+        }
+        // No inline script or style anywhere: a job's text that slipped
+        // into markup could run nothing.
+        out.headers.emplace_back("Content-Security-Policy",
+                                 "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                                 "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'");
+        out.headers.emplace_back("X-Content-Type-Options", "nosniff");
+        out.headers.emplace_back("X-Frame-Options", "DENY");
+        out.headers.emplace_back("Referrer-Policy", "no-referrer");
+        co_return out;
+    }
+
+private:
+    asio::awaitable<http::response> route(const http::request& r)
+    {
+        const auto& o = state_->options;
+        if (!o.allow_remote && !is_loopback(r.remote_address))
+            co_return http::response::error(403, "the jobs dashboard answers this machine only (allow_remote)");
+        const auto access = o.authorize ? o.authorize(r) : dashboard_access::full;
+        if (access == dashboard_access::none)
+            co_return http::response::error(403, "not allowed to see the jobs dashboard");
+        std::string_view sub = r.path.substr(std::min(r.path.size(), o.path.size()));
+        if (r.method == "POST") {
+            if (access != dashboard_access::full)
+                co_return http::response::error(403, "read-only: this user may not change jobs");
+            const auto token = r.header("X-CSRF-Token");
+            if (!token || !tokens_equal(*token, state_->csrf) || !same_origin(r))
+                co_return http::response::error(403, "a change must come from the dashboard's own page "
+                                                     "(same origin, with its CSRF token)");
+            auto op = act(sub, r);
+            http::response res = co_await std::move(op);
+            co_return res;
+        }
+        if (sub.empty() || sub == "/")
+            co_return page();
+        if (sub == "/app.js")
+            co_return asset("app.js");
+        if (sub == "/app.css")
+            co_return asset("app.css");
+        if (sub == "/favicon.svg")
+            co_return asset("favicon.svg");
+        if (sub == "/api/overview")
+            co_return overview(access);
+        if (sub == "/api/jobs") {
+            auto op = list(r);
+            http::response res = co_await std::move(op);
+            co_return res;
+        }
+        if (sub == "/api/job") {
+            auto op = detail(r);
+            http::response res = co_await std::move(op);
+            co_return res;
+        }
+        if (sub == "/api/recurring") {
+            auto op = recurring();
+            http::response res = co_await std::move(op);
+            co_return res;
+        }
+        co_return http::response::error(404, "no such page in the jobs dashboard");
+    }
+
+    // The page names its assets by the mount path (checked to hold no
+    // character that means anything in HTML).
+    http::response page() const
+    {
+        auto r = asset("index.html");
+        const std::string_view key = "{{path}}";
+        for (auto at = r.body.find(key); at != std::string::npos; at = r.body.find(key, at))
+            r.body.replace(at, key.size(), state_->options.path);
+        return r;
+    }
+
+    static http::response asset(std::string_view name)
+    {
+        for (const auto& a : detail::dashboard_assets())
+            if (a.name == name) {
+                http::response r;
+                r.content_type = std::string(a.content_type) + "; charset=utf-8";
+                r.body = std::string(a.body);
+                return r;
+            }
+        return http::response::error(404, "no such asset");
+    }
+
+    http::response overview(dashboard_access access)
+    {
+        json::object o;
+        std::lock_guard lock(state_->mutex);
+        const auto& s = state_->last;
+        o["title"] = state_->options.title;
+        o["access"] = access == dashboard_access::full ? "full" : "read_only";
+        if (access == dashboard_access::full)
+            o["csrf"] = state_->csrf;
+        o["ready"] = s.ready;
+        o["error"] = s.error;
+        o["now"] = ms(clock::now());
+        o["counts"] = counts_json(s.counts);
+        json::array queues;
+        std::map<std::string, job_counts> by_queue;
+        for (const auto& c : s.by_queue_kind)
+            by_queue[c.queue].by_state[static_cast<std::size_t>(c.state)] += c.count;
+        for (const auto& q : s.paused)
+            by_queue.try_emplace(q);
+        for (const auto& [name, counts] : by_queue)
+            queues.push_back(json::object{{"name", name},
+                                          {"paused", std::find(s.paused.begin(), s.paused.end(), name) != s.paused.end()},
+                                          {"counts", counts_json(counts)}});
+        o["queues"] = std::move(queues);
+        json::array kinds;
+        for (const auto& c : s.by_queue_kind)
+            kinds.push_back(json::object{{"queue", c.queue}, {"kind", c.kind}, {"state", to_string(c.state)},
+                                         {"count", c.count}});
+        o["kinds"] = std::move(kinds);
+        json::array nodes;
+        for (const auto& n : s.nodes) {
+            json::array q;
+            for (const auto& name : n.queues)
+                q.push_back(json::string(name));
+            nodes.push_back(json::object{{"id", n.id},
+                                         {"host", n.host},
+                                         {"pid", n.pid},
+                                         {"workers", n.workers},
+                                         {"queues", std::move(q)},
+                                         {"started_at", ms(n.started_at)},
+                                         {"heartbeat_at", ms(n.heartbeat_at)},
+                                         {"running", n.running}});
+        }
+        o["nodes"] = std::move(nodes);
+        o["per_second"] = rates(state_->seconds);
+        o["per_minute"] = rates(state_->minutes);
+        return json_response(o);
+    }
+
+    // A page of jobs, newest first: by state through the storage's index,
+    // then by queue, kind and text in the arguments over at most
+    // scan_limit jobs; `before` continues after a page's last id (or,
+    // when the scan stopped, after the last id it read).
+    asio::awaitable<http::response> list(const http::request& r)
+    {
+        const auto& o = state_->options;
+        job_filter f;
+        f.newest_first = true;
+        if (auto s = r.query_parameter("state"); s && !s->empty()) {
+            f.state = state_named(*s);
+            if (!f.state)
+                throw std::invalid_argument("no job state '" + *s + "'");
+        }
+        const auto queue = r.query_parameter("queue").value_or("");
+        const auto kind = r.query_parameter("kind").value_or("");
+        const auto text = r.query_parameter("q").value_or("");
+        const auto before = integer_parameter(r, "before").value_or(0);
+        const auto limit = static_cast<std::size_t>(std::clamp<std::int64_t>(integer_parameter(r, "limit").value_or(50), 1, 500));
+        // The state goes to the storage, which has an index for it; a queue,
+        // a kind or a text is looked for in a bounded window: the storage
+        // would otherwise read a whole table for a kind that is rare.
+        const bool scanning = !text.empty() || !queue.empty() || !kind.empty();
+        std::vector<job> found;
+        std::size_t scanned = 0;
+        job_id cursor = before;
+        bool more = false;
+        bool window_exceeded = false;
+        const std::size_t page = scanning ? 1000 : limit + 1;
+        for (;;) {
+            f.before = cursor;
+            f.limit = page;
+            auto op = state_->jobs->list(f);
+            auto batch = co_await std::move(op);
+            for (auto& j : batch) {
+                ++scanned;
+                cursor = j.id;
+                const bool match = !scanning || ((queue.empty() || j.queue == queue) &&
+                                                 (kind.empty() || j.kind == kind) &&
+                                                 (text.empty() || j.args.find(text) != std::string::npos ||
+                                                  j.kind.find(text) != std::string::npos ||
+                                                  j.last_error.find(text) != std::string::npos));
+                if (!match)
+                    continue;
+                if (found.size() == limit) {
+                    more = true;
+                    break;
+                }
+                found.push_back(std::move(j));
+            }
+            if (more || batch.size() < page)
+                break;
+            if (scanned >= o.scan_limit) {
+                window_exceeded = true;
+                break;
+            }
+        }
+        json::object out;
+        json::array jobs;
+        for (const auto& j : found)
+            jobs.push_back(job_json(j));
+        out["jobs"] = std::move(jobs);
+        out["scanned"] = scanned;
+        out["scan_limit"] = o.scan_limit;
+        out["window_exceeded"] = window_exceeded;
+        // Where the next page starts: after the last job shown, or after
+        // the last one read when the scan stopped at its window.
+        if (window_exceeded)
+            out["next_before"] = cursor;
+        else if (more)
+            out["next_before"] = found.back().id;
+        co_return json_response(out);
+    }
+
+    asio::awaitable<http::response> detail(const http::request& r)
+    {
+        const auto id = integer_parameter(r, "id");
+        if (!id)
+            throw std::invalid_argument("'id' is missing");
+        auto op = state_->jobs->find(*id);
+        auto j = co_await std::move(op);
+        if (!j)
+            co_return http::response::error(404, "no job " + std::to_string(*id));
+        co_return json_response(job_json(*j));
+    }
+
+    asio::awaitable<http::response> recurring()
+    {
+        auto op = state_->jobs->list_recurring();
+        auto all = co_await std::move(op);
+        json::array out;
+        const auto now = clock::now();
+        for (const auto& rj : all) {
+            json::array next;
+            try {
+                const auto expression = hosting::cron_expression::parse(rj.cron);
+                const auto zone = hosting::time_zone::locate(rj.zone);
+                auto at = std::max(now, rj.next_fire - std::chrono::seconds(1));
+                for (int i = 0; i < 5; ++i) {
+                    auto t = expression.next(at, zone);
+                    if (!t)
+                        break;
+                    next.push_back(ms(*t));
+                    at = *t;
+                }
+            } catch (const std::exception&) {
+                // Shown without its next occurrences; the scheduler logs why.
+            }
+            json::object o;
+            o["id"] = rj.id;
+            o["cron"] = rj.cron;
+            o["zone"] = rj.zone;
+            o["kind"] = rj.kind;
+            o["queue"] = rj.queue;
+            o["args"] = rj.args;
+            o["paused"] = rj.paused;
+            o["next_fire"] = ms(rj.next_fire);
+            if (rj.last_fire)
+                o["last_fire"] = ms(*rj.last_fire);
+            o["next"] = std::move(next);
+            out.push_back(std::move(o));
+        }
+        co_return json_response(json::object{{"recurring", std::move(out)}});
+    }
+
+    // Every change: one job, a selection of them, a recurring job or a queue.
+    asio::awaitable<http::response> act(std::string_view sub, const http::request& r)
+    {
+        auto& c = *state_->jobs;
+        if (sub == "/api/job/retry" || sub == "/api/job/delete" || sub == "/api/job/cancel") {
+            // ids=1,2,3: a selection, in one request.
+            const auto text = required(r, "ids");
+            std::vector<job_id> ids;
+            for (std::size_t at = 0; at <= text.size();) {
+                const auto comma = std::min(text.find(',', at), text.size());
+                job_id id = 0;
+                const auto [end, ec] = std::from_chars(text.data() + at, text.data() + comma, id);
+                if (ec != std::errc() || end != text.data() + comma || id <= 0)
+                    throw std::invalid_argument("'ids' must be job ids separated by commas");
+                ids.push_back(id);
+                at = comma + 1;
+            }
+            if (ids.size() > 1000)
+                throw std::invalid_argument("at most 1000 jobs in one action");
+            json::array done, failed;
+            for (const auto id : ids) {
+                try {
+                    auto op = sub == "/api/job/retry"    ? c.requeue(id)
+                              : sub == "/api/job/delete" ? c.delete_job(id)
+                                                         : c.cancel(id);
+                    co_await std::move(op);
+                    done.push_back(id);
+                } catch (const std::exception& e) {
+                    failed.push_back(json::object{{"id", id}, {"error", e.what()}});
+                }
+            }
+            co_return json_response(json::object{{"done", std::move(done)}, {"failed", std::move(failed)}});
+        }
+        if (sub == "/api/recurring/trigger") {
+            const auto name = required(r, "id");
+            auto op = c.trigger_recurring(name);
+            const auto id = co_await std::move(op);
+            co_return json_response(json::object{{"job", id}});
+        }
+        if (sub == "/api/recurring/pause" || sub == "/api/recurring/resume") {
+            const auto id = required(r, "id");
+            auto op = sub == "/api/recurring/pause" ? c.pause_recurring(id) : c.resume_recurring(id);
+            co_await std::move(op);
+            co_return json_response(json::object{{"id", id}});
+        }
+        if (sub == "/api/recurring/remove") {
+            const auto id = required(r, "id");
+            auto op = c.remove_recurring(id);
+            const bool removed = co_await std::move(op);
+            co_return json_response(json::object{{"removed", removed}});
+        }
+        if (sub == "/api/queue/pause" || sub == "/api/queue/resume") {
+            const auto name = required(r, "name");
+            auto op = sub == "/api/queue/pause" ? c.pause_queue(name) : c.resume_queue(name);
+            co_await std::move(op);
+            co_return json_response(json::object{{"name", name}});
+        }
+        co_return http::response::error(404, "no such action in the jobs dashboard");
+    }
+
+    std::shared_ptr<dashboard_state> state_;
+};
+
+} // namespace
+
+void add_jobs_dashboard(host_builder& builder, dashboard_options options)
+{
+    options.validate();
+    auto state = std::make_shared<dashboard_state>();
+    state->options = std::move(options);
+    state->csrf = random_token();
+    builder.services().add_hosted_service<dashboard_poller>(state).name("hosting.jobs.dashboard");
+    auto& server = http::add_http_server(builder);
+    auto d = std::make_shared<dashboard>(state);
+    auto handler = [d](const http::request& r) { return d->handle(r); };
+    server.route(state->options.path + "/*", handler, {"GET", "POST"});
+}
+
+} // namespace hosting::jobs

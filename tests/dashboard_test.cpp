@@ -1,0 +1,325 @@
+// The jobs dashboard over plain HTTP: its pages and JSON, search and
+// paging, and what it refuses (a change without the page's CSRF token or
+// from another origin, a read-only or unknown user, a remote address).
+#include "jobs_support.hpp"
+
+#include <hosting/http/server.hpp>
+#include <hosting/jobs/dashboard.hpp>
+
+#include <boost/json.hpp>
+
+#include <ifaddrs.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+
+namespace dashboard_test {
+
+namespace json = boost::json;
+
+struct site {
+    std::shared_ptr<test::capture_sink> sink = std::make_shared<test::capture_sink>();
+    std::optional<hosting::host> host;
+    jobs::client* client = nullptr;
+    unsigned short port = 0;
+
+    explicit site(jobs::dashboard_options options = {}, std::string address = "127.0.0.1", bool run_mail = false)
+    {
+        auto builder = test::make_builder(sink);
+        auto& http = hosting::http::add_http_server(builder);
+        http.options().port = 0;
+        http.options().address = std::move(address);
+        // Unless asked, no kind is registered: the jobs wait, as they are,
+        // to be looked at.
+        auto jobs = jobs::add_jobs(builder, std::make_shared<jobs::memory_storage>());
+        if (run_mail)
+            jobs.register_kind<int>("mail", [](int, jobs::job_context&) -> asio::awaitable<void> { co_return; });
+        jobs::add_jobs_dashboard(builder, std::move(options));
+        host.emplace(builder.build());
+        host->start_blocking();
+        client = &host->services().get<jobs::client>();
+        port = host->services().get<hosting::http::server>().port();
+    }
+    ~site() { host->stop_blocking(); }
+
+    json::value get_json(const std::string& target, int expect = 200)
+    {
+        auto r = test::http_get(port, target);
+        INFO(target << ": " << r.body);
+        REQUIRE(r.status == expect);
+        CHECK(r.headers["content-type"] == "application/json");
+        return json::parse(r.body);
+    }
+    std::string csrf() { return std::string(get_json("/jobs/api/overview").at("csrf").as_string()); }
+};
+
+struct answer {
+    int status = 0;
+    std::string body;
+};
+
+// A POST with the headers given, as a browser page (or an attacker's) sends it.
+answer post(unsigned short port, const std::string& target, const std::vector<std::string>& headers,
+            const std::string& address = "127.0.0.1")
+{
+    std::string request = "POST " + target + " HTTP/1.1\r\nHost: " + address + ":" + std::to_string(port) +
+                          "\r\nContent-Length: 0\r\nConnection: close\r\n";
+    for (const auto& h : headers)
+        request += h + "\r\n";
+    request += "\r\n";
+    const auto raw = test::raw_exchange(port, request, test::patience, address).received;
+    answer out;
+    if (raw.size() > 12 && raw.starts_with("HTTP/1.1 "))
+        out.status = std::stoi(raw.substr(9, 3));
+    if (auto at = raw.find("\r\n\r\n"); at != std::string::npos)
+        out.body = raw.substr(at + 4);
+    return out;
+}
+
+// An IPv4 address of this machine other than loopback, if it has one.
+std::optional<std::string> outside_address()
+{
+    ifaddrs* all = nullptr;
+    if (::getifaddrs(&all) != 0)
+        return std::nullopt;
+    std::optional<std::string> found;
+    for (auto* a = all; a && !found; a = a->ifa_next) {
+        if (!a->ifa_addr || a->ifa_addr->sa_family != AF_INET)
+            continue;
+        char text[INET_ADDRSTRLEN] = {};
+        ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ifa_addr)->sin_addr, text, sizeof text);
+        if (!std::string_view(text).starts_with("127."))
+            found = text;
+    }
+    ::freeifaddrs(all);
+    return found;
+}
+
+} // namespace dashboard_test
+
+using namespace dashboard_test;
+
+TEST_CASE("jobs dashboard: the page and its assets hold no job data and allow no inline script, and the API "
+          "lists, pages, searches and shows jobs",
+          "[jobs][dashboard]")
+{
+    site s;
+    const auto hostile = s.client->enqueue_blocking("mail", std::string("<script>alert(1)</script>")).id;
+    for (int i = 0; i < 5; ++i)
+        s.client->enqueue_blocking("report", i);
+    const auto needle = s.client->enqueue_blocking("report", std::string("find the needle here")).id;
+
+    auto page = test::http_get(s.port, "/jobs");
+    REQUIRE(page.status == 200);
+    CHECK(page.headers["content-type"] == "text/html; charset=utf-8");
+    CHECK_THAT(page.headers["content-security-policy"], Catch::Contains("script-src 'self'"));
+    CHECK_THAT(page.headers["content-security-policy"], Catch::Contains("default-src 'none'"));
+    CHECK(page.headers["x-content-type-options"] == "nosniff");
+    CHECK_THAT(page.body, Catch::Contains("src=\"/jobs/app.js\""));
+    CHECK(page.body.find("<script>alert") == std::string::npos);
+    CHECK(page.body.find("<script>") == std::string::npos); // only <script src=...>
+    auto script = test::http_get(s.port, "/jobs/app.js");
+    CHECK(script.status == 200);
+    CHECK(script.headers["content-type"] == "text/javascript; charset=utf-8");
+    CHECK_THAT(script.body, Catch::Contains("textContent"));
+    CHECK(test::http_get(s.port, "/jobs/app.css").status == 200);
+
+    // Newest first, a page after another by keyset.
+    auto first = s.get_json("/jobs/api/jobs?limit=3");
+    auto& jobs_json = first.at("jobs").as_array();
+    REQUIRE(jobs_json.size() == 3);
+    CHECK(jobs_json[0].at("id").as_int64() == needle);
+    const auto next = first.at("next_before").as_int64();
+    auto second = s.get_json("/jobs/api/jobs?limit=3&before=" + std::to_string(next));
+    CHECK(second.at("jobs").as_array().size() == 3);
+    CHECK(second.at("jobs").as_array()[0].at("id").as_int64() == next - 1);
+    auto last = s.get_json("/jobs/api/jobs?limit=3&before=" + std::to_string(second.at("next_before").as_int64()));
+    CHECK(last.at("jobs").as_array().size() == 1);
+    CHECK(last.at("jobs").as_array()[0].at("id").as_int64() == hostile);
+    CHECK_FALSE(last.as_object().contains("next_before"));
+
+    // Text in the arguments, a kind, a state.
+    auto found = s.get_json("/jobs/api/jobs?q=needle");
+    REQUIRE(found.at("jobs").as_array().size() == 1);
+    CHECK(found.at("jobs").as_array()[0].at("id").as_int64() == needle);
+    CHECK(s.get_json("/jobs/api/jobs?kind=report&q=%22").at("jobs").as_array().size() == 1);
+    CHECK(s.get_json("/jobs/api/jobs?kind=report").at("jobs").as_array().size() == 6);
+    CHECK(s.get_json("/jobs/api/jobs?state=available").at("jobs").as_array().size() == 7);
+    CHECK(s.get_json("/jobs/api/jobs?state=failed").at("jobs").as_array().empty());
+
+    // A job's detail, with its history; its arguments as the text they are.
+    auto detail = s.get_json("/jobs/api/job?id=" + std::to_string(hostile));
+    CHECK(detail.at("args").as_string() == "\"<script>alert(1)</script>\"");
+    CHECK(detail.at("history").as_array().size() >= 1);
+
+    // Bad requests say what is wrong.
+    CHECK_THAT(s.get_json("/jobs/api/jobs?state=bogus", 400).at("error").as_string().c_str(),
+               Catch::Contains("no job state 'bogus'"));
+    CHECK_THAT(s.get_json("/jobs/api/jobs?before=abc", 400).at("error").as_string().c_str(),
+               Catch::Contains("'before' must be a non-negative integer"));
+    s.get_json("/jobs/api/job?id=999999", 404);
+    s.get_json("/jobs/api/nope", 404);
+    CHECK(test::http_get(s.port, "/jobs/api/jobs", "PUT").status == 405);
+}
+
+TEST_CASE("jobs dashboard: a search stops at its window and says where the next page starts", "[jobs][dashboard]")
+{
+    jobs::dashboard_options options;
+    options.scan_limit = 1000;
+    site s(options);
+    std::vector<std::pair<std::string, int>> many;
+    jobs::job_batch batch;
+    batch.add("needle", 0);
+    for (int i = 0; i < 2500; ++i)
+        batch.add("hay", i);
+    s.client->enqueue_many_blocking(batch);
+    auto page = s.get_json("/jobs/api/jobs?q=needle");
+    CHECK(page.at("jobs").as_array().empty());
+    CHECK(page.at("window_exceeded").as_bool());
+    CHECK(page.at("scanned").as_int64() == 1000);
+    const auto next = page.at("next_before").as_int64();
+    auto more = s.get_json("/jobs/api/jobs?q=needle&before=" + std::to_string(next));
+    auto rest = s.get_json("/jobs/api/jobs?q=needle&before=" + std::to_string(more.at("next_before").as_int64()));
+    REQUIRE(rest.at("jobs").as_array().size() == 1);
+    CHECK(rest.at("jobs").as_array()[0].at("kind").as_string() == "needle");
+}
+
+TEST_CASE("jobs dashboard: a change needs the page's CSRF token and the same origin, and is done", "[jobs][dashboard]")
+{
+    site s;
+    const auto a = s.client->enqueue_blocking("mail", 1).id;
+    const auto b = s.client->enqueue_blocking("mail", 2).id;
+    const auto token = s.csrf();
+    const auto target = "/jobs/api/job/delete?ids=" + std::to_string(a) + "," + std::to_string(b);
+    const std::string same_origin = "Sec-Fetch-Site: same-origin";
+
+    CHECK(post(s.port, target, {same_origin}).status == 403);
+    CHECK(post(s.port, target, {"X-CSRF-Token: wrong", same_origin}).status == 403);
+    CHECK(post(s.port, target, {"X-CSRF-Token: " + token, "Sec-Fetch-Site: cross-site"}).status == 403);
+    CHECK(post(s.port, target, {"X-CSRF-Token: " + token, "Origin: http://evil.example"}).status == 403);
+    CHECK(post(s.port, target, {"X-CSRF-Token: " + token}).status == 403); // no origin at all
+    CHECK(s.client->find_blocking(a)->state == job_state::available);
+
+    auto done = post(s.port, target, {"X-CSRF-Token: " + token, same_origin});
+    INFO(done.body);
+    REQUIRE(done.status == 200);
+    CHECK(json::parse(done.body).at("done").as_array().size() == 2);
+    CHECK(s.client->find_blocking(a)->state == job_state::deleted);
+    CHECK(s.client->find_blocking(b)->state == job_state::deleted);
+
+    // Origin matching the Host is a same-origin request too.
+    auto retried = post(s.port, "/jobs/api/job/retry?ids=" + std::to_string(a),
+                        {"X-CSRF-Token: " + token, "Origin: http://127.0.0.1:" + std::to_string(s.port)});
+    INFO(retried.body);
+    CHECK(retried.status == 200);
+    CHECK(s.client->find_blocking(a)->state == job_state::available);
+
+    CHECK(post(s.port, "/jobs/api/job/cancel?ids=1,x", {"X-CSRF-Token: " + token, same_origin}).status == 400);
+    CHECK(post(s.port, "/jobs/api/queue/pause?name=mail", {"X-CSRF-Token: " + token, same_origin}).status == 200);
+    CHECK(s.client->paused_queues_blocking() == std::vector<std::string>{"mail"});
+}
+
+TEST_CASE("jobs dashboard: a read-only user may look but not act, and an unknown one may do neither",
+          "[jobs][dashboard]")
+{
+    jobs::dashboard_options options;
+    options.authorize = [](const hosting::http::request& r) {
+        const auto user = r.header("X-User");
+        if (!user)
+            return jobs::dashboard_access::full;
+        return *user == "reader" ? jobs::dashboard_access::read_only : jobs::dashboard_access::none;
+    };
+    site s(options);
+    const auto id = s.client->enqueue_blocking("mail", 1).id;
+    const auto token = s.csrf();
+
+    const auto as = [&](const std::string& user, const std::string& target) {
+        return test::raw_exchange(s.port, "GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\nX-User: " + user +
+                                              "\r\nConnection: close\r\n\r\n")
+            .received;
+    };
+    const auto reader_view = as("reader", "/jobs/api/overview");
+    CHECK(reader_view.starts_with("HTTP/1.1 200"));
+    CHECK_THAT(reader_view, Catch::Contains("\"access\":\"read_only\""));
+    CHECK(reader_view.find("\"csrf\"") == std::string::npos);
+    CHECK(as("nobody", "/jobs/api/overview").starts_with("HTTP/1.1 403"));
+    CHECK(as("nobody", "/jobs").starts_with("HTTP/1.1 403"));
+
+    auto refused = post(s.port, "/jobs/api/job/delete?ids=" + std::to_string(id),
+                        {"X-CSRF-Token: " + token, "Sec-Fetch-Site: same-origin", "X-User: reader"});
+    CHECK(refused.status == 403);
+    CHECK_THAT(refused.body, Catch::Contains("read-only"));
+    CHECK(s.client->find_blocking(id)->state == job_state::available);
+}
+
+TEST_CASE("jobs dashboard: a request from another machine is refused unless allowed", "[jobs][dashboard]")
+{
+    const auto outside = outside_address();
+    if (!outside) {
+        WARN("this machine has no address but loopback: not tested");
+        return;
+    }
+    for (const bool allowed : {false, true}) {
+        jobs::dashboard_options options;
+        options.allow_remote = allowed;
+        site s(options, "0.0.0.0");
+        const auto raw = test::raw_exchange(s.port,
+                                            "GET /jobs/api/overview HTTP/1.1\r\nHost: " + *outside +
+                                                "\r\nConnection: close\r\n\r\n",
+                                            test::patience, *outside)
+                             .received;
+        INFO(raw);
+        CHECK(raw.starts_with(allowed ? "HTTP/1.1 200" : "HTTP/1.1 403"));
+        CHECK(test::http_get(s.port, "/jobs/api/overview").status == 200); // loopback either way
+    }
+}
+
+TEST_CASE("jobs dashboard: the overview counts jobs by state and queue, and its chart follows what ran",
+          "[jobs][dashboard]")
+{
+    jobs::dashboard_options options;
+    options.poll_interval = std::chrono::milliseconds(100);
+    site s(options, "127.0.0.1", true);
+    s.client->pause_queue_blocking("slow");
+    jobs::job_options slow;
+    slow.queue = "slow";
+    s.client->enqueue_blocking("mail", 1, slow);
+    REQUIRE(test::eventually([&] {
+        auto o = s.get_json("/jobs/api/overview");
+        return o.at("counts").at("available").as_int64() == 1 && o.at("queues").as_array().size() == 1;
+    }));
+    auto o = s.get_json("/jobs/api/overview");
+    CHECK(o.at("access").as_string() == "full");
+    CHECK(o.at("csrf").as_string().size() == 64);
+    const auto& queues = o.at("queues").as_array();
+    CHECK(queues[0].at("name").as_string() == "slow");
+    CHECK(queues[0].at("counts").at("available").as_int64() == 1);
+    CHECK(queues[0].at("paused").as_bool());
+
+    // Jobs that run show in the chart: some second has a rate of succeeded.
+    jobs::job_batch batch;
+    for (int i = 0; i < 50; ++i)
+        batch.add("mail", i);
+    s.client->enqueue_many_blocking(batch);
+    CHECK(test::eventually([&] {
+        auto now = s.get_json("/jobs/api/overview");
+        for (const auto& point : now.at("per_second").as_array())
+            if (point.as_array()[1].to_number<double>() > 0)
+                return now.at("counts").at("succeeded").as_int64() == 50;
+        return false;
+    }));
+}
+
+TEST_CASE("jobs dashboard: bad options name what is wrong", "[jobs][dashboard]")
+{
+    jobs::dashboard_options o;
+    o.path = "/jobs/";
+    CHECK_THROWS_WITH(o.validate(), Catch::Contains("path must start with '/'"));
+    o.path = "/jobs\"><script>";
+    CHECK_THROWS_AS(o.validate(), std::invalid_argument);
+    o.path = "/ops/jobs";
+    o.scan_limit = 10;
+    CHECK_THROWS_WITH(o.validate(), Catch::Contains("scan_limit"));
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    jobs::add_jobs_dashboard(builder);
+    CHECK_THROWS_WITH(builder.build(), Catch::Contains("call add_jobs on the same builder"));
+}
