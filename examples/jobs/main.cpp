@@ -4,6 +4,8 @@
 //   jobs                                   # the demo: enqueue, schedule, chain, recur; stops when done
 //   jobs --Jobs:Mode=enqueue --Jobs:Count=10000   # only enqueue N jobs of kind "record"
 //   jobs --Jobs:Mode=work                  # only run jobs, until none is left
+//   jobs --Jobs:Mode=serve                 # the demo's jobs, then serve the dashboard at
+//                                          # http://127.0.0.1:8081/jobs until Ctrl+C
 //   jobs --Jobs:Storage=/var/lib/app/jobs.db ...          # a SQLite file (default: jobs.db)
 //   jobs --Jobs:Storage=postgresql://user@db1/app ...     # PostgreSQL, for many nodes
 //
@@ -18,6 +20,8 @@
 #include <hosting/metrics/metrics.hpp>
 #include <hosting/logging/logging.hpp>
 #include <spdlog/spdlog.h>
+#include <hosting/http/server.hpp>
+#include <hosting/jobs/dashboard.hpp>
 #include <hosting/jobs/open_storage.hpp>
 #include <hosting/jobs/server.hpp>
 
@@ -142,6 +146,11 @@ int main(int argc, char** argv)
                                   co_await asio::this_coro::executor;
                                   context.logger()->info("published {} after its resize", i.path);
                               })
+        .register_kind<std::string>("print",
+                                    [](std::string what, jobs::job_context&) -> asio::awaitable<void> {
+                                        co_await asio::this_coro::executor;
+                                        throw std::runtime_error("the printer is on fire while printing " + what);
+                                    })
         .register_kind<std::string>("report",
                                     [](std::string name, jobs::job_context& context) -> asio::awaitable<void> {
                                         co_await asio::this_coro::executor;
@@ -160,8 +169,23 @@ int main(int argc, char** argv)
             }
         });
 
-    const bool demo = mode == "demo";
-    if (mode == "work" || demo)
+    // The dashboard, in serve mode or when a port is given: several work
+    // processes on one machine would otherwise contend for the port.
+    if (mode == "serve" || config.value("Jobs:DashboardPort").has_value()) {
+        auto& http = hosting::http::add_http_server(builder);
+        http.options().port = config.get<std::uint16_t>("Jobs:DashboardPort", 8081);
+        // Whoever reaches it may act, but for the role a proxy in front
+        // would set: a viewer may look only.
+        jobs::add_jobs_dashboard(builder, {.path = "/jobs",
+                                           .authorize = [](const hosting::http::request& r) {
+                                               return r.header("X-Demo-Role") == "viewer"
+                                                          ? jobs::dashboard_access::read_only
+                                                          : jobs::dashboard_access::full;
+                                           },
+                                           .title = "Jobs demo"});
+    }
+    const bool demo = mode == "demo" || mode == "serve";
+    if (mode == "work" || mode == "demo")
         builder.services().add_hosted_service<stop_when_done>(std::size_t{demo ? 2u : 0u}).name("stop_when_done");
     auto host = builder.build();
     auto& client = host.services().get<jobs::client>();
@@ -186,7 +210,21 @@ int main(int argc, char** argv)
                     static_cast<long long>(resize));
         client.add_or_update_recurring_blocking("report", "*/2 * * * * *", "Europe/Berlin", "report",
                                                 std::string("every two seconds"));
-        std::printf("recurring job 'report' every 2 s (Europe/Berlin); the demo stops after two runs\n");
+        if (mode == "serve") {
+            // Something for the dashboard to show: a failure, a job whose
+            // text looks like markup, and one due next year.
+            jobs::job_options once;
+            once.max_attempts = 1;
+            client.enqueue_blocking("print", std::string("invoice 42"), once);
+            client.enqueue_blocking("send_email", email{"eve@example.com", "<script>alert(1)</script>"});
+            client.schedule_blocking("send_email", email{"bob@example.com", "See you next year"}, 24h * 365);
+        }
+        if (mode == "serve")
+            std::printf("recurring job 'report' every 2 s (Europe/Berlin); the dashboard is at "
+                        "http://127.0.0.1:%u/jobs (Ctrl+C stops)\n",
+                        unsigned(config.get<std::uint16_t>("Jobs:DashboardPort", 8081)));
+        else
+            std::printf("recurring job 'report' every 2 s (Europe/Berlin); the demo stops after two runs\n");
         std::fflush(stdout); // before the host's log lines, which go to stderr
     }
     return host.run();
