@@ -124,6 +124,15 @@ struct hold_log {
             out += (e.started ? "start " : "stop ") + e.node + " " + std::to_string(e.term) + "; ";
         return out;
     }
+    // Waits until `node` has started a hold: what happened until then.
+    std::vector<event> until_started(const std::string& node)
+    {
+        const bool started = wait([&](const std::vector<event>& e) {
+            return std::any_of(e.begin(), e.end(), [&](const event& x) { return x.node == node && x.started; });
+        });
+        REQUIRE(started);
+        return snapshot();
+    }
     // Every hold ended before the next began, and terms grew.
     static bool never_overlapping(const std::vector<event>& all)
     {
@@ -325,10 +334,7 @@ TEST_CASE("coordination: a holder whose renewals fail is stopped before its leas
     auto b = std::make_unique<node>(make_lease_store(which, db), "b", log);
 
     faulty->failing = true;
-    REQUIRE(log->wait([](const auto& e) {
-        return std::any_of(e.begin(), e.end(), [](auto& x) { return x.node == "b" && x.started; });
-    }));
-    const auto events = log->snapshot();
+    const auto events = log->until_started("b");
     INFO(hold_log::text(events));
     // a stopped (its lease's loss fired) before b started.
     CHECK(hold_log::never_overlapping(events));
@@ -391,10 +397,7 @@ TEST_CASE("coordination: a holder that blocks its host's thread is told of its l
     // a's renewals fail while its only thread spins: its stop token must
     // fire before its lease can expire, so before b can take it.
     faulty->failing = true;
-    REQUIRE(log->wait([](const auto& e) {
-        return std::any_of(e.begin(), e.end(), [](auto& x) { return x.node == "b" && x.started; });
-    }));
-    const auto events = log->snapshot();
+    const auto events = log->until_started("b");
     INFO(hold_log::text(events));
     INFO(sink->dump());
     CHECK(hold_log::never_overlapping(events));
