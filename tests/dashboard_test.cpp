@@ -323,3 +323,22 @@ TEST_CASE("jobs dashboard: bad options name what is wrong", "[jobs][dashboard]")
     jobs::add_jobs_dashboard(builder);
     CHECK_THROWS_WITH(builder.build(), Catch::Contains("call add_jobs on the same builder"));
 }
+
+TEST_CASE("jobs dashboard: oversized and malformed requests are answered 4xx, and the dashboard goes on",
+          "[jobs][dashboard]")
+{
+    site s;
+    CHECK(s.get_json("/jobs/api/jobs?q=%zz", 400).at("error").as_string().size() > 0);
+    CHECK(s.get_json("/jobs/api/job?id=-3", 400).at("error").as_string().size() > 0);
+    CHECK(s.get_json("/jobs/api/jobs?limit=9999999999999999999999", 400).at("error").as_string().size() > 0);
+    const auto huge_header = test::raw_exchange(s.port, "GET /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " +
+                                                            std::string(64 * 1024, 'a') + "\r\n\r\n");
+    CHECK(huge_header.received.starts_with("HTTP/1.1 431"));
+    const auto huge_body =
+        test::raw_exchange(s.port, "POST /jobs/api/job/retry?ids=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: " +
+                                       std::to_string(1024 * 1024) + "\r\n\r\n" + std::string(4096, 'b'));
+    CHECK(huge_body.received.starts_with("HTTP/1.1 413"));
+    const auto garbage = test::raw_exchange(s.port, "NOT HTTP AT ALL\r\n\r\n");
+    CHECK(garbage.received.starts_with("HTTP/1.1 400"));
+    CHECK(test::http_get(s.port, "/jobs").status == 200);
+}

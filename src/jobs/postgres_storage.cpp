@@ -1584,8 +1584,11 @@ std::vector<job> postgres_storage::complete_and_claim(std::span<const completion
             settle();
             return claim_in_order();
         });
-    const auto& [queue, cap] = *std::find_if(claim.queues.begin(), claim.queues.end(),
-                                             [](const auto& q) { return q.second > 0; });
+    // Named, not bound: a lambda below captures it.
+    const auto& roomy = *std::find_if(claim.queues.begin(), claim.queues.end(),
+                                      [](const auto& q) { return q.second > 0; });
+    const std::string& queue = roomy.first;
+    const std::size_t cap = roomy.second;
     const auto count = static_cast<std::int64_t>(std::min(cap, claim.total));
     bool keyed = false;
     auto claimed = c.write([&] {
