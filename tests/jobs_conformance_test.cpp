@@ -2407,3 +2407,33 @@ TEST_CASE("jobs: storages list jobs newest first or oldest first, a page after a
     odd_newest.before = ids[5].id;
     CHECK(id_list(store->list(odd_newest)) == std::vector{ids[3].id, ids[1].id});
 }
+
+TEST_CASE("jobs: storages change many jobs in one call, refusing each job that may not change and doing the rest",
+          "[jobs][conformance][storage]")
+{
+    EACH_STORAGE(which, db);
+    auto store = make_storage(which, db);
+    const auto t0 = jobs::clock::now();
+    const auto ids = store->enqueue(std::vector{request("k", "1"), request("k", "2"), request("k", "3")}, t0);
+    store->change_state(ids[2].id, job_state::cancelled, "before", t0);
+    const std::vector<jobs::job_id> targets{ids[0].id, 999'999, ids[1].id, ids[2].id};
+    const auto results = store->change_states(targets, job_state::deleted, "bulk", t0);
+    REQUIRE(results.size() == 4);
+    CHECK(results[0].id == ids[0].id);
+    CHECK(results[0].state == job_state::deleted);
+    CHECK(results[1].id == 999'999);
+    CHECK_FALSE(results[1].state);
+    CHECK_THAT(results[1].error, Catch::Contains("999999"));
+    CHECK(results[2].state == job_state::deleted);
+    CHECK(results[3].state == job_state::deleted); // cancelled, then deleted
+    for (const auto& id : ids)
+        CHECK(store->find(id.id)->state == job_state::deleted);
+
+    // A requeue of a job that has not ended is refused; the ended ones go.
+    const auto more = store->enqueue(std::vector{request("k", "4")}, t0);
+    const auto again = store->change_states(std::vector{ids[0].id, more[0].id}, job_state::available, "again", t0);
+    CHECK(again[0].state == job_state::available);
+    CHECK_FALSE(again[1].state);
+    CHECK_FALSE(again[1].error.empty());
+    CHECK(store->find(ids[0].id)->history.back().reason == "again");
+}

@@ -115,6 +115,36 @@ asio::awaitable<void> client::transition(job_id id, job_state to, std::string re
         engine_->cancel_local(id);
 }
 
+asio::awaitable<std::vector<storage::state_change_result>> client::change_many(std::vector<job_id> ids, job_state to)
+{
+    const char* reason = to == job_state::cancelled ? "cancelled by a client"
+                         : to == job_state::deleted ? "deleted by a client"
+                         : to == job_state::available ? "requeued by a client"
+                                                      : nullptr;
+    if (!reason)
+        throw std::invalid_argument("jobs: change_many makes jobs cancelled, deleted or available, not " +
+                                    std::string(to_string(to)));
+    std::vector<storage::state_change_result> out;
+    for (std::size_t at = 0; at < ids.size(); at += max_rows_per_write) {
+        const auto end = std::min(ids.size(), at + max_rows_per_write);
+        std::function<std::vector<storage::state_change_result>(storage&)> batch =
+            [batch_ids = std::vector<job_id>(ids.begin() + static_cast<std::ptrdiff_t>(at),
+                                             ids.begin() + static_cast<std::ptrdiff_t>(end)),
+             to, reason = std::string(reason), at_time = now()](storage& s) {
+                return s.change_states(batch_ids, to, reason, at_time);
+            };
+        auto done = co_await engine_->call<std::vector<storage::state_change_result>>(std::move(batch));
+        for (auto& r : done) {
+            if (r.state && to != job_state::available)
+                engine_->cancel_local(r.id);
+            out.push_back(std::move(r));
+        }
+    }
+    if (to == job_state::available)
+        engine_->wake_server();
+    co_return out;
+}
+
 asio::awaitable<void> client::cancel(job_id id) { return transition(id, job_state::cancelled, "cancelled by a client"); }
 asio::awaitable<void> client::delete_job(job_id id) { return transition(id, job_state::deleted, "deleted by a client"); }
 asio::awaitable<void> client::requeue(job_id id) { return transition(id, job_state::available, "requeued by a client"); }

@@ -1050,6 +1050,33 @@ struct postgres_storage::connection {
         return out;
     }
 
+    // A transition asked for from outside the engine, inside the caller's
+    // transaction: change_state, and each job of change_states.
+    job_state change(job_id id, job_state to, const std::string& reason, time_point now)
+    {
+        const auto state = state_if_any(id, "state_for_update");
+        if (!state)
+            throw job_not_found(id);
+        const auto from = *state;
+        const auto how = outside_change_of(id, from, to);
+        if (how == outside_change::stop_running) {
+            run("stop_running", params().add(id).add(to == job_state::deleted ? 2 : 1));
+            return from;
+        }
+        if (how == outside_change::requeue) {
+            auto holder = run("key_holder", params().add(id));
+            if (holder.rows() != 0)
+                throw invalid_transition(id, from, to,
+                                         "job " + std::to_string(holder.integer(0, 0)) + " holds its unique key '" +
+                                             holder.text(0, 1) + "'");
+            run("requeue", params().add(id).add(micros(now)).add(reason));
+            wake_others = true;
+        } else {
+            apply_transition(id, to, now, reason);
+        }
+        return to;
+    }
+
     void apply_transition(job_id id, job_state to, time_point now, const std::string& reason)
     {
         run("transition", params().add(id).add(code(to)).add(micros(now)).add(reason));
@@ -1675,28 +1702,21 @@ job_state postgres_storage::change_state(job_id id, job_state to, const std::str
 {
     auto db = pool_->take();
     auto& c = *db;
+    return c.write([&] { return c.change(id, to, reason, now); });
+}
+
+std::vector<storage::state_change_result> postgres_storage::change_states(std::span<const job_id> ids, job_state to,
+                                                                          const std::string& reason, time_point now)
+{
+    auto db = pool_->take();
+    auto& c = *db;
+    // A refusal is thrown before any statement of its job fails: the
+    // transaction goes on with the others.
     return c.write([&] {
-        const auto state = c.state_if_any(id, "state_for_update");
-        if (!state)
-            throw job_not_found(id);
-        const auto from = *state;
-        const auto change = outside_change_of(id, from, to);
-        if (change == outside_change::stop_running) {
-            c.run("stop_running", params().add(id).add(to == job_state::deleted ? 2 : 1));
-            return from;
-        }
-        if (change == outside_change::requeue) {
-            auto holder = c.run("key_holder", params().add(id));
-            if (holder.rows() != 0)
-                throw invalid_transition(id, from, to,
-                                         "job " + std::to_string(holder.integer(0, 0)) + " holds its unique key '" +
-                                             holder.text(0, 1) + "'");
-            c.run("requeue", params().add(id).add(micros(now)).add(reason));
-            c.wake_others = true;
-        } else {
-            c.apply_transition(id, to, now, reason);
-        }
-        return to;
+        std::vector<state_change_result> out;
+        for (const auto id : ids)
+            out.push_back(change_one(id, [&] { return c.change(id, to, reason, now); }));
+        return out;
     });
 }
 

@@ -561,6 +561,38 @@ struct sqlite_storage::connection {
         return {find_unique->integer(0), false, {}};
     }
 
+    // A transition asked for from outside the engine, inside the caller's
+    // transaction: change_state, and each job of change_states.
+    job_state change(job_id id, job_state to, const std::string& reason, time_point now)
+    {
+        const auto from = current_state(id);
+        const auto how = outside_change_of(id, from, to);
+        if (how == outside_change::stop_running) {
+            statement s(db, "UPDATE jobs SET cancel_requested = max(cancel_requested, ?2) WHERE id = ?1");
+            s.bind(1, id).bind(2, to == job_state::deleted ? 2 : 1);
+            s.run();
+            return from;
+        }
+        if (how == outside_change::requeue) {
+            // Another job took its unique key while it was final: a requeue
+            // would make two.
+            {
+                using_statement u{*key_holder};
+                key_holder->bind(1, id);
+                if (key_holder->step())
+                    throw invalid_transition(id, from, to,
+                                             "job " + std::to_string(key_holder->integer(0)) +
+                                                 " holds its unique key '" + key_holder->text(1) + "'");
+            }
+            using_statement u{*requeue};
+            requeue->bind(1, id).bind(2, micros(now)).bind(3, reason);
+            requeue->run();
+        } else {
+            apply_transition(id, to, now, reason);
+        }
+        return to;
+    }
+
     void apply_transition(job_id id, job_state to, time_point now, const std::string& reason)
     {
         {
@@ -835,33 +867,19 @@ job_state sqlite_storage::change_state(job_id id, job_state to, const std::strin
 {
     std::lock_guard lock(mutex_);
     auto& c = *db_;
+    return c.write([&] { return c.change(id, to, reason, now); });
+}
+
+std::vector<storage::state_change_result> sqlite_storage::change_states(std::span<const job_id> ids, job_state to,
+                                                                        const std::string& reason, time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
     return c.write([&] {
-        const auto from = c.current_state(id);
-        const auto change = outside_change_of(id, from, to);
-        if (change == outside_change::stop_running) {
-            statement s(c.db, "UPDATE jobs SET cancel_requested = max(cancel_requested, ?2) WHERE id = ?1");
-            s.bind(1, id).bind(2, to == job_state::deleted ? 2 : 1);
-            s.run();
-            return from;
-        }
-        if (change == outside_change::requeue) {
-            // Another job took its unique key while it was final: a requeue
-            // would make two.
-            {
-                using_statement u{*c.key_holder};
-                c.key_holder->bind(1, id);
-                if (c.key_holder->step())
-                    throw invalid_transition(id, from, to,
-                                             "job " + std::to_string(c.key_holder->integer(0)) +
-                                                 " holds its unique key '" + c.key_holder->text(1) + "'");
-            }
-            using_statement u{*c.requeue};
-            c.requeue->bind(1, id).bind(2, micros(now)).bind(3, reason);
-            c.requeue->run();
-        } else {
-            c.apply_transition(id, to, now, reason);
-        }
-        return to;
+        std::vector<state_change_result> out;
+        for (const auto id : ids)
+            out.push_back(change_one(id, [&] { return c.change(id, to, reason, now); }));
+        return out;
     });
 }
 

@@ -325,6 +325,14 @@ public:
     // another job has taken since (the message names that job).
     asio::awaitable<void> requeue(job_id id);
     void requeue_blocking(job_id id);
+    // Cancels (to = cancelled), deletes (deleted) or requeues (available)
+    // many jobs, each as the calls above do, a transaction per
+    // max_rows_per_write of them rather than one per job. Completes with
+    // each job's result: the state it is in, or why it was refused (the
+    // others go ahead). Throws std::invalid_argument for another state, and
+    // storage_error when the storage fails (the batches before it stay
+    // done).
+    asio::awaitable<std::vector<storage::state_change_result>> change_many(std::vector<job_id> ids, job_state to);
 
     // Queries, with the history when asked (find() always includes it):
     // find() completes with an empty optional when there is no such job.

@@ -60,6 +60,8 @@ public:
     std::vector<job_id> recover_expired(time_point now) override;
     std::vector<job_id> recover_node(const std::string& node, time_point now) override;
     job_state change_state(job_id id, job_state to, const std::string& reason, time_point now) override;
+    std::vector<state_change_result> change_states(std::span<const job_id> ids, job_state to, const std::string& reason,
+                                                   time_point now) override;
     std::optional<job> find(job_id id, bool with_history = true) override;
     std::vector<job> list(const job_filter& filter) override;
     job_counts counts() override;

@@ -287,6 +287,26 @@ public:
     // Returns the state the job is in afterwards.
     virtual job_state change_state(job_id id, job_state to, const std::string& reason, time_point now) = 0;
 
+    // What change_states did to one job: the state it is in afterwards, or
+    // why it was refused (no such job, or a transition it may not make).
+    struct state_change_result {
+        job_id id = 0;
+        std::optional<job_state> state{};
+        std::string error{};
+    };
+    // Changes each job as change_state does, in one transaction (callers
+    // keep a batch to max_rows_per_write): a job refused is refused alone,
+    // with why, and the others go ahead; a storage failure fails them all.
+    // The default calls change_state for each, one transaction each.
+    virtual std::vector<state_change_result> change_states(std::span<const job_id> ids, job_state to,
+                                                           const std::string& reason, time_point now)
+    {
+        std::vector<state_change_result> out;
+        for (const auto id : ids)
+            out.push_back(change_one(id, [&] { return change_state(id, to, reason, now); }));
+        return out;
+    }
+
     virtual std::optional<job> find(job_id id, bool with_history = true) = 0;
     virtual std::vector<job> list(const job_filter& filter) = 0;
     virtual job_counts counts() = 0;
@@ -348,6 +368,21 @@ public:
     // stops it, and returns once no call of the previous one runs. The
     // default hears nothing: the server finds such work by polling.
     virtual void listen_for_work(std::function<void()> wake) { (void)wake; }
+
+protected:
+    // One job of change_states: `change` refused (job_not_found,
+    // invalid_transition) becomes that job's error.
+    template <class F>
+    static state_change_result change_one(job_id id, F&& change)
+    {
+        try {
+            return {id, change(), {}};
+        } catch (const job_not_found& e) {
+            return {id, std::nullopt, e.what()};
+        } catch (const invalid_transition& e) {
+            return {id, std::nullopt, e.what()};
+        }
+    }
 };
 
 class storage_error : public std::runtime_error {
