@@ -342,3 +342,23 @@ TEST_CASE("jobs dashboard: oversized and malformed requests are answered 4xx, an
     CHECK(garbage.received.starts_with("HTTP/1.1 400"));
     CHECK(test::http_get(s.port, "/jobs").status == 200);
 }
+
+TEST_CASE("jobs dashboard: an action on everything a filter matches is done in batches and leaves the rest",
+          "[jobs][dashboard]")
+{
+    site s;
+    jobs::job_batch batch;
+    for (int i = 0; i < 1200; ++i)
+        batch.add(i % 3 == 0 ? "report" : "mail", i);
+    s.client->enqueue_many_blocking(batch);
+    auto done = post(s.port, "/jobs/api/jobs/delete?kind=report", {"X-CSRF-Token: " + s.csrf(), "Sec-Fetch-Site: same-origin"});
+    INFO(done.body);
+    REQUIRE(done.status == 200);
+    const auto body = json::parse(done.body);
+    CHECK(body.at("done").as_array().size() == 400);
+    CHECK(body.at("failed").as_array().empty());
+    CHECK_FALSE(body.at("more").as_bool());
+    const auto counts = s.client->counts_blocking();
+    CHECK(counts[job_state::deleted] == 400);
+    CHECK(counts[job_state::available] == 800);
+}

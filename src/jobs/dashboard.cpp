@@ -417,13 +417,24 @@ private:
         return json_response(o);
     }
 
-    // A page of jobs, newest first: by state through the storage's index,
-    // then by queue, kind and text in the arguments over at most
-    // scan_limit jobs; `before` continues after a page's last id (or,
-    // when the scan stopped, after the last id it read).
-    asio::awaitable<http::response> list(const http::request& r)
+    // What a filter found: the jobs, how many were read, where the reading
+    // stopped, and whether more match or the window was reached first.
+    struct found_jobs {
+        std::vector<job> jobs;
+        std::size_t scanned = 0;
+        job_id cursor = 0;
+        bool more = false;
+        bool window_exceeded = false;
+    };
+
+    // Jobs newest first, up to `limit` matches: by state through the
+    // storage's index, then by queue, kind and text in the arguments (or
+    // the kind, or the last error) over at most scan_limit jobs, as the
+    // storage would otherwise read a whole table for a kind that is rare.
+    // `before` continues after a page's last id, or after the last id read
+    // when the scan stopped at its window.
+    asio::awaitable<found_jobs> search(const http::request& r, std::size_t limit)
     {
-        const auto& o = state_->options;
         job_filter f;
         f.newest_first = true;
         if (auto s = r.query_parameter("state"); s && !s->empty()) {
@@ -434,60 +445,60 @@ private:
         const auto queue = r.query_parameter("queue").value_or("");
         const auto kind = r.query_parameter("kind").value_or("");
         const auto text = r.query_parameter("q").value_or("");
-        const auto before = integer_parameter(r, "before").value_or(0);
-        const auto limit = static_cast<std::size_t>(std::clamp<std::int64_t>(integer_parameter(r, "limit").value_or(50), 1, 500));
-        // The state goes to the storage, which has an index for it; a queue,
-        // a kind or a text is looked for in a bounded window: the storage
-        // would otherwise read a whole table for a kind that is rare.
         const bool scanning = !text.empty() || !queue.empty() || !kind.empty();
-        std::vector<job> found;
-        std::size_t scanned = 0;
-        job_id cursor = before;
-        bool more = false;
-        bool window_exceeded = false;
-        const std::size_t page = scanning ? 1000 : limit + 1;
+        found_jobs out;
+        out.cursor = integer_parameter(r, "before").value_or(0);
+        const std::size_t page = scanning ? 1000 : std::min<std::size_t>(limit + 1, max_rows_per_write);
         for (;;) {
-            f.before = cursor;
+            f.before = out.cursor;
             f.limit = page;
             auto op = state_->jobs->list(f);
             auto batch = co_await std::move(op);
             for (auto& j : batch) {
-                ++scanned;
-                cursor = j.id;
                 const bool match = !scanning || ((queue.empty() || j.queue == queue) &&
                                                  (kind.empty() || j.kind == kind) &&
                                                  (text.empty() || j.args.find(text) != std::string::npos ||
                                                   j.kind.find(text) != std::string::npos ||
                                                   j.last_error.find(text) != std::string::npos));
-                if (!match)
-                    continue;
-                if (found.size() == limit) {
-                    more = true;
+                if (match && out.jobs.size() == limit) {
+                    out.more = true;
                     break;
                 }
-                found.push_back(std::move(j));
+                ++out.scanned;
+                out.cursor = j.id;
+                if (match)
+                    out.jobs.push_back(std::move(j));
             }
-            if (more || batch.size() < page)
+            if (out.more || batch.size() < page)
                 break;
-            if (scanned >= o.scan_limit) {
-                window_exceeded = true;
+            if (scanning && out.scanned >= state_->options.scan_limit) {
+                out.window_exceeded = true;
                 break;
             }
         }
+        co_return out;
+    }
+
+    asio::awaitable<http::response> list(const http::request& r)
+    {
+        const auto limit =
+            static_cast<std::size_t>(std::clamp<std::int64_t>(integer_parameter(r, "limit").value_or(50), 1, 500));
+        auto op = search(r, limit);
+        const found_jobs found = co_await std::move(op);
         json::object out;
         json::array jobs;
-        for (const auto& j : found)
+        for (const auto& j : found.jobs)
             jobs.push_back(job_json(j));
         out["jobs"] = std::move(jobs);
-        out["scanned"] = scanned;
-        out["scan_limit"] = o.scan_limit;
-        out["window_exceeded"] = window_exceeded;
+        out["scanned"] = found.scanned;
+        out["scan_limit"] = state_->options.scan_limit;
+        out["window_exceeded"] = found.window_exceeded;
         // Where the next page starts: after the last job shown, or after
         // the last one read when the scan stopped at its window.
-        if (window_exceeded)
-            out["next_before"] = cursor;
-        else if (more)
-            out["next_before"] = found.back().id;
+        if (found.window_exceeded)
+            out["next_before"] = found.cursor;
+        else if (found.more)
+            out["next_before"] = found.jobs.back().id;
         co_return json_response(out);
     }
 
@@ -542,12 +553,35 @@ private:
         co_return json_response(json::object{{"recurring", std::move(out)}});
     }
 
+    // The jobs a bulk action on a filter takes in one request.
+    static constexpr std::size_t bulk_limit = 100'000;
+
+    // Changes the jobs in batches in the storage; each one's result.
+    asio::awaitable<http::response> changed(std::vector<job_id> ids, job_state to)
+    {
+        auto op = state_->jobs->change_many(std::move(ids), to);
+        const auto results = co_await std::move(op);
+        json::array done, failed;
+        for (const auto& x : results) {
+            if (x.state)
+                done.push_back(x.id);
+            else
+                failed.push_back(json::object{{"id", x.id}, {"error", x.error}});
+        }
+        co_return json_response(json::object{{"done", std::move(done)}, {"failed", std::move(failed)}});
+    }
+
     // Every change: one job, a selection of them, a recurring job or a queue.
     asio::awaitable<http::response> act(std::string_view sub, const http::request& r)
     {
         auto& c = *state_->jobs;
+        const auto to_of = [](std::string_view action) {
+            return action == "retry" ? job_state::available : action == "delete" ? job_state::deleted
+                                                                                  : job_state::cancelled;
+        };
         if (sub == "/api/job/retry" || sub == "/api/job/delete" || sub == "/api/job/cancel") {
-            // ids=1,2,3: a selection, in one request.
+            // ids=1,2,3: a selection, in one request and one transaction per
+            // max_rows_per_write jobs.
             const auto text = required(r, "ids");
             std::vector<job_id> ids;
             for (std::size_t at = 0; at <= text.size();) {
@@ -560,20 +594,26 @@ private:
                 at = comma + 1;
             }
             if (ids.size() > 1000)
-                throw std::invalid_argument("at most 1000 jobs in one action");
-            json::array done, failed;
-            for (const auto id : ids) {
-                try {
-                    auto op = sub == "/api/job/retry"    ? c.requeue(id)
-                              : sub == "/api/job/delete" ? c.delete_job(id)
-                                                         : c.cancel(id);
-                    co_await std::move(op);
-                    done.push_back(id);
-                } catch (const std::exception& e) {
-                    failed.push_back(json::object{{"id", id}, {"error", e.what()}});
-                }
-            }
-            co_return json_response(json::object{{"done", std::move(done)}, {"failed", std::move(failed)}});
+                throw std::invalid_argument("at most 1000 ids in one request; act on a filter for more");
+            auto op = changed(std::move(ids), to_of(sub.substr(sub.rfind('/') + 1)));
+            http::response res = co_await std::move(op);
+            co_return res;
+        }
+        if (sub == "/api/jobs/retry" || sub == "/api/jobs/delete" || sub == "/api/jobs/cancel") {
+            // Everything the filter matches (the same filter, and window, as
+            // a list), up to bulk_limit jobs a request.
+            auto op = search(r, bulk_limit);
+            found_jobs found = co_await std::move(op);
+            std::vector<job_id> ids;
+            for (const auto& j : found.jobs)
+                ids.push_back(j.id);
+            auto change = changed(std::move(ids), to_of(sub.substr(sub.rfind('/') + 1)));
+            http::response res = co_await std::move(change);
+            auto body = json::parse(res.body).as_object();
+            body["more"] = found.more || found.window_exceeded;
+            if (found.window_exceeded || found.more)
+                body["next_before"] = found.cursor;
+            co_return json_response(body);
         }
         if (sub == "/api/recurring/trigger") {
             const auto name = required(r, "id");

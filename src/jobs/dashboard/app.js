@@ -137,13 +137,25 @@ async function renderJobs(mine, params) {
       el('td', {}, `${j.attempt}/${j.max_attempts}`), el('td', {}, time(j.created_at)),
       el('td', { class: 'args' }, j.args), el('td', { class: 'failed' }, j.last_error));
   });
+  const filter = new URLSearchParams(query);
+  filter.delete('before');
   const bulk = canAct() ? el('div', { class: 'actions' }, ['retry', 'delete', 'cancel'].map(a =>
     el('button', {
       'data-action': a, onclick: async () => {
         if (!selected.size) return;
         try { await post(`job/${a}?ids=${[...selected].join(',')}`); show(); } catch (e) { fail(e); }
       },
-    }, a + ' selected'))) : null;
+    }, a + ' selected')), ['retry', 'delete', 'cancel'].map(a =>
+    el('button', {
+      'data-action': 'all-' + a, onclick: async () => {
+        if (!confirm(`${a} every job this filter matches?`)) return;
+        try {
+          const r = await post(`jobs/${a}?${filter.toString()}`);
+          show();
+          if (r.more) fail(new Error(`${r.done.length} done; more match: run it again for the rest`));
+        } catch (e) { fail(e); }
+      },
+    }, a + ' all matching'))) : null;
   setMain(mine, form,
     page.window_exceeded ? el('div', { class: 'note' },
       `Searched the newest ${page.scanned} jobs that match the state (the limit is ${page.scan_limit}); older ones are on the next page.`) : null,
