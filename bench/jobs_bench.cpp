@@ -21,6 +21,7 @@
 #include <hosting/jobs/sqlite_storage.hpp>
 #include "support/bench_common.hpp"
 #ifdef HOSTING_POSTGRES_SERVER
+#include "support/bare_notify.hpp"
 #include "support/postgres_server.hpp"
 #include <hosting/jobs/postgres_storage.hpp>
 #include <libpq-fe.h>
@@ -290,55 +291,13 @@ std::string bench_postgres(postgres_server& own)
     return own.start();
 }
 
-void exec_or_die(PGconn* c, const char* sql)
-{
-    PGresult* r = PQexec(c, sql);
-    const auto status = PQresultStatus(r);
-    if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
-        std::fprintf(stderr, "jobs_bench: %s: %s", sql, PQerrorMessage(c));
-        std::exit(1);
-    }
-    PQclear(r);
-}
-
-// The baseline for the latency across nodes: a bare queue table, a row
-// inserted and a NOTIFY sent in one transaction, the listener woken by it
-// and taking the row with SKIP LOCKED. No engine, no handler.
+// The baseline for the latency across nodes (support/bare_notify.hpp).
 void run_bare_notify(const std::string& conninfo, std::size_t samples)
 {
-    PGconn* producer = PQconnectdb(conninfo.c_str());
-    PGconn* consumer = PQconnectdb(conninfo.c_str());
-    if (PQstatus(producer) != CONNECTION_OK || PQstatus(consumer) != CONNECTION_OK) {
-        std::fprintf(stderr, "jobs_bench: cannot connect to postgresql: %s", PQerrorMessage(producer));
-        std::exit(1);
-    }
-    PQsetNoticeProcessor(producer, [](void*, const char*) {}, nullptr);
-    exec_or_die(producer, "DROP TABLE IF EXISTS bench_queue; CREATE TABLE bench_queue (id bigserial PRIMARY KEY, v int)");
-    exec_or_die(consumer, "LISTEN bench_queue");
-    std::vector<double> micros;
-    for (std::size_t i = 0; i < samples; ++i) {
-        const auto sent = clock_type::now();
-        exec_or_die(producer, "BEGIN; INSERT INTO bench_queue (v) VALUES (1); NOTIFY bench_queue; COMMIT");
-        for (bool heard = false; !heard;) {
-            pollfd fd{PQsocket(consumer), POLLIN, 0};
-            ::poll(&fd, 1, 1000);
-            PQconsumeInput(consumer);
-            while (PGnotify* n = PQnotifies(consumer)) {
-                heard = true;
-                PQfreemem(n);
-            }
-        }
-        exec_or_die(consumer, "DELETE FROM bench_queue WHERE id = (SELECT id FROM bench_queue ORDER BY id LIMIT 1 "
-                              "FOR UPDATE SKIP LOCKED) RETURNING id");
-        micros.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - sent).count());
-    }
-    std::sort(micros.begin(), micros.end());
+    const auto micros = bench::bare_notify_latencies(conninfo, samples);
     std::printf("%-24s enqueue-to-claim p50:     %12.0f us\n", "bare postgresql NOTIFY", micros[micros.size() / 2]);
     std::printf("%-24s enqueue-to-claim p99:     %12.0f us\n", "bare postgresql NOTIFY",
                 micros[micros.size() * 99 / 100]);
-    exec_or_die(producer, "DROP TABLE bench_queue");
-    PQfinish(producer);
-    PQfinish(consumer);
 }
 #endif
 

@@ -10,6 +10,7 @@
 // The server HOSTING_BENCH_POSTGRES names, or else one the program starts in
 // the current directory with tests/tools/postgres-server, durable (fsync
 // on, commits synchronous).
+#include "support/bare_notify.hpp"
 #include "support/bench_common.hpp"
 #include "support/postgres_server.hpp"
 
@@ -18,7 +19,6 @@
 
 #include <libpq-fe.h>
 
-#include <poll.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -260,37 +260,13 @@ void run_engine(const std::string& conninfo, std::size_t nodes, std::size_t coun
     connection(conninfo).exec("DROP SCHEMA \"" + schema + "\" CASCADE");
 }
 
-// The bare queue's enqueue-to-claim across connections: a row inserted and
-// a NOTIFY sent in one transaction, the listener woken by it taking the
-// row with SKIP LOCKED.
+// The bare queue's enqueue-to-claim across connections, on an idle
+// consumer (support/bare_notify.hpp).
 void run_bare_notify(const std::string& conninfo, std::size_t samples)
 {
-    connection producer(conninfo);
-    connection consumer(conninfo);
-    producer.exec("DROP TABLE IF EXISTS bench_notify; CREATE TABLE bench_notify (id bigserial PRIMARY KEY, v int)");
-    consumer.exec("LISTEN bench_notify");
-    std::vector<double> micros;
-    for (std::size_t i = 0; i < samples; ++i) {
-        const auto sent = clock_type::now();
-        producer.exec("BEGIN; INSERT INTO bench_notify (v) VALUES (1); NOTIFY bench_notify; COMMIT");
-        for (bool heard = false; !heard;) {
-            pollfd fd{PQsocket(consumer.c), POLLIN, 0};
-            ::poll(&fd, 1, 1000);
-            PQconsumeInput(consumer.c);
-            while (PGnotify* n = PQnotifies(consumer.c)) {
-                heard = true;
-                PQfreemem(n);
-            }
-        }
-        consumer.exec("DELETE FROM bench_notify WHERE id = (SELECT id FROM bench_notify ORDER BY id LIMIT 1 "
-                      "FOR UPDATE SKIP LOCKED) RETURNING id");
-        micros.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - sent).count());
-        std::this_thread::sleep_for(2ms);
-    }
-    std::sort(micros.begin(), micros.end());
+    const auto micros = bench::bare_notify_latencies(conninfo, samples, std::chrono::milliseconds(2));
     std::printf("%-34s other node's enqueue-to-claim: p50 %6.0f us, p99 %6.0f us\n", "bare NOTIFY + SKIP LOCKED",
                 micros[micros.size() / 2], micros[micros.size() * 99 / 100]);
-    producer.exec("DROP TABLE bench_notify");
 }
 
 } // namespace
