@@ -2408,6 +2408,35 @@ TEST_CASE("jobs: storages list jobs newest first or oldest first, a page after a
     CHECK(id_list(store->list(odd_newest)) == std::vector{ids[3].id, ids[1].id});
 }
 
+TEST_CASE("jobs: storages list a job's continuations in every state, and no other job", "[jobs][conformance][storage]")
+{
+    EACH_STORAGE(which, db);
+    auto store = make_storage(which, db);
+    const auto t0 = jobs::clock::now();
+    const auto parents = store->enqueue(std::vector{request("p", "1"), request("p", "2")}, t0);
+    std::vector<jobs::enqueue_request> children;
+    for (int i = 0; i < 3; ++i) {
+        auto child = request("child", std::to_string(i));
+        child.parent_id = parents[i == 2 ? 1 : 0].id;
+        children.push_back(child);
+    }
+    const auto ids = store->enqueue(children, t0);
+    REQUIRE(ids.size() == 3);
+    // One of them no longer awaiting: listed all the same.
+    CHECK(store->change_state(ids[1].id, job_state::deleted, "by hand", t0) == job_state::deleted);
+
+    jobs::job_filter f;
+    f.parent = parents[0].id;
+    std::vector<jobs::job_id> found;
+    for (const auto& j : store->list(f)) {
+        CHECK(j.parent_id == parents[0].id);
+        found.push_back(j.id);
+    }
+    CHECK(found == std::vector{ids[0].id, ids[1].id});
+    f.parent = ids[0].id;
+    CHECK(store->list(f).empty());
+}
+
 TEST_CASE("jobs: storages change many jobs in one call, refusing each job that may not change and doing the rest",
           "[jobs][conformance][storage]")
 {

@@ -179,7 +179,8 @@ TEST_CASE("jobs: nodes that start at once on a fresh PostgreSQL schema migrate i
         t.join();
     for (const auto& e : errors)
         FAIL_CHECK(e);
-    CHECK(query(postgres_conninfo(), "SELECT count(*) FROM \"" + db.schema + "\".schema_version") == "1");
+    CHECK(query(postgres_conninfo(), "SELECT count(*) FROM \"" + db.schema + "\".schema_version") ==
+          std::to_string(jobs::postgres_storage::schema_version));
     CHECK(query(postgres_conninfo(), "SELECT max(version) FROM \"" + db.schema + "\".schema_version") ==
           std::to_string(jobs::postgres_storage::schema_version));
 }
@@ -228,7 +229,8 @@ TEST_CASE("jobs: open_storage picks the storage its location names", "[jobs][pos
         auto* pg = dynamic_cast<jobs::postgres_storage*>(store.get());
         REQUIRE(pg != nullptr);
         CHECK(pg->options().schema == db.schema);
-        CHECK(query(postgres_conninfo(), "SELECT count(*) FROM \"" + db.schema + "\".schema_version") == "1");
+        CHECK(query(postgres_conninfo(), "SELECT count(*) FROM \"" + db.schema + "\".schema_version") ==
+          std::to_string(jobs::postgres_storage::schema_version));
     }
 }
 

@@ -440,7 +440,7 @@ std::vector<job> memory_storage::list(const job_filter& filter)
     const auto take = [&](const job& j) {
         if ((filter.state && j.state != *filter.state) || (filter.queue && j.queue != *filter.queue) ||
             (filter.kind && j.kind != *filter.kind) || (filter.before != 0 && j.id >= filter.before) ||
-            (filter.after != 0 && j.id <= filter.after))
+            (filter.after != 0 && j.id <= filter.after) || (filter.parent != 0 && j.parent_id != filter.parent))
             return true;
         if (skipped++ < filter.offset)
             return true;

@@ -204,6 +204,12 @@ std::string logged(const std::string& to, const std::string& at, const std::stri
            ", " + error + "))";
 }
 
+// A job's continuations in any state, for a dashboard's job page: only
+// continuations are in it, so the jobs without a parent cost it nothing.
+const char* const migration_2 = R"sql(
+CREATE INDEX IF NOT EXISTS jobs_children ON jobs (parent_id) WHERE parent_id IS NOT NULL;
+)sql";
+
 // Counts by queue, kind and state are kept as deltas that statement-level
 // triggers append: concurrent writers never wait on one counter row (nor
 // deadlock over two), and announce_node() folds them now and then. The
@@ -890,6 +896,10 @@ struct postgres_storage::connection {
             if (version < 1) {
                 exec(migration_1);
                 exec("INSERT INTO schema_version (version) VALUES (1)");
+            }
+            if (version < 2) {
+                exec(migration_2);
+                exec("INSERT INTO schema_version (version) VALUES (2)");
             }
         });
     }
@@ -1755,6 +1765,10 @@ std::vector<job> postgres_storage::list(const job_filter& filter)
     if (filter.after != 0) {
         p.add(filter.after);
         sql += " AND id > $" + std::to_string(p.size());
+    }
+    if (filter.parent != 0) {
+        p.add(filter.parent);
+        sql += " AND parent_id = $" + std::to_string(p.size());
     }
     p.add(static_cast<std::int64_t>(std::min<std::size_t>(filter.limit, INT64_MAX)));
     sql += std::string(filter.newest_first ? " ORDER BY id DESC" : " ORDER BY id") + " LIMIT $" +

@@ -192,6 +192,8 @@ struct job_filter {
     // never shift it.
     job_id before = 0;
     job_id after = 0;
+    // Only the continuations of this job, when not 0 (an index serves it).
+    job_id parent = 0;
 };
 
 // How many jobs of one kind in one queue are in one state: kept by the
