@@ -16,8 +16,10 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
@@ -220,6 +222,75 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     std::thread thread;
     std::atomic<std::uint16_t> bound_port{0};
 
+    // A streamed body, as its route writes it (response::stream).
+    struct live_stream final : body_stream, std::enable_shared_from_this<live_stream> {
+        // The io_context outlives the timer, even past the server's stop,
+        // for a route that holds the stream a moment longer.
+        std::shared_ptr<void> keep_alive;
+        impl* owner;
+        beast::tcp_stream* stream; // the session's, while not ended
+        asio::steady_timer timer;
+        bool ended = false; // io thread only, as the rest
+        bool woken = false;
+
+        live_stream(impl& o, beast::tcp_stream& s)
+            : keep_alive(o.io), owner(&o), stream(&s), timer(s.get_executor())
+        {
+        }
+
+        asio::awaitable<bool> write(std::string data) override
+        {
+            if (ended)
+                co_return false;
+            boost::system::error_code ec;
+            stream->expires_after(owner->options.write_timeout);
+            co_await asio::async_write(*stream, asio::buffer(data), asio::redirect_error(asio::use_awaitable, ec));
+            if (ended)
+                co_return false;
+            stream->expires_never();
+            if (ec) {
+                if (ec == beast::error::timeout)
+                    owner->timeout_write->inc();
+                end();
+                co_return false;
+            }
+            co_return true;
+        }
+
+        asio::awaitable<bool> wait(std::chrono::milliseconds timeout) override
+        {
+            if (!ended && !woken) {
+                timer.expires_after(timeout);
+                boost::system::error_code ec;
+                co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+            }
+            woken = false;
+            co_return !ended;
+        }
+
+        void wake() noexcept override
+        {
+            try {
+                asio::post(timer.get_executor(), [weak = weak_from_this()] {
+                    if (auto self = weak.lock()) {
+                        self->woken = true;
+                        self->timer.cancel();
+                    }
+                });
+            } catch (...) {
+                // Out of memory: the wait ends at its timeout instead.
+            }
+        }
+
+        // Displaced, the server stopping, or the route returned: no more
+        // writes, and a wait ends now.
+        void end() noexcept
+        {
+            ended = true;
+            timer.cancel();
+        }
+    };
+
     // One open connection, as admission sees it.
     struct connection {
         beast::tcp_stream* stream = nullptr;
@@ -230,6 +301,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         bool busy = false;     // a request was read whole and is being answered
         bool evicted = false;  // closed by admission; its session is ending
         bool reserved = false; // in a reserved slot: one quick request, then closed
+        live_stream* live = nullptr; // while its body is streamed
     };
 
     // io thread only.
@@ -320,6 +392,8 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     {
         c.evicted = true;
         forget_admitted(c.peer);
+        if (c.live)
+            c.live->end();
         // Its pending read ends with an error, and its session with it.
         c.stream->close();
     }
@@ -534,6 +608,45 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         co_return reply{std::move(res), r};
     }
 
+    // Sends the head of a streamed response, then lets its route write the
+    // body until it returns or the stream must end.
+    static asio::awaitable<void> stream_body(std::shared_ptr<impl> self, beast::tcp_stream& stream,
+                                             connection& conn, response res, bool head)
+    {
+        bhttp::response<bhttp::empty_body> h{static_cast<bhttp::status>(res.status), 11};
+        h.set(bhttp::field::content_type, res.content_type);
+        h.set(bhttp::field::cache_control, "no-store");
+        for (const auto& [name, value] : res.headers)
+            h.set(name, value);
+        h.keep_alive(false);
+        // From here it waits on its client, or on news: displaceable.
+        conn.busy = false;
+        conn.waiting_since = std::chrono::steady_clock::now();
+        stream.expires_after(self->options.write_timeout);
+        bhttp::response_serializer<bhttp::empty_body> serializer{h};
+        boost::system::error_code ec;
+        co_await bhttp::async_write_header(stream, serializer, asio::redirect_error(asio::use_awaitable, ec));
+        if (ec == beast::error::timeout && !conn.evicted)
+            self->timeout_write->inc();
+        if (ec || head || self->closing || conn.evicted)
+            co_return;
+        stream.expires_never();
+        auto live = std::make_shared<live_stream>(*self, stream);
+        conn.live = live.get();
+        std::exception_ptr failure;
+        try {
+            auto op = res.stream(live);
+            co_await std::move(op);
+        } catch (...) {
+            failure = std::current_exception();
+        }
+        conn.live = nullptr;
+        live->end(); // a copy its route kept writes nothing more
+        live->stream = nullptr;
+        if (failure)
+            self->log->error("HTTP server: a streamed response failed: {}", detail::describe(failure));
+    }
+
     static asio::awaitable<void> session(std::shared_ptr<impl> self, tcp::socket socket, asio::ip::address peer,
                                          bool in_reserve)
     {
@@ -559,6 +672,10 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
                 }
                 owner.connections.erase(it);
                 owner.publish_open();
+                // The last one gone (a stream ended by the stop, say): the
+                // stop need not wait out its grace.
+                if (owner.closing && owner.connections.empty())
+                    owner.io->stop();
             }
         } registered(*self, &stream, peer, in_reserve);
         auto& conn = *registered.it;
@@ -640,6 +757,11 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
             res.keep_alive(keep_alive);
             res.body() = std::move(out.res.body);
             res.prepare_payload();
+            if (out.res.stream && !conn.reserved) {
+                auto op = stream_body(self, stream, conn, std::move(out.res), head);
+                co_await std::move(op);
+                break;
+            }
             if (head)
                 res.body().clear(); // Content-Length stays the GET's
             // The answer is made: what is left waits on the client reading
@@ -763,8 +885,11 @@ asio::awaitable<void> server::stop(std::stop_token cancel)
         self->closing = true;
         boost::system::error_code ec;
         self->acceptor->close(ec);
-        for (auto& c : self->connections)
+        for (auto& c : self->connections) {
+            if (c.live)
+                c.live->end();
             c.stream->socket().close(ec);
+        }
     });
     auto timer = std::make_shared<asio::steady_timer>(*self->io, std::chrono::milliseconds(200));
     timer->async_wait([self, timer](boost::system::error_code) { self->io->stop(); });

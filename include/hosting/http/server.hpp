@@ -94,11 +94,41 @@ struct request {
     std::optional<std::string> query_parameter(std::string_view name) const;
 };
 
+// The body of a response that is sent as it is made (Server-Sent Events):
+// what response::stream is given. Its calls are made on the server's
+// thread, except wake().
+class body_stream {
+public:
+    virtual ~body_stream() = default;
+
+    // Sends `data` as the next part of the body, within the server's
+    // write_timeout. Completes with true once written, false once the
+    // stream must end: the client went away or did not read in time, the
+    // connection was displaced to admit another (see server_options), or
+    // the server stops. Never throws.
+    virtual asio::awaitable<bool> write(std::string data) = 0;
+    // Waits for `timeout`, or less if wake() is called meanwhile (or was
+    // since the last wait), or until the stream must end. Completes with
+    // false when it must end, true otherwise. Never throws.
+    virtual asio::awaitable<bool> wait(std::chrono::milliseconds timeout) = 0;
+    // Ends the current or the next wait early. From any thread; harmless
+    // after the stream ended.
+    virtual void wake() noexcept = 0;
+};
+
 struct response {
     unsigned status = 200;
     std::string content_type = "application/json";
     std::string body;
     std::vector<std::pair<std::string, std::string>> headers; // Cache-Control: no-store unless set here
+    // When set, `body` is ignored: the head goes out without a length (and
+    // with Connection: close), then this runs on the server's thread and
+    // writes the body in parts until it returns, and the connection is
+    // closed. While it runs the connection counts as waiting, not busy: it
+    // may be displaced to admit another (a browser's EventSource comes
+    // back by itself). A HEAD request gets the head alone. An exception
+    // ends the stream and is logged.
+    std::function<asio::awaitable<void>(std::shared_ptr<body_stream>)> stream{};
 
     // {"error": message}, escaped.
     static response error(unsigned status, std::string_view message);
