@@ -3,14 +3,19 @@
 // from another origin, a read-only or unknown user, a remote address).
 #include "jobs_support.hpp"
 
+#include <hosting/coordination/coordination.hpp>
 #include <hosting/http/server.hpp>
 #include <hosting/jobs/dashboard.hpp>
+#include <hosting/metrics/metrics.hpp>
 
 #include <boost/json.hpp>
 
 #include <ifaddrs.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 namespace dashboard_test {
 
@@ -22,7 +27,8 @@ struct site {
     jobs::client* client = nullptr;
     unsigned short port = 0;
 
-    explicit site(jobs::dashboard_options options = {}, std::string address = "127.0.0.1", bool run_mail = false)
+    explicit site(jobs::dashboard_options options = {}, std::string address = "127.0.0.1", bool run_mail = false,
+                  const std::function<void(hosting::host_builder&)>& configure = {})
     {
         auto builder = test::make_builder(sink);
         auto& http = hosting::http::add_http_server(builder);
@@ -34,12 +40,24 @@ struct site {
         if (run_mail)
             jobs.register_kind<int>("mail", [](int, jobs::job_context&) -> asio::awaitable<void> { co_return; });
         jobs::add_jobs_dashboard(builder, std::move(options));
+        if (configure)
+            configure(builder);
         host.emplace(builder.build());
         host->start_blocking();
         client = &host->services().get<jobs::client>();
         port = host->services().get<hosting::http::server>().port();
     }
-    ~site() { host->stop_blocking(); }
+    ~site()
+    {
+        if (!stopped)
+            host->stop_blocking();
+    }
+    void stop()
+    {
+        host->stop_blocking();
+        stopped = true;
+    }
+    bool stopped = false;
 
     json::value get_json(const std::string& target, int expect = 200)
     {
@@ -73,6 +91,99 @@ answer post(unsigned short port, const std::string& target, const std::vector<st
     if (auto at = raw.find("\r\n\r\n"); at != std::string::npos)
         out.body = raw.substr(at + 4);
     return out;
+}
+
+// A browser's EventSource, by hand: a GET of the event stream, then each
+// event as it comes, every wait bounded.
+class event_stream {
+public:
+    event_stream(unsigned short port, const std::string& target)
+    {
+        fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+        REQUIRE(fd_ >= 0);
+        sockaddr_in to{};
+        to.sin_family = AF_INET;
+        to.sin_port = htons(port);
+        to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        REQUIRE(::connect(fd_, reinterpret_cast<sockaddr*>(&to), sizeof to) == 0);
+        const std::string request = "GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n";
+        REQUIRE(::send(fd_, request.data(), request.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(request.size()));
+        REQUIRE(read_until("\r\n\r\n"));
+        const auto end = buffer_.find("\r\n\r\n");
+        head = buffer_.substr(0, end);
+        buffer_.erase(0, end + 4);
+    }
+    ~event_stream() { ::close(fd_); }
+    event_stream(const event_stream&) = delete;
+    event_stream& operator=(const event_stream&) = delete;
+
+    // The next event's data (comments and retry lines skipped); empty when
+    // the stream ended or nothing came within `patience`.
+    std::optional<std::string> next_data()
+    {
+        for (;;) {
+            if (!read_until("\n\n"))
+                return std::nullopt;
+            const auto end = buffer_.find("\n\n");
+            std::string block = buffer_.substr(0, end);
+            buffer_.erase(0, end + 2);
+            if (block.starts_with("data: "))
+                return block.substr(6);
+        }
+    }
+
+    // Whether the server ended the stream within `patience`.
+    bool ends()
+    {
+        const auto deadline = std::chrono::steady_clock::now() + test::patience;
+        while (std::chrono::steady_clock::now() < deadline) {
+            char chunk[4096];
+            if (!wait_readable(deadline))
+                return false;
+            const auto n = ::recv(fd_, chunk, sizeof chunk, 0);
+            if (n <= 0)
+                return true;
+        }
+        return false;
+    }
+
+    std::string head;
+
+private:
+    bool wait_readable(std::chrono::steady_clock::time_point deadline)
+    {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0)
+            return false;
+        pollfd p{fd_, POLLIN, 0};
+        return ::poll(&p, 1, static_cast<int>(left.count())) == 1;
+    }
+
+    bool read_until(std::string_view mark)
+    {
+        const auto deadline = std::chrono::steady_clock::now() + test::patience;
+        while (buffer_.find(mark) == std::string::npos) {
+            if (!wait_readable(deadline))
+                return false;
+            char chunk[4096];
+            const auto n = ::recv(fd_, chunk, sizeof chunk, 0);
+            if (n <= 0)
+                return false;
+            buffer_.append(chunk, static_cast<std::size_t>(n));
+        }
+        return true;
+    }
+
+    int fd_ = -1;
+    std::string buffer_;
+};
+
+double metric_value(hosting::host& host, std::string_view name)
+{
+    const auto text = host.services().get<hosting::metrics_registry>().render();
+    const auto at = text.find("\n" + std::string(name) + " ");
+    REQUIRE(at != std::string::npos);
+    return std::stod(text.substr(at + name.size() + 2));
 }
 
 // An IPv4 address of this machine other than loopback, if it has one.
@@ -361,4 +472,96 @@ TEST_CASE("jobs dashboard: an action on everything a filter matches is done in b
     const auto counts = s.client->counts_blocking();
     CHECK(counts[job_state::deleted] == 400);
     CHECK(counts[job_state::available] == 800);
+}
+
+TEST_CASE("jobs dashboard: the overview is pushed to every open page after each reading of the one poller",
+          "[jobs][dashboard]")
+{
+    jobs::dashboard_options options;
+    options.poll_interval = std::chrono::milliseconds(100);
+    site s(options);
+    std::vector<std::unique_ptr<event_stream>> pages;
+    for (int i = 0; i < 5; ++i)
+        pages.push_back(std::make_unique<event_stream>(s.port, "/jobs/api/events"));
+    CHECK_THAT(pages[0]->head, Catch::Contains("200 OK"));
+    CHECK_THAT(pages[0]->head, Catch::Contains("Content-Type: text/event-stream"));
+    CHECK_THAT(pages[0]->head, Catch::Contains("Content-Security-Policy"));
+    REQUIRE(test::eventually([&] { return s.get_json("/jobs/api/overview").at("streams").as_int64() == 5; }));
+
+    // Each page sees the jobs enqueued after it opened, pushed.
+    for (int i = 0; i < 3; ++i)
+        s.client->enqueue_blocking("report", i);
+    for (auto& page : pages) {
+        bool seen = false;
+        while (!seen) {
+            const auto data = page->next_data();
+            REQUIRE(data);
+            const auto o = json::parse(*data);
+            seen = o.at("counts").at("available").as_int64() == 3;
+        }
+    }
+
+    // One reading serves every page: as many readings as events on one
+    // page, not five times as many.
+    const double polls_before = metric_value(*s.host, "hosting_jobs_dashboard_polls_total");
+    int events = 0;
+    for (; events < 10; ++events)
+        REQUIRE(pages[0]->next_data());
+    const double polls = metric_value(*s.host, "hosting_jobs_dashboard_polls_total") - polls_before;
+    CHECK(polls >= 9);
+    CHECK(polls <= events + 2);
+
+    // A page that goes away stops being counted.
+    pages.pop_back();
+    CHECK(test::eventually([&] { return s.get_json("/jobs/api/overview").at("streams").as_int64() == 4; }));
+    CHECK(test::eventually([&] { return metric_value(*s.host, "hosting_jobs_dashboard_streams") == 4; }));
+
+    // The host's stop ends the streams that are still open.
+    s.stop();
+    for (auto& page : pages)
+        CHECK(page->ends());
+}
+
+TEST_CASE("jobs dashboard: a job shows its continuations in every state", "[jobs][dashboard]")
+{
+    site s;
+    const auto parent = s.client->enqueue_blocking("report", 1).id;
+    const auto child = s.client->continue_with_blocking(parent, "report", 2).id;
+    const auto other = s.client->continue_with_blocking(parent, "mail", 3).id;
+    s.client->delete_job_blocking(other);
+    const auto detail = s.get_json("/jobs/api/job?id=" + std::to_string(parent));
+    const auto& children = detail.at("children").as_array();
+    REQUIRE(children.size() == 2);
+    CHECK(children[0].at("id").as_int64() == child);
+    CHECK(children[0].at("state").as_string() == "awaiting");
+    CHECK(children[1].at("id").as_int64() == other);
+    CHECK(children[1].at("state").as_string() == "deleted");
+    CHECK(s.get_json("/jobs/api/job?id=" + std::to_string(child)).at("parent_id").as_int64() == parent);
+}
+
+TEST_CASE("jobs dashboard: the nodes page says which node leads and who holds each lease", "[jobs][dashboard]")
+{
+    jobs_test::temp_db db;
+    std::shared_ptr<hosting::coordination::coordinator> coordinator;
+    site s({}, "127.0.0.1", false, [&](hosting::host_builder& b) {
+        hosting::coordination::coordination_options o;
+        o.node_id = "node-lead";
+        coordinator = hosting::coordination::add_coordination(
+            b, std::make_shared<hosting::coordination::sqlite_lease_store>(db.path.string()), o);
+    });
+    REQUIRE(test::eventually([&] {
+        const auto o = s.get_json("/jobs/api/overview");
+        return o.at("leader").as_string() == "node-lead";
+    }));
+    const auto o = s.get_json("/jobs/api/overview");
+    CHECK(o.at("coordinated").as_bool());
+    bool listed = false;
+    for (const auto& l : o.at("leases").as_array())
+        listed = listed || (l.at("name").as_string() == "leader" && l.at("holder").as_string() == "node-lead" &&
+                            l.at("term").as_int64() >= 1);
+    CHECK(listed);
+
+    site plain;
+    CHECK_FALSE(plain.get_json("/jobs/api/overview").at("coordinated").as_bool());
+    CHECK(plain.get_json("/jobs/api/overview").at("leader").as_string() == "");
 }

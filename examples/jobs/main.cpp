@@ -15,6 +15,8 @@
 #include <hosting/hosting.hpp>
 #include <hosting/async/offload.hpp>
 #include <hosting/configuration/configuration.hpp>
+#include <hosting/coordination/coordination.hpp>
+#include <hosting/coordination/open_lease_store.hpp>
 #include <hosting/health/health.hpp>
 #include <hosting/health/health_endpoint.hpp>
 #include <hosting/metrics/metrics.hpp>
@@ -37,6 +39,8 @@
 #include <string>
 #include <thread>
 #include <utility>
+
+#include <unistd.h>
 
 namespace asio = boost::asio;
 namespace jobs = hosting::jobs;
@@ -113,6 +117,8 @@ int main(int argc, char** argv)
     // A fixed id, as a StatefulSet pod has: a restart takes back what the
     // previous process of that id held. Empty: a fresh id per process.
     server.node_id = config.get<std::string>("Jobs:NodeId", "");
+    if (server.node_id.empty() && mode == "serve")
+        server.node_id = "jobs-demo:" + std::to_string(::getpid());
     const bool print_runs = config.get<bool>("Jobs:PrintRuns", false);
     const auto record_time = std::chrono::milliseconds(config.get<int>("Jobs:RecordMs", 0));
     // The first record job this process runs blocks its thread this long,
@@ -172,6 +178,18 @@ int main(int argc, char** argv)
     // The dashboard, in serve mode or when a port is given: several work
     // processes on one machine would otherwise contend for the port.
     if (mode == "serve" || config.value("Jobs:DashboardPort").has_value()) {
+        // The leases beside the jobs (Coordination:Storage, else
+        // Jobs:Storage), so that the nodes page shows which node leads.
+        // One id for the node and its coordinator, so that it can tell.
+        hosting::coordination::coordination_options coordination;
+        coordination.node_id = server.node_id;
+        try {
+            auto leases = hosting::coordination::open_lease_store(config);
+            hosting::coordination::add_coordination(builder, leases, coordination);
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "%s\n", e.what());
+            return 1;
+        }
         auto& http = hosting::http::add_http_server(builder);
         http.options().port = config.get<std::uint16_t>("Jobs:DashboardPort", 8081);
         // Whoever reaches it may act, but for the role a proxy in front

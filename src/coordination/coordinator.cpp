@@ -37,7 +37,6 @@ namespace {
 using clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-constexpr const char* leader_lease = "leader";
 
 } // namespace
 

@@ -1,8 +1,10 @@
 #include <hosting/jobs/dashboard.hpp>
 
+#include <hosting/coordination/coordination.hpp>
 #include <hosting/core/background_service.hpp>
 #include <hosting/core/host_builder.hpp>
 #include <hosting/jobs/client.hpp>
+#include <hosting/metrics/metrics.hpp>
 #include <hosting/scheduling/cron.hpp>
 
 #include "jobs/dashboard_assets.hpp"
@@ -15,6 +17,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <charconv>
 #include <deque>
 #include <map>
@@ -59,18 +62,42 @@ struct snapshot {
     std::vector<queue_kind_count> by_queue_kind;
     std::vector<node_info> nodes;
     std::vector<std::string> paused;
+    // Who holds what, when the host coordinates (add_coordination).
+    std::vector<coordination::lease_record> leases;
     std::string error; // why the last poll failed, if it did
+    std::int64_t at_ms = 0; // when it was read
     bool ready = false;
 };
+
+// How long a request keeps the poller reading everything, not only the
+// counts the history charts need.
+constexpr std::chrono::seconds watched_for{30};
 
 struct dashboard_state {
     dashboard_options options;
     std::string csrf;
-    client* jobs = nullptr; // set when the host is built, before the server starts
+    client* jobs = nullptr;                    // set when the host is built, before the server starts
+    coordination::coordinator* leases = nullptr; // the same, when there is one
+    metric_counter* polls = nullptr;
+    metric_gauge* open_streams = nullptr;
     std::mutex mutex;
     snapshot last;               // mutex
+    std::uint64_t version = 0;   // mutex: snapshots recorded
     std::deque<sample> seconds;  // mutex: the last hour, one per poll
     std::deque<sample> minutes;  // mutex: the last day, one per minute
+    // mutex: the open event streams, told of each snapshot.
+    std::vector<std::weak_ptr<http::body_stream>> streams;
+    // Until when a page was last asked for (ms since the epoch): until
+    // then, and while a stream is open, the poller reads everything.
+    std::atomic<std::int64_t> watched_until{0};
+
+    void watched() { watched_until = ms(clock::now() + watched_for); }
+    // mutex held
+    std::size_t live_streams()
+    {
+        std::erase_if(streams, [](const auto& w) { return w.expired(); });
+        return streams.size();
+    }
 };
 
 std::string random_token()
@@ -98,29 +125,33 @@ public:
         if (!jobs)
             throw std::logic_error("add_jobs_dashboard: no jobs client; call add_jobs on the same builder");
         state_->jobs = jobs;
+        state_->leases = provider.try_get<coordination::coordinator>();
+        auto& metrics = provider.get<metrics_registry>();
+        state_->polls = &metrics.counter("hosting_jobs_dashboard_polls_total",
+                                         "Readings of the jobs storage by the dashboard's poller");
+        state_->open_streams = &metrics.gauge("hosting_jobs_dashboard_streams",
+                                              "Event streams open to jobs dashboard pages");
     }
 
 protected:
     asio::awaitable<void> execute(std::stop_token stopping) override
     {
         asio::steady_timer timer(co_await asio::this_coro::executor);
+        std::int64_t last_read = 0;
         while (!stopping.stop_requested()) {
-            snapshot next;
-            try {
-                auto& c = *state_->jobs;
-                auto counts = c.counts();
-                next.counts = co_await std::move(counts);
-                auto by_queue_kind = c.counts_by_queue_and_kind();
-                next.by_queue_kind = co_await std::move(by_queue_kind);
-                auto nodes = c.list_nodes();
-                next.nodes = co_await std::move(nodes);
-                auto paused = c.paused_queues();
-                next.paused = co_await std::move(paused);
-                next.ready = true;
-            } catch (const std::exception& e) {
-                next.error = e.what();
+            // Nobody looking: only the counts the day's chart needs, once a
+            // minute, rather than four reads a second for no one.
+            bool watched = ms(clock::now()) < state_->watched_until.load();
+            {
+                std::lock_guard lock(state_->mutex);
+                watched = watched || state_->live_streams() > 0;
             }
-            record(std::move(next));
+            if (watched || ms(clock::now()) - last_read >= 60'000) {
+                last_read = ms(clock::now());
+                auto op = read(watched);
+                snapshot next = co_await std::move(op);
+                record(std::move(next));
+            }
             timer.expires_after(state_->options.poll_interval);
             boost::system::error_code ec;
             co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
@@ -128,9 +159,52 @@ protected:
     }
 
 private:
+    asio::awaitable<snapshot> read(bool everything)
+    {
+        snapshot next;
+        next.at_ms = ms(clock::now());
+        state_->polls->inc();
+        try {
+            auto& c = *state_->jobs;
+            auto counts = c.counts();
+            next.counts = co_await std::move(counts);
+            if (everything) {
+                auto by_queue_kind = c.counts_by_queue_and_kind();
+                next.by_queue_kind = co_await std::move(by_queue_kind);
+                auto nodes = c.list_nodes();
+                next.nodes = co_await std::move(nodes);
+                auto paused = c.paused_queues();
+                next.paused = co_await std::move(paused);
+            } else {
+                std::lock_guard lock(state_->mutex);
+                next.by_queue_kind = state_->last.by_queue_kind;
+                next.nodes = state_->last.nodes;
+                next.paused = state_->last.paused;
+                next.leases = state_->last.leases;
+            }
+            next.ready = true;
+        } catch (const std::exception& e) {
+            next.error = e.what();
+        }
+        if (everything && next.ready && state_->leases) {
+            // The coordinator's own storage: its failure is its health
+            // check's to report; the page shows the jobs all the same.
+            try {
+                auto leases = state_->leases->leases();
+                next.leases = co_await std::move(leases);
+            } catch (const std::exception&) {
+            }
+        }
+        co_return next;
+    }
+
     void record(snapshot next)
     {
         std::lock_guard lock(state_->mutex);
+        ++state_->version;
+        for (const auto& w : state_->streams)
+            if (auto stream = w.lock())
+                stream->wake();
         if (next.ready) {
             const sample s{ms(clock::now()), next.counts[job_state::succeeded], next.counts[job_state::failed]};
             state_->seconds.push_back(s);
@@ -145,6 +219,7 @@ private:
             state_->last = std::move(next);
         } else {
             state_->last.error = next.error;
+            state_->last.at_ms = next.at_ms;
         }
     }
     std::shared_ptr<dashboard_state> state_;
@@ -325,8 +400,11 @@ private:
             co_return asset("app.css");
         if (sub == "/favicon.svg")
             co_return asset("favicon.svg");
+        state_->watched();
         if (sub == "/api/overview")
             co_return overview(access);
+        if (sub == "/api/events")
+            co_return events(access);
         if (sub == "/api/jobs") {
             auto op = list(r);
             http::response res = co_await std::move(op);
@@ -368,10 +446,11 @@ private:
         return http::response::error(404, "no such asset");
     }
 
-    http::response overview(dashboard_access access)
+    // What the overview, queues and nodes pages show; `history`: with the
+    // day's chart, which changes once a minute. The mutex is held.
+    json::object overview_json(dashboard_access access, bool history)
     {
         json::object o;
-        std::lock_guard lock(state_->mutex);
         const auto& s = state_->last;
         o["title"] = state_->options.title;
         o["access"] = access == dashboard_access::full ? "full" : "read_only";
@@ -380,6 +459,7 @@ private:
         o["ready"] = s.ready;
         o["error"] = s.error;
         o["now"] = ms(clock::now());
+        o["polled_at"] = s.at_ms;
         o["counts"] = counts_json(s.counts);
         json::array queues;
         std::map<std::string, job_counts> by_queue;
@@ -412,9 +492,83 @@ private:
                                          {"running", n.running}});
         }
         o["nodes"] = std::move(nodes);
-        o["per_second"] = rates(state_->seconds);
-        o["per_minute"] = rates(state_->minutes);
-        return json_response(o);
+        json::array leases;
+        std::string leader;
+        for (const auto& l : s.leases) {
+            const bool held = !l.holder.empty() && l.expires_in.count() > 0;
+            if (held && l.name == coordination::leader_lease)
+                leader = l.holder;
+            leases.push_back(json::object{{"name", l.name},
+                                          {"holder", held ? l.holder : std::string()},
+                                          {"term", l.term},
+                                          {"expires_in_ms", held ? l.expires_in.count() : 0}});
+        }
+        o["leases"] = std::move(leases);
+        o["leader"] = leader;
+        o["coordinated"] = state_->leases != nullptr;
+        o["streams"] = state_->live_streams();
+        // The last five minutes: what the realtime chart draws.
+        auto per_second = rates(state_->seconds);
+        const std::size_t keep = 300;
+        if (per_second.size() > keep)
+            per_second.erase(per_second.begin(), per_second.end() - static_cast<std::ptrdiff_t>(keep));
+        o["per_second"] = std::move(per_second);
+        if (history)
+            o["per_minute"] = rates(state_->minutes);
+        return o;
+    }
+
+    http::response overview(dashboard_access access)
+    {
+        std::lock_guard lock(state_->mutex);
+        return json_response(overview_json(access, true));
+    }
+
+    // The overview pushed to the page (Server-Sent Events) after each of
+    // the poller's readings, with the day's chart when it changed: every
+    // page is served by the one poller, however many are open.
+    http::response events(dashboard_access access)
+    {
+        http::response r;
+        r.content_type = "text/event-stream";
+        r.stream = [state = state_, access, self = this](std::shared_ptr<http::body_stream> out) -> asio::awaitable<void> {
+            {
+                std::lock_guard lock(state->mutex);
+                state->streams.push_back(out);
+                state->open_streams->set(static_cast<double>(state->live_streams()));
+            }
+            state->watched();
+            std::uint64_t sent = 0;
+            std::size_t minutes_sent = 0;
+            std::int64_t minute_sent = -1;
+            // The browser reconnects by itself; after 2 s if it is cut off.
+            bool open = co_await out->write("retry: 2000\n\n");
+            while (open) {
+                std::string event;
+                {
+                    std::lock_guard lock(state->mutex);
+                    if (state->version != sent) {
+                        sent = state->version;
+                        const auto last_minute = state->minutes.empty() ? 0 : state->minutes.back().at_ms;
+                        const bool history = minutes_sent != state->minutes.size() || minute_sent != last_minute;
+                        minutes_sent = state->minutes.size();
+                        minute_sent = last_minute;
+                        event = "data: " + json::serialize(self->overview_json(access, history)) + "\n\n";
+                    } else {
+                        // Quiet for a while: a comment, so that proxies keep
+                        // the stream open and a client gone away is noticed.
+                        event = ":\n\n";
+                    }
+                }
+                if (!co_await out->write(std::move(event)))
+                    break;
+                open = co_await out->wait(std::chrono::seconds(15));
+            }
+            std::lock_guard lock(state->mutex);
+            std::erase_if(state->streams, [&](const auto& w) { return w.expired() || w.lock() == out; });
+            state->open_streams->set(static_cast<double>(state->streams.size()));
+        };
+        return r;
     }
 
     // What a filter found: the jobs, how many were read, where the reading
@@ -511,7 +665,16 @@ private:
         auto j = co_await std::move(op);
         if (!j)
             co_return http::response::error(404, "no job " + std::to_string(*id));
-        co_return json_response(job_json(*j));
+        auto o = job_json(*j);
+        job_filter f;
+        f.parent = *id;
+        f.limit = 100;
+        auto children = state_->jobs->list(f);
+        json::array out;
+        for (const auto& c : co_await std::move(children))
+            out.push_back(json::object{{"id", c.id}, {"kind", c.kind}, {"state", to_string(c.state)}});
+        o["children"] = std::move(out);
+        co_return json_response(o);
     }
 
     asio::awaitable<http::response> recurring()

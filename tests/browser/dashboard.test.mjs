@@ -85,6 +85,56 @@ try {
     if (screenshots) await page.screenshot({ path: path.join(screenshots, 'dashboard-overview.png') });
   });
 
+  await step('updates are pushed while the tab is visible, and a hidden tab closes its stream', async () => {
+    await page.goto(base);
+    await page.waitForSelector('.card[data-state="succeeded"]');
+    await until('the page\'s event stream', async () => (await api('overview')).streams === 1);
+    const stamp = await page.textContent('#status');
+    await until('a pushed update', async () => (await page.textContent('#status')) !== stamp);
+    const hide = hidden => page.evaluate(h => {
+      Object.defineProperty(document, 'visibilityState', { value: h ? 'hidden' : 'visible', configurable: true });
+      document.dispatchEvent(new Event('visibilitychange'));
+    }, hidden);
+    await hide(true);
+    await until('the stream closed', async () => (await api('overview')).streams === 0);
+    const frozen = await page.textContent('#status');
+    // Three of the poller's readings pass with nothing sent to the page.
+    const polled = async () => (await api('overview')).polled_at;
+    const start = await polled();
+    let readings = 0;
+    for (let last = start; readings < 3;) {
+      const now = await until('the next reading', async () => { const t = await polled(); return t !== last && t; });
+      last = now;
+      readings++;
+    }
+    assert.equal(await page.textContent('#status'), frozen);
+    await hide(false);
+    await until('the stream open again', async () => (await api('overview')).streams === 1);
+    await until('updates again', async () => (await page.textContent('#status')) !== frozen);
+  });
+
+  await step('the nodes page shows the node that leads and who holds each lease', async () => {
+    await page.goto(`${base}#/nodes`);
+    await page.waitForSelector('tr[data-node] td.leader');
+    await until('the leader marked', async () =>
+      (await page.locator('tr[data-node] td.leader', { hasText: 'leader' }).count()) === 1);
+    assert.match(await page.textContent('#leader'), /The leader is jobs-demo:\d+/);
+    assert.match(await page.textContent('tr[data-lease="leader"]'), /jobs-demo:\d+/);
+    if (screenshots) await page.screenshot({ path: path.join(screenshots, 'dashboard-nodes.png') });
+  });
+
+  await step('a job shows its continuations, and a continuation its parent', async () => {
+    await page.goto(`${base}#/jobs?kind=resize`);
+    await page.waitForSelector('tbody tr a');
+    await page.click('tbody tr a');
+    await page.waitForSelector('#children a');
+    assert.match(await page.textContent('#children'), /\(succeeded\)|\(available\)|\(running\)/);
+    await page.click('#children a');
+    await page.waitForSelector('#args');
+    assert.match(await page.textContent('h2'), /Job \d+/);
+    assert.match(await page.textContent('main'), /publish/);
+  });
+
   await step('a search by text in the arguments is bookmarkable and opens a job with its history', async () => {
     await page.goto(`${base}#/jobs?q=Welcome`);
     await page.waitForSelector('tbody tr');

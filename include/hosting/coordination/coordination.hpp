@@ -42,6 +42,9 @@ public:
 };
 
 // One lease as the storage has it.
+// The lease a coordinator with elect_leader holds while it leads.
+inline constexpr const char* leader_lease = "leader";
+
 struct lease_record {
     std::string name;
     std::string holder;                 // empty when released

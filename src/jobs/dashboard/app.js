@@ -7,7 +7,6 @@ const base = document.body.dataset.base;
 const main = document.getElementById('main');
 const states = ['scheduled', 'available', 'awaiting', 'running', 'retryable', 'succeeded', 'failed', 'cancelled', 'deleted'];
 let overview = null;
-let refresh = null;
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -107,6 +106,7 @@ function renderOverview(mine) {
     o.error ? el('div', { class: 'error' }, 'The storage failed at the last poll: ' + o.error) : null,
     cards,
     chart(o.per_second.slice(-300), 'Last five minutes, per second'),
+    chart(o.per_minute.slice(-60), 'Last hour, per minute'),
     chart(o.per_minute, 'Last day, per minute'));
 }
 
@@ -183,7 +183,10 @@ async function renderJob(mine, id) {
   const fields = [['kind', j.kind], ['queue', j.queue], ['state', j.state], ['attempt', `${j.attempt} of ${j.max_attempts}`],
     ['priority', j.priority], ['created', time(j.created_at)], ['run at', time(j.run_at)], ['node', j.node],
     ['unique key', j.unique_key], ['concurrency key', j.concurrency_key], ['recurring job', j.recurring_id],
-    ['parent', j.parent_id ? el('a', { href: `#/job/${j.parent_id}` }, j.parent_id) : ''], ['last error', j.last_error]];
+    ['parent', j.parent_id ? el('a', { href: `#/job/${j.parent_id}` }, j.parent_id) : ''],
+    ['continuations', el('span', { id: 'children' }, (j.children || []).map(c =>
+      el('a', { href: `#/job/${c.id}`, class: c.state, title: `${c.kind}, ${c.state}` }, `${c.id} (${c.state}) `)))],
+    ['last error', j.last_error]];
   setMain(mine, 
     el('h2', {}, `Job ${j.id}`),
     canAct() ? el('div', { class: 'actions' }, act('retry'), act('cancel'), act('delete')) : null,
@@ -229,21 +232,35 @@ function renderQueues(mine) {
 }
 
 function renderNodes(mine) {
+  const o = overview;
   setMain(mine, el('table', {},
-    el('thead', {}, el('tr', {}, ['node', 'host', 'pid', 'workers', 'queues', 'running', 'started', 'heartbeat']
+    el('thead', {}, el('tr', {}, ['node', 'host', 'pid', 'workers', 'queues', 'running', 'started', 'heartbeat', 'leader']
       .map(h => el('th', {}, h)))),
-    el('tbody', {}, overview.nodes.map(n => el('tr', {},
+    el('tbody', {}, o.nodes.map(n => el('tr', { 'data-node': n.id },
       el('td', {}, n.id), el('td', {}, n.host), el('td', {}, n.pid), el('td', {}, n.workers),
       el('td', {}, n.queues.join(', ')), el('td', {}, n.running), el('td', {}, time(n.started_at)),
-      el('td', {}, time(n.heartbeat_at)))))));
+      el('td', {}, time(n.heartbeat_at)), el('td', { class: 'leader' }, n.id === o.leader ? 'leader' : ''))))),
+    o.coordinated ? [el('h3', {}, 'Leases'),
+      el('p', { id: 'leader' }, o.leader ? `The leader is ${o.leader}.` : 'No node leads now.'),
+      el('table', { id: 'leases' },
+        el('thead', {}, el('tr', {}, ['lease', 'holder', 'term', 'expires in'].map(h => el('th', {}, h)))),
+        el('tbody', {}, o.leases.map(l => el('tr', { 'data-lease': l.name },
+          el('td', {}, l.name), el('td', {}, l.holder || '(free)'), el('td', {}, l.term),
+          el('td', {}, l.holder ? `${(l.expires_in_ms / 1000).toFixed(1)} s` : '')))))] : null);
 }
 
-async function poll() {
-  overview = await api('overview');
+function took(o) {
+  // An event leaves the day's chart out when it has not changed.
+  if (!o.per_minute) o.per_minute = overview ? overview.per_minute : [];
+  overview = o;
   document.getElementById('title').textContent = overview.title;
   document.title = overview.title;
   document.getElementById('status').textContent =
     (overview.access === 'full' ? '' : 'read-only · ') + 'updated ' + utc(overview.now);
+}
+
+async function poll() {
+  took(await api('overview'));
 }
 
 async function show() {
@@ -267,23 +284,30 @@ async function show() {
   }
 }
 
-// Live: the overview, queues and nodes follow the server's poller while the
-// tab is visible; a hidden tab asks nothing.
-async function tick() {
-  if (document.visibilityState !== 'visible') return;
-  const mine = generation;
-  try {
-    await poll();
+// Live: the server pushes the overview, queues and nodes after each reading
+// of its one poller (Server-Sent Events) while the tab is visible; a hidden
+// tab closes its stream and is sent nothing.
+let events = null;
+function listen() {
+  if (events || document.visibilityState !== 'visible') return;
+  events = new EventSource(base + '/api/events');
+  events.onmessage = e => {
+    took(JSON.parse(e.data));
+    const mine = generation;
     const { path } = route();
     if (path === '/') renderOverview(mine);
     else if (path === '/queues') renderQueues(mine);
     else if (path === '/nodes') renderNodes(mine);
-  } catch (e) {
-    document.getElementById('status').textContent = 'not updated: ' + e.message;
-  }
+  };
+  // The browser reconnects by itself.
+  events.onerror = () => { document.getElementById('status').textContent = 'reconnecting…'; };
+}
+function quiet() {
+  if (events) events.close();
+  events = null;
 }
 
 window.addEventListener('hashchange', show);
-document.addEventListener('visibilitychange', tick);
-refresh = setInterval(tick, 1000);
+document.addEventListener('visibilitychange', () => document.visibilityState === 'visible' ? listen() : quiet());
 show();
+listen();
