@@ -1,10 +1,19 @@
-// The jobs dashboard on a big store: a SQLite file of the given number of
-// jobs (1,000,000 by default), and the time each page and search of the
-// dashboard's JSON takes over HTTP on loopback, beside the storage call it
-// rests on, made directly, as the baseline.
+// The jobs dashboard on a big store: a SQLite file (or a PostgreSQL
+// schema) of the given number of jobs (1,000,000 by default), and the time
+// each page and search of the dashboard's JSON takes over HTTP on loopback,
+// beside the storage call it rests on, made directly, as the baseline.
 //
-//   dashboard_bench [jobs=1000000] [requests=20]
+//   dashboard_bench [jobs=1000000] [requests=20] [sqlite|postgresql]
+//
+// PostgreSQL: the server HOSTING_BENCH_POSTGRES names (a libpq connection
+// string), or else a durable one the program starts in the current
+// directory (Debian's postgresql); the schema is dropped at the end.
 #include "support/bench_common.hpp"
+#ifdef HOSTING_POSTGRES_SERVER
+#include "support/postgres_server.hpp"
+#include <hosting/jobs/postgres_storage.hpp>
+#include <libpq-fe.h>
+#endif
 
 #include <hosting/http/server.hpp>
 #include <hosting/jobs/dashboard.hpp>
@@ -74,10 +83,49 @@ int main(int argc, char** argv)
 {
     const std::size_t count = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 1'000'000;
     const std::size_t requests = argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 20;
+    const std::string which = argc > 3 ? argv[3] : "sqlite";
     const auto path = (std::filesystem::current_path() / ("hosting-dashboard-" + std::to_string(::getpid()) + ".db"))
                           .string();
-    std::filesystem::remove(path);
-    auto store = std::make_shared<jobs::sqlite_storage>(path);
+    std::shared_ptr<jobs::storage> store;
+    std::string where = "SQLite file in the current directory";
+#ifdef HOSTING_POSTGRES_SERVER
+    postgres_server own((std::filesystem::current_path() / ("hosting-dashboard-pg-" + std::to_string(::getpid())))
+                            .string(),
+                        true);
+    std::string conninfo;
+    const std::string schema = "bench_dashboard_" + std::to_string(::getpid());
+    // Runs one statement on a connection of its own (the setup and the end).
+    const auto sql = [&](const std::string& text) {
+        PGconn* c = PQconnectdb(conninfo.c_str());
+        PQsetNoticeProcessor(c, [](void*, const char*) {}, nullptr); // "drop cascades to ..."
+        PGresult* r = PQexec(c, text.c_str());
+        if (PQresultStatus(r) != PGRES_COMMAND_OK)
+            std::fprintf(stderr, "dashboard_bench: %s: %s", text.c_str(), PQerrorMessage(c));
+        PQclear(r);
+        PQfinish(c);
+    };
+    if (which == "postgresql") {
+        if (const char* given = std::getenv("HOSTING_BENCH_POSTGRES"))
+            conninfo = given;
+        else
+            conninfo = own.start();
+        if (conninfo.empty()) {
+            std::printf("postgresql: no server (set HOSTING_BENCH_POSTGRES, or install Debian's postgresql)\n");
+            return 0;
+        }
+        store = std::make_shared<jobs::postgres_storage>(conninfo, jobs::postgres_options{.schema = schema});
+        where = "PostgreSQL, durable, on loopback";
+    }
+#endif
+    if (!store) {
+        if (which != "sqlite") {
+            std::fprintf(stderr, "dashboard_bench: no storage '%s' (sqlite, or postgresql where libpq is)\n",
+                         which.c_str());
+            return 2;
+        }
+        std::filesystem::remove(path);
+        store = std::make_shared<jobs::sqlite_storage>(path);
+    }
     {
         const auto began = clock_type::now();
         std::vector<jobs::enqueue_request> batch;
@@ -96,9 +144,23 @@ int main(int argc, char** argv)
         // Nothing runs: the figures are of a store at rest.
         store->set_queue_paused("default", true, jobs::clock::now());
         store->set_queue_paused("slow", true, jobs::clock::now());
-        std::printf("dashboard_bench: %s jobs stored in %.1f s (SQLite file in the current directory)\n",
-                    with_commas(static_cast<double>(count)).c_str(),
-                    std::chrono::duration<double>(clock_type::now() - began).count());
+        // Continuations here and there, as the job page reads them.
+        std::vector<jobs::enqueue_request> children;
+        for (std::size_t i = 1; i <= count; i += 1000) {
+            jobs::enqueue_request r;
+            r.kind = "publish";
+            r.args = "{}";
+            r.parent_id = static_cast<jobs::job_id>(i);
+            children.push_back(std::move(r));
+        }
+        store->enqueue(children, jobs::clock::now());
+#ifdef HOSTING_POSTGRES_SERVER
+        // The statistics autovacuum would gather on a table that settled.
+        if (which == "postgresql")
+            sql("VACUUM ANALYZE \"" + schema + "\".jobs");
+#endif
+        std::printf("dashboard_bench: %s jobs stored in %.1f s (%s)\n", with_commas(static_cast<double>(count)).c_str(),
+                    std::chrono::duration<double>(clock_type::now() - began).count(), where.c_str());
     }
 
     auto builder = bench::quiet_builder();
@@ -141,8 +203,8 @@ int main(int argc, char** argv)
         {"filter by kind", "/jobs/api/jobs?kind=invoice", {}},
         {"text in the arguments (rare)", "/jobs/api/jobs?q=%22customer%22%3A4242%2C", {}},
         {"text in the arguments (absent)", "/jobs/api/jobs?q=nowhere", {}},
-        {"a job with its history", "/jobs/api/job?id=" + std::to_string(middle),
-         [&] { (void)store->find(middle, true); }},
+        {"a job with its history and continuations", "/jobs/api/job?id=" + std::to_string(middle + 1),
+         [&] { (void)store->find(middle + 1, true); }},
     };
     for (const auto& p : pages) {
         unsigned status = 0;
@@ -156,6 +218,12 @@ int main(int argc, char** argv)
     }
     host.stop_blocking();
     store.reset();
+#ifdef HOSTING_POSTGRES_SERVER
+    if (which == "postgresql") {
+        sql("DROP SCHEMA \"" + schema + "\" CASCADE");
+        return 0;
+    }
+#endif
     for (const char* suffix : {"", "-wal", "-shm"})
         std::filesystem::remove(path + suffix);
     return 0;
