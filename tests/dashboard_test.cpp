@@ -25,6 +25,7 @@ struct site {
     std::shared_ptr<test::capture_sink> sink = std::make_shared<test::capture_sink>();
     std::optional<hosting::host> host;
     jobs::client* client = nullptr;
+    std::shared_ptr<jobs::memory_storage> store = std::make_shared<jobs::memory_storage>();
     unsigned short port = 0;
 
     explicit site(jobs::dashboard_options options = {}, std::string address = "127.0.0.1", bool run_mail = false,
@@ -36,7 +37,7 @@ struct site {
         http.options().address = std::move(address);
         // Unless asked, no kind is registered: the jobs wait, as they are,
         // to be looked at.
-        auto jobs = jobs::add_jobs(builder, std::make_shared<jobs::memory_storage>());
+        auto jobs = jobs::add_jobs(builder, store);
         if (run_mail)
             jobs.register_kind<int>("mail", [](int, jobs::job_context&) -> asio::awaitable<void> { co_return; });
         jobs::add_jobs_dashboard(builder, std::move(options));
@@ -564,4 +565,53 @@ TEST_CASE("jobs dashboard: the nodes page says which node leads and who holds ea
     site plain;
     CHECK_FALSE(plain.get_json("/jobs/api/overview").at("coordinated").as_bool());
     CHECK(plain.get_json("/jobs/api/overview").at("leader").as_string() == "");
+}
+
+TEST_CASE("jobs dashboard: a search by creation time keeps the jobs created within the range", "[jobs][dashboard]")
+{
+    site s;
+    const auto t0 = jobs::clock::now();
+    std::vector<jobs::job_id> ids;
+    for (int hours = 3; hours >= 1; --hours) {
+        jobs::enqueue_request r;
+        r.kind = "report";
+        r.args = "{}";
+        ids.push_back(s.store->enqueue(std::vector{r}, t0 - std::chrono::hours(hours)).at(0).id);
+    }
+    const auto at = [&](std::chrono::hours h) {
+        return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>((t0 - h).time_since_epoch()).count());
+    };
+    const auto found = [&](const std::string& query) {
+        std::vector<jobs::job_id> out;
+        const auto page = s.get_json("/jobs/api/jobs?" + query);
+        for (const auto& j : page.at("jobs").as_array())
+            out.push_back(j.at("id").as_int64());
+        return out;
+    };
+    // From inclusive, to exclusive; newest first.
+    CHECK(found("from=" + at(2h) + "&to=" + at(1h)) == std::vector{ids[1]});
+    CHECK(found("from=" + at(2h)) == std::vector{ids[2], ids[1]});
+    CHECK(found("to=" + at(2h)) == std::vector{ids[0]});
+    CHECK(found("from=" + at(2h) + "&kind=mail").empty());
+    s.get_json("/jobs/api/jobs?from=yesterday", 400);
+}
+
+TEST_CASE("jobs dashboard: the queues page says which nodes serve each queue and how many of its jobs at once",
+          "[jobs][dashboard]")
+{
+    site s({}, "127.0.0.1", true);
+    REQUIRE(test::eventually([&] { return !s.get_json("/jobs/api/overview").at("nodes").as_array().empty(); }));
+    const auto o = s.get_json("/jobs/api/overview");
+    const auto node = std::string(o.at("nodes").as_array().at(0).at("id").as_string());
+    bool seen = false;
+    for (const auto& q : o.at("queues").as_array()) {
+        if (q.at("name").as_string() != "default")
+            continue;
+        const auto& served = q.at("served_by").as_array();
+        REQUIRE(served.size() == 1);
+        CHECK(served[0].at("node").as_string() == node);
+        CHECK(served[0].at("limit").as_int64() == static_cast<std::int64_t>(o.at("nodes").as_array().at(0).at("workers").as_int64()));
+        seen = true;
+    }
+    CHECK(seen);
 }

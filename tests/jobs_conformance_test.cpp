@@ -2246,7 +2246,7 @@ TEST_CASE("jobs: counts by queue and kind follow every change, and sum to the co
     CHECK(available == store->counts()[job_state::available]);
 }
 
-TEST_CASE("jobs: a running server is in the list of nodes with its workers, queues and jobs, and leaves it at stop",
+TEST_CASE("jobs: a running server is in the list of nodes with its workers, queues, limits and jobs, and leaves it at stop",
           "[jobs][conformance][server]")
 {
     EACH_STORAGE(which, db);
@@ -2272,6 +2272,7 @@ TEST_CASE("jobs: a running server is in the list of nodes with its workers, queu
     CHECK(node.id == "test-node");
     CHECK(node.workers == 4);
     CHECK(node.queues == std::vector<std::string>{"default", "mail"});
+    CHECK(node.queue_limits == std::vector<std::size_t>{0, 2});
     CHECK(node.pid == ::getpid());
     CHECK_FALSE(node.host.empty());
     CHECK(node.started_at >= before - 1s);

@@ -467,10 +467,21 @@ private:
             by_queue[c.queue].by_state[static_cast<std::size_t>(c.state)] += c.count;
         for (const auto& q : s.paused)
             by_queue.try_emplace(q);
+        // Who serves each queue, and how many of its jobs at most at once.
+        std::map<std::string, json::array> served;
+        for (const auto& n : s.nodes)
+            for (std::size_t i = 0; i < n.queues.size(); ++i) {
+                const std::size_t limit = i < n.queue_limits.size() && n.queue_limits[i] != 0
+                                              ? std::min(n.queue_limits[i], n.workers)
+                                              : n.workers;
+                served[n.queues[i]].push_back(json::object{{"node", n.id}, {"limit", limit}});
+                by_queue.try_emplace(n.queues[i]);
+            }
         for (const auto& [name, counts] : by_queue)
             queues.push_back(json::object{{"name", name},
                                           {"paused", std::find(s.paused.begin(), s.paused.end(), name) != s.paused.end()},
-                                          {"counts", counts_json(counts)}});
+                                          {"counts", counts_json(counts)},
+                                          {"served_by", served[name]}});
         o["queues"] = std::move(queues);
         json::array kinds;
         for (const auto& c : s.by_queue_kind)
@@ -599,7 +610,10 @@ private:
         const auto queue = r.query_parameter("queue").value_or("");
         const auto kind = r.query_parameter("kind").value_or("");
         const auto text = r.query_parameter("q").value_or("");
-        const bool scanning = !text.empty() || !queue.empty() || !kind.empty();
+        // Created within [from, to), in ms since the epoch.
+        const auto from = integer_parameter(r, "from");
+        const auto to = integer_parameter(r, "to");
+        const bool scanning = !text.empty() || !queue.empty() || !kind.empty() || from || to;
         found_jobs out;
         out.cursor = integer_parameter(r, "before").value_or(0);
         const std::size_t page = scanning ? 1000 : std::min<std::size_t>(limit + 1, max_rows_per_write);
@@ -611,6 +625,8 @@ private:
             for (auto& j : batch) {
                 const bool match = !scanning || ((queue.empty() || j.queue == queue) &&
                                                  (kind.empty() || j.kind == kind) &&
+                                                 (!from || ms(j.created_at) >= *from) &&
+                                                 (!to || ms(j.created_at) < *to) &&
                                                  (text.empty() || j.args.find(text) != std::string::npos ||
                                                   j.kind.find(text) != std::string::npos ||
                                                   j.last_error.find(text) != std::string::npos));

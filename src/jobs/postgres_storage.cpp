@@ -210,6 +210,12 @@ const char* const migration_2 = R"sql(
 CREATE INDEX IF NOT EXISTS jobs_children ON jobs (parent_id) WHERE parent_id IS NOT NULL;
 )sql";
 
+// Each node's queue limits, for a dashboard's queues page; old nodes'
+// rows say none.
+const char* const migration_3 = R"sql(
+ALTER TABLE nodes ADD COLUMN IF NOT EXISTS queue_limits TEXT NOT NULL DEFAULT '[]';
+)sql";
+
 // Counts by queue, kind and state are kept as deltas that statement-level
 // triggers append: concurrent writers never wait on one counter row (nor
 // deadlock over two), and announce_node() folds them now and then. The
@@ -900,6 +906,10 @@ struct postgres_storage::connection {
             if (version < 2) {
                 exec(migration_2);
                 exec("INSERT INTO schema_version (version) VALUES (2)");
+            }
+            if (version < 3) {
+                exec(migration_3);
+                exec("INSERT INTO schema_version (version) VALUES (3)");
             }
         });
     }
@@ -1818,10 +1828,11 @@ void postgres_storage::announce_node(const node_info& node, time_point now)
     auto& c = *db;
     c.write([&] {
         c.exec("DELETE FROM nodes WHERE heartbeat_at < $1", params().add(micros(now - std::chrono::hours(24))));
-        c.exec("INSERT INTO nodes (id, host, pid, workers, queues, started_at, heartbeat_at) "
-               "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET host = excluded.host, "
+        c.exec("INSERT INTO nodes (id, host, pid, workers, queues, started_at, heartbeat_at, queue_limits) "
+               "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO UPDATE SET host = excluded.host, "
                "pid = excluded.pid, workers = excluded.workers, queues = excluded.queues, "
-               "started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at",
+               "started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, "
+               "queue_limits = excluded.queue_limits",
                params()
                    .add(node.id)
                    .add(node.host)
@@ -1829,7 +1840,8 @@ void postgres_storage::announce_node(const node_info& node, time_point now)
                    .add(static_cast<std::int64_t>(node.workers))
                    .add(json_array_of(node.queues))
                    .add(micros(node.started_at))
-                   .add(micros(now)));
+                   .add(micros(now))
+                   .add(json_array_of(node.queue_limits)));
     });
     // The count deltas since the last fold become one row per queue, kind
     // and state, by whichever node gets there first.
@@ -1854,7 +1866,8 @@ std::vector<node_info> postgres_storage::list_nodes()
     auto db = pool_->take();
     auto& c = *db;
     auto r = c.exec("SELECT id, host, pid, workers, queues, started_at, heartbeat_at, "
-                    "(SELECT count(*) FROM jobs WHERE state = 3 AND lease_owner = nodes.id) FROM nodes ORDER BY id");
+                    "(SELECT count(*) FROM jobs WHERE state = 3 AND lease_owner = nodes.id), queue_limits "
+                    "FROM nodes ORDER BY id");
     std::vector<node_info> out;
     for (int i = 0; i < r.rows(); ++i) {
         node_info n;
@@ -1866,6 +1879,7 @@ std::vector<node_info> postgres_storage::list_nodes()
         n.started_at = from_micros(r.integer(i, 5));
         n.heartbeat_at = from_micros(r.integer(i, 6));
         n.running = r.integer(i, 7);
+        n.queue_limits = sizes_of(r.text(i, 8));
         out.push_back(std::move(n));
     }
     return out;

@@ -718,8 +718,10 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
         self.host = host;
         self.pid = ::getpid();
         self.workers = engine_->options().workers;
-        for (const auto& q : engine_->options().queues)
+        for (const auto& q : engine_->options().queues) {
             self.queues.push_back(q.name);
+            self.queue_limits.push_back(q.concurrency);
+        }
         self.started_at = r->now();
         engine_->set_node(std::move(self));
     }

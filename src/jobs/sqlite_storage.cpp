@@ -266,6 +266,12 @@ const char* const migration_7 = R"sql(
 CREATE INDEX IF NOT EXISTS jobs_children ON jobs (parent_id) WHERE parent_id IS NOT NULL;
 )sql";
 
+// Each node's queue limits, for a dashboard's queues page; old nodes'
+// rows say none.
+const char* const migration_8 = R"sql(
+ALTER TABLE nodes ADD COLUMN queue_limits TEXT NOT NULL DEFAULT '[]';
+)sql";
+
 
 } // namespace
 
@@ -345,6 +351,10 @@ struct sqlite_storage::connection {
             if (version < 7) {
                 exec(migration_7, path);
                 exec("INSERT INTO hosting_jobs_schema (version) VALUES (7)", path);
+            }
+            if (version < 8) {
+                exec(migration_8, path);
+                exec("INSERT INTO hosting_jobs_schema (version) VALUES (8)", path);
             }
             exec("COMMIT", path);
         } catch (...) {
@@ -979,12 +989,14 @@ void sqlite_storage::announce_node(const node_info& node, time_point now)
     c.write([&] {
         statement gone(c.db, "DELETE FROM nodes WHERE heartbeat_at < ?1");
         gone.bind(1, micros(now - std::chrono::hours(24))).run();
-        statement s(c.db, "INSERT INTO nodes (id, host, pid, workers, queues, started_at, heartbeat_at) "
-                          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO UPDATE SET host = excluded.host, "
+        statement s(c.db, "INSERT INTO nodes (id, host, pid, workers, queues, started_at, heartbeat_at, queue_limits) "
+                          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO UPDATE SET host = excluded.host, "
                           "pid = excluded.pid, workers = excluded.workers, queues = excluded.queues, "
-                          "started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at");
+                          "started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, "
+                          "queue_limits = excluded.queue_limits");
         s.bind(1, node.id).bind(2, node.host).bind(3, node.pid).bind(4, static_cast<std::int64_t>(node.workers));
         s.bind(5, json_array_of(node.queues)).bind(6, micros(node.started_at)).bind(7, micros(now));
+        s.bind(8, json_array_of(node.queue_limits));
         s.run();
     });
 }
@@ -1006,8 +1018,8 @@ std::vector<node_info> sqlite_storage::list_nodes()
     // jobs_running holds the running jobs by owner: a count per node reads
     // only them.
     statement s(c.db, "SELECT id, host, pid, workers, queues, started_at, heartbeat_at, "
-                      "(SELECT count(*) FROM jobs INDEXED BY jobs_running WHERE state = 3 AND lease_owner = nodes.id) "
-                      "FROM nodes ORDER BY id");
+                      "(SELECT count(*) FROM jobs INDEXED BY jobs_running WHERE state = 3 AND lease_owner = nodes.id), "
+                      "queue_limits FROM nodes ORDER BY id");
     std::vector<node_info> out;
     while (s.step()) {
         node_info n;
@@ -1019,6 +1031,7 @@ std::vector<node_info> sqlite_storage::list_nodes()
         n.started_at = from_micros(s.integer(5));
         n.heartbeat_at = from_micros(s.integer(6));
         n.running = s.integer(7);
+        n.queue_limits = sizes_of(s.text(8));
         out.push_back(std::move(n));
     }
     return out;

@@ -135,6 +135,29 @@ try {
     assert.match(await page.textContent('main'), /publish/);
   });
 
+  await step('a search by creation time is bookmarkable, and keeps only the jobs created within it', async () => {
+    await page.goto(`${base}#/jobs?kind=send_email&to=2000-01-01T00:00`);
+    await page.waitForSelector('main p');
+    assert.match(await page.textContent('main'), /No job matches/);
+    await page.goto(`${base}#/jobs?kind=send_email&from=2000-01-01T00:00`);
+    await page.waitForSelector('tbody tr');
+    assert.ok(await page.locator('tbody tr').count() >= 3);
+    assert.equal(await page.inputValue('input[name="from"]'), '2000-01-01T00:00');
+  });
+
+  await step('the queues page shows counts and limits, and pauses and resumes a queue in the storage', async () => {
+    await page.goto(`${base}#/queues`);
+    await page.waitForSelector('tr[data-queue="default"] td.limits');
+    assert.match(await page.textContent('tr[data-queue="default"] td.limits'), /4 on jobs-demo:\d+/);
+    await page.click('tr[data-queue="default"] button[data-action="pause"]');
+    await until('the pause in the storage', async () =>
+      (await api('overview')).queues.find(q => q.name === 'default').paused);
+    await page.waitForSelector('tr[data-queue="default"] button[data-action="resume"]');
+    await page.click('tr[data-queue="default"] button[data-action="resume"]');
+    await until('the resume in the storage', async () =>
+      !(await api('overview')).queues.find(q => q.name === 'default').paused);
+  });
+
   await step('a search by text in the arguments is bookmarkable and opens a job with its history', async () => {
     await page.goto(`${base}#/jobs?q=Welcome`);
     await page.waitForSelector('tbody tr');

@@ -30,10 +30,10 @@ struct dashboard_options {
     // this is set: the dashboard changes jobs, so exposing it takes a
     // decision here, not only a server bound to another address.
     bool allow_remote = false;
-    // A filter by queue, kind or text in the arguments reads at most this
-    // many jobs (newest first, past the state's index) for one page, and
-    // the page says so when it stopped there: its cost is bounded on a
-    // store of millions.
+    // A filter by queue, kind, creation time or text in the arguments
+    // reads at most this many jobs (newest first, past the state's index)
+    // for one page, and the page says so when it stopped there: its cost
+    // is bounded on a store of millions.
     std::size_t scan_limit = 20'000;
     // How often the one stats poller of the process reads the counts, for
     // every open page at once (the realtime chart's resolution).

@@ -66,7 +66,7 @@ public:
 
     const std::string& path() const noexcept { return path_; }
     // The schema version this library writes.
-    static constexpr int schema_version = 7;
+    static constexpr int schema_version = 8;
 
 private:
     struct connection;

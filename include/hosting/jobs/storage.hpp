@@ -212,6 +212,10 @@ struct node_info {
     std::int64_t pid = 0;
     std::size_t workers = 0;
     std::vector<std::string> queues;
+    // Each queue's limit on this node (queue_options::concurrency), in the
+    // order of `queues`; 0: up to its workers. Empty from a node that did
+    // not say.
+    std::vector<std::size_t> queue_limits{};
     time_point started_at{};
     time_point heartbeat_at{};
     std::int64_t running = 0; // jobs it holds (claimed, started or not); list_nodes() fills it

@@ -115,8 +115,10 @@ async function renderJobs(mine, params) {
   const state = el('select', { name: 'state' }, el('option', { value: '' }, 'any state'),
     states.map(s => el('option', { value: s, selected: params.get('state') === s }, s)));
   const field = (name, placeholder) => el('input', { name, placeholder, value: params.get(name) || '' });
+  const when = (name, label) => el('label', {}, label + ' ',
+    el('input', { type: 'datetime-local', name, value: params.get(name) || '' }));
   form.append(state, field('queue', 'queue'), field('kind', 'kind'), field('q', 'text in arguments'),
-    el('button', { type: 'submit' }, 'Search'));
+    when('from', 'created from (UTC)'), when('to', 'to'), el('button', { type: 'submit' }, 'Search'));
   form.onsubmit = e => {
     e.preventDefault();
     const p = new URLSearchParams();
@@ -125,6 +127,13 @@ async function renderJobs(mine, params) {
   };
   const query = new URLSearchParams();
   for (const k of ['state', 'queue', 'kind', 'q', 'before']) if (params.get(k)) query.set(k, params.get(k));
+  // The URL keeps the times as typed (UTC); the server takes ms.
+  for (const k of ['from', 'to']) {
+    if (!params.get(k)) continue;
+    const at = Date.parse(params.get(k) + 'Z');
+    if (Number.isNaN(at)) throw new Error(`'${params.get(k)}' is not a time (YYYY-MM-DDTHH:MM)`);
+    query.set(k, at);
+  }
   const page = await api('jobs?' + query.toString());
   const selected = new Set();
   const rows = page.jobs.map(j => {
@@ -224,9 +233,11 @@ function renderQueues(mine) {
     },
   }, a);
   setMain(mine, el('table', {},
-    el('thead', {}, el('tr', {}, ['queue', ...states, 'state', ''].map(h => el('th', {}, h)))),
+    el('thead', {}, el('tr', {}, ['queue', ...states, 'at most at once', 'state', ''].map(h => el('th', {}, h)))),
     el('tbody', {}, overview.queues.map(q => el('tr', { 'data-queue': q.name },
       el('td', {}, q.name), states.map(s => el('td', {}, q.counts[s] || 0)),
+      el('td', { class: 'limits' }, q.served_by.length
+        ? q.served_by.map(n => el('div', { title: 'on node ' + n.node }, `${n.limit} on ${n.node}`)) : 'no node serves it'),
       el('td', {}, q.paused ? 'paused' : 'active'),
       el('td', {}, canAct() ? act(q, q.paused ? 'resume' : 'pause') : null))))));
 }

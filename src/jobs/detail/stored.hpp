@@ -59,6 +59,37 @@ inline std::string json_array_of(const std::vector<std::string>& items)
     return out;
 }
 
+// A JSON array of numbers.
+inline std::string json_array_of(const std::vector<std::size_t>& items)
+{
+    std::string out = "[";
+    for (const auto item : items) {
+        if (out.size() > 1)
+            out += ',';
+        out += std::to_string(item);
+    }
+    out += ']';
+    return out;
+}
+
+// The numbers of a JSON array that json_array_of() wrote; what is not a
+// non-negative integer is left out.
+inline std::vector<std::size_t> sizes_of(const std::string& text)
+{
+    std::vector<std::size_t> out;
+    boost::system::error_code ec;
+    const auto value = boost::json::parse(text, ec);
+    if (ec || !value.is_array())
+        return out;
+    for (const auto& item : value.as_array()) {
+        if (item.is_uint64())
+            out.push_back(static_cast<std::size_t>(item.as_uint64()));
+        else if (item.is_int64() && item.as_int64() >= 0)
+            out.push_back(static_cast<std::size_t>(item.as_int64()));
+    }
+    return out;
+}
+
 // A state read back from storage: a damaged one is a storage_error naming
 // the job, never an enum value out of range.
 inline job_state stored_state(std::int64_t value, job_id id)
