@@ -9,6 +9,7 @@
 // string), or else a durable one the program starts in the current
 // directory (Debian's postgresql); the schema is dropped at the end.
 #include "support/bench_common.hpp"
+#include "support/http_get.hpp"
 #ifdef HOSTING_POSTGRES_SERVER
 #include "support/postgres_server.hpp"
 #include <hosting/jobs/postgres_storage.hpp>
@@ -20,10 +21,6 @@
 #include <hosting/jobs/server.hpp>
 #include <hosting/jobs/sqlite_storage.hpp>
 
-#include <boost/asio/connect.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
 
 #include <unistd.h>
 
@@ -35,7 +32,6 @@
 #include <vector>
 
 namespace asio = boost::asio;
-namespace beast = boost::beast;
 namespace jobs = hosting::jobs;
 using bench::clock_type;
 using bench::with_commas;
@@ -45,20 +41,7 @@ namespace {
 const char* const kinds[] = {"send_email", "resize", "publish", "report", "invoice",
                              "sync", "index", "notify", "export", "cleanup"};
 
-// One GET on a connection of its own: its status and body.
-std::pair<unsigned, std::string> get(unsigned short port, const std::string& target)
-{
-    asio::io_context io;
-    asio::ip::tcp::socket socket(io);
-    socket.connect({asio::ip::make_address("127.0.0.1"), port});
-    beast::http::request<beast::http::empty_body> request{beast::http::verb::get, target, 11};
-    request.set(beast::http::field::host, "127.0.0.1");
-    beast::http::write(socket, request);
-    beast::flat_buffer buffer;
-    beast::http::response<beast::http::string_body> response;
-    beast::http::read(socket, buffer, response);
-    return {response.result_int(), response.body()};
-}
+using bench::http_get;
 
 struct timing {
     double p50 = 0;
@@ -176,7 +159,7 @@ int main(int argc, char** argv)
     host.start_blocking();
     const auto port = host.services().get<hosting::http::server>().port();
     // The poller's first reading, so that the overview has its counts.
-    while (get(port, "/jobs/api/overview").second.find("\"ready\":true") == std::string::npos)
+    while (http_get(port, "/jobs/api/overview").second.find("\"ready\":true") == std::string::npos)
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
 
     const auto middle = static_cast<jobs::job_id>(count / 2);
@@ -208,7 +191,7 @@ int main(int argc, char** argv)
     };
     for (const auto& p : pages) {
         unsigned status = 0;
-        const auto t = measure(requests, [&] { status = get(port, p.target).first; });
+        const auto t = measure(requests, [&] { status = http_get(port, p.target).first; });
         std::printf("%-40s %6.1f ms p50, %6.1f ms max (HTTP %u)", p.label, t.p50, t.max, status);
         if (p.baseline) {
             const auto b = measure(requests, p.baseline);

@@ -15,12 +15,16 @@
 //   - no acknowledged enqueue is lost, the operation happened entirely or
 //     not at all, and when it was acknowledged it happened,
 //   - no job is running without a live lease, and the maintained counts
-//     match the rows.
+//     match the rows,
+//   - while the server is out of reach (drop always), a host with the jobs
+//     server on it starts and reports not ready (HTTP 503 on
+//     /health/ready), and ready again (200) once the fault is lifted.
 // Prints the faults injected and the violations; exits 1 on any violation.
 //
 //   postgres_faults [--dir D] [--max-n N] [--modes drop|all]
 #include "support/fault_scenarios.hpp"
 #include "support/postgres_server.hpp"
+#include "support/readiness_probe.hpp"
 
 #include <hosting/jobs/postgres_storage.hpp>
 
@@ -38,6 +42,7 @@
 #include <filesystem>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <regex>
 #include <string>
 #include <thread>
@@ -379,6 +384,33 @@ int main(int argc, char** argv)
                                                         .notifications = false});
                     live->counts();
                 }
+                // While the server is out of reach (drop always), a host with
+                // the jobs server on it, through the proxy, starts and says
+                // it is not ready; once lifted, ready. Built before the fault.
+                std::optional<bench::readiness_probe> probe;
+                if (m == fault::drop_persistent && !sc.opens)
+                    probe.emplace(std::make_shared<jobs::postgres_storage>(
+                        proxied, jobs::postgres_options{.schema = schema,
+                                                        .statement_timeout = std::chrono::milliseconds(200),
+                                                        .notifications = false}));
+                bool probed = false;
+                auto while_failing = [&]() -> std::string {
+                    if (!probe || proxy.injected() == 0)
+                        return {};
+                    probed = true;
+                    if (auto why = probe->start(); !why.empty())
+                        return "a host does not start while its storage fails: " + why;
+                    if (!probe->answers(503))
+                        return "a host whose storage fails is still ready";
+                    return {};
+                };
+                auto once_lifted = [&]() -> std::string {
+                    std::string wrong;
+                    if (probed && !probe->answers(200))
+                        wrong = "a host is not ready again once its storage works";
+                    probe.reset();
+                    return wrong;
+                };
                 proxy.arm(n, m);
                 auto lift = [&] {
                     const std::pair<long, long> counted(proxy.injected(), proxy.operations());
@@ -387,7 +419,7 @@ int main(int argc, char** argv)
                 };
                 // The call that finds the connection broken fails; the
                 // next one connects again.
-                return operate(sc, live.get(), schema, l, lift, 2, open_direct);
+                return operate(sc, live.get(), schema, l, lift, 2, open_direct, while_failing, once_lifted);
             }));
         }
     }

@@ -8,12 +8,16 @@
 //   - no acknowledged enqueue is lost, the operation happened entirely or
 //     not at all, and when it was acknowledged it happened,
 //   - no job is running without a live lease, and the maintained counts
-//     match the rows.
+//     match the rows,
+//   - while a fault lasts (from then on, a full disk), a host with the jobs
+//     server on the same file starts and reports not ready (HTTP 503 on
+//     /health/ready), and ready again (200) once it is lifted.
 // Prints the faults injected and the violations; exits 1 on any violation.
 //
 //   sqlite_faults [--dir D] [--max-n N]
 #include "support/fault_scenarios.hpp"
 #include "support/fault_vfs.hpp"
+#include "support/readiness_probe.hpp"
 
 #include <hosting/jobs/sqlite_storage.hpp>
 
@@ -25,6 +29,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <unistd.h>
@@ -157,6 +162,28 @@ int main(int argc, char** argv)
                     downgrade_to_5(path);
                 if (!sc.opens)
                     live = std::make_unique<jobs::sqlite_storage>(path);
+                // Opened and built before the fault; started once it fired.
+                std::optional<bench::readiness_probe> probe;
+                if (m != fault_vfs::mode::once && !sc.opens)
+                    probe.emplace(std::make_shared<jobs::sqlite_storage>(path));
+                bool probed = false;
+                auto while_failing = [&]() -> std::string {
+                    if (!probe || fault_vfs::injected() == 0)
+                        return {}; // past the operation's last I/O: nothing fails
+                    probed = true;
+                    if (auto why = probe->start(); !why.empty())
+                        return "a host does not start while its storage fails: " + why;
+                    if (!probe->answers(503))
+                        return "a host whose storage fails is still ready";
+                    return {};
+                };
+                auto once_lifted = [&]() -> std::string {
+                    std::string wrong;
+                    if (probed && !probe->answers(200))
+                        wrong = "a host is not ready again once its storage works";
+                    probe.reset(); // its server writes nothing during the checks
+                    return wrong;
+                };
                 fault_vfs::arm(n, m);
                 auto lift = [] {
                     fault_vfs::disarm();
@@ -172,7 +199,7 @@ int main(int argc, char** argv)
                     if (auto r = integrity(path); r != "ok")
                         throw std::runtime_error("integrity_check: " + r);
                     return std::make_unique<jobs::sqlite_storage>(path);
-                });
+                }, while_failing, once_lifted);
             }));
         }
     }

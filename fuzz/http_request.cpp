@@ -1,18 +1,25 @@
 // HTTP requests: any bytes a client sends to the host's HTTP server (with
-// the health endpoint and a route that reads headers, query parameters and
-// a body) get a well-formed HTTP/1.1 response or a closed connection, and
-// the server goes on answering: no crash, no hang, no lost probe.
+// the health endpoint, the jobs dashboard over a few jobs, and a route that
+// reads headers, query parameters and a body) get a well-formed HTTP/1.1
+// response or a closed connection, and the server goes on answering: no
+// crash, no hang, no lost probe.
 //
 // The server is the real one, on a loopback port: each input is written on
 // a new connection, which is then half-closed, and the answer read to its
-// end. Every 64th input (every one when replaying) a plain probe must get
-// 200 after it.
+// end (or, for an event stream, to the end of its head). Every 64th input
+// (every one when replaying) a plain probe must get 200 after it.
 //
-// Input: the bytes sent.
+// Input: the bytes sent; "{{csrf}}" in them becomes the dashboard's CSRF
+// token, so that its actions are reached too.
 #include <hosting/hosting.hpp>
 #include <hosting/health/health.hpp>
 #include <hosting/health/health_endpoint.hpp>
 #include <hosting/http/server.hpp>
+#include <hosting/jobs/client.hpp>
+#include <hosting/jobs/dashboard.hpp>
+#include <hosting/jobs/server.hpp>
+
+#include <boost/json.hpp>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -66,6 +73,10 @@ struct fixture {
             }
             co_return out;
         }, {"GET", "POST", "PUT"});
+        // No kind is registered: the jobs stay as they are, to be looked at
+        // and acted on.
+        hosting::jobs::add_jobs(builder, std::make_shared<hosting::jobs::memory_storage>());
+        hosting::jobs::add_jobs_dashboard(builder, {.poll_interval = std::chrono::milliseconds(100)});
         return builder.build();
     }
 
@@ -73,7 +84,15 @@ struct fixture {
     {
         host.start_blocking();
         port = host.services().get<hosting::http::server>().port();
+        auto& jobs = host.services().get<hosting::jobs::client>();
+        const auto first = jobs.enqueue_blocking("mail", std::string("<script>alert(1)</script>")).id;
+        jobs.continue_with_blocking(first, "report", 7);
+        jobs.schedule_blocking("report", 8, std::chrono::hours(24));
+        jobs.add_or_update_recurring_blocking("nightly", "0 3 * * *", "Europe/Berlin", "report", 9);
     }
+
+    // The dashboard's CSRF token, read as its page reads it.
+    std::string csrf;
 };
 
 fixture& server()
@@ -145,6 +164,11 @@ std::string exchange(std::uint16_t port, const std::string& bytes, bool& hung)
         if (n <= 0)
             break;
         answer.append(buffer, static_cast<std::size_t>(n));
+        // An event stream lasts until the client leaves: its head, whole,
+        // is the answer.
+        if (const auto head = answer.find("\r\n\r\n");
+            head != std::string::npos && answer.substr(0, head).find("text/event-stream") != std::string::npos)
+            break;
     }
     ::close(fd);
     return answer;
@@ -156,7 +180,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 {
     auto& s = server();
     bool hung = false;
-    const auto answer = exchange(s.port, std::string(reinterpret_cast<const char*>(data), size), hung);
+    if (s.csrf.empty()) {
+        const auto overview =
+            exchange(s.port, "GET /jobs/api/overview HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", hung);
+        const auto body = overview.find("\r\n\r\n");
+        s.csrf = std::string(boost::json::parse(overview.substr(body + 4)).at("csrf").as_string());
+    }
+    std::string input(reinterpret_cast<const char*>(data), size);
+    for (auto at = input.find("{{csrf}}"); at != std::string::npos; at = input.find("{{csrf}}", at))
+        input.replace(at, 8, s.csrf);
+    const auto answer = exchange(s.port, input, hung);
     if (hung) {
         // What the server says of itself then tells a stuck server from a
         // connection it never saw.

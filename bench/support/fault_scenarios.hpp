@@ -246,6 +246,7 @@ struct totals {
         faults += t.faults;
         failed_ops += t.failed_ops;
         violations += t.violations;
+        committed_but_failed += t.committed_but_failed;
     }
 };
 
@@ -265,9 +266,14 @@ struct outcome {
 // calls (a network storage's first call may find its connection broken).
 // `reopen` opens the storage again for the checks, or returns null when
 // there is nothing to check (a new file whose creation failed).
+// `while_failing` and `once_lifted`, when given, look at what the rest of
+// the process sees (a host's readiness) before and after the lift; each
+// returns what is wrong.
 inline outcome operate(const scenario& sc, jobs::storage* live, const std::string& where, ledger& l,
                        const std::function<std::pair<long, long>()>& lift, int recover_tries,
-                       const std::function<std::unique_ptr<jobs::storage>()>& reopen)
+                       const std::function<std::unique_ptr<jobs::storage>()>& reopen,
+                       const std::function<std::string()>& while_failing = {},
+                       const std::function<std::string()>& once_lifted = {})
 {
     outcome o;
     try {
@@ -278,7 +284,11 @@ inline outcome operate(const scenario& sc, jobs::storage* live, const std::strin
     } catch (const std::exception& e) {
         o.violation = std::string("not a storage_error: ") + e.what();
     }
+    if (o.violation.empty() && while_failing)
+        o.violation = while_failing();
     std::tie(o.faults, o.ops) = lift();
+    if (o.violation.empty() && once_lifted)
+        o.violation = once_lifted();
     if (o.violation.empty() && live) {
         for (int attempt = 1;; ++attempt) {
             try {
