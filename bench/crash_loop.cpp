@@ -15,6 +15,7 @@
 //   completions lost                  a job seen succeeded stays succeeded
 //   jobs run twice while alive        a job ran again only after the process
 //                                     of its earlier run was killed
+// At the end:
 //   duplicates <= leases recovered    every run again follows a recovery
 //   unfinished                        every job ends succeeded
 // Prints the kill count and each figure; exits 1 if any is violated.
@@ -303,6 +304,7 @@ public:
         for (const auto& [id, state] : states)
             if (state == job_state::succeeded)
                 succeeded_.insert(id);
+        judge_runs();
     }
 
     bool wait_all_final(std::chrono::seconds bound)
@@ -331,26 +333,26 @@ public:
         }
     }
 
-    // Runs, as the handlers recorded them, against the kills.
-    void analyse()
+    // Reads the runs the handlers recorded since the last reading, and
+    // judges each new start against the kills: a job started again while
+    // the process of its earlier run lived is a violation, found after the
+    // kill that follows it, not only at the end.
+    void judge_runs()
     {
-        struct run {
-            pid_t pid;
-            std::int64_t at;
-            bool ended = false;
-        };
-        std::map<jobs::job_id, std::vector<run>> runs;
         sqlite3* db = open_runs(runs_);
         sqlite3_stmt* s = nullptr;
-        check_sqlite(sqlite3_prepare_v2(db, "SELECT job, pid, phase, at_us FROM runs ORDER BY rowid", -1, &s, nullptr),
+        check_sqlite(sqlite3_prepare_v2(db, "SELECT rowid, job, pid, phase, at_us FROM runs WHERE rowid > ?1 ORDER BY rowid",
+                                        -1, &s, nullptr),
                      db, "read runs");
+        sqlite3_bind_int64(s, 1, runs_read_);
         while (sqlite3_step(s) == SQLITE_ROW) {
-            const auto id = sqlite3_column_int64(s, 0);
-            const auto pid = static_cast<pid_t>(sqlite3_column_int64(s, 1));
-            const std::string phase = reinterpret_cast<const char*>(sqlite3_column_text(s, 2));
-            auto& list = runs[id];
+            runs_read_ = sqlite3_column_int64(s, 0);
+            const auto id = sqlite3_column_int64(s, 1);
+            const auto pid = static_cast<pid_t>(sqlite3_column_int64(s, 2));
+            const std::string phase = reinterpret_cast<const char*>(sqlite3_column_text(s, 3));
+            auto& list = runs_seen_[id];
             if (phase == "start")
-                list.push_back({pid, sqlite3_column_int64(s, 3)});
+                list.push_back({pid, sqlite3_column_int64(s, 4)});
             else
                 for (auto& r : list)
                     if (r.pid == pid)
@@ -358,6 +360,26 @@ public:
         }
         sqlite3_finalize(s);
         sqlite3_close(db);
+        for (auto& [id, list] : runs_seen_) {
+            auto& judged = judged_[id];
+            for (std::size_t i = std::max<std::size_t>(1, judged); i < list.size(); ++i) {
+                const auto earlier = list[i - 1];
+                auto k = killed_at_.find(earlier.pid);
+                if (k == killed_at_.end() || k->second > list[i].at) {
+                    ++f_.run_twice_alive;
+                    std::printf("VIOLATION job %lld ran again in %d while %d, which ran it, lived\n",
+                                static_cast<long long>(id), list[i].pid, earlier.pid);
+                }
+            }
+            judged = list.size();
+        }
+    }
+
+    // Runs, as the handlers recorded them, against the kills and the
+    // jobs' histories.
+    void analyse()
+    {
+        judge_runs();
         for (auto id : acknowledged_) {
             auto j = store_->find(id, true);
             if (!j || j->state != job_state::succeeded) {
@@ -367,22 +389,14 @@ public:
             for (const auto& h : j->history)
                 if (h.reason.find("expired") != std::string::npos || h.reason.find("started again") != std::string::npos)
                     ++f_.leases_recovered;
-            const auto& list = runs[id];
+            const auto& list = runs_seen_[id];
             if (list.empty() || !list.back().ended) {
                 ++f_.records_lost;
                 std::printf("VIOLATION job %lld succeeded without a complete run on record\n",
                             static_cast<long long>(id));
             }
-            for (std::size_t i = 1; i < list.size(); ++i) {
-                ++f_.duplicates;
-                const auto earlier = list[i - 1];
-                auto k = killed_at_.find(earlier.pid);
-                if (k == killed_at_.end() || k->second > list[i].at) {
-                    ++f_.run_twice_alive;
-                    std::printf("VIOLATION job %lld ran again in %d while %d, which ran it, lived\n",
-                                static_cast<long long>(id), list[i].pid, earlier.pid);
-                }
-            }
+            if (list.size() > 1)
+                f_.duplicates += static_cast<long>(list.size() - 1);
         }
     }
 
@@ -394,6 +408,14 @@ private:
     std::shared_ptr<jobs::storage> store_;
     std::set<jobs::job_id> acknowledged_, succeeded_;
     std::map<pid_t, std::int64_t> killed_at_;
+    struct run {
+        pid_t pid;
+        std::int64_t at;
+        bool ended = false;
+    };
+    std::map<jobs::job_id, std::vector<run>> runs_seen_;
+    std::map<jobs::job_id, std::size_t> judged_; // starts judged, per job
+    std::int64_t runs_read_ = 0;                 // the last row of runs read
     figures f_;
 };
 
