@@ -353,6 +353,7 @@ int main(int argc, char** argv)
         modes.push_back(fault::stall);
     const auto started = std::chrono::steady_clock::now();
     totals all;
+    long readiness_probes = 0;
     long run_number = 0;
     print_header();
     for (const auto& sc : scenarios) {
@@ -398,6 +399,7 @@ int main(int argc, char** argv)
                     if (!probe || proxy.injected() == 0)
                         return {};
                     probed = true;
+                    ++readiness_probes;
                     if (auto why = probe->start(); !why.empty())
                         return "a host does not start while its storage fails: " + why;
                     if (!probe->answers(503))
@@ -424,5 +426,6 @@ int main(int argc, char** argv)
         }
     }
     print_summary(all, std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+    std::printf("hosts started on the failing storage and probed for readiness: %ld\n", readiness_probes);
     return all.violations == 0 ? 0 : 1;
 }

@@ -145,6 +145,7 @@ int main(int argc, char** argv)
     const std::string path = dir + "/hosting-faults-" + std::to_string(::getpid()) + ".db";
     const auto started = std::chrono::steady_clock::now();
     totals all;
+    long readiness_probes = 0;
     print_header();
     for (const auto& sc : scenarios()) {
         for (auto m : {fault_vfs::mode::once, fault_vfs::mode::persistent, fault_vfs::mode::disk_full}) {
@@ -171,6 +172,7 @@ int main(int argc, char** argv)
                     if (!probe || fault_vfs::injected() == 0)
                         return {}; // past the operation's last I/O: nothing fails
                     probed = true;
+                    ++readiness_probes;
                     if (auto why = probe->start(); !why.empty())
                         return "a host does not start while its storage fails: " + why;
                     if (!probe->answers(503))
@@ -205,5 +207,6 @@ int main(int argc, char** argv)
     }
     remove_files(path);
     print_summary(all, std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+    std::printf("hosts started on the failing storage and probed for readiness: %ld\n", readiness_probes);
     return all.violations == 0 ? 0 : 1;
 }
