@@ -414,14 +414,11 @@ int main(int argc, char** argv)
                     return wrong;
                 };
                 proxy.arm(n, m);
-                auto lift = [&] {
-                    const std::pair<long, long> counted(proxy.injected(), proxy.operations());
-                    proxy.disarm();
-                    return counted;
-                };
+                auto counted = [&] { return std::pair<long, long>(proxy.injected(), proxy.operations()); };
+                auto lift = [&] { proxy.disarm(); };
                 // The call that finds the connection broken fails; the
                 // next one connects again.
-                return operate(sc, live.get(), schema, l, lift, 2, open_direct, while_failing, once_lifted);
+                return operate(sc, live.get(), schema, l, counted, lift, 2, open_direct, while_failing, once_lifted);
             }));
         }
     }

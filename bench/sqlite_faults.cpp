@@ -187,14 +187,12 @@ int main(int argc, char** argv)
                     return wrong;
                 };
                 fault_vfs::arm(n, m);
-                auto lift = [] {
-                    fault_vfs::disarm();
-                    return std::pair<long, long>(fault_vfs::injected(), fault_vfs::operations());
-                };
+                auto counted = [] { return std::pair<long, long>(fault_vfs::injected(), fault_vfs::operations()); };
+                auto lift = [] { fault_vfs::disarm(); };
                 // A new file whose creation failed may not exist: nothing
                 // was acknowledged in it. Otherwise the file must pass
                 // SQLite's own check before it is opened again.
-                return operate(sc, live.get(), path, l, lift, 1, [&]() -> std::unique_ptr<jobs::storage> {
+                return operate(sc, live.get(), path, l, counted, lift, 1, [&]() -> std::unique_ptr<jobs::storage> {
                     live.reset();
                     if (sc.opens && !sc.setup && !std::filesystem::exists(path))
                         return nullptr;

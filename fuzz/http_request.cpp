@@ -184,7 +184,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         const auto overview =
             exchange(s.port, "GET /jobs/api/overview HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", hung);
         const auto body = overview.find("\r\n\r\n");
-        s.csrf = std::string(boost::json::parse(overview.substr(body + 4)).at("csrf").as_string());
+        boost::system::error_code ec;
+        const auto parsed = body == std::string::npos ? boost::json::value() : boost::json::parse(overview.substr(body + 4), ec);
+        if (ec || !parsed.is_object() || !parsed.as_object().contains("csrf")) {
+            std::fprintf(stderr, "the dashboard's overview holds no CSRF token: %.200s\n", overview.c_str());
+            std::abort();
+        }
+        s.csrf = std::string(parsed.at("csrf").as_string());
     }
     std::string input(reinterpret_cast<const char*>(data), size);
     for (auto at = input.find("{{csrf}}"); at != std::string::npos; at = input.find("{{csrf}}", at))

@@ -350,6 +350,30 @@ TEST_CASE("jobs: a SQLite file of schema 2 migrates, and its recurring jobs beha
     CHECK(again.list_recurring().at(0).concurrency_key == "hourly");
 }
 
+TEST_CASE("jobs: a SQLite file of a newer schema opens when it only added, and is refused with its version when it "
+          "needs a newer program",
+          "[jobs][sqlite]")
+{
+    temp_db db;
+    jobs::sqlite_storage(db.path.string());
+    const auto run = [&](const char* sql) {
+        sqlite3* raw = nullptr;
+        REQUIRE(sqlite3_open(db.path.string().c_str(), &raw) == SQLITE_OK);
+        CHECK(sqlite3_exec(raw, sql, nullptr, nullptr, nullptr) == SQLITE_OK);
+        sqlite3_close(raw);
+    };
+    run("INSERT INTO hosting_jobs_schema (version) VALUES (99)");
+    {
+        // What schema 99 added leaves this program's use of it as it was.
+        jobs::sqlite_storage behind(db.path.string());
+        CHECK(behind.enqueue(std::vector{request("k", "1")}, jobs::clock::now()).size() == 1);
+    }
+    run("UPDATE hosting_jobs_readers SET oldest = 99");
+    CHECK_THROWS_AS(jobs::sqlite_storage(db.path.string()), jobs::storage_error);
+    CHECK_THROWS_WITH(jobs::sqlite_storage(db.path.string()),
+                      Catch::Contains("version 99") && Catch::Contains("schema 99 or newer"));
+}
+
 TEST_CASE("jobs: a SQLite file of schema 3 migrates, and the unique keys of its jobs hold within their kind",
           "[jobs][storage]")
 {

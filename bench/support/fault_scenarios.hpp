@@ -261,7 +261,8 @@ struct outcome {
 };
 
 // What a run does between arming and lifting its fault: the operation,
-// then the checks every storage shares. `live` (null for a migration) must
+// then the checks every storage shares. `counted` tells the faults injected
+// and the I/O operations counted so far; `lift` lifts the fault. `live` (null for a migration) must
 // go on working: its next enqueue is acknowledged within `recover_tries`
 // calls (a network storage's first call may find its connection broken).
 // `reopen` opens the storage again for the checks, or returns null when
@@ -270,7 +271,8 @@ struct outcome {
 // the process sees (a host's readiness) before and after the lift; each
 // returns what is wrong.
 inline outcome operate(const scenario& sc, jobs::storage* live, const std::string& where, ledger& l,
-                       const std::function<std::pair<long, long>()>& lift, int recover_tries,
+                       const std::function<std::pair<long, long>()>& counted, const std::function<void()>& lift,
+                       int recover_tries,
                        const std::function<std::unique_ptr<jobs::storage>()>& reopen,
                        const std::function<std::string()>& while_failing = {},
                        const std::function<std::string()>& once_lifted = {})
@@ -284,9 +286,12 @@ inline outcome operate(const scenario& sc, jobs::storage* live, const std::strin
     } catch (const std::exception& e) {
         o.violation = std::string("not a storage_error: ") + e.what();
     }
+    // The operation's own faults and I/O, before anything else meets the
+    // fault.
+    std::tie(o.faults, o.ops) = counted();
     if (o.violation.empty() && while_failing)
         o.violation = while_failing();
-    std::tie(o.faults, o.ops) = lift();
+    lift();
     if (o.violation.empty() && once_lifted)
         o.violation = once_lifted();
     if (o.violation.empty() && live) {

@@ -30,6 +30,7 @@
 #include <spdlog/logger.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cctype>
 #include <functional>
@@ -633,6 +634,14 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         stream.expires_never();
         auto live = std::make_shared<live_stream>(*self, stream);
         conn.live = live.get();
+        // The client says nothing more on a stream: whatever it sends, its
+        // close included, ends it at once rather than at the next write.
+        auto sink = std::make_shared<std::array<char, 256>>();
+        stream.async_read_some(asio::buffer(*sink),
+                               [weak = std::weak_ptr<live_stream>(live), sink](boost::system::error_code, std::size_t) {
+                                   if (auto l = weak.lock())
+                                       l->end();
+                               });
         std::exception_ptr failure;
         try {
             auto op = res.stream(live);
@@ -643,6 +652,8 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
         conn.live = nullptr;
         live->end(); // a copy its route kept writes nothing more
         live->stream = nullptr;
+        boost::system::error_code ignored;
+        stream.socket().cancel(ignored); // the read above
         if (failure)
             self->log->error("HTTP server: a streamed response failed: {}", detail::describe(failure));
     }

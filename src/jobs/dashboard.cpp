@@ -22,6 +22,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <stdexcept>
 
@@ -65,7 +66,7 @@ struct snapshot {
     // Who holds what, when the host coordinates (add_coordination).
     std::vector<coordination::lease_record> leases;
     std::string error; // why the last poll failed, if it did
-    std::int64_t at_ms = 0; // when it was read
+    std::int64_t at_ms = 0; // when the queues, nodes and leases were read
     bool ready = false;
 };
 
@@ -137,19 +138,23 @@ protected:
     asio::awaitable<void> execute(std::stop_token stopping) override
     {
         asio::steady_timer timer(co_await asio::this_coro::executor);
-        std::int64_t last_read = 0;
+        std::optional<std::chrono::steady_clock::time_point> last_read;
+        bool read_all_once = false;
         while (!stopping.stop_requested()) {
             // Nobody looking: only the counts the day's chart needs, once a
-            // minute, rather than four reads a second for no one.
-            bool watched = ms(clock::now()) < state_->watched_until.load();
+            // minute, rather than four reads a second for no one. (The first
+            // reading is whole, for whoever asks first.)
+            bool watched = ms(clock::now()) < state_->watched_until.load() || !read_all_once;
             {
                 std::lock_guard lock(state_->mutex);
                 watched = watched || state_->live_streams() > 0;
             }
-            if (watched || ms(clock::now()) - last_read >= 60'000) {
-                last_read = ms(clock::now());
+            const auto now = std::chrono::steady_clock::now();
+            if (watched || !last_read || now - *last_read >= std::chrono::minutes(1)) {
+                last_read = now;
                 auto op = read(watched);
                 snapshot next = co_await std::move(op);
+                read_all_once = read_all_once || (watched && next.ready);
                 record(std::move(next));
             }
             timer.expires_after(state_->options.poll_interval);
@@ -181,6 +186,9 @@ private:
                 next.nodes = state_->last.nodes;
                 next.paused = state_->last.paused;
                 next.leases = state_->last.leases;
+                // What the page shows of queues and nodes is as old as
+                // that reading: polled_at says so.
+                next.at_ms = state_->last.at_ms;
             }
             next.ready = true;
         } catch (const std::exception& e) {
@@ -193,6 +201,8 @@ private:
                 auto leases = state_->leases->leases();
                 next.leases = co_await std::move(leases);
             } catch (const std::exception&) {
+                std::lock_guard lock(state_->mutex);
+                next.leases = state_->last.leases;
             }
         }
         co_return next;
@@ -212,14 +222,16 @@ private:
                 2, std::chrono::hours(1) / std::max(state_->options.poll_interval, std::chrono::milliseconds(1)));
             while (static_cast<std::int64_t>(state_->seconds.size()) > keep)
                 state_->seconds.pop_front();
-            if (state_->minutes.empty() || s.at_ms - state_->minutes.back().at_ms >= 60'000)
+            // A minute apart, give or take one poll: readings every
+            // minute, each a little early or late, fill every minute.
+            const auto slack = std::chrono::duration_cast<std::chrono::milliseconds>(state_->options.poll_interval);
+            if (state_->minutes.empty() || s.at_ms - state_->minutes.back().at_ms >= 60'000 - slack.count())
                 state_->minutes.push_back(s);
             while (state_->minutes.size() > 24 * 60 + 1)
                 state_->minutes.pop_front();
             state_->last = std::move(next);
         } else {
-            state_->last.error = next.error;
-            state_->last.at_ms = next.at_ms;
+            state_->last.error = next.error; // what was read before stays, and its time
         }
     }
     std::shared_ptr<dashboard_state> state_;
@@ -467,10 +479,13 @@ private:
             by_queue[c.queue].by_state[static_cast<std::size_t>(c.state)] += c.count;
         for (const auto& q : s.paused)
             by_queue.try_emplace(q);
-        // Who serves each queue, and how many of its jobs at most at once.
+        // Who serves each queue, and how many of its jobs at most at once:
+        // the nodes heard from in the last minute (a node that crashed is
+        // listed, with its last heartbeat, until it is recovered from).
         std::map<std::string, json::array> served;
+        const auto alive_since = clock::now() - std::chrono::minutes(1);
         for (const auto& n : s.nodes)
-            for (std::size_t i = 0; i < n.queues.size(); ++i) {
+            for (std::size_t i = 0; i < n.queues.size() && n.heartbeat_at >= alive_since; ++i) {
                 const std::size_t limit = i < n.queue_limits.size() && n.queue_limits[i] != 0
                                               ? std::min(n.queue_limits[i], n.workers)
                                               : n.workers;
@@ -519,11 +534,13 @@ private:
         o["coordinated"] = state_->leases != nullptr;
         o["streams"] = state_->live_streams();
         // The last five minutes: what the realtime chart draws.
-        auto per_second = rates(state_->seconds);
-        const std::size_t keep = 300;
-        if (per_second.size() > keep)
-            per_second.erase(per_second.begin(), per_second.end() - static_cast<std::ptrdiff_t>(keep));
+        json::array per_second;
+        const auto since = ms(clock::now()) - 300'000;
+        for (auto& point : rates(state_->seconds))
+            if (point.as_array().at(0).as_int64() >= since)
+                per_second.push_back(std::move(point));
         o["per_second"] = std::move(per_second);
+        o["version"] = state_->version;
         if (history)
             o["per_minute"] = rates(state_->minutes);
         return o;

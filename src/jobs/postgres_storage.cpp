@@ -212,8 +212,13 @@ CREATE INDEX IF NOT EXISTS jobs_children ON jobs (parent_id) WHERE parent_id IS 
 
 // Each node's queue limits, for a dashboard's queues page; old nodes'
 // rows say none.
+// And the oldest program schema that may use this one: a later migration
+// that only adds leaves it, so that a node a version behind still starts
+// (a rolling upgrade, a rollback). Schemas 2 and 3 only add to 1.
 const char* const migration_3 = R"sql(
 ALTER TABLE nodes ADD COLUMN IF NOT EXISTS queue_limits TEXT NOT NULL DEFAULT '[]';
+CREATE TABLE IF NOT EXISTS schema_readers (oldest INTEGER NOT NULL);
+INSERT INTO schema_readers SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM schema_readers);
 )sql";
 
 // Counts by queue, kind and state are kept as deltas that statement-level
@@ -895,10 +900,22 @@ struct postgres_storage::connection {
             exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)");
             auto v = exec("SELECT max(version) FROM schema_version");
             const int version = v.is_null(0, 0) ? 0 : static_cast<int>(v.integer(0, 0));
-            if (version > schema_version)
-                throw storage_error("jobs: " + where() + ": schema '" + options.schema + "' has version " +
-                                    std::to_string(version) + ", newer than this program's " +
-                                    std::to_string(schema_version));
+            if (version > schema_version) {
+                // Newer: usable if what it added leaves this program's
+                // reads and writes as they were.
+                int oldest = version;
+                auto readers = exec("SELECT to_regclass('schema_readers') IS NOT NULL");
+                if (readers.text(0, 0) == "t") {
+                    auto o = exec("SELECT max(oldest) FROM schema_readers");
+                    if (!o.is_null(0, 0))
+                        oldest = static_cast<int>(o.integer(0, 0));
+                }
+                if (oldest > schema_version)
+                    throw storage_error("jobs: " + where() + ": schema '" + options.schema + "' has version " +
+                                        std::to_string(version) + ", which needs a program of schema " +
+                                        std::to_string(oldest) + " or newer; this program's is " +
+                                        std::to_string(schema_version));
+            }
             if (version < 1) {
                 exec(migration_1);
                 exec("INSERT INTO schema_version (version) VALUES (1)");

@@ -268,8 +268,13 @@ CREATE INDEX IF NOT EXISTS jobs_children ON jobs (parent_id) WHERE parent_id IS 
 
 // Each node's queue limits, for a dashboard's queues page; old nodes'
 // rows say none.
+// And the oldest program schema that may use this file: a later migration
+// that only adds leaves it, so that a program a version behind still opens
+// it (a rolling upgrade, a rollback). Schemas 7 and 8 only add to 6.
 const char* const migration_8 = R"sql(
 ALTER TABLE nodes ADD COLUMN queue_limits TEXT NOT NULL DEFAULT '[]';
+CREATE TABLE IF NOT EXISTS hosting_jobs_readers (oldest INTEGER NOT NULL);
+INSERT INTO hosting_jobs_readers SELECT 6 WHERE NOT EXISTS (SELECT 1 FROM hosting_jobs_readers);
 )sql";
 
 
@@ -321,9 +326,24 @@ struct sqlite_storage::connection {
                 if (s.step() && !s.is_null(0))
                     version = static_cast<int>(s.integer(0));
             }
-            if (version > schema_version)
-                throw storage_error("jobs: SQLite file '" + path + "' has schema version " + std::to_string(version) +
-                                    ", newer than this program's " + std::to_string(schema_version));
+            if (version > schema_version) {
+                // Newer: usable if what it added leaves this program's
+                // reads and writes as they were.
+                int oldest = version;
+                {
+                    statement exists(db, "SELECT count(*) FROM sqlite_master WHERE name = 'hosting_jobs_readers'");
+                    if (exists.step() && exists.integer(0) == 1) {
+                        statement s(db, "SELECT max(oldest) FROM hosting_jobs_readers");
+                        if (s.step() && !s.is_null(0))
+                            oldest = static_cast<int>(s.integer(0));
+                    }
+                }
+                if (oldest > schema_version)
+                    throw storage_error("jobs: SQLite file '" + path + "' has schema version " +
+                                        std::to_string(version) + ", which needs a program of schema " +
+                                        std::to_string(oldest) + " or newer; this program's is " +
+                                        std::to_string(schema_version));
+            }
             if (version < 1) {
                 exec(migration_1, path);
                 exec("INSERT INTO hosting_jobs_schema (version) VALUES (1)", path);

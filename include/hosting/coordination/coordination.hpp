@@ -41,10 +41,10 @@ public:
     using std::runtime_error::runtime_error;
 };
 
-// One lease as the storage has it.
 // The lease a coordinator with elect_leader holds while it leads.
 inline constexpr const char* leader_lease = "leader";
 
+// One lease as the storage has it.
 struct lease_record {
     std::string name;
     std::string holder;                 // empty when released

@@ -126,8 +126,11 @@ struct response {
     // writes the body in parts until it returns, and the connection is
     // closed. While it runs the connection counts as waiting, not busy: it
     // may be displaced to admit another (a browser's EventSource comes
-    // back by itself). A HEAD request gets the head alone. An exception
-    // ends the stream and is logged.
+    // back by itself), and it ends as soon as the client closes or sends
+    // anything more. A HEAD request gets the head alone, and so does a
+    // connection admitted to a reserved slot (see server_options), with an
+    // empty body: an EventSource tries again, where an error would stop
+    // it. An exception ends the stream and is logged.
     std::function<asio::awaitable<void>(std::shared_ptr<body_stream>)> stream{};
 
     // {"error": message}, escaped.
