@@ -88,14 +88,9 @@ int main(int argc, char** argv)
         PQfinish(c);
     };
     if (which == "postgresql") {
-        if (const char* given = std::getenv("HOSTING_BENCH_POSTGRES"))
-            conninfo = given;
-        else
-            conninfo = own.start();
-        if (conninfo.empty()) {
-            std::printf("postgresql: no server (set HOSTING_BENCH_POSTGRES, or install Debian's postgresql)\n");
+        conninfo = bench_postgres(own);
+        if (conninfo.empty())
             return 0;
-        }
         store = std::make_shared<jobs::postgres_storage>(conninfo, jobs::postgres_options{.schema = schema});
         where = "PostgreSQL, durable, on loopback";
     }

@@ -388,31 +388,15 @@ int main(int argc, char** argv)
                 // While the server is out of reach (drop always), a host with
                 // the jobs server on it, through the proxy, starts and says
                 // it is not ready; once lifted, ready. Built before the fault.
-                std::optional<bench::readiness_probe> probe;
-                if (m == fault::drop_persistent && !sc.opens)
-                    probe.emplace(std::make_shared<jobs::postgres_storage>(
-                        proxied, jobs::postgres_options{.schema = schema,
-                                                        .statement_timeout = std::chrono::milliseconds(200),
-                                                        .notifications = false}));
-                bool probed = false;
-                auto while_failing = [&]() -> std::string {
-                    if (!probe || proxy.injected() == 0)
-                        return {};
-                    probed = true;
-                    ++readiness_probes;
-                    if (auto why = probe->start(); !why.empty())
-                        return "a host does not start while its storage fails: " + why;
-                    if (!probe->answers(503))
-                        return "a host whose storage fails is still ready";
-                    return {};
-                };
-                auto once_lifted = [&]() -> std::string {
-                    std::string wrong;
-                    if (probed && !probe->answers(200))
-                        wrong = "a host is not ready again once its storage works";
-                    probe.reset();
-                    return wrong;
-                };
+                bench::readiness_around_fault readiness(
+                    m == fault::drop_persistent && !sc.opens
+                        ? std::make_shared<jobs::postgres_storage>(
+                              proxied, jobs::postgres_options{.schema = schema,
+                                                              .statement_timeout = std::chrono::milliseconds(200),
+                                                              .notifications = false})
+                        : nullptr);
+                auto while_failing = [&] { return readiness.while_failing(proxy.injected() != 0, readiness_probes); };
+                auto once_lifted = [&] { return readiness.once_lifted(); };
                 proxy.arm(n, m);
                 auto counted = [&] { return std::pair<long, long>(proxy.injected(), proxy.operations()); };
                 auto lift = [&] { proxy.disarm(); };

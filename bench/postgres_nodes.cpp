@@ -277,15 +277,9 @@ int main(int argc, char** argv)
     const std::size_t samples = argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 500;
     postgres_server own((std::filesystem::current_path() / ("hosting-nodes-pg-" + std::to_string(::getpid()))).string(),
                         true);
-    std::string conninfo;
-    if (const char* given = std::getenv("HOSTING_BENCH_POSTGRES"))
-        conninfo = given;
-    else
-        conninfo = own.start();
-    if (conninfo.empty()) {
-        std::printf("postgresql: no server (set HOSTING_BENCH_POSTGRES, or install Debian's postgresql)\n");
+    const std::string conninfo = bench_postgres(own);
+    if (conninfo.empty())
         return 0;
-    }
     std::printf("postgres_nodes: %zu no-op jobs, %zu latency samples, claims of %zu\n", count, samples, claim_size);
     for (const std::size_t nodes : {1, 3}) {
         run_bare(conninfo, nodes, count);

@@ -164,28 +164,11 @@ int main(int argc, char** argv)
                 if (!sc.opens)
                     live = std::make_unique<jobs::sqlite_storage>(path);
                 // Opened and built before the fault; started once it fired.
-                std::optional<bench::readiness_probe> probe;
-                if (m != fault_vfs::mode::once && !sc.opens)
-                    probe.emplace(std::make_shared<jobs::sqlite_storage>(path));
-                bool probed = false;
-                auto while_failing = [&]() -> std::string {
-                    if (!probe || fault_vfs::injected() == 0)
-                        return {}; // past the operation's last I/O: nothing fails
-                    probed = true;
-                    ++readiness_probes;
-                    if (auto why = probe->start(); !why.empty())
-                        return "a host does not start while its storage fails: " + why;
-                    if (!probe->answers(503))
-                        return "a host whose storage fails is still ready";
-                    return {};
-                };
-                auto once_lifted = [&]() -> std::string {
-                    std::string wrong;
-                    if (probed && !probe->answers(200))
-                        wrong = "a host is not ready again once its storage works";
-                    probe.reset(); // its server writes nothing during the checks
-                    return wrong;
-                };
+                bench::readiness_around_fault readiness(m != fault_vfs::mode::once && !sc.opens
+                                                            ? std::make_shared<jobs::sqlite_storage>(path)
+                                                            : nullptr);
+                auto while_failing = [&] { return readiness.while_failing(fault_vfs::injected() != 0, readiness_probes); };
+                auto once_lifted = [&] { return readiness.once_lifted(); };
                 fault_vfs::arm(n, m);
                 auto counted = [] { return std::pair<long, long>(fault_vfs::injected(), fault_vfs::operations()); };
                 auto lift = [] { fault_vfs::disarm(); };

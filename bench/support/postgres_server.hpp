@@ -5,7 +5,10 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
+
+#include <unistd.h>
 
 class postgres_server {
 public:
@@ -50,3 +53,18 @@ private:
     bool durable_;
     bool started_ = false;
 };
+
+// The server a bench measures: HOSTING_BENCH_POSTGRES (a libpq connection
+// string), or `own`, started now; empty, after saying so, when neither is
+// there.
+inline std::string bench_postgres(postgres_server& own)
+{
+    std::string conninfo;
+    if (const char* given = std::getenv("HOSTING_BENCH_POSTGRES"))
+        conninfo = given;
+    else
+        conninfo = own.start();
+    if (conninfo.empty())
+        std::printf("postgresql: no server (set HOSTING_BENCH_POSTGRES, or install Debian's postgresql)\n");
+    return conninfo;
+}

@@ -88,4 +88,45 @@ private:
     unsigned short port_ = 0;
 };
 
+// What the fault programs check of readiness around one fault, on a probe
+// built before it (`store` null: none this run).
+class readiness_around_fault {
+public:
+    explicit readiness_around_fault(std::shared_ptr<hosting::jobs::storage> store)
+    {
+        if (store)
+            probe_.emplace(std::move(store));
+    }
+
+    // Once the fault fired and while it lasts: the host starts and is not
+    // ready. What is wrong, or empty; `probes` counts the hosts tried.
+    std::string while_failing(bool fired, long& probes)
+    {
+        if (!probe_ || !fired)
+            return {}; // past the operation's last I/O: nothing fails
+        probed_ = true;
+        ++probes;
+        if (auto why = probe_->start(); !why.empty())
+            return "a host does not start while its storage fails: " + why;
+        if (!probe_->answers(503))
+            return "a host whose storage fails is still ready";
+        return {};
+    }
+
+    // Once the fault is lifted: ready again. Then the host stops, so that
+    // its server writes nothing during the program's own checks.
+    std::string once_lifted()
+    {
+        std::string wrong;
+        if (probed_ && !probe_->answers(200))
+            wrong = "a host is not ready again once its storage works";
+        probe_.reset();
+        return wrong;
+    }
+
+private:
+    std::optional<readiness_probe> probe_;
+    bool probed_ = false;
+};
+
 } // namespace bench
