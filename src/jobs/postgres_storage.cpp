@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <array>
+#include <iterator>
 #include <atomic>
 #include <cerrno>
 #include <charconv>
@@ -204,23 +205,6 @@ std::string logged(const std::string& to, const std::string& at, const std::stri
            ", " + error + "))";
 }
 
-// A job's continuations in any state, for a dashboard's job page: only
-// continuations are in it, so the jobs without a parent cost it nothing.
-const char* const migration_2 = R"sql(
-CREATE INDEX IF NOT EXISTS jobs_children ON jobs (parent_id) WHERE parent_id IS NOT NULL;
-)sql";
-
-// Each node's queue limits, for a dashboard's queues page; old nodes'
-// rows say none.
-// And the oldest program schema that may use this one: a later migration
-// that only adds leaves it, so that a node a version behind still starts
-// (a rolling upgrade, a rollback). Schemas 2 and 3 only add to 1.
-const char* const migration_3 = R"sql(
-ALTER TABLE nodes ADD COLUMN IF NOT EXISTS queue_limits TEXT NOT NULL DEFAULT '[]';
-CREATE TABLE IF NOT EXISTS schema_readers (oldest INTEGER NOT NULL);
-INSERT INTO schema_readers SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM schema_readers);
-)sql";
-
 // Counts by queue, kind and state are kept as deltas that statement-level
 // triggers append: concurrent writers never wait on one counter row (nor
 // deadlock over two), and announce_node() folds them now and then. The
@@ -328,6 +312,27 @@ CREATE TABLE nodes (
 );
 CREATE TABLE paused_queues (queue TEXT PRIMARY KEY, paused_at BIGINT NOT NULL);
 )sql";
+
+// A job's continuations in any state, for a dashboard's job page: only
+// continuations are in it, so the jobs without a parent cost it nothing.
+const char* const migration_2 = R"sql(
+CREATE INDEX IF NOT EXISTS jobs_children ON jobs (parent_id) WHERE parent_id IS NOT NULL;
+)sql";
+
+// Each node's queue limits, for a dashboard's queues page; old nodes'
+// rows say none.
+// And the oldest program schema that may use this one: a later migration
+// that only adds leaves it, so that a node a version behind still starts
+// (a rolling upgrade, a rollback). Schemas 2 and 3 only add to 1.
+const char* const migration_3 = R"sql(
+ALTER TABLE nodes ADD COLUMN IF NOT EXISTS queue_limits TEXT NOT NULL DEFAULT '[]';
+CREATE TABLE IF NOT EXISTS schema_readers (oldest INTEGER NOT NULL);
+INSERT INTO schema_readers SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM schema_readers);
+)sql";
+
+// Schema N is made by migrations[N - 1] from schema N - 1.
+const char* const migrations[] = {migration_1, migration_2, migration_3};
+static_assert(std::size(migrations) == postgres_storage::schema_version);
 
 // What a completion does to its job, for one row or many: `to` the state
 // its outcome asks for, the rest likewise SQL for its values. A job
@@ -916,17 +921,9 @@ struct postgres_storage::connection {
                                         std::to_string(oldest) + " or newer; this program's is " +
                                         std::to_string(schema_version));
             }
-            if (version < 1) {
-                exec(migration_1);
-                exec("INSERT INTO schema_version (version) VALUES (1)");
-            }
-            if (version < 2) {
-                exec(migration_2);
-                exec("INSERT INTO schema_version (version) VALUES (2)");
-            }
-            if (version < 3) {
-                exec(migration_3);
-                exec("INSERT INTO schema_version (version) VALUES (3)");
+            for (int next = version + 1; next <= schema_version; ++next) {
+                exec(migrations[next - 1]);
+                exec("INSERT INTO schema_version (version) VALUES (" + std::to_string(next) + ")");
             }
         });
     }

@@ -5,6 +5,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <iterator>
 #include <limits>
 #include <tuple>
 #include <unordered_map>
@@ -278,6 +279,12 @@ INSERT INTO hosting_jobs_readers SELECT 6 WHERE NOT EXISTS (SELECT 1 FROM hostin
 )sql";
 
 
+// Schema N is made by migrations[N - 1] from schema N - 1.
+const char* const migrations[] = {migration_1, migration_2, migration_3, migration_4,
+                                  migration_5, migration_6, migration_7, migration_8};
+static_assert(std::size(migrations) == sqlite_storage::schema_version);
+
+
 } // namespace
 
 struct sqlite_storage::connection {
@@ -344,37 +351,10 @@ struct sqlite_storage::connection {
                                         std::to_string(oldest) + " or newer; this program's is " +
                                         std::to_string(schema_version));
             }
-            if (version < 1) {
-                exec(migration_1, path);
-                exec("INSERT INTO hosting_jobs_schema (version) VALUES (1)", path);
-            }
-            if (version < 2) {
-                exec(migration_2, path);
-                exec("INSERT INTO hosting_jobs_schema (version) VALUES (2)", path);
-            }
-            if (version < 3) {
-                exec(migration_3, path);
-                exec("INSERT INTO hosting_jobs_schema (version) VALUES (3)", path);
-            }
-            if (version < 4) {
-                exec(migration_4, path);
-                exec("INSERT INTO hosting_jobs_schema (version) VALUES (4)", path);
-            }
-            if (version < 5) {
-                exec(migration_5, path);
-                exec("INSERT INTO hosting_jobs_schema (version) VALUES (5)", path);
-            }
-            if (version < 6) {
-                exec(migration_6, path);
-                exec("INSERT INTO hosting_jobs_schema (version) VALUES (6)", path);
-            }
-            if (version < 7) {
-                exec(migration_7, path);
-                exec("INSERT INTO hosting_jobs_schema (version) VALUES (7)", path);
-            }
-            if (version < 8) {
-                exec(migration_8, path);
-                exec("INSERT INTO hosting_jobs_schema (version) VALUES (8)", path);
+            for (int next = version + 1; next <= schema_version; ++next) {
+                exec(migrations[next - 1], path);
+                exec(("INSERT INTO hosting_jobs_schema (version) VALUES (" + std::to_string(next) + ")").c_str(),
+                     path);
             }
             exec("COMMIT", path);
         } catch (...) {
