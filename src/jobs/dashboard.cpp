@@ -565,7 +565,6 @@ private:
                 state->streams.push_back(out);
                 state->open_streams->set(static_cast<double>(state->live_streams()));
             }
-            state->watched();
             std::uint64_t sent = 0;
             std::size_t minutes_sent = 0;
             std::int64_t minute_sent = -1;
