@@ -2467,3 +2467,88 @@ TEST_CASE("jobs: storages change many jobs in one call, refusing each job that m
     CHECK_FALSE(again[1].error.empty());
     CHECK(store->find(ids[0].id)->history.back().reason == "again");
 }
+
+TEST_CASE("jobs: storages keep a job's text and an attempt's error exactly, one job or many at once",
+          "[jobs][conformance][storage]")
+{
+    EACH_STORAGE(which, db);
+    auto store = make_storage(which, db);
+    const auto t0 = jobs::clock::now();
+    // What a JSON encoding must escape, and what it must not change.
+    const std::string odd = "quote \" backslash \\ slash / tab \t newline \n bell \x07 \xc3\xbc \xe2\x82\xac \xf0\x9f\x98\x80";
+    std::vector<jobs::enqueue_request> batch;
+    for (int i = 0; i < 6; ++i) {
+        auto r = request("k" + odd, "{\"text\":\"" + std::to_string(i) + odd + "\"}", 2);
+        r.queue = "q" + odd;
+        if (i % 2 == 1)
+            r.concurrency_key = "c" + std::to_string(i) + odd;
+        if (i == 3)
+            r.unique_key = "u" + odd; // a job that goes on its own, between the others
+        r.reason = "enqueued " + odd;
+        batch.push_back(r);
+    }
+    const auto ids = store->enqueue(batch, t0);
+    REQUIRE(ids.size() == batch.size());
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+        CHECK(ids[i].created);
+        if (i > 0)
+            CHECK(ids[i].id > ids[i - 1].id);
+        const auto j = store->find(ids[i].id);
+        REQUIRE(j);
+        CHECK(j->kind == batch[i].kind);
+        CHECK(j->queue == batch[i].queue);
+        CHECK(j->args == batch[i].args);
+        CHECK(j->concurrency_key == batch[i].concurrency_key);
+        CHECK(j->unique_key == batch[i].unique_key);
+        REQUIRE(j->history.size() == 1);
+        CHECK(j->history[0].reason == batch[i].reason);
+    }
+
+    // Completed all at once: retries with odd errors, and successes.
+    jobs::claim_request claim{"node" + odd, {{"q" + odd, 10}}, {"k" + odd}, t0 + 60s};
+    const auto claimed = store->complete_and_claim({}, claim, t0);
+    REQUIRE(claimed.size() == batch.size());
+    std::vector<jobs::completion> done;
+    for (const auto& j : claimed) {
+        const bool retry = j.id % 2 == 0;
+        done.push_back({j.id, j.attempt, retry ? jobs::outcome::retry : jobs::outcome::succeeded, t0 + 1s,
+                        retry ? "error " + std::to_string(j.id) + odd : std::string(), "ended " + odd});
+    }
+    jobs::claim_request none{"node" + odd, {}, {"k" + odd}, t0 + 60s};
+    store->complete_and_claim(done, none, t0 + 1ms);
+    for (const auto& d : done) {
+        const auto j = store->find(d.id);
+        REQUIRE(j);
+        CHECK(j->state == (d.what == jobs::outcome::retry ? job_state::retryable : job_state::succeeded));
+        CHECK(j->last_error == d.error);
+        CHECK(j->history.back().reason == d.reason);
+        CHECK(j->history.back().error == d.error);
+    }
+}
+
+TEST_CASE("jobs: a handler's error that is not UTF-8 is kept with each bad byte replaced, and the job ends as it should",
+          "[jobs][conformance][server]")
+{
+    EACH_STORAGE(which, db);
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    jobs::kind_options once;
+    once.retry.max_attempts = 1;
+    jobs::add_jobs(builder, make_storage(which, db), quick_server())
+        .register_kind<int>(
+            "bytes",
+            [](int, jobs::job_context&) -> asio::awaitable<void> {
+                throw std::runtime_error("read \xff\xfe from the device");
+                co_return;
+            },
+            once);
+    auto host = builder.build();
+    host.start_blocking();
+    auto& client = host.services().get<jobs::client>();
+    const auto id = client.enqueue_blocking("bytes", 1);
+    REQUIRE(wait_state(client, id, job_state::failed));
+    const auto j = client.find_blocking(id);
+    CHECK(j->last_error == "read \xEF\xBF\xBD\xEF\xBF\xBD from the device");
+    CHECK(j->history.back().error == j->last_error);
+    host.stop_blocking();
+    CHECK(host.exit_code() == 0);
+}

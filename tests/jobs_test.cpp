@@ -231,6 +231,54 @@ TEST_CASE("jobs: a SQLite file keeps its jobs and schema across opens, and two c
     CHECK_THROWS_AS(jobs::sqlite_storage("/nonexistent-dir/x.db"), jobs::storage_error);
 }
 
+TEST_CASE("jobs: a SQLite file keeps arguments that are not UTF-8 byte for byte, and an error's text as valid "
+          "UTF-8, in a batch or not",
+          "[jobs][storage]")
+{
+    temp_db db;
+    jobs::sqlite_storage store(db.path.string());
+    const auto t0 = jobs::clock::now();
+    using namespace std::string_literals;
+    // Neither goes through JSON unchanged: these jobs and completions take
+    // the path of one at a time, between the others of their batch. The
+    // arguments are kept as they are; an error's text, which the history
+    // holds as JSON, has each byte that starts no UTF-8 character (and each
+    // NUL) replaced by U+FFFD.
+    const std::vector<std::string> texts = {"plain", "\xff\xfe not UTF-8"s, "a NUL \0 inside"s, "\xc0\x80 overlong"s,
+                                            "\xed\xa0\x80 surrogate"s, "plain again"};
+    const std::string bad = "\xEF\xBF\xBD";
+    const std::vector<std::string> valid = {"plain", bad + bad + " not UTF-8", "a NUL " + bad + " inside",
+                                            bad + bad + " overlong", bad + bad + bad + " surrogate", "plain again"};
+    std::vector<jobs::enqueue_request> batch;
+    for (const auto& t : texts)
+        batch.push_back(request("k", t, 2));
+    const auto ids = store.enqueue(batch, t0);
+    REQUIRE(ids.size() == texts.size());
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+        if (i > 0)
+            CHECK(ids[i].id > ids[i - 1].id);
+        CHECK(store.find(ids[i].id)->args == texts[i]);
+    }
+    jobs::claim_request claim{"n", {{"default", 10}}, {"k"}, t0 + 60s};
+    const auto claimed = store.complete_and_claim({}, claim, t0);
+    REQUIRE(claimed.size() == texts.size());
+    std::vector<jobs::completion> done;
+    for (const auto& j : claimed)
+        done.push_back({j.id, j.attempt, jobs::outcome::retry, t0 + 1s, "error: " + j.args, "retry"});
+    store.complete_and_claim(done, {"n", {}, {"k"}, t0 + 60s}, t0);
+    for (std::size_t i = 0; i < done.size(); ++i) {
+        const auto j = store.find(done[i].id);
+        REQUIRE(j);
+        CHECK(j->state == job_state::retryable);
+        const auto at = static_cast<std::size_t>(
+            std::find_if(ids.begin(), ids.end(), [&](const jobs::enqueue_result& e) { return e.id == j->id; }) -
+            ids.begin());
+        REQUIRE(at < valid.size());
+        CHECK(j->last_error == "error: " + valid[at]);
+        CHECK(j->history.back().error == "error: " + valid[at]);
+    }
+}
+
 TEST_CASE("jobs: a SQLite file of schema 1 migrates, and its counts match its rows", "[jobs][storage]")
 {
     temp_db db;
@@ -247,7 +295,8 @@ TEST_CASE("jobs: a SQLite file of schema 1 migrates, and its counts match its ro
     {
         sqlite3* raw = nullptr;
         REQUIRE(sqlite3_open(db.path.c_str(), &raw) == SQLITE_OK);
-        const char* downgrade = "DROP TRIGGER jobs_counted_insert; DROP TRIGGER jobs_counted_delete; "
+        const char* downgrade = "DROP INDEX jobs_unique_held; ALTER TABLE jobs DROP COLUMN unique_held; "
+                                "DROP TRIGGER jobs_counted_insert; DROP TRIGGER jobs_counted_delete; "
                                 "DROP TRIGGER jobs_counted_update; DROP TABLE job_counts; "
                                 "ALTER TABLE recurring_jobs DROP COLUMN unique_key; "
                                 "ALTER TABLE recurring_jobs DROP COLUMN unique_states; "
@@ -325,7 +374,8 @@ TEST_CASE("jobs: a SQLite file of schema 2 migrates, and its recurring jobs beha
         CHECK(sqlite3_exec(raw, sql, nullptr, nullptr, nullptr) == SQLITE_OK);
         sqlite3_close(raw);
     };
-    exec("ALTER TABLE recurring_jobs DROP COLUMN unique_key; ALTER TABLE recurring_jobs DROP COLUMN unique_states; "
+    exec("DROP INDEX jobs_unique_held; ALTER TABLE jobs DROP COLUMN unique_held; "
+         "ALTER TABLE recurring_jobs DROP COLUMN unique_key; ALTER TABLE recurring_jobs DROP COLUMN unique_states; "
          "ALTER TABLE recurring_jobs DROP COLUMN concurrency_key; ALTER TABLE recurring_jobs DROP COLUMN overlap; "
          "ALTER TABLE recurring_jobs DROP COLUMN unique_across_kinds; ALTER TABLE jobs DROP COLUMN unique_scoped; "
          "ALTER TABLE jobs DROP COLUMN claim_flags; DROP TABLE nodes; DROP TABLE paused_queues; "
@@ -399,7 +449,8 @@ TEST_CASE("jobs: a SQLite file of schema 3 migrates, and the unique keys of its 
     {
         sqlite3* raw = nullptr;
         REQUIRE(sqlite3_open(db.path.c_str(), &raw) == SQLITE_OK);
-        const char* downgrade = "UPDATE jobs SET unique_slot = NULL; "
+        const char* downgrade = "DROP INDEX jobs_unique_held; ALTER TABLE jobs DROP COLUMN unique_held; "
+                                "UPDATE jobs SET unique_slot = NULL; "
                                 "UPDATE jobs SET unique_slot = unique_key WHERE kind <> 'naïve'; "
                                 "ALTER TABLE jobs DROP COLUMN unique_scoped; "
                                 "ALTER TABLE recurring_jobs DROP COLUMN unique_across_kinds; "

@@ -278,10 +278,25 @@ CREATE TABLE IF NOT EXISTS hosting_jobs_readers (oldest INTEGER NOT NULL);
 INSERT INTO hosting_jobs_readers SELECT 6 WHERE NOT EXISTS (SELECT 1 FROM hosting_jobs_readers);
 )sql";
 
+// Fewer index edits for each change of state. The unique slot moves to a
+// column whose unique index holds only the jobs that hold a key: the
+// column constraint's index held every job, and each claim and completion
+// rewrote its entry. And jobs_state leaves out the running jobs, which
+// jobs_running lists: a claim only takes a job out of it and a completion
+// only puts it back, where each moved it. Programs of schema 8 and before
+// would keep keys in the old column: they may not use this file.
+const char* const migration_9 = R"sql(
+ALTER TABLE jobs ADD COLUMN unique_held TEXT;
+UPDATE jobs SET unique_held = unique_slot, unique_slot = NULL WHERE unique_slot IS NOT NULL;
+CREATE UNIQUE INDEX jobs_unique_held ON jobs (unique_held) WHERE unique_held IS NOT NULL;
+DROP INDEX jobs_state;
+CREATE INDEX jobs_state ON jobs (state, id) WHERE state <> 3;
+UPDATE hosting_jobs_readers SET oldest = 9;
+)sql";
 
 // Schema N is made by migrations[N - 1] from schema N - 1.
-const char* const migrations[] = {migration_1, migration_2, migration_3, migration_4,
-                                  migration_5, migration_6, migration_7, migration_8};
+const char* const migrations[] = {migration_1, migration_2, migration_3, migration_4, migration_5,
+                                  migration_6, migration_7, migration_8, migration_9};
 static_assert(std::size(migrations) == sqlite_storage::schema_version);
 
 
@@ -291,7 +306,7 @@ struct sqlite_storage::connection {
     std::unique_ptr<sqlite3, database_closer> handle;
     sqlite3* db = nullptr; // handle's
     std::unique_ptr<statement> begin, commit, rollback;
-    std::unique_ptr<statement> insert, find_unique, complete, promote, candidates, claim, renew, expired, held,
+    std::unique_ptr<statement> insert, insert_many, find_unique, complete, complete_many, promote, candidates, claim, renew, expired, held,
         state_of, transition, key_holder, requeue, find, next_due, counts, children, refunded, paused;
 
     explicit connection(const std::string& path, const sqlite_options& options)
@@ -370,12 +385,22 @@ struct sqlite_storage::connection {
         rollback = std::make_unique<statement>(db, "ROLLBACK");
         insert = std::make_unique<statement>(
             db, "INSERT INTO jobs (kind, queue, args, priority, state, max_attempts, timeout_ms, created_at, run_at, "
-                "unique_key, unique_states, unique_slot, history, concurrency_key, parent_id, condition, recurring_id, "
+                "unique_key, unique_states, unique_held, history, concurrency_key, parent_id, condition, recurring_id, "
                 "updated_at, unique_scoped) "
                 "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, json_array(json_array(?5, ?5, ?8, ?13, '')), "
                 "?14, ?15, ?16, ?17, ?8, ?18)"
-                " ON CONFLICT (unique_slot) DO NOTHING RETURNING id");
-        find_unique = std::make_unique<statement>(db, "SELECT id FROM jobs WHERE unique_slot = ?1");
+                " ON CONFLICT (unique_held) WHERE unique_held IS NOT NULL DO NOTHING RETURNING id");
+        // Jobs with no unique key and no parent, many in one statement (see
+        // add_plain): ?1 now, ?2 one JSON array per job, [kind, queue, args,
+        // priority, state, max_attempts, timeout_ms, run_at, concurrency_key
+        // or null, recurring_id or null, reason].
+        insert_many = std::make_unique<statement>(
+            db, "INSERT INTO jobs (kind, queue, args, priority, state, max_attempts, timeout_ms, created_at, run_at, "
+                "unique_states, history, concurrency_key, condition, recurring_id, updated_at) "
+                "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, ?1, "
+                "value ->> 7, 0, json_array(json_array(value ->> 4, value ->> 4, ?1, value ->> 10, '')), value ->> 8, 0, "
+                "value ->> 9, ?1 FROM json_each(?2) ORDER BY key RETURNING id");
+        find_unique = std::make_unique<statement>(db, "SELECT id FROM jobs WHERE unique_held = ?1");
         // ?2 new state, ?3 attempt delta, ?4 run_at or NULL, ?5 error or NULL, ?6 now, ?7 reason.
         // A job cancelled (cancel_requested = 1) or deleted (2) while it ran,
         // from this process or another, ends cancelled or deleted, whatever
@@ -392,13 +417,40 @@ struct sqlite_storage::connection {
                  "CASE cancel_requested WHEN 2 THEN 'deleted while running; the attempt ended: ' || ?7 "
                  "WHEN 1 THEN CASE WHEN ?2 = 7 THEN ?7 ELSE 'cancelled while running; the attempt ended: ' || ?7 END "
                  "ELSE ?7 END, coalesce(?5, ''))), "
-                 "unique_slot = CASE WHEN (unique_states >> " + ended + ") & 1 THEN unique_scoped END "
+                 "unique_held = CASE WHEN (unique_states >> " + ended + ") & 1 THEN unique_scoped END "
                  "WHERE id = ?1 AND state = 3 AND lease_owner = ?8 AND attempt = ?9 RETURNING state")
+                    .c_str());
+        // A node's completions in one statement, as complete does each:
+        // ?1 now, ?2 the node, ?3 one JSON array per completion, [id, new
+        // state, attempt delta, run_at or null, error or null, reason,
+        // attempt]. One statement rather than one per job: each run of a
+        // statement sets up its program and its RETURNING anew. The
+        // completions are read first and the jobs looked up by id: the
+        // other conditions are kept off the indexes (+), so that the
+        // planner never walks the running jobs for each completion.
+        const std::string ended_each = "(CASE jobs.cancel_requested WHEN 2 THEN 8 WHEN 1 THEN 7 ELSE d.d_to END)";
+        const std::string stopping_each = "jobs.cancel_requested <> 0";
+        complete_many = std::make_unique<statement>(
+            db, ("UPDATE jobs SET state = " + ended_each + ", attempt = attempt + CASE WHEN " + stopping_each +
+                 " THEN 0 ELSE d.d_delta END, run_at = CASE WHEN " + stopping_each +
+                 " THEN run_at ELSE coalesce(d.d_run_at, run_at) END, last_error = coalesce(d.d_error, last_error), "
+                 "lease_owner = NULL, lease_expires = NULL, cancel_requested = 0, updated_at = ?1, "
+                 "history = json_insert(history, '$[#]', json_array(state, " + ended_each + ", ?1, "
+                 "CASE jobs.cancel_requested WHEN 2 THEN 'deleted while running; the attempt ended: ' || d.d_reason "
+                 "WHEN 1 THEN CASE WHEN d.d_to = 7 THEN d.d_reason "
+                 "ELSE 'cancelled while running; the attempt ended: ' || d.d_reason END "
+                 "ELSE d.d_reason END, coalesce(d.d_error, ''))), "
+                 "unique_held = CASE WHEN (unique_states >> " + ended_each + ") & 1 THEN unique_scoped END "
+                 "FROM (SELECT value ->> 0 AS d_id, value ->> 1 AS d_to, value ->> 2 AS d_delta, "
+                 "value ->> 3 AS d_run_at, value ->> 4 AS d_error, value ->> 5 AS d_reason, value ->> 6 AS d_attempt "
+                 "FROM json_each(?3)) AS d "
+                 "WHERE jobs.id = d.d_id AND +jobs.state = 3 AND +jobs.lease_owner = ?2 AND +jobs.attempt = d.d_attempt "
+                 "RETURNING jobs.id, jobs.state")
                     .c_str());
         promote = std::make_unique<statement>(
             db, "UPDATE jobs SET state = 1, updated_at = ?1, "
                 "history = json_insert(history, '$[#]', json_array(state, 1, ?1, 'due', '')), "
-                "unique_slot = CASE WHEN (unique_states >> 1) & 1 THEN unique_scoped END "
+                "unique_held = CASE WHEN (unique_states >> 1) & 1 THEN unique_scoped END "
                 "WHERE id IN (SELECT id FROM jobs WHERE state IN (0, 4) AND run_at <= ?1 ORDER BY run_at, id "
                 "LIMIT ?2)");
         // ?1 queue, ?2 kinds (JSON array). In claim order along jobs_ready,
@@ -421,7 +473,7 @@ struct sqlite_storage::connection {
                                 "lease_expires = ?2, updated_at = ?3, "
                                 "history = json_insert(history, '$[#]', json_array(state, 3, ?3, "
                                 "'claimed by ' || ?1, '')), "
-                                "unique_slot = CASE WHEN (unique_states >> 3) & 1 THEN unique_scoped END "
+                                "unique_held = CASE WHEN (unique_states >> 3) & 1 THEN unique_scoped END "
                                 "WHERE state = 1 AND id IN (SELECT value FROM json_each(?4)) RETURNING ";
         claim_sql += job_columns(false);
         claim = std::make_unique<statement>(db, claim_sql.c_str());
@@ -444,19 +496,19 @@ struct sqlite_storage::connection {
             db, "UPDATE jobs SET state = ?2, cancel_requested = 0, lease_owner = NULL, lease_expires = NULL, "
                 "updated_at = ?3, "
                 "history = json_insert(history, '$[#]', json_array(state, ?2, ?3, ?4, '')), "
-                "unique_slot = CASE WHEN (unique_states >> ?2) & 1 AND NOT EXISTS (SELECT 1 FROM jobs AS other "
-                "WHERE other.unique_slot = jobs.unique_scoped AND other.id <> jobs.id) THEN unique_scoped END "
+                "unique_held = CASE WHEN (unique_states >> ?2) & 1 AND NOT EXISTS (SELECT 1 FROM jobs AS other "
+                "WHERE other.unique_held = jobs.unique_scoped AND other.id <> jobs.id) THEN unique_scoped END "
                 "WHERE id = ?1");
         // Another job that holds the unique key job ?1 would take when
         // requeued (available holds it): its id and the key.
         key_holder = std::make_unique<statement>(
             db, "SELECT other.id, me.unique_key FROM jobs AS me JOIN jobs AS other "
-                "ON other.unique_slot = me.unique_scoped AND other.id <> me.id "
+                "ON other.unique_held = me.unique_scoped AND other.id <> me.id "
                 "WHERE me.id = ?1 AND (me.unique_states >> 1) & 1");
         requeue = std::make_unique<statement>(
             db, "UPDATE jobs SET state = 1, attempt = 0, run_at = ?2, cancel_requested = 0, updated_at = ?2, "
                 "history = json_insert(history, '$[#]', json_array(state, 1, ?2, ?3, '')), "
-                "unique_slot = CASE WHEN (unique_states >> 1) & 1 THEN unique_scoped END "
+                "unique_held = CASE WHEN (unique_states >> 1) & 1 THEN unique_scoped END "
                 "WHERE id = ?1");
         find = std::make_unique<statement>(db, ("SELECT " + job_columns(true) + " FROM jobs WHERE id = ?1").c_str());
         next_due = std::make_unique<statement>(db, "SELECT min(run_at) FROM jobs WHERE state IN (0, 4)");
@@ -560,7 +612,7 @@ struct sqlite_storage::connection {
         s.bind(11, r.unique_key.empty() ? 0 : static_cast<std::int64_t>(r.unique_states.bits()));
         s.bind_or_null(12, r.unique_states.contains(initial) ? std::string_view(slot) : std::string_view());
         s.bind_or_null(18, slot);
-        s.bind(13, r.reason).bind_or_null(14, r.concurrency_key);
+        s.bind(13, valid_text(r.reason)).bind_or_null(14, r.concurrency_key);
         if (r.parent_id == 0)
             s.bind_null(15);
         else
@@ -579,6 +631,57 @@ struct sqlite_storage::connection {
             throw storage_error("jobs: sqlite: an insert conflicted but no job holds unique key '" + r.unique_key +
                                 "'");
         return {find_unique->integer(0), false, {}};
+    }
+
+    // Jobs with no unique key and no parent, stored by one statement: each
+    // run of the insert statement costs its setup again, which a batch of
+    // thousands need not pay. The rowids the statement allocates grow in
+    // the order it inserts, which is the batch's.
+    void add_plain(std::span<const enqueue_request> plain, time_point now, std::vector<enqueue_result>& out)
+    {
+        if (plain.empty())
+            return;
+        const auto at = micros(now);
+        std::string each = "[";
+        for (const auto& r : plain) {
+            const auto initial = r.run_at && *r.run_at > now ? job_state::scheduled : job_state::available;
+            auto quoted = [](const std::string& text) {
+                return boost::json::serialize(boost::json::string_view(text));
+            };
+            if (each.size() > 1)
+                each += ',';
+            each += '[' + quoted(r.kind) + ',' + quoted(r.queue) + ',' + quoted(r.args) + ',' +
+                    std::to_string(r.priority) + ',' + std::to_string(code(initial)) + ',' +
+                    std::to_string(r.max_attempts) + ',' + std::to_string(r.timeout.count()) + ',' +
+                    std::to_string(micros(r.run_at.value_or(now))) + ',' +
+                    (r.concurrency_key.empty() ? std::string("null") : quoted(r.concurrency_key)) + ',' +
+                    (r.recurring_id.empty() ? std::string("null") : quoted(r.recurring_id)) + ',' + quoted(r.reason) +
+                    ']';
+        }
+        each += ']';
+        std::vector<job_id> ids;
+        ids.reserve(plain.size());
+        {
+            auto& s = *insert_many;
+            using_statement u{s};
+            s.bind(1, at).bind(2, each);
+            while (s.step())
+                ids.push_back(s.integer(0));
+        }
+        if (ids.size() != plain.size())
+            throw storage_error("jobs: sqlite: a batch of " + std::to_string(plain.size()) + " jobs stored " +
+                                std::to_string(ids.size()));
+        std::sort(ids.begin(), ids.end());
+        for (const auto id : ids)
+            out.push_back({id, true, {}});
+    }
+
+    // What add_plain() can store: no key to compare, no parent to look up,
+    // and text that JSON carries unchanged (valid UTF-8).
+    static bool plain(const enqueue_request& r)
+    {
+        return r.unique_key.empty() && r.parent_id == 0 && json_safe(r.kind) && json_safe(r.queue) &&
+               json_safe(r.args) && json_safe(r.concurrency_key) && json_safe(r.recurring_id) && json_safe(r.reason);
     }
 
     // A transition asked for from outside the engine, inside the caller's
@@ -605,7 +708,7 @@ struct sqlite_storage::connection {
                                                  " holds its unique key '" + key_holder->text(1) + "'");
             }
             using_statement u{*requeue};
-            requeue->bind(1, id).bind(2, micros(now)).bind(3, reason);
+            requeue->bind(1, id).bind(2, micros(now)).bind(3, valid_text(reason));
             requeue->run();
         } else {
             apply_transition(id, to, now, reason);
@@ -617,7 +720,7 @@ struct sqlite_storage::connection {
     {
         {
             using_statement u{*transition};
-            transition->bind(1, id).bind(2, code(to)).bind(3, micros(now)).bind(4, reason);
+            transition->bind(1, id).bind(2, code(to)).bind(3, micros(now)).bind(4, valid_text(reason));
             transition->run();
         }
         if (is_final(to))
@@ -741,8 +844,21 @@ std::vector<enqueue_result> sqlite_storage::enqueue(std::span<const enqueue_requ
     return c.write([&] {
         std::vector<enqueue_result> out;
         out.reserve(requests.size());
-        for (const auto& r : requests)
-            out.push_back(c.add(r, now));
+        // Runs of plain jobs go in one statement each; the others one by
+        // one, in between, so that the results keep the requests' order.
+        std::size_t i = 0;
+        while (i < requests.size()) {
+            std::size_t end = i;
+            while (end < requests.size() && connection::plain(requests[end]))
+                ++end;
+            if (end > i) {
+                c.add_plain(requests.subspan(i, end - i), now, out);
+                i = end;
+            } else {
+                out.push_back(c.add(requests[i], now));
+                ++i;
+            }
+        }
         return out;
     });
 }
@@ -754,22 +870,63 @@ std::vector<job> sqlite_storage::complete_and_claim(std::span<const completion> 
     auto& c = *db_;
     const auto at = micros(now);
     return c.write([&] {
-        for (const auto& d : done) {
-            const auto effect = effect_of(d.what);
-            auto& s = *c.complete;
-            using_statement u{s};
-            s.bind(1, d.id).bind(2, code(effect.to)).bind(3, effect.attempt_delta);
-            if (effect.uses_run_at)
-                s.bind(4, micros(d.run_at));
-            else
-                s.bind_null(4);
-            s.bind_or_null(5, d.error).bind(6, at).bind(7, d.reason).bind(8, claim.node).bind(9, d.attempt);
-            if (!s.step())
-                continue; // not this node's attempt any more: the result is moot
-            const auto ended = stored_state(s.integer(0), d.id);
-            s.reset();
-            if (is_final(ended))
-                c.resolve_children(d.id, ended, now);
+        // Text that JSON would not carry unchanged goes one job at a time.
+        const bool batched = std::all_of(done.begin(), done.end(), [](const completion& d) {
+            return json_safe(d.error) && json_safe(d.reason);
+        });
+        if (!batched) {
+            for (const auto& d : done) {
+                const auto effect = effect_of(d.what);
+                auto& s = *c.complete;
+                using_statement u{s};
+                s.bind(1, d.id).bind(2, code(effect.to)).bind(3, effect.attempt_delta);
+                if (effect.uses_run_at)
+                    s.bind(4, micros(d.run_at));
+                else
+                    s.bind_null(4);
+                // A history is JSON: its texts are made valid first.
+                s.bind_or_null(5, valid_text(d.error)).bind(6, at).bind(7, valid_text(d.reason));
+                s.bind(8, claim.node).bind(9, d.attempt);
+                if (!s.step())
+                    continue; // not this node's attempt any more: the result is moot
+                const auto ended = stored_state(s.integer(0), d.id);
+                s.reset();
+                if (is_final(ended))
+                    c.resolve_children(d.id, ended, now);
+            }
+        } else if (!done.empty()) {
+            std::string each = "[";
+            for (const auto& d : done) {
+                const auto effect = effect_of(d.what);
+                if (each.size() > 1)
+                    each += ',';
+                each += '[' + std::to_string(d.id) + ',' + std::to_string(code(effect.to)) + ',' +
+                        std::to_string(effect.attempt_delta) + ',' +
+                        (effect.uses_run_at ? std::to_string(micros(d.run_at)) : std::string("null")) + ',' +
+                        (d.error.empty() ? std::string("null")
+                                         : boost::json::serialize(boost::json::string_view(d.error))) +
+                        ',' + boost::json::serialize(boost::json::string_view(d.reason)) + ',' +
+                        std::to_string(d.attempt) + ']';
+            }
+            each += ']';
+            // Those not this node's attempt any more are not returned: their
+            // result is moot.
+            std::vector<std::pair<job_id, job_state>> finished;
+            {
+                auto& s = *c.complete_many;
+                using_statement u{s};
+                s.bind(1, at).bind(2, claim.node).bind(3, each);
+                while (s.step()) {
+                    const auto id = s.integer(0);
+                    const auto ended = stored_state(s.integer(1), id);
+                    if (is_final(ended))
+                        finished.emplace_back(id, ended);
+                }
+            }
+            // In id order, as one job at a time would have settled them.
+            std::sort(finished.begin(), finished.end());
+            for (const auto& [id, ended] : finished)
+                c.resolve_children(id, ended, now);
         }
         {
             using_statement u{*c.promote};
@@ -919,8 +1076,11 @@ std::vector<job> sqlite_storage::list(const job_filter& filter)
     std::lock_guard lock(mutex_);
     auto& c = *db_;
     std::string sql = "SELECT " + job_columns(filter.with_history) + " FROM jobs WHERE 1";
+    // The state written out, not bound: jobs_state leaves out running jobs,
+    // and the planner uses a partial index only where the query itself
+    // says that it holds.
     if (filter.state)
-        sql += " AND state = ?1";
+        sql += " AND state = " + std::to_string(code(*filter.state));
     if (filter.queue)
         sql += " AND queue = ?2";
     if (filter.kind)
@@ -940,8 +1100,6 @@ std::vector<job> sqlite_storage::list(const job_filter& filter)
         s.bind(7, filter.after);
     if (filter.parent != 0)
         s.bind(8, filter.parent);
-    if (filter.state)
-        s.bind(1, code(*filter.state));
     if (filter.queue)
         s.bind(2, *filter.queue);
     if (filter.kind)

@@ -101,7 +101,7 @@ public:
 
     const postgres_options& options() const noexcept { return options_; }
     // The schema version this library writes.
-    static constexpr int schema_version = 3;
+    static constexpr int schema_version = 4;
 
 private:
     struct connection;

@@ -66,7 +66,7 @@ public:
 
     const std::string& path() const noexcept { return path_; }
     // The schema version this library writes.
-    static constexpr int schema_version = 8;
+    static constexpr int schema_version = 9;
 
 private:
     struct connection;

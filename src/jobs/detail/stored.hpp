@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace hosting::jobs::detail {
@@ -56,6 +57,81 @@ inline std::string json_array_of(const std::vector<std::string>& items)
         out += boost::json::serialize(boost::json::string_view(item));
     }
     out += ']';
+    return out;
+}
+
+// The length of the UTF-8 sequence text starts with, or 0 where it holds
+// none: a NUL, a stray or missing continuation byte, an overlong form, a
+// surrogate, or what lies past U+10FFFF.
+inline std::size_t utf8_sequence(std::string_view text)
+{
+    const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+    const unsigned char c = p[0];
+    if (c == 0)
+        return 0;
+    if (c < 0x80)
+        return 1;
+    std::size_t n;
+    std::uint32_t code;
+    if ((c & 0xE0) == 0xC0) {
+        n = 1;
+        code = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+        n = 2;
+        code = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+        n = 3;
+        code = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (text.size() <= n)
+        return 0;
+    for (std::size_t k = 1; k <= n; ++k) {
+        if ((p[k] & 0xC0) != 0x80)
+            return 0;
+        code = (code << 6) | (p[k] & 0x3F);
+    }
+    static constexpr std::uint32_t least[] = {0, 0x80, 0x800, 0x10000};
+    if (code < least[n] || (code >= 0xD800 && code <= 0xDFFF) || code > 0x10FFFF)
+        return 0;
+    return n + 1;
+}
+
+// Whether text goes through a JSON string and back unchanged, whoever
+// parses it: valid UTF-8 with no NUL (a parser may end a string at an
+// escaped NUL, or pass bytes that are not UTF-8 on, or not).
+inline bool json_safe(std::string_view text)
+{
+    while (!text.empty()) {
+        const auto n = utf8_sequence(text);
+        if (n == 0)
+            return false;
+        text.remove_prefix(n);
+    }
+    return true;
+}
+
+// Text every storage keeps as it is: each byte that starts no valid UTF-8
+// sequence, and each NUL, becomes U+FFFD. For the texts a job's history
+// holds (an error's message, a reason), which are JSON in SQLite and text
+// in PostgreSQL: neither takes any byte string.
+inline std::string valid_text(std::string_view text)
+{
+    if (json_safe(text))
+        return std::string(text);
+    std::string out;
+    out.reserve(text.size() + 8);
+    while (!text.empty()) {
+        auto n = utf8_sequence(text);
+        if (n == 0) {
+            out += "\xEF\xBF\xBD";
+            n = 1;
+        } else {
+            out.append(text.data(), n);
+        }
+        text.remove_prefix(n);
+    }
     return out;
 }
 
