@@ -76,7 +76,10 @@ void downgrade_to_5(const std::string& path)
 {
     sqlite3* raw = nullptr;
     sqlite3_open(path.c_str(), &raw);
-    const char* sql = "DROP TABLE nodes; DROP TABLE paused_queues; ALTER TABLE recurring_jobs DROP COLUMN paused; "
+    const char* sql = "UPDATE jobs SET unique_slot = unique_held WHERE unique_held IS NOT NULL; "
+                      "DROP INDEX jobs_unique_held; ALTER TABLE jobs DROP COLUMN unique_held; "
+                      "DROP TABLE hosting_jobs_readers; "
+                      "DROP TABLE nodes; DROP TABLE paused_queues; ALTER TABLE recurring_jobs DROP COLUMN paused; "
                       "DELETE FROM hosting_jobs_schema WHERE version >= 6;";
     char* error = nullptr;
     if (sqlite3_exec(raw, sql, nullptr, nullptr, &error) != SQLITE_OK) {
