@@ -104,6 +104,28 @@ std::string job_columns(bool with_history)
            (with_history ? "history" : "NULL") + ", concurrency_key, parent_id, condition, recurring_id";
 }
 
+// What a completion does to its job, for one row (complete) or many
+// (complete_many): `to` the state its outcome asks for, the rest likewise
+// SQL for their values. A job cancelled (cancel_requested = 1) or deleted
+// (2) while it ran, from this process or another, ends cancelled or
+// deleted, whatever the attempt's outcome, the attempt counted.
+std::string completion_set(const std::string& to, const std::string& delta, const std::string& run_at,
+                           const std::string& error, const std::string& now, const std::string& reason)
+{
+    const std::string stopping = "cancel_requested <> 0";
+    const std::string ended = "(CASE cancel_requested WHEN 2 THEN 8 WHEN 1 THEN 7 ELSE " + to + " END)";
+    return "state = " + ended + ", attempt = attempt + CASE WHEN " + stopping + " THEN 0 ELSE " + delta +
+           " END, run_at = CASE WHEN " + stopping + " THEN run_at ELSE coalesce(" + run_at +
+           ", run_at) END, last_error = coalesce(" + error + ", last_error), lease_owner = NULL, "
+           "lease_expires = NULL, cancel_requested = 0, updated_at = " + now +
+           ", history = json_insert(history, '$[#]', json_array(state, " + ended + ", " + now +
+           ", CASE cancel_requested WHEN 2 THEN 'deleted while running; the attempt ended: ' || " + reason +
+           " WHEN 1 THEN CASE WHEN " + to + " = 7 THEN " + reason +
+           " ELSE 'cancelled while running; the attempt ended: ' || " + reason + " END ELSE " + reason +
+           " END, coalesce(" + error + ", ''))), unique_held = CASE WHEN (unique_states >> " + ended +
+           ") & 1 THEN unique_scoped END";
+}
+
 // The closer of the connection's handle, declared before its statements so
 // that they are finalized first, whichever way the connection ends.
 struct database_closer {
@@ -402,23 +424,10 @@ struct sqlite_storage::connection {
                 "value ->> 9, ?1 FROM json_each(?2) ORDER BY key RETURNING id");
         find_unique = std::make_unique<statement>(db, "SELECT id FROM jobs WHERE unique_held = ?1");
         // ?2 new state, ?3 attempt delta, ?4 run_at or NULL, ?5 error or NULL, ?6 now, ?7 reason.
-        // A job cancelled (cancel_requested = 1) or deleted (2) while it ran,
-        // from this process or another, ends cancelled or deleted, whatever
-        // the attempt's outcome, the attempt counted. Returns the state it
-        // ended in.
-        const std::string stopping = "cancel_requested <> 0";
-        const std::string ended = "(CASE cancel_requested WHEN 2 THEN 8 WHEN 1 THEN 7 ELSE ?2 END)";
+        // Returns the state it ended in.
         complete = std::make_unique<statement>(
-            db, ("UPDATE jobs SET state = " + ended + ", attempt = attempt + CASE WHEN " + stopping +
-                 " THEN 0 ELSE ?3 END, run_at = CASE WHEN " + stopping +
-                 " THEN run_at ELSE coalesce(?4, run_at) END, last_error = coalesce(?5, last_error), "
-                 "lease_owner = NULL, lease_expires = NULL, cancel_requested = 0, updated_at = ?6, "
-                 "history = json_insert(history, '$[#]', json_array(state, " + ended + ", ?6, "
-                 "CASE cancel_requested WHEN 2 THEN 'deleted while running; the attempt ended: ' || ?7 "
-                 "WHEN 1 THEN CASE WHEN ?2 = 7 THEN ?7 ELSE 'cancelled while running; the attempt ended: ' || ?7 END "
-                 "ELSE ?7 END, coalesce(?5, ''))), "
-                 "unique_held = CASE WHEN (unique_states >> " + ended + ") & 1 THEN unique_scoped END "
-                 "WHERE id = ?1 AND state = 3 AND lease_owner = ?8 AND attempt = ?9 RETURNING state")
+            db, ("UPDATE jobs SET " + completion_set("?2", "?3", "?4", "?5", "?6", "?7") +
+                 " WHERE id = ?1 AND state = 3 AND lease_owner = ?8 AND attempt = ?9 RETURNING state")
                     .c_str());
         // A node's completions in one statement, as complete does each:
         // ?1 now, ?2 the node, ?3 one JSON array per completion, [id, new
@@ -428,20 +437,10 @@ struct sqlite_storage::connection {
         // completions are read first and the jobs looked up by id: the
         // other conditions are kept off the indexes (+), so that the
         // planner never walks the running jobs for each completion.
-        const std::string ended_each = "(CASE jobs.cancel_requested WHEN 2 THEN 8 WHEN 1 THEN 7 ELSE d.d_to END)";
-        const std::string stopping_each = "jobs.cancel_requested <> 0";
         complete_many = std::make_unique<statement>(
-            db, ("UPDATE jobs SET state = " + ended_each + ", attempt = attempt + CASE WHEN " + stopping_each +
-                 " THEN 0 ELSE d.d_delta END, run_at = CASE WHEN " + stopping_each +
-                 " THEN run_at ELSE coalesce(d.d_run_at, run_at) END, last_error = coalesce(d.d_error, last_error), "
-                 "lease_owner = NULL, lease_expires = NULL, cancel_requested = 0, updated_at = ?1, "
-                 "history = json_insert(history, '$[#]', json_array(state, " + ended_each + ", ?1, "
-                 "CASE jobs.cancel_requested WHEN 2 THEN 'deleted while running; the attempt ended: ' || d.d_reason "
-                 "WHEN 1 THEN CASE WHEN d.d_to = 7 THEN d.d_reason "
-                 "ELSE 'cancelled while running; the attempt ended: ' || d.d_reason END "
-                 "ELSE d.d_reason END, coalesce(d.d_error, ''))), "
-                 "unique_held = CASE WHEN (unique_states >> " + ended_each + ") & 1 THEN unique_scoped END "
-                 "FROM (SELECT value ->> 0 AS d_id, value ->> 1 AS d_to, value ->> 2 AS d_delta, "
+            db, ("UPDATE jobs SET " +
+                 completion_set("d.d_to", "d.d_delta", "d.d_run_at", "d.d_error", "?1", "d.d_reason") +
+                 " FROM (SELECT value ->> 0 AS d_id, value ->> 1 AS d_to, value ->> 2 AS d_delta, "
                  "value ->> 3 AS d_run_at, value ->> 4 AS d_error, value ->> 5 AS d_reason, value ->> 6 AS d_attempt "
                  "FROM json_each(?3)) AS d "
                  "WHERE jobs.id = d.d_id AND +jobs.state = 3 AND +jobs.lease_owner = ?2 AND +jobs.attempt = d.d_attempt "
