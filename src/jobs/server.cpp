@@ -459,8 +459,9 @@ struct server::run : std::enable_shared_from_this<server::run> {
         // A handler's message may hold any bytes; a job's history holds
         // text (JSON in SQLite, UTF-8 in PostgreSQL), which the bytes that
         // are not would damage or have refused.
-        c.error = detail::valid_text(c.error);
-        c.reason = detail::valid_text(c.reason);
+        for (auto* text : {&c.error, &c.reason})
+            if (!detail::json_safe(*text))
+                *text = detail::valid_text(*text);
         --running_in_queue[j.queue];
         --running_of_kind[j.kind];
         const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - a.started).count();

@@ -644,17 +644,15 @@ struct sqlite_storage::connection {
         std::string each = "[";
         for (const auto& r : plain) {
             const auto initial = r.run_at && *r.run_at > now ? job_state::scheduled : job_state::available;
-            auto quoted = [](const std::string& text) {
-                return boost::json::serialize(boost::json::string_view(text));
-            };
             if (each.size() > 1)
                 each += ',';
-            each += '[' + quoted(r.kind) + ',' + quoted(r.queue) + ',' + quoted(r.args) + ',' +
+            each += '[' + json_string(r.kind) + ',' + json_string(r.queue) + ',' + json_string(r.args) + ',' +
                     std::to_string(r.priority) + ',' + std::to_string(code(initial)) + ',' +
                     std::to_string(r.max_attempts) + ',' + std::to_string(r.timeout.count()) + ',' +
                     std::to_string(micros(r.run_at.value_or(now))) + ',' +
-                    (r.concurrency_key.empty() ? std::string("null") : quoted(r.concurrency_key)) + ',' +
-                    (r.recurring_id.empty() ? std::string("null") : quoted(r.recurring_id)) + ',' + quoted(r.reason) +
+                    (r.concurrency_key.empty() ? std::string("null") : json_string(r.concurrency_key)) + ',' +
+                    (r.recurring_id.empty() ? std::string("null") : json_string(r.recurring_id)) + ',' +
+                    json_string(valid_text(r.reason)) +
                     ']';
         }
         each += ']';
@@ -676,11 +674,13 @@ struct sqlite_storage::connection {
     }
 
     // What add_plain() can store: no key to compare, no parent to look up,
-    // and text that JSON carries unchanged (valid UTF-8).
+    // and text that JSON carries unchanged (valid UTF-8), as the job's
+    // columns keep it byte for byte. (The reason is made valid, as add()
+    // makes it: a history holds it.)
     static bool plain(const enqueue_request& r)
     {
         return r.unique_key.empty() && r.parent_id == 0 && json_safe(r.kind) && json_safe(r.queue) &&
-               json_safe(r.args) && json_safe(r.concurrency_key) && json_safe(r.recurring_id) && json_safe(r.reason);
+               json_safe(r.args) && json_safe(r.concurrency_key) && json_safe(r.recurring_id);
     }
 
     // A transition asked for from outside the engine, inside the caller's
@@ -869,31 +869,9 @@ std::vector<job> sqlite_storage::complete_and_claim(std::span<const completion> 
     auto& c = *db_;
     const auto at = micros(now);
     return c.write([&] {
-        // Text that JSON would not carry unchanged goes one job at a time.
-        const bool batched = std::all_of(done.begin(), done.end(), [](const completion& d) {
-            return json_safe(d.error) && json_safe(d.reason);
-        });
-        if (!batched) {
-            for (const auto& d : done) {
-                const auto effect = effect_of(d.what);
-                auto& s = *c.complete;
-                using_statement u{s};
-                s.bind(1, d.id).bind(2, code(effect.to)).bind(3, effect.attempt_delta);
-                if (effect.uses_run_at)
-                    s.bind(4, micros(d.run_at));
-                else
-                    s.bind_null(4);
-                // A history is JSON: its texts are made valid first.
-                s.bind_or_null(5, valid_text(d.error)).bind(6, at).bind(7, valid_text(d.reason));
-                s.bind(8, claim.node).bind(9, d.attempt);
-                if (!s.step())
-                    continue; // not this node's attempt any more: the result is moot
-                const auto ended = stored_state(s.integer(0), d.id);
-                s.reset();
-                if (is_final(ended))
-                    c.resolve_children(d.id, ended, now);
-            }
-        } else if (!done.empty()) {
+        if (!done.empty()) {
+            // A history is JSON: its texts are made valid first, which also
+            // lets the whole batch travel as JSON.
             std::string each = "[";
             for (const auto& d : done) {
                 const auto effect = effect_of(d.what);
@@ -902,10 +880,8 @@ std::vector<job> sqlite_storage::complete_and_claim(std::span<const completion> 
                 each += '[' + std::to_string(d.id) + ',' + std::to_string(code(effect.to)) + ',' +
                         std::to_string(effect.attempt_delta) + ',' +
                         (effect.uses_run_at ? std::to_string(micros(d.run_at)) : std::string("null")) + ',' +
-                        (d.error.empty() ? std::string("null")
-                                         : boost::json::serialize(boost::json::string_view(d.error))) +
-                        ',' + boost::json::serialize(boost::json::string_view(d.reason)) + ',' +
-                        std::to_string(d.attempt) + ']';
+                        (d.error.empty() ? std::string("null") : json_string(valid_text(d.error))) + ',' +
+                        json_string(valid_text(d.reason)) + ',' + std::to_string(d.attempt) + ']';
             }
             each += ']';
             // Those not this node's attempt any more are not returned: their

@@ -47,6 +47,13 @@ inline std::chrono::milliseconds stored_timeout(std::int64_t ms)
 
 inline int code(job_state s) { return static_cast<int>(s); }
 
+// A JSON string holding text as it is: the caller has made sure that JSON
+// carries it unchanged (json_safe), or does not need it to.
+inline std::string json_string(std::string_view text)
+{
+    return boost::json::serialize(boost::json::string_view(text.data(), text.size()));
+}
+
 // A JSON array of strings (SQLite reads it with json_each).
 inline std::string json_array_of(const std::vector<std::string>& items)
 {
@@ -54,7 +61,7 @@ inline std::string json_array_of(const std::vector<std::string>& items)
     for (const auto& item : items) {
         if (out.size() > 1)
             out += ',';
-        out += boost::json::serialize(boost::json::string_view(item));
+        out += json_string(item);
     }
     out += ']';
     return out;
