@@ -88,12 +88,26 @@ sqlite_lease_store::sqlite_lease_store(std::string path) : impl_(std::make_uniqu
         // Short: the coordinator's thread must not wait long on another
         // process's write; a renewal that fails is tried again soon.
         sqlite3_busy_timeout(impl_->db, 1000);
-        impl_->exec("PRAGMA journal_mode=WAL");
-        // A lease is worth nothing after the machine lost power: NORMAL
-        // keeps it across a process's crash, which is what matters.
-        impl_->exec("PRAGMA synchronous=NORMAL");
-        impl_->exec("CREATE TABLE IF NOT EXISTS hosting_leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, "
-                    "term INTEGER NOT NULL, expires_at INTEGER NOT NULL, boot TEXT NOT NULL) WITHOUT ROWID");
+        // Opening can find the file locked for longer than that: another
+        // process recovering the log of one killed mid-write, on a busy
+        // machine. Opening is not a renewal, and may wait longer.
+        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+        for (;;) {
+            try {
+                impl_->exec("PRAGMA journal_mode=WAL");
+                // A lease is worth nothing after the machine lost power:
+                // NORMAL keeps it across a process's crash, which is what
+                // matters.
+                impl_->exec("PRAGMA synchronous=NORMAL");
+                impl_->exec("CREATE TABLE IF NOT EXISTS hosting_leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, "
+                            "term INTEGER NOT NULL, expires_at INTEGER NOT NULL, boot TEXT NOT NULL) WITHOUT ROWID");
+                break;
+            } catch (const lease_store_error&) {
+                const int code = sqlite3_errcode(impl_->db) & 0xff;
+                if ((code != SQLITE_BUSY && code != SQLITE_LOCKED) || std::chrono::steady_clock::now() >= until)
+                    throw;
+            }
+        }
     } catch (...) {
         sqlite3_close(impl_->db);
         throw;
