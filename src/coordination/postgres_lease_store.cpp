@@ -213,7 +213,9 @@ void postgres_lease_store::release(const std::string& name, const std::string& h
 
 std::vector<lease_record> postgres_lease_store::leases()
 {
-    auto r = impl_->call("SELECT name, holder, term, CASE WHEN expires_at > now() THEN (extract(epoch FROM "
+    // Rounded up: a lease with any time left is not reported as expired
+    // (a cast would round 0.4 ms to 0, and a caller would take it too soon).
+    auto r = impl_->call("SELECT name, holder, term, CASE WHEN expires_at > now() THEN ceil(extract(epoch FROM "
                         "expires_at - now()) * 1000)::bigint ELSE 0 END FROM " +
                             impl_->table() + " ORDER BY name",
                         {});
