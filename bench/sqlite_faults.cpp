@@ -79,6 +79,8 @@ void downgrade_to_5(const std::string& path)
     const char* sql = "UPDATE jobs SET unique_slot = unique_held WHERE unique_held IS NOT NULL; "
                       "DROP INDEX jobs_unique_held; ALTER TABLE jobs DROP COLUMN unique_held; "
                       "DROP TABLE hosting_jobs_readers; "
+                      "CREATE TRIGGER jobs_counted_insert AFTER INSERT ON jobs BEGIN INSERT INTO job_counts "
+                      "VALUES (new.queue, new.kind, new.state, 1) ON CONFLICT DO UPDATE SET n = n + 1; END; "
                       "DROP TABLE nodes; DROP TABLE paused_queues; ALTER TABLE recurring_jobs DROP COLUMN paused; "
                       "DELETE FROM hosting_jobs_schema WHERE version >= 6;";
     char* error = nullptr;

@@ -279,6 +279,12 @@ TEST_CASE("jobs: a SQLite file keeps arguments that are not UTF-8 byte for byte,
     }
 }
 
+// Schema 10 dropped the insert trigger that schemas 2 to 9 had, which the
+// migration to 6 replaces: a file turned back to a schema before 6 needs it.
+const std::string insert_trigger_of_6 =
+    "CREATE TRIGGER jobs_counted_insert AFTER INSERT ON jobs BEGIN INSERT INTO job_counts "
+    "VALUES (new.queue, new.kind, new.state, 1) ON CONFLICT DO UPDATE SET n = n + 1; END; ";
+
 TEST_CASE("jobs: a SQLite file of schema 1 migrates, and its counts match its rows", "[jobs][storage]")
 {
     temp_db db;
@@ -296,7 +302,7 @@ TEST_CASE("jobs: a SQLite file of schema 1 migrates, and its counts match its ro
         sqlite3* raw = nullptr;
         REQUIRE(sqlite3_open(db.path.c_str(), &raw) == SQLITE_OK);
         const char* downgrade = "DROP INDEX jobs_unique_held; ALTER TABLE jobs DROP COLUMN unique_held; "
-                                "DROP TRIGGER jobs_counted_insert; DROP TRIGGER jobs_counted_delete; "
+                                "DROP TRIGGER jobs_counted_delete; "
                                 "DROP TRIGGER jobs_counted_update; DROP TABLE job_counts; "
                                 "ALTER TABLE recurring_jobs DROP COLUMN unique_key; "
                                 "ALTER TABLE recurring_jobs DROP COLUMN unique_states; "
@@ -353,6 +359,81 @@ TEST_CASE("jobs: a SQLite file of schema 1 migrates, and its counts match its ro
 
 
 
+TEST_CASE("jobs: a SQLite file's counts match its rows after every kind of change, those counted by the statements "
+          "and those counted by triggers",
+          "[jobs][storage]")
+{
+    temp_db db;
+    jobs::sqlite_storage store(db.path.string());
+    const auto t0 = jobs::clock::now();
+    auto in = [](std::string queue, std::string kind) {
+        auto r = request(std::move(kind), "{}", 2);
+        r.queue = std::move(queue);
+        return r;
+    };
+    // Plain inserts in a batch, one keyed, one scheduled, one continuation.
+    std::vector<jobs::enqueue_request> batch;
+    for (int i = 0; i < 6; ++i)
+        batch.push_back(in(i % 2 ? "mail" : "default", i % 3 ? "a" : "b"));
+    auto keyed = in("default", "a");
+    keyed.unique_key = "once";
+    batch.push_back(keyed);
+    batch.push_back(keyed); // found, not stored
+    auto later = in("default", "b");
+    later.run_at = t0 + 5s;
+    batch.push_back(later);
+    const auto ids = store.enqueue(batch, t0);
+    auto child = in("mail", "b");
+    child.parent_id = ids[0].id;
+    store.enqueue(std::vector<jobs::enqueue_request>{child}, t0);
+
+    const jobs::claim_request claim{"n", {{"default", 10}, {"mail", 10}}, {"a", "b"}, t0 + 10s};
+    const auto claimed = store.complete_and_claim({}, claim, t0);
+    REQUIRE(claimed.size() == 7);
+    store.change_state(claimed[1].id, job_state::cancelled, "stop", t0); // running: asked to stop
+    std::vector<jobs::completion> done;
+    const jobs::outcome outcomes[] = {jobs::outcome::succeeded, jobs::outcome::succeeded, jobs::outcome::retry,
+                                      jobs::outcome::failed,    jobs::outcome::snoozed,   jobs::outcome::released};
+    for (std::size_t i = 0; i < std::size(outcomes); ++i)
+        done.push_back({claimed[i].id, claimed[i].attempt, outcomes[i], t0 + 1s, "e", "r"});
+    // The last one claimed is left to expire; the scheduled one comes due.
+    store.complete_and_claim(done, {"n", {}, {"a", "b"}, t0 + 10s}, t0 + 6s);
+    CHECK(store.recover_expired(t0 + 20s).size() == 1);
+    store.change_state(claimed[3].id, job_state::available, "requeue", t0 + 21s);
+    store.change_state(claimed[3].id, job_state::deleted, "gone", t0 + 21s);
+    CHECK(store.prune(job_state::succeeded, t0 + 1h, 10, t0 + 1h) == 1);
+    // And a second round through the same statements.
+    const auto again = store.complete_and_claim({}, claim, t0 + 1h);
+    REQUIRE_FALSE(again.empty());
+    done.clear();
+    for (const auto& j : again)
+        done.push_back({j.id, j.attempt, jobs::outcome::succeeded, {}, {}, "ok"});
+    store.complete_and_claim(done, {"n", {}, {"a", "b"}, t0 + 2h}, t0 + 1h);
+
+    using row = std::tuple<std::string, std::string, job_state, std::int64_t>;
+    std::vector<row> counted;
+    for (const auto& c : store.counts_by_queue_and_kind())
+        counted.emplace_back(c.queue, c.kind, c.state, c.count);
+    std::sort(counted.begin(), counted.end());
+    std::vector<row> actual;
+    {
+        sqlite3* raw = nullptr;
+        REQUIRE(sqlite3_open(db.path.c_str(), &raw) == SQLITE_OK);
+        sqlite3_stmt* s = nullptr;
+        REQUIRE(sqlite3_prepare_v2(raw, "SELECT queue, kind, state, count(*) FROM jobs GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+                                   -1, &s, nullptr) == SQLITE_OK);
+        while (sqlite3_step(s) == SQLITE_ROW)
+            actual.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(s, 0)),
+                                reinterpret_cast<const char*>(sqlite3_column_text(s, 1)),
+                                static_cast<job_state>(sqlite3_column_int(s, 2)), sqlite3_column_int64(s, 3));
+        sqlite3_finalize(s);
+        sqlite3_close(raw);
+    }
+    std::sort(actual.begin(), actual.end());
+    CHECK(actual.size() >= 6);
+    CHECK(counted == actual);
+}
+
 TEST_CASE("jobs: a SQLite file of schema 2 migrates, and its recurring jobs behave as they did", "[jobs][storage]")
 {
     temp_db db;
@@ -368,13 +449,13 @@ TEST_CASE("jobs: a SQLite file of schema 2 migrates, and its recurring jobs beha
         store.upsert_recurring(r);
     }
     // Back to what schema 2 wrote: recurring jobs without keys or overlap.
-    auto exec = [&](const char* sql) {
+    auto exec = [&](const std::string& sql) {
         sqlite3* raw = nullptr;
         REQUIRE(sqlite3_open(db.path.c_str(), &raw) == SQLITE_OK);
-        CHECK(sqlite3_exec(raw, sql, nullptr, nullptr, nullptr) == SQLITE_OK);
+        CHECK(sqlite3_exec(raw, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
         sqlite3_close(raw);
     };
-    exec("DROP INDEX jobs_unique_held; ALTER TABLE jobs DROP COLUMN unique_held; "
+    exec(insert_trigger_of_6 + "DROP INDEX jobs_unique_held; ALTER TABLE jobs DROP COLUMN unique_held; "
          "ALTER TABLE recurring_jobs DROP COLUMN unique_key; ALTER TABLE recurring_jobs DROP COLUMN unique_states; "
          "ALTER TABLE recurring_jobs DROP COLUMN concurrency_key; ALTER TABLE recurring_jobs DROP COLUMN overlap; "
          "ALTER TABLE recurring_jobs DROP COLUMN unique_across_kinds; ALTER TABLE jobs DROP COLUMN unique_scoped; "
@@ -449,7 +530,7 @@ TEST_CASE("jobs: a SQLite file of schema 3 migrates, and the unique keys of its 
     {
         sqlite3* raw = nullptr;
         REQUIRE(sqlite3_open(db.path.c_str(), &raw) == SQLITE_OK);
-        const char* downgrade = "DROP INDEX jobs_unique_held; ALTER TABLE jobs DROP COLUMN unique_held; "
+        const auto downgrade = insert_trigger_of_6 + "DROP INDEX jobs_unique_held; ALTER TABLE jobs DROP COLUMN unique_held; "
                                 "UPDATE jobs SET unique_slot = NULL; "
                                 "UPDATE jobs SET unique_slot = unique_key WHERE kind <> 'naïve'; "
                                 "ALTER TABLE jobs DROP COLUMN unique_scoped; "
@@ -458,7 +539,7 @@ TEST_CASE("jobs: a SQLite file of schema 3 migrates, and the unique keys of its 
                                 "DROP TABLE nodes; DROP TABLE paused_queues; "
                                 "ALTER TABLE recurring_jobs DROP COLUMN paused; "
                                 "DELETE FROM hosting_jobs_schema WHERE version >= 4;";
-        CHECK(sqlite3_exec(raw, downgrade, nullptr, nullptr, nullptr) == SQLITE_OK);
+        CHECK(sqlite3_exec(raw, downgrade.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
         sqlite3_close(raw);
     }
     jobs::sqlite_storage store(db.path.string());

@@ -66,7 +66,7 @@ public:
 
     const std::string& path() const noexcept { return path_; }
     // The schema version this library writes.
-    static constexpr int schema_version = 9;
+    static constexpr int schema_version = 10;
 
 private:
     struct connection;
