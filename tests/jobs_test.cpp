@@ -493,6 +493,18 @@ TEST_CASE("jobs: a SQLite file of a newer schema opens when it only added, and i
         CHECK(sqlite3_exec(raw, sql, nullptr, nullptr, nullptr) == SQLITE_OK);
         sqlite3_close(raw);
     };
+    {
+        // Schema 10 changed what a claim and a completion must write (their
+        // counts): a program of schema 9 is told to keep out.
+        sqlite3* raw = nullptr;
+        REQUIRE(sqlite3_open(db.path.string().c_str(), &raw) == SQLITE_OK);
+        sqlite3_stmt* s = nullptr;
+        REQUIRE(sqlite3_prepare_v2(raw, "SELECT max(oldest) FROM hosting_jobs_readers", -1, &s, nullptr) == SQLITE_OK);
+        REQUIRE(sqlite3_step(s) == SQLITE_ROW);
+        CHECK(sqlite3_column_int(s, 0) == 10);
+        sqlite3_finalize(s);
+        sqlite3_close(raw);
+    }
     run("INSERT INTO hosting_jobs_schema (version) VALUES (99)");
     {
         // What schema 99 added leaves this program's use of it as it was.
