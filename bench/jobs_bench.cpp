@@ -257,7 +257,7 @@ void run_engine(const setup& s, std::size_t count, std::size_t latency_samples)
 
 // Bare SQLite: the same schema shape, claims of 128 fused with the previous
 // batch's completion, one connection, no engine.
-void run_bare(const char* label, const char* synchronous, std::size_t count)
+void run_bare(const char* label, const char* synchronous, std::size_t count, std::size_t samples)
 {
     const auto path = temp_file("bare");
     sqlite3* db = nullptr;
@@ -322,6 +322,28 @@ void run_bare(const char* label, const char* synchronous, std::size_t count)
                 with_commas(static_cast<double>(drained) / seconds).c_str());
     sqlite3_finalize(claim);
     sqlite3_finalize(complete);
+    // The floor of enqueue-to-start in one process: a job starts only once
+    // the transaction that stored it committed (with FULL, one fsync).
+    {
+        sqlite3_stmt* insert = nullptr;
+        sqlite3_prepare_v2(db,
+                           "INSERT INTO jobs (kind, queue, args, priority, state, attempt, run_at, history) "
+                           "VALUES ('noop', 'default', '0', 0, 1, 0, 0, '[]')",
+                           -1, &insert, nullptr);
+        std::vector<double> micros;
+        for (std::size_t i = 0; i < samples; ++i) {
+            const auto began = clock_type::now();
+            exec("BEGIN IMMEDIATE");
+            sqlite3_step(insert);
+            sqlite3_reset(insert);
+            exec("COMMIT");
+            micros.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - began).count());
+        }
+        sqlite3_finalize(insert);
+        std::sort(micros.begin(), micros.end());
+        std::printf("%-24s one job's commit:          p50 %6.0f us, p99 %6.0f us\n", label, micros[micros.size() / 2],
+                    micros[micros.size() * 99 / 100]);
+    }
     sqlite3_close(db);
     remove_file(path);
 }
@@ -346,8 +368,8 @@ int main(int argc, char** argv)
     std::printf("jobs_bench: %zu no-op jobs, %zu latency samples, files in the current directory\n", count, samples);
 
     if (argc <= 3) {
-        run_bare("bare sqlite FULL", "PRAGMA synchronous = FULL", count);
-        run_bare("bare sqlite NORMAL", "PRAGMA synchronous = NORMAL", count);
+        run_bare("bare sqlite FULL", "PRAGMA synchronous = FULL", count, samples);
+        run_bare("bare sqlite NORMAL", "PRAGMA synchronous = NORMAL", count, samples);
     }
 
     const auto full_path = temp_file("full");

@@ -292,6 +292,7 @@ void engine::loop()
     for (;;) {
         std::deque<std::pair<enqueue_request, enqueue_done>> batch;
         std::deque<std::function<void(storage&)>> ops;
+        std::optional<standing_claim> standing;
         if (std::chrono::steady_clock::now() >= next_renewal_) {
             bool announced = false;
             {
@@ -322,6 +323,9 @@ void engine::loop()
                 enqueues_.erase(enqueues_.begin(), cut);
             }
             ops.swap(ops_);
+            // Within the bound of a write, as the batch is.
+            if (!batch.empty() && standing_ && batch.size() + standing_->claim.total <= max_rows_per_write)
+                standing = std::exchange(standing_, std::nullopt);
         }
         if (!batch.empty()) {
             std::vector<enqueue_request> requests;
@@ -329,13 +333,24 @@ void engine::loop()
             for (auto& [r, done] : batch)
                 requests.push_back(std::move(r));
             std::vector<enqueue_result> results;
+            std::vector<job> claimed;
             std::exception_ptr error;
             try {
-                results = store_->enqueue(requests, now());
+                if (standing) {
+                    const auto at = now();
+                    standing->claim.lease_until = at + options_.lease_duration;
+                    auto both = store_->enqueue_and_claim(requests, standing->claim, at);
+                    results = std::move(both.enqueued);
+                    claimed = std::move(both.claimed);
+                } else {
+                    results = store_->enqueue(requests, now());
+                }
             } catch (...) {
                 error = std::current_exception();
             }
             note_write(error);
+            for (const auto& j : claimed)
+                held_[j.id] = {j.attempt, false};
             for (std::size_t i = 0; i < batch.size(); ++i) {
                 if (error)
                     batch[i].second(error, {});
@@ -344,7 +359,9 @@ void engine::loop()
                 else
                     batch[i].second(nullptr, results[i]);
             }
-            if (!error)
+            if (standing)
+                standing->deliver(std::move(claimed));
+            else if (!error)
                 wake_server();
         }
         for (auto& op : ops) {
@@ -355,6 +372,18 @@ void engine::loop()
             op(*store_);
         }
     }
+}
+
+void engine::stand(standing_claim c)
+{
+    std::lock_guard lock(mutex_);
+    standing_ = std::move(c);
+}
+
+bool engine::withdraw()
+{
+    std::lock_guard lock(mutex_);
+    return std::exchange(standing_, std::nullopt).has_value();
 }
 
 std::vector<job> engine::complete_and_claim(storage& s, std::span<const completion> done, const claim_request& claim,

@@ -121,6 +121,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
     std::optional<asio::steady_timer> wake_timer;
     bool woken = false;
     bool stopping = false;
+    bool standing = false; // a claim of ours waits in the engine (engine::stand)
     std::vector<completion> done;
     std::deque<job> buffered;
     std::unordered_map<job_id, std::shared_ptr<active>> running;
@@ -594,6 +595,19 @@ struct server::run : std::enable_shared_from_this<server::run> {
     // what this node's id held in an earlier process.
     bool taken_back = false;
 
+    // The claim left standing in the engine comes back: withdrawn, or, when
+    // enqueues took it, once its jobs arrive here.
+    asio::awaitable<void> settle_standing()
+    {
+        if (standing && engine->withdraw())
+            standing = false;
+        while (standing) {
+            wake_timer->expires_at(asio::steady_timer::time_point::max());
+            boost::system::error_code ec;
+            co_await wake_timer->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        }
+    }
+
     void restore_in_flight()
     {
         if (in_flight && !in_flight->empty())
@@ -847,9 +861,26 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
                 wait = std::min(wait, std::max(clock::duration::zero(), *next_due - r->now()));
             if (r->next_recurring)
                 wait = std::min(wait, std::max(clock::duration::zero(), *r->next_recurring - r->now()));
+            // Idle with room: the claim waits in the engine, where the next
+            // enqueue of this process takes it into its own transaction.
+            if (r->taken_back && r->done.empty()) {
+                auto c = r->make_claim();
+                if (c.total > 0) {
+                    r->standing = true;
+                    engine_->stand({std::move(c), [weak, liveness](std::vector<job> claimed) {
+                                        run::post_from_outside(weak, liveness,
+                                                               [claimed = std::move(claimed)](run& alive) mutable {
+                                                                   alive.standing = false;
+                                                                   alive.accept(std::move(claimed));
+                                                                   alive.wake();
+                                                               });
+                                    }});
+                }
+            }
             r->wake_timer->expires_after(wait);
             boost::system::error_code ec;
             co_await r->wake_timer->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+            co_await r->settle_standing();
         }
     } catch (...) {
         // A fault still goes through the shutdown below (housekeeping
@@ -862,6 +893,8 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
     // grace period; the jobs not started go back to available.
     co_await asio::this_coro::reset_cancellation_state();
     r->stopping = true;
+    // Its jobs, if enqueues took it, are released below with the buffer.
+    co_await r->settle_standing();
     r->housekeeping_stop.emit(asio::cancellation_type::terminal);
     for (auto& [id, a] : r->running)
         r->interrupt(*a, run::cause::shutdown);

@@ -925,26 +925,43 @@ std::vector<enqueue_result> sqlite_storage::enqueue(std::span<const enqueue_requ
 {
     std::lock_guard lock(mutex_);
     auto& c = *db_;
+    return c.write([&] { return enqueue_in(c, requests, now); });
+}
+
+sqlite_storage::enqueued_and_claimed sqlite_storage::enqueue_and_claim(std::span<const enqueue_request> requests,
+                                                                       const claim_request& claim, time_point now)
+{
+    std::lock_guard lock(mutex_);
+    auto& c = *db_;
     return c.write([&] {
-        std::vector<enqueue_result> out;
-        out.reserve(requests.size());
-        // Runs of plain jobs go in one statement each; the others one by
-        // one, in between, so that the results keep the requests' order.
-        std::size_t i = 0;
-        while (i < requests.size()) {
-            std::size_t end = i;
-            while (end < requests.size() && connection::plain(requests[end]))
-                ++end;
-            if (end > i) {
-                c.add_plain(requests.subspan(i, end - i), now, out);
-                i = end;
-            } else {
-                out.push_back(c.add(requests[i], now));
-                ++i;
-            }
-        }
+        enqueued_and_claimed out;
+        out.enqueued = enqueue_in(c, requests, now);
+        out.claimed = complete_and_claim_in(c, {}, claim, now);
         return out;
     });
+}
+
+std::vector<enqueue_result> sqlite_storage::enqueue_in(connection& c, std::span<const enqueue_request> requests,
+                                                       time_point now)
+{
+    std::vector<enqueue_result> out;
+    out.reserve(requests.size());
+    // Runs of plain jobs go in one statement each; the others one by
+    // one, in between, so that the results keep the requests' order.
+    std::size_t i = 0;
+    while (i < requests.size()) {
+        std::size_t end = i;
+        while (end < requests.size() && connection::plain(requests[end]))
+            ++end;
+        if (end > i) {
+            c.add_plain(requests.subspan(i, end - i), now, out);
+            i = end;
+        } else {
+            out.push_back(c.add(requests[i], now));
+            ++i;
+        }
+    }
+    return out;
 }
 
 std::vector<job> sqlite_storage::complete_and_claim(std::span<const completion> done, const claim_request& claim,
@@ -952,118 +969,122 @@ std::vector<job> sqlite_storage::complete_and_claim(std::span<const completion> 
 {
     std::lock_guard lock(mutex_);
     auto& c = *db_;
+    return c.write([&] { return complete_and_claim_in(c, done, claim, now); });
+}
+
+std::vector<job> sqlite_storage::complete_and_claim_in(connection& c, std::span<const completion> done,
+                                                       const claim_request& claim, time_point now)
+{
     const auto at = micros(now);
-    return c.write([&] {
-        if (!done.empty()) {
-            // A history is JSON: its texts are made valid first, which also
-            // lets the whole batch travel as JSON.
-            std::string each = "[";
-            for (const auto& d : done) {
-                const auto effect = effect_of(d.what);
-                if (each.size() > 1)
-                    each += ',';
-                each += '[' + std::to_string(d.id) + ',' + std::to_string(code(effect.to)) + ',' +
-                        std::to_string(effect.attempt_delta) + ',' +
-                        (effect.uses_run_at ? std::to_string(micros(d.run_at)) : std::string("null")) + ',' +
-                        (d.error.empty() ? std::string("null") : json_string(valid_text(d.error))) + ',' +
-                        json_string(valid_text(d.reason)) + ',' + std::to_string(d.attempt) + ']';
-            }
-            each += ']';
-            // Those not this node's attempt any more are not returned: their
-            // result is moot.
-            std::vector<std::pair<job_id, job_state>> finished;
-            {
-                auto& s = *c.complete_many;
-                using_statement u{s};
-                s.bind(1, at).bind(2, claim.node).bind(3, each);
-                while (s.step()) {
-                    const auto id = s.integer(0);
-                    const auto ended = stored_state(s.integer(1), id);
-                    c.count_completion(s.text(2), s.text(3), ended);
-                    if (is_final(ended))
-                        finished.emplace_back(id, ended);
-                }
-            }
-            // In id order, as one job at a time would have settled them;
-            // only those that continuations wait for, found by one
-            // statement rather than one per job.
-            std::sort(finished.begin(), finished.end());
-            const auto awaited = c.awaited_among(finished);
-            for (const auto& [id, ended] : finished)
-                if (awaited.contains(id))
-                    c.resolve_children(id, ended, now);
+    if (!done.empty()) {
+        // A history is JSON: its texts are made valid first, which also
+        // lets the whole batch travel as JSON.
+        std::string each = "[";
+        for (const auto& d : done) {
+            const auto effect = effect_of(d.what);
+            if (each.size() > 1)
+                each += ',';
+            each += '[' + std::to_string(d.id) + ',' + std::to_string(code(effect.to)) + ',' +
+                    std::to_string(effect.attempt_delta) + ',' +
+                    (effect.uses_run_at ? std::to_string(micros(d.run_at)) : std::string("null")) + ',' +
+                    (d.error.empty() ? std::string("null") : json_string(valid_text(d.error))) + ',' +
+                    json_string(valid_text(d.reason)) + ',' + std::to_string(d.attempt) + ']';
         }
+        each += ']';
+        // Those not this node's attempt any more are not returned: their
+        // result is moot.
+        std::vector<std::pair<job_id, job_state>> finished;
         {
-            using_statement u{*c.promote};
-            c.promote->bind(1, at).bind(2, static_cast<std::int64_t>(max_rows_per_write));
-            c.promote->run();
-        }
-        std::vector<job> claimed;
-        if (claim.kinds.empty())
-            return claimed;
-        const auto kinds = json_array_of(claim.kinds);
-        std::unordered_map<std::string, std::size_t> kind_left(claim.kind_caps.begin(), claim.kind_caps.end());
-        for (const auto& [queue, cap] : claim.queues) {
-            const auto count = std::min(cap, claim.total - std::min(claim.total, claimed.size()));
-            if (count == 0)
-                continue;
-            {
-                using_statement u{*c.paused};
-                if (c.paused->bind(1, queue).step())
-                    continue;
-            }
-            // Candidates in claim order, stepped through until there are
-            // enough (see claim_request): the statement passes over jobs
-            // whose key a running job holds, and this loop over those of a
-            // kind whose cap is reached and those whose key an earlier
-            // candidate of the queue took. Keys taken in earlier queues are
-            // held by then, their jobs claimed (running) by the UPDATE below.
-            std::vector<job_id> ids;
-            std::unordered_set<std::string> taken_keys;
-            {
-                auto& q = *c.candidates;
-                using_statement u{q};
-                q.bind(1, queue).bind(2, kinds);
-                while (ids.size() < count && q.step()) {
-                    auto left = kind_left.end();
-                    if (!kind_left.empty()) {
-                        left = kind_left.find(q.text(2));
-                        if (left != kind_left.end() && left->second == 0)
-                            continue;
-                    }
-                    if (!q.is_null(1) && !taken_keys.insert(q.text(1)).second)
-                        continue;
-                    if (left != kind_left.end())
-                        --left->second;
-                    ids.push_back(q.integer(0));
-                }
-            }
-            if (ids.empty())
-                continue;
-            std::string id_list = "[";
-            for (auto id : ids) {
-                if (id_list.size() > 1)
-                    id_list += ',';
-                id_list += std::to_string(id);
-            }
-            id_list += ']';
-            auto& s = *c.claim;
+            auto& s = *c.complete_many;
             using_statement u{s};
-            s.bind(1, claim.node).bind(2, micros(claim.lease_until)).bind(3, at).bind(4, id_list);
-            const auto first = claimed.size();
+            s.bind(1, at).bind(2, claim.node).bind(3, each);
             while (s.step()) {
-                claimed.push_back(connection::read_job(s, false));
-                c.count(claimed.back().queue, claimed.back().kind, job_state::available, -1);
-                c.count(claimed.back().queue, claimed.back().kind, job_state::running, 1);
+                const auto id = s.integer(0);
+                const auto ended = stored_state(s.integer(1), id);
+                c.count_completion(s.text(2), s.text(3), ended);
+                if (is_final(ended))
+                    finished.emplace_back(id, ended);
             }
-            // RETURNING does not keep the subquery's order.
-            std::sort(claimed.begin() + static_cast<std::ptrdiff_t>(first), claimed.end(),
-                      [](const job& a, const job& b) {
-                          return std::tie(a.priority, a.run_at, a.id) < std::tie(b.priority, b.run_at, b.id);
-                      });
         }
+        // In id order, as one job at a time would have settled them;
+        // only those that continuations wait for, found by one
+        // statement rather than one per job.
+        std::sort(finished.begin(), finished.end());
+        const auto awaited = c.awaited_among(finished);
+        for (const auto& [id, ended] : finished)
+            if (awaited.contains(id))
+                c.resolve_children(id, ended, now);
+    }
+    {
+        using_statement u{*c.promote};
+        c.promote->bind(1, at).bind(2, static_cast<std::int64_t>(max_rows_per_write));
+        c.promote->run();
+    }
+    std::vector<job> claimed;
+    if (claim.kinds.empty())
         return claimed;
-    });
+    const auto kinds = json_array_of(claim.kinds);
+    std::unordered_map<std::string, std::size_t> kind_left(claim.kind_caps.begin(), claim.kind_caps.end());
+    for (const auto& [queue, cap] : claim.queues) {
+        const auto count = std::min(cap, claim.total - std::min(claim.total, claimed.size()));
+        if (count == 0)
+            continue;
+        {
+            using_statement u{*c.paused};
+            if (c.paused->bind(1, queue).step())
+                continue;
+        }
+        // Candidates in claim order, stepped through until there are
+        // enough (see claim_request): the statement passes over jobs
+        // whose key a running job holds, and this loop over those of a
+        // kind whose cap is reached and those whose key an earlier
+        // candidate of the queue took. Keys taken in earlier queues are
+        // held by then, their jobs claimed (running) by the UPDATE below.
+        std::vector<job_id> ids;
+        std::unordered_set<std::string> taken_keys;
+        {
+            auto& q = *c.candidates;
+            using_statement u{q};
+            q.bind(1, queue).bind(2, kinds);
+            while (ids.size() < count && q.step()) {
+                auto left = kind_left.end();
+                if (!kind_left.empty()) {
+                    left = kind_left.find(q.text(2));
+                    if (left != kind_left.end() && left->second == 0)
+                        continue;
+                }
+                if (!q.is_null(1) && !taken_keys.insert(q.text(1)).second)
+                    continue;
+                if (left != kind_left.end())
+                    --left->second;
+                ids.push_back(q.integer(0));
+            }
+        }
+        if (ids.empty())
+            continue;
+        std::string id_list = "[";
+        for (auto id : ids) {
+            if (id_list.size() > 1)
+                id_list += ',';
+            id_list += std::to_string(id);
+        }
+        id_list += ']';
+        auto& s = *c.claim;
+        using_statement u{s};
+        s.bind(1, claim.node).bind(2, micros(claim.lease_until)).bind(3, at).bind(4, id_list);
+        const auto first = claimed.size();
+        while (s.step()) {
+            claimed.push_back(connection::read_job(s, false));
+            c.count(claimed.back().queue, claimed.back().kind, job_state::available, -1);
+            c.count(claimed.back().queue, claimed.back().kind, job_state::running, 1);
+        }
+        // RETURNING does not keep the subquery's order.
+        std::sort(claimed.begin() + static_cast<std::ptrdiff_t>(first), claimed.end(),
+                  [](const job& a, const job& b) {
+                      return std::tie(a.priority, a.run_at, a.id) < std::tie(b.priority, b.run_at, b.id);
+                  });
+    }
+    return claimed;
 }
 
 lease_renewal sqlite_storage::renew_leases(const std::string& node, std::span<const held_lease> held,

@@ -37,6 +37,8 @@ public:
     std::vector<enqueue_result> enqueue(std::span<const enqueue_request> jobs, time_point now) override;
     std::vector<job> complete_and_claim(std::span<const completion> done, const claim_request& claim,
                                         time_point now) override;
+    enqueued_and_claimed enqueue_and_claim(std::span<const enqueue_request> jobs, const claim_request& claim,
+                                           time_point now) override;
     lease_renewal renew_leases(const std::string& node, std::span<const held_lease> held, time_point lease_until,
                                time_point now) override;
     std::vector<job_id> recover_expired(time_point now) override;
@@ -70,6 +72,12 @@ public:
 
 private:
     struct connection;
+    // The bodies of enqueue and complete_and_claim, inside a transaction
+    // the caller opened.
+    static std::vector<enqueue_result> enqueue_in(connection& c, std::span<const enqueue_request> requests,
+                                                  time_point now);
+    static std::vector<job> complete_and_claim_in(connection& c, std::span<const completion> done,
+                                                  const claim_request& claim, time_point now);
     std::string path_;
     std::mutex mutex_;
     std::unique_ptr<connection> db_;

@@ -235,9 +235,15 @@ struct job_counts {
 // parent's continuations) are not cut.
 inline constexpr std::size_t max_rows_per_write = 5000;
 
-// Each call is one transaction and either fully happens or throws
-// storage_error. Implementations are safe to call from several threads (the
-// engine calls each from one thread at a time, off the host's loop).
+class storage_error : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+// Each call is one transaction (enqueue_and_claim's default is two) and
+// either fully happens or throws storage_error. Implementations are safe to
+// call from several threads (the engine calls each from one thread at a
+// time, off the host's loop).
 class storage {
 public:
     virtual ~storage() = default;
@@ -256,6 +262,29 @@ public:
     // costs one commit per batch.
     virtual std::vector<job> complete_and_claim(std::span<const completion> done, const claim_request& claim,
                                                 time_point now) = 0;
+
+    // Inserts the jobs as enqueue() does, then claims as complete_and_claim()
+    // does with no completions: what the engine calls when jobs are
+    // enqueued beside an idle server of the same process, so that one of
+    // them starts after one commit rather than two. A storage that can
+    // make it one transaction overrides it; this default makes the two
+    // calls, and a claim that fails after the enqueue committed claims
+    // nothing (the server's next claim meets the error again).
+    struct enqueued_and_claimed {
+        std::vector<enqueue_result> enqueued;
+        std::vector<job> claimed;
+    };
+    virtual enqueued_and_claimed enqueue_and_claim(std::span<const enqueue_request> jobs, const claim_request& claim,
+                                                   time_point now)
+    {
+        enqueued_and_claimed out;
+        out.enqueued = enqueue(jobs, now);
+        try {
+            out.claimed = complete_and_claim({}, claim, now);
+        } catch (const storage_error&) {
+        }
+        return out;
+    }
 
     // The node is alive: extends to `lease_until` the lease of each job it
     // holds (claimed by it, with that attempt, and still running), notes
@@ -389,11 +418,6 @@ protected:
             return {id, std::nullopt, e.what()};
         }
     }
-};
-
-class storage_error : public std::runtime_error {
-public:
-    using std::runtime_error::runtime_error;
 };
 
 // In memory: for tests and ephemeral work; nothing survives the process.

@@ -117,6 +117,21 @@ public:
     // Storage thread only.
     std::vector<job> complete_and_claim(storage& s, std::span<const completion> done, const claim_request& claim,
                                         time_point now);
+    // A claim the server leaves here while it is idle: the next batch of
+    // this process's enqueues takes it into its own transaction
+    // (storage::enqueue_and_claim), so that a job enqueued beside an idle
+    // server starts after one commit rather than two. Its lease is set when
+    // it is made. `deliver` runs on the storage thread with what it claimed
+    // (nothing if it failed).
+    struct standing_claim {
+        claim_request claim;
+        std::function<void(std::vector<job>)> deliver;
+    };
+    void stand(standing_claim c);
+    // Takes the standing claim back: false when enqueues took it (its
+    // delivery is on its way) or there was none.
+    bool withdraw();
+
     // What a renewal found: the leases lost and the cancels asked for, and
     // until when it extended the others (none when it failed, with why).
     // The announce of the node is reported apart: its failure loses nothing.
@@ -166,6 +181,7 @@ private:
     bool stopping_ = false;
     std::deque<std::pair<enqueue_request, enqueue_done>> enqueues_;
     std::deque<std::function<void(storage&)>> ops_;
+    std::optional<standing_claim> standing_;   // mutex_
     std::deque<std::function<void(storage&)>> reads_;
     std::condition_variable reads_changed_;
     std::function<void()> waker_;              // mutex_
