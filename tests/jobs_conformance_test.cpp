@@ -70,6 +70,38 @@ TEST_CASE("jobs: storages claim, complete, recover and reject invalid transition
                                          job_state::running, job_state::succeeded, job_state::available});
 }
 
+TEST_CASE("jobs: storages enqueue and claim at once in claim order, the keyed duplicates found and not stored",
+          "[jobs][conformance][storage]")
+{
+    EACH_STORAGE(which, db);
+    auto store = make_storage(which, db);
+    const auto t0 = jobs::clock::now();
+    const auto older = store->enqueue(std::vector<jobs::enqueue_request>{request("k", "older")}, t0);
+    auto keyed = request("k", "keyed");
+    keyed.unique_key = "once";
+    const jobs::claim_request one{"node-a", {{"default", 1}}, {"k"}, t0 + 10s};
+    auto both = store->enqueue_and_claim(std::vector<jobs::enqueue_request>{request("k", "new"), keyed, keyed}, one,
+                                         t0 + 1s);
+    REQUIRE(both.enqueued.size() == 3);
+    CHECK(both.enqueued[0].created);
+    CHECK(both.enqueued[1].created);
+    CHECK_FALSE(both.enqueued[2].created);
+    CHECK(both.enqueued[2].id == both.enqueued[1].id);
+    // The claim is any claim: the job waiting longest goes first.
+    REQUIRE(both.claimed.size() == 1);
+    CHECK(both.claimed[0].id == older[0].id);
+    CHECK(both.claimed[0].state == job_state::running);
+    CHECK(both.claimed[0].lease_owner == "node-a");
+    const jobs::claim_request three{"node-a", {{"default", 3}}, {"k"}, t0 + 10s};
+    both = store->enqueue_and_claim(std::vector<jobs::enqueue_request>{keyed}, three, t0 + 2s);
+    CHECK_FALSE(both.enqueued.at(0).created);
+    REQUIRE(both.claimed.size() == 2);
+    CHECK(both.claimed[0].args == "new");
+    CHECK(both.claimed[1].args == "keyed");
+    CHECK(store->counts()[job_state::running] == 3);
+    CHECK(store->counts()[job_state::available] == 0);
+}
+
 TEST_CASE("jobs: unique keys hold under concurrent enqueue", "[jobs][conformance][storage]")
 {
     EACH_STORAGE(which, db);
