@@ -1495,6 +1495,179 @@ std::vector<enqueue_result> postgres_storage::enqueue_in_transaction(pg_conn* ca
     }
 }
 
+// The claim of every case, in the order claim_request gives, inside the
+// caller's transaction (which its last statement may commit).
+std::vector<job> postgres_storage::claim_in_order(connection& c, const claim_request& claim, time_point now)
+{
+    const auto at = micros(now);
+    const auto promote = params().add(at).add(static_cast<std::int64_t>(max_rows_per_write));
+    // Promotion goes with the first page of candidates, in one round trip.
+    bool promoted = false;
+    std::vector<job> claimed;
+    if (claim.kinds.empty()) {
+        c.run("promote", promote);
+        return claimed;
+    }
+    const auto kinds = text_array(claim.kinds);
+    std::unordered_map<std::string, std::size_t> kind_left(claim.kind_caps.begin(), claim.kind_caps.end());
+    for (const auto& [queue, cap] : claim.queues) {
+        auto count = std::min(cap, claim.total - std::min(claim.total, claimed.size()));
+        if (count == 0 || c.committed)
+            continue;
+        // Pages of candidates in claim order until there are enough or
+        // none is left (see claim_request): the statement passes over
+        // jobs whose key a running job holds, this loop over those of a
+        // kind whose cap is reached, those whose key an earlier
+        // candidate took, and those whose key another node is claiming.
+        std::tuple<std::int64_t, std::int64_t, std::int64_t> after{INT_MIN, INT64_MIN, INT64_MIN};
+        std::unordered_set<std::string> taken_keys;
+        const std::int64_t page = static_cast<std::int64_t>(std::max<std::size_t>(count * 2, 32));
+        for (;;) {
+            auto page_params = params()
+                                   .add(queue)
+                                   .add(kinds)
+                                   .add(std::get<0>(after))
+                                   .add(std::get<1>(after))
+                                   .add(std::get<2>(after))
+                                   .add(page);
+            auto q = std::exchange(promoted, true) ? c.run("candidates", page_params)
+                                                   : c.run_after("promote", promote, "candidates", page_params);
+            // The candidates chosen, with the kind each charged to its cap.
+            std::vector<std::pair<job_id, std::string>> chosen;
+            std::vector<std::pair<job_id, std::string>> keyed;
+            int examined = 0;
+            for (; examined < q.rows() && chosen.size() < count; ++examined) {
+                const int i = examined;
+                after = {q.integer(i, 3), q.integer(i, 4), q.integer(i, 0)};
+                auto left = kind_left.find(q.text(i, 2));
+                if (left != kind_left.end() && left->second == 0)
+                    continue;
+                if (!q.is_null(i, 1) && !taken_keys.insert(q.text(i, 1)).second)
+                    continue;
+                if (left != kind_left.end())
+                    --left->second;
+                chosen.emplace_back(q.integer(i, 0), q.text(i, 2));
+                if (!q.is_null(i, 1))
+                    keyed.emplace_back(q.integer(i, 0), q.text(i, 1));
+            }
+            std::unordered_set<job_id> passed; // keyed jobs whose key another node is claiming
+            if (!keyed.empty()) {
+                std::vector<std::string> keys;
+                for (const auto& k : keyed)
+                    keys.push_back(k.second);
+                auto locked = c.run("lock_keys", params().add(text_array(keys)).add(c.options.schema + ":"));
+                std::unordered_set<std::string> ours;
+                for (int i = 0; i < locked.rows(); ++i)
+                    ours.insert(locked.text(i, 0));
+                for (const auto& [id, key] : keyed)
+                    if (!ours.contains(key))
+                        passed.insert(id);
+            }
+            std::vector<job_id> ids;
+            for (const auto& [id, kind] : chosen)
+                if (!passed.contains(id))
+                    ids.push_back(id);
+            std::unordered_set<job_id> got;
+            if (!ids.empty()) {
+                auto take = params()
+                                .add(claim.node)
+                                .add(micros(claim.lease_until))
+                                .add(at)
+                                .add(integer_array(ids));
+                // Nothing would follow this claim (enough were chosen,
+                // or none is left, and no later queue has room): it
+                // goes with the COMMIT. If another node took some of
+                // them meanwhile, the next claim makes up for them.
+                const bool fills = ids.size() == count;
+                const bool none_left = examined == q.rows() && q.rows() < page;
+                const bool last =
+                    (fills || none_left) && (&queue == &claim.queues.back().first ||
+                                             (fills && claimed.size() + ids.size() >= claim.total));
+                auto r = last ? c.run_and_commit("claim", std::move(take)) : c.run("claim", take);
+                const auto first = claimed.size();
+                for (int i = 0; i < r.rows(); ++i) {
+                    claimed.push_back(connection::read_job(r, i, false));
+                    got.insert(claimed.back().id);
+                }
+                std::sort(claimed.begin() + static_cast<std::ptrdiff_t>(first), claimed.end(),
+                          [](const job& a, const job& b) {
+                              return std::tie(a.priority, a.run_at, a.id) < std::tie(b.priority, b.run_at, b.id);
+                          });
+                count -= std::min(count, got.size());
+            }
+            // A candidate another node took meanwhile gives its kind's
+            // place back to the candidates after it.
+            for (const auto& [id, kind] : chosen) {
+                auto left = kind_left.find(kind);
+                if (left != kind_left.end() && !got.contains(id))
+                    ++left->second;
+            }
+            if (count == 0 || (examined == q.rows() && q.rows() < page) || c.committed)
+                break;
+        }
+    }
+    if (!promoted)
+        c.run("promote", promote);
+    return claimed;
+}
+
+// The common case (one queue with room, no kind at its cap) goes in one
+// round trip with promotion and the COMMIT: the first jobs in claim order,
+// unless a concurrency key is among them, which only claim_in_order()
+// settles.
+bool postgres_storage::claims_first(const claim_request& claim)
+{
+    const auto with_room =
+        std::count_if(claim.queues.begin(), claim.queues.end(), [](const auto& q) { return q.second > 0; });
+    return with_room == 1 && claim.total > 0 && claim.kind_caps.empty() && !claim.kinds.empty();
+}
+
+// Commits the caller's transaction. Claims nothing, with `keyed` set, when
+// a concurrency key is among the first jobs: claim_in_order() then claims,
+// in a transaction of its own.
+std::vector<job> postgres_storage::claim_first(connection& c, const claim_request& claim, time_point now, bool& keyed)
+{
+    const auto at = micros(now);
+    const auto& roomy =
+        *std::find_if(claim.queues.begin(), claim.queues.end(), [](const auto& q) { return q.second > 0; });
+    const auto count = static_cast<std::int64_t>(std::min(roomy.second, claim.total));
+    auto r = c.commit_with({{"promote", params().add(at).add(static_cast<std::int64_t>(max_rows_per_write))},
+                            {"first_keys", params().add(roomy.first).add(text_array(claim.kinds)).add(count)},
+                            {"claim_first", params()
+                                                .add(claim.node)
+                                                .add(micros(claim.lease_until))
+                                                .add(at)
+                                                .add(roomy.first)
+                                                .add(text_array(claim.kinds))
+                                                .add(count)}});
+    std::vector<job> out;
+    for (int i = 0; i < r[2].rows(); ++i)
+        out.push_back(connection::read_job(r[2], i, false));
+    std::sort(out.begin(), out.end(), [](const job& a, const job& b) {
+        return std::tie(a.priority, a.run_at, a.id) < std::tie(b.priority, b.run_at, b.id);
+    });
+    keyed = out.empty() && r[1].integer(0, 0) > 0;
+    return out;
+}
+
+postgres_storage::enqueued_and_claimed postgres_storage::enqueue_and_claim(std::span<const enqueue_request> requests,
+                                                                           const claim_request& claim, time_point now)
+{
+    auto db = pool_->take();
+    auto& c = *db;
+    const bool first = claims_first(claim);
+    bool keyed = false;
+    auto out = c.write([&] {
+        enqueued_and_claimed both;
+        both.enqueued = c.enqueue_all(requests, now);
+        both.claimed = first ? claim_first(c, claim, now, keyed) : claim_in_order(c, claim, now);
+        return both;
+    });
+    if (keyed)
+        out.claimed = c.write([&] { return claim_in_order(c, claim, now); });
+    return out;
+}
+
 std::vector<job> postgres_storage::complete_and_claim(std::span<const completion> done, const claim_request& claim,
                                                       time_point now)
 {
@@ -1542,159 +1715,19 @@ std::vector<job> postgres_storage::complete_and_claim(std::span<const completion
             c.resolve_children(finished, now);
         }
     };
-    const auto promote = params().add(at).add(static_cast<std::int64_t>(max_rows_per_write));
-    // The claim of every case, in the order claim_request gives.
-    auto claim_in_order = [&] {
-        // Promotion goes with the first page of candidates, in one round trip.
-        bool promoted = false;
-        std::vector<job> claimed;
-        if (claim.kinds.empty()) {
-            c.run("promote", promote);
-            return claimed;
-        }
-        const auto kinds = text_array(claim.kinds);
-        std::unordered_map<std::string, std::size_t> kind_left(claim.kind_caps.begin(), claim.kind_caps.end());
-        for (const auto& [queue, cap] : claim.queues) {
-            auto count = std::min(cap, claim.total - std::min(claim.total, claimed.size()));
-            if (count == 0 || c.committed)
-                continue;
-            // Pages of candidates in claim order until there are enough or
-            // none is left (see claim_request): the statement passes over
-            // jobs whose key a running job holds, this loop over those of a
-            // kind whose cap is reached, those whose key an earlier
-            // candidate took, and those whose key another node is claiming.
-            std::tuple<std::int64_t, std::int64_t, std::int64_t> after{INT_MIN, INT64_MIN, INT64_MIN};
-            std::unordered_set<std::string> taken_keys;
-            const std::int64_t page = static_cast<std::int64_t>(std::max<std::size_t>(count * 2, 32));
-            for (;;) {
-                auto page_params = params()
-                                       .add(queue)
-                                       .add(kinds)
-                                       .add(std::get<0>(after))
-                                       .add(std::get<1>(after))
-                                       .add(std::get<2>(after))
-                                       .add(page);
-                auto q = std::exchange(promoted, true) ? c.run("candidates", page_params)
-                                                       : c.run_after("promote", promote, "candidates", page_params);
-                // The candidates chosen, with the kind each charged to its cap.
-                std::vector<std::pair<job_id, std::string>> chosen;
-                std::vector<std::pair<job_id, std::string>> keyed;
-                int examined = 0;
-                for (; examined < q.rows() && chosen.size() < count; ++examined) {
-                    const int i = examined;
-                    after = {q.integer(i, 3), q.integer(i, 4), q.integer(i, 0)};
-                    auto left = kind_left.find(q.text(i, 2));
-                    if (left != kind_left.end() && left->second == 0)
-                        continue;
-                    if (!q.is_null(i, 1) && !taken_keys.insert(q.text(i, 1)).second)
-                        continue;
-                    if (left != kind_left.end())
-                        --left->second;
-                    chosen.emplace_back(q.integer(i, 0), q.text(i, 2));
-                    if (!q.is_null(i, 1))
-                        keyed.emplace_back(q.integer(i, 0), q.text(i, 1));
-                }
-                std::unordered_set<job_id> passed; // keyed jobs whose key another node is claiming
-                if (!keyed.empty()) {
-                    std::vector<std::string> keys;
-                    for (const auto& k : keyed)
-                        keys.push_back(k.second);
-                    auto locked = c.run("lock_keys", params().add(text_array(keys)).add(c.options.schema + ":"));
-                    std::unordered_set<std::string> ours;
-                    for (int i = 0; i < locked.rows(); ++i)
-                        ours.insert(locked.text(i, 0));
-                    for (const auto& [id, key] : keyed)
-                        if (!ours.contains(key))
-                            passed.insert(id);
-                }
-                std::vector<job_id> ids;
-                for (const auto& [id, kind] : chosen)
-                    if (!passed.contains(id))
-                        ids.push_back(id);
-                std::unordered_set<job_id> got;
-                if (!ids.empty()) {
-                    auto take = params()
-                                    .add(claim.node)
-                                    .add(micros(claim.lease_until))
-                                    .add(at)
-                                    .add(integer_array(ids));
-                    // Nothing would follow this claim (enough were chosen,
-                    // or none is left, and no later queue has room): it
-                    // goes with the COMMIT. If another node took some of
-                    // them meanwhile, the next claim makes up for them.
-                    const bool fills = ids.size() == count;
-                    const bool none_left = examined == q.rows() && q.rows() < page;
-                    const bool last =
-                        (fills || none_left) && (&queue == &claim.queues.back().first ||
-                                                 (fills && claimed.size() + ids.size() >= claim.total));
-                    auto r = last ? c.run_and_commit("claim", std::move(take)) : c.run("claim", take);
-                    const auto first = claimed.size();
-                    for (int i = 0; i < r.rows(); ++i) {
-                        claimed.push_back(connection::read_job(r, i, false));
-                        got.insert(claimed.back().id);
-                    }
-                    std::sort(claimed.begin() + static_cast<std::ptrdiff_t>(first), claimed.end(),
-                              [](const job& a, const job& b) {
-                                  return std::tie(a.priority, a.run_at, a.id) < std::tie(b.priority, b.run_at, b.id);
-                              });
-                    count -= std::min(count, got.size());
-                }
-                // A candidate another node took meanwhile gives its kind's
-                // place back to the candidates after it.
-                for (const auto& [id, kind] : chosen) {
-                    auto left = kind_left.find(kind);
-                    if (left != kind_left.end() && !got.contains(id))
-                        ++left->second;
-                }
-                if (count == 0 || (examined == q.rows() && q.rows() < page) || c.committed)
-                    break;
-            }
-        }
-        if (!promoted)
-            c.run("promote", promote);
-        return claimed;
-    };
-    // The common case (one queue with room, no kind at its cap) goes in one
-    // round trip with promotion and the COMMIT: the first jobs in claim
-    // order, unless a concurrency key is among them, which only the loop
-    // above settles.
-    const auto with_room = std::count_if(claim.queues.begin(), claim.queues.end(),
-                                         [](const auto& q) { return q.second > 0; });
-    if (with_room != 1 || claim.total == 0 || !claim.kind_caps.empty() || claim.kinds.empty())
+    if (!claims_first(claim))
         return c.write([&] {
             settle();
-            return claim_in_order();
+            return claim_in_order(c, claim, now);
         });
-    // Named, not bound: a lambda below captures it.
-    const auto& roomy = *std::find_if(claim.queues.begin(), claim.queues.end(),
-                                      [](const auto& q) { return q.second > 0; });
-    const std::string& queue = roomy.first;
-    const std::size_t cap = roomy.second;
-    const auto count = static_cast<std::int64_t>(std::min(cap, claim.total));
     bool keyed = false;
     auto claimed = c.write([&] {
         settle();
-        auto r = c.commit_with({{"promote", promote},
-                                {"first_keys", params().add(queue).add(text_array(claim.kinds)).add(count)},
-                                {"claim_first", params()
-                                                    .add(claim.node)
-                                                    .add(micros(claim.lease_until))
-                                                    .add(at)
-                                                    .add(queue)
-                                                    .add(text_array(claim.kinds))
-                                                    .add(count)}});
-        std::vector<job> out;
-        for (int i = 0; i < r[2].rows(); ++i)
-            out.push_back(connection::read_job(r[2], i, false));
-        std::sort(out.begin(), out.end(), [](const job& a, const job& b) {
-            return std::tie(a.priority, a.run_at, a.id) < std::tie(b.priority, b.run_at, b.id);
-        });
-        keyed = out.empty() && r[1].integer(0, 0) > 0;
-        return out;
+        return claim_first(c, claim, now, keyed);
     });
     if (!keyed)
         return claimed;
-    return c.write([&] { return claim_in_order(); });
+    return c.write([&] { return claim_in_order(c, claim, now); });
 }
 
 lease_renewal postgres_storage::renew_leases(const std::string& node, std::span<const held_lease> held,

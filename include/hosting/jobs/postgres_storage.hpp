@@ -55,6 +55,8 @@ public:
     std::vector<enqueue_result> enqueue(std::span<const enqueue_request> jobs, time_point now) override;
     std::vector<job> complete_and_claim(std::span<const completion> done, const claim_request& claim,
                                         time_point now) override;
+    enqueued_and_claimed enqueue_and_claim(std::span<const enqueue_request> jobs, const claim_request& claim,
+                                           time_point now) override;
     lease_renewal renew_leases(const std::string& node, std::span<const held_lease> held, time_point lease_until,
                                time_point now) override;
     std::vector<job_id> recover_expired(time_point now) override;
@@ -106,6 +108,11 @@ public:
 private:
     struct connection;
     struct listener;
+    // The claims of complete_and_claim and enqueue_and_claim, inside the
+    // caller's transaction.
+    static std::vector<job> claim_in_order(connection& c, const claim_request& claim, time_point now);
+    static bool claims_first(const claim_request& claim);
+    static std::vector<job> claim_first(connection& c, const claim_request& claim, time_point now, bool& keyed);
     std::string conninfo_;
     postgres_options options_;
     struct pool;
