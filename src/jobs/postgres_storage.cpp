@@ -1614,19 +1614,14 @@ std::vector<job> postgres_storage::claim_in_order(connection& c, const claim_req
 // The common case (one queue with room, no kind at its cap) goes in one
 // round trip with promotion and the COMMIT: the first jobs in claim order,
 // unless a concurrency key is among them, which only claim_in_order()
-// settles.
-bool postgres_storage::claims_first(const claim_request& claim)
+// settles. Then this claims nothing and sets `keyed`: the caller claims
+// again with claim_in_order(), in a transaction of its own.
+std::vector<job> postgres_storage::claim_jobs(connection& c, const claim_request& claim, time_point now, bool& keyed)
 {
     const auto with_room =
         std::count_if(claim.queues.begin(), claim.queues.end(), [](const auto& q) { return q.second > 0; });
-    return with_room == 1 && claim.total > 0 && claim.kind_caps.empty() && !claim.kinds.empty();
-}
-
-// Commits the caller's transaction. Claims nothing, with `keyed` set, when
-// a concurrency key is among the first jobs: claim_in_order() then claims,
-// in a transaction of its own.
-std::vector<job> postgres_storage::claim_first(connection& c, const claim_request& claim, time_point now, bool& keyed)
-{
+    if (with_room != 1 || claim.total == 0 || !claim.kind_caps.empty() || claim.kinds.empty())
+        return claim_in_order(c, claim, now);
     const auto at = micros(now);
     const auto& roomy =
         *std::find_if(claim.queues.begin(), claim.queues.end(), [](const auto& q) { return q.second > 0; });
@@ -1655,12 +1650,11 @@ postgres_storage::enqueued_and_claimed postgres_storage::enqueue_and_claim(std::
 {
     auto db = pool_->take();
     auto& c = *db;
-    const bool first = claims_first(claim);
     bool keyed = false;
     auto out = c.write([&] {
         enqueued_and_claimed both;
         both.enqueued = c.enqueue_all(requests, now);
-        both.claimed = first ? claim_first(c, claim, now, keyed) : claim_in_order(c, claim, now);
+        both.claimed = claim_jobs(c, claim, now, keyed);
         return both;
     });
     if (keyed)
@@ -1715,15 +1709,10 @@ std::vector<job> postgres_storage::complete_and_claim(std::span<const completion
             c.resolve_children(finished, now);
         }
     };
-    if (!claims_first(claim))
-        return c.write([&] {
-            settle();
-            return claim_in_order(c, claim, now);
-        });
     bool keyed = false;
     auto claimed = c.write([&] {
         settle();
-        return claim_first(c, claim, now, keyed);
+        return claim_jobs(c, claim, now, keyed);
     });
     if (!keyed)
         return claimed;

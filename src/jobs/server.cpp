@@ -608,6 +608,14 @@ struct server::run : std::enable_shared_from_this<server::run> {
         }
     }
 
+    // What the standing claim took, when enqueues made it.
+    void standing_claimed(std::vector<job> claimed)
+    {
+        standing = false;
+        accept(std::move(claimed));
+        wake();
+    }
+
     void restore_in_flight()
     {
         if (in_flight && !in_flight->empty())
@@ -868,12 +876,10 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
                 if (c.total > 0) {
                     r->standing = true;
                     engine_->stand({std::move(c), [weak, liveness](std::vector<job> claimed) {
-                                        run::post_from_outside(weak, liveness,
-                                                               [claimed = std::move(claimed)](run& alive) mutable {
-                                                                   alive.standing = false;
-                                                                   alive.accept(std::move(claimed));
-                                                                   alive.wake();
-                                                               });
+                                        run::post_from_outside(weak, liveness, [claimed = std::move(claimed)](
+                                                                                   run& alive) mutable {
+                                            alive.standing_claimed(std::move(claimed));
+                                        });
                                     }});
                 }
             }

@@ -5,9 +5,9 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <functional>
 #include <iterator>
 #include <limits>
-#include <map>
 #include <tuple>
 #include <unordered_map>
 #include <unordered_set>
@@ -74,10 +74,12 @@ public:
 
     std::int64_t integer(int i) const { return sqlite3_column_int64(stmt_, i); }
     bool is_null(int i) const { return sqlite3_column_type(stmt_, i) == SQLITE_NULL; }
-    std::string text(int i) const
+    std::string text(int i) const { return std::string(view(i)); }
+    // Valid until the next step or reset.
+    std::string_view view(int i) const
     {
         auto* p = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, i));
-        return p ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(stmt_, i))) : std::string();
+        return p ? std::string_view(p, static_cast<std::size_t>(sqlite3_column_bytes(stmt_, i))) : std::string_view();
     }
 
 private:
@@ -95,6 +97,21 @@ struct using_statement {
     statement& s;
     ~using_statement() { s.reset(); }
 };
+
+// A JSON array of ids, each item's by `id_of` (SQLite reads it with
+// json_each).
+template <class Range, class Id = std::identity>
+std::string json_ids(const Range& items, Id id_of = {})
+{
+    std::string out = "[";
+    for (const auto& item : items) {
+        if (out.size() > 1)
+            out += ',';
+        out += std::to_string(id_of(item));
+    }
+    out += ']';
+    return out;
+}
 
 // The columns read_job reads. Without the history, NULL takes its place:
 // a claim need not copy every claimed job's whole history.
@@ -352,17 +369,28 @@ struct sqlite_storage::connection {
 
     // The count changes of this transaction that no trigger makes (see
     // migration_10), by queue, kind and state, written just before it
-    // commits.
-    std::map<std::tuple<std::string, std::string, std::int64_t>, std::int64_t> counted;
+    // commits. A batch holds a few queues and kinds, so a list searched in
+    // turn: a claim counts each of its jobs, and copies their names once.
+    struct count_change {
+        std::string queue, kind;
+        int state = 0;
+        std::int64_t n = 0;
+    };
+    std::vector<count_change> counted;
 
-    void count(const std::string& queue, const std::string& kind, job_state state, std::int64_t n)
+    void count(std::string_view queue, std::string_view kind, job_state state, std::int64_t n)
     {
-        counted[{queue, kind, code(state)}] += n;
+        auto it = std::find_if(counted.begin(), counted.end(), [&](const count_change& c) {
+            return c.state == code(state) && c.queue == queue && c.kind == kind;
+        });
+        if (it == counted.end())
+            it = counted.insert(counted.end(), {std::string(queue), std::string(kind), code(state), 0});
+        it->n += n;
     }
 
     // A change from running that a completion statement made, if no
     // trigger counted it.
-    void count_completion(const std::string& queue, const std::string& kind, job_state ended)
+    void count_completion(std::string_view queue, std::string_view kind, job_state ended)
     {
         if (ended != job_state::succeeded)
             return;
@@ -372,11 +400,11 @@ struct sqlite_storage::connection {
 
     void write_counts()
     {
-        for (const auto& [key, n] : counted) {
-            if (n == 0)
+        for (const auto& c : counted) {
+            if (c.n == 0)
                 continue;
             using_statement u{*add_count};
-            add_count->bind(1, std::get<0>(key)).bind(2, std::get<1>(key)).bind(3, std::get<2>(key)).bind(4, n);
+            add_count->bind(1, c.queue).bind(2, c.kind).bind(3, c.state).bind(4, c.n);
             add_count->run();
         }
         counted.clear();
@@ -708,6 +736,7 @@ struct sqlite_storage::connection {
             const auto initial = r.run_at && *r.run_at > now ? job_state::scheduled : job_state::available;
             if (each.size() > 1)
                 each += ',';
+            count(r.queue, r.kind, initial, 1); // dropped with the transaction if the insert fails
             each += '[' + json_string(r.kind) + ',' + json_string(r.queue) + ',' + json_string(r.args) + ',' +
                     std::to_string(r.priority) + ',' + std::to_string(code(initial)) + ',' +
                     std::to_string(r.max_attempts) + ',' + std::to_string(r.timeout.count()) + ',' +
@@ -733,8 +762,6 @@ struct sqlite_storage::connection {
         std::sort(ids.begin(), ids.end());
         for (const auto id : ids)
             out.push_back({id, true, {}});
-        for (const auto& r : plain)
-            count(r.queue, r.kind, r.run_at && *r.run_at > now ? job_state::scheduled : job_state::available, 1);
     }
 
     // What add_plain() can store: no key to compare, no parent to look up,
@@ -827,15 +854,8 @@ struct sqlite_storage::connection {
         std::unordered_set<job_id> out;
         if (jobs.empty())
             return out;
-        std::string ids = "[";
-        for (const auto& [id, ended] : jobs) {
-            if (ids.size() > 1)
-                ids += ',';
-            ids += std::to_string(id);
-        }
-        ids += ']';
         using_statement u{*awaited};
-        awaited->bind(1, ids);
+        awaited->bind(1, json_ids(jobs, [](const auto& j) { return j.first; }));
         while (awaited->step())
             out.insert(awaited->integer(0));
         return out;
@@ -905,7 +925,7 @@ struct sqlite_storage::connection {
             s.bind_null(4).bind_or_null(5, failed ? std::string_view(reason) : std::string_view());
             s.bind(6, micros(now)).bind(7, reason).bind(8, f.owner).bind(9, f.attempt);
             if (s.step())
-                count_completion(s.text(1), s.text(2), stored_state(s.integer(0), f.id));
+                count_completion(s.view(1), s.view(2), stored_state(s.integer(0), f.id));
             s.reset();
             if (failed)
                 resolve_children(f.id, job_state::failed, now);
@@ -1001,7 +1021,7 @@ std::vector<job> sqlite_storage::complete_and_claim_in(connection& c, std::span<
             while (s.step()) {
                 const auto id = s.integer(0);
                 const auto ended = stored_state(s.integer(1), id);
-                c.count_completion(s.text(2), s.text(3), ended);
+                c.count_completion(s.view(2), s.view(3), ended);
                 if (is_final(ended))
                     finished.emplace_back(id, ended);
             }
@@ -1062,16 +1082,9 @@ std::vector<job> sqlite_storage::complete_and_claim_in(connection& c, std::span<
         }
         if (ids.empty())
             continue;
-        std::string id_list = "[";
-        for (auto id : ids) {
-            if (id_list.size() > 1)
-                id_list += ',';
-            id_list += std::to_string(id);
-        }
-        id_list += ']';
         auto& s = *c.claim;
         using_statement u{s};
-        s.bind(1, claim.node).bind(2, micros(claim.lease_until)).bind(3, at).bind(4, id_list);
+        s.bind(1, claim.node).bind(2, micros(claim.lease_until)).bind(3, at).bind(4, json_ids(ids));
         const auto first = claimed.size();
         while (s.step()) {
             claimed.push_back(connection::read_job(s, false));

@@ -110,9 +110,8 @@ private:
     struct listener;
     // The claims of complete_and_claim and enqueue_and_claim, inside the
     // caller's transaction.
+    static std::vector<job> claim_jobs(connection& c, const claim_request& claim, time_point now, bool& keyed);
     static std::vector<job> claim_in_order(connection& c, const claim_request& claim, time_point now);
-    static bool claims_first(const claim_request& claim);
-    static std::vector<job> claim_first(connection& c, const claim_request& claim, time_point now, bool& keyed);
     std::string conninfo_;
     postgres_options options_;
     struct pool;
