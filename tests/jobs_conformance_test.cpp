@@ -39,6 +39,9 @@ TEST_CASE("jobs: storages claim, complete, recover and reject invalid transition
     report_started(*store, "node-b", claimed, t0 + 30s, t0 + 12s);
     // A running job cannot be requeued from outside: it would run twice.
     CHECK_THROWS_AS(store->change_state(ids[1].id, job_state::available, "x", t0 + 12s), jobs::invalid_transition);
+    // Nor ended from outside: only its node ends a run.
+    CHECK_THROWS_AS(store->change_state(ids[1].id, job_state::succeeded, "x", t0 + 12s), jobs::invalid_transition);
+    CHECK_THROWS_AS(store->change_state(ids[1].id, job_state::failed, "x", t0 + 12s), jobs::invalid_transition);
     std::vector<jobs::completion> stale{{ids[0].id, 1, jobs::outcome::succeeded, {}, {}, "late"}};
     store->complete_and_claim(stale, claim, t0 + 13s);
     CHECK(store->find(ids[0].id)->state == job_state::running);
@@ -56,6 +59,9 @@ TEST_CASE("jobs: storages claim, complete, recover and reject invalid transition
     CHECK_THROWS_AS(store->change_state(ids[2].id, job_state::available, "x", t0), jobs::invalid_transition);
     CHECK_THROWS_AS(store->change_state(424242, job_state::deleted, "x", t0), jobs::job_not_found);
     CHECK(store->change_state(ids[0].id, job_state::available, "requeue", t0) == job_state::available);
+    // Only a claim starts a run: from outside, the job would have no node and no lease.
+    CHECK_THROWS_AS(store->change_state(ids[0].id, job_state::running, "x", t0), jobs::invalid_transition);
+    CHECK(store->find(ids[0].id)->state == job_state::available);
     CHECK(store->find(ids[0].id)->attempt == 0);
     auto counts = store->counts();
     CHECK(counts[job_state::available] == 2); // ids[0] requeued, ids[2] recovered

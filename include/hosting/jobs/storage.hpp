@@ -118,14 +118,21 @@ constexpr continuation_fate fate_of(continuation_condition condition, job_state 
 // running job only asks its node to stop it (its completion then ends it,
 // and until then it keeps its lease and its concurrency key); available
 // means a requeue, which only a job that ended can have (a running one would
-// end up with two runs); anything else the state machine forbids throws
-// invalid_transition.
+// end up with two runs). Only a claim starts a run and only its node ends
+// it: running is never a target from outside (the job would have no node
+// and no lease), and a running job takes no other change (its handler would
+// go on with its end already written). Anything else the state machine
+// forbids throws invalid_transition too.
 enum class outside_change : std::uint8_t { stop_running, requeue, transition };
 
 inline outside_change outside_change_of(job_id id, job_state from, job_state to)
 {
     if (from == job_state::running && (to == job_state::cancelled || to == job_state::deleted))
         return outside_change::stop_running;
+    if (to == job_state::running)
+        throw invalid_transition(id, from, to, "only a claim starts a run");
+    if (from == job_state::running && can_transition(from, to))
+        throw invalid_transition(id, from, to, "only its node ends a run (cancelling or deleting asks it to stop)");
     if (!can_transition(from, to) || (to == job_state::available && !is_final(from)))
         throw invalid_transition(id, from, to);
     return to == job_state::available ? outside_change::requeue : outside_change::transition;
