@@ -76,6 +76,87 @@ TEST_CASE("jobs: storages claim, complete, recover and reject invalid transition
                                          job_state::running, job_state::succeeded, job_state::available});
 }
 
+TEST_CASE("jobs: storages' counts match their rows after every kind of change, those counted by the statements "
+          "and those counted by triggers",
+          "[jobs][conformance][storage]")
+{
+    EACH_STORAGE(which, db);
+    auto shared = make_storage(which, db);
+    auto& store = *shared;
+    const auto t0 = jobs::clock::now();
+    auto in = [](std::string queue, std::string kind) {
+        auto r = request(std::move(kind), "{}", 2);
+        r.queue = std::move(queue);
+        return r;
+    };
+    // Plain inserts in a batch, one keyed, one scheduled, one continuation.
+    std::vector<jobs::enqueue_request> batch;
+    for (int i = 0; i < 6; ++i)
+        batch.push_back(in(i % 2 ? "mail" : "default", i % 3 ? "a" : "b"));
+    auto keyed = in("default", "a");
+    keyed.unique_key = "once";
+    batch.push_back(keyed);
+    batch.push_back(keyed); // found, not stored
+    auto later = in("default", "b");
+    later.run_at = t0 + 5s;
+    batch.push_back(later);
+    const auto ids = store.enqueue(batch, t0);
+    auto child = in("mail", "b");
+    child.parent_id = ids[0].id;
+    store.enqueue(std::vector<jobs::enqueue_request>{child}, t0);
+
+    const jobs::claim_request claim{"n", {{"default", 10}, {"mail", 10}}, {"a", "b"}, t0 + 10s};
+    const auto claimed = store.complete_and_claim({}, claim, t0);
+    REQUIRE(claimed.size() == 7);
+    store.change_state(claimed[1].id, job_state::cancelled, "stop", t0); // running: asked to stop
+    std::vector<jobs::completion> done;
+    const jobs::outcome outcomes[] = {jobs::outcome::succeeded, jobs::outcome::succeeded, jobs::outcome::retry,
+                                      jobs::outcome::failed,    jobs::outcome::snoozed,   jobs::outcome::released};
+    for (std::size_t i = 0; i < std::size(outcomes); ++i)
+        done.push_back({claimed[i].id, claimed[i].attempt, outcomes[i], t0 + 1s, "e", "r"});
+    // The last one claimed is left to expire; the scheduled one comes due.
+    store.complete_and_claim(done, {"n", {}, {"a", "b"}, t0 + 10s}, t0 + 6s);
+    CHECK(store.recover_expired(t0 + 20s).size() == 1);
+    store.change_state(claimed[3].id, job_state::available, "requeue", t0 + 21s);
+    store.change_state(claimed[3].id, job_state::deleted, "gone", t0 + 21s);
+    CHECK(store.prune(job_state::succeeded, t0 + 1h, 10, t0 + 1h) == 1);
+    // And a second round through the same statements.
+    const auto again = store.complete_and_claim({}, claim, t0 + 1h);
+    REQUIRE_FALSE(again.empty());
+    done.clear();
+    for (const auto& j : again)
+        done.push_back({j.id, j.attempt, jobs::outcome::succeeded, {}, {}, "ok"});
+    store.complete_and_claim(done, {"n", {}, {"a", "b"}, t0 + 2h}, t0 + 1h);
+    // A claim of one queue (PostgreSQL's shorter path), and its successes.
+    store.enqueue(std::vector<jobs::enqueue_request>{in("default", "a"), in("default", "b")}, t0 + 2h);
+    const auto one_queue = store.complete_and_claim({}, {"n", {{"default", 5}}, {"a", "b"}, t0 + 3h}, t0 + 2h);
+    REQUIRE(one_queue.size() == 2);
+    done.clear();
+    for (const auto& j : one_queue)
+        done.push_back({j.id, j.attempt, jobs::outcome::succeeded, {}, {}, "ok"});
+    store.complete_and_claim(done, {"n", {}, {"a", "b"}, t0 + 3h}, t0 + 2h);
+
+    using row = std::tuple<std::string, std::string, job_state, std::int64_t>;
+    std::vector<row> counted;
+    for (const auto& c : store.counts_by_queue_and_kind())
+        counted.emplace_back(c.queue, c.kind, c.state, c.count);
+    std::sort(counted.begin(), counted.end());
+    // The rows as they are, read one by one.
+    std::vector<row> actual;
+    {
+        std::map<std::tuple<std::string, std::string, job_state>, std::int64_t> rows;
+        jobs::job_filter all;
+        all.limit = 1000;
+        for (const auto& j : store.list(all))
+            ++rows[{j.queue, j.kind, j.state}];
+        for (const auto& [key, n] : rows)
+            actual.emplace_back(std::get<0>(key), std::get<1>(key), std::get<2>(key), n);
+    }
+    std::sort(actual.begin(), actual.end());
+    CHECK(actual.size() >= 6);
+    CHECK(counted == actual);
+}
+
 TEST_CASE("jobs: storages enqueue and claim at once in claim order, the keyed duplicates found and not stored",
           "[jobs][conformance][storage]")
 {

@@ -204,6 +204,53 @@ TEST_CASE("jobs: a PostgreSQL schema newer than the program opens when it only a
                                                           Catch::Contains("'" + db.schema + "'"));
 }
 
+TEST_CASE("jobs: a PostgreSQL schema of version 4 migrates: its statement triggers go, and its counts are made "
+          "again from its rows",
+          "[jobs][postgresql]")
+{
+    REQUIRE_POSTGRES();
+    temp_db db;
+    const auto t0 = jobs::clock::now();
+    {
+        auto store = make_storage("postgresql", db);
+        store->enqueue(std::vector{request("a", "1"), request("a", "2"), request("b", "3")}, t0);
+        const auto claimed = store->complete_and_claim({}, {"n", {{"default", 2}}, {"a", "b"}, t0 + 10s}, t0);
+        REQUIRE(claimed.size() == 2);
+        const std::vector<jobs::completion> done{{claimed[0].id, claimed[0].attempt, jobs::outcome::succeeded, {}, {}, "ok"}};
+        store->complete_and_claim(done, {"n", {}, {"a", "b"}, t0 + 10s}, t0);
+    }
+    // Back to schema 4 as its programs left it: statement-level triggers
+    // counted every insert and update (their bodies do not matter here: the
+    // migration drops them), and its counts had drifted.
+    session s(postgres_conninfo());
+    s.exec("SET search_path = \"" + db.schema + "\"");
+    s.exec("DROP TRIGGER jobs_counted_change ON jobs; DROP FUNCTION jobs_counted_change()");
+    for (const char* what : {"insert", "update"})
+        s.exec(std::string("CREATE FUNCTION jobs_counted_") + what +
+               "() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$; CREATE TRIGGER jobs_counted_" +
+               what + " AFTER " + what + " ON jobs REFERENCING " +
+               (what == std::string("insert") ? "NEW TABLE AS new_rows" : "OLD TABLE AS old_rows NEW TABLE AS new_rows") +
+               " FOR EACH STATEMENT EXECUTE FUNCTION jobs_counted_" + what + "()");
+    s.exec("DELETE FROM schema_version WHERE version = 5; UPDATE schema_readers SET oldest = 4; "
+           "INSERT INTO job_counts VALUES ('default', 'a', 1, 7)");
+
+    auto store = make_storage("postgresql", db);
+    CHECK(s.exec("SELECT max(version) FROM schema_version") == "5");
+    // A program of schema 4 would leave its claims and successes uncounted.
+    CHECK(s.exec("SELECT max(oldest) FROM schema_readers") == "5");
+    CHECK(s.exec("SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'jobs'::regclass "
+                 "AND NOT tgisinternal") == "jobs_counted_change,jobs_counted_delete");
+    std::map<std::tuple<std::string, std::string, job_state>, std::int64_t> counted, rows;
+    for (const auto& c : store->counts_by_queue_and_kind())
+        if (c.count != 0)
+            counted[{c.queue, c.kind, c.state}] = c.count;
+    jobs::job_filter all;
+    for (const auto& j : store->list(all))
+        ++rows[{j.queue, j.kind, j.state}];
+    CHECK(rows.size() == 3); // a available, a succeeded, b running
+    CHECK(counted == rows);
+}
+
 TEST_CASE("jobs: a PostgreSQL server out of reach is a storage_error that holds no password", "[jobs][postgresql]")
 {
     // Port 1: refused at once, no server needed.

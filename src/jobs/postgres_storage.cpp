@@ -190,6 +190,13 @@ std::string channel_of(const std::string& schema)
     return "hosting_jobs." + std::string(hex);
 }
 
+// As many NULLs as job_columns() has columns: a row that is no job.
+std::string job_nulls()
+{
+    return "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+           "NULL, NULL, NULL, NULL";
+}
+
 std::string job_columns(bool with_history)
 {
     return std::string("id, kind, queue, args, priority, state, attempt, max_attempts, timeout_ms, "
@@ -205,8 +212,24 @@ std::string logged(const std::string& to, const std::string& at, const std::stri
            ", " + error + "))";
 }
 
-// Counts by queue, kind and state are kept as deltas that statement-level
-// triggers append: concurrent writers never wait on one counter row (nor
+// The counts a statement's own rows change, written by the statement
+// (schema 5): `rows` names a WITH query of the jobs it wrote, with their
+// queue, kind and new state. An insert counts each row in its state; a
+// change counts those that went from `from` to `to`, and the other rows are
+// left to the trigger.
+std::string counted(const std::string& rows, const std::string& from = {}, const std::string& to = {})
+{
+    if (from.empty())
+        return "counted AS (INSERT INTO job_counts (queue, kind, state, n) SELECT r.queue, r.kind, r.state, count(*) "
+               "FROM " + rows + " AS r GROUP BY r.queue, r.kind, r.state)";
+    return "counted AS (INSERT INTO job_counts (queue, kind, state, n) SELECT r.queue, r.kind, s.state, s.n * count(*) "
+           "FROM " + rows + " AS r, (VALUES (" + from + ", -1), (" + to + ", 1)) AS s(state, n) WHERE r.state = " + to +
+           " GROUP BY r.queue, r.kind, s.state, s.n)";
+}
+
+// Counts by queue, kind and state are kept as deltas appended (by
+// statement-level triggers here; by the statements and a row-level trigger
+// since schema 5): concurrent writers never wait on one counter row (nor
 // deadlock over two), and announce_node() folds them now and then. The
 // functions keep the schema they were created in, so that a job written on
 // another connection (whatever its search_path) is counted here.
@@ -345,8 +368,38 @@ CREATE INDEX jobs_state ON jobs (state, id) WHERE state <> 3;
 UPDATE schema_readers SET oldest = 4;
 )sql";
 
+// A job's insert, claim and success are counted by the statements that make
+// them (counted()), not by statement-level triggers: those copied every
+// row the statement wrote, old and new, into tables for a PL/pgSQL function
+// to group, and ran it for every statement, a claim that took nothing
+// included. A row-level trigger counts the other changes (retries,
+// failures, recoveries, cancels, requeues, promotions), which are rarer;
+// its condition leaves out the pairs the statements count, and costs the
+// rows it leaves out nothing else. Programs of schema 4 would leave their
+// changes uncounted: they may not use this schema. The counts are made
+// again from the rows, in the migration's transaction.
+const char* const migration_5 = R"sql(
+DROP TRIGGER jobs_counted_insert ON jobs;
+DROP TRIGGER jobs_counted_update ON jobs;
+DROP FUNCTION jobs_counted_insert();
+DROP FUNCTION jobs_counted_update();
+CREATE FUNCTION jobs_counted_change() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    INSERT INTO job_counts VALUES (OLD.queue, OLD.kind, OLD.state, -1), (NEW.queue, NEW.kind, NEW.state, 1);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER jobs_counted_change AFTER UPDATE ON jobs FOR EACH ROW
+    WHEN ((OLD.state, OLD.queue, OLD.kind) IS DISTINCT FROM (NEW.state, NEW.queue, NEW.kind)
+          AND NOT (OLD.state = 1 AND NEW.state = 3) AND NOT (OLD.state = 3 AND NEW.state = 5))
+    EXECUTE FUNCTION jobs_counted_change();
+LOCK TABLE jobs IN SHARE MODE;
+DELETE FROM job_counts;
+INSERT INTO job_counts SELECT queue, kind, state, count(*) FROM jobs GROUP BY queue, kind, state;
+UPDATE schema_readers SET oldest = 5;
+)sql";
+
 // Schema N is made by migrations[N - 1] from schema N - 1.
-const char* const migrations[] = {migration_1, migration_2, migration_3, migration_4};
+const char* const migrations[] = {migration_1, migration_2, migration_3, migration_4, migration_5};
 static_assert(std::size(migrations) == postgres_storage::schema_version);
 
 // What a completion does to its job, for one row or many: `to` the state
@@ -384,28 +437,30 @@ std::vector<prepared_sql> make_statements()
                                  "WHERE held.state = 3 AND held.concurrency_key = jobs.concurrency_key))";
     return {
         {"insert",
-         "INSERT INTO jobs (kind, queue, args, priority, state, max_attempts, timeout_ms, created_at, run_at, "
-         "unique_key, unique_states, unique_slot, history, concurrency_key, parent_id, condition, recurring_id, "
-         "updated_at, unique_scoped) VALUES ($1, $2, $3, $4, $5::int, $6, $7, $8::bigint, $9, $10, $11, $12, "
-         "jsonb_build_array(jsonb_build_array($5::int, $5::int, $8::bigint, $13::text, '')), $14, $15, $16, $17, "
-         "$8::bigint, $18) ON CONFLICT (unique_slot) WHERE unique_slot IS NOT NULL DO NOTHING RETURNING id"},
+         "WITH added AS (INSERT INTO jobs (kind, queue, args, priority, state, max_attempts, timeout_ms, created_at, "
+         "run_at, unique_key, unique_states, unique_slot, history, concurrency_key, parent_id, condition, "
+         "recurring_id, updated_at, unique_scoped) VALUES ($1, $2, $3, $4, $5::int, $6, $7, $8::bigint, $9, $10, "
+         "$11, $12, jsonb_build_array(jsonb_build_array($5::int, $5::int, $8::bigint, $13::text, '')), $14, $15, "
+         "$16, $17, $8::bigint, $18) ON CONFLICT (unique_slot) WHERE unique_slot IS NOT NULL DO NOTHING "
+         "RETURNING id, queue, kind, state), " + counted("added") + " SELECT id FROM added"},
         // Many plain jobs (no unique key, no parent) in one statement, in
         // the order given: ids are drawn as the rows are inserted.
         {"insert_many",
-         "INSERT INTO jobs (kind, queue, args, priority, state, max_attempts, timeout_ms, created_at, run_at, "
-         "concurrency_key, recurring_id, updated_at, history) "
+         "WITH added AS (INSERT INTO jobs (kind, queue, args, priority, state, max_attempts, timeout_ms, "
+         "created_at, run_at, concurrency_key, recurring_id, updated_at, history) "
          "SELECT kind, queue, args, priority, state, max_attempts, timeout_ms, $1::bigint, run_at, concurrency_key, "
          "recurring_id, $1::bigint, jsonb_build_array(jsonb_build_array(state, state, $1::bigint, reason, '')) "
          "FROM unnest($2::text[], $3::text[], $4::text[], $5::int[], $6::int[], $7::int[], $8::bigint[], "
          "$9::bigint[], $10::text[], $11::text[], $12::text[]) WITH ORDINALITY AS r(kind, queue, args, priority, "
          "state, max_attempts, timeout_ms, run_at, concurrency_key, recurring_id, reason, ord) "
-         "ORDER BY ord RETURNING id"},
+         "ORDER BY ord RETURNING id, queue, kind, state), " + counted("added") + " SELECT id FROM added"},
         {"find_unique", "SELECT id FROM jobs WHERE unique_slot = $1"},
         // $2 new state, $3 attempt delta, $4 run_at or NULL, $5 error or NULL, $6 now, $7 reason.
-        // $2 new state, $3 attempt delta, $4 run_at or NULL, $5 error or NULL, $6 now, $7 reason.
         {"complete",
-         "UPDATE jobs SET " + completion_set("$2::int", "$3::int", "$4::bigint", "$5::text", "$6::bigint", "$7::text") +
-             " WHERE id = $1 AND state = 3 AND lease_owner = $8 AND attempt = $9 RETURNING state"},
+         "WITH ended AS (UPDATE jobs SET " +
+             completion_set("$2::int", "$3::int", "$4::bigint", "$5::text", "$6::bigint", "$7::text") +
+             " WHERE id = $1 AND state = 3 AND lease_owner = $8 AND attempt = $9 RETURNING queue, kind, state), " +
+             counted("ended", "3", "5") + " SELECT state FROM ended"},
         // A node's completions in one statement: $1 now, $9 the node, the
         // rest one array per column. The jobs are found by id: written as
         // they are, the conditions on state and owner would let the planner
@@ -413,12 +468,13 @@ std::vector<prepared_sql> make_statements()
         // keeps an entry for every job the node ran until a vacuum, so each
         // completion would walk all of them.
         {"complete_many",
-         "UPDATE jobs SET " +
+         "WITH ended AS (UPDATE jobs SET " +
              completion_set("d.d_to", "d.d_delta", "d.d_run_at", "d.d_error", "$1::bigint", "d.d_reason") +
              " FROM unnest($2::bigint[], $3::int[], $4::int[], $5::bigint[], $6::text[], $7::text[], $8::int[]) "
              "AS d(d_id, d_to, d_delta, d_run_at, d_error, d_reason, d_attempt) "
              "WHERE jobs.id = d.d_id AND jobs.state + 0 = 3 AND jobs.lease_owner || '' = $9 AND jobs.attempt = d.d_attempt "
-             "RETURNING jobs.id, jobs.state"},
+             "RETURNING jobs.id, jobs.queue, jobs.kind, jobs.state), " +
+             counted("ended", "3", "5") + " SELECT id, state FROM ended"},
         // Locked in order and skipping rows another node has locked: two
         // nodes promoting at once never wait on each other.
         {"promote",
@@ -442,31 +498,30 @@ std::vector<prepared_sql> make_statements()
         // meanwhile (locked, or no longer available) is skipped, and so is
         // one whose key a job claimed since holds.
         {"claim",
-         "UPDATE jobs SET state = 3, attempt = attempt + 1, claim_flags = claim_flags & 2, lease_owner = $1, "
-         "lease_expires = $2, updated_at = $3::bigint, " +
+         "WITH claimed AS (UPDATE jobs SET state = 3, attempt = attempt + 1, claim_flags = claim_flags & 2, "
+         "lease_owner = $1, lease_expires = $2, updated_at = $3::bigint, " +
              logged("3", "$3::bigint", "'claimed by ' || $1::text") +
              ", unique_slot = CASE WHEN (unique_states >> 3) & 1 = 1 THEN unique_scoped END "
              "WHERE id IN (SELECT id FROM jobs WHERE id = ANY($4::bigint[]) AND state = 1 ORDER BY id "
-             "FOR UPDATE SKIP LOCKED) AND " + not_held + " RETURNING " + job_columns(false)},
+             "FOR UPDATE SKIP LOCKED) AND " + not_held + " RETURNING " + job_columns(false) + "), " +
+             counted("claimed", "1", "3") + " SELECT * FROM claimed"},
         // The claim of the common case, in one statement: $1 node, $2
         // lease_until, $3 now, $4 queue, $5 kinds, $6 count. The first jobs
         // in claim order that no other node is claiming, none taken when a
-        // concurrency key is among them (the general claim settles those).
+        // concurrency key is among them: then one row of NULLs says so, and
+        // the general claim settles those.
         {"claim_first",
          "WITH first AS (SELECT id, concurrency_key FROM jobs WHERE state = 1 AND queue = $4 "
          "AND NOT EXISTS (SELECT 1 FROM paused_queues WHERE paused_queues.queue = $4) "
-         "AND kind = ANY($5::text[]) ORDER BY priority, run_at, id LIMIT $6 FOR UPDATE SKIP LOCKED) "
-         "UPDATE jobs SET state = 3, attempt = attempt + 1, claim_flags = claim_flags & 2, lease_owner = $1, "
-         "lease_expires = $2, updated_at = $3::bigint, " +
+         "AND kind = ANY($5::text[]) ORDER BY priority, run_at, id LIMIT $6 FOR UPDATE SKIP LOCKED), "
+         "keyed AS (SELECT EXISTS (SELECT 1 FROM first WHERE concurrency_key IS NOT NULL) AS held), "
+         "claimed AS (UPDATE jobs SET state = 3, attempt = attempt + 1, claim_flags = claim_flags & 2, "
+         "lease_owner = $1, lease_expires = $2, updated_at = $3::bigint, " +
              logged("3", "$3::bigint", "'claimed by ' || $1::text") +
              ", unique_slot = CASE WHEN (unique_states >> 3) & 1 = 1 THEN unique_scoped END "
-             "WHERE id IN (SELECT id FROM first) AND NOT EXISTS (SELECT 1 FROM first WHERE concurrency_key IS NOT "
-             "NULL) RETURNING " + job_columns(false)},
-        // How many of the first candidates carry a concurrency key: when
-        // claim_first took nothing, whether the general claim must look.
-        {"first_keys",
-         "SELECT count(concurrency_key) FROM (SELECT concurrency_key FROM jobs WHERE state = 1 AND queue = $1 "
-         "AND kind = ANY($2::text[]) ORDER BY priority, run_at, id LIMIT $3) AS first"},
+             "WHERE id IN (SELECT id FROM first) AND NOT (SELECT held FROM keyed) RETURNING " + job_columns(false) +
+             "), " + counted("claimed", "1", "3") + " SELECT * FROM claimed UNION ALL SELECT " + job_nulls() +
+             " FROM keyed WHERE held"},
         // Locked, and read again if another transaction changed them: a
         // continuation cancelled meanwhile is no longer awaiting.
         {"children",
@@ -1627,7 +1682,6 @@ std::vector<job> postgres_storage::claim_jobs(connection& c, const claim_request
         *std::find_if(claim.queues.begin(), claim.queues.end(), [](const auto& q) { return q.second > 0; });
     const auto count = static_cast<std::int64_t>(std::min(roomy.second, claim.total));
     auto r = c.commit_with({{"promote", params().add(at).add(static_cast<std::int64_t>(max_rows_per_write))},
-                            {"first_keys", params().add(roomy.first).add(text_array(claim.kinds)).add(count)},
                             {"claim_first", params()
                                                 .add(claim.node)
                                                 .add(micros(claim.lease_until))
@@ -1636,12 +1690,16 @@ std::vector<job> postgres_storage::claim_jobs(connection& c, const claim_request
                                                 .add(text_array(claim.kinds))
                                                 .add(count)}});
     std::vector<job> out;
-    for (int i = 0; i < r[2].rows(); ++i)
-        out.push_back(connection::read_job(r[2], i, false));
+    const auto& claimed = r[1];
+    for (int i = 0; i < claimed.rows(); ++i) {
+        if (claimed.is_null(i, 0))
+            keyed = true;
+        else
+            out.push_back(connection::read_job(claimed, i, false));
+    }
     std::sort(out.begin(), out.end(), [](const job& a, const job& b) {
         return std::tie(a.priority, a.run_at, a.id) < std::tie(b.priority, b.run_at, b.id);
     });
-    keyed = out.empty() && r[1].integer(0, 0) > 0;
     return out;
 }
 
