@@ -271,6 +271,7 @@ public:
     std::atomic<bool> down{false};
     jobs::memory_storage inner;
     std::function<void(std::size_t)> on_enqueue; // sees each batch's size first
+    std::function<void(std::size_t, const jobs::claim_request&)> on_claim; // each completions' count and claim
     void check()
     {
         if (down)
@@ -287,6 +288,8 @@ public:
                                               jobs::time_point n) override
     {
         check();
+        if (on_claim)
+            on_claim(d.size(), c);
         return inner.complete_and_claim(d, c, n);
     }
     jobs::lease_renewal renew_leases(const std::string& node, std::span<const jobs::held_lease> h, jobs::time_point l,

@@ -245,6 +245,28 @@ struct server::run : std::enable_shared_from_this<server::run> {
         return fits >= static_cast<double>(cap) ? cap : std::max<std::size_t>(1, static_cast<std::size_t>(fits));
     }
     static constexpr double claim_horizon_seconds = 0.02;
+
+    // Quick jobs are claimed ahead, up to claim_horizon of work. While more
+    // than a quarter of that is still to run, a transaction would claim
+    // the few that ran since the last one and commit their completions:
+    // its commit, round trips and statements would be shared by a handful
+    // of jobs. Waiting until three quarters are free makes each carry most
+    // of the buffer, and the quarter left (5 ms of work) keeps the workers
+    // busy while it commits.
+    bool worth_a_transaction() const
+    {
+        // A worker that is free while jobs wait here waits for a limit:
+        // other work may need the claim now.
+        if (!taken_back || stopping || buffered.empty() || running.size() < options().workers)
+            return true;
+        const auto ahead = claim_ahead();
+        if (ahead <= 1)
+            return true;
+        const auto cap = options().workers * ahead;
+        const auto held = buffered.size() + running.size();
+        const auto room = cap - std::min(cap, held);
+        return room * 4 >= cap * 3 || done.size() >= cap;
+    }
     double mean_run_seconds = 0; // of recent runs, weighted to the latest; 0: none yet
 
     static std::size_t count(const std::unordered_map<std::string, std::size_t>& m, const std::string& k)
@@ -846,6 +868,13 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
                 }
                 if (stopping.stop_requested())
                     break;
+            }
+            if (!r->worth_a_transaction()) {
+                // A completion wakes the loop again.
+                r->wake_timer->expires_after(engine_->options().poll_interval);
+                boost::system::error_code ec;
+                co_await r->wake_timer->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+                continue;
             }
             auto op = r->claim_op();
             std::pair<std::vector<job>, std::optional<time_point>> result;
