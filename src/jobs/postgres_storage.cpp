@@ -454,7 +454,18 @@ std::vector<prepared_sql> make_statements()
          "$9::bigint[], $10::text[], $11::text[], $12::text[]) WITH ORDINALITY AS r(kind, queue, args, priority, "
          "state, max_attempts, timeout_ms, run_at, concurrency_key, recurring_id, reason, ord) "
          "ORDER BY ord RETURNING id, queue, kind, state), " + counted("added") + " SELECT id FROM added"},
+        // One plain job: the same values as insert_many's, each alone. A row
+        // of VALUES costs the server less than arrays to unnest and sort,
+        // and an enqueue of one job is the common case whose latency counts.
+        {"insert_one",
+         "WITH added AS (INSERT INTO jobs (kind, queue, args, priority, state, max_attempts, timeout_ms, "
+         "created_at, run_at, concurrency_key, recurring_id, updated_at, history) VALUES ($2, $3, $4, $5, $6::int, "
+         "$7, $8, $1::bigint, $9, $10, $11, $1::bigint, jsonb_build_array(jsonb_build_array($6::int, $6::int, "
+         "$1::bigint, $12::text, ''))) RETURNING id, queue, kind, state), " +
+             counted("added") + " SELECT id FROM added"},
         {"find_unique", "SELECT id FROM jobs WHERE unique_slot = $1"},
+        // For this transaction only (write_generic()).
+        {"generic_plans", "SELECT set_config('plan_cache_mode', 'force_generic_plan', true)"},
         // $2 new state, $3 attempt delta, $4 run_at or NULL, $5 error or NULL, $6 now, $7 reason.
         {"complete",
          "WITH ended AS (UPDATE jobs SET " +
@@ -617,6 +628,9 @@ struct postgres_storage::connection {
     bool begin_pending = false;
     // The body of write() sent its last statement with the COMMIT.
     bool committed = false;
+    // The transaction write_generic() began: its statements run on generic
+    // plans (see "generic_plans").
+    bool generic = false;
     // The pool's generation when this connection was last known good.
     std::uint64_t generation = 0;
 
@@ -832,8 +846,13 @@ struct postgres_storage::connection {
     // them, and the transaction is aborted).
     std::vector<result> pipeline(std::vector<step> steps)
     {
-        if (std::exchange(begin_pending, false))
+        bool began = false;
+        if (std::exchange(begin_pending, false)) {
+            began = true;
+            if (generic)
+                steps.insert(steps.begin(), step{"generic_plans", {}});
             steps.insert(steps.begin(), step{"BEGIN", {}});
+        }
         if (PQenterPipelineMode(conn.get()) == 0)
             throw storage_error("jobs: " + where() + ": cannot pipeline: " + trimmed(PQerrorMessage(conn.get())));
         bool sent = true;
@@ -859,8 +878,8 @@ struct postgres_storage::connection {
             throw server_error("jobs: " + where() + ": " + steps.front().name + ": " +
                                    (no_answer.empty() ? trimmed(PQerrorMessage(conn.get())) : no_answer),
                                "");
-        if (steps.front().name == std::string_view("BEGIN"))
-            out.erase(out.begin());
+        if (began)
+            out.erase(out.begin(), out.begin() + (generic ? 2 : 1));
         return out;
     }
 
@@ -947,6 +966,23 @@ struct postgres_storage::connection {
                 throw;
             }
         }
+    }
+
+    // write() for the claims and completions: their statements are planned
+    // once per connection. Left to choose, the server plans a claim again
+    // at each call (a custom plan for its LIMIT looks cheaper than the
+    // generic one, and planning costs more than running it), and the
+    // plans it makes have the same shape: ids through the primary key,
+    // candidates in the order of jobs_ready.
+    template <class F>
+    auto write_generic(F&& body)
+    {
+        generic = true;
+        struct reset {
+            bool& flag;
+            ~reset() { flag = false; }
+        } done{generic};
+        return write(std::forward<F>(body));
     }
 
     // A notification is sent with the transaction, and only if it commits.
@@ -1110,20 +1146,36 @@ struct postgres_storage::connection {
             reason.push_back(r.reason);
         }
         wake_others |= std::find(state.begin(), state.end(), code(job_state::available)) != state.end();
-        auto insert = params()
-                                          .add(micros(now))
-                                          .add(text_array(kind))
-                                          .add(text_array(queue))
-                                          .add(text_array(args))
-                                          .add(integer_array(priority))
-                                          .add(integer_array(state))
-                                          .add(integer_array(max_attempts))
-                                          .add(integer_array(timeout_ms))
-                                          .add(integer_array(run_at))
-                                          .add(text_array(concurrency_key, true))
-                                          .add(text_array(recurring_id, true))
-                                          .add(text_array(reason));
-        auto ids = commit ? run_and_commit("insert_many", std::move(insert)) : run("insert_many", insert);
+        params insert;
+        insert.add(micros(now));
+        const char* statement = "insert_many";
+        if (requests.size() == 1) {
+            statement = "insert_one";
+            insert.add(kind[0])
+                .add(queue[0])
+                .add(args[0])
+                .add(priority[0])
+                .add(state[0])
+                .add(max_attempts[0])
+                .add(timeout_ms[0])
+                .add(run_at[0])
+                .add_or_null(concurrency_key[0])
+                .add_or_null(recurring_id[0])
+                .add(reason[0]);
+        } else {
+            insert.add(text_array(kind))
+                .add(text_array(queue))
+                .add(text_array(args))
+                .add(integer_array(priority))
+                .add(integer_array(state))
+                .add(integer_array(max_attempts))
+                .add(integer_array(timeout_ms))
+                .add(integer_array(run_at))
+                .add(text_array(concurrency_key, true))
+                .add(text_array(recurring_id, true))
+                .add(text_array(reason));
+        }
+        auto ids = commit ? run_and_commit(statement, std::move(insert)) : run(statement, insert);
         if (ids.rows() != static_cast<int>(requests.size()))
             throw storage_error("jobs: " + where() + ": a batch of " + std::to_string(requests.size()) +
                                 " jobs stored " + std::to_string(ids.rows()));
@@ -1147,9 +1199,7 @@ struct postgres_storage::connection {
         for (std::size_t i = 0; i <= requests.size(); ++i) {
             if (i < requests.size() && requests[i].unique_key.empty() && requests[i].parent_id == 0)
                 continue;
-            if (i - run_start == 1)
-                out[run_start] = add(requests[run_start], now);
-            else if (i > run_start)
+            if (i > run_start)
                 add_many(requests.subspan(run_start, i - run_start), now,
                          std::span(out).subspan(run_start, i - run_start));
             if (i < requests.size())
@@ -1709,14 +1759,14 @@ postgres_storage::enqueued_and_claimed postgres_storage::enqueue_and_claim(std::
     auto db = pool_->take();
     auto& c = *db;
     bool keyed = false;
-    auto out = c.write([&] {
+    auto out = c.write_generic([&] {
         enqueued_and_claimed both;
         both.enqueued = c.enqueue_all(requests, now);
         both.claimed = claim_jobs(c, claim, now, keyed);
         return both;
     });
     if (keyed)
-        out.claimed = c.write([&] { return claim_in_order(c, claim, now); });
+        out.claimed = c.write_generic([&] { return claim_in_order(c, claim, now); });
     return out;
 }
 
@@ -1768,13 +1818,13 @@ std::vector<job> postgres_storage::complete_and_claim(std::span<const completion
         }
     };
     bool keyed = false;
-    auto claimed = c.write([&] {
+    auto claimed = c.write_generic([&] {
         settle();
         return claim_jobs(c, claim, now, keyed);
     });
     if (!keyed)
         return claimed;
-    return c.write([&] { return claim_in_order(c, claim, now); });
+    return c.write_generic([&] { return claim_in_order(c, claim, now); });
 }
 
 lease_renewal postgres_storage::renew_leases(const std::string& node, std::span<const held_lease> held,
