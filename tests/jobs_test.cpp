@@ -972,3 +972,49 @@ TEST_CASE("jobs: a node draining quick jobs waits for room before each transacti
     CHECK(small <= 3);
     CHECK(calls < jobs_count / 20);
 }
+
+TEST_CASE("jobs: a node holding quick jobs behind two long runs still records the ones that ended", "[jobs][server]")
+{
+    auto store = std::make_shared<failing_storage>();
+    auto options = quick_server();
+    options.workers = 2;
+    options.prefetch = 64;
+    test::recorder r;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    jobs::add_jobs(builder, store, options)
+        .register_kind<int>("quick",
+                            [&r](int, jobs::job_context&) -> asio::awaitable<void> {
+                                r.add("quick");
+                                co_return;
+                            })
+        .register_kind<int>("hold", [&r](int, jobs::job_context& context) -> asio::awaitable<void> {
+            r.add("hold");
+            co_await hosting::delay(std::chrono::hours(1), context.stop_token());
+        });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    host.start_blocking();
+    // Quick runs first: the node learns to claim ahead.
+    for (int i = 0; i < 20; ++i)
+        client.enqueue_blocking("quick", i);
+    REQUIRE(r.wait_for_count(20));
+    // Then, claimed at once: one quick job, two that hold both workers, and
+    // sixty quick ones left waiting behind them.
+    std::vector<jobs::enqueue_request> batch;
+    auto first = request("quick", "0");
+    first.priority = -3;
+    batch.push_back(first);
+    for (int i = 0; i < 2; ++i) {
+        auto hold = request("hold", "0");
+        hold.priority = -2;
+        batch.push_back(hold);
+    }
+    for (int i = 0; i < 60; ++i)
+        batch.push_back(request("quick", "0"));
+    const auto ids = store->enqueue(batch, jobs::clock::now());
+    REQUIRE(r.wait_for_count(23));
+    // The first job ended: its end reaches the storage, though the node
+    // waits for room to claim the rest.
+    CHECK(test::eventually([&] { return store->find(ids.at(0).id, false)->state == job_state::succeeded; }));
+    host.stop_blocking();
+}

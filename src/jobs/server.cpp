@@ -267,6 +267,29 @@ struct server::run : std::enable_shared_from_this<server::run> {
         const auto room = cap - std::min(cap, held);
         return room * 4 >= cap * 3 || done.size() >= cap;
     }
+    // But not for longer than this: workers taken by runs far longer than
+    // the ones before would otherwise keep the completions of the jobs that
+    // ended (and the jobs waiting here) from the storage until they end.
+    static constexpr std::chrono::milliseconds hold_limit{20};
+    std::optional<std::chrono::steady_clock::time_point> holding_since;
+
+    // How long to wait for a fuller transaction; none: send one now.
+    std::optional<std::chrono::steady_clock::duration> hold()
+    {
+        if (worth_a_transaction()) {
+            holding_since.reset();
+            return std::nullopt;
+        }
+        const auto now = std::chrono::steady_clock::now();
+        if (!holding_since)
+            holding_since = now;
+        const auto left = *holding_since + hold_limit - now;
+        if (left <= std::chrono::steady_clock::duration::zero()) {
+            holding_since.reset();
+            return std::nullopt;
+        }
+        return left;
+    }
     double mean_run_seconds = 0; // of recent runs, weighted to the latest; 0: none yet
 
     static std::size_t count(const std::unordered_map<std::string, std::size_t>& m, const std::string& k)
@@ -869,9 +892,9 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
                 if (stopping.stop_requested())
                     break;
             }
-            if (!r->worth_a_transaction()) {
-                // A completion wakes the loop again.
-                r->wake_timer->expires_after(engine_->options().poll_interval);
+            if (const auto wait = r->hold()) {
+                // A completion wakes the loop again, or the hold ends.
+                r->wake_timer->expires_after(*wait);
                 boost::system::error_code ec;
                 co_await r->wake_timer->async_wait(asio::redirect_error(asio::use_awaitable, ec));
                 continue;
