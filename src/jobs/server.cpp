@@ -270,7 +270,10 @@ struct server::run : std::enable_shared_from_this<server::run> {
     // But not for longer than this: workers taken by runs far longer than
     // the ones before would otherwise keep the completions of the jobs that
     // ended (and the jobs waiting here) from the storage until they end.
-    static constexpr std::chrono::milliseconds hold_limit{20};
+    // Five times what the buffer holds: a slow host (a sanitizer, a busy
+    // machine) that takes longer than claim_horizon to run it still waits
+    // for the room.
+    static constexpr std::chrono::milliseconds hold_limit{100};
     std::optional<std::chrono::steady_clock::time_point> holding_since;
 
     // How long to wait for a fuller transaction; none: send one now.
