@@ -157,6 +157,40 @@ TEST_CASE("jobs: storages' counts match their rows after every kind of change, t
     CHECK(counted == actual);
 }
 
+TEST_CASE("jobs: a job enqueued beside an idle server is claimed in its enqueue's own transaction",
+          "[jobs][conformance][server]")
+{
+    EACH_STORAGE(which, db);
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    std::atomic<int> runs{0};
+    jobs::add_jobs(builder, make_storage(which, db), quick_server())
+        .register_kind<int>("tick", [&](int, jobs::job_context&) -> asio::awaitable<void> {
+            co_await asio::this_coro::executor;
+            ++runs;
+        });
+    auto host = builder.build();
+    host.start_blocking();
+    auto& client = host.services().get<jobs::client>();
+    // Each waits for the one before to end, so the server is idle when it
+    // comes, but for the moments it spends claiming (its poll, the last
+    // completion): most, not all, find its claim waiting.
+    int together = 0;
+    for (int i = 0; i < 20; ++i) {
+        const jobs::job_id id = client.enqueue_blocking("tick", i);
+        REQUIRE(wait_state(client, id, job_state::succeeded));
+        const auto j = client.find_blocking(id);
+        REQUIRE(j->history.size() == 3);
+        CHECK(j->history[1].to == job_state::running);
+        // One transaction, one time: the claim's is the insert's.
+        if (j->history[1].at == j->history[0].at)
+            ++together;
+    }
+    host.stop_blocking();
+    CHECK(runs == 20);
+    CHECK(together >= 10);
+}
+
 TEST_CASE("jobs: storages enqueue and claim at once in claim order, the keyed duplicates found and not stored",
           "[jobs][conformance][storage]")
 {

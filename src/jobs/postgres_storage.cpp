@@ -190,18 +190,21 @@ std::string channel_of(const std::string& schema)
     return "hosting_jobs." + std::string(hex);
 }
 
-// As many NULLs as job_columns() has columns: a row that is no job.
-std::string job_nulls()
-{
-    return "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
-           "NULL, NULL, NULL, NULL";
-}
-
 std::string job_columns(bool with_history)
 {
     return std::string("id, kind, queue, args, priority, state, attempt, max_attempts, timeout_ms, "
                        "created_at, run_at, unique_key, lease_owner, lease_expires, last_error, cancel_requested, ") +
            (with_history ? "history::text" : "NULL") + ", concurrency_key, parent_id, condition, recurring_id";
+}
+
+// As many NULLs as job_columns() has columns: a row that is no job.
+std::string job_nulls()
+{
+    const auto columns = job_columns(false);
+    std::string out = "NULL";
+    for (auto n = std::count(columns.begin(), columns.end(), ','); n > 0; --n)
+        out += ", NULL";
+    return out;
 }
 
 // A new line of a job's history, appended as the row changes.

@@ -245,6 +245,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
         return fits >= static_cast<double>(cap) ? cap : std::max<std::size_t>(1, static_cast<std::size_t>(fits));
     }
     static constexpr double claim_horizon_seconds = 0.02;
+    double mean_run_seconds = 0; // of recent runs, weighted to the latest; 0: none yet
 
     // Quick jobs are claimed ahead, up to claim_horizon of work. While more
     // than a quarter of that is still to run, a transaction would claim
@@ -293,7 +294,6 @@ struct server::run : std::enable_shared_from_this<server::run> {
         }
         return left;
     }
-    double mean_run_seconds = 0; // of recent runs, weighted to the latest; 0: none yet
 
     static std::size_t count(const std::unordered_map<std::string, std::size_t>& m, const std::string& k)
     {
