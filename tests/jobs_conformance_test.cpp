@@ -1245,6 +1245,42 @@ TEST_CASE("jobs: continuations run or are deleted by their condition", "[jobs][c
     host.stop_blocking();
 }
 
+TEST_CASE("jobs: a parent whose retry ends it deleted, because a delete was pending, settles its continuations "
+          "in the same completion as a parent that succeeded",
+          "[jobs][conformance][storage]")
+{
+    EACH_STORAGE(which, db);
+    auto store = make_storage(which, db);
+    const auto t0 = jobs::clock::now();
+    using c = jobs::continuation_condition;
+    const auto parents =
+        store->enqueue(std::vector<jobs::enqueue_request>{request("k", "1", 3), request("k", "2")}, t0);
+    const auto retried = parents[0].id, succeeded = parents[1].id;
+    auto continuation = [&](jobs::job_id parent, c condition) {
+        auto r = request("then", "{}");
+        r.parent_id = parent;
+        r.condition = condition;
+        return store->enqueue(std::vector<jobs::enqueue_request>{r}, t0)[0].id;
+    };
+    const auto on_deleted = continuation(retried, c::on_deleted);
+    const auto on_success = continuation(retried, c::on_success);
+    const auto after_success = continuation(succeeded, c::on_success);
+    jobs::claim_request claim{"n", {{"default", 2}}, {"k"}, t0 + 60s};
+    REQUIRE(store->complete_and_claim({}, claim, t0).size() == 2);
+    CHECK(store->change_state(retried, job_state::deleted, "deleted by a client", t0 + 1s) == job_state::running);
+
+    // The first attempt asks for a retry, which would leave the children
+    // waiting; the pending delete ends it instead.
+    std::vector<jobs::completion> done{{retried, 1, jobs::outcome::retry, t0 + 10s, "boom", "failed"},
+                                       {succeeded, 1, jobs::outcome::succeeded, {}, {}, "succeeded"}};
+    store->complete_and_claim(done, {"n", {}, {"k"}, t0 + 60s}, t0 + 2s);
+    CHECK(store->find(retried)->state == job_state::deleted);
+    CHECK(store->find(on_deleted)->state == job_state::available);
+    CHECK(store->find(on_success)->state == job_state::deleted);
+    CHECK(store->find(after_success)->state == job_state::available);
+    CHECK(store->counts()[job_state::awaiting] == 0);
+}
+
 TEST_CASE("jobs: storages keep a continuation waiting while its parent can still succeed", "[jobs][conformance][storage]")
 {
     EACH_STORAGE(which, db);

@@ -204,19 +204,20 @@ TEST_CASE("jobs: a PostgreSQL schema newer than the program opens when it only a
                                                           Catch::Contains("'" + db.schema + "'"));
 }
 
-TEST_CASE("jobs: a PostgreSQL schema of version 4 migrates: its statement triggers go, and its counts are made "
-          "again from its rows",
+TEST_CASE("jobs: a PostgreSQL schema of version 4 migrates: its statement triggers go, its counts are made "
+          "again from its rows, and its histories become text that later changes append to",
           "[jobs][postgresql]")
 {
     REQUIRE_POSTGRES();
     temp_db db;
     const auto t0 = jobs::clock::now();
+    std::vector<jobs::completion> done;
     {
         auto store = make_storage("postgresql", db);
         store->enqueue(std::vector{request("a", "1"), request("a", "2"), request("b", "3")}, t0);
         const auto claimed = store->complete_and_claim({}, {"n", {{"default", 2}}, {"a", "b"}, t0 + 10s}, t0);
         REQUIRE(claimed.size() == 2);
-        const std::vector<jobs::completion> done{{claimed[0].id, claimed[0].attempt, jobs::outcome::succeeded, {}, {}, "ok"}};
+        done = {{claimed[0].id, claimed[0].attempt, jobs::outcome::succeeded, {}, {}, "ok"}};
         store->complete_and_claim(done, {"n", {}, {"a", "b"}, t0 + 10s}, t0);
     }
     // Back to schema 4 as its programs left it: statement-level triggers
@@ -231,13 +232,31 @@ TEST_CASE("jobs: a PostgreSQL schema of version 4 migrates: its statement trigge
                what + " AFTER " + what + " ON jobs REFERENCING " +
                (what == std::string("insert") ? "NEW TABLE AS new_rows" : "OLD TABLE AS old_rows NEW TABLE AS new_rows") +
                " FOR EACH STATEMENT EXECUTE FUNCTION jobs_counted_" + what + "()");
-    s.exec("DELETE FROM schema_version WHERE version = 5; UPDATE schema_readers SET oldest = 4; "
+    s.exec("DELETE FROM schema_version WHERE version >= 5; UPDATE schema_readers SET oldest = 4; "
            "INSERT INTO job_counts VALUES ('default', 'a', 1, 7)");
+    // Its histories were jsonb.
+    s.exec("ALTER TABLE jobs ALTER COLUMN history TYPE jsonb USING history::jsonb");
 
     auto store = make_storage("postgresql", db);
-    CHECK(s.exec("SELECT max(version) FROM schema_version") == "5");
-    // A program of schema 4 would leave its claims and successes uncounted.
-    CHECK(s.exec("SELECT max(oldest) FROM schema_readers") == "5");
+    CHECK(s.exec("SELECT max(version) FROM schema_version") == "6");
+    // A program of schema 4 would leave its claims and successes uncounted,
+    // and one of schema 5 would append jsonb to a text history.
+    CHECK(s.exec("SELECT max(oldest) FROM schema_readers") == "6");
+    CHECK(s.exec("SELECT data_type FROM information_schema.columns WHERE table_schema = '" + db.schema +
+                 "' AND table_name = 'jobs' AND column_name = 'history'") == "text");
+    // The succeeded job's history came through, and a change appends to it.
+    auto succeeded = store->find(done[0].id, true);
+    REQUIRE(succeeded);
+    REQUIRE(succeeded->history.size() == 3);
+    CHECK(succeeded->history[2].to == job_state::succeeded);
+    CHECK(succeeded->history[2].reason == "ok");
+    store->change_state(done[0].id, job_state::available, "again", t0 + 1s);
+    succeeded = store->find(done[0].id, true);
+    REQUIRE(succeeded);
+    REQUIRE(succeeded->history.size() == 4);
+    CHECK(succeeded->history[2].reason == "ok");
+    CHECK(succeeded->history[3].from == job_state::succeeded);
+    CHECK(succeeded->history[3].to == job_state::available);
     CHECK(s.exec("SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'jobs'::regclass "
                  "AND NOT tgisinternal") == "jobs_counted_change,jobs_counted_delete");
     std::map<std::tuple<std::string, std::string, job_state>, std::int64_t> counted, rows;

@@ -207,12 +207,30 @@ std::string job_nulls()
     return out;
 }
 
-// A new line of a job's history, appended as the row changes.
+// One line of a job's history as JSON text, [from, to, at_us, reason,
+// error], each argument SQL. to_json() quotes the strings.
+std::string history_line(const std::string& from, const std::string& to, const std::string& at,
+                         const std::string& reason, const std::string& error)
+{
+    return "'[' || " + from + " || ',' || " + to + " || ',' || " + at + " || ',' || coalesce(to_json((" + reason +
+           ")::text)::text, 'null') || ',' || coalesce(to_json((" + error + ")::text)::text, 'null') || ']'";
+}
+
+// A job's first history: the array of its one line.
+std::string first_history(const std::string& state, const std::string& at, const std::string& reason)
+{
+    return "'[' || " + history_line(state, state, at, reason, "''") + " || ']'";
+}
+
+// A new line of a job's history, appended as the row changes. The history
+// is JSON text (schema 6), never empty, and the line goes in before its
+// closing bracket: a jsonb array would be taken apart and built again
+// whole at every change, which was a quarter of the server's time for a
+// claim or a completion.
 std::string logged(const std::string& to, const std::string& at, const std::string& reason,
                    const std::string& error = "''")
 {
-    return "history = history || jsonb_build_array(jsonb_build_array(state, " + to + ", " + at + ", " + reason +
-           ", " + error + "))";
+    return "history = left(history, -1) || ',' || " + history_line("state", to, at, reason, error) + " || ']'";
 }
 
 // The counts a statement's own rows change, written by the statement
@@ -401,8 +419,17 @@ INSERT INTO job_counts SELECT queue, kind, state, count(*) FROM jobs GROUP BY qu
 UPDATE schema_readers SET oldest = 5;
 )sql";
 
+// A job's history is JSON text, appended to (logged()), not jsonb rebuilt
+// at every change. The rows are rewritten once, here. Programs of schema 5
+// would append jsonb to the text, which PostgreSQL would take as text: they
+// may not use this schema.
+const char* const migration_6 = R"sql(
+ALTER TABLE jobs ALTER COLUMN history TYPE TEXT USING history::text;
+UPDATE schema_readers SET oldest = 6;
+)sql";
+
 // Schema N is made by migrations[N - 1] from schema N - 1.
-const char* const migrations[] = {migration_1, migration_2, migration_3, migration_4, migration_5};
+const char* const migrations[] = {migration_1, migration_2, migration_3, migration_4, migration_5, migration_6};
 static_assert(std::size(migrations) == postgres_storage::schema_version);
 
 // What a completion does to its job, for one row or many: `to` the state
@@ -443,7 +470,7 @@ std::vector<prepared_sql> make_statements()
          "WITH added AS (INSERT INTO jobs (kind, queue, args, priority, state, max_attempts, timeout_ms, created_at, "
          "run_at, unique_key, unique_states, unique_slot, history, concurrency_key, parent_id, condition, "
          "recurring_id, updated_at, unique_scoped) VALUES ($1, $2, $3, $4, $5::int, $6, $7, $8::bigint, $9, $10, "
-         "$11, $12, jsonb_build_array(jsonb_build_array($5::int, $5::int, $8::bigint, $13::text, '')), $14, $15, "
+         "$11, $12, " + first_history("$5::int", "$8::bigint", "$13::text") + ", $14, $15, "
          "$16, $17, $8::bigint, $18) ON CONFLICT (unique_slot) WHERE unique_slot IS NOT NULL DO NOTHING "
          "RETURNING id, queue, kind, state), " + counted("added") + " SELECT id FROM added"},
         // Many plain jobs (no unique key, no parent) in one statement, in
@@ -452,7 +479,7 @@ std::vector<prepared_sql> make_statements()
          "WITH added AS (INSERT INTO jobs (kind, queue, args, priority, state, max_attempts, timeout_ms, "
          "created_at, run_at, concurrency_key, recurring_id, updated_at, history) "
          "SELECT kind, queue, args, priority, state, max_attempts, timeout_ms, $1::bigint, run_at, concurrency_key, "
-         "recurring_id, $1::bigint, jsonb_build_array(jsonb_build_array(state, state, $1::bigint, reason, '')) "
+         "recurring_id, $1::bigint, " + first_history("state", "$1::bigint", "reason") + " "
          "FROM unnest($2::text[], $3::text[], $4::text[], $5::int[], $6::int[], $7::int[], $8::bigint[], "
          "$9::bigint[], $10::text[], $11::text[], $12::text[]) WITH ORDINALITY AS r(kind, queue, args, priority, "
          "state, max_attempts, timeout_ms, run_at, concurrency_key, recurring_id, reason, ord) "
@@ -463,8 +490,8 @@ std::vector<prepared_sql> make_statements()
         {"insert_one",
          "WITH added AS (INSERT INTO jobs (kind, queue, args, priority, state, max_attempts, timeout_ms, "
          "created_at, run_at, concurrency_key, recurring_id, updated_at, history) VALUES ($2, $3, $4, $5, $6::int, "
-         "$7, $8, $1::bigint, $9, $10, $11, $1::bigint, jsonb_build_array(jsonb_build_array($6::int, $6::int, "
-         "$1::bigint, $12::text, ''))) RETURNING id, queue, kind, state), " +
+         "$7, $8, $1::bigint, $9, $10, $11, $1::bigint, " + first_history("$6::int", "$1::bigint", "$12::text") +
+             ") RETURNING id, queue, kind, state), " +
              counted("added") + " SELECT id FROM added"},
         {"find_unique", "SELECT id FROM jobs WHERE unique_slot = $1"},
         // For this transaction only (write_generic()).
@@ -1270,13 +1297,23 @@ struct postgres_storage::connection {
         }
         // The children are read once the lock is held: each statement sees
         // what committed before it started.
-        auto waiting = run_after("lock_parents", params().add(text_array(keys)), "children",
-                                 params().add(integer_array(ids)));
+        resolve_waiting(run_after("lock_parents", params().add(text_array(keys)), "children",
+                                  params().add(integer_array(ids))),
+                        ended, now);
+    }
+
+    // What "children" read for parents of which those in `ended` reached a
+    // final state (each as given); the others' continuations go on waiting.
+    void resolve_waiting(const result& waiting, const std::unordered_map<job_id, job_state>& ended, time_point now)
+    {
         for (int i = 0; i < waiting.rows(); ++i) {
             const auto id = waiting.integer(i, 0);
             const auto condition = static_cast<continuation_condition>(waiting.integer(i, 1));
             const auto parent = waiting.integer(i, 2);
-            const auto state = ended.at(parent);
+            const auto it = ended.find(parent);
+            if (it == ended.end())
+                continue;
+            const auto state = it->second;
             switch (fate_of(condition, state)) {
             case continuation_fate::wait: break;
             case continuation_fate::run:
@@ -1797,27 +1834,52 @@ std::vector<job> postgres_storage::complete_and_claim(std::span<const completion
                 run_at += effect.uses_run_at ? std::to_string(micros(d.run_at)) : "NULL";
             }
             run_at += '}';
-            auto r = c.run("complete_many", params()
-                                                .add(at)
-                                                .add(integer_array(ids))
-                                                .add(integer_array(to))
-                                                .add(integer_array(delta))
-                                                .add(run_at)
-                                                .add(text_array(errors, true))
-                                                .add(text_array(reasons))
-                                                .add(integer_array(attempt))
-                                                .add(claim.node));
+            // The completions, the locks of the parents among them that
+            // end whatever the storage holds (a success, a last failure),
+            // and their continuations, in one round trip. Those that end
+            // only because a cancel was pending are found in the result and
+            // resolved after it.
+            std::vector<job_id> ending;
+            std::vector<std::string> keys;
+            for (const auto& d : done)
+                if (is_final(effect_of(d.what).to)) {
+                    ending.push_back(d.id);
+                    keys.push_back(c.parent_key(d.id));
+                }
+            std::vector<connection::step> steps;
+            steps.push_back({"complete_many", params()
+                                                  .add(at)
+                                                  .add(integer_array(ids))
+                                                  .add(integer_array(to))
+                                                  .add(integer_array(delta))
+                                                  .add(run_at)
+                                                  .add(text_array(errors, true))
+                                                  .add(text_array(reasons))
+                                                  .add(integer_array(attempt))
+                                                  .add(claim.node)});
+            if (!ending.empty()) {
+                steps.push_back({"lock_parents", params().add(text_array(keys))});
+                steps.push_back({"children", params().add(integer_array(ending))});
+            }
+            auto r = c.pipeline(std::move(steps));
             // Those not this node's attempt any more are not returned: their
             // result is moot.
-            std::vector<std::pair<job_id, job_state>> finished;
-            for (int i = 0; i < r.rows(); ++i) {
-                const auto id = r.integer(i, 0);
-                const auto ended = stored_state(r.integer(i, 1), id);
-                if (is_final(ended))
-                    finished.emplace_back(id, ended);
+            std::unordered_map<job_id, job_state> finished;
+            std::vector<std::pair<job_id, job_state>> unforeseen;
+            for (int i = 0; i < r[0].rows(); ++i) {
+                const auto id = r[0].integer(i, 0);
+                const auto ended = stored_state(r[0].integer(i, 1), id);
+                if (!is_final(ended))
+                    continue;
+                if (std::find(ending.begin(), ending.end(), id) != ending.end())
+                    finished.emplace(id, ended);
+                else
+                    unforeseen.emplace_back(id, ended);
             }
-            std::sort(finished.begin(), finished.end());
-            c.resolve_children(finished, now);
+            if (!ending.empty())
+                c.resolve_waiting(r[2], finished, now);
+            std::sort(unforeseen.begin(), unforeseen.end());
+            c.resolve_children(unforeseen, now);
         }
     };
     bool keyed = false;

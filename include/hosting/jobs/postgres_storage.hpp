@@ -103,7 +103,7 @@ public:
 
     const postgres_options& options() const noexcept { return options_; }
     // The schema version this library writes.
-    static constexpr int schema_version = 5;
+    static constexpr int schema_version = 6;
 
 private:
     struct connection;
