@@ -234,8 +234,9 @@ TEST_CASE("jobs: a PostgreSQL schema of version 4 migrates: its statement trigge
                " FOR EACH STATEMENT EXECUTE FUNCTION jobs_counted_" + what + "()");
     s.exec("DELETE FROM schema_version WHERE version >= 5; UPDATE schema_readers SET oldest = 4; "
            "INSERT INTO job_counts VALUES ('default', 'a', 1, 7)");
-    // Its histories were jsonb.
-    s.exec("ALTER TABLE jobs ALTER COLUMN history TYPE jsonb USING history::jsonb");
+    // Its histories were jsonb, in a column named history.
+    s.exec("ALTER TABLE jobs RENAME COLUMN history_text TO history; "
+           "ALTER TABLE jobs ALTER COLUMN history TYPE jsonb USING history::jsonb");
 
     auto store = make_storage("postgresql", db);
     CHECK(s.exec("SELECT max(version) FROM schema_version") == "6");
@@ -243,7 +244,17 @@ TEST_CASE("jobs: a PostgreSQL schema of version 4 migrates: its statement trigge
     // and one of schema 5 would append jsonb to a text history.
     CHECK(s.exec("SELECT max(oldest) FROM schema_readers") == "6");
     CHECK(s.exec("SELECT data_type FROM information_schema.columns WHERE table_schema = '" + db.schema +
-                 "' AND table_name = 'jobs' AND column_name = 'history'") == "text");
+                 "' AND table_name = 'jobs' AND column_name = 'history_text'") == "text");
+    // One of schema 5 that still runs fails at its next change, rather than
+    // write a history that no longer reads back.
+    {
+        std::unique_ptr<PGresult, decltype(&PQclear)> old(
+            PQexec(s.get(), "UPDATE jobs SET history = history || jsonb_build_array(jsonb_build_array(state, 1, 0, "
+                            "'requeued', ''))"),
+            &PQclear);
+        CHECK(PQresultStatus(old.get()) == PGRES_FATAL_ERROR);
+        CHECK_THAT(PQresultErrorMessage(old.get()), Catch::Contains("column \"history\""));
+    }
     // The succeeded job's history came through, and a change appends to it.
     auto succeeded = store->find(done[0].id, true);
     REQUIRE(succeeded);

@@ -194,7 +194,7 @@ std::string job_columns(bool with_history)
 {
     return std::string("id, kind, queue, args, priority, state, attempt, max_attempts, timeout_ms, "
                        "created_at, run_at, unique_key, lease_owner, lease_expires, last_error, cancel_requested, ") +
-           (with_history ? "history::text" : "NULL") + ", concurrency_key, parent_id, condition, recurring_id";
+           (with_history ? "history_text" : "NULL") + ", concurrency_key, parent_id, condition, recurring_id";
 }
 
 // As many NULLs as job_columns() has columns: a row that is no job.
@@ -230,7 +230,8 @@ std::string first_history(const std::string& state, const std::string& at, const
 std::string logged(const std::string& to, const std::string& at, const std::string& reason,
                    const std::string& error = "''")
 {
-    return "history = left(history, -1) || ',' || " + history_line("state", to, at, reason, error) + " || ']'";
+    return "history_text = left(history_text, -1) || ',' || " + history_line("state", to, at, reason, error) +
+           " || ']'";
 }
 
 // The counts a statement's own rows change, written by the statement
@@ -420,11 +421,14 @@ UPDATE schema_readers SET oldest = 5;
 )sql";
 
 // A job's history is JSON text, appended to (logged()), not jsonb rebuilt
-// at every change. The rows are rewritten once, here. Programs of schema 5
-// would append jsonb to the text, which PostgreSQL would take as text: they
-// may not use this schema.
+// at every change. The rows are rewritten once, here. The column takes a
+// new name: a program of schema 5 still running would otherwise append
+// jsonb to the text, which PostgreSQL takes as text, and the histories it
+// touched would no longer read back; its statements now fail instead. Nor
+// may such a program start on this schema.
 const char* const migration_6 = R"sql(
 ALTER TABLE jobs ALTER COLUMN history TYPE TEXT USING history::text;
+ALTER TABLE jobs RENAME COLUMN history TO history_text;
 UPDATE schema_readers SET oldest = 6;
 )sql";
 
@@ -468,7 +472,7 @@ std::vector<prepared_sql> make_statements()
     return {
         {"insert",
          "WITH added AS (INSERT INTO jobs (kind, queue, args, priority, state, max_attempts, timeout_ms, created_at, "
-         "run_at, unique_key, unique_states, unique_slot, history, concurrency_key, parent_id, condition, "
+         "run_at, unique_key, unique_states, unique_slot, history_text, concurrency_key, parent_id, condition, "
          "recurring_id, updated_at, unique_scoped) VALUES ($1, $2, $3, $4, $5::int, $6, $7, $8::bigint, $9, $10, "
          "$11, $12, " + first_history("$5::int", "$8::bigint", "$13::text") + ", $14, $15, "
          "$16, $17, $8::bigint, $18) ON CONFLICT (unique_slot) WHERE unique_slot IS NOT NULL DO NOTHING "
@@ -477,7 +481,7 @@ std::vector<prepared_sql> make_statements()
         // the order given: ids are drawn as the rows are inserted.
         {"insert_many",
          "WITH added AS (INSERT INTO jobs (kind, queue, args, priority, state, max_attempts, timeout_ms, "
-         "created_at, run_at, concurrency_key, recurring_id, updated_at, history) "
+         "created_at, run_at, concurrency_key, recurring_id, updated_at, history_text) "
          "SELECT kind, queue, args, priority, state, max_attempts, timeout_ms, $1::bigint, run_at, concurrency_key, "
          "recurring_id, $1::bigint, " + first_history("state", "$1::bigint", "reason") + " "
          "FROM unnest($2::text[], $3::text[], $4::text[], $5::int[], $6::int[], $7::int[], $8::bigint[], "
@@ -489,7 +493,8 @@ std::vector<prepared_sql> make_statements()
         // and an enqueue of one job is the common case whose latency counts.
         {"insert_one",
          "WITH added AS (INSERT INTO jobs (kind, queue, args, priority, state, max_attempts, timeout_ms, "
-         "created_at, run_at, concurrency_key, recurring_id, updated_at, history) VALUES ($2, $3, $4, $5, $6::int, "
+         "created_at, run_at, concurrency_key, recurring_id, updated_at, history_text) VALUES ($2, $3, $4, $5, "
+         "$6::int, "
          "$7, $8, $1::bigint, $9, $10, $11, $1::bigint, " + first_history("$6::int", "$1::bigint", "$12::text") +
              ") RETURNING id, queue, kind, state), " +
              counted("added") + " SELECT id FROM added"},
@@ -1840,10 +1845,12 @@ std::vector<job> postgres_storage::complete_and_claim(std::span<const completion
             // only because a cancel was pending are found in the result and
             // resolved after it.
             std::vector<job_id> ending;
+            std::unordered_set<job_id> foreseen;
             std::vector<std::string> keys;
             for (const auto& d : done)
                 if (is_final(effect_of(d.what).to)) {
                     ending.push_back(d.id);
+                    foreseen.insert(d.id);
                     keys.push_back(c.parent_key(d.id));
                 }
             std::vector<connection::step> steps;
@@ -1871,7 +1878,7 @@ std::vector<job> postgres_storage::complete_and_claim(std::span<const completion
                 const auto ended = stored_state(r[0].integer(i, 1), id);
                 if (!is_final(ended))
                     continue;
-                if (std::find(ending.begin(), ending.end(), id) != ending.end())
+                if (foreseen.contains(id))
                     finished.emplace(id, ended);
                 else
                     unforeseen.emplace_back(id, ended);
