@@ -389,10 +389,13 @@ int main(int argc, char** argv)
         // Claims only for free workers: what a crash-proof attempt count costs.
         {"sqlite FULL, prefetch 1", [&] { return std::make_shared<jobs::sqlite_storage>(single_path); }, 1},
     };
+    const std::string only = argc > 3 ? argv[3] : ""; // the setups whose label is this, when given
 #ifdef HOSTING_POSTGRES_SERVER
     postgres_server own((std::filesystem::current_path() / ("hosting-bench-pg-" + std::to_string(::getpid()))).string(),
                         true);
-    const std::string conninfo = bench_postgres(own);
+    // A server is started only for a run that measures postgresql: the
+    // others' figures need no server running beside them.
+    const std::string conninfo = only.empty() || only == "postgresql" ? bench_postgres(own) : std::string();
     const std::string schema = "bench_" + std::to_string(::getpid());
     // Its own server is durable, in the current directory (its disk, as
     // SQLite's files).
@@ -409,7 +412,6 @@ int main(int argc, char** argv)
                           }});
     }
 #endif
-    const std::string only = argc > 3 ? argv[3] : ""; // the setups whose label is this, when given
     for (const auto& s : setups)
         if (only.empty() || only == s.label) {
             if (s.alone)
