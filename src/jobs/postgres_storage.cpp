@@ -225,8 +225,8 @@ std::string first_history(const std::string& state, const std::string& at, const
 // A new line of a job's history, appended as the row changes. The history
 // is JSON text (schema 6), never empty, and the line goes in before its
 // closing bracket: a jsonb array would be taken apart and built again
-// whole at every change, which was a quarter of the server's time for a
-// claim or a completion.
+// whole at every change (without the history, the same claims and
+// completions took about a third less of the server's time).
 std::string logged(const std::string& to, const std::string& at, const std::string& reason,
                    const std::string& error = "''")
 {
@@ -1842,8 +1842,8 @@ std::vector<job> postgres_storage::complete_and_claim(std::span<const completion
             // The completions, the locks of the parents among them that
             // end whatever the storage holds (a success, a last failure),
             // and their continuations, in one round trip. Those that end
-            // only because a cancel was pending are found in the result and
-            // resolved after it.
+            // only because a cancel or a delete was pending are found in
+            // the result and resolved after it.
             std::vector<job_id> ending;
             std::unordered_set<job_id> foreseen;
             std::vector<std::string> keys;

@@ -506,8 +506,8 @@ struct server::run : std::enable_shared_from_this<server::run> {
             }
         }
         // A handler's message may hold any bytes; a job's history holds
-        // text (JSON in SQLite, UTF-8 in PostgreSQL), which the bytes that
-        // are not would damage or have refused.
+        // JSON text (in SQLite and PostgreSQL alike), which the bytes that
+        // are not UTF-8 would damage or have refused.
         for (auto* text : {&c.error, &c.reason})
             if (!detail::json_safe(*text))
                 *text = detail::valid_text(*text);

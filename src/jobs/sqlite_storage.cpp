@@ -983,8 +983,9 @@ std::vector<enqueue_result> sqlite_storage::enqueue_in(connection& c, std::span<
 {
     std::vector<enqueue_result> out;
     out.reserve(requests.size());
-    // Runs of plain jobs go in one statement each; the others one by
-    // one, in between, so that the results keep the requests' order.
+    // Runs of plain jobs go in statements of up to 64 rows (add_plain());
+    // the others one by one, in between, so that the results keep the
+    // requests' order.
     std::size_t i = 0;
     while (i < requests.size()) {
         std::size_t end = i;

@@ -121,8 +121,8 @@ inline bool json_safe(std::string_view text)
 
 // Text every storage keeps as it is: each byte that starts no valid UTF-8
 // sequence, and each NUL, becomes U+FFFD. For the texts a job's history
-// holds (an error's message, a reason), which are JSON in SQLite and text
-// in PostgreSQL: neither takes any byte string.
+// holds (an error's message, a reason), which are JSON text in SQLite and
+// PostgreSQL alike: neither takes any byte string.
 inline std::string valid_text(std::string_view text)
 {
     if (json_safe(text))
