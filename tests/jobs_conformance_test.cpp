@@ -7,6 +7,19 @@
 // jobs_test.cpp.
 #include "jobs_support.hpp"
 
+namespace {
+// A continuation of `parent` of a kind no claim in these tests asks for: it
+// stays where its parent's fate puts it.
+jobs::job_id enqueue_continuation(jobs::storage& store, jobs::job_id parent, jobs::continuation_condition condition,
+                                  jobs::time_point at)
+{
+    auto r = request("then", "{}");
+    r.parent_id = parent;
+    r.condition = condition;
+    return store.enqueue(std::vector<jobs::enqueue_request>{r}, at)[0].id;
+}
+} // namespace
+
 TEST_CASE("jobs: storages claim, complete, recover and reject invalid transitions", "[jobs][conformance][storage]")
 {
     EACH_STORAGE(which, db);
@@ -1257,10 +1270,7 @@ TEST_CASE("jobs: a parent whose retry ends it deleted, because a delete was pend
         store->enqueue(std::vector<jobs::enqueue_request>{request("k", "1", 3), request("k", "2")}, t0);
     const auto retried = parents[0].id, succeeded = parents[1].id;
     auto continuation = [&](jobs::job_id parent, c condition) {
-        auto r = request("then", "{}");
-        r.parent_id = parent;
-        r.condition = condition;
-        return store->enqueue(std::vector<jobs::enqueue_request>{r}, t0)[0].id;
+        return enqueue_continuation(*store, parent, condition, t0);
     };
     const auto on_deleted = continuation(retried, c::on_deleted);
     const auto on_success = continuation(retried, c::on_success);
@@ -1290,13 +1300,8 @@ TEST_CASE("jobs: storages keep a continuation waiting while its parent can still
     const auto parents = store->enqueue(
         std::vector<jobs::enqueue_request>{request("k", "1"), request("k", "2"), request("k", "3")}, t0);
     const auto failing = parents[0].id, pruned = parents[1].id, cancelled = parents[2].id;
-    // Continuations of a kind no claim below asks for: they stay where their
-    // parent's fate puts them.
     auto continuation = [&](jobs::job_id parent, c condition, jobs::time_point at) {
-        auto r = request("then", "{}");
-        r.parent_id = parent;
-        r.condition = condition;
-        return store->enqueue(std::vector<jobs::enqueue_request>{r}, at)[0].id;
+        return enqueue_continuation(*store, parent, condition, at);
     };
     const auto on_success = continuation(failing, c::on_success, t0);
     const auto on_any = continuation(failing, c::on_any_final, t0);
