@@ -442,6 +442,61 @@ TEST_CASE("jobs: a SQLite file of a newer schema opens when it only added, and i
                       Catch::Contains("version 99") && Catch::Contains("schema 99 or newer"));
 }
 
+TEST_CASE("jobs: a SQLite file of schema 10 migrates, and pruning still finds old finished jobs through an index",
+          "[jobs][storage]")
+{
+    temp_db db;
+    const auto t0 = jobs::clock::now();
+    {
+        jobs::sqlite_storage store(db.path.string());
+        store.enqueue(std::vector<jobs::enqueue_request>(5, request("k", "1")), t0);
+        jobs::claim_request claim{"a", {{"default", 4}}, {"k"}, t0 + 60s};
+        const auto claimed = store.complete_and_claim({}, claim, t0);
+        REQUIRE(claimed.size() == 4);
+        // Two finish at t0, two two hours later.
+        for (std::size_t i = 0; i < claimed.size(); ++i) {
+            std::vector<jobs::completion> done{
+                {claimed[i].id, claimed[i].attempt, jobs::outcome::succeeded, {}, {}, "ok"}};
+            store.complete_and_claim(done, {"a", {}, {"k"}, t0 + 60s}, i < 2 ? t0 : t0 + 2h);
+        }
+    }
+    // Back to schema 10's index, whose predicate was an IN list.
+    {
+        sqlite3* raw = nullptr;
+        REQUIRE(sqlite3_open(db.path.c_str(), &raw) == SQLITE_OK);
+        const char* downgrade =
+            "DROP INDEX jobs_aged; CREATE INDEX jobs_aged ON jobs (state, updated_at) WHERE state IN (5, 6, 7, 8); "
+            "DELETE FROM hosting_jobs_schema WHERE version >= 11;";
+        CHECK(sqlite3_exec(raw, downgrade, nullptr, nullptr, nullptr) == SQLITE_OK);
+        sqlite3_close(raw);
+    }
+    jobs::sqlite_storage store(db.path.string());
+    {
+        // The terms pruning's query states, which the planner must match
+        // with the index's own to use it.
+        sqlite3* raw = nullptr;
+        REQUIRE(sqlite3_open(db.path.c_str(), &raw) == SQLITE_OK);
+        sqlite3_stmt* s = nullptr;
+        REQUIRE(sqlite3_prepare_v2(raw,
+                                   "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE state = 5 AND state >= 5 "
+                                   "AND updated_at < 0 LIMIT 10",
+                                   -1, &s, nullptr) == SQLITE_OK);
+        std::string plan;
+        while (sqlite3_step(s) == SQLITE_ROW)
+            plan += reinterpret_cast<const char*>(sqlite3_column_text(s, 3)) + std::string("\n");
+        sqlite3_finalize(s);
+        sqlite3_close(raw);
+        CHECK_THAT(plan, Catch::Contains("INDEX jobs_aged"));
+    }
+    // The two that finished at t0 go; those that finished later stay.
+    CHECK(store.prune(job_state::succeeded, t0 + 1h, 10, t0 + 3h) == 2);
+    CHECK_FALSE(store.find(1));
+    CHECK_FALSE(store.find(2));
+    CHECK(store.find(3));
+    CHECK(store.find(4));
+    CHECK(store.counts()[job_state::succeeded] == 2);
+}
+
 TEST_CASE("jobs: a SQLite file of schema 3 migrates, and the unique keys of its jobs hold within their kind",
           "[jobs][storage]")
 {
