@@ -220,11 +220,11 @@ struct server::run : std::enable_shared_from_this<server::run> {
         // The room is shared: what an earlier queue does not find goes to
         // the later ones, in the same claim.
         std::size_t room = options().workers * prefetch;
-        room -= std::min(room, buffered.size() + running.size());
+        room -= std::min(room, held_then(buffered.size() + running.size()));
         c.total = room;
         for (const auto& q : options().queues) {
             auto limit = capacity(q) * prefetch;
-            auto has = count(buffered_in_queue, q.name) + count(running_in_queue, q.name);
+            auto has = held_then(count(buffered_in_queue, q.name) + count(running_in_queue, q.name));
             c.queues.emplace_back(q.name, std::min(room, limit - std::min(limit, has)));
         }
         return c;
@@ -245,7 +245,21 @@ struct server::run : std::enable_shared_from_this<server::run> {
         return fits >= static_cast<double>(cap) ? cap : std::max<std::size_t>(1, static_cast<std::size_t>(fits));
     }
     static constexpr double claim_horizon_seconds = 0.02;
+
+    // Of `held` jobs (running or waiting here), those still here when a
+    // claim sent now returns. Jobs claimed ahead are quick: those the
+    // workers will have run by then leave their room to the claim's jobs,
+    // or each transaction would carry only the room made before it was
+    // sent, and its commit be shared by fewer jobs.
+    std::size_t held_then(std::size_t held) const
+    {
+        if (held == 0 || claim_ahead() <= 1 || mean_transaction_seconds <= 0)
+            return held;
+        const auto runs = mean_transaction_seconds * static_cast<double>(options().workers) / mean_run_seconds;
+        return runs >= static_cast<double>(held) ? 0 : held - static_cast<std::size_t>(runs);
+    }
     double mean_run_seconds = 0; // of recent runs, weighted to the latest; 0: none yet
+    double mean_transaction_seconds = 0; // of recent claims, from their call to their result
 
     // Quick jobs are claimed ahead, up to claim_horizon of work. While more
     // than a quarter of that is still to run, a transaction would claim
@@ -253,7 +267,9 @@ struct server::run : std::enable_shared_from_this<server::run> {
     // its commit, round trips and statements would be shared by a handful
     // of jobs. Waiting until three quarters are free makes each carry most
     // of the buffer, and the quarter left (5 ms of work) keeps the workers
-    // busy while it commits.
+    // busy while it commits. Jobs the workers run faster than a transaction
+    // commits count as free (held_then): the next transaction goes as soon
+    // as the last one returned, or the storage would wait on the workers.
     bool worth_a_transaction() const
     {
         // A worker that is free while jobs wait here waits for a limit:
@@ -264,7 +280,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
         if (ahead <= 1)
             return true;
         const auto cap = options().workers * ahead;
-        const auto held = buffered.size() + running.size();
+        const auto held = held_then(buffered.size() + running.size());
         const auto room = cap - std::min(cap, held);
         return room * 4 >= cap * 3 || done.size() >= cap;
     }
@@ -905,7 +921,11 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
             auto op = r->claim_op();
             std::pair<std::vector<job>, std::optional<time_point>> result;
             try {
+                const auto sent = std::chrono::steady_clock::now();
                 result = co_await engine_->call<std::pair<std::vector<job>, std::optional<time_point>>>(std::move(op));
+                const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - sent).count();
+                r->mean_transaction_seconds =
+                    r->mean_transaction_seconds <= 0 ? took : 0.9 * r->mean_transaction_seconds + 0.1 * took;
                 r->in_flight.reset();
                 r->taken_back = true;
             } catch (const storage_error& e) {
