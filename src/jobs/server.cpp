@@ -258,8 +258,10 @@ struct server::run : std::enable_shared_from_this<server::run> {
         const auto runs = mean_transaction_seconds * static_cast<double>(options().workers) / mean_run_seconds;
         return runs >= static_cast<double>(held) ? 0 : held - static_cast<std::size_t>(runs);
     }
-    double mean_run_seconds = 0; // of recent runs, weighted to the latest; 0: none yet
+    // Both weighted to the latest sample; 0: none yet.
+    double mean_run_seconds = 0;         // of recent runs
     double mean_transaction_seconds = 0; // of recent claims, from their call to their result
+    static void weigh(double& mean, double sample) { mean = mean <= 0 ? sample : 0.9 * mean + 0.1 * sample; }
 
     // Quick jobs are claimed ahead, up to claim_horizon of work. While more
     // than a quarter of that is still to run, a transaction would claim
@@ -530,7 +532,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
         --running_in_queue[j.queue];
         --running_of_kind[j.kind];
         const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - a.started).count();
-        mean_run_seconds = mean_run_seconds <= 0 ? took : 0.9 * mean_run_seconds + 0.1 * took;
+        weigh(mean_run_seconds, took);
         if (metrics) {
             auto& m = metrics_for(j.kind, j.queue);
             m.duration->observe(took);
@@ -923,9 +925,8 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
             try {
                 const auto sent = std::chrono::steady_clock::now();
                 result = co_await engine_->call<std::pair<std::vector<job>, std::optional<time_point>>>(std::move(op));
-                const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - sent).count();
-                r->mean_transaction_seconds =
-                    r->mean_transaction_seconds <= 0 ? took : 0.9 * r->mean_transaction_seconds + 0.1 * took;
+                run::weigh(r->mean_transaction_seconds,
+                           std::chrono::duration<double>(std::chrono::steady_clock::now() - sent).count());
                 r->in_flight.reset();
                 r->taken_back = true;
             } catch (const storage_error& e) {
