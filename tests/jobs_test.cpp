@@ -285,6 +285,18 @@ const std::string insert_trigger_of_6 =
     "CREATE TRIGGER jobs_counted_insert AFTER INSERT ON jobs BEGIN INSERT INTO job_counts "
     "VALUES (new.queue, new.kind, new.state, 1) ON CONFLICT DO UPDATE SET n = n + 1; END; ";
 
+namespace {
+// Runs `sql` on the file on a connection of its own, as an older program
+// or an operator would.
+void run_sql(const temp_db& db, const std::string& sql)
+{
+    sqlite3* raw = nullptr;
+    REQUIRE(sqlite3_open(db.path.string().c_str(), &raw) == SQLITE_OK);
+    CHECK(sqlite3_exec(raw, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(raw);
+}
+} // namespace
+
 TEST_CASE("jobs: a SQLite file of schema 1 migrates, and its counts match its rows", "[jobs][storage]")
 {
     temp_db db;
@@ -298,25 +310,19 @@ TEST_CASE("jobs: a SQLite file of schema 1 migrates, and its counts match its ro
     }
     // Back to what schema 1 wrote: no counts table, triggers or kinds index,
     // nor the recurring jobs' keys.
-    {
-        sqlite3* raw = nullptr;
-        REQUIRE(sqlite3_open(db.path.c_str(), &raw) == SQLITE_OK);
-        const char* downgrade = "DROP INDEX jobs_unique_held; ALTER TABLE jobs DROP COLUMN unique_held; "
-                                "DROP TRIGGER jobs_counted_delete; "
-                                "DROP TRIGGER jobs_counted_update; DROP TABLE job_counts; "
-                                "ALTER TABLE recurring_jobs DROP COLUMN unique_key; "
-                                "ALTER TABLE recurring_jobs DROP COLUMN unique_states; "
-                                "ALTER TABLE recurring_jobs DROP COLUMN concurrency_key; "
-                                "ALTER TABLE recurring_jobs DROP COLUMN overlap; "
-                                "ALTER TABLE recurring_jobs DROP COLUMN unique_across_kinds; "
-                                "ALTER TABLE jobs DROP COLUMN unique_scoped; "
-                                "ALTER TABLE jobs DROP COLUMN claim_flags; "
-                                "DROP TABLE nodes; DROP TABLE paused_queues; "
-                                "ALTER TABLE recurring_jobs DROP COLUMN paused; "
-                                "DELETE FROM hosting_jobs_schema WHERE version >= 2;";
-        CHECK(sqlite3_exec(raw, downgrade, nullptr, nullptr, nullptr) == SQLITE_OK);
-        sqlite3_close(raw);
-    }
+    run_sql(db, "DROP INDEX jobs_unique_held; ALTER TABLE jobs DROP COLUMN unique_held; "
+                "DROP TRIGGER jobs_counted_delete; "
+                "DROP TRIGGER jobs_counted_update; DROP TABLE job_counts; "
+                "ALTER TABLE recurring_jobs DROP COLUMN unique_key; "
+                "ALTER TABLE recurring_jobs DROP COLUMN unique_states; "
+                "ALTER TABLE recurring_jobs DROP COLUMN concurrency_key; "
+                "ALTER TABLE recurring_jobs DROP COLUMN overlap; "
+                "ALTER TABLE recurring_jobs DROP COLUMN unique_across_kinds; "
+                "ALTER TABLE jobs DROP COLUMN unique_scoped; "
+                "ALTER TABLE jobs DROP COLUMN claim_flags; "
+                "DROP TABLE nodes; DROP TABLE paused_queues; "
+                "ALTER TABLE recurring_jobs DROP COLUMN paused; "
+                "DELETE FROM hosting_jobs_schema WHERE version >= 2;");
     jobs::sqlite_storage store(db.path.string());
     auto counts = store.counts();
     CHECK(counts[job_state::available] == 6);
@@ -374,18 +380,12 @@ TEST_CASE("jobs: a SQLite file of schema 2 migrates, and its recurring jobs beha
         store.upsert_recurring(r);
     }
     // Back to what schema 2 wrote: recurring jobs without keys or overlap.
-    auto exec = [&](const std::string& sql) {
-        sqlite3* raw = nullptr;
-        REQUIRE(sqlite3_open(db.path.c_str(), &raw) == SQLITE_OK);
-        CHECK(sqlite3_exec(raw, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
-        sqlite3_close(raw);
-    };
-    exec(insert_trigger_of_6 + "DROP INDEX jobs_unique_held; ALTER TABLE jobs DROP COLUMN unique_held; "
-         "ALTER TABLE recurring_jobs DROP COLUMN unique_key; ALTER TABLE recurring_jobs DROP COLUMN unique_states; "
-         "ALTER TABLE recurring_jobs DROP COLUMN concurrency_key; ALTER TABLE recurring_jobs DROP COLUMN overlap; "
-         "ALTER TABLE recurring_jobs DROP COLUMN unique_across_kinds; ALTER TABLE jobs DROP COLUMN unique_scoped; "
-         "ALTER TABLE jobs DROP COLUMN claim_flags; DROP TABLE nodes; DROP TABLE paused_queues; "
-         "ALTER TABLE recurring_jobs DROP COLUMN paused; DELETE FROM hosting_jobs_schema WHERE version >= 3;");
+    run_sql(db, insert_trigger_of_6 + "DROP INDEX jobs_unique_held; ALTER TABLE jobs DROP COLUMN unique_held; "
+                "ALTER TABLE recurring_jobs DROP COLUMN unique_key; ALTER TABLE recurring_jobs DROP COLUMN unique_states; "
+                "ALTER TABLE recurring_jobs DROP COLUMN concurrency_key; ALTER TABLE recurring_jobs DROP COLUMN overlap; "
+                "ALTER TABLE recurring_jobs DROP COLUMN unique_across_kinds; ALTER TABLE jobs DROP COLUMN unique_scoped; "
+                "ALTER TABLE jobs DROP COLUMN claim_flags; DROP TABLE nodes; DROP TABLE paused_queues; "
+                "ALTER TABLE recurring_jobs DROP COLUMN paused; DELETE FROM hosting_jobs_schema WHERE version >= 3;");
     jobs::sqlite_storage store(db.path.string());
     auto back = store.list_recurring();
     REQUIRE(back.size() == 1);
@@ -412,12 +412,6 @@ TEST_CASE("jobs: a SQLite file of a newer schema opens when it only added, and i
 {
     temp_db db;
     jobs::sqlite_storage(db.path.string());
-    const auto run = [&](const char* sql) {
-        sqlite3* raw = nullptr;
-        REQUIRE(sqlite3_open(db.path.string().c_str(), &raw) == SQLITE_OK);
-        CHECK(sqlite3_exec(raw, sql, nullptr, nullptr, nullptr) == SQLITE_OK);
-        sqlite3_close(raw);
-    };
     {
         // Schema 10 changed what a claim and a completion must write (their
         // counts): a program of schema 9 is told to keep out.
@@ -430,13 +424,13 @@ TEST_CASE("jobs: a SQLite file of a newer schema opens when it only added, and i
         sqlite3_finalize(s);
         sqlite3_close(raw);
     }
-    run("INSERT INTO hosting_jobs_schema (version) VALUES (99)");
+    run_sql(db, "INSERT INTO hosting_jobs_schema (version) VALUES (99)");
     {
         // What schema 99 added leaves this program's use of it as it was.
         jobs::sqlite_storage behind(db.path.string());
         CHECK(behind.enqueue(std::vector{request("k", "1")}, jobs::clock::now()).size() == 1);
     }
-    run("UPDATE hosting_jobs_readers SET oldest = 99");
+    run_sql(db, "UPDATE hosting_jobs_readers SET oldest = 99");
     CHECK_THROWS_AS(jobs::sqlite_storage(db.path.string()), jobs::storage_error);
     CHECK_THROWS_WITH(jobs::sqlite_storage(db.path.string()),
                       Catch::Contains("version 99") && Catch::Contains("schema 99 or newer"));
@@ -461,15 +455,8 @@ TEST_CASE("jobs: a SQLite file of schema 10 migrates, and pruning still finds ol
         }
     }
     // Back to schema 10's index, whose predicate was an IN list.
-    {
-        sqlite3* raw = nullptr;
-        REQUIRE(sqlite3_open(db.path.c_str(), &raw) == SQLITE_OK);
-        const char* downgrade =
-            "DROP INDEX jobs_aged; CREATE INDEX jobs_aged ON jobs (state, updated_at) WHERE state IN (5, 6, 7, 8); "
-            "DELETE FROM hosting_jobs_schema WHERE version >= 11;";
-        CHECK(sqlite3_exec(raw, downgrade, nullptr, nullptr, nullptr) == SQLITE_OK);
-        sqlite3_close(raw);
-    }
+    run_sql(db, "DROP INDEX jobs_aged; CREATE INDEX jobs_aged ON jobs (state, updated_at) WHERE state IN (5, 6, 7, 8); "
+                "DELETE FROM hosting_jobs_schema WHERE version >= 11;");
     jobs::sqlite_storage store(db.path.string());
     {
         // The terms pruning's query states, which the planner must match
@@ -519,21 +506,15 @@ TEST_CASE("jobs: a SQLite file of schema 3 migrates, and the unique keys of its 
                       t0);
     }
     // Back to what schema 3 wrote: the slot held the bare key.
-    {
-        sqlite3* raw = nullptr;
-        REQUIRE(sqlite3_open(db.path.c_str(), &raw) == SQLITE_OK);
-        const auto downgrade = insert_trigger_of_6 + "DROP INDEX jobs_unique_held; ALTER TABLE jobs DROP COLUMN unique_held; "
-                                "UPDATE jobs SET unique_slot = NULL; "
-                                "UPDATE jobs SET unique_slot = unique_key WHERE kind <> 'naïve'; "
-                                "ALTER TABLE jobs DROP COLUMN unique_scoped; "
-                                "ALTER TABLE recurring_jobs DROP COLUMN unique_across_kinds; "
-                                "ALTER TABLE jobs DROP COLUMN claim_flags; "
-                                "DROP TABLE nodes; DROP TABLE paused_queues; "
-                                "ALTER TABLE recurring_jobs DROP COLUMN paused; "
-                                "DELETE FROM hosting_jobs_schema WHERE version >= 4;";
-        CHECK(sqlite3_exec(raw, downgrade.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
-        sqlite3_close(raw);
-    }
+    run_sql(db, insert_trigger_of_6 + "DROP INDEX jobs_unique_held; ALTER TABLE jobs DROP COLUMN unique_held; "
+                "UPDATE jobs SET unique_slot = NULL; "
+                "UPDATE jobs SET unique_slot = unique_key WHERE kind <> 'naïve'; "
+                "ALTER TABLE jobs DROP COLUMN unique_scoped; "
+                "ALTER TABLE recurring_jobs DROP COLUMN unique_across_kinds; "
+                "ALTER TABLE jobs DROP COLUMN claim_flags; "
+                "DROP TABLE nodes; DROP TABLE paused_queues; "
+                "ALTER TABLE recurring_jobs DROP COLUMN paused; "
+                "DELETE FROM hosting_jobs_schema WHERE version >= 4;");
     jobs::sqlite_storage store(db.path.string());
     auto one = [&](const jobs::enqueue_request& r) {
         return store.enqueue(std::vector<jobs::enqueue_request>{r}, t0).at(0);
