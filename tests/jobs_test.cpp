@@ -978,6 +978,78 @@ TEST_CASE("jobs: a node draining quick jobs waits for room before each transacti
     CHECK(calls < jobs_count / 4);
 }
 
+TEST_CASE("jobs: a node whose quick jobs wait behind two long runs holds at most twice its prefetch",
+          "[jobs][server]")
+{
+    // The node has seen only quick runs and slow transactions, so it
+    // counts the jobs it holds as run before any claim returns; but two
+    // long runs take both workers. The claims must not go on taking a full
+    // buffer each while the jobs pile up here, where no other node can run
+    // them.
+    auto store = std::make_shared<failing_storage>();
+    std::mutex mutex;
+    std::int64_t most = 0;
+    std::size_t empty = 0;
+    store->on_claim = [&](std::size_t done, const jobs::claim_request& claim) {
+        // What the node holds as this transaction starts: every job it
+        // claimed and has not completed yet.
+        const auto held = store->inner.counts()[job_state::running];
+        {
+            std::lock_guard lock(mutex);
+            most = std::max(most, held);
+            empty += done == 0 && claim.total == 0;
+        }
+        // A slow disk's commit.
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    };
+    auto options = quick_server();
+    options.workers = 2;
+    options.prefetch = 4;
+    test::recorder r;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    jobs::add_jobs(builder, store, options)
+        .register_kind<int>("quick",
+                            [&r](int, jobs::job_context&) -> asio::awaitable<void> {
+                                r.add("quick");
+                                co_return;
+                            })
+        .register_kind<int>("long", [&r](int, jobs::job_context& context) -> asio::awaitable<void> {
+            r.add("long");
+            co_await hosting::delay(std::chrono::milliseconds(300), context.stop_token());
+        });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    host.start_blocking();
+    for (int i = 0; i < 20; ++i)
+        client.enqueue_blocking("quick", i);
+    REQUIRE(r.wait_for_count(20));
+    {
+        std::lock_guard lock(mutex);
+        most = 0;
+        empty = 0;
+    }
+    // Claimed first, the two long runs; then 200 quick jobs behind them.
+    std::vector<jobs::enqueue_request> batch;
+    for (int i = 0; i < 2; ++i) {
+        auto slow = request("long", "0");
+        slow.priority = -3;
+        batch.push_back(slow);
+    }
+    for (int i = 0; i < 200; ++i)
+        batch.push_back(request("quick", "0"));
+    store->enqueue(batch, jobs::clock::now());
+    client.enqueue_blocking("quick", 0); // wakes the node
+    REQUIRE(test::eventually([&] { return store->counts()[job_state::succeeded] == 20 + 2 + 201; }, 60s));
+    host.stop_blocking();
+    std::lock_guard lock(mutex);
+    INFO("most held " << most << ", " << empty << " transactions with neither a completion nor room");
+    CHECK(most <= 2 * 2 * 4);
+    // Nor, once full, send transactions with nothing in them one after
+    // another (about one per hold_limit, 100 ms, while the long runs last
+    // 300 ms; a loop of them would send one per 5 ms commit).
+    CHECK(empty <= 10);
+}
+
 TEST_CASE("jobs: a node holding quick jobs behind two long runs still records the ones that ended", "[jobs][server]")
 {
     auto store = std::make_shared<failing_storage>();

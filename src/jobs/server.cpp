@@ -219,15 +219,24 @@ struct server::run : std::enable_shared_from_this<server::run> {
         const auto prefetch = claim_ahead();
         // The room is shared: what an earlier queue does not find goes to
         // the later ones, in the same claim.
-        std::size_t room = options().workers * prefetch;
-        room -= std::min(room, held_then(buffered.size() + running.size()));
-        c.total = room;
+        c.total = room_for(options().workers * prefetch, buffered.size() + running.size());
         for (const auto& q : options().queues) {
-            auto limit = capacity(q) * prefetch;
-            auto has = held_then(count(buffered_in_queue, q.name) + count(running_in_queue, q.name));
-            c.queues.emplace_back(q.name, std::min(room, limit - std::min(limit, has)));
+            const auto held = count(buffered_in_queue, q.name) + count(running_in_queue, q.name);
+            c.queues.emplace_back(q.name, std::min(c.total, room_for(capacity(q) * prefetch, held)));
         }
         return c;
+    }
+
+    // The room a claim sent now takes, for `limit` jobs and `held` now.
+    // held_then() is an estimate, from past runs: whatever it says, the
+    // jobs held once the claim returns are at most twice the limit, as
+    // server_options::prefetch promises (a transaction far longer than the
+    // runs would otherwise claim a full buffer again and again, ahead of
+    // workers that turn out slower than their past runs).
+    std::size_t room_for(std::size_t limit, std::size_t held) const
+    {
+        const auto room = limit - std::min(limit, held_then(held));
+        return std::min(room, 2 * limit - std::min(2 * limit, held));
     }
 
     // How many jobs per worker a claim takes. Claims of a few quick jobs per
@@ -282,8 +291,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
         if (ahead <= 1)
             return true;
         const auto cap = options().workers * ahead;
-        const auto held = held_then(buffered.size() + running.size());
-        const auto room = cap - std::min(cap, held);
+        const auto room = room_for(cap, buffered.size() + running.size());
         return room * 4 >= cap * 3 || done.size() >= cap;
     }
     // But not for longer than this: workers taken by runs far longer than

@@ -249,8 +249,9 @@ struct server_options {
     // going by the runs it has seen), because claims of many jobs per commit
     // are what make a fast drain; slower jobs are claimed one per free
     // worker, so that two nodes share them. Jobs quicker than a claim's
-    // transaction count as run before it returns, so while one is in
-    // flight a node may hold up to twice this. A node that dies charges an
+    // transaction count as run before it returns, so a node may hold up to
+    // twice this, never more (its workers may be slower than its past runs
+    // said). A node that dies charges an
     // attempt only to the jobs whose start it had reported (with the lease
     // renewals, every heartbeat_interval): a job claimed ahead and never
     // started, or started too recently to be reported, gets its attempt
