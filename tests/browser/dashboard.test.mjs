@@ -129,9 +129,11 @@ try {
     await page.click('tbody tr a');
     await page.waitForSelector('#children a');
     assert.match(await page.textContent('#children'), /\(succeeded\)|\(available\)|\(running\)/);
+    // The parent's page has #args too: wait for the child's own heading.
+    const child = (await page.textContent('#children a')).match(/^\d+/)[0];
     await page.click('#children a');
+    await until('the continuation shown', async () => (await page.textContent('h2')).trim() === `Job ${child}`);
     await page.waitForSelector('#args');
-    assert.match(await page.textContent('h2'), /Job \d+/);
     assert.match(await page.textContent('main'), /publish/);
   });
 
