@@ -978,6 +978,36 @@ TEST_CASE("jobs: a node draining quick jobs waits for room before each transacti
     CHECK(calls < jobs_count / 4);
 }
 
+namespace {
+// A started host of two workers with a "quick" kind and a "long" one whose
+// runs last `long_run`, that has run twenty quick jobs: it claims ahead.
+hosting::host quick_learned_host(const std::shared_ptr<jobs::storage>& store, std::size_t prefetch,
+                                 std::chrono::milliseconds long_run, test::recorder& r)
+{
+    auto options = quick_server();
+    options.workers = 2;
+    options.prefetch = prefetch;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    jobs::add_jobs(builder, store, options)
+        .register_kind<int>("quick",
+                            [&r](int, jobs::job_context&) -> asio::awaitable<void> {
+                                r.add("quick");
+                                co_return;
+                            })
+        .register_kind<int>("long", [&r, long_run](int, jobs::job_context& context) -> asio::awaitable<void> {
+            r.add("long");
+            co_await hosting::delay(long_run, context.stop_token());
+        });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    host.start_blocking();
+    for (int i = 0; i < 20; ++i)
+        client.enqueue_blocking("quick", i);
+    REQUIRE(r.wait_for_count(20));
+    return host;
+}
+} // namespace
+
 TEST_CASE("jobs: a node whose quick jobs wait behind two long runs holds at most twice its prefetch",
           "[jobs][server]")
 {
@@ -1002,27 +1032,8 @@ TEST_CASE("jobs: a node whose quick jobs wait behind two long runs holds at most
         // A slow disk's commit.
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
     };
-    auto options = quick_server();
-    options.workers = 2;
-    options.prefetch = 4;
     test::recorder r;
-    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
-    jobs::add_jobs(builder, store, options)
-        .register_kind<int>("quick",
-                            [&r](int, jobs::job_context&) -> asio::awaitable<void> {
-                                r.add("quick");
-                                co_return;
-                            })
-        .register_kind<int>("long", [&r](int, jobs::job_context& context) -> asio::awaitable<void> {
-            r.add("long");
-            co_await hosting::delay(std::chrono::milliseconds(300), context.stop_token());
-        });
-    auto host = builder.build();
-    auto& client = host.services().get<jobs::client>();
-    host.start_blocking();
-    for (int i = 0; i < 20; ++i)
-        client.enqueue_blocking("quick", i);
-    REQUIRE(r.wait_for_count(20));
+    auto host = quick_learned_host(store, 4, std::chrono::milliseconds(300), r);
     {
         std::lock_guard lock(mutex);
         most = 0;
@@ -1038,7 +1049,7 @@ TEST_CASE("jobs: a node whose quick jobs wait behind two long runs holds at most
     for (int i = 0; i < 200; ++i)
         batch.push_back(request("quick", "0"));
     store->enqueue(batch, jobs::clock::now());
-    client.enqueue_blocking("quick", 0); // wakes the node
+    host.services().get<jobs::client>().enqueue_blocking("quick", 0); // wakes the node
     REQUIRE(test::eventually([&] { return store->counts()[job_state::succeeded] == 20 + 2 + 201; }, 60s));
     host.stop_blocking();
     std::lock_guard lock(mutex);
@@ -1053,36 +1064,16 @@ TEST_CASE("jobs: a node whose quick jobs wait behind two long runs holds at most
 TEST_CASE("jobs: a node holding quick jobs behind two long runs still records the ones that ended", "[jobs][server]")
 {
     auto store = std::make_shared<failing_storage>();
-    auto options = quick_server();
-    options.workers = 2;
-    options.prefetch = 64;
     test::recorder r;
-    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
-    jobs::add_jobs(builder, store, options)
-        .register_kind<int>("quick",
-                            [&r](int, jobs::job_context&) -> asio::awaitable<void> {
-                                r.add("quick");
-                                co_return;
-                            })
-        .register_kind<int>("hold", [&r](int, jobs::job_context& context) -> asio::awaitable<void> {
-            r.add("hold");
-            co_await hosting::delay(std::chrono::hours(1), context.stop_token());
-        });
-    auto host = builder.build();
-    auto& client = host.services().get<jobs::client>();
-    host.start_blocking();
-    // Quick runs first: the node learns to claim ahead.
-    for (int i = 0; i < 20; ++i)
-        client.enqueue_blocking("quick", i);
-    REQUIRE(r.wait_for_count(20));
-    // Then, claimed at once: one quick job, two that hold both workers, and
+    auto host = quick_learned_host(store, 64, std::chrono::hours(1), r);
+    // Claimed at once: one quick job, two that hold both workers, and
     // sixty quick ones left waiting behind them.
     std::vector<jobs::enqueue_request> batch;
     auto first = request("quick", "0");
     first.priority = -3;
     batch.push_back(first);
     for (int i = 0; i < 2; ++i) {
-        auto hold = request("hold", "0");
+        auto hold = request("long", "0");
         hold.priority = -2;
         batch.push_back(hold);
     }
