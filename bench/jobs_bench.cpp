@@ -361,18 +361,20 @@ void run_bare(const char* label, const char* synchronous, std::size_t count, std
         keep.async_wait([](boost::system::error_code) {});
         std::thread runner([&] { handlers.run(); });
         std::vector<double> committed, handed;
+        // Outlives the loop: the handler still notifies after its store,
+        // which the waiting thread may already have seen.
+        std::atomic<std::size_t> ran{0};
         for (std::size_t i = 0; i < samples; ++i) {
             std::this_thread::sleep_for(2ms);
-            std::atomic<bool> ran{false};
             const auto began = clock_type::now();
             commit();
             committed.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - began).count());
-            asio::post(handlers, [&] {
+            asio::post(handlers, [&, began] {
                 handed.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - began).count());
-                ran = true;
+                ++ran;
                 ran.notify_one();
             });
-            ran.wait(false);
+            ran.wait(i);
         }
         keep.cancel();
         runner.join();
