@@ -29,6 +29,7 @@
 //   crash_loop [--kills N] [--seconds S] [--workers W] [--dir D] [--sync full|normal] [--storage sqlite|postgresql]
 #include "support/fault_vfs.hpp"
 #include "support/postgres_server.hpp"
+#include "support/started_pipe.hpp"
 
 #include <hosting/hosting.hpp>
 #include <hosting/jobs/server.hpp>
@@ -102,7 +103,7 @@ std::shared_ptr<jobs::storage> open_jobs(const std::string& where, const std::st
 
 // A worker: a host running jobs from the store, recording each run.
 int worker(const std::string& db_path, const std::string& runs_path, const std::string& node, const std::string& sync,
-           char* argv0)
+           int started_fd, char* argv0)
 {
     fault_vfs::install();
     fault_vfs::lose_unsynced_writes(true);
@@ -155,6 +156,7 @@ int worker(const std::string& db_path, const std::string& runs_path, const std::
             record(context.id(), context.attempt(), "end");
         });
     auto host = builder.build();
+    const auto told = bench::tell_parent_when_started(host, started_fd);
     return host.run();
 }
 
@@ -175,6 +177,7 @@ struct worker_process {
     pid_t pid = 0;
     int slot = 0;
     int generation = 0;
+    bench::started_pipe started;
 };
 
 struct figures {
@@ -239,15 +242,18 @@ public:
             node += std::to_string(w.generation);
         }
         const std::string log = dir_ + "/crash_loop_worker" + std::to_string(slot) + ".log";
+        w.started = bench::started_pipe();
         const pid_t pid = ::fork();
         if (pid == 0) {
             const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
             ::dup2(fd, 1);
             ::dup2(fd, 2);
+            const std::string started = w.started.keep_for_child();
             ::execl(self_.c_str(), self_.c_str(), "--worker", db_.c_str(), runs_.c_str(), node.c_str(),
-                    sync_.c_str(), static_cast<char*>(nullptr));
+                    sync_.c_str(), started.c_str(), static_cast<char*>(nullptr));
             std::_Exit(127);
         }
+        w.started.forked();
         w.pid = pid;
     }
 
@@ -319,10 +325,15 @@ public:
         return false;
     }
 
+    // A worker forked after the last kill may not have its signal handlers
+    // yet: each is stopped once it has started, or has ended (which the
+    // wait then reports).
     void stop_all()
     {
-        for (auto& w : slots_)
+        for (auto& w : slots_) {
+            w.started.wait(60s);
             ::kill(w.pid, SIGTERM);
+        }
         for (auto& w : slots_) {
             int status = 0;
             ::waitpid(w.pid, &status, 0);
@@ -423,8 +434,8 @@ private:
 
 int main(int argc, char** argv)
 {
-    if (argc == 6 && std::string(argv[1]) == "--worker")
-        return worker(argv[2], argv[3], argv[4], argv[5], argv[0]);
+    if (argc == 7 && std::string(argv[1]) == "--worker")
+        return worker(argv[2], argv[3], argv[4], argv[5], std::atoi(argv[6]), argv[0]);
     long kills = 200;
     double seconds = 600;
     int workers = 3;

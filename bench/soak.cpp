@@ -13,6 +13,7 @@
 //
 //   soak [--jobs N] [--window W] [--restart-every R] [--dir D] [--storage sqlite|postgresql]
 #include "support/postgres_server.hpp"
+#include "support/started_pipe.hpp"
 
 #include <hosting/hosting.hpp>
 #include <hosting/jobs/open_storage.hpp>
@@ -57,7 +58,7 @@ namespace {
 //   timeout   outlives its 30-ms timeout every time: failed
 //   cancel    waits to be stopped; the parent cancels it: cancelled
 //   snooze    snoozes once, then returns
-int worker(const std::string& db, const std::string& node, char* argv0)
+int worker(const std::string& db, const std::string& node, int started_fd, char* argv0)
 {
     char level[] = "--Logging:LogLevel:Default=Error";
     char* args[] = {argv0, level, nullptr};
@@ -99,6 +100,7 @@ int worker(const std::string& db, const std::string& node, char* argv0)
             },
             kind);
     auto host = builder.build();
+    const auto told = bench::tell_parent_when_started(host, started_fd);
     return host.run();
 }
 
@@ -165,25 +167,34 @@ long storage_kib(const std::string& db, bool postgres)
     return static_cast<long>(total / 1024);
 }
 
-pid_t spawn(const std::string& self, const std::string& db, const std::string& node, const std::string& log)
+struct worker_process {
+    pid_t pid = 0;
+    bench::started_pipe started;
+};
+
+worker_process spawn(const std::string& self, const std::string& db, const std::string& node, const std::string& log)
 {
-    const pid_t pid = ::fork();
-    if (pid == 0) {
+    worker_process w;
+    w.pid = ::fork();
+    if (w.pid == 0) {
         const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
         ::dup2(fd, 1);
         ::dup2(fd, 2);
-        ::execl(self.c_str(), self.c_str(), "--worker", db.c_str(), node.c_str(), static_cast<char*>(nullptr));
+        const std::string started = w.started.keep_for_child();
+        ::execl(self.c_str(), self.c_str(), "--worker", db.c_str(), node.c_str(), started.c_str(),
+                static_cast<char*>(nullptr));
         std::_Exit(127);
     }
-    return pid;
+    w.started.forked();
+    return w;
 }
 
 } // namespace
 
 int main(int argc, char** argv)
 {
-    if (argc == 4 && std::string(argv[1]) == "--worker")
-        return worker(argv[2], argv[3], argv[0]);
+    if (argc == 5 && std::string(argv[1]) == "--worker")
+        return worker(argv[2], argv[3], std::atoi(argv[4]), argv[0]);
     long total = 20000;
     long window = 2000;
     long restart_every = 2;
@@ -226,9 +237,10 @@ int main(int argc, char** argv)
     auto opened = jobs::open_storage(db, "soak");
     auto& store = *opened;
 
-    const pid_t steady_worker = spawn(self, db, "steady", log);
+    auto steady_process = spawn(self, db, "steady", log);
+    const pid_t steady_worker = steady_process.pid;
     int generation = 0;
-    pid_t restarted = spawn(self, db, "restarted", log);
+    auto restarted = spawn(self, db, "restarted", log);
     long restarts = 0, violations = 0, done = 0, windows = 0;
     std::map<job_state, long> ended;
     std::mt19937 random(7);
@@ -342,13 +354,16 @@ int main(int argc, char** argv)
             }
         done += n;
         ++windows;
-        // Not after the last window: a worker stopped before its host has
-        // its signal handlers ends by SIGTERM's default action.
+        // Not after the last window: the end stops it anyway. A SIGTERM
+        // waits for the worker's start: before it, the worker has no signal
+        // handlers and SIGTERM's default action would end it.
         if (windows % restart_every == 0 && done < total) {
             const int sig = ++generation % 2 ? SIGKILL : SIGTERM;
-            ::kill(restarted, sig);
+            if (sig == SIGTERM)
+                restarted.started.wait(60s);
+            ::kill(restarted.pid, sig);
             int status = 0;
-            ::waitpid(restarted, &status, 0);
+            ::waitpid(restarted.pid, &status, 0);
             // Killed, or stopped cleanly by its SIGTERM: anything else is a
             // worker that died on its own.
             if (sig == SIGKILL ? !(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
@@ -367,10 +382,11 @@ int main(int argc, char** argv)
         }
         samples.push_back({rss_kib(steady_worker), fds(steady_worker), storage_kib(db, postgres)});
     }
-    for (pid_t pid : {steady_worker, restarted}) {
-        ::kill(pid, SIGTERM);
+    for (auto* w : {&steady_process, &restarted}) {
+        w->started.wait(60s);
+        ::kill(w->pid, SIGTERM);
         int status = 0;
-        ::waitpid(pid, &status, 0);
+        ::waitpid(w->pid, &status, 0);
         if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
             ++violations;
             std::printf("VIOLATION a worker's graceful stop ended with status %d\n", status);
