@@ -1016,14 +1016,19 @@ TEST_CASE("jobs: a cancel recorded while a job runs ends it cancelled whatever t
     // Another process cancels it: recorded and acknowledged, but node a has
     // not heard of it (its next heartbeat would tell it) when the attempt ends.
     CHECK(store->change_state(id, job_state::cancelled, "cancelled by a client", t0 + 1s) == job_state::running);
-    std::vector<jobs::completion> done{{id, 1, what, t0 + 2s, {}, "the handler ended"}};
+    // A reason and an error that JSON must escape: the words the cancel
+    // adds go inside the reason's quotes.
+    const std::string reason = "the handler ended: \"stop\" \\ \n\t\u00e9";
+    const std::string error = "a \"quoted\" \\ error\r\n";
+    std::vector<jobs::completion> done{{id, 1, what, t0 + 2s, error, reason}};
     CHECK(store->complete_and_claim(done, claim, t0 + 3s).empty());
     auto j = store->find(id);
     CHECK(j->state == job_state::cancelled);
     CHECK(j->attempt == 1); // counted, even for a snooze or a release
     CHECK_FALSE(j->cancel_requested);
     CHECK(j->lease_owner.empty());
-    CHECK(j->history.back().reason == "cancelled while running; the attempt ended: the handler ended");
+    CHECK(j->history.back().reason == "cancelled while running; the attempt ended: " + reason);
+    CHECK(j->history.back().error == error);
     CHECK(store->find(continuation)->state == job_state::awaiting);
     // Final: nothing makes it available again, not even time passing.
     CHECK(store->complete_and_claim({}, claim, t0 + 1h).empty());
