@@ -492,6 +492,52 @@ TEST_CASE("jobs: a job another node enqueues on PostgreSQL starts at once, not a
     CHECK(host.exit_code() == 0);
 }
 
+TEST_CASE("jobs: two hosts on one PostgreSQL storage object both hear other nodes' work, and one's stop leaves the "
+          "other hearing",
+          "[jobs][postgresql]")
+{
+    REQUIRE_POSTGRES();
+    temp_db db;
+    auto shared = make_storage("postgresql", db);
+    test::recorder r;
+    std::vector<std::unique_ptr<hosting::host>> hosts;
+    for (const char* node : {"node-a", "node-b"}) {
+        auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+        auto options = quick_server();
+        options.node_id = node;
+        // Neither a poll nor a heartbeat (whose claim would find the job
+        // too) comes within the waits below: only a notification does.
+        options.poll_interval = 60s;
+        options.heartbeat_interval = 60s;
+        options.lease_duration = 180s;
+        jobs::add_jobs(builder, shared, options)
+            .register_kind<std::string>("note", [&r, node](std::string what, jobs::job_context&)
+                                                    -> asio::awaitable<void> {
+                r.add(std::string(node) + " ran " + what);
+                co_return;
+            });
+        hosts.push_back(std::make_unique<hosting::host>(builder.build()));
+        hosts.back()->start_blocking();
+    }
+    auto elsewhere = make_storage("postgresql", db);
+    auto ran = [&](const std::string& what) {
+        return test::eventually(
+            [&] { return r.count("node-a ran " + what) + r.count("node-b ran " + what) == 1; }, 20s);
+    };
+    const auto first = elsewhere->enqueue(std::vector{request("note", "\"first\"")}, jobs::clock::now())[0].id;
+    CHECK(ran("first"));
+    // Its completion committed, and the claim that went with it: both
+    // servers are idle until they hear of more.
+    REQUIRE(test::eventually([&] { return elsewhere->find(first)->state == job_state::succeeded; }, 20s));
+    // One host stops; the other still hears.
+    hosts[1]->stop_blocking();
+    CHECK(hosts[1]->exit_code() == 0);
+    elsewhere->enqueue(std::vector{request("note", "\"second\"")}, jobs::clock::now());
+    CHECK(test::eventually([&] { return r.count("node-a ran second") == 1; }, 20s));
+    hosts[0]->stop_blocking();
+    CHECK(hosts[0]->exit_code() == 0);
+}
+
 TEST_CASE("jobs: jobs enqueued in the caller's own PostgreSQL transaction commit or roll back with it",
           "[jobs][postgresql]")
 {

@@ -7,6 +7,7 @@
 #include <boost/asio/co_spawn.hpp>
 
 #include <algorithm>
+#include <map>
 #include <random>
 #include <unistd.h>
 
@@ -118,6 +119,81 @@ namespace detail {
 
 void register_kind(engine& e, kind_entry entry) { e.add_kind(std::move(entry)); }
 
+namespace {
+
+// The servers of this process that hear of other processes' work through
+// one storage object. A storage calls one function (storage::
+// listen_for_work), and two hosts may share a storage: each server's waker
+// joins the storage's list here, the storage calls them all, and the last
+// one out stops it listening. Without the list, the second host's waker
+// took the first's place, and the first host's stop left the second
+// deaf: it found other processes' work only at its next poll.
+class work_listeners {
+public:
+    // Never destroyed: an engine may go during the process's exit.
+    static work_listeners& of_process()
+    {
+        static auto* all = new work_listeners;
+        return *all;
+    }
+
+    // Replaces the function `who` had on this storage, if any.
+    void add(storage& s, const void* who, std::function<void()> fn)
+    {
+        std::lock_guard lock(mutex_);
+        auto& list = lists_[&s];
+        if (!list) {
+            // In the list before the storage listens: its first look, once
+            // connected, must reach the server.
+            list = std::make_shared<wakers>();
+            list->fns.emplace_back(who, std::move(fn));
+            s.listen_for_work([list] { list->call(); });
+            return;
+        }
+        std::lock_guard inner(list->mutex);
+        std::erase_if(list->fns, [&](const auto& f) { return f.first == who; });
+        list->fns.emplace_back(who, std::move(fn));
+    }
+
+    // Returns once no call of `who`'s function runs.
+    void remove(storage& s, const void* who)
+    {
+        std::lock_guard lock(mutex_);
+        const auto it = lists_.find(&s);
+        if (it == lists_.end())
+            return;
+        bool empty = false;
+        {
+            std::lock_guard inner(it->second->mutex);
+            std::erase_if(it->second->fns, [&](const auto& f) { return f.first == who; });
+            empty = it->second->fns.empty();
+        }
+        if (!empty)
+            return;
+        lists_.erase(it);
+        // Joins the storage's listening thread, which takes its list's
+        // lock and never this one; held meanwhile, so that a server that
+        // starts listening on this storage now comes after the stop.
+        s.listen_for_work({});
+    }
+
+private:
+    struct wakers {
+        std::mutex mutex;
+        std::vector<std::pair<const void*, std::function<void()>>> fns;
+        void call()
+        {
+            std::lock_guard lock(mutex);
+            for (const auto& f : fns)
+                f.second();
+        }
+    };
+    std::mutex mutex_;
+    std::map<const storage*, std::shared_ptr<wakers>> lists_;
+};
+
+} // namespace
+
 engine::engine(std::shared_ptr<storage> store, server_options options)
     : store_(std::move(store)), options_(std::move(options))
 {
@@ -143,6 +219,9 @@ engine::~engine()
     reads_changed_.notify_all();
     thread_.join();
     reader_.join();
+    // A server clears its waker as it stops; one that never got there must
+    // not leave its waker with the storage.
+    work_listeners::of_process().remove(*store_, this);
 }
 
 void engine::add_kind(kind_entry entry)
@@ -254,7 +333,11 @@ void engine::read_loop()
 void engine::set_waker(std::function<void()> fn)
 {
     // Work other nodes enqueue wakes the server as this process's own does.
-    store_->listen_for_work(fn);
+    auto& listeners = work_listeners::of_process();
+    if (fn)
+        listeners.add(*store_, this, fn);
+    else
+        listeners.remove(*store_, this);
     std::lock_guard lock(mutex_);
     waker_ = std::move(fn);
 }
