@@ -408,7 +408,9 @@ public:
     // another connection commits jobs that can run now, so that the server
     // claims them at once rather than at its next poll. An empty function
     // stops it, and returns once no call of the previous one runs. The
-    // default hears nothing: the server finds such work by polling.
+    // default hears nothing: the server finds such work by polling. One
+    // function at a time: the servers of a process that share a storage
+    // object set one between them, which wakes them all.
     virtual void listen_for_work(std::function<void()> wake) { (void)wake; }
 
 protected:
