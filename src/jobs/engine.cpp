@@ -147,7 +147,13 @@ public:
             // connected, must reach the server.
             list = std::make_shared<wakers>();
             list->fns.emplace_back(who, std::move(fn));
-            s.listen_for_work([list] { list->call(); });
+            try {
+                s.listen_for_work([list] { list->call(); });
+            } catch (...) {
+                // Not listening: the next server to come tries again.
+                lists_.erase(&s);
+                throw;
+            }
             return;
         }
         std::lock_guard inner(list->mutex);
