@@ -272,6 +272,7 @@ public:
     jobs::memory_storage inner;
     std::function<void(std::size_t)> on_enqueue; // sees each batch's size first
     std::function<void(std::size_t, const jobs::claim_request&)> on_claim; // each completions' count and claim
+    std::function<void(bool)> on_listen; // each start (true) and stop (false) of listening for others' work
     void check()
     {
         if (down)
@@ -297,6 +298,11 @@ public:
     {
         check();
         return inner.renew_leases(node, h, l, n);
+    }
+    void listen_for_work(std::function<void()> wake) override
+    {
+        if (on_listen)
+            on_listen(static_cast<bool>(wake));
     }
     std::vector<jobs::job_id> recover_expired(jobs::time_point n) override { return inner.recover_expired(n); }
     std::vector<jobs::job_id> recover_node(const std::string& node, jobs::time_point n) override

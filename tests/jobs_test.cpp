@@ -5,6 +5,8 @@
 
 #include "../bench/support/fault_vfs.hpp"
 
+#include <future>
+
 TEST_CASE("jobs: the state machine allows exactly its transitions", "[jobs]")
 {
     using s = job_state;
@@ -895,6 +897,50 @@ TEST_CASE("jobs: metrics count outcomes and a health check reports an unreachabl
     REQUIRE(sink->wait_for("storage unreachable (test)"));
     store->down = false;
     host.stop_blocking();
+}
+
+TEST_CASE("jobs: a host whose storage is slow to stop listening holds up no host of another storage",
+          "[jobs][server]")
+{
+    // A PostgreSQL storage's listening thread may take a while to end (its
+    // server stopped answering): only the hosts on that storage wait.
+    auto slow = std::make_shared<failing_storage>();
+    std::promise<void> stopping_entered;
+    std::promise<void> release;
+    auto released = release.get_future().share();
+    slow->on_listen = [&, entered = false](bool listening) mutable {
+        if (listening || std::exchange(entered, true))
+            return;
+        stopping_entered.set_value();
+        released.wait();
+    };
+    auto make_host = [](std::shared_ptr<jobs::storage> store) {
+        auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+        jobs::add_jobs(builder, std::move(store), quick_server())
+            .register_kind<int>("count", [](int, jobs::job_context&) -> asio::awaitable<void> { co_return; });
+        return std::make_unique<hosting::host>(builder.build());
+    };
+    auto stuck = make_host(slow);
+    stuck->start_blocking();
+    auto stuck_stop = std::async(std::launch::async, [&] { stuck->stop_blocking(); });
+    REQUIRE(stopping_entered.get_future().wait_for(20s) == std::future_status::ready);
+
+    auto other_store = std::make_shared<failing_storage>();
+    std::atomic<int> listens{0};
+    other_store->on_listen = [&](bool) { ++listens; };
+    auto other = make_host(other_store);
+    auto other_run = std::async(std::launch::async, [&] {
+        other->start_blocking();
+        other->stop_blocking();
+    });
+    const bool other_done = other_run.wait_for(20s) == std::future_status::ready;
+    release.set_value(); // whatever happened, let the stuck host end
+    CHECK(other_done);
+    CHECK(stuck_stop.wait_for(20s) == std::future_status::ready);
+    other_run.wait();
+    CHECK(listens == 2); // it started and stopped listening, while the other storage's stop went on
+    CHECK(other->exit_code() == 0);
+    CHECK(stuck->exit_code() == 0);
 }
 
 TEST_CASE("jobs: readiness fails while a SQLite file's disk is full, and jobs run again once it has room",

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <map>
+#include <utility>
 #include <random>
 #include <unistd.h>
 
@@ -140,47 +141,46 @@ public:
     // Replaces the function `who` had on this storage, if any.
     void add(storage& s, const void* who, std::function<void()> fn)
     {
-        std::lock_guard lock(mutex_);
-        auto& list = lists_[&s];
-        if (!list) {
+        for (;;) {
+            const auto e = entry_of(s, true);
+            std::lock_guard turn(e->turn);
+            if (!is_current(s, e))
+                continue; // its last server left meanwhile: the storage has a new entry
             // In the list before the storage listens: its first look, once
             // connected, must reach the server.
-            list = std::make_shared<wakers>();
-            list->fns.emplace_back(who, std::move(fn));
-            try {
-                s.listen_for_work([list] { list->call(); });
-            } catch (...) {
-                // Not listening: the next server to come tries again.
-                lists_.erase(&s);
-                throw;
+            e->list->replace(who, std::move(fn));
+            if (!e->listening) {
+                try {
+                    s.listen_for_work([list = e->list] { list->call(); });
+                } catch (...) {
+                    // Not listening: the next server to come tries again.
+                    if (e->list->remove(who))
+                        forget(s, e);
+                    throw;
+                }
+                e->listening = true;
             }
             return;
         }
-        std::lock_guard inner(list->mutex);
-        std::erase_if(list->fns, [&](const auto& f) { return f.first == who; });
-        list->fns.emplace_back(who, std::move(fn));
     }
 
     // Returns once no call of `who`'s function runs.
     void remove(storage& s, const void* who)
     {
-        std::lock_guard lock(mutex_);
-        const auto it = lists_.find(&s);
-        if (it == lists_.end())
+        const auto e = entry_of(s, false);
+        if (!e)
             return;
-        bool empty = false;
-        {
-            std::lock_guard inner(it->second->mutex);
-            std::erase_if(it->second->fns, [&](const auto& f) { return f.first == who; });
-            empty = it->second->fns.empty();
-        }
-        if (!empty)
+        std::lock_guard turn(e->turn);
+        if (!e->list->remove(who))
             return;
-        lists_.erase(it);
-        // Joins the storage's listening thread, which takes its list's
-        // lock and never this one; held meanwhile, so that a server that
-        // starts listening on this storage now comes after the stop.
-        s.listen_for_work({});
+        // Joins the storage's listening thread, which takes its list's lock
+        // and neither of these. Only this storage's servers wait meanwhile
+        // (a server that starts listening on it comes after the stop): a
+        // listener slow to end, on a server that stopped answering, holds
+        // up no other storage's hosts.
+        if (std::exchange(e->listening, false))
+            s.listen_for_work({});
+        forget(s, e);
     }
 
 private:
@@ -193,9 +193,55 @@ private:
             for (const auto& f : fns)
                 f.second();
         }
+        void replace(const void* who, std::function<void()> fn)
+        {
+            std::lock_guard lock(mutex);
+            std::erase_if(fns, [&](const auto& f) { return f.first == who; });
+            fns.emplace_back(who, std::move(fn));
+        }
+        // Whether the list is empty now.
+        bool remove(const void* who)
+        {
+            std::lock_guard lock(mutex);
+            std::erase_if(fns, [&](const auto& f) { return f.first == who; });
+            return fns.empty();
+        }
     };
-    std::mutex mutex_;
-    std::map<const storage*, std::shared_ptr<wakers>> lists_;
+    // One storage's list, and its turn: its servers come and go one at a
+    // time, so that listening starts and stops in the order they do.
+    struct entry {
+        std::mutex turn;
+        bool listening = false; // by the turn
+        std::shared_ptr<wakers> list = std::make_shared<wakers>();
+    };
+
+    std::shared_ptr<entry> entry_of(storage& s, bool create)
+    {
+        std::lock_guard lock(mutex_);
+        const auto it = entries_.find(&s);
+        if (it != entries_.end())
+            return it->second;
+        if (!create)
+            return nullptr;
+        return entries_.emplace(&s, std::make_shared<entry>()).first->second;
+    }
+    bool is_current(storage& s, const std::shared_ptr<entry>& e)
+    {
+        std::lock_guard lock(mutex_);
+        const auto it = entries_.find(&s);
+        return it != entries_.end() && it->second == e;
+    }
+    // With e's turn held: the storage's next server makes a new entry.
+    void forget(storage& s, const std::shared_ptr<entry>& e)
+    {
+        std::lock_guard lock(mutex_);
+        const auto it = entries_.find(&s);
+        if (it != entries_.end() && it->second == e)
+            entries_.erase(it);
+    }
+
+    std::mutex mutex_; // the map alone; never held while a storage is called
+    std::map<const storage*, std::shared_ptr<entry>> entries_;
 };
 
 } // namespace
