@@ -1573,12 +1573,23 @@ struct postgres_storage::listener {
         char* quoted = PQescapeIdentifier(conn, channel.data(), channel.size());
         bool listening = false;
         if (quoted) {
-            PGresult* r = PQexec(conn, (std::string("LISTEN ") + quoted).c_str());
-            listening = PQresultStatus(r) == PGRES_COMMAND_OK;
-            PQclear(r);
+            listening = PQsendQuery(conn, (std::string("LISTEN ") + quoted).c_str()) == 1;
             PQfreemem(quoted);
         }
-        if (!listening) {
+        // Its results waited for as the connection was, so that a server
+        // that stopped answering holds up neither this thread's stop nor
+        // the servers waiting for it.
+        bool ok = false;
+        while (listening) {
+            while (listening && PQisBusy(conn) == 1)
+                listening = wait(PQsocket(conn), POLLIN, 10000) && PQconsumeInput(conn) == 1;
+            PGresult* r = listening ? PQgetResult(conn) : nullptr;
+            if (!r)
+                break;
+            ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+            PQclear(r);
+        }
+        if (!listening || !ok) {
             PQfinish(conn);
             return nullptr;
         }
