@@ -295,6 +295,36 @@ TEST_CASE("jobs: a PostgreSQL server out of reach is a storage_error that holds 
     }
 }
 
+TEST_CASE("jobs: a PostgreSQL heartbeat folds the counts only when there are changes to fold", "[jobs][postgresql]")
+{
+    // Every node's heartbeat folds; a fold with nothing to do rewrote every
+    // row of the counts, a write and dead rows every beat of an idle cluster.
+    REQUIRE_POSTGRES();
+    temp_db db;
+    jobs::postgres_storage s(postgres_conninfo(), jobs::postgres_options{.schema = db.schema});
+    session sql(postgres_conninfo());
+    const std::string table = "\"" + db.schema + "\".job_counts";
+    const auto rows = [&] { return sql.exec("SELECT count(*) FROM " + table); };
+    const auto places = [&] { return sql.exec("SELECT string_agg(ctid::text, ',' ORDER BY ctid) FROM " + table); };
+    jobs::node_info node;
+    node.id = "node-a";
+    node.workers = 2;
+    const auto now = jobs::clock::now();
+    s.enqueue(std::vector{request("note", "1"), request("note", "2")}, now);
+    s.enqueue(std::vector{request("note", "3")}, now);
+    CHECK(rows() == "2");
+    s.announce_node(node, now);
+    REQUIRE(rows() == "1");
+    const auto folded = places();
+    s.announce_node(node, now);
+    CHECK(places() == folded);
+    s.enqueue(std::vector{request("note", "4")}, now);
+    s.announce_node(node, now);
+    CHECK(rows() == "1");
+    CHECK(places() != folded);
+    CHECK(s.counts()[job_state::available] == 4);
+}
+
 TEST_CASE("jobs: open_storage picks the storage its location names", "[jobs][postgresql]")
 {
     temp_db db;

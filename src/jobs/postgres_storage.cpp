@@ -2125,9 +2125,11 @@ void postgres_storage::announce_node(const node_info& node, time_point now)
                    .add(json_array_of(node.queue_limits)));
     });
     // The count deltas since the last fold become one row per queue, kind
-    // and state, by whichever node gets there first.
+    // and state, by whichever node gets there first, and only when some
+    // group has more than one: an idle cluster's beats write nothing.
     c.write([&] {
         c.exec("WITH folded AS (DELETE FROM job_counts WHERE pg_try_advisory_xact_lock(hashtextextended($1, 7202)) "
+               "AND EXISTS (SELECT FROM job_counts GROUP BY queue, kind, state HAVING count(*) > 1) "
                "RETURNING queue, kind, state, n) "
                "INSERT INTO job_counts SELECT queue, kind, state, sum(n) FROM folded GROUP BY queue, kind, state "
                "HAVING sum(n) <> 0",
