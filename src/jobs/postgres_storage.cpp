@@ -923,10 +923,13 @@ struct postgres_storage::connection {
         for (const auto& s : steps)
             sent = sent && send(s.name, s.values) != 0;
         sent = sent && PQpipelineSync(conn.get()) != 0;
+        no_answer.clear();
         std::vector<result> out;
         out.reserve(steps.size());
+        // Once one answer did not come in time, the others are not waited
+        // for: the call's bound is one statement_timeout, not one per step.
         for (std::size_t i = 0; i < steps.size(); ++i)
-            out.emplace_back(answer(sent ? 1 : 0));
+            out.emplace_back(sent && !broken ? answer(1) : nullptr);
         if (sent && !broken) {
             result sync(answer(1));
             if (!sync.raw() || PQresultStatus(sync.raw()) != PGRES_PIPELINE_SYNC)
