@@ -635,6 +635,78 @@ TEST_CASE("jobs: jobs enqueued in the caller's own PostgreSQL transaction commit
     CHECK(host.exit_code() == 0);
 }
 
+TEST_CASE("jobs: a node renews its leases while an application's open transaction holds up one of its "
+          "completions",
+          "[jobs][postgresql]")
+{
+    // An application enqueues a continuation of a running job in its own
+    // transaction, and keeps the transaction open. The job ends: its
+    // completion waits for the application's commit. The node's renewals
+    // go through the same storage thread, and must not wait with it: its
+    // other job's lease would expire and another node run that job too.
+    REQUIRE_POSTGRES();
+    temp_db db;
+    auto store = std::make_shared<jobs::postgres_storage>(postgres_conninfo(), jobs::postgres_options{.schema = db.schema});
+    auto sink = std::make_shared<test::capture_sink>();
+    test::recorder r;
+    std::atomic<bool> parent_may_end{false};
+    std::atomic<bool> long_may_end{false};
+    auto builder = test::make_builder(sink);
+    auto options = quick_server(); // a lease of 1 s, renewed every 100 ms
+    jobs::add_jobs(builder, store, options)
+        .register_kind<int>("parent", [&](int, jobs::job_context& context) -> asio::awaitable<void> {
+            r.add("parent started");
+            while (!parent_may_end)
+                co_await hosting::delay(10ms, context.stop_token());
+            r.add("parent ended");
+        })
+        .register_kind<int>("long", [&](int, jobs::job_context& context) -> asio::awaitable<void> {
+            r.add("long started");
+            while (!long_may_end)
+                co_await hosting::delay(10ms, context.stop_token());
+        })
+        .register_kind<int>("child", [&](int, jobs::job_context&) -> asio::awaitable<void> {
+            r.add("child ran");
+            co_return;
+        });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    host.start_blocking();
+    const auto long_job = client.enqueue_blocking("long", 1).id;
+    const auto parent = client.enqueue_blocking("parent", 2).id;
+    REQUIRE(r.wait_for("long started", 20s));
+    REQUIRE(r.wait_for("parent started", 20s));
+
+    session app(postgres_conninfo());
+    app.exec("BEGIN");
+    auto child = request("child", "3");
+    child.parent_id = parent;
+    REQUIRE(store->enqueue_in_transaction(app.get(), std::vector{child}).size() == 1);
+    parent_may_end = true;
+    REQUIRE(r.wait_for("parent ended", 20s));
+    const auto ended = jobs::clock::now();
+    // The completion waits on the application; the long job's lease goes
+    // on being renewed, past three leases after the parent ended.
+    const bool renewed = test::eventually(
+        [&] {
+            const auto j = store->find(long_job, false);
+            return j && j->lease_expires > ended + 3 * options.lease_duration;
+        },
+        20s);
+    CHECK(renewed);
+    CHECK(sink->has("a quarter of the lease"));
+    CHECK(store->find(parent, false)->state == job_state::running); // not completed yet
+    app.exec("COMMIT");
+    CHECK(test::eventually([&] { return store->find(parent, false)->state == job_state::succeeded; }, 20s));
+    CHECK(r.wait_for("child ran", 20s));
+    long_may_end = true;
+    CHECK(test::eventually([&] { return store->find(long_job, false)->state == job_state::succeeded; }, 20s));
+    host.stop_blocking();
+    CHECK(host.exit_code() == 0);
+    CHECK(r.count("long started") == 1);
+    CHECK(store->find(long_job, false)->attempt == 1);
+}
+
 TEST_CASE("jobs: a continuation cancelled while its parent's node settles it stays cancelled",
           "[jobs][postgresql]")
 {

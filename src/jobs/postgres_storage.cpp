@@ -522,8 +522,9 @@ std::vector<prepared_sql> make_statements()
              ") RETURNING id, queue, kind, state), " +
              counted("added") + " SELECT id FROM added"},
         {"find_unique", "SELECT id FROM jobs WHERE unique_slot = $1"},
-        // For this transaction only (write_generic()).
-        {"generic_plans", "SELECT set_config('plan_cache_mode', 'force_generic_plan', true)"},
+        // For this transaction only (write_generic()); $1 the lock_timeout.
+        {"generic_plans",
+         "SELECT set_config('plan_cache_mode', 'force_generic_plan', true), set_config('lock_timeout', $1, true)"},
         // $2 new state, $3 attempt delta, $4 run_at or NULL, $5 error or NULL, $6 now, $7 reason.
         {"complete",
          "WITH ended AS (UPDATE jobs SET " +
@@ -695,6 +696,9 @@ struct postgres_storage::connection {
     // The transaction write_generic() began: its statements run on generic
     // plans (see "generic_plans").
     bool generic = false;
+    // And wait no longer than this for a lock (milliseconds, "0" for no
+    // bound).
+    std::string lock_wait = "0";
     // The pool's generation when this connection was last known good.
     std::uint64_t generation = 0;
 
@@ -806,9 +810,15 @@ struct postgres_storage::connection {
         if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK)
             return;
         const char* state = raw ? PQresultErrorField(raw, PG_DIAG_SQLSTATE) : nullptr;
-        const std::string message = raw                 ? trimmed(PQresultErrorMessage(raw))
-                                    : !no_answer.empty() ? no_answer
-                                                         : trimmed(PQerrorMessage(conn.get()));
+        std::string message = raw                 ? trimmed(PQresultErrorMessage(raw))
+                              : !no_answer.empty() ? no_answer
+                                                   : trimmed(PQerrorMessage(conn.get()));
+        if (state && std::string_view(state) == "55P03" && lock_wait != "0")
+            message.append(" (after ")
+                .append(lock_wait)
+                .append(" ms, a quarter of the lease: another transaction holds what this one must change, "
+                        "such as one that enqueued a continuation of a job ending here and has not committed; "
+                        "the node renews its leases and tries again)");
         throw server_error("jobs: " + where() + ": " + what + ": " + message, state ? state : "");
     }
 
@@ -914,7 +924,7 @@ struct postgres_storage::connection {
         if (std::exchange(begin_pending, false)) {
             began = true;
             if (generic)
-                steps.insert(steps.begin(), step{"generic_plans", {}});
+                steps.insert(steps.begin(), step{"generic_plans", params().add(lock_wait)});
             steps.insert(steps.begin(), step{"BEGIN", {}});
         }
         if (PQenterPipelineMode(conn.get()) == 0)
@@ -1041,14 +1051,21 @@ struct postgres_storage::connection {
     // generic one, and planning costs more than running it), and the
     // plans it makes have the same shape: ids through the primary key,
     // candidates in the order of jobs_ready.
+    // A lock_bound above zero bounds each wait for a lock (see
+    // complete_and_claim()).
     template <class F>
-    auto write_generic(F&& body)
+    auto write_generic(F&& body, std::chrono::milliseconds lock_bound = {})
     {
         generic = true;
+        lock_wait = std::to_string(std::max<std::int64_t>(0, lock_bound.count()));
         struct reset {
-            bool& flag;
-            ~reset() { flag = false; }
-        } done{generic};
+            connection& c;
+            ~reset()
+            {
+                c.generic = false;
+                c.lock_wait = "0";
+            }
+        } done{*this};
         return write(std::forward<F>(body));
     }
 
@@ -1937,14 +1954,23 @@ std::vector<job> postgres_storage::complete_and_claim(std::span<const completion
             c.resolve_children(unforeseen, now);
         }
     };
+    // The node renews its leases on this thread, between calls: a wait for
+    // a lock that another transaction holds for long (an application's,
+    // which enqueued a continuation of a job ending here or a job with a
+    // unique key claimed here, and has not committed) would let them
+    // expire, and other nodes run its jobs while it lives. A quarter of the
+    // lease, and the call fails; the engine sends it again later.
+    const auto lock_bound = std::chrono::duration_cast<std::chrono::milliseconds>(claim.lease_until - now) / 4;
     bool keyed = false;
-    auto claimed = c.write_generic([&] {
-        settle();
-        return claim_jobs(c, claim, now, keyed);
-    });
+    auto claimed = c.write_generic(
+        [&] {
+            settle();
+            return claim_jobs(c, claim, now, keyed);
+        },
+        lock_bound);
     if (!keyed)
         return claimed;
-    return c.write_generic([&] { return claim_in_order(c, claim, now); });
+    return c.write_generic([&] { return claim_in_order(c, claim, now); }, lock_bound);
 }
 
 lease_renewal postgres_storage::renew_leases(const std::string& node, std::span<const held_lease> held,
