@@ -126,9 +126,15 @@ namespace {
 // one storage object. A storage calls one function (storage::
 // listen_for_work), and two hosts may share a storage: each server's waker
 // joins the storage's list here, the storage calls them all, and the last
-// one out stops it listening. Without the list, the second host's waker
-// took the first's place, and the first host's stop left the second
-// deaf: it found other processes' work only at its next poll.
+// engine on it to go stops it listening. Without the list, the second
+// host's waker took the first's place, and the first host's stop left the
+// second deaf: it found other processes' work only at its next poll.
+//
+// A server's stop only leaves the list: stopping the listening joins the
+// storage's listening thread, which may be in a connection's name lookup
+// for seconds, and a stop runs on the host's event loop, whose shutdown
+// deadline must stay free to fire. The engine's end, with the host's,
+// stops it.
 class work_listeners {
 public:
     // Never destroyed: an engine may go during the process's exit.
@@ -164,14 +170,15 @@ public:
         }
     }
 
-    // Returns once no call of `who`'s function runs.
-    void remove(storage& s, const void* who)
+    // Returns once no call of `who`'s function runs. With `last_use`, the
+    // storage stops listening if no other server is on its list.
+    void remove(storage& s, const void* who, bool last_use)
     {
         const auto e = entry_of(s, false);
         if (!e)
             return;
         std::lock_guard turn(e->turn);
-        if (!e->list->remove(who))
+        if (!e->list->remove(who) || !last_use)
             return;
         // Joins the storage's listening thread, which takes its list's lock
         // and neither of these. Only this storage's servers wait meanwhile
@@ -202,6 +209,8 @@ private:
         // Whether the list is empty now.
         bool remove(const void* who)
         {
+            // Held while the function runs (call()): once this returns,
+            // none of `who`'s runs.
             std::lock_guard lock(mutex);
             std::erase_if(fns, [&](const auto& f) { return f.first == who; });
             return fns.empty();
@@ -272,8 +281,9 @@ engine::~engine()
     thread_.join();
     reader_.join();
     // A server clears its waker as it stops; one that never got there must
-    // not leave its waker with the storage.
-    work_listeners::of_process().remove(*store_, this);
+    // not leave its waker with the storage. The last engine on the storage
+    // stops its listening.
+    work_listeners::of_process().remove(*store_, this, true);
 }
 
 void engine::add_kind(kind_entry entry)
@@ -389,7 +399,7 @@ void engine::set_waker(std::function<void()> fn)
     if (fn)
         listeners.add(*store_, this, fn);
     else
-        listeners.remove(*store_, this);
+        listeners.remove(*store_, this, false);
     std::lock_guard lock(mutex_);
     waker_ = std::move(fn);
 }
