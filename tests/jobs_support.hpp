@@ -273,6 +273,7 @@ public:
     std::function<void(std::size_t)> on_enqueue; // sees each batch's size first
     std::function<void(std::size_t, const jobs::claim_request&)> on_claim; // each completions' count and claim
     std::function<void(bool)> on_listen; // each start (true) and stop (false) of listening for others' work
+    std::function<void()> on_enqueue_and_claim; // each enqueue that took the server's standing claim, first
     void check()
     {
         if (down)
@@ -298,6 +299,14 @@ public:
     {
         check();
         return inner.renew_leases(node, h, l, n);
+    }
+    enqueued_and_claimed enqueue_and_claim(std::span<const jobs::enqueue_request> j, const jobs::claim_request& c,
+                                           jobs::time_point n) override
+    {
+        check();
+        if (on_enqueue_and_claim)
+            on_enqueue_and_claim();
+        return inner.enqueue_and_claim(j, c, n);
     }
     void listen_for_work(std::function<void()> wake) override
     {

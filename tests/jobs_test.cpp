@@ -954,6 +954,67 @@ TEST_CASE("jobs: a storage slow to stop listening holds up neither its host's st
     CHECK(other_listens == 2); // started and stopped, while the other storage's stop went on
 }
 
+TEST_CASE("jobs: a stop tells running handlers at once, while an enqueue that took the server's claim is "
+          "still in the storage",
+          "[jobs][server]")
+{
+    // The server's standing claim went into an enqueue's transaction, which
+    // the storage holds (a lock, a slow disk, a server that stopped
+    // answering). The stop waits for that claim's jobs, to release them,
+    // but the handlers already running must hear of the stop first, or
+    // their grace is spent before they are told.
+    auto store = std::make_shared<failing_storage>();
+    test::recorder r;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    jobs::add_jobs(builder, store, quick_server())
+        .register_kind<int>("long", [&](int, jobs::job_context& context) -> asio::awaitable<void> {
+            r.add("long started");
+            try {
+                co_await hosting::delay(1h, context.stop_token());
+            } catch (const hosting::operation_canceled&) {
+                r.add("long told to stop");
+                throw;
+            }
+        })
+        .register_kind<int>("quick", [](int, jobs::job_context&) -> asio::awaitable<void> { co_return; });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    host.start_blocking();
+    client.enqueue_blocking("long", 0);
+    REQUIRE(r.wait_for("long started", 20s));
+
+    std::atomic<bool> entered{false};
+    std::promise<void> entered_once;
+    std::promise<void> release;
+    auto released = release.get_future().share();
+    store->on_enqueue_and_claim = [&] {
+        if (entered.exchange(true))
+            return;
+        entered_once.set_value();
+        released.wait();
+    };
+    // Enqueues one at a time until one finds the server idle and takes its
+    // claim (the server's own claims, between them, are not held).
+    auto enqueuer = std::async(std::launch::async, [&] {
+        for (int i = 1; !entered; ++i)
+            client.enqueue_blocking("quick", i);
+    });
+    const bool held = entered_once.get_future().wait_for(20s) == std::future_status::ready;
+    if (!held)
+        release.set_value();
+    REQUIRE(held);
+
+    auto stop = std::async(std::launch::async, [&] { host.stop_blocking(); });
+    const bool told = r.wait_for("long told to stop", 20s);
+    release.set_value(); // whatever happened, let the enqueue and the stop end
+    CHECK(told);
+    enqueuer.wait();
+    stop.wait();
+    CHECK(host.exit_code() == 0);
+    const auto counts = store->inner.counts();
+    CHECK(counts[job_state::running] == 0); // the held enqueue's job went back, not lost
+}
+
 TEST_CASE("jobs: readiness fails while a SQLite file's disk is full, and jobs run again once it has room",
           "[jobs][health]")
 {

@@ -983,13 +983,15 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
     // grace period; the jobs not started go back to available.
     co_await asio::this_coro::reset_cancellation_state();
     r->stopping = true;
+    // The handlers hear first: the standing claim may be in an enqueue's
+    // transaction that the storage holds, and their grace runs meanwhile.
+    for (auto& [id, a] : r->running)
+        r->interrupt(*a, run::cause::shutdown);
+    const auto grace_end = std::chrono::steady_clock::now() + grace_;
     // Its jobs, if enqueues took it, are released below with the buffer.
     co_await r->settle_standing();
     r->housekeeping_stop.emit(asio::cancellation_type::terminal);
-    for (auto& [id, a] : r->running)
-        r->interrupt(*a, run::cause::shutdown);
     r->idle_event.emplace(r->ex, asio::steady_timer::time_point::max());
-    const auto grace_end = std::chrono::steady_clock::now() + grace_;
     while (!r->running.empty() && std::chrono::steady_clock::now() < grace_end) {
         r->idle_event->expires_at(grace_end);
         boost::system::error_code ec;
