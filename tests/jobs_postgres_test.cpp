@@ -9,7 +9,12 @@
 #include <hosting/jobs/open_storage.hpp>
 #include <hosting/jobs/postgres_storage.hpp>
 
+#include <hosting/coordination/postgres_lease_store.hpp>
+
 #include <libpq-fe.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 
 #include <cstdlib>
 #include <future>
@@ -323,6 +328,87 @@ TEST_CASE("jobs: a PostgreSQL heartbeat folds the counts only when there are cha
     CHECK(rows() == "1");
     CHECK(places() != folded);
     CHECK(s.counts()[job_state::available] == 4);
+}
+
+namespace {
+
+// The keepalive idle time and the TCP user timeout of each of this
+// process's TCP connections to `port`.
+std::vector<std::pair<int, int>> tcp_settings_to(int port)
+{
+    std::vector<std::pair<int, int>> out;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+        int fd = -1;
+        try {
+            fd = std::stoi(entry.path().filename().string());
+        } catch (const std::exception&) {
+            continue;
+        }
+        int type = 0;
+        socklen_t length = sizeof type;
+        if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) != 0 || type != SOCK_STREAM)
+            continue;
+        sockaddr_in peer{};
+        length = sizeof peer;
+        if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &length) != 0 || peer.sin_family != AF_INET ||
+            ntohs(peer.sin_port) != port)
+            continue;
+        int keepalive = 0;
+        int idle = 0;
+        unsigned user_timeout = 0;
+        length = sizeof keepalive;
+        ::getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &keepalive, &length);
+        length = sizeof idle;
+        ::getsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, &length);
+        length = sizeof user_timeout;
+        ::getsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, &length);
+        out.emplace_back(keepalive ? idle : 0, static_cast<int>(user_timeout));
+    }
+    return out;
+}
+
+} // namespace
+
+TEST_CASE("jobs: every PostgreSQL connection of the library's finds a silently dropped network within about a "
+          "minute, unless its connection string says otherwise",
+          "[jobs][postgresql]")
+{
+    // A listener that only waits for notifications sends nothing: without
+    // keepalives, a connection that a NAT or a load balancer forgot would
+    // leave it deaf for the system's two hours.
+    REQUIRE_POSTGRES();
+    temp_db db;
+    const auto conninfo = postgres_conninfo();
+    const auto at = conninfo.find("port=");
+    REQUIRE(at != std::string::npos);
+    const int port = std::stoi(conninfo.substr(at + 5));
+    CHECK(tcp_settings_to(port).empty());
+    {
+        jobs::postgres_storage store(conninfo, jobs::postgres_options{.schema = db.schema});
+        std::promise<void> heard;
+        std::atomic<bool> once{false};
+        store.listen_for_work([&] {
+            if (!once.exchange(true))
+                heard.set_value(); // connected: it looks once
+        });
+        REQUIRE(heard.get_future().wait_for(20s) == std::future_status::ready);
+        hosting::coordination::postgres_lease_store leases(
+            conninfo, hosting::coordination::postgres_lease_options{.schema = db.schema + "_leases"});
+        CHECK(leases.acquire("one", "node-a", 5s).has_value());
+        const auto settings = tcp_settings_to(port);
+        CHECK(settings.size() >= 3); // the storage's, its listener's, the lease store's
+        for (const auto& [idle, user_timeout] : settings) {
+            CHECK(idle == 30);
+            CHECK(user_timeout == 60000);
+        }
+        store.listen_for_work({});
+    }
+    CHECK(tcp_settings_to(port).empty());
+    // The caller's connection string has the last word.
+    jobs::postgres_storage store(conninfo + " keepalives_idle=45", jobs::postgres_options{.schema = db.schema});
+    const auto settings = tcp_settings_to(port);
+    REQUIRE(settings.size() == 1);
+    CHECK(settings[0].first == 45);
 }
 
 TEST_CASE("jobs: open_storage picks the storage its location names", "[jobs][postgresql]")

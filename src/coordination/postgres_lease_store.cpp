@@ -1,5 +1,6 @@
 #include <hosting/coordination/postgres_lease_store.hpp>
 
+#include "detail/postgres_connect.hpp"
 #include "detail/trimmed.hpp"
 
 #include <libpq-fe.h>
@@ -63,9 +64,7 @@ struct postgres_lease_store::impl {
         conn = nullptr;
         const auto seconds = std::to_string(std::max<long long>(
             2, std::chrono::duration_cast<std::chrono::seconds>(options.timeout).count()));
-        const char* keys[] = {"connect_timeout", "dbname", nullptr};
-        const char* values[] = {seconds.c_str(), conninfo.c_str(), nullptr};
-        conn = PQconnectdbParams(keys, values, 1);
+        conn = hosting::detail::connect_postgres(conninfo, seconds);
         if (!conn)
             throw lease_store_error("coordination: postgresql: out of memory for a connection");
         if (PQstatus(conn) != CONNECTION_OK) {

@@ -1,5 +1,6 @@
 #include <hosting/jobs/postgres_storage.hpp>
 
+#include "detail/postgres_connect.hpp"
 #include "detail/trimmed.hpp"
 #include "jobs/detail/stored.hpp"
 
@@ -723,11 +724,8 @@ struct postgres_storage::connection {
 
     void open()
     {
-        // A connection that gets no answer gives up after 10 s (unless the
-        // connection string says otherwise), rather than wait for ever.
-        const char* keys[] = {"connect_timeout", "dbname", nullptr};
-        const char* values[] = {"10", conninfo.c_str(), nullptr};
-        conn.reset(PQconnectdbParams(keys, values, 1));
+        // Gives up after 10 s without an answer (see connect_postgres).
+        conn.reset(hosting::detail::connect_postgres(conninfo, "10"));
         if (!conn)
             throw storage_error("jobs: postgresql: out of memory for a connection");
         if (PQstatus(conn.get()) != CONNECTION_OK)
@@ -1574,7 +1572,7 @@ struct postgres_storage::listener {
 
     PGconn* connect() const
     {
-        PGconn* conn = PQconnectStart(conninfo.c_str());
+        PGconn* conn = hosting::detail::connect_postgres(conninfo, "10", true);
         if (!conn)
             return nullptr;
         auto status = PGRES_POLLING_WRITING;
