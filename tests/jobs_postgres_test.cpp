@@ -793,6 +793,54 @@ TEST_CASE("jobs: a node renews its leases while an application's open transactio
     CHECK(store->find(long_job, false)->attempt == 1);
 }
 
+TEST_CASE("jobs: an enqueue that waits on an application's uncommitted job of the same unique key fails after "
+          "lock_timeout and says why",
+          "[jobs][postgresql]")
+{
+    // The enqueue runs on the node's storage thread, where its renewals run
+    // too: it must not wait there for as long as the application keeps its
+    // transaction open.
+    REQUIRE_POSTGRES();
+    temp_db db;
+    jobs::postgres_options storage_options{.schema = db.schema};
+    storage_options.statement_timeout = 10s;
+    storage_options.lock_timeout = 300ms;
+    auto store = std::make_shared<jobs::postgres_storage>(postgres_conninfo(), storage_options);
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    jobs::add_jobs(builder, store, quick_server())
+        .register_kind<int>("quick", [](int, jobs::job_context&) -> asio::awaitable<void> { co_return; });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    host.start_blocking();
+
+    session app(postgres_conninfo());
+    app.exec("BEGIN");
+    auto first = request("quick", "1");
+    first.unique_key = "only-one";
+    first.run_at = jobs::clock::now() + 1h; // stays, so that the key stays taken
+    const auto held = store->enqueue_in_transaction(app.get(), std::vector{first});
+    REQUIRE(held.size() == 1);
+    jobs::job_options keyed;
+    keyed.unique_key = "only-one";
+    std::string error;
+    const auto began = std::chrono::steady_clock::now();
+    try {
+        client.schedule_blocking("quick", 2, 1h, keyed);
+    } catch (const jobs::storage_error& e) {
+        error = e.what();
+    }
+    const auto took = std::chrono::steady_clock::now() - began;
+    INFO(error);
+    CHECK(error.find("postgres_options::lock_timeout") != std::string::npos);
+    CHECK(took < 5s); // not the statement_timeout's 10 s
+    app.exec("COMMIT");
+    const auto found = client.schedule_blocking("quick", 2, 1h, keyed);
+    CHECK_FALSE(found.created);
+    CHECK(found.id == held[0].id);
+    host.stop_blocking();
+    CHECK(host.exit_code() == 0);
+}
+
 TEST_CASE("jobs: a continuation cancelled while its parent's node settles it stays cancelled",
           "[jobs][postgresql]")
 {

@@ -697,9 +697,9 @@ struct postgres_storage::connection {
     // The transaction write_generic() began: its statements run on generic
     // plans (see "generic_plans").
     bool generic = false;
-    // And wait no longer than this for a lock (milliseconds, "0" for no
-    // bound).
-    std::string lock_wait = "0";
+    // And wait no longer than this for a lock (milliseconds; empty: the
+    // session's, postgres_options::lock_timeout).
+    std::string lock_wait;
     // The pool's generation when this connection was last known good.
     std::uint64_t generation = 0;
 
@@ -762,6 +762,12 @@ struct postgres_storage::connection {
         prepared = false;
         exec("SET search_path TO " + quoted_schema());
         exec("SET statement_timeout = " + std::to_string(options.statement_timeout.count()));
+        exec("SET lock_timeout = " + session_lock_wait());
+    }
+
+    std::string session_lock_wait() const
+    {
+        return std::to_string(std::max<std::int64_t>(0, options.lock_timeout.count()));
     }
 
     // A broken connection (the server restarted, the network dropped) is
@@ -811,12 +817,21 @@ struct postgres_storage::connection {
         std::string message = raw                 ? trimmed(PQresultErrorMessage(raw))
                               : !no_answer.empty() ? no_answer
                                                    : trimmed(PQerrorMessage(conn.get()));
-        if (state && std::string_view(state) == "55P03" && lock_wait != "0")
-            message.append(" (after ")
-                .append(lock_wait)
-                .append(" ms, a quarter of the lease: another transaction holds what this one must change, "
-                        "such as one that enqueued a continuation of a job ending here and has not committed; "
-                        "the node renews its leases and tries again)");
+        // A lock wait that our own bound ended: say whose bound, and what
+        // holds the lock.
+        if (state && std::string_view(state) == "55P03" && conn.get_deleter().owned) {
+            if (!lock_wait.empty())
+                message.append(" (after ")
+                    .append(lock_wait)
+                    .append(" ms, a quarter of the lease: another transaction holds what this one must change, "
+                            "such as one that enqueued a continuation of a job ending here and has not committed; "
+                            "the node renews its leases and tries again)");
+            else if (options.lock_timeout.count() > 0)
+                message.append(" (after postgres_options::lock_timeout, ")
+                    .append(session_lock_wait())
+                    .append(" ms: another transaction holds what this call must change, such as one that "
+                            "enqueued a job with the same unique key and has not committed)");
+        }
         throw server_error("jobs: " + where() + ": " + what + ": " + message, state ? state : "");
     }
 
@@ -922,7 +937,8 @@ struct postgres_storage::connection {
         if (std::exchange(begin_pending, false)) {
             began = true;
             if (generic)
-                steps.insert(steps.begin(), step{"generic_plans", params().add(lock_wait)});
+                steps.insert(steps.begin(),
+                             step{"generic_plans", params().add(lock_wait.empty() ? session_lock_wait() : lock_wait)});
             steps.insert(steps.begin(), step{"BEGIN", {}});
         }
         if (PQenterPipelineMode(conn.get()) == 0)
@@ -1055,13 +1071,14 @@ struct postgres_storage::connection {
     auto write_generic(F&& body, std::chrono::milliseconds lock_bound = {})
     {
         generic = true;
-        lock_wait = std::to_string(std::max<std::int64_t>(0, lock_bound.count()));
+        if (lock_bound.count() > 0)
+            lock_wait = std::to_string(lock_bound.count());
         struct reset {
             connection& c;
             ~reset()
             {
                 c.generic = false;
-                c.lock_wait = "0";
+                c.lock_wait.clear();
             }
         } done{*this};
         return write(std::forward<F>(body));
@@ -1091,7 +1108,9 @@ struct postgres_storage::connection {
     void migrate()
     {
         write([&] {
-            // Nodes that start together migrate one after the other.
+            // Nodes that start together migrate one after the other, each
+            // waiting for the one before it however long it takes.
+            exec("SET LOCAL lock_timeout = 0");
             exec("SELECT pg_advisory_xact_lock(hashtextextended($1, 7200))",
                  params().add("hosting_jobs_schema:" + options.schema));
             exec("CREATE SCHEMA IF NOT EXISTS " + quoted_schema());

@@ -23,6 +23,14 @@ struct postgres_options {
     // included) before the server cancels it and the call fails with
     // storage_error; zero: no limit.
     std::chrono::milliseconds statement_timeout{std::chrono::seconds(30)};
+    // How long one of the storage's statements waits for a lock that
+    // another transaction holds before the call fails with storage_error
+    // (an application's transaction that enqueued a job with the same
+    // unique key and has not committed, say); zero: up to the
+    // statement_timeout. Keep it well under the servers' lease: a node's
+    // renewals wait behind its storage calls. A node's claims and
+    // completions wait at most a quarter of its lease, whatever this says.
+    std::chrono::milliseconds lock_timeout{std::chrono::seconds(2)};
     // A node hears of jobs other nodes enqueue through LISTEN/NOTIFY (sent
     // in the enqueue's own transaction, so only once it commits) and claims
     // them at once; the server's polling stays as the fallback. Off: polling
