@@ -373,6 +373,8 @@ TEST_CASE("jobs dashboard: a request from another machine is refused unless allo
     for (const bool allowed : {false, true}) {
         jobs::dashboard_options options;
         options.allow_remote = allowed;
+        if (allowed)
+            options.authorize = [](const hosting::http::request&) { return jobs::dashboard_access::full; };
         site s(options, "0.0.0.0");
         const auto raw = test::raw_exchange(s.port,
                                             "GET /jobs/api/overview HTTP/1.1\r\nHost: " + *outside +
@@ -383,6 +385,90 @@ TEST_CASE("jobs dashboard: a request from another machine is refused unless allo
         CHECK(raw.starts_with(allowed ? "HTTP/1.1 200" : "HTTP/1.1 403"));
         CHECK(test::http_get(s.port, "/jobs/api/overview").status == 200); // loopback either way
     }
+}
+
+TEST_CASE("jobs dashboard: a page of another site that reaches it through its own name is refused (DNS "
+          "rebinding)",
+          "[jobs][dashboard]")
+{
+    // The attacker's page, once its name resolves to 127.0.0.1, sends its
+    // requests from this machine with the browser's same-origin marks: only
+    // the Host it names tells it apart.
+    const auto get = [](unsigned short port, const std::string& host) {
+        return test::raw_exchange(port, "GET /jobs/api/overview HTTP/1.1\r\nHost: " + host +
+                                            "\r\nConnection: close\r\n\r\n")
+            .received;
+    };
+    {
+        site s;
+        const auto port = std::to_string(s.port);
+        CHECK(get(s.port, "attacker.example:" + port).starts_with("HTTP/1.1 403"));
+        CHECK_THAT(get(s.port, "attacker.example:" + port), Catch::Contains("allowed_hosts"));
+        CHECK(get(s.port, "localhost:" + port).starts_with("HTTP/1.1 200"));
+        CHECK(get(s.port, "LOCALHOST").starts_with("HTTP/1.1 200"));
+        CHECK(get(s.port, "127.0.0.1:" + port).starts_with("HTTP/1.1 200"));
+        CHECK(get(s.port, "[::1]:" + port).starts_with("HTTP/1.1 200"));
+        CHECK(get(s.port, "127.attacker.example").starts_with("HTTP/1.1 403"));
+        // Its page, with the token it could otherwise have read, acts on nothing.
+        const auto id = s.client->enqueue_blocking("mail", 1).id;
+        const auto token = s.csrf();
+        auto refused = post(s.port, "/jobs/api/job/delete?ids=" + std::to_string(id),
+                            {"X-CSRF-Token: " + token, "Sec-Fetch-Site: same-origin"}, "127.0.0.1");
+        CHECK(refused.status == 200); // this machine's own page
+        const auto id2 = s.client->enqueue_blocking("mail", 2).id;
+        const auto raw = test::raw_exchange(s.port, "POST /jobs/api/job/delete?ids=" + std::to_string(id2) +
+                                                        " HTTP/1.1\r\nHost: attacker.example:" + port +
+                                                        "\r\nX-CSRF-Token: " + token +
+                                                        "\r\nSec-Fetch-Site: same-origin\r\nContent-Length: "
+                                                        "0\r\nConnection: close\r\n\r\n")
+                             .received;
+        CHECK(raw.starts_with("HTTP/1.1 403"));
+        CHECK(s.client->find_blocking(id2)->state == job_state::available);
+    }
+    {
+        jobs::dashboard_options options;
+        options.allowed_hosts = {"Jobs.Internal"};
+        site s(options);
+        CHECK(get(s.port, "jobs.internal:" + std::to_string(s.port)).starts_with("HTTP/1.1 200"));
+        CHECK(get(s.port, "other.internal").starts_with("HTTP/1.1 403"));
+        CHECK(get(s.port, "localhost").starts_with("HTTP/1.1 200"));
+    }
+}
+
+TEST_CASE("jobs dashboard: a storage's errors, which name where it is, are shown to users with full access only",
+          "[jobs][dashboard]")
+{
+    auto store = std::make_shared<failing_storage>();
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    auto& http = hosting::http::add_http_server(builder);
+    http.options().port = 0;
+    jobs::add_jobs(builder, store);
+    jobs::dashboard_options options;
+    options.poll_interval = std::chrono::milliseconds(100);
+    options.authorize = [](const hosting::http::request& r) {
+        return r.header("X-User") == "reader" ? jobs::dashboard_access::read_only : jobs::dashboard_access::full;
+    };
+    jobs::add_jobs_dashboard(builder, options);
+    auto host = builder.build();
+    host.start_blocking();
+    const auto port = host.services().get<hosting::http::server>().port();
+    const auto as = [&](const std::string& user, const std::string& target) {
+        return test::raw_exchange(port, "GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\nX-User: " + user +
+                                            "\r\nConnection: close\r\n\r\n")
+            .received;
+    };
+    store->down = true;
+    CHECK(test::eventually([&] { return as("admin", "/jobs/api/overview").find("unreachable (test)") !=
+                                        std::string::npos; }));
+    const auto reader_view = as("reader", "/jobs/api/overview");
+    CHECK(reader_view.find("unreachable (test)") == std::string::npos);
+    CHECK_THAT(reader_view, Catch::Contains("the storage did not answer"));
+    const auto reader_list = as("reader", "/jobs/api/jobs?state=available");
+    CHECK(reader_list.starts_with("HTTP/1.1 503"));
+    CHECK(reader_list.find("unreachable (test)") == std::string::npos);
+    CHECK_THAT(as("admin", "/jobs/api/jobs?state=available"), Catch::Contains("unreachable (test)"));
+    store->down = false;
+    host.stop_blocking();
 }
 
 TEST_CASE("jobs dashboard: the overview counts jobs by state and queue, and its chart follows what ran",
@@ -431,6 +517,13 @@ TEST_CASE("jobs dashboard: bad options name what is wrong", "[jobs][dashboard]")
     o.path = "/ops/jobs";
     o.scan_limit = 10;
     CHECK_THROWS_WITH(o.validate(), Catch::Contains("scan_limit"));
+    o.scan_limit = 1000;
+    o.allow_remote = true;
+    CHECK_THROWS_WITH(o.validate(), Catch::Contains("allow_remote needs authorize"));
+    o.authorize = [](const hosting::http::request&) { return jobs::dashboard_access::read_only; };
+    CHECK_NOTHROW(o.validate());
+    o.allowed_hosts = {"jobs.example:8081"};
+    CHECK_THROWS_WITH(o.validate(), Catch::Contains("allowed_hosts"));
     auto builder = test::make_builder(std::make_shared<test::capture_sink>());
     jobs::add_jobs_dashboard(builder);
     CHECK_THROWS_WITH(builder.build(), Catch::Contains("call add_jobs on the same builder"));

@@ -323,7 +323,11 @@ public:
         return inner.change_state(id, to, r, n);
     }
     std::optional<jobs::job> find(jobs::job_id id, bool h) override { return inner.find(id, h); }
-    std::vector<jobs::job> list(const jobs::job_filter& f) override { return inner.list(f); }
+    std::vector<jobs::job> list(const jobs::job_filter& f) override
+    {
+        check();
+        return inner.list(f);
+    }
     jobs::job_counts counts() override
     {
         check();

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cctype>
 #include <charconv>
 #include <deque>
 #include <map>
@@ -41,6 +42,14 @@ void dashboard_options::validate() const
         throw std::invalid_argument("jobs dashboard: scan_limit must be at least 100");
     if (poll_interval < std::chrono::milliseconds(100))
         throw std::invalid_argument("jobs dashboard: poll_interval must be at least 100 ms");
+    if (allow_remote && !authorize)
+        throw std::invalid_argument("jobs dashboard: allow_remote needs authorize: without it, whoever reaches the "
+                                    "server from the network could change jobs (an authorize that returns "
+                                    "dashboard_access::full for every request says so on purpose)");
+    for (const auto& name : allowed_hosts)
+        if (name.empty() || name.find_first_of(":/ \t") != std::string::npos)
+            throw std::invalid_argument("jobs dashboard: allowed_hosts holds host names without a port or a "
+                                        "scheme (got '" + name + "')");
 }
 
 namespace {
@@ -314,6 +323,44 @@ bool is_loopback(std::string_view address)
     return address.starts_with("127.") || address == "::1" || address.starts_with("::ffff:127.");
 }
 
+// The name a Host header gives, lower-cased, without its port or an IPv6
+// literal's brackets.
+std::string host_name(std::string_view host)
+{
+    std::string name;
+    if (host.starts_with('[')) {
+        const auto end = host.find(']');
+        name = host.substr(1, end == std::string_view::npos ? std::string_view::npos : end - 1);
+    } else {
+        const auto colon = host.find(':');
+        name = host.substr(0, colon);
+    }
+    for (auto& c : name)
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return name;
+}
+
+// A browser sends the name it reached the server by: a name that only a
+// rebinding could have sent to a loopback address is another site's page.
+// A request with no Host comes from no browser, and is judged by the rest.
+bool host_allowed(const http::request& r, const dashboard_options& o)
+{
+    const auto host = r.header("Host");
+    if (!host)
+        return true;
+    const auto name = host_name(*host);
+    const bool loopback_name = name == "localhost" || name.ends_with(".localhost") ||
+                               (name.starts_with("127.") &&
+                                name.find_first_not_of("0123456789.") == std::string::npos) ||
+                               name == "::1";
+    if (loopback_name)
+        return true;
+    if (!o.allowed_hosts.empty())
+        return std::any_of(o.allowed_hosts.begin(), o.allowed_hosts.end(),
+                           [&](const std::string& allowed) { return host_name(allowed) == name; });
+    return o.allow_remote;
+}
+
 // Same-origin for a state-changing request: a browser's Sec-Fetch-Site,
 // or failing that its Origin against the Host it was sent to; a request
 // with neither (not from a browser page) is refused too.
@@ -365,12 +412,17 @@ public:
     asio::awaitable<http::response> handle(const http::request& r)
     {
         http::response out;
+        auto access = dashboard_access::none;
         try {
-            out = co_await route(r);
+            out = co_await route(r, access);
         } catch (const std::invalid_argument& e) {
             out = http::response::error(400, e.what());
         } catch (const std::exception& e) {
-            out = http::response::error(503, std::string("the jobs storage failed: ") + e.what());
+            // A storage's errors name where it is (a file's path, a
+            // server's address): for those who may act on it only.
+            out = http::response::error(503, access == dashboard_access::full
+                                                 ? std::string("the jobs storage failed: ") + e.what()
+                                                 : std::string("the jobs storage failed"));
         }
         // No inline script or style anywhere: a job's text that slipped
         // into markup could run nothing.
@@ -384,12 +436,16 @@ public:
     }
 
 private:
-    asio::awaitable<http::response> route(const http::request& r)
+    asio::awaitable<http::response> route(const http::request& r, dashboard_access& seen)
     {
         const auto& o = state_->options;
         if (!o.allow_remote && !is_loopback(r.remote_address))
             co_return http::response::error(403, "the jobs dashboard answers this machine only (allow_remote)");
+        if (!host_allowed(r, o))
+            co_return http::response::error(403, "the jobs dashboard does not answer to this host name "
+                                                 "(allowed_hosts)");
         const auto access = o.authorize ? o.authorize(r) : dashboard_access::full;
+        seen = access;
         if (access == dashboard_access::none)
             co_return http::response::error(403, "not allowed to see the jobs dashboard");
         std::string_view sub = r.path.substr(std::min(r.path.size(), o.path.size()));
@@ -469,7 +525,8 @@ private:
         if (access == dashboard_access::full)
             o["csrf"] = state_->csrf;
         o["ready"] = s.ready;
-        o["error"] = s.error;
+        // Its text names where the storage is: for those who may act on it.
+        o["error"] = access == dashboard_access::full || s.error.empty() ? s.error : "the storage did not answer";
         o["now"] = ms(clock::now());
         o["polled_at"] = s.at_ms;
         o["counts"] = counts_json(s.counts);

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace hosting {
 class host_builder;
@@ -28,8 +29,16 @@ struct dashboard_options {
     std::function<dashboard_access(const http::request&)> authorize{};
     // Requests from an address other than loopback are refused (403) unless
     // this is set: the dashboard changes jobs, so exposing it takes a
-    // decision here, not only a server bound to another address.
+    // decision here, not only a server bound to another address. Needs
+    // `authorize`: anonymous access from the network is never a default.
     bool allow_remote = false;
+    // The names (a request's Host, without its port) the dashboard answers
+    // to, besides localhost and loopback addresses; any other gets 403.
+    // Empty: loopback names only, unless allow_remote, then any. A page of
+    // another site whose name its owner points at 127.0.0.1 (DNS
+    // rebinding) reaches a loopback server from the browser as if it were
+    // its own: its Host is its own name, and that is how it is told apart.
+    std::vector<std::string> allowed_hosts{};
     // A filter by queue, kind, creation time or text in the arguments
     // reads at most this many jobs (newest first, past the state's index)
     // for one page, and the page says so when it stopped there: its cost
