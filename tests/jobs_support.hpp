@@ -274,6 +274,8 @@ public:
     std::function<void(std::size_t, const jobs::claim_request&)> on_claim; // each completions' count and claim
     std::function<void(bool)> on_listen; // each start (true) and stop (false) of listening for others' work
     std::function<void()> on_enqueue_and_claim; // each enqueue that took the server's standing claim, first
+    std::function<void()> on_recover_node;                       // each recovery of a node's jobs, first
+    std::function<void(const std::vector<jobs::job>&)> after_claim; // what each claim took
     void check()
     {
         if (down)
@@ -292,7 +294,10 @@ public:
         check();
         if (on_claim)
             on_claim(d.size(), c);
-        return inner.complete_and_claim(d, c, n);
+        auto claimed = inner.complete_and_claim(d, c, n);
+        if (after_claim)
+            after_claim(claimed);
+        return claimed;
     }
     jobs::lease_renewal renew_leases(const std::string& node, std::span<const jobs::held_lease> h, jobs::time_point l,
                                      jobs::time_point n) override
@@ -316,6 +321,8 @@ public:
     std::vector<jobs::job_id> recover_expired(jobs::time_point n) override { return inner.recover_expired(n); }
     std::vector<jobs::job_id> recover_node(const std::string& node, jobs::time_point n) override
     {
+        if (on_recover_node)
+            on_recover_node();
         return inner.recover_node(node, n);
     }
     job_state change_state(jobs::job_id id, job_state to, const std::string& r, jobs::time_point n) override

@@ -1015,6 +1015,47 @@ TEST_CASE("jobs: a stop tells running handlers at once, while an enqueue that to
     CHECK(counts[job_state::running] == 0); // the held enqueue's job went back, not lost
 }
 
+TEST_CASE("jobs: a claim's leases run from when it is sent, not from when it was queued", "[jobs][server]")
+{
+    // The server's first claim waits behind a recovery that takes long (as
+    // a claim waits behind another process's write lock): leases counted
+    // from when the claim was queued would be stored already run out, and
+    // another node could take the job as it starts here.
+    auto clock = std::make_shared<jobs::manual_time_source>(jobs::clock::now());
+    auto store = std::make_shared<failing_storage>();
+    const auto id = store->inner.enqueue(std::vector{request("count", "1")}, clock->now())[0].id;
+    std::atomic<bool> advanced{false};
+    store->on_recover_node = [&] {
+        if (!advanced.exchange(true))
+            clock->advance(10s); // ten leases
+    };
+    std::mutex mutex;
+    std::optional<jobs::time_point> stored_until;
+    jobs::time_point claimed_at{};
+    store->after_claim = [&](const std::vector<jobs::job>& claimed) {
+        for (const auto& j : claimed)
+            if (j.id == id) {
+                std::lock_guard lock(mutex);
+                stored_until = j.lease_expires;
+                claimed_at = clock->now();
+            }
+    };
+    test::recorder r;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    jobs::add_jobs(builder, store, quick_server(clock)) // a lease of 1 s
+        .register_kind<int>("count", [&](int, jobs::job_context&) -> asio::awaitable<void> {
+            r.add("ran");
+            co_return;
+        });
+    auto host = builder.build();
+    host.start_blocking();
+    CHECK(r.wait_for("ran"));
+    host.stop_blocking();
+    std::lock_guard lock(mutex);
+    REQUIRE(stored_until.has_value());
+    CHECK(*stored_until > claimed_at);
+}
+
 TEST_CASE("jobs: readiness fails while a SQLite file's disk is full, and jobs run again once it has room",
           "[jobs][health]")
 {

@@ -706,16 +706,23 @@ struct server::run : std::enable_shared_from_this<server::run> {
         for (auto& [id, a] : running)
             if (!std::exchange(a->reported, true))
                 started.push_back({id, a->j.attempt, true});
-        return [e = engine.get(), d = in_flight, c = make_claim(), at = now(), take_back = !taken_back, log = log,
-                started = std::move(started)](storage& s) {
+        return [e = engine.get(), d = in_flight, c = make_claim(), take_back = !taken_back, log = log,
+                started = std::move(started)](storage& s) mutable {
             e->note_started(started);
             // A fixed node_id (a StatefulSet pod's name) that restarted: what
             // its previous process held would stay running forever, its
             // leases renewed by this process's heartbeats.
             if (take_back) {
-                if (const auto n = s.recover_node(c.node, at).size(); n > 0)
+                if (const auto n = s.recover_node(c.node, e->now()).size(); n > 0)
                     log->warn("Node {} started again: {} jobs its previous process held were recovered", c.node, n);
             }
+            // The lease runs from when the claim is sent, not from when it
+            // was queued: a claim that waited behind other storage calls
+            // (another process's write lock, a long batch) would store
+            // leases that run out at once, or have run out already, and
+            // another node could take its jobs as they start here.
+            const auto at = e->now();
+            c.lease_until = at + e->options().lease_duration;
             auto claimed = e->complete_and_claim(s, *d, c, at);
             // Only an idle server sleeps, and needs to know until when.
             auto due = claimed.empty() ? s.next_due() : std::nullopt;
