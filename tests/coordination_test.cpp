@@ -9,6 +9,7 @@
 #include <hosting/coordination/postgres_lease_store.hpp>
 #endif
 
+#include <future>
 #include <regex>
 #include <thread>
 
@@ -45,6 +46,8 @@ std::shared_ptr<coord::lease_store> make_lease_store(const std::string& which, t
 struct faulty_store final : coord::lease_store {
     std::shared_ptr<coord::lease_store> inner;
     std::atomic<bool> failing{false};
+    // An acquire that answers this late, as a storage slow to connect does.
+    std::atomic<int> acquire_delay_ms{0};
     explicit faulty_store(std::shared_ptr<coord::lease_store> s) : inner(std::move(s)) {}
     void check() const
     {
@@ -55,7 +58,10 @@ struct faulty_store final : coord::lease_store {
                                          std::chrono::milliseconds d) override
     {
         check();
-        return inner->acquire(n, h, d);
+        auto term = inner->acquire(n, h, d);
+        if (const int ms = acquire_delay_ms.load(); ms > 0)
+            std::this_thread::sleep_for(std::chrono::milliseconds(ms)); // the answer's way back
+        return term;
     }
     bool renew(const std::string& n, const std::string& h, std::uint64_t t, std::chrono::milliseconds d) override
     {
@@ -358,6 +364,113 @@ TEST_CASE("coordination: a holder whose renewals fail is stopped before its leas
     a.reset();
     INFO(hold_log::text(log->snapshot()));
     CHECK(hold_log::never_overlapping(log->snapshot()));
+}
+
+TEST_CASE("coordination: a lease whose grant comes too late to act on is given back, not handed to its service",
+          "[coordination]")
+{
+    // Granted by the storage, but answered after the time the holder could
+    // have acted on it: its service would start and be told at once that it
+    // lost the lease, again and again, for as long as the storage is slow.
+    EACH_LEASE_STORAGE(which, db);
+    auto log = std::make_shared<hold_log>();
+    auto faulty = std::make_shared<faulty_store>(make_lease_store(which, db));
+    faulty->acquire_delay_ms = 1200; // past the lease of 1 s
+    auto a = std::make_unique<node>(faulty, "a", log);
+    REQUIRE(a->sink->wait_for("took longer than the lease allows; given back"));
+    CHECK(log->snapshot().empty()); // its service never started
+    faulty->acquire_delay_ms = 0;
+    REQUIRE(log->wait([](const auto& e) { return hold_log::running(e).has_value(); }));
+    a.reset();
+    INFO(hold_log::text(log->snapshot()));
+    CHECK(hold_log::never_overlapping(log->snapshot()));
+}
+
+namespace coordination_test {
+
+// Blocks in what it registers on its stop token, until told to go on (a
+// cancel sent to a server that does not answer, say).
+class slow_to_stop : public hosting::background_service {
+public:
+    slow_to_stop(std::shared_ptr<test::recorder> r, std::shared_future<void> go_on)
+        : r_(std::move(r)), go_on_(std::move(go_on))
+    {
+    }
+
+protected:
+    asio::awaitable<void> execute(std::stop_token stopping) override
+    {
+        auto on_stop = [r = r_, go_on = go_on_] {
+            r->add("x told");
+            go_on.wait();
+        };
+        std::stop_callback<decltype(on_stop)> blocking(stopping, std::move(on_stop));
+        r_->add("x runs");
+        try {
+            co_await hosting::delay(std::chrono::hours(1), stopping);
+        } catch (const hosting::operation_canceled&) {
+        }
+    }
+
+private:
+    std::shared_ptr<test::recorder> r_;
+    std::shared_future<void> go_on_;
+};
+
+class quick_to_stop : public hosting::background_service {
+public:
+    explicit quick_to_stop(std::shared_ptr<test::recorder> r) : r_(std::move(r)) {}
+
+protected:
+    asio::awaitable<void> execute(std::stop_token stopping) override
+    {
+        auto on_stop = [r = r_] { r->add("y told"); };
+        std::stop_callback<decltype(on_stop)> told(stopping, std::move(on_stop));
+        r_->add("y runs");
+        try {
+            co_await hosting::delay(std::chrono::hours(1), stopping);
+        } catch (const hosting::operation_canceled&) {
+        }
+    }
+
+private:
+    std::shared_ptr<test::recorder> r_;
+};
+
+} // namespace coordination_test
+
+TEST_CASE("coordination: a holder whose stop blocks holds up neither another holder's word of its loss nor the "
+          "leader's",
+          "[coordination]")
+{
+    EACH_LEASE_STORAGE(which, db);
+    auto faulty = std::make_shared<faulty_store>(make_lease_store(which, db));
+    auto r = std::make_shared<test::recorder>();
+    std::promise<void> go_on;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    auto coordinator = coord::add_coordination(builder, faulty, quick_options("a"));
+    builder.services()
+        .add_hosted_service<slow_to_stop>(r, go_on.get_future().share())
+        .name("x")
+        .single_instance("x");
+    builder.services().add_hosted_service<quick_to_stop>(r).name("y").single_instance("y");
+    auto host = builder.build();
+    host.start_blocking();
+    REQUIRE(r->wait_for("x runs"));
+    REQUIRE(r->wait_for("y runs"));
+    REQUIRE(test::eventually([&] { return coordinator->is_leader(); }));
+
+    // Every renewal fails: each lease's holder must hear of its loss.
+    faulty->failing = true;
+    REQUIRE(r->wait_for("x told"));
+    const bool y_told = r->wait_for("y told");
+    const bool leader_gone = test::eventually([&] { return !coordinator->is_leader(); });
+    go_on.set_value(); // whatever happened, let x's stop go on
+    CHECK(y_told);
+    CHECK(leader_gone);
+    faulty->failing = false;
+    host.stop_blocking();
+    CHECK(host.exit_code() == 0);
 }
 
 // Holds the host's only thread from its start until its stop token fires:

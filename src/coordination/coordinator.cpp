@@ -28,6 +28,7 @@
 #include <list>
 #include <map>
 #include <mutex>
+#include <system_error>
 #include <thread>
 
 namespace hosting::coordination {
@@ -71,17 +72,24 @@ public:
     std::stop_token lost() const noexcept override { return lost_.get_token(); }
     asio::awaitable<void> release() override;
 
-    // From any thread; the first reason wins.
+    // From any thread; the first reason wins. Marks it lost only: fire()
+    // runs what the holder registered on lost().
     bool lose(const std::string& why)
     {
         std::lock_guard lock(mutex_);
-        if (lost_.stop_requested())
+        if (lost_flag_.exchange(true))
             return false;
         why_ = why;
-        lost_.request_stop();
         return true;
     }
-    bool is_lost() const noexcept { return lost_.stop_requested(); }
+    void fire() { lost_.request_stop(); }
+    bool is_lost() const noexcept { return lost_flag_.load(); }
+    // Lost, or past the time it may be acted on, whether or not the
+    // watchdog has got to it yet.
+    bool is_current() const noexcept
+    {
+        return !is_lost() && clock::now().time_since_epoch().count() < valid_until.load();
+    }
     std::string why_lost() const
     {
         std::lock_guard lock(mutex_);
@@ -94,6 +102,7 @@ private:
     std::weak_ptr<coordinator::impl> owner_;
     std::string name_;
     std::uint64_t term_;
+    std::atomic<bool> lost_flag_{false};
     std::stop_source lost_;
     mutable std::mutex mutex_;
     std::string why_;
@@ -119,6 +128,17 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
             options.retry_interval = options.lease_duration / 20;
         if (!options.stop_margin.count())
             options.stop_margin = options.lease_duration / 5;
+    }
+
+    // A shut_down() from the coordinator's own thread joined nothing.
+    ~impl()
+    {
+        std::lock_guard lock(notifiers_mutex);
+        for (auto& n : notifiers)
+            if (n.thread.joinable() && n.thread.get_id() != std::this_thread::get_id())
+                n.thread.join();
+            else if (n.thread.joinable())
+                n.thread.detach();
     }
 
     std::shared_ptr<lease_store> store;
@@ -161,6 +181,17 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
     // passed without a renewal, from a thread of its own, so that a
     // storage call that hangs cannot keep a lapsed holder running.
     std::thread watchdog;
+    // What a holder registered on its lease's lost() runs on a thread of
+    // its own for each loss: a stop callback that blocks (a cancel sent to
+    // a server that does not answer) must hold up neither the watchdog's
+    // word to the other holders nor the renewals. Losses are rare; those
+    // that ended are joined at the next one.
+    struct notifier {
+        std::thread thread;
+        std::shared_ptr<std::atomic<bool>> ended;
+    };
+    std::mutex notifiers_mutex;
+    std::vector<notifier> notifiers; // notifiers_mutex
     std::condition_variable watchdog_wake;
     bool watchdog_stop = false; // under mutex
 
@@ -224,6 +255,15 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
             thread.join();
         if (watchdog.joinable())
             watchdog.join();
+        {
+            std::lock_guard lock(notifiers_mutex);
+            for (auto& n : notifiers)
+                if (n.thread.get_id() != std::this_thread::get_id())
+                    n.thread.join();
+                else
+                    n.thread.detach(); // the holder's callback let the coordinator go
+            notifiers.clear();
+        }
         // A lease a service still holds (its host stopped before it gave
         // the lease back) expires in the storage.
         slots.clear();
@@ -300,8 +340,22 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
             schedule(s, options.retry_interval, &impl::attempt);
             return;
         }
-        auto lease = std::make_shared<held_lease>(shared_from_this(), s.name, *term,
-                                                  sent + options.lease_duration - options.stop_margin);
+        const auto until = sent + options.lease_duration - options.stop_margin;
+        if (until <= clock::now()) {
+            // Taken, but the answer came too late to act on (a storage that
+            // was slow to connect): its service would be told at once that
+            // it lost it, and taken again, and again. Given back; tried again.
+            note_error(std::string("taking lease '") + s.name +
+                       "' took longer than the lease allows; given back, and tried again");
+            try {
+                store->release(s.name, options.node_id, *term);
+            } catch (const std::exception&) {
+                // It expires instead.
+            }
+            schedule(s, options.retry_interval, &impl::attempt);
+            return;
+        }
+        auto lease = std::make_shared<held_lease>(shared_from_this(), s.name, *term, until);
         s.held = lease;
         {
             std::lock_guard lock(mutex);
@@ -359,7 +413,7 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
             return;
         }
         if (!kept) {
-            lose(*lease, "the storage says another node took it");
+            lose(lease, "the storage says another node took it");
             after_loss(s);
             return;
         }
@@ -367,7 +421,7 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
         if (until <= clock::now()) {
             // The answer came too late to count: the watchdog has told, or
             // is about to tell, the holder that it lost the lease.
-            lose(*lease, "its renewal took longer than the lease allows");
+            lose(lease, "its renewal took longer than the lease allows");
             after_loss(s);
             return;
         }
@@ -385,10 +439,29 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
             give_up(s);
     }
 
-    void lose(held_lease& lease, const std::string& why)
+    void lose(const std::shared_ptr<held_lease>& lease, const std::string& why)
     {
-        if (lease.lose(why) && log)
-            log->warn("Node '{}' lost lease '{}' (term {}): {}", options.node_id, lease.name(), lease.term(), why);
+        if (!lease->lose(why))
+            return;
+        if (log && why != "released")
+            log->warn("Node '{}' lost lease '{}' (term {}): {}", options.node_id, lease->name(), lease->term(), why);
+        std::lock_guard lock(notifiers_mutex);
+        std::erase_if(notifiers, [](notifier& n) {
+            if (!n.ended->load())
+                return false;
+            n.thread.join();
+            return true;
+        });
+        auto ended = std::make_shared<std::atomic<bool>>(false);
+        try {
+            notifiers.push_back({std::thread([lease, ended] {
+                                     lease->fire();
+                                     *ended = true;
+                                 }),
+                                 ended});
+        } catch (const std::system_error&) {
+            lease->fire(); // no thread to be had: here, then
+        }
     }
 
     // Frees the lease in the storage (when it may still be ours) and the
@@ -398,7 +471,7 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
         auto lease = s.held;
         if (!lease)
             return;
-        lease->lose("released");
+        lose(lease, "released");
         try {
             store->release(s.name, options.node_id, lease->term());
         } catch (const std::exception& e) {
@@ -436,7 +509,7 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
             if (!lapsed.empty()) {
                 lock.unlock();
                 for (auto& l : lapsed)
-                    lose(*l, "no renewal succeeded in time (the storage did not answer, or this process was paused)");
+                    lose(l, "no renewal succeeded in time (the storage did not answer, or this process was paused)");
                 lock.lock();
                 continue;
             }
@@ -473,18 +546,26 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
     }
 };
 
+// Not waited for: the coordinator's thread may be in a storage call that
+// takes seconds (a server that does not answer), and a host that stops
+// must not spend its deadline there. The thread gives it up in turn, before
+// any later acquire of this node's, and a release that cannot reach the
+// storage lets the lease expire instead.
 asio::awaitable<void> held_lease::release()
 {
     auto owner = owner_.lock();
     if (!owner)
         co_return;
-    std::function<bool()> fn = [owner = owner.get(), name = name_, term = term_] {
-        auto it = owner->slots.find(name);
-        if (it != owner->slots.end() && it->second.held && it->second.held->term() == term)
-            owner->give_up(it->second);
-        return true;
-    };
-    co_await owner->call<bool>(std::move(fn));
+    try {
+        asio::post(owner->io, [owner = owner.get(), name = name_, term = term_] {
+            auto it = owner->slots.find(name);
+            if (it != owner->slots.end() && it->second.held && it->second.held->term() == term)
+                owner->give_up(it->second);
+        });
+    } catch (...) {
+        // It expires instead.
+    }
+    co_return;
 }
 
 coordinator::coordinator(std::shared_ptr<lease_store> store, coordination_options options)
@@ -503,13 +584,13 @@ const coordination_options& coordinator::options() const noexcept { return impl_
 bool coordinator::is_leader() const noexcept
 {
     std::lock_guard lock(impl_->mutex);
-    return impl_->leading && !impl_->leading->is_lost();
+    return impl_->leading && impl_->leading->is_current();
 }
 
 std::optional<std::uint64_t> coordinator::leader_term() const noexcept
 {
     std::lock_guard lock(impl_->mutex);
-    if (impl_->leading && !impl_->leading->is_lost())
+    if (impl_->leading && impl_->leading->is_current())
         return impl_->leading->term();
     return std::nullopt;
 }
@@ -519,7 +600,7 @@ std::vector<coordinator::holding> coordinator::holdings() const
     std::lock_guard lock(impl_->mutex);
     std::vector<holding> out;
     for (const auto& l : impl_->holding)
-        if (!l->is_lost())
+        if (l->is_current())
             out.push_back({l->name(), l->term(), clock::time_point(clock::duration(l->renewed.load()))});
     return out;
 }

@@ -112,6 +112,7 @@ asio::awaitable<void> single_instance_service::execute(std::stop_token stopping)
         auto acquiring = coordinator_->acquire(lease_name_, stopping);
         std::shared_ptr<instance_lease> lease = co_await std::move(acquiring);
         if (stopping.stop_requested()) {
+            co_await asio::this_coro::reset_cancellation_state();
             co_await release(*lease);
             co_return;
         }
@@ -130,6 +131,7 @@ asio::awaitable<void> single_instance_service::execute(std::stop_token stopping)
             not_made = std::current_exception();
         }
         if (not_made) {
+            co_await asio::this_coro::reset_cancellation_state();
             co_await release(*lease);
             std::rethrow_exception(not_made);
         }
@@ -173,7 +175,10 @@ asio::awaitable<void> single_instance_service::execute(std::stop_token stopping)
             }
         }
 
-        const bool lost = lease->lost().stop_requested();
+        // A service that returned by itself stays completed, even if the
+        // lease was lost after it returned.
+        const bool lost = lease->lost().stop_requested() && run->state != service_state::completed;
+        co_await asio::this_coro::reset_cancellation_state();
         co_await release(*lease);
         if (run->state == service_state::faulted && !lost)
             std::rethrow_exception(run->error);
@@ -202,6 +207,8 @@ asio::awaitable<void> single_instance_service::release(instance_lease& lease)
 {
     // Also after the host's stop cancelled this coroutine: a lease given
     // up now passes to another node at once instead of when it expires.
+    // (The caller resets its own state first: a cancelled coroutine's
+    // co_await of this one would throw before it began.)
     co_await asio::this_coro::reset_cancellation_state();
     try {
         co_await lease.release();

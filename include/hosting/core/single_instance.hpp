@@ -33,13 +33,16 @@ public:
 
     // Requested when this node can no longer be sure it holds the lease (a
     // renewal found it taken, or none succeeded for most of its duration):
-    // before the lease can pass to another node. Requested from the
-    // coordinator's thread.
+    // before the lease can pass to another node. Requested from a thread
+    // of the coordinator's own, one per loss: what is registered on it
+    // holds up no other lease's word, nor any renewal.
     virtual std::stop_token lost() const noexcept = 0;
 
     // Gives the lease up so that another node can take it at once; renewals
-    // stop. Never throws: a release that cannot reach the storage lets the
-    // lease expire instead.
+    // stop. Returns at once: the coordinator's thread gives it up in turn
+    // (a storage that does not answer must not hold up a host's stop), and
+    // before any later acquire of this node's. Never throws: a release that
+    // cannot reach the storage lets the lease expire instead.
     virtual asio::awaitable<void> release() = 0;
 };
 
