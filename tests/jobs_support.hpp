@@ -341,8 +341,10 @@ public:
         return inner.counts();
     }
     std::vector<jobs::queue_kind_count> counts_by_queue_and_kind() override { return inner.counts_by_queue_and_kind(); }
+    std::atomic<int> announces{0};
     void announce_node(const jobs::node_info& node, jobs::time_point n) override
     {
+        ++announces;
         check();
         inner.announce_node(node, n);
     }
@@ -365,7 +367,13 @@ public:
     }
     void upsert_recurring(const jobs::recurring_job& r) override { inner.upsert_recurring(r); }
     bool remove_recurring(const std::string& id) override { return inner.remove_recurring(id); }
-    std::vector<jobs::recurring_job> list_recurring() override { return inner.list_recurring(); }
+    std::atomic<int> recurring_reads{0};
+    std::vector<jobs::recurring_job> list_recurring() override
+    {
+        ++recurring_reads;
+        check();
+        return inner.list_recurring();
+    }
     bool fire_recurring(const std::string& id, jobs::time_point e, jobs::time_point n,
                         std::span<const jobs::enqueue_request> o, jobs::time_point t) override
     {

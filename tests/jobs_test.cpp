@@ -1056,6 +1056,76 @@ TEST_CASE("jobs: a claim's leases run from when it is sent, not from when it was
     CHECK(*stored_until > claimed_at);
 }
 
+TEST_CASE("jobs: a recurring pass that fails is tried again after a poll interval, not at once", "[jobs][server]")
+{
+    // Its due time in the past and the storage failing, the server's loop
+    // tried the pass again at once, as fast as the storage could fail.
+    auto clock = std::make_shared<jobs::manual_time_source>(jobs::clock::now());
+    auto store = std::make_shared<failing_storage>();
+    jobs::recurring_job hourly;
+    hourly.id = "hourly";
+    hourly.cron = "0 * * * *";
+    hourly.kind = "count";
+    hourly.args = "1";
+    hourly.queue = "default";
+    hourly.next_fire = clock->now() + 1h;
+    store->inner.upsert_recurring(hourly);
+    auto options = quick_server(clock); // heartbeats every 100 ms
+    options.poll_interval = 200ms;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    jobs::add_jobs(builder, store, options)
+        .register_kind<int>("count", [](int, jobs::job_context&) -> asio::awaitable<void> { co_return; });
+    auto host = builder.build();
+    host.start_blocking();
+    REQUIRE(test::eventually([&] { return store->recurring_reads > 0; }));
+    store->down = true;
+    clock->advance(2h); // due, while every pass fails
+    const int announces = store->announces;
+    const int reads = store->recurring_reads;
+    // Five heartbeats: each may ask for a pass (other processes may have
+    // changed the recurring jobs), and the polls of that time a few more.
+    REQUIRE(test::eventually([&] { return store->announces >= announces + 5; }));
+    const int passes = store->recurring_reads - reads;
+    store->down = false;
+    host.stop_blocking();
+    CHECK(passes <= 40);
+}
+
+TEST_CASE("jobs: a kind's retry backoff that throws leaves the job to the default backoff, not running for good",
+          "[jobs][server]")
+{
+    auto clock = std::make_shared<jobs::manual_time_source>(jobs::clock::now());
+    auto store = std::make_shared<failing_storage>();
+    auto sink = std::make_shared<test::capture_sink>();
+    test::recorder r;
+    jobs::kind_options kind;
+    kind.retry.backoff = [](int) -> std::chrono::milliseconds { throw std::runtime_error("no backoff today"); };
+    auto builder = test::make_builder(sink);
+    jobs::add_jobs(builder, store, quick_server(clock))
+        .register_kind<int>(
+            "flaky",
+            [&](int, jobs::job_context& context) -> asio::awaitable<void> {
+                r.add("attempt " + std::to_string(context.attempt()));
+                if (context.attempt() == 1)
+                    throw std::runtime_error("first time fails");
+                co_return;
+            },
+            kind);
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    host.start_blocking();
+    jobs::job_options twice;
+    twice.max_attempts = 2;
+    const auto id = client.enqueue_blocking("flaky", 1, twice).id;
+    REQUIRE(r.wait_for("attempt 1"));
+    CHECK(wait_state(client, id, job_state::retryable));
+    CHECK(sink->has("its kind's retry backoff threw (no backoff today); the default backoff is used"));
+    clock->advance(1min); // past the default's 15 to 25 s
+    CHECK(r.wait_for("attempt 2"));
+    CHECK(wait_state(client, id, job_state::succeeded));
+    host.stop_blocking();
+}
+
 TEST_CASE("jobs: readiness fails while a SQLite file's disk is full, and jobs run again once it has room",
           "[jobs][health]")
 {

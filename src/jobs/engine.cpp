@@ -512,8 +512,7 @@ void engine::loop()
         for (auto& op : ops) {
             // Ops may be many and slow (another process holding the write
             // lock): renewals go between them, never after all of them.
-            if (!held_.empty() && std::chrono::steady_clock::now() >= next_renewal_)
-                renew();
+            renew_if_due();
             op(*store_);
         }
     }

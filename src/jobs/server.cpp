@@ -39,7 +39,7 @@ struct recurring_result {
 // Enqueues the due occurrences of every recurring job, on the storage
 // thread. Several servers may run it at once: fire_recurring lets exactly
 // one of them move a schedule on, and the occurrence's unique key backs that.
-recurring_result recurring_pass(storage& s, const detail::engine& e, time_point now, clock::duration tolerance)
+recurring_result recurring_pass(storage& s, detail::engine& e, time_point now, clock::duration tolerance)
 {
     recurring_result out;
     auto earliest = [&](time_point t) { out.next = out.next ? std::min(*out.next, t) : t; };
@@ -50,6 +50,10 @@ recurring_result recurring_pass(storage& s, const detail::engine& e, time_point 
             earliest(r.next_fire);
             continue;
         }
+        // Each firing is a transaction: many due at once (midnight, or a
+        // restart after a long stop) must not keep this node's leases
+        // from being renewed until the last.
+        e.renew_if_due();
         try {
             const auto expression = cron_expression::parse(r.cron);
             const auto zone = time_zone::locate(r.zone);
@@ -386,6 +390,26 @@ struct server::run : std::enable_shared_from_this<server::run> {
         }
     }
 
+    // The kind's backoff for the attempt that failed, within a year: a
+    // backoff that throws must not leave the job running here for good (its
+    // completion never made), nor one past the clock's range wrap into the
+    // past and retry at once, for ever.
+    clock::duration retry_delay(const job& j, const detail::kind_entry* kind) const
+    {
+        clock::duration delay{};
+        try {
+            delay = kind ? kind->options.retry.delay_after(j.attempt) : retry_policy::default_backoff(j.attempt);
+        } catch (const std::exception& e) {
+            log->error("Job {} ({}): its kind's retry backoff threw ({}); the default backoff is used", j.id, j.kind,
+                       e.what());
+            delay = retry_policy::default_backoff(j.attempt);
+        } catch (...) {
+            log->error("Job {} ({}): its kind's retry backoff threw; the default backoff is used", j.id, j.kind);
+            delay = retry_policy::default_backoff(j.attempt);
+        }
+        return std::clamp<clock::duration>(delay, clock::duration::zero(), std::chrono::hours(24 * 365));
+    }
+
     // Whether this node may still count on holding the job: its lease, as
     // its claim or the last renewal set it, has not run out. One that has
     // may have gone to another node (this process was stopped, or the
@@ -473,8 +497,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
                            " failed; not retried: " + not_retried;
                 log->error("Job {} ({}) failed, not retried ({}): {}", j.id, j.kind, not_retried, c.error);
             } else if (j.attempt < j.max_attempts) {
-                const auto delay = kind ? kind->options.retry.delay_after(j.attempt)
-                                        : retry_policy::default_backoff(j.attempt);
+                const auto delay = retry_delay(j, kind);
                 c.what = outcome::retry;
                 c.run_at = now() + delay;
                 c.reason = "attempt " + std::to_string(j.attempt) + " of " + std::to_string(j.max_attempts) +
@@ -541,7 +564,7 @@ struct server::run : std::enable_shared_from_this<server::run> {
         --running_of_kind[j.kind];
         const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - a.started).count();
         weigh(mean_run_seconds, took);
-        if (metrics) {
+        if (metrics && !a.lost) { // a lost run's end is not recorded, nor counted
             auto& m = metrics_for(j.kind, j.queue);
             m.duration->observe(took);
             if (c.what == outcome::succeeded)
@@ -888,7 +911,17 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
                 r->recurring_dirty = true;
                 r->poke();
                 const auto& prune_if = r->options().retention.prune_if;
-                if (std::chrono::steady_clock::now() >= next_prune && !r->pruning && (!prune_if || prune_if())) {
+                bool prune_now = false;
+                if (std::chrono::steady_clock::now() >= next_prune && !r->pruning) {
+                    try {
+                        prune_now = !prune_if || prune_if();
+                    } catch (const std::exception& e) {
+                        r->log->error("Jobs pruning: retention.prune_if threw: {}; asked again in {}", e.what(),
+                                      ms_text(r->options().retention.interval));
+                        next_prune = std::chrono::steady_clock::now() + r->options().retention.interval;
+                    }
+                }
+                if (prune_now) {
                     // On its own: a long prune must not hold up lease renewals.
                     next_prune = std::chrono::steady_clock::now() + r->options().retention.interval;
                     r->pruning = true;
@@ -898,7 +931,12 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
                             r->log->error("Jobs pruning failed: {}", hosting::detail::describe(e));
                     });
                 }
-            } catch (const storage_error& e) {
+            } catch (const std::exception& e) {
+                if (is_cancellation(std::current_exception()))
+                    throw; // the stop
+                // Whatever else failed, the next beat tries again:
+                // housekeeping that ended would leave dead nodes' jobs
+                // unrecovered.
                 r->log->error("Jobs housekeeping failed: {}", e.what());
             }
         }
@@ -924,6 +962,11 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
                         r->log->error("Jobs scheduler: {}", error);
                 } catch (const storage_error& e) {
                     r->log->error("Jobs scheduler: the storage call failed: {}", e.what());
+                    // Tried again after a poll interval, not at once: with a
+                    // due time in the past, the loop would try again, and
+                    // log, as fast as the storage can fail.
+                    r->next_recurring = r->now() + std::chrono::duration_cast<clock::duration>(
+                                                       engine_->options().poll_interval);
                 }
                 if (stopping.stop_requested())
                     break;
@@ -982,6 +1025,10 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
     } catch (...) {
         // A fault still goes through the shutdown below (housekeeping
         // stopped, jobs released), then ends execute with its exception.
+        // Completions of a call that failed go with the release: left
+        // where they were, the next call would drop them, and their jobs
+        // stay running, renewed, for as long as the process lives.
+        r->restore_in_flight();
         if (!stopping.stop_requested() || !is_cancellation(std::current_exception()))
             fault = std::current_exception();
     }
@@ -1017,7 +1064,7 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
     auto op = r->claim_op();
     try {
         co_await engine_->call<std::pair<std::vector<job>, std::optional<time_point>>>(std::move(op));
-    } catch (const storage_error& e) {
+    } catch (const std::exception& e) {
         // Once more, each on its own, or the jobs would stay held (and their
         // leases renewed) for as long as this process lives.
         r->log->error("Jobs server: releasing its jobs failed: {}; trying once more", e.what());

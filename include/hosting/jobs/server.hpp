@@ -148,6 +148,8 @@ struct retry_policy {
     // The wait before attempt n + 1 after attempt n failed; the default is
     // Sidekiq's, whose count starts at 0: (n - 1)^4 s + 15 s + a random
     // 0..10 * n s (15-25 s after the first attempt, 16-36 s after the second).
+    // Whatever it says, a wait is at most a year; one that throws is logged
+    // with the job and the default is used.
     std::function<std::chrono::milliseconds(int attempt)> backoff;
 
     // Exceptions that end the job failed at once, whatever attempts are

@@ -166,6 +166,15 @@ public:
     // so recovery shows within one.
     std::string write_failure() const;
 
+    // Storage thread only, from inside an op of many steps (a recurring
+    // pass firing many jobs): the renewals that are due go between its
+    // steps, as they go between ops.
+    void renew_if_due()
+    {
+        if (!held_.empty() && std::chrono::steady_clock::now() >= next_renewal_)
+            renew();
+    }
+
 private:
     void loop();
     void read_loop();
