@@ -550,6 +550,9 @@ TEST_CASE("jobs: a node whose renewal finds a lease gone stops the handler and r
     REQUIRE(r.wait_for("stopped a"));
     REQUIRE(sink->wait_for("lost its lease while it ran here"));
     REQUIRE(sink->wait_for("its end is not recorded here"));
+    // Nor counted: it neither succeeded nor failed here.
+    CHECK(host.services().get<hosting::metrics_registry>().render().find("hosting_jobs_completed_total{kind=\"hold\"") ==
+          std::string::npos);
     auto j = store->find(id);
     CHECK(j->state == job_state::running);
     CHECK(j->lease_owner == "node-b");
