@@ -299,9 +299,11 @@ public:
             after_claim(claimed);
         return claimed;
     }
+    std::atomic<int> renewals{0};
     jobs::lease_renewal renew_leases(const std::string& node, std::span<const jobs::held_lease> h, jobs::time_point l,
                                      jobs::time_point n) override
     {
+        ++renewals;
         check();
         return inner.renew_leases(node, h, l, n);
     }
@@ -374,9 +376,12 @@ public:
         check();
         return inner.list_recurring();
     }
+    std::function<void()> on_fire_recurring; // each firing, first
     bool fire_recurring(const std::string& id, jobs::time_point e, jobs::time_point n,
                         std::span<const jobs::enqueue_request> o, jobs::time_point t) override
     {
+        if (on_fire_recurring)
+            on_fire_recurring();
         return inner.fire_recurring(id, e, n, o, t);
     }
 };

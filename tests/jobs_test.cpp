@@ -1126,6 +1126,54 @@ TEST_CASE("jobs: a kind's retry backoff that throws leaves the job to the defaul
     host.stop_blocking();
 }
 
+TEST_CASE("jobs: a recurring pass that fires many jobs lets the node's renewals through between them",
+          "[jobs][server]")
+{
+    // Many occurrences due at once (midnight, a restart after a long stop),
+    // on a storage slow to write: the pass must not keep the node's leases
+    // from being renewed until its last firing.
+    auto store = std::make_shared<failing_storage>();
+    test::recorder r;
+    auto options = quick_server(); // a lease of 1 s, renewed every 100 ms
+    options.workers = 1;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    jobs::add_jobs(builder, store, options)
+        .register_kind<std::string>("hold", until_stopped(r))
+        .register_kind<int>("tick", [](int, jobs::job_context&) -> asio::awaitable<void> { co_return; });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    host.start_blocking();
+    client.enqueue_blocking("hold", std::string("a"));
+    REQUIRE(r.wait_for("started a"));
+
+    constexpr int due = 10;
+    std::atomic<int> fired{0};
+    std::atomic<int> at_first{-1};
+    std::atomic<int> at_last{-1};
+    store->on_fire_recurring = [&] {
+        const int n = ++fired;
+        if (n == 1)
+            at_first = store->renewals.load();
+        std::this_thread::sleep_for(150ms); // a slow write, each
+        if (n == due)
+            at_last = store->renewals.load();
+    };
+    for (int i = 0; i < due; ++i) {
+        jobs::recurring_job tick;
+        tick.id = "tick-" + std::to_string(i);
+        tick.cron = "0 * * * *";
+        tick.kind = "tick";
+        tick.args = "1";
+        tick.queue = "default";
+        tick.next_fire = jobs::clock::now() - 1min;
+        store->inner.upsert_recurring(tick);
+    }
+    // The next heartbeat asks for a pass, which finds them all due.
+    REQUIRE(test::eventually([&] { return at_last >= 0; }, 60s));
+    CHECK(at_last - at_first >= 2);
+    host.stop_blocking();
+}
+
 TEST_CASE("jobs: readiness fails while a SQLite file's disk is full, and jobs run again once it has room",
           "[jobs][health]")
 {
