@@ -1174,6 +1174,56 @@ TEST_CASE("jobs: a recurring pass that fires many jobs lets the node's renewals 
     host.stop_blocking();
 }
 
+TEST_CASE("jobs: a stop tells running handlers at once, while the server's claim is still in the storage",
+          "[jobs][server]")
+{
+    // The server's loop awaits a claim the storage holds (another process's
+    // write lock, a server slow to answer): the handlers' grace must not
+    // wait for it to come back.
+    auto store = std::make_shared<failing_storage>();
+    test::recorder r;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    auto options = quick_server();
+    options.workers = 2; // room left beside the long job: the server keeps claiming
+    jobs::add_jobs(builder, store, options)
+        .register_kind<int>("long", [&](int, jobs::job_context& context) -> asio::awaitable<void> {
+            r.add("long started");
+            try {
+                co_await hosting::delay(1h, context.stop_token());
+            } catch (const hosting::operation_canceled&) {
+                r.add("long told to stop");
+                throw;
+            }
+        });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    host.start_blocking();
+    client.enqueue_blocking("long", 0);
+    REQUIRE(r.wait_for("long started", 20s));
+
+    std::atomic<bool> entered{false};
+    std::promise<void> entered_once;
+    std::promise<void> release;
+    auto released = release.get_future().share();
+    store->on_claim = [&](std::size_t, const jobs::claim_request&) {
+        if (entered.exchange(true))
+            return;
+        entered_once.set_value();
+        released.wait();
+    };
+    const bool held = entered_once.get_future().wait_for(20s) == std::future_status::ready;
+    if (!held)
+        release.set_value();
+    REQUIRE(held);
+    auto stop = std::async(std::launch::async, [&] { host.stop_blocking(); });
+    const bool told = r.wait_for("long told to stop", 20s);
+    release.set_value(); // whatever happened, let the claim and the stop end
+    CHECK(told);
+    stop.wait();
+    CHECK(host.exit_code() == 0);
+    CHECK(store->inner.counts()[job_state::running] == 0);
+}
+
 TEST_CASE("jobs: readiness fails while a SQLite file's disk is full, and jobs run again once it has room",
           "[jobs][health]")
 {

@@ -471,6 +471,22 @@ struct server::run : std::enable_shared_from_this<server::run> {
                        }));
     }
 
+    // The stop: nothing starts any more, and the running handlers are
+    // told, once. Told as soon as the host asks (from the stop token's
+    // callback), not when the server's loop gets there: that loop may be
+    // awaiting a storage call that takes seconds, and the handlers' grace
+    // runs from here.
+    void begin_stop()
+    {
+        if (told_to_stop)
+            return;
+        stopping = true;
+        told_to_stop = std::chrono::steady_clock::now();
+        for (auto& [id, a] : running)
+            interrupt(*a, cause::shutdown);
+    }
+    std::optional<std::chrono::steady_clock::time_point> told_to_stop;
+
     static void interrupt(active& a, cause why)
     {
         if (a.why != cause::none)
@@ -820,6 +836,8 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
     engine_->set_local_cancel([weak, liveness](job_id id) {
         run::post_from_outside(weak, liveness, [id](run& alive) { alive.cancel_local(id); });
     });
+    auto tell_stop = [weak, liveness] { run::post_from_outside(weak, liveness, [](run& alive) { alive.begin_stop(); }); };
+    std::stop_callback<decltype(tell_stop)> told(stopping, std::move(tell_stop));
     // Kept after execute() ends, for handlers that outlive the grace. When
     // the server or the host's io_context is gone, so are those handlers:
     // the engine then lets their leases run out.
@@ -1036,12 +1054,11 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
     // Stopping: no more claims; running jobs are asked to stop and get the
     // grace period; the jobs not started go back to available.
     co_await asio::this_coro::reset_cancellation_state();
-    r->stopping = true;
-    // The handlers hear first: the standing claim may be in an enqueue's
-    // transaction that the storage holds, and their grace runs meanwhile.
-    for (auto& [id, a] : r->running)
-        r->interrupt(*a, run::cause::shutdown);
-    const auto grace_end = std::chrono::steady_clock::now() + grace_;
+    // The handlers hear first (if the stop token's callback has not told
+    // them already): the standing claim may be in an enqueue's transaction
+    // that the storage holds, and their grace runs meanwhile.
+    r->begin_stop();
+    const auto grace_end = *r->told_to_stop + grace_;
     // Its jobs, if enqueues took it, are released below with the buffer.
     co_await r->settle_standing();
     r->housekeeping_stop.emit(asio::cancellation_type::terminal);
