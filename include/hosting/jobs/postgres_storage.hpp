@@ -34,8 +34,9 @@ struct postgres_options {
     // A node hears of jobs other nodes enqueue through LISTEN/NOTIFY (sent
     // in the enqueue's own transaction, so only once it commits) and claims
     // them at once; the server's polling stays as the fallback. Off: polling
-    // only, for a pooler in transaction mode (PgBouncer), which does not
-    // carry notifications.
+    // only, for a network or a proxy that does not carry notifications.
+    // (The storage keeps state in its sessions, prepared statements and
+    // settings: a pooler in transaction mode is not supported.)
     bool notifications = true;
     // At most this many connections for calls (the listener has one more):
     // each call takes one for itself, so a page of the dashboard, a
