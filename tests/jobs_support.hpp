@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <future>
 #include <cstdio>
 #include <csignal>
 #include <filesystem>
@@ -183,6 +184,42 @@ inline auto until_stopped(test::recorder& r)
         }
     };
 }
+
+// Holds the first call that passes through it (a storage hook, on the
+// storage's thread) until released; released at the end whatever happened,
+// so that a test that fails still ends.
+class hold_first {
+public:
+    ~hold_first() { release(); }
+    void pass()
+    {
+        if (entered_.exchange(true))
+            return;
+        entered_once_.set_value();
+        released_.wait();
+    }
+    bool entered_within(std::chrono::milliseconds bound)
+    {
+        if (entered_future_.wait_for(bound) == std::future_status::ready)
+            return true;
+        release();
+        return false;
+    }
+    bool entered() const { return entered_; }
+    void release()
+    {
+        if (!std::exchange(released_already_, true))
+            release_.set_value();
+    }
+
+private:
+    std::atomic<bool> entered_{false};
+    std::promise<void> entered_once_;
+    std::future<void> entered_future_ = entered_once_.get_future();
+    std::promise<void> release_;
+    std::shared_future<void> released_ = release_.get_future().share();
+    bool released_already_ = false; // the test's thread only
+};
 
 // A handler deaf to its job's stop token and to its coroutine's
 // cancellation (a timeout, a cancel, the server's stop reach it in vain):

@@ -967,52 +967,31 @@ TEST_CASE("jobs: a stop tells running handlers at once, while an enqueue that to
     test::recorder r;
     auto builder = test::make_builder(std::make_shared<test::capture_sink>());
     jobs::add_jobs(builder, store, quick_server())
-        .register_kind<int>("long", [&](int, jobs::job_context& context) -> asio::awaitable<void> {
-            r.add("long started");
-            try {
-                co_await hosting::delay(1h, context.stop_token());
-            } catch (const hosting::operation_canceled&) {
-                r.add("long told to stop");
-                throw;
-            }
-        })
+        .register_kind<std::string>("long", until_stopped(r))
         .register_kind<int>("quick", [](int, jobs::job_context&) -> asio::awaitable<void> { co_return; });
     auto host = builder.build();
     auto& client = host.services().get<jobs::client>();
     host.start_blocking();
-    client.enqueue_blocking("long", 0);
-    REQUIRE(r.wait_for("long started", 20s));
+    client.enqueue_blocking("long", std::string("a"));
+    REQUIRE(r.wait_for("started a", 20s));
 
-    std::atomic<bool> entered{false};
-    std::promise<void> entered_once;
-    std::promise<void> release;
-    auto released = release.get_future().share();
-    store->on_enqueue_and_claim = [&] {
-        if (entered.exchange(true))
-            return;
-        entered_once.set_value();
-        released.wait();
-    };
+    hold_first hold;
+    store->on_enqueue_and_claim = [&] { hold.pass(); };
     // Enqueues one at a time until one finds the server idle and takes its
     // claim (the server's own claims, between them, are not held).
     auto enqueuer = std::async(std::launch::async, [&] {
-        for (int i = 1; !entered; ++i)
+        for (int i = 1; !hold.entered(); ++i)
             client.enqueue_blocking("quick", i);
     });
-    const bool held = entered_once.get_future().wait_for(20s) == std::future_status::ready;
-    if (!held)
-        release.set_value();
-    REQUIRE(held);
-
+    REQUIRE(hold.entered_within(20s));
     auto stop = std::async(std::launch::async, [&] { host.stop_blocking(); });
-    const bool told = r.wait_for("long told to stop", 20s);
-    release.set_value(); // whatever happened, let the enqueue and the stop end
+    const bool told = r.wait_for("stopped a", 20s);
+    hold.release(); // whatever happened, let the enqueue and the stop end
     CHECK(told);
     enqueuer.wait();
     stop.wait();
     CHECK(host.exit_code() == 0);
-    const auto counts = store->inner.counts();
-    CHECK(counts[job_state::running] == 0); // the held enqueue's job went back, not lost
+    CHECK(store->inner.counts()[job_state::running] == 0); // the held enqueue's job went back, not lost
 }
 
 TEST_CASE("jobs: a claim's leases run from when it is sent, not from when it was queued", "[jobs][server]")
@@ -1185,39 +1164,19 @@ TEST_CASE("jobs: a stop tells running handlers at once, while the server's claim
     auto builder = test::make_builder(std::make_shared<test::capture_sink>());
     auto options = quick_server();
     options.workers = 2; // room left beside the long job: the server keeps claiming
-    jobs::add_jobs(builder, store, options)
-        .register_kind<int>("long", [&](int, jobs::job_context& context) -> asio::awaitable<void> {
-            r.add("long started");
-            try {
-                co_await hosting::delay(1h, context.stop_token());
-            } catch (const hosting::operation_canceled&) {
-                r.add("long told to stop");
-                throw;
-            }
-        });
+    jobs::add_jobs(builder, store, options).register_kind<std::string>("long", until_stopped(r));
     auto host = builder.build();
     auto& client = host.services().get<jobs::client>();
     host.start_blocking();
-    client.enqueue_blocking("long", 0);
-    REQUIRE(r.wait_for("long started", 20s));
+    client.enqueue_blocking("long", std::string("a"));
+    REQUIRE(r.wait_for("started a", 20s));
 
-    std::atomic<bool> entered{false};
-    std::promise<void> entered_once;
-    std::promise<void> release;
-    auto released = release.get_future().share();
-    store->on_claim = [&](std::size_t, const jobs::claim_request&) {
-        if (entered.exchange(true))
-            return;
-        entered_once.set_value();
-        released.wait();
-    };
-    const bool held = entered_once.get_future().wait_for(20s) == std::future_status::ready;
-    if (!held)
-        release.set_value();
-    REQUIRE(held);
+    hold_first hold;
+    store->on_claim = [&](std::size_t, const jobs::claim_request&) { hold.pass(); };
+    REQUIRE(hold.entered_within(20s));
     auto stop = std::async(std::launch::async, [&] { host.stop_blocking(); });
-    const bool told = r.wait_for("long told to stop", 20s);
-    release.set_value(); // whatever happened, let the claim and the stop end
+    const bool told = r.wait_for("stopped a", 20s);
+    hold.release(); // whatever happened, let the claim and the stop end
     CHECK(told);
     stop.wait();
     CHECK(host.exit_code() == 0);
