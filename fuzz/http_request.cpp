@@ -76,7 +76,10 @@ struct fixture {
         // No kind is registered: the jobs stay as they are, to be looked at
         // and acted on.
         hosting::jobs::add_jobs(builder, std::make_shared<hosting::jobs::memory_storage>());
-        hosting::jobs::add_jobs_dashboard(builder, {.poll_interval = std::chrono::milliseconds(100)});
+        // "x": the host name the corpus's requests give, answered as this
+        // machine's own, so that they reach the dashboard's routes.
+        hosting::jobs::add_jobs_dashboard(builder, {.allowed_hosts = {"x"},
+                                                    .poll_interval = std::chrono::milliseconds(100)});
         return builder.build();
     }
 
