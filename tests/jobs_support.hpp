@@ -185,15 +185,17 @@ inline auto until_stopped(test::recorder& r)
     };
 }
 
-// Holds the first call that passes through it (a storage hook, on the
-// storage's thread) until released; released at the end whatever happened,
-// so that a test that fails still ends.
+// Holds the first call that passes through it once armed (a storage hook,
+// set before the host starts: the storage's thread reads it) until
+// released; released at the end whatever happened, so that a test that
+// fails still ends.
 class hold_first {
 public:
     ~hold_first() { release(); }
+    void arm() { armed_ = true; }
     void pass()
     {
-        if (entered_.exchange(true))
+        if (!armed_ || entered_.exchange(true))
             return;
         entered_once_.set_value();
         released_.wait();
@@ -213,6 +215,7 @@ public:
     }
 
 private:
+    std::atomic<bool> armed_{false};
     std::atomic<bool> entered_{false};
     std::promise<void> entered_once_;
     std::future<void> entered_future_ = entered_once_.get_future();

@@ -969,14 +969,15 @@ TEST_CASE("jobs: a stop tells running handlers at once, while an enqueue that to
     jobs::add_jobs(builder, store, quick_server())
         .register_kind<std::string>("long", until_stopped(r))
         .register_kind<int>("quick", [](int, jobs::job_context&) -> asio::awaitable<void> { co_return; });
+    hold_first hold;
+    store->on_enqueue_and_claim = [&] { hold.pass(); };
     auto host = builder.build();
     auto& client = host.services().get<jobs::client>();
     host.start_blocking();
     client.enqueue_blocking("long", std::string("a"));
     REQUIRE(r.wait_for("started a", 20s));
 
-    hold_first hold;
-    store->on_enqueue_and_claim = [&] { hold.pass(); };
+    hold.arm();
     // Enqueues one at a time until one finds the server idle and takes its
     // claim (the server's own claims, between them, are not held).
     auto enqueuer = std::async(std::launch::async, [&] {
@@ -1119,12 +1120,6 @@ TEST_CASE("jobs: a recurring pass that fires many jobs lets the node's renewals 
     jobs::add_jobs(builder, store, options)
         .register_kind<std::string>("hold", until_stopped(r))
         .register_kind<int>("tick", [](int, jobs::job_context&) -> asio::awaitable<void> { co_return; });
-    auto host = builder.build();
-    auto& client = host.services().get<jobs::client>();
-    host.start_blocking();
-    client.enqueue_blocking("hold", std::string("a"));
-    REQUIRE(r.wait_for("started a"));
-
     constexpr int due = 10;
     std::atomic<int> fired{0};
     std::atomic<int> at_first{-1};
@@ -1137,6 +1132,12 @@ TEST_CASE("jobs: a recurring pass that fires many jobs lets the node's renewals 
         if (n == due)
             at_last = store->renewals.load();
     };
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    host.start_blocking();
+    client.enqueue_blocking("hold", std::string("a"));
+    REQUIRE(r.wait_for("started a"));
+
     for (int i = 0; i < due; ++i) {
         jobs::recurring_job tick;
         tick.id = "tick-" + std::to_string(i);
@@ -1165,14 +1166,15 @@ TEST_CASE("jobs: a stop tells running handlers at once, while the server's claim
     auto options = quick_server();
     options.workers = 2; // room left beside the long job: the server keeps claiming
     jobs::add_jobs(builder, store, options).register_kind<std::string>("long", until_stopped(r));
+    hold_first hold;
+    store->on_claim = [&](std::size_t, const jobs::claim_request&) { hold.pass(); };
     auto host = builder.build();
     auto& client = host.services().get<jobs::client>();
     host.start_blocking();
     client.enqueue_blocking("long", std::string("a"));
     REQUIRE(r.wait_for("started a", 20s));
 
-    hold_first hold;
-    store->on_claim = [&](std::size_t, const jobs::claim_request&) { hold.pass(); };
+    hold.arm();
     REQUIRE(hold.entered_within(20s));
     auto stop = std::async(std::launch::async, [&] { host.stop_blocking(); });
     const bool told = r.wait_for("stopped a", 20s);
