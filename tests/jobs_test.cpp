@@ -971,6 +971,11 @@ TEST_CASE("jobs: a stop tells running handlers at once, while an enqueue that to
         .register_kind<int>("quick", [](int, jobs::job_context&) -> asio::awaitable<void> { co_return; });
     hold_first hold;
     store->on_enqueue_and_claim = [&] { hold.pass(); };
+    std::atomic<int> found_nothing{0}; // claims that took nothing: the server then leaves its claim standing
+    store->after_claim = [&](const std::vector<jobs::job>& claimed) {
+        if (claimed.empty())
+            ++found_nothing;
+    };
     auto host = builder.build();
     auto& client = host.services().get<jobs::client>();
     host.start_blocking();
@@ -978,13 +983,17 @@ TEST_CASE("jobs: a stop tells running handlers at once, while an enqueue that to
     REQUIRE(r.wait_for("started a", 20s));
 
     hold.arm();
-    // Enqueues one at a time until one finds the server idle and takes its
-    // claim (the server's own claims, between them, are not held).
+    // Enqueues one at a time, each once the server found nothing more to
+    // claim, until one finds its claim standing and takes it (the server's
+    // own claims, between them, are not held).
     auto enqueuer = std::async(std::launch::async, [&] {
-        for (int i = 1; !hold.entered(); ++i)
+        for (int i = 1; !hold.entered(); ++i) {
+            const int before = found_nothing;
             client.enqueue_blocking("quick", i);
+            test::eventually([&] { return hold.entered() || found_nothing > before; }, 5s);
+        }
     });
-    REQUIRE(hold.entered_within(20s));
+    REQUIRE(hold.entered_within(60s));
     auto stop = std::async(std::launch::async, [&] { host.stop_blocking(); });
     const bool told = r.wait_for("stopped a", 20s);
     hold.release(); // whatever happened, let the enqueue and the stop end
