@@ -416,11 +416,11 @@ TEST_CASE("jobs dashboard: a page of another site that reaches it through its ow
         // Its page, with the token it could otherwise have read, acts on nothing.
         const auto id = s.client->enqueue_blocking("mail", 1).id;
         const auto token = s.csrf();
-        auto refused = post(s.port, "/jobs/api/job/delete?ids=" + std::to_string(id),
+        auto refused = post(s.port, std::string("/jobs/api/job/delete?ids=") + std::to_string(id),
                             {"X-CSRF-Token: " + token, "Sec-Fetch-Site: same-origin"}, "127.0.0.1");
         CHECK(refused.status == 200); // this machine's own page
         const auto id2 = s.client->enqueue_blocking("mail", 2).id;
-        const auto raw = test::raw_exchange(s.port, "POST /jobs/api/job/delete?ids=" + std::to_string(id2) +
+        const auto raw = test::raw_exchange(s.port, std::string("POST /jobs/api/job/delete?ids=") + std::to_string(id2) +
                                                         " HTTP/1.1\r\nHost: attacker.example:" + port +
                                                         "\r\nX-CSRF-Token: " + token +
                                                         "\r\nSec-Fetch-Site: same-origin\r\nContent-Length: "
