@@ -73,8 +73,13 @@ struct faulty_store final : coord::lease_store {
         check();
         inner->release(n, h, t);
     }
+    std::atomic<int> lease_reads{0};
+    std::function<void()> on_leases; // each read of the leases, first (set before the host starts)
     std::vector<coord::lease_record> leases() override
     {
+        ++lease_reads;
+        if (on_leases)
+            on_leases();
         check();
         return inner->leases();
     }
@@ -384,6 +389,37 @@ TEST_CASE("coordination: a lease whose grant comes too late to act on is given b
     a.reset();
     INFO(hold_log::text(log->snapshot()));
     CHECK(hold_log::never_overlapping(log->snapshot()));
+}
+
+TEST_CASE("coordination: readiness probes read the leases one at a time, and report the last reading while one "
+          "is on its way",
+          "[coordination]")
+{
+    // Each reading runs on the coordinator's thread, ahead of renewals: a
+    // probe at every interval while the storage is slow would queue
+    // readings without end.
+    EACH_LEASE_STORAGE(which, db);
+    auto log = std::make_shared<hold_log>();
+    auto faulty = std::make_shared<faulty_store>(make_lease_store(which, db));
+    hold_first hold;
+    faulty->on_leases = [&] { hold.pass(); };
+    auto a = std::make_unique<node>(faulty, "a", log);
+    REQUIRE(log->wait([](const auto& e) { return hold_log::running(e).has_value(); }));
+    REQUIRE(a->health().status == hosting::health_status::healthy); // a first reading
+    const int reads = faulty->lease_reads;
+    hold.arm();
+    auto slow = std::async(std::launch::async, [&] { return a->health(); });
+    REQUIRE(hold.entered_within(20s));
+    auto second = std::async(std::launch::async, [&] { return a->health(); });
+    const bool answered = second.wait_for(20s) == std::future_status::ready;
+    hold.release(); // whatever happened, let the reading end
+    REQUIRE(answered);
+    const auto entry = second.get();
+    CHECK(entry.status == hosting::health_status::healthy);
+    CHECK(entry.data.at("lease:work").find("a (term") == 0);
+    CHECK(entry.data.count("leases read") == 1);
+    CHECK(faulty->lease_reads == reads + 1);
+    CHECK(slow.get().status == hosting::health_status::healthy);
 }
 
 namespace coordination_test {

@@ -28,6 +28,7 @@
 #include <list>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <system_error>
 #include <thread>
 
@@ -729,20 +730,55 @@ std::shared_ptr<coordinator> add_coordination(host_builder& builder, std::shared
                       static_cast<double>(h.term));
         }
     });
+    // One reading of the leases at a time: a probe that comes while one is
+    // on its way (a storage slow to answer) reports what the last one read,
+    // rather than queue another on the coordinator's thread, ahead of the
+    // renewals, at every probe.
+    struct readings {
+        std::mutex mutex;
+        bool reading = false;                      // mutex
+        std::optional<std::vector<lease_record>> last; // mutex
+    };
     add_health_checks(builder).add_check(
         "coordination",
-        [weak = std::weak_ptr<coordinator>(made)](std::stop_token) -> asio::awaitable<health_check_result> {
+        [weak = std::weak_ptr<coordinator>(made),
+         shared = std::make_shared<readings>()](std::stop_token) -> asio::awaitable<health_check_result> {
             auto c = weak.lock();
             if (!c)
                 co_return health_check_result::unhealthy("the coordinator is gone");
             std::map<std::string, std::string> data{{"node", c->node_id()},
                                                     {"leader", c->is_leader() ? "yes" : "no"}};
+            bool mine = false;
+            std::optional<std::vector<lease_record>> last;
+            {
+                std::lock_guard lock(shared->mutex);
+                mine = !std::exchange(shared->reading, true);
+                last = shared->last;
+            }
             std::vector<lease_record> all;
-            try {
-                auto reading = c->leases();
-                all = co_await std::move(reading);
-            } catch (const std::exception& e) {
-                co_return health_check_result::unhealthy(std::string("the lease storage fails: ") + e.what(),
+            if (mine) {
+                struct done_reading {
+                    readings& r;
+                    ~done_reading()
+                    {
+                        std::lock_guard lock(r.mutex);
+                        r.reading = false;
+                    }
+                } done{*shared};
+                try {
+                    auto reading = c->leases();
+                    all = co_await std::move(reading);
+                } catch (const std::exception& e) {
+                    co_return health_check_result::unhealthy(std::string("the lease storage fails: ") + e.what(),
+                                                             std::move(data));
+                }
+                std::lock_guard lock(shared->mutex);
+                shared->last = all;
+            } else if (last) {
+                all = std::move(*last);
+                data["leases read"] = "by an earlier check: a reading is still on its way";
+            } else {
+                co_return health_check_result::unhealthy("the lease storage has not answered yet",
                                                          std::move(data));
             }
             for (const auto& l : all)
