@@ -560,6 +560,11 @@ TEST_CASE("jobs dashboard: an action on everything a filter matches is done in b
     for (int i = 0; i < 1200; ++i)
         batch.add(i % 3 == 0 ? "report" : "mail", i);
     s.client->enqueue_many_blocking(batch);
+    // Not with an empty filter, which would take every state's newest jobs.
+    const auto unfiltered =
+        post(s.port, "/jobs/api/jobs/delete", {"X-CSRF-Token: " + s.csrf(), "Sec-Fetch-Site: same-origin"});
+    CHECK(unfiltered.status == 400);
+    CHECK_THAT(unfiltered.body, Catch::Contains("needs one"));
     auto done = post(s.port, "/jobs/api/jobs/delete?kind=report", {"X-CSRF-Token: " + s.csrf(), "Sec-Fetch-Site: same-origin"});
     INFO(done.body);
     REQUIRE(done.status == 200);

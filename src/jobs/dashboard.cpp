@@ -807,6 +807,7 @@ private:
 
     // The jobs a bulk action on a filter takes in one request.
     static constexpr std::size_t bulk_limit = 100'000;
+    static constexpr std::array<std::string_view, 6> bulk_filters{"state", "queue", "kind", "q", "from", "to"};
 
     // Changes the jobs in batches in the storage; each one's result.
     asio::awaitable<http::response> changed(std::vector<job_id> ids, job_state to)
@@ -853,7 +854,16 @@ private:
         }
         if (sub == "/api/jobs/retry" || sub == "/api/jobs/delete" || sub == "/api/jobs/cancel") {
             // Everything the filter matches (the same filter, and window, as
-            // a list), up to bulk_limit jobs a request.
+            // a list), up to bulk_limit jobs a request. An empty filter
+            // would take the newest jobs of every state, running ones
+            // included: a request that means that says so with a state.
+            const bool filtered = std::any_of(bulk_filters.begin(), bulk_filters.end(), [&](std::string_view name) {
+                const auto v = r.query_parameter(name);
+                return v && !v->empty();
+            });
+            if (!filtered)
+                throw std::invalid_argument("an action on a filter needs one (a state, queue, kind, text or time): "
+                                            "an empty one would act on every job");
             auto op = search(r, bulk_limit);
             found_jobs found = co_await std::move(op);
             std::vector<job_id> ids;

@@ -194,6 +194,14 @@ try {
       (await api(`job?id=${id}`)).history.some(h => h.reason === 'requeued by a client'));
   });
 
+  await step('an action on all a filter matches is offered only when there is a filter', async () => {
+    await page.goto(`${base}#/jobs`);
+    await page.waitForSelector('button[data-action="delete"]');
+    assert.equal(await page.locator('button[data-action="all-delete"]').count(), 0);
+    await page.goto(`${base}#/jobs?state=scheduled`);
+    await page.waitForSelector('button[data-action="all-delete"]');
+  });
+
   await step('a job deleted from the list is deleted in the storage', async () => {
     await page.goto(`${base}#/jobs?state=scheduled`);
     await page.waitForSelector('tbody tr');

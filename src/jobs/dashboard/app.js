@@ -154,7 +154,7 @@ async function renderJobs(mine, params) {
         if (!selected.size) return;
         try { await post(`job/${a}?ids=${[...selected].join(',')}`); show(); } catch (e) { fail(e); }
       },
-    }, a + ' selected')), ['retry', 'delete', 'cancel'].map(a =>
+    }, a + ' selected')), filter.toString() === '' ? [] : ['retry', 'delete', 'cancel'].map(a =>
     el('button', {
       'data-action': 'all-' + a, onclick: async () => {
         if (!confirm(`${a} every job this filter matches?`)) return;
