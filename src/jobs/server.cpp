@@ -399,12 +399,9 @@ struct server::run : std::enable_shared_from_this<server::run> {
         clock::duration delay{};
         try {
             delay = kind ? kind->options.retry.delay_after(j.attempt) : retry_policy::default_backoff(j.attempt);
-        } catch (const std::exception& e) {
-            log->error("Job {} ({}): its kind's retry backoff threw ({}); the default backoff is used", j.id, j.kind,
-                       e.what());
-            delay = retry_policy::default_backoff(j.attempt);
         } catch (...) {
-            log->error("Job {} ({}): its kind's retry backoff threw; the default backoff is used", j.id, j.kind);
+            log->error("Job {} ({}): its kind's retry backoff threw ({}); the default backoff is used", j.id, j.kind,
+                       hosting::detail::describe(std::current_exception()));
             delay = retry_policy::default_backoff(j.attempt);
         }
         return std::clamp<clock::duration>(delay, clock::duration::zero(), std::chrono::hours(24 * 365));
@@ -478,14 +475,13 @@ struct server::run : std::enable_shared_from_this<server::run> {
     // runs from here.
     void begin_stop()
     {
-        if (told_to_stop)
+        if (std::exchange(stopping, true))
             return;
-        stopping = true;
-        told_to_stop = std::chrono::steady_clock::now();
+        stop_began = std::chrono::steady_clock::now();
         for (auto& [id, a] : running)
             interrupt(*a, cause::shutdown);
     }
-    std::optional<std::chrono::steady_clock::time_point> told_to_stop;
+    std::chrono::steady_clock::time_point stop_began{}; // once stopping
 
     static void interrupt(active& a, cause why)
     {
@@ -1058,7 +1054,7 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
     // them already): the standing claim may be in an enqueue's transaction
     // that the storage holds, and their grace runs meanwhile.
     r->begin_stop();
-    const auto grace_end = *r->told_to_stop + grace_;
+    const auto grace_end = r->stop_began + grace_;
     // Its jobs, if enqueues took it, are released below with the buffer.
     co_await r->settle_standing();
     r->housekeeping_stop.emit(asio::cancellation_type::terminal);
