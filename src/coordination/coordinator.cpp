@@ -85,8 +85,8 @@ public:
     }
     void fire() { lost_.request_stop(); }
     bool is_lost() const noexcept { return lost_flag_.load(); }
-    // Lost, or past the time it may be acted on, whether or not the
-    // watchdog has got to it yet.
+    // Neither lost nor past the time it may be acted on, whether or not
+    // the watchdog has got to it yet.
     bool is_current() const noexcept
     {
         return !is_lost() && clock::now().time_since_epoch().count() < valid_until.load();
@@ -132,15 +132,7 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
     }
 
     // A shut_down() from the coordinator's own thread joined nothing.
-    ~impl()
-    {
-        std::lock_guard lock(notifiers_mutex);
-        for (auto& n : notifiers)
-            if (n.thread.joinable() && n.thread.get_id() != std::this_thread::get_id())
-                n.thread.join();
-            else if (n.thread.joinable())
-                n.thread.detach();
-    }
+    ~impl() { join_notifiers(); }
 
     std::shared_ptr<lease_store> store;
     coordination_options options;
@@ -193,6 +185,17 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
     };
     std::mutex notifiers_mutex;
     std::vector<notifier> notifiers; // notifiers_mutex
+
+    void join_notifiers()
+    {
+        std::lock_guard lock(notifiers_mutex);
+        for (auto& n : notifiers)
+            if (n.thread.get_id() != std::this_thread::get_id())
+                n.thread.join();
+            else
+                n.thread.detach(); // the holder's callback let the coordinator go
+        notifiers.clear();
+    }
     std::condition_variable watchdog_wake;
     bool watchdog_stop = false; // under mutex
 
@@ -256,15 +259,7 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
             thread.join();
         if (watchdog.joinable())
             watchdog.join();
-        {
-            std::lock_guard lock(notifiers_mutex);
-            for (auto& n : notifiers)
-                if (n.thread.get_id() != std::this_thread::get_id())
-                    n.thread.join();
-                else
-                    n.thread.detach(); // the holder's callback let the coordinator go
-            notifiers.clear();
-        }
+        join_notifiers();
         // A lease a service still holds (its host stopped before it gave
         // the lease back) expires in the storage.
         slots.clear();
@@ -753,7 +748,8 @@ std::shared_ptr<coordinator> add_coordination(host_builder& builder, std::shared
             {
                 std::lock_guard lock(shared->mutex);
                 mine = !std::exchange(shared->reading, true);
-                last = shared->last;
+                if (!mine)
+                    last = shared->last;
             }
             std::vector<lease_record> all;
             if (mine) {
