@@ -203,13 +203,12 @@ asio::awaitable<void> single_instance_service::execute(std::stop_token stopping)
     }
 }
 
+// Also after the host's stop cancelled execute: a lease given up now passes
+// to another node at once instead of when it expires. The caller resets its
+// cancellation state first: a cancelled coroutine's co_await of this one
+// would throw before it began.
 asio::awaitable<void> single_instance_service::release(instance_lease& lease)
 {
-    // Also after the host's stop cancelled this coroutine: a lease given
-    // up now passes to another node at once instead of when it expires.
-    // (The caller resets its own state first: a cancelled coroutine's
-    // co_await of this one would throw before it began.)
-    co_await asio::this_coro::reset_cancellation_state();
     try {
         co_await lease.release();
     } catch (...) {
