@@ -424,45 +424,26 @@ TEST_CASE("coordination: readiness probes read the leases one at a time, and rep
 
 namespace coordination_test {
 
-// Blocks in what it registers on its stop token, until told to go on (a
-// cancel sent to a server that does not answer, say).
-class slow_to_stop : public hosting::background_service {
+// Records "<name> runs" and, from what it registers on its stop token,
+// "<name> told"; then, when given a future, blocks there until it is ready
+// (a cancel sent to a server that does not answer, say).
+class told_to_stop : public hosting::background_service {
 public:
-    slow_to_stop(std::shared_ptr<test::recorder> r, std::shared_future<void> go_on)
-        : r_(std::move(r)), go_on_(std::move(go_on))
+    told_to_stop(std::shared_ptr<test::recorder> r, std::string name, std::shared_future<void> go_on = {})
+        : r_(std::move(r)), name_(std::move(name)), go_on_(std::move(go_on))
     {
     }
 
 protected:
     asio::awaitable<void> execute(std::stop_token stopping) override
     {
-        auto on_stop = [r = r_, go_on = go_on_] {
-            r->add("x told");
-            go_on.wait();
+        auto on_stop = [r = r_, name = name_, go_on = go_on_] {
+            r->add(name + " told");
+            if (go_on.valid())
+                go_on.wait();
         };
-        std::stop_callback<decltype(on_stop)> blocking(stopping, std::move(on_stop));
-        r_->add("x runs");
-        try {
-            co_await hosting::delay(std::chrono::hours(1), stopping);
-        } catch (const hosting::operation_canceled&) {
-        }
-    }
-
-private:
-    std::shared_ptr<test::recorder> r_;
-    std::shared_future<void> go_on_;
-};
-
-class quick_to_stop : public hosting::background_service {
-public:
-    explicit quick_to_stop(std::shared_ptr<test::recorder> r) : r_(std::move(r)) {}
-
-protected:
-    asio::awaitable<void> execute(std::stop_token stopping) override
-    {
-        auto on_stop = [r = r_] { r->add("y told"); };
         std::stop_callback<decltype(on_stop)> told(stopping, std::move(on_stop));
-        r_->add("y runs");
+        r_->add(name_ + " runs");
         try {
             co_await hosting::delay(std::chrono::hours(1), stopping);
         } catch (const hosting::operation_canceled&) {
@@ -471,6 +452,8 @@ protected:
 
 private:
     std::shared_ptr<test::recorder> r_;
+    std::string name_;
+    std::shared_future<void> go_on_;
 };
 
 } // namespace coordination_test
@@ -486,10 +469,10 @@ TEST_CASE("coordination: a holder whose stop blocks holds up neither another hol
     auto builder = test::make_builder(std::make_shared<test::capture_sink>());
     auto coordinator = coord::add_coordination(builder, faulty, quick_options("a"));
     builder.services()
-        .add_hosted_service<slow_to_stop>(r, go_on.get_future().share())
+        .add_hosted_service<told_to_stop>(r, "x", go_on.get_future().share())
         .name("x")
         .single_instance("x");
-    builder.services().add_hosted_service<quick_to_stop>(r).name("y").single_instance("y");
+    builder.services().add_hosted_service<told_to_stop>(r, "y").name("y").single_instance("y");
     auto host = builder.build();
     host.start_blocking();
     REQUIRE(r->wait_for("x runs"));
