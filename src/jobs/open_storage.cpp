@@ -8,7 +8,8 @@
 
 namespace hosting::jobs {
 
-std::shared_ptr<storage> open_storage(const std::string& where, const std::string& schema, const std::string& sync)
+std::shared_ptr<storage> open_storage(const std::string& where, const std::string& schema, const std::string& sync,
+                                      bool transaction_pooling)
 {
     if (where.empty())
         throw invalid_storage_location("jobs: the storage location is empty (a SQLite file's path, "
@@ -17,6 +18,7 @@ std::shared_ptr<storage> open_storage(const std::string& where, const std::strin
         postgres_options options;
         if (!schema.empty())
             options.schema = schema;
+        options.transaction_pooling = transaction_pooling;
         return std::make_shared<postgres_storage>(where, options);
     }
     sqlite_options options;
@@ -33,7 +35,7 @@ std::shared_ptr<storage> open_storage(const std::string& where, const std::strin
 std::shared_ptr<storage> open_storage(const configuration& config)
 {
     return open_storage(config.get<std::string>("Jobs:Storage", "jobs.db"), config.get<std::string>("Jobs:Schema", ""),
-                        config.get<std::string>("Jobs:Sync", ""));
+                        config.get<std::string>("Jobs:Sync", ""), config.get<bool>("Jobs:TransactionPooling", false));
 }
 
 } // namespace hosting::jobs

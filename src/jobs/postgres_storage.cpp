@@ -523,6 +523,12 @@ std::vector<prepared_sql> make_statements()
              ") RETURNING id, queue, kind, state), " +
              counted("added") + " SELECT id FROM added"},
         {"find_unique", "SELECT id FROM jobs WHERE unique_slot = $1"},
+        // What a session would hold, for this transaction only, through a
+        // pooler in transaction mode (postgres_options::transaction_pooling):
+        // $1 the quoted schema, $2 the statement_timeout, $3 the lock_timeout.
+        {"session_settings",
+         "SELECT set_config('search_path', $1, true), set_config('statement_timeout', $2, true), "
+         "set_config('lock_timeout', $3, true)"},
         // For this transaction only (write_generic()); $1 the lock_timeout.
         {"generic_plans",
          "SELECT set_config('plan_cache_mode', 'force_generic_plan', true), set_config('lock_timeout', $1, true)"},
@@ -757,9 +763,26 @@ struct postgres_storage::connection {
         return out;
     }
 
+    // Through a pooler in transaction mode, each transaction may get another
+    // server session, and a session's state would go to other clients.
+    bool pooled() const { return options.transaction_pooling && conn.get_deleter().owned; }
+    // Statements are sent with their text: the caller's connection has
+    // none of ours prepared, and a pooled session may be anyone's.
+    bool unprepared() const { return options.transaction_pooling || !conn.get_deleter().owned; }
+
+    params session_settings() const
+    {
+        return params()
+            .add(quoted_schema())
+            .add(std::to_string(std::max<std::int64_t>(0, options.statement_timeout.count())))
+            .add(session_lock_wait());
+    }
+
     void set_up_session()
     {
-        prepared = false;
+        prepared = pooled(); // nothing to prepare, nor to set: see session_settings
+        if (prepared)
+            return;
         exec("SET search_path TO " + quoted_schema());
         exec("SET statement_timeout = " + std::to_string(options.statement_timeout.count()));
         exec("SET lock_timeout = " + session_lock_wait());
@@ -890,8 +913,19 @@ struct postgres_storage::connection {
     {
         // A text goes on its own (a migration is several statements in
         // one, which a pipeline does not take), after the BEGIN it waits for.
-        if (std::exchange(begin_pending, false))
-            exec("BEGIN");
+        if (std::exchange(begin_pending, false)) {
+            as_is("BEGIN");
+            if (pooled())
+                run("session_settings", session_settings());
+        } else if (pooled() && PQtransactionStatus(conn.get()) == PQTRANS_IDLE) {
+            return alone({"statement", p, text});
+        }
+        return as_is(text, p);
+    }
+
+    // One text sent as it is, in whatever transaction the connection is.
+    result as_is(const std::string& text, const params& p = {})
+    {
         // Without parameters, the simple protocol: a migration is several
         // statements in one text.
         const auto values = p.pointers();
@@ -905,12 +939,16 @@ struct postgres_storage::connection {
     // Sends one statement (a prepared one by name; BEGIN or COMMIT as
     // text, with the extended protocol that a pipeline takes); 0 when it
     // could not be sent.
-    int send(const char* name, const params& p)
+    // `text`, when given, is sent as it is and `name` only names it.
+    int send(const char* name, const params& p, const std::string& text = {})
     {
         const auto values = p.pointers();
+        if (!text.empty())
+            return PQsendQueryParams(conn.get(), text.c_str(), p.size(), nullptr, values.data(), nullptr, nullptr,
+                                     0);
         if (std::string_view(name) == "BEGIN" || std::string_view(name) == "COMMIT")
             return PQsendQueryParams(conn.get(), name, 0, nullptr, nullptr, nullptr, nullptr, 0);
-        if (!conn.get_deleter().owned) {
+        if (unprepared()) {
             const auto s = std::find_if(sql.begin(), sql.end(), [&](const prepared_sql& s) {
                 return std::string_view(s.name) == name;
             });
@@ -923,6 +961,7 @@ struct postgres_storage::connection {
     struct step {
         const char* name;
         params values;
+        std::string text = {}; // a statement not among the prepared ones
     };
 
     // Statements sent together and answered together, in one round trip
@@ -933,19 +972,22 @@ struct postgres_storage::connection {
     // them, and the transaction is aborted).
     std::vector<result> pipeline(std::vector<step> steps)
     {
-        bool began = false;
+        std::size_t opening = 0;
         if (std::exchange(begin_pending, false)) {
-            began = true;
+            std::vector<step> first;
+            first.push_back({"BEGIN", {}});
+            if (pooled())
+                first.push_back({"session_settings", session_settings()});
             if (generic)
-                steps.insert(steps.begin(),
-                             step{"generic_plans", params().add(lock_wait.empty() ? session_lock_wait() : lock_wait)});
-            steps.insert(steps.begin(), step{"BEGIN", {}});
+                first.push_back({"generic_plans", params().add(lock_wait.empty() ? session_lock_wait() : lock_wait)});
+            opening = first.size();
+            steps.insert(steps.begin(), std::make_move_iterator(first.begin()), std::make_move_iterator(first.end()));
         }
         if (PQenterPipelineMode(conn.get()) == 0)
             throw storage_error("jobs: " + where() + ": cannot pipeline: " + trimmed(PQerrorMessage(conn.get())));
         bool sent = true;
         for (const auto& s : steps)
-            sent = sent && send(s.name, s.values) != 0;
+            sent = sent && send(s.name, s.values, s.text) != 0;
         sent = sent && PQpipelineSync(conn.get()) != 0;
         no_answer.clear();
         std::vector<result> out;
@@ -969,8 +1011,7 @@ struct postgres_storage::connection {
             throw server_error("jobs: " + where() + ": " + steps.front().name + ": " +
                                    (no_answer.empty() ? trimmed(PQerrorMessage(conn.get())) : no_answer),
                                "");
-        if (began)
-            out.erase(out.begin(), out.begin() + (generic ? 2 : 1));
+        out.erase(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(opening));
         return out;
     }
 
@@ -1007,21 +1048,31 @@ struct postgres_storage::connection {
         return out;
     }
 
+    // A statement outside any transaction, through a pooler in transaction
+    // mode: a transaction of its own, which carries the session's settings,
+    // in one round trip.
+    result alone(step s)
+    {
+        wake_others = false;
+        begin_pending = true;
+        try {
+            auto out = commit_with({std::move(s)});
+            committed = false;
+            return std::move(out.front());
+        } catch (...) {
+            committed = false;
+            rollback_quietly();
+            throw;
+        }
+    }
+
     result run(const char* name, const params& p)
     {
         if (begin_pending)
             return std::move(pipeline({{name, p}}).back());
-        const auto values = p.pointers();
-        if (!conn.get_deleter().owned) {
-            const auto s = std::find_if(sql.begin(), sql.end(), [&](const prepared_sql& s) {
-                return std::string_view(s.name) == name;
-            });
-            result r(answer(
-                PQsendQueryParams(conn.get(), s->sql.c_str(), p.size(), nullptr, values.data(), nullptr, nullptr, 0)));
-            check(r, name);
-            return r;
-        }
-        result r(answer(PQsendQueryPrepared(conn.get(), name, p.size(), values.data(), nullptr, nullptr, 0)));
+        if (pooled() && PQtransactionStatus(conn.get()) == PQTRANS_IDLE)
+            return alone({name, p});
+        result r(answer(send(name, p)));
         check(r, name);
         return r;
     }
@@ -1672,7 +1723,9 @@ void postgres_storage::listen_for_work(std::function<void()> wake)
 {
     std::lock_guard lock(listener_mutex_);
     listener_.reset();
-    if (wake && options_.notifications)
+    // A LISTEN through a pooler in transaction mode would be made on a
+    // session that goes to other clients: such nodes poll.
+    if (wake && options_.notifications && !options_.transaction_pooling)
         listener_ = std::make_unique<listener>(conninfo_, channel_of(options_.schema), std::move(wake));
 }
 

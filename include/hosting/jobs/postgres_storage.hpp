@@ -35,9 +35,17 @@ struct postgres_options {
     // in the enqueue's own transaction, so only once it commits) and claims
     // them at once; the server's polling stays as the fallback. Off: polling
     // only, for a network or a proxy that does not carry notifications.
-    // (The storage keeps state in its sessions, prepared statements and
-    // settings: a pooler in transaction mode is not supported.)
     bool notifications = true;
+    // The connection string names a pooler in transaction mode (PgBouncer's
+    // pool_mode = transaction), which gives each transaction whichever
+    // server session is free: the storage then keeps nothing in a session.
+    // Its statements go unprepared, its search_path and timeouts are set
+    // inside each transaction (a read is one transaction too), and it does
+    // not LISTEN, which needs a session of its own: nodes find each
+    // other's work by polling (poll_interval). Their enqueues still NOTIFY,
+    // for nodes connected directly. Off (the default): a direct connection
+    // or a pooler in session mode, with prepared statements and a listener.
+    bool transaction_pooling = false;
     // At most this many connections for calls (the listener has one more):
     // each call takes one for itself, so a page of the dashboard, a
     // readiness check or an application's enqueue runs beside the engine's
