@@ -87,6 +87,16 @@ private:
         return;                                                                                                        \
     }
 
+// PostgreSQL reached directly, and through PgBouncer in transaction mode
+// where the tests' server has one in front of it.
+std::vector<std::string> postgres_routes()
+{
+    std::vector<std::string> out{"postgresql"};
+    if (!pooled_postgres_conninfo().empty())
+        out.push_back("postgresql-pooled");
+    return out;
+}
+
 } // namespace
 
 TEST_CASE("jobs: nodes claiming from one PostgreSQL at once never share a job or a concurrency key",
@@ -94,6 +104,8 @@ TEST_CASE("jobs: nodes claiming from one PostgreSQL at once never share a job or
 {
     REQUIRE_POSTGRES();
     temp_db db;
+    const std::string route = GENERATE(Catch::Generators::from_range(postgres_routes()));
+    INFO(route);
     constexpr int total = 2000;
     constexpr int nodes = 4;
     {
@@ -104,7 +116,7 @@ TEST_CASE("jobs: nodes claiming from one PostgreSQL at once never share a job or
                 r.concurrency_key = "key-" + std::to_string(i % 7);
             batch.push_back(std::move(r));
         }
-        make_storage("postgresql", db)->enqueue(batch, jobs::clock::now());
+        make_storage(route, db)->enqueue(batch, jobs::clock::now());
     }
     std::mutex mutex;
     std::map<jobs::job_id, int> claims;
@@ -117,7 +129,7 @@ TEST_CASE("jobs: nodes claiming from one PostgreSQL at once never share a job or
     for (int n = 0; n < nodes; ++n)
         threads.emplace_back([&, n] {
             try {
-                auto store = make_storage("postgresql", db);
+                auto store = make_storage(route, db);
                 const jobs::claim_request claim{"node-" + std::to_string(n), {{"default", 8}}, {"k"},
                                                 jobs::clock::now() + 60s};
                 std::vector<jobs::job> mine;
@@ -159,22 +171,76 @@ TEST_CASE("jobs: nodes claiming from one PostgreSQL at once never share a job or
     CHECK(std::all_of(claims.begin(), claims.end(), [](const auto& c) { return c.second == 1; }));
     CHECK(key_overlaps == 0);
     CHECK(std::count_if(claimed_by.begin(), claimed_by.end(), [](int c) { return c > 0; }) >= 2);
-    auto store = make_storage("postgresql", db);
+    auto store = make_storage(route, db);
     CHECK(store->counts()[job_state::succeeded] == total);
     CHECK(store->counts()[job_state::running] == 0);
+}
+
+TEST_CASE("jobs: through a pooler in transaction mode the storage leaves nothing in a server session and needs "
+          "nothing of it",
+          "[jobs][postgresql]")
+{
+    REQUIRE_POSTGRES();
+    if (pooled_postgres_conninfo().empty()) {
+        WARN("no PgBouncer in front of PostgreSQL: not tested");
+        return;
+    }
+    temp_db db;
+    // The pooler's database "single" has one server session: the storage's
+    // transactions and another client's take turns on it, as any two
+    // clients of a transaction pooler may.
+    auto single = pooled_postgres_conninfo();
+    single.replace(single.find("dbname=postgres"), std::string_view("dbname=postgres").size(), "dbname=single");
+    jobs::postgres_storage store(single, jobs::postgres_options{.schema = db.schema, .transaction_pooling = true});
+    session other(single);
+    const auto backend = other.exec("SELECT pg_backend_pid()");
+    // What another client leaves in the session: the storage finds its
+    // tables all the same.
+    other.exec("SET search_path TO public");
+
+    const auto now = jobs::clock::now();
+    auto keyed = request("k", "1");
+    keyed.unique_key = "once";
+    std::vector<jobs::enqueue_request> batch{request("k", "2"), request("k", "3")};
+    CHECK(store.enqueue(std::span(&keyed, 1), now).front().created);
+    CHECK(store.enqueue(batch, now).size() == 2);
+    const jobs::claim_request claim{"node-a", {{"default", 8}}, {"k"}, now + 60s};
+    auto claimed = store.complete_and_claim({}, claim, now);
+    REQUIRE(claimed.size() == 3);
+    std::vector<jobs::completion> done;
+    for (const auto& j : claimed)
+        done.push_back({j.id, j.attempt, jobs::outcome::succeeded, {}, {}, "ok"});
+    CHECK(store.complete_and_claim(done, claim, now).empty());
+    store.announce_node({.id = "node-a", .host = "h", .pid = 1, .workers = 2, .queues = {"default"}}, now);
+    CHECK(store.list_nodes().size() == 1);
+    CHECK(store.counts()[job_state::succeeded] == 3);
+    CHECK(store.find(claimed.front().id)->state == job_state::succeeded);
+    CHECK(store.list({.state = job_state::succeeded}).size() == 3);
+
+    // The same server session all along, and what the other client set is
+    // as it set it: the storage's settings lasted its transactions only,
+    // and it prepared and listened to nothing.
+    CHECK(other.exec("SELECT pg_backend_pid()") == backend);
+    CHECK(other.exec("SHOW search_path") == "public");
+    CHECK(other.exec("SHOW statement_timeout") == "0");
+    CHECK(other.exec("SHOW lock_timeout") == "0");
+    CHECK(other.exec("SELECT count(*) FROM pg_prepared_statements") == "0");
+    CHECK(other.exec("SELECT count(*) FROM pg_listening_channels()") == "0");
 }
 
 TEST_CASE("jobs: nodes that start at once on a fresh PostgreSQL schema migrate it once", "[jobs][postgresql]")
 {
     REQUIRE_POSTGRES();
     temp_db db;
+    const std::string route = GENERATE(Catch::Generators::from_range(postgres_routes()));
+    INFO(route);
     std::mutex mutex;
     std::vector<std::string> errors;
     std::vector<std::thread> threads;
     for (int n = 0; n < 6; ++n)
         threads.emplace_back([&] {
             try {
-                make_storage("postgresql", db);
+                make_storage(route, db);
             } catch (const std::exception& e) {
                 std::lock_guard lock(mutex);
                 errors.push_back(e.what());

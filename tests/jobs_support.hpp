@@ -90,6 +90,20 @@ inline std::string postgres_conninfo()
 #endif
 }
 
+// The same server through the PgBouncer in transaction mode that the
+// script starts in front of it where PgBouncer is installed; empty without.
+inline std::string pooled_postgres_conninfo()
+{
+#ifdef HOSTING_TEST_POSTGRES_CONNINFO
+    std::ifstream file(std::filesystem::path(HOSTING_TEST_POSTGRES_CONNINFO).parent_path() / "pooled-conninfo");
+    std::string line;
+    std::getline(file, line);
+    return line;
+#else
+    return {};
+#endif
+}
+
 // Each storage, so that every behaviour is checked on each.
 inline std::shared_ptr<jobs::storage> make_storage(const std::string& which, temp_db& db)
 {
@@ -98,6 +112,9 @@ inline std::shared_ptr<jobs::storage> make_storage(const std::string& which, tem
 #ifdef HOSTING_TEST_POSTGRES_CONNINFO
     if (which == "postgresql")
         return std::make_shared<jobs::postgres_storage>(postgres_conninfo(), jobs::postgres_options{.schema = db.schema});
+    if (which == "postgresql-pooled")
+        return std::make_shared<jobs::postgres_storage>(
+            pooled_postgres_conninfo(), jobs::postgres_options{.schema = db.schema, .transaction_pooling = true});
 #endif
     return std::make_shared<jobs::sqlite_storage>(db.path.string());
 }
@@ -429,16 +446,23 @@ public:
 // The storages the conformance suite (jobs_conformance_test.cpp) runs
 // against: each of its tests runs once per storage. A storage joins the
 // suite by adding its name here and to make_storage().
-// PostgreSQL joins when CTest started its server; run by hand without one,
-// the binary says so once and tests the others.
+// PostgreSQL joins when CTest started its server, directly and through a
+// pooler in transaction mode ("postgresql-pooled") where PgBouncer is
+// installed; run by hand without one, the binary says so once and tests
+// the others.
 inline std::vector<std::string> conformance_storages()
 {
     static const std::vector<std::string> storages = [] {
         std::vector<std::string> out{"memory", "sqlite"};
 #ifdef HOSTING_TEST_POSTGRES_CONNINFO
-        if (!postgres_conninfo().empty())
+        if (!postgres_conninfo().empty()) {
             out.push_back("postgresql");
-        else
+            if (!pooled_postgres_conninfo().empty())
+                out.push_back("postgresql-pooled");
+            else
+                std::fprintf(stderr, "jobs tests: no PgBouncer in front of PostgreSQL: transaction pooling not "
+                                     "tested\n");
+        } else
             std::fprintf(stderr, "jobs tests: no PostgreSQL server (ctest starts one): PostgreSQL not tested\n");
 #endif
         return out;

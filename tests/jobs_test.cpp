@@ -575,8 +575,12 @@ std::map<std::int64_t, int> runs_in(const std::string& output)
 
 std::vector<std::string> worker_args(const std::string& which, const temp_db& db)
 {
+    const std::string storage = which == "postgresql"          ? postgres_conninfo()
+                                : which == "postgresql-pooled" ? pooled_postgres_conninfo()
+                                                               : db.path.string();
     return {"--Jobs:Mode=work",
-            "--Jobs:Storage=" + (which == "postgresql" ? postgres_conninfo() : db.path.string()),
+            "--Jobs:Storage=" + storage,
+            "--Jobs:TransactionPooling=" + std::string(which == "postgresql-pooled" ? "true" : "false"),
             "--Jobs:Schema=" + db.schema,
             "--Jobs:PrintRuns=true",
             "--Jobs:LeaseMs=1500",
@@ -585,8 +589,8 @@ std::vector<std::string> worker_args(const std::string& which, const temp_db& db
             "--Logging:LogLevel:Default=Warning"};
 }
 
-// The storages several processes share: a SQLite file, and PostgreSQL when
-// CTest started its server.
+// The storages several processes share: a SQLite file, and PostgreSQL
+// (directly and through PgBouncer) when CTest started its server.
 std::vector<std::string> process_storages()
 {
     auto out = conformance_storages();
