@@ -7,6 +7,7 @@
 #include <hosting/metrics/metrics.hpp>
 #ifdef HOSTING_TEST_POSTGRES_CONNINFO
 #include <hosting/coordination/postgres_lease_store.hpp>
+#include <libpq-fe.h>
 #endif
 
 #include <future>
@@ -23,15 +24,19 @@ std::vector<std::string> lease_storages()
     std::vector<std::string> out{"sqlite"};
     if (!postgres_conninfo().empty())
         out.push_back("postgresql");
+    // The same server through PgBouncer in transaction mode.
+    if (!pooled_postgres_conninfo().empty())
+        out.push_back("postgresql-pooled");
     return out;
 }
 
 std::shared_ptr<coord::lease_store> make_lease_store(const std::string& which, temp_db& db)
 {
 #ifdef HOSTING_TEST_POSTGRES_CONNINFO
-    if (which == "postgresql")
-        return std::make_shared<coord::postgres_lease_store>(postgres_conninfo(),
-                                                             coord::postgres_lease_options{.schema = db.schema});
+    if (which == "postgresql" || which == "postgresql-pooled")
+        return std::make_shared<coord::postgres_lease_store>(
+            which == "postgresql" ? postgres_conninfo() : pooled_postgres_conninfo(),
+            coord::postgres_lease_options{.schema = db.schema});
 #endif
     return std::make_shared<coord::sqlite_lease_store>(db.path.string());
 }
@@ -277,6 +282,38 @@ TEST_CASE("coordination: a lease goes to one holder at a time, with a term that 
     CHECK(all[1].holder == "node-b");
     CHECK_THAT(a->describe(), Catch::Contains(which == "sqlite" ? "SQLite" : "postgresql"));
 }
+
+#ifdef HOSTING_TEST_POSTGRES_CONNINFO
+TEST_CASE("coordination: through a pooler in transaction mode the PostgreSQL lease store leaves nothing in a server "
+          "session",
+          "[coordination]")
+{
+    if (pooled_postgres_conninfo().empty()) {
+        WARN("no PgBouncer in front of PostgreSQL: not tested");
+        return;
+    }
+    temp_db db;
+    // The pooler's database "single_leases" has one server session, which the
+    // store's statements and another client's take turns on.
+    auto single = pooled_postgres_conninfo();
+    single.replace(single.find("dbname=postgres"), std::string_view("dbname=postgres").size(), "dbname=single_leases");
+    std::unique_ptr<PGconn, decltype(&PQfinish)> other(PQconnectdb(single.c_str()), &PQfinish);
+    REQUIRE(PQstatus(other.get()) == CONNECTION_OK);
+    // Whatever an earlier client left in the session goes first.
+    PQclear(PQexec(other.get(), "DISCARD ALL"));
+    coord::postgres_lease_store store(single, coord::postgres_lease_options{.schema = db.schema});
+    const auto term = store.acquire("l", "node-a", 60s);
+    REQUIRE(term);
+    CHECK(store.renew("l", "node-a", *term, 60s));
+    CHECK(store.leases().size() == 1);
+    store.release("l", "node-a", *term);
+
+    std::unique_ptr<PGresult, decltype(&PQclear)> r(PQexec(other.get(), "SHOW statement_timeout"), &PQclear);
+    REQUIRE(PQresultStatus(r.get()) == PGRES_TUPLES_OK);
+    // The store's 2-s bound held for its own transactions only.
+    CHECK(std::string(PQgetvalue(r.get(), 0, 0)) == "0");
+}
+#endif
 
 TEST_CASE("coordination: of three hosts on one storage, one runs a single-instance service and one leads, and a stop "
           "hands both over at once with larger terms",
@@ -615,6 +652,8 @@ std::string storage_for(const std::string& which, temp_db& db)
 {
     if (which == "postgresql")
         return postgres_conninfo();
+    if (which == "postgresql-pooled")
+        return pooled_postgres_conninfo();
     return db.path.string();
 }
 

@@ -186,13 +186,15 @@ TEST_CASE("jobs: through a pooler in transaction mode the storage leaves nothing
         return;
     }
     temp_db db;
-    // The pooler's database "single" has one server session: the storage's
+    // The pooler's database "single_jobs" has one server session: the storage's
     // transactions and another client's take turns on it, as any two
     // clients of a transaction pooler may.
     auto single = pooled_postgres_conninfo();
-    single.replace(single.find("dbname=postgres"), std::string_view("dbname=postgres").size(), "dbname=single");
-    jobs::postgres_storage store(single, jobs::postgres_options{.schema = db.schema, .transaction_pooling = true});
+    single.replace(single.find("dbname=postgres"), std::string_view("dbname=postgres").size(), "dbname=single_jobs");
     session other(single);
+    // Whatever an earlier client left in the session goes first.
+    other.exec("DISCARD ALL");
+    jobs::postgres_storage store(single, jobs::postgres_options{.schema = db.schema, .transaction_pooling = true});
     const auto backend = other.exec("SELECT pg_backend_pid()");
     // What another client leaves in the session: the storage finds its
     // tables all the same.

@@ -82,13 +82,12 @@ struct postgres_lease_store::impl {
         try {
             if (schema_quoted.empty())
                 schema_quoted = quoted_schema();
-            run("SET statement_timeout = " + std::to_string(options.timeout.count()), {});
-            run("SELECT pg_advisory_xact_lock(hashtextextended('hosting_coordination_schema', 7200)); "
-                "CREATE SCHEMA IF NOT EXISTS " +
-                    schema_quoted + "; CREATE TABLE IF NOT EXISTS " + schema_quoted +
-                    ".leases (name text PRIMARY KEY, holder text NOT NULL, term bigint NOT NULL, "
-                    "expires_at timestamptz NOT NULL)",
-                {});
+            script("BEGIN; SET LOCAL statement_timeout = " + std::to_string(options.timeout.count()) +
+                   "; SELECT pg_advisory_xact_lock(hashtextextended('hosting_coordination_schema', 7200)); "
+                   "CREATE SCHEMA IF NOT EXISTS " +
+                   schema_quoted + "; CREATE TABLE IF NOT EXISTS " + schema_quoted +
+                   ".leases (name text PRIMARY KEY, holder text NOT NULL, term bigint NOT NULL, "
+                   "expires_at timestamptz NOT NULL); COMMIT");
         } catch (...) {
             PQfinish(conn);
             conn = nullptr;
@@ -96,46 +95,97 @@ struct postgres_lease_store::impl {
         }
     }
 
-    // Runs one text (several statements when without parameters), waiting
-    // no longer than the timeout and a second more for the server, which
-    // would have cancelled the statement itself by then were it answering.
+    // The next result of what was sent, waiting no longer than `deadline`:
+    // the timeout and a second more for the server, which would have
+    // cancelled the statement itself by then were it answering. Null at
+    // the end of a statement's results.
+    result next(std::chrono::steady_clock::time_point deadline)
+    {
+        while (PQisBusy(conn)) {
+            const auto left =
+                std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+            if (left.count() <= 0)
+                fail("no answer within " + std::to_string((options.timeout + std::chrono::seconds(1)).count()) +
+                     " ms; the connection is given up");
+            pollfd fd{PQsocket(conn), POLLIN, 0};
+            if (::poll(&fd, 1, static_cast<int>(left.count())) < 0 && errno != EINTR)
+                break;
+            if (PQconsumeInput(conn) == 0)
+                break; // broken: PQgetResult says so
+        }
+        return result(PQgetResult(conn));
+    }
+
+    std::chrono::steady_clock::time_point deadline() const
+    {
+        return std::chrono::steady_clock::now() + options.timeout + std::chrono::seconds(1);
+    }
+
+    static bool succeeded(const result& r)
+    {
+        return r && (PQresultStatus(r.get()) == PGRES_COMMAND_OK || PQresultStatus(r.get()) == PGRES_TUPLES_OK);
+    }
+
+    // Several statements in one text (the table's creation).
+    void script(const std::string& text)
+    {
+        if (!PQsendQuery(conn, text.c_str()))
+            fail("sending a statement failed: " + trimmed(PQerrorMessage(conn)));
+        const auto until = deadline();
+        std::string error;
+        while (auto r = next(until))
+            if (!succeeded(r) && error.empty())
+                error = trimmed(PQresultErrorMessage(r.get()));
+        if (!error.empty())
+            throw lease_store_error("coordination: " + server + ": " + error);
+    }
+
+    // One statement, in a transaction of its own that sets its
+    // statement_timeout, all in one round trip: nothing is left in the
+    // session, which through a pooler in transaction mode (PgBouncer's
+    // pool_mode = transaction) would be other clients' next.
     result run(const std::string& text, const std::vector<std::string>& values)
     {
         std::vector<const char*> pointers;
         for (const auto& v : values)
             pointers.push_back(v.c_str());
-        const int sent = values.empty() ? PQsendQuery(conn, text.c_str())
-                                        : PQsendQueryParams(conn, text.c_str(), static_cast<int>(values.size()),
-                                                            nullptr, pointers.data(), nullptr, nullptr, 0);
+        const std::string timeout = std::to_string(options.timeout.count());
+        const char* timeout_value = timeout.c_str();
+        const bool sent =
+            PQenterPipelineMode(conn) == 1 &&
+            PQsendQueryParams(conn, "BEGIN", 0, nullptr, nullptr, nullptr, nullptr, 0) == 1 &&
+            PQsendQueryParams(conn, "SELECT set_config('statement_timeout', $1, true)", 1, nullptr, &timeout_value,
+                              nullptr, nullptr, 0) == 1 &&
+            PQsendQueryParams(conn, text.c_str(), static_cast<int>(values.size()), nullptr, pointers.data(), nullptr,
+                              nullptr, 0) == 1 &&
+            PQsendQueryParams(conn, "COMMIT", 0, nullptr, nullptr, nullptr, nullptr, 0) == 1 &&
+            PQpipelineSync(conn) == 1;
         if (!sent)
             fail("sending a statement failed: " + trimmed(PQerrorMessage(conn)));
-        const auto deadline = std::chrono::steady_clock::now() + options.timeout + std::chrono::seconds(1);
+        const auto until = deadline();
         result kept;
-        for (;;) {
-            while (PQisBusy(conn)) {
-                const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-                    deadline - std::chrono::steady_clock::now());
-                if (left.count() <= 0)
-                    fail("no answer within " + std::to_string((options.timeout + std::chrono::seconds(1)).count()) +
-                                " ms; the connection is given up");
-                pollfd fd{PQsocket(conn), POLLIN, 0};
-                if (::poll(&fd, 1, static_cast<int>(left.count())) < 0 && errno != EINTR)
-                    break;
-                if (PQconsumeInput(conn) == 0)
-                    break;
+        std::string error;
+        for (int statement = 0; statement < 4; ++statement)
+            while (auto r = next(until)) {
+                if (!succeeded(r) && error.empty())
+                    error = PQresultStatus(r.get()) == PGRES_PIPELINE_ABORTED ? "a statement was not run"
+                                                                              : trimmed(PQresultErrorMessage(r.get()));
+                if (statement == 2)
+                    kept = std::move(r);
             }
-            result r(PQgetResult(conn));
-            if (!r)
-                break;
-            if (kept && PQresultStatus(kept.get()) != PGRES_COMMAND_OK && PQresultStatus(kept.get()) != PGRES_TUPLES_OK)
-                continue; // the first error wins
-            kept = std::move(r);
+        auto sync = next(until);
+        if (!sync || PQresultStatus(sync.get()) != PGRES_PIPELINE_SYNC)
+            fail(error.empty() ? trimmed(PQerrorMessage(conn)) : error);
+        PQexitPipelineMode(conn);
+        if (!error.empty()) {
+            // A transaction left aborted is ended with the connection,
+            // opened again by the next call.
+            if (PQtransactionStatus(conn) != PQTRANS_IDLE) {
+                PQfinish(conn);
+                conn = nullptr;
+            }
+            throw lease_store_error("coordination: " + server + ": " + error);
         }
-        if (!kept)
-            fail(trimmed(PQerrorMessage(conn)));
-        const auto status = PQresultStatus(kept.get());
-        if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK)
-            throw lease_store_error("coordination: " + server + ": " + trimmed(PQresultErrorMessage(kept.get())));
         return kept;
     }
 
