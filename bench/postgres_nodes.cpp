@@ -7,6 +7,10 @@
 //
 //   postgres_nodes [jobs=50000] [latency_samples=500]
 //
+// Where PgBouncer is installed, the drains again through one in transaction
+// mode (postgres_options::transaction_pooling): statements unprepared, the
+// settings in each transaction, no LISTEN.
+//
 // The server HOSTING_BENCH_POSTGRES names, or else one the program starts in
 // the current directory with tests/tools/postgres-server, durable (fsync
 // on, commits synchronous).
@@ -158,7 +162,7 @@ struct cluster {
     bench::progress p;
     std::vector<std::unique_ptr<hosting::host>> hosts;
 
-    cluster(const std::string& conninfo, const std::string& schema, std::size_t nodes)
+    cluster(const std::string& conninfo, const jobs::postgres_options& storage_options, std::size_t nodes)
     {
         for (std::size_t n = 0; n < nodes; ++n) {
             auto builder = bench::quiet_builder();
@@ -166,9 +170,7 @@ struct cluster {
             options.workers = 2;
             options.poll_interval = 1s;
             options.node_id = "node-" + std::to_string(n);
-            jobs::add_jobs(builder,
-                           std::make_shared<jobs::postgres_storage>(conninfo, jobs::postgres_options{.schema = schema}),
-                           options)
+            jobs::add_jobs(builder, std::make_shared<jobs::postgres_storage>(conninfo, storage_options), options)
                 .register_kind<int>("noop", [this](int, jobs::job_context&) -> asio::awaitable<void> {
                     p.add();
                     co_return;
@@ -189,10 +191,15 @@ struct cluster {
     }
 };
 
-void run_engine(const std::string& conninfo, std::size_t nodes, std::size_t count, std::size_t samples)
+// `pooled`: the nodes' storages through that PgBouncer in transaction mode;
+// the drain alone then, as their enqueue-to-start is the poll's.
+void run_engine(const std::string& conninfo, std::size_t nodes, std::size_t count, std::size_t samples,
+                const std::string& pooled = {})
 {
     const std::string schema = "bench_nodes_" + std::to_string(::getpid()) + "_" + std::to_string(nodes);
-    auto other = std::make_shared<jobs::postgres_storage>(conninfo, jobs::postgres_options{.schema = schema});
+    const jobs::postgres_options storage_options{.schema = schema, .transaction_pooling = !pooled.empty()};
+    const std::string& via = pooled.empty() ? conninfo : pooled;
+    auto other = std::make_shared<jobs::postgres_storage>(via, storage_options);
     {
         std::vector<jobs::enqueue_request> batch;
         for (std::size_t i = 0; i < count; ++i) {
@@ -207,11 +214,12 @@ void run_engine(const std::string& conninfo, std::size_t nodes, std::size_t coun
             }
         }
     }
-    const std::string label = "postgresql, " + std::to_string(nodes) + (nodes == 1 ? " node" : " nodes");
+    const std::string label = std::string(pooled.empty() ? "postgresql, " : "via PgBouncer (transaction), ") +
+                              std::to_string(nodes) + (nodes == 1 ? " node" : " nodes");
     {
         other.reset(); // its connections too are closed before the count
         const auto before = commits(conninfo);
-        cluster c(conninfo, schema, nodes);
+        cluster c(via, storage_options, nodes);
         const auto began = clock_type::now();
         c.start();
         // Until the last completion has committed: the storage counts every
@@ -231,11 +239,15 @@ void run_engine(const std::string& conninfo, std::size_t nodes, std::size_t coun
         c.stop();
         print_drain(label + " (2 workers each)", count, seconds, commits(conninfo) - before - reads);
     }
+    if (!pooled.empty()) {
+        connection(conninfo).exec("DROP SCHEMA \"" + schema + "\" CASCADE");
+        return;
+    }
 
     // Another node's enqueue, one job at a time, to an idle cluster: the
     // previous job's completion has committed before the next is sent.
-    other = std::make_shared<jobs::postgres_storage>(conninfo, jobs::postgres_options{.schema = schema});
-    cluster c(conninfo, schema, nodes);
+    other = std::make_shared<jobs::postgres_storage>(conninfo, storage_options);
+    cluster c(conninfo, storage_options, nodes);
     c.start();
     std::vector<double> micros;
     for (std::size_t i = 0; i < samples; ++i) {
@@ -295,5 +307,8 @@ int main(int argc, char** argv)
         run_engine(conninfo, nodes, count, samples);
     }
     run_bare_notify(conninfo, samples);
+    if (const auto pooled = own.pooled_conninfo(); !pooled.empty())
+        for (const std::size_t nodes : {1, 3})
+            run_engine(conninfo, nodes, count, samples, pooled);
     return 0;
 }

@@ -64,6 +64,15 @@ public:
     }
     ~private_server() { run("stop"); }
     const std::string& conninfo() const { return conninfo_; }
+    // Through the PgBouncer in transaction mode the script starts in front
+    // of it where PgBouncer is installed, which stays up through a restart.
+    std::string pooled_conninfo() const
+    {
+        std::ifstream file(dir_ + "/pooled-conninfo");
+        std::string line;
+        std::getline(file, line);
+        return line;
+    }
     // Stopped at once, as by a crash, every connection broken; then started.
     void restart() { REQUIRE(run("restart") == 0); }
     // Its processes stopped (SIGSTOP): connections open, nothing answered.
@@ -608,10 +617,16 @@ TEST_CASE("jobs: a client's reads are answered while the engine's writes wait on
 TEST_CASE("jobs: a host's jobs go on running after their PostgreSQL server restarts", "[jobs][postgresql]")
 {
     REQUIRE_POSTGRES();
+    const std::string route = GENERATE(Catch::Generators::from_range(postgres_routes()));
+    INFO(route);
     private_server server;
+    const bool pooled = route == "postgresql-pooled";
     test::recorder r;
     auto builder = test::make_builder(std::make_shared<test::capture_sink>());
-    jobs::add_jobs(builder, std::make_shared<jobs::postgres_storage>(server.conninfo()), quick_server())
+    jobs::add_jobs(builder,
+                   std::make_shared<jobs::postgres_storage>(pooled ? server.pooled_conninfo() : server.conninfo(),
+                                                            jobs::postgres_options{.transaction_pooling = pooled}),
+                   quick_server())
         .register_kind<std::string>("note", [&](std::string what, jobs::job_context&) -> asio::awaitable<void> {
             r.add(what);
             co_return;

@@ -28,21 +28,28 @@ public:
         if (!run("start", durable_ ? " durable" : ""))
             return {};
         started_ = true;
-        std::string conninfo;
-        if (std::FILE* f = std::fopen((dir_ + "/conninfo").c_str(), "r")) {
-            char line[512] = {};
-            if (std::fgets(line, sizeof line, f))
-                conninfo = line;
-            std::fclose(f);
-        }
-        while (!conninfo.empty() && (conninfo.back() == '\n' || conninfo.back() == ' '))
-            conninfo.pop_back();
-        return conninfo;
+        return first_line("conninfo");
     }
+    // The same server through the PgBouncer in transaction mode the script
+    // starts in front of it where PgBouncer is installed; else empty.
+    std::string pooled_conninfo() const { return started_ ? first_line("pooled-conninfo") : std::string(); }
     // Stopped at once, every connection broken, and started again.
     bool restart() { return run("restart"); }
 
 private:
+    std::string first_line(const char* file) const
+    {
+        std::string out;
+        if (std::FILE* f = std::fopen((dir_ + "/" + file).c_str(), "r")) {
+            char line[512] = {};
+            if (std::fgets(line, sizeof line, f))
+                out = line;
+            std::fclose(f);
+        }
+        while (!out.empty() && (out.back() == '\n' || out.back() == ' '))
+            out.pop_back();
+        return out;
+    }
     bool run(const char* action, const char* extra = "")
     {
         const std::string command =
