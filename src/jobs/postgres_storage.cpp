@@ -912,20 +912,13 @@ struct postgres_storage::connection {
     result exec(const std::string& text, const params& p = {})
     {
         // A text goes on its own (a migration is several statements in
-        // one, which a pipeline does not take), after the BEGIN it waits for.
-        if (std::exchange(begin_pending, false)) {
-            as_is("BEGIN");
-            if (pooled())
-                run("session_settings", session_settings());
-        } else if (pooled() && PQtransactionStatus(conn.get()) == PQTRANS_IDLE) {
+        // one, which a pipeline does not take), after the statements that
+        // open the transaction it waits for: the BEGIN and the settings
+        // that go with it, in one round trip.
+        if (begin_pending)
+            pipeline({});
+        else if (pooled() && PQtransactionStatus(conn.get()) == PQTRANS_IDLE)
             return alone({"statement", p, text});
-        }
-        return as_is(text, p);
-    }
-
-    // One text sent as it is, in whatever transaction the connection is.
-    result as_is(const std::string& text, const params& p = {})
-    {
         // Without parameters, the simple protocol: a migration is several
         // statements in one text.
         const auto values = p.pointers();
