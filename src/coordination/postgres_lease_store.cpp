@@ -9,6 +9,7 @@
 
 #include <cerrno>
 #include <charconv>
+#include <cstring>
 #include <memory>
 
 namespace hosting::coordination {
@@ -109,7 +110,7 @@ struct postgres_lease_store::impl {
                      " ms; the connection is given up");
             pollfd fd{PQsocket(conn), POLLIN, 0};
             if (::poll(&fd, 1, static_cast<int>(left.count())) < 0 && errno != EINTR)
-                break;
+                fail(std::string("cannot wait for the server: ") + std::strerror(errno));
             if (PQconsumeInput(conn) == 0)
                 break; // broken: PQgetResult says so
         }
@@ -178,11 +179,17 @@ struct postgres_lease_store::impl {
             fail(error.empty() ? trimmed(PQerrorMessage(conn)) : error);
         PQexitPipelineMode(conn);
         if (!error.empty()) {
-            // A transaction left aborted is ended with the connection,
-            // opened again by the next call.
+            // A transaction left aborted is rolled back, within the same
+            // bound; a connection that cannot is opened again by the next
+            // call.
             if (PQtransactionStatus(conn) != PQTRANS_IDLE) {
-                PQfinish(conn);
-                conn = nullptr;
+                bool rolled_back = PQsendQuery(conn, "ROLLBACK") == 1;
+                while (auto r = next(until))
+                    rolled_back = rolled_back && succeeded(r);
+                if (!rolled_back || PQtransactionStatus(conn) != PQTRANS_IDLE) {
+                    PQfinish(conn);
+                    conn = nullptr;
+                }
             }
             throw lease_store_error("coordination: " + server + ": " + error);
         }

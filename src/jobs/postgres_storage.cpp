@@ -19,6 +19,7 @@
 #include <climits>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <optional>
 #include <thread>
 #include <tuple>
@@ -770,12 +771,12 @@ struct postgres_storage::connection {
     // none of ours prepared, and a pooled session may be anyone's.
     bool unprepared() const { return options.transaction_pooling || !conn.get_deleter().owned; }
 
-    params session_settings() const
+    params session_settings(const std::string& lock_wait_ms) const
     {
         return params()
             .add(quoted_schema())
             .add(std::to_string(std::max<std::int64_t>(0, options.statement_timeout.count())))
-            .add(session_lock_wait());
+            .add(lock_wait_ms);
     }
 
     void set_up_session()
@@ -888,8 +889,13 @@ struct postgres_storage::connection {
                     wait_ms = static_cast<int>(left.count());
                 }
                 pollfd fd{PQsocket(conn.get()), POLLIN, 0};
-                if (::poll(&fd, 1, wait_ms) < 0 && errno != EINTR)
-                    break;
+                if (::poll(&fd, 1, wait_ms) < 0 && errno != EINTR) {
+                    // PQgetResult would wait without a bound.
+                    PQclear(kept);
+                    broken = true;
+                    no_answer = std::string("cannot wait for the server: ") + std::strerror(errno);
+                    return nullptr;
+                }
                 if (PQconsumeInput(conn.get()) == 0)
                     break; // broken: PQgetResult says so
             }
@@ -945,6 +951,8 @@ struct postgres_storage::connection {
             const auto s = std::find_if(sql.begin(), sql.end(), [&](const prepared_sql& s) {
                 return std::string_view(s.name) == name;
             });
+            if (s == sql.end())
+                throw storage_error(std::string("jobs: postgresql: no statement named ") + name);
             return PQsendQueryParams(conn.get(), s->sql.c_str(), p.size(), nullptr, values.data(), nullptr, nullptr,
                                      0);
         }
@@ -969,10 +977,14 @@ struct postgres_storage::connection {
         if (std::exchange(begin_pending, false)) {
             std::vector<step> first;
             first.push_back({"BEGIN", {}});
+            const auto lock = generic && !lock_wait.empty() ? lock_wait : session_lock_wait();
+            // Through a pooler each statement is planned at each call
+            // anyway: a generic plan saves nothing there, and the lock's
+            // bound goes with the other settings.
             if (pooled())
-                first.push_back({"session_settings", session_settings()});
-            if (generic)
-                first.push_back({"generic_plans", params().add(lock_wait.empty() ? session_lock_wait() : lock_wait)});
+                first.push_back({"session_settings", session_settings(lock)});
+            else if (generic)
+                first.push_back({"generic_plans", params().add(lock)});
             opening = first.size();
             steps.insert(steps.begin(), std::make_move_iterator(first.begin()), std::make_move_iterator(first.end()));
         }
@@ -1717,9 +1729,11 @@ void postgres_storage::listen_for_work(std::function<void()> wake)
     std::lock_guard lock(listener_mutex_);
     listener_.reset();
     // A LISTEN through a pooler in transaction mode would be made on a
-    // session that goes to other clients: such nodes poll.
-    if (wake && options_.notifications && !options_.transaction_pooling)
-        listener_ = std::make_unique<listener>(conninfo_, channel_of(options_.schema), std::move(wake));
+    // session that goes to other clients: such nodes poll, unless told of
+    // another way to the server.
+    const auto& where = options_.listen_conninfo.empty() ? conninfo_ : options_.listen_conninfo;
+    if (wake && options_.notifications && (!options_.transaction_pooling || !options_.listen_conninfo.empty()))
+        listener_ = std::make_unique<listener>(where, channel_of(options_.schema), std::move(wake));
 }
 
 std::vector<enqueue_result> postgres_storage::enqueue(std::span<const enqueue_request> requests, time_point now)

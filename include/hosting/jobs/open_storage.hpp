@@ -26,17 +26,17 @@ public:
 //   "sqlite:/var/lib/app/jobs.db"            a SQLite file
 //   anything else                            a SQLite file's path
 // For PostgreSQL, `schema` names the schema of the tables (empty: the
-// default, "hosting_jobs") and `transaction_pooling` says that it is
-// reached through a pooler in transaction mode (see postgres_options); for
-// SQLite, `sync` is "full" (the default) or "normal" (see sqlite_options).
-// Throws invalid_storage_location for what names no storage (an empty
-// location, an unknown sync), and storage_error when the storage cannot be
-// opened; neither message holds a password.
+// default, "hosting_jobs"); for SQLite, `sync` is "full" (the default) or
+// "normal" (see sqlite_options). Throws invalid_storage_location for what
+// names no storage (an empty location, an unknown sync), and storage_error
+// when the storage cannot be opened; neither message holds a password.
 std::shared_ptr<storage> open_storage(const std::string& where, const std::string& schema = {},
-                                      const std::string& sync = {}, bool transaction_pooling = false);
+                                      const std::string& sync = {});
 
 // The same, from configuration: Jobs:Storage (default "jobs.db"),
-// Jobs:Schema, Jobs:Sync and Jobs:TransactionPooling (true or false). So
+// Jobs:Schema and Jobs:Sync, and for PostgreSQL behind a pooler in
+// transaction mode Jobs:TransactionPooling (true or false) and
+// Jobs:ListenConnection (see postgres_options). So
 // `--Jobs:Storage=postgresql://db1/app`, or `Jobs__Storage` in the
 // environment, moves a program to PostgreSQL.
 std::shared_ptr<storage> open_storage(const configuration& config);

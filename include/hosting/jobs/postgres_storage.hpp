@@ -41,11 +41,18 @@ struct postgres_options {
     // server session is free: the storage then keeps nothing in a session.
     // Its statements go unprepared, its search_path and timeouts are set
     // inside each transaction (a read is one transaction too), and it does
-    // not LISTEN, which needs a session of its own: nodes find each
-    // other's work by polling (poll_interval). Their enqueues still NOTIFY,
-    // for nodes connected directly. Off (the default): a direct connection
-    // or a pooler in session mode, with prepared statements and a listener.
+    // not LISTEN through it, which needs a session of its own: its nodes
+    // find each other's work by polling (poll_interval), unless
+    // listen_conninfo names a way to the server that keeps sessions. Their
+    // enqueues still NOTIFY. Off (the default): a direct connection or a
+    // pooler in session mode, with prepared statements and a listener.
     bool transaction_pooling = false;
+    // Where the listener connects, when not where the storage does (a
+    // libpq connection string or URI, its password kept out of messages as
+    // the storage's is): behind a pooler in transaction mode, the server
+    // itself or a pooler in session mode, so that nodes hear of each
+    // other's work at once. One connection per storage object.
+    std::string listen_conninfo{};
     // At most this many connections for calls (the listener has one more):
     // each call takes one for itself, so a page of the dashboard, a
     // readiness check or an application's enqueue runs beside the engine's
