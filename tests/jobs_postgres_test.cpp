@@ -239,6 +239,32 @@ TEST_CASE("jobs: through a pooler in transaction mode the storage leaves nothing
     CHECK(other.exec("SELECT count(*) FROM pg_listening_channels()") == "0");
 }
 
+TEST_CASE("jobs: a storage behind a pooler in transaction mode without transaction_pooling fails with an error "
+          "that names the setting",
+          "[jobs][postgresql]")
+{
+    REQUIRE_POSTGRES();
+    if (pooled_postgres_conninfo().empty()) {
+        WARN("no PgBouncer in front of PostgreSQL: not tested");
+        return;
+    }
+    temp_db db;
+    // One server session behind the pooler's "single_unpooled", which the
+    // other client clears between two of the storage's calls, as a pooler
+    // that hands the session to someone else in between would.
+    auto single = pooled_postgres_conninfo();
+    single.replace(single.find("dbname=postgres"), std::string_view("dbname=postgres").size(),
+                   "dbname=single_unpooled");
+    session other(single);
+    other.exec("DISCARD ALL");
+    jobs::postgres_storage store(single, jobs::postgres_options{.schema = db.schema});
+    store.enqueue(std::vector{request("k", "1")}, jobs::clock::now());
+    other.exec("DEALLOCATE ALL");
+    CHECK_THROWS_WITH(store.enqueue(std::vector{request("k", "2")}, jobs::clock::now()),
+                      Catch::Contains("transaction_pooling") && Catch::Contains("pool_mode = transaction"));
+    other.exec("DISCARD ALL");
+}
+
 TEST_CASE("jobs: nodes that start at once on a fresh PostgreSQL schema migrate it once", "[jobs][postgresql]")
 {
     REQUIRE_POSTGRES();

@@ -856,6 +856,12 @@ struct postgres_storage::connection {
                     .append(" ms: another transaction holds what this call must change, such as one that "
                             "enqueued a job with the same unique key and has not committed)");
         }
+        // A prepared statement gone from a connection that prepared it: the
+        // session behind it changed, as through a pooler in transaction mode.
+        if (state && std::string_view(state) == "26000" && conn.get_deleter().owned && !options.transaction_pooling)
+            message.append(" (this connection's prepared statements are gone from the server session it reaches: "
+                           "behind a pooler in transaction mode, such as PgBouncer's pool_mode = transaction, set "
+                           "postgres_options::transaction_pooling, or Jobs:TransactionPooling=true)");
         throw server_error("jobs: " + where() + ": " + what + ": " + message, state ? state : "");
     }
 
