@@ -288,15 +288,11 @@ TEST_CASE("coordination: through a pooler in transaction mode the PostgreSQL lea
           "session",
           "[coordination]")
 {
-    if (pooled_postgres_conninfo().empty()) {
-        WARN("no PgBouncer in front of PostgreSQL: not tested");
-        return;
-    }
+    REQUIRE_POOLER();
     temp_db db;
-    // The pooler's database "single_leases" has one server session, which the
-    // store's statements and another client's take turns on.
-    auto single = pooled_postgres_conninfo();
-    single.replace(single.find("dbname=postgres"), std::string_view("dbname=postgres").size(), "dbname=single_leases");
+    // One server session, which the store's statements and another
+    // client's take turns on.
+    const auto single = single_session_conninfo("single_leases");
     std::unique_ptr<PGconn, decltype(&PQfinish)> other(PQconnectdb(single.c_str()), &PQfinish);
     REQUIRE(PQstatus(other.get()) == CONNECTION_OK);
     // Whatever an earlier client left in the session goes first.

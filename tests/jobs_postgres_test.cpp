@@ -190,16 +190,11 @@ TEST_CASE("jobs: through a pooler in transaction mode the storage leaves nothing
           "[jobs][postgresql]")
 {
     REQUIRE_POSTGRES();
-    if (pooled_postgres_conninfo().empty()) {
-        WARN("no PgBouncer in front of PostgreSQL: not tested");
-        return;
-    }
+    REQUIRE_POOLER();
     temp_db db;
-    // The pooler's database "single_jobs" has one server session: the storage's
-    // transactions and another client's take turns on it, as any two
-    // clients of a transaction pooler may.
-    auto single = pooled_postgres_conninfo();
-    single.replace(single.find("dbname=postgres"), std::string_view("dbname=postgres").size(), "dbname=single_jobs");
+    // One server session, which the storage's transactions and another
+    // client's take turns on.
+    const auto single = single_session_conninfo("single_jobs");
     session other(single);
     // Whatever an earlier client left in the session goes first.
     other.exec("DISCARD ALL");
@@ -244,17 +239,12 @@ TEST_CASE("jobs: a storage behind a pooler in transaction mode without transacti
           "[jobs][postgresql]")
 {
     REQUIRE_POSTGRES();
-    if (pooled_postgres_conninfo().empty()) {
-        WARN("no PgBouncer in front of PostgreSQL: not tested");
-        return;
-    }
+    REQUIRE_POOLER();
     temp_db db;
-    // One server session behind the pooler's "single_unpooled", which the
-    // other client clears between two of the storage's calls, as a pooler
-    // that hands the session to someone else in between would.
-    auto single = pooled_postgres_conninfo();
-    single.replace(single.find("dbname=postgres"), std::string_view("dbname=postgres").size(),
-                   "dbname=single_unpooled");
+    // One server session, which the other client clears between two of the
+    // storage's calls, as a pooler that hands the session to someone else
+    // in between would.
+    const auto single = single_session_conninfo("single_unpooled");
     session other(single);
     other.exec("DISCARD ALL");
     jobs::postgres_storage store(single, jobs::postgres_options{.schema = db.schema});

@@ -75,34 +75,46 @@ struct temp_db {
     }
 };
 
-// The connection string of the PostgreSQL server CTest started for the
-// tests (tests/tools/postgres-server), or empty when there is none: the
-// test binary run by hand, or a build without libpq.
-inline std::string postgres_conninfo()
+// The first line of `file` in the directory of the PostgreSQL server CTest
+// started for the tests (tests/tools/postgres-server), or empty when there
+// is none: the test binary run by hand, or a build without libpq.
+inline std::string postgres_server_file(const char* file)
 {
 #ifdef HOSTING_TEST_POSTGRES_CONNINFO
-    std::ifstream file(HOSTING_TEST_POSTGRES_CONNINFO);
+    std::ifstream in(std::filesystem::path(HOSTING_TEST_POSTGRES_CONNINFO).parent_path() / file);
     std::string line;
-    std::getline(file, line);
+    std::getline(in, line);
     return line;
 #else
+    (void)file;
     return {};
 #endif
 }
 
+// That server's connection string.
+inline std::string postgres_conninfo() { return postgres_server_file("conninfo"); }
+
 // The same server through the PgBouncer in transaction mode that the
 // script starts in front of it where PgBouncer is installed; empty without.
-inline std::string pooled_postgres_conninfo()
+inline std::string pooled_postgres_conninfo() { return postgres_server_file("pooled-conninfo"); }
+
+// That PgBouncer's database `name` (one of its single_*), which has one
+// server session: its clients take turns on it, as any two clients of a
+// transaction pooler may. Empty without a PgBouncer.
+inline std::string single_session_conninfo(const std::string& name)
 {
-#ifdef HOSTING_TEST_POSTGRES_CONNINFO
-    std::ifstream file(std::filesystem::path(HOSTING_TEST_POSTGRES_CONNINFO).parent_path() / "pooled-conninfo");
-    std::string line;
-    std::getline(file, line);
-    return line;
-#else
-    return {};
-#endif
+    auto out = pooled_postgres_conninfo();
+    const std::string_view database = "dbname=postgres";
+    if (const auto at = out.find(database); at != std::string::npos)
+        out.replace(at, database.size(), "dbname=" + name);
+    return out;
 }
+
+#define REQUIRE_POOLER()                                                                                               \
+    if (pooled_postgres_conninfo().empty()) {                                                                          \
+        WARN("no PgBouncer in front of PostgreSQL: not tested");                                                       \
+        return;                                                                                                        \
+    }
 
 // Each storage, so that every behaviour is checked on each.
 inline std::shared_ptr<jobs::storage> make_storage(const std::string& which, temp_db& db)
