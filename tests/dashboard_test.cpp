@@ -637,6 +637,33 @@ TEST_CASE("jobs dashboard: the overview is pushed to every open page after each 
         CHECK(page->ends());
 }
 
+TEST_CASE("jobs dashboard: an event stream is authorized at each event, and ends once its access is withdrawn",
+          "[jobs][dashboard]")
+{
+    std::atomic<int> allowed{static_cast<int>(jobs::dashboard_access::full)};
+    std::atomic<int> stream_asks{0};
+    jobs::dashboard_options options;
+    options.poll_interval = std::chrono::milliseconds(100);
+    options.authorize = [&](const hosting::http::request& r) {
+        // The stream's later events are asked with the request it began with.
+        if (r.header("Accept") == std::optional<std::string_view>("text/event-stream"))
+            ++stream_asks;
+        return static_cast<jobs::dashboard_access>(allowed.load());
+    };
+    site s(options);
+    event_stream page(s.port, "/jobs/api/events");
+    CHECK_THAT(page.head, Catch::Contains("200 OK"));
+    REQUIRE(page.next_data());
+    REQUIRE(page.next_data());
+    CHECK(stream_asks.load() >= 2);
+    // Narrowed to read-only, it goes on.
+    allowed = static_cast<int>(jobs::dashboard_access::read_only);
+    REQUIRE(page.next_data());
+    // Withdrawn: the stream ends, as the next request would be refused.
+    allowed = static_cast<int>(jobs::dashboard_access::none);
+    CHECK(page.ends());
+}
+
 TEST_CASE("jobs dashboard: a job shows its continuations in every state", "[jobs][dashboard]")
 {
     site s;

@@ -60,6 +60,33 @@ std::int64_t ms(time_point t)
 }
 
 // One reading of the poller: the counts by state, when it was taken.
+// A request kept past its handling, with everything its views point
+// into: an event stream asks `authorize` again with it at each event.
+class kept_request {
+public:
+    explicit kept_request(const http::request& r)
+        : method_(r.method), target_(r.target), path_(r.path), query_(r.query)
+    {
+        for (const auto& [name, value] : r.headers)
+            headers_.emplace_back(name, value);
+        view_.method = method_;
+        view_.target = target_;
+        view_.path = path_;
+        view_.query = query_;
+        view_.remote_address = r.remote_address;
+        for (const auto& [name, value] : headers_)
+            view_.headers.emplace_back(name, value);
+    }
+    kept_request(const kept_request&) = delete;
+    kept_request& operator=(const kept_request&) = delete;
+    const http::request& get() const noexcept { return view_; }
+
+private:
+    std::string method_, target_, path_, query_;
+    std::vector<std::pair<std::string, std::string>> headers_;
+    http::request view_;
+};
+
 struct sample {
     std::int64_t at_ms = 0;
     std::int64_t succeeded = 0;
@@ -472,7 +499,7 @@ private:
         if (sub == "/api/overview")
             co_return overview(access);
         if (sub == "/api/events")
-            co_return events(access);
+            co_return events(r, access);
         if (sub == "/api/jobs") {
             auto op = list(r);
             http::response res = co_await std::move(op);
@@ -611,12 +638,16 @@ private:
 
     // The overview pushed to the page (Server-Sent Events) after each of
     // the poller's readings, with the day's chart when it changed: every
-    // page is served by the one poller, however many are open.
-    http::response events(dashboard_access access)
+    // page is served by the one poller, however many are open. Each event
+    // is authorized as a request would be: a stream outlives the
+    // authorization it began with (a token revoked, a user's rights
+    // narrowed), and ends, or shows less, once `authorize` says so.
+    http::response events(const http::request& request, dashboard_access access)
     {
         http::response r;
         r.content_type = "text/event-stream";
-        r.stream = [state = state_, access, self = this](std::shared_ptr<http::body_stream> out) -> asio::awaitable<void> {
+        r.stream = [state = state_, access, self = this, kept = std::make_shared<kept_request>(request)](
+                       std::shared_ptr<http::body_stream> out) mutable -> asio::awaitable<void> {
             {
                 std::lock_guard lock(state->mutex);
                 state->streams.push_back(out);
@@ -628,6 +659,15 @@ private:
             // The browser reconnects by itself; after 2 s if it is cut off.
             bool open = co_await out->write("retry: 2000\n\n");
             while (open) {
+                if (state->options.authorize) {
+                    try {
+                        access = state->options.authorize(kept->get());
+                    } catch (...) {
+                        access = dashboard_access::none; // closed, as for a request it fails
+                    }
+                    if (access == dashboard_access::none)
+                        break;
+                }
                 std::string event;
                 {
                     std::lock_guard lock(state->mutex);

@@ -22,8 +22,10 @@ enum class dashboard_access { none, read_only, full };
 struct dashboard_options {
     // Where it is mounted: the page at `path`, its assets and its JSON below.
     std::string path = "/jobs";
-    // Who may see and do what, asked of every request: a header set by an
-    // authenticating proxy, a client certificate's name, a token. Unset:
+    // Who may see and do what, asked of every request (and of each event
+    // of a page's event stream, with the request that opened it): a header
+    // set by an authenticating proxy, a client certificate's name, a token.
+    // Called on the server's thread; one that throws refuses. Unset:
     // full access for whoever reaches it, which the next option and the
     // server's loopback address limit to this machine by default.
     std::function<dashboard_access(const http::request&)> authorize{};
