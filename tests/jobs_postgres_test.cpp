@@ -777,7 +777,16 @@ TEST_CASE("jobs: jobs enqueued in the caller's own PostgreSQL transaction commit
 {
     REQUIRE_POSTGRES();
     temp_db db;
-    auto store = std::make_shared<jobs::postgres_storage>(postgres_conninfo(), jobs::postgres_options{.schema = db.schema});
+    // Through a pooler in transaction mode the application's connection is
+    // pooled too: the enqueue runs inside its transaction either way.
+    const std::string route = GENERATE(Catch::Generators::from_range(postgres_routes()));
+    INFO(route);
+    const bool pooled = route == "postgresql-pooled";
+    const auto conninfo = pooled ? pooled_postgres_conninfo() : postgres_conninfo();
+    auto store = std::make_shared<jobs::postgres_storage>(
+        conninfo, jobs::postgres_options{.schema = db.schema,
+                                         .transaction_pooling = pooled,
+                                         .listen_conninfo = pooled ? postgres_conninfo() : std::string()});
     test::recorder r;
     auto builder = test::make_builder(std::make_shared<test::capture_sink>());
     auto options = quick_server();
@@ -791,12 +800,12 @@ TEST_CASE("jobs: jobs enqueued in the caller's own PostgreSQL transaction commit
     host.start_blocking();
     auto& client = host.services().get<jobs::client>();
 
-    // The application's connection, with a table of its own and its own
-    // search_path.
-    session app(postgres_conninfo());
-    const std::string orders = "\"orders_" + db.schema + "\"";
-    app.exec("SET search_path TO public");
-    app.exec("CREATE TABLE public." + orders + " (id int PRIMARY KEY)");
+    // The application's connection, with a table of its own, and in each
+    // transaction a search_path of its own (a session's would not last
+    // through a transaction-mode pooler).
+    session app(conninfo);
+    const std::string orders = "public.\"orders_" + db.schema + "\"";
+    app.exec("CREATE TABLE " + orders + " (id int PRIMARY KEY)");
 
     // Outside a transaction: refused, saying why.
     jobs::job_batch one;
@@ -806,6 +815,7 @@ TEST_CASE("jobs: jobs enqueued in the caller's own PostgreSQL transaction commit
 
     // Rolled back: neither the order nor its job.
     app.exec("BEGIN");
+    app.exec("SET LOCAL search_path TO public");
     app.exec("INSERT INTO " + orders + " VALUES (1)");
     jobs::job_batch first;
     first.add("receipt", 1);
@@ -816,6 +826,7 @@ TEST_CASE("jobs: jobs enqueued in the caller's own PostgreSQL transaction commit
 
     // Committed: both, and the job is invisible to others until then.
     app.exec("BEGIN");
+    app.exec("SET LOCAL search_path TO public");
     app.exec("INSERT INTO " + orders + " VALUES (2)");
     jobs::job_batch second;
     second.add("receipt", 2);
