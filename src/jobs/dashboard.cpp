@@ -59,7 +59,6 @@ std::int64_t ms(time_point t)
     return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
 }
 
-// One reading of the poller: the counts by state, when it was taken.
 // A request kept past its handling, with everything its views point
 // into: an event stream asks `authorize` again with it at each event.
 class kept_request {
@@ -87,6 +86,7 @@ private:
     http::request view_;
 };
 
+// One reading of the poller: the counts by state, when it was taken.
 struct sample {
     std::int64_t at_ms = 0;
     std::int64_t succeeded = 0;

@@ -770,6 +770,15 @@ struct postgres_storage::connection {
     // Statements are sent with their text: the caller's connection has
     // none of ours prepared, and a pooled session may be anyone's.
     bool unprepared() const { return options.transaction_pooling || !conn.get_deleter().owned; }
+    // A statement with no transaction open goes in one of its own, which
+    // carries the settings a pooled session does not keep (alone()).
+    bool needs_own_transaction() const
+    {
+        return pooled() && !begin_pending && PQtransactionStatus(conn.get()) == PQTRANS_IDLE;
+    }
+    // What a transaction's locks may wait: write_generic()'s bound, or the
+    // session's.
+    std::string lock_bound() const { return generic && !lock_wait.empty() ? lock_wait : session_lock_wait(); }
 
     params session_settings(const std::string& lock_wait_ms) const
     {
@@ -858,7 +867,7 @@ struct postgres_storage::connection {
         }
         // A prepared statement gone from a connection that prepared it: the
         // session behind it changed, as through a pooler in transaction mode.
-        if (state && std::string_view(state) == "26000" && conn.get_deleter().owned && !options.transaction_pooling)
+        if (state && std::string_view(state) == "26000" && !unprepared())
             message.append(" (this connection's prepared statements are gone from the server session it reaches: "
                            "behind a pooler in transaction mode, such as PgBouncer's pool_mode = transaction, set "
                            "postgres_options::transaction_pooling, or Jobs:TransactionPooling=true)");
@@ -927,10 +936,10 @@ struct postgres_storage::connection {
         // one, which a pipeline does not take), after the statements that
         // open the transaction it waits for: the BEGIN and the settings
         // that go with it, in one round trip.
+        if (needs_own_transaction())
+            return alone({"statement", p, text});
         if (begin_pending)
             pipeline({});
-        else if (pooled() && PQtransactionStatus(conn.get()) == PQTRANS_IDLE)
-            return alone({"statement", p, text});
         // Without parameters, the simple protocol: a migration is several
         // statements in one text.
         const auto values = p.pointers();
@@ -983,14 +992,13 @@ struct postgres_storage::connection {
         if (std::exchange(begin_pending, false)) {
             std::vector<step> first;
             first.push_back({"BEGIN", {}});
-            const auto lock = generic && !lock_wait.empty() ? lock_wait : session_lock_wait();
             // Through a pooler each statement is planned at each call
             // anyway: a generic plan saves nothing there, and the lock's
             // bound goes with the other settings.
             if (pooled())
-                first.push_back({"session_settings", session_settings(lock)});
+                first.push_back({"session_settings", session_settings(lock_bound())});
             else if (generic)
-                first.push_back({"generic_plans", params().add(lock)});
+                first.push_back({"generic_plans", params().add(lock_bound())});
             opening = first.size();
             steps.insert(steps.begin(), std::make_move_iterator(first.begin()), std::make_move_iterator(first.end()));
         }
@@ -1079,10 +1087,10 @@ struct postgres_storage::connection {
 
     result run(const char* name, const params& p)
     {
+        if (needs_own_transaction())
+            return alone({name, p});
         if (begin_pending)
             return std::move(pipeline({{name, p}}).back());
-        if (pooled() && PQtransactionStatus(conn.get()) == PQTRANS_IDLE)
-            return alone({name, p});
         result r(answer(send(name, p)));
         check(r, name);
         return r;
