@@ -970,6 +970,84 @@ TEST_CASE("jobs: an enqueue that waits on an application's uncommitted job of th
     CHECK(host.exit_code() == 0);
 }
 
+TEST_CASE("jobs: enqueues that share a transaction with one that waits on an application's unique key are "
+          "stored, and only the waiting ones fail",
+          "[jobs][postgresql]")
+{
+    // Enqueues from callers that know nothing of each other go in one
+    // transaction; one caller's key held by an application must not fail
+    // the others, nor make the node look as if its writes failed.
+    REQUIRE_POSTGRES();
+    temp_db db;
+    jobs::postgres_options storage_options{.schema = db.schema};
+    storage_options.statement_timeout = 20s;
+    storage_options.lock_timeout = 3s;
+    auto store = std::make_shared<jobs::postgres_storage>(postgres_conninfo(), storage_options);
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    jobs::add_jobs(builder, store, quick_server())
+        .register_kind<int>("quick", [](int, jobs::job_context&) -> asio::awaitable<void> { co_return; });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    host.start_blocking();
+
+    session app(postgres_conninfo());
+    app.exec("BEGIN");
+    auto first = request("quick", "1");
+    first.unique_key = "taken";
+    first.run_at = jobs::clock::now() + 1h;
+    const auto held = store->enqueue_in_transaction(app.get(), std::vector{first});
+    REQUIRE(held.size() == 1);
+
+    jobs::job_options keyed;
+    keyed.unique_key = "taken";
+    jobs::job_options free_key;
+    free_key.unique_key = "free";
+    const auto schedule = [&](int n, const jobs::job_options& o) {
+        return std::async(std::launch::async, [&client, n, o]() -> std::pair<jobs::enqueued, std::string> {
+            try {
+                return {client.schedule_blocking("quick", n, 1h, o), ""};
+            } catch (const jobs::row_lock_timeout& e) {
+                return {{}, std::string("row_lock_timeout: ") + e.what()};
+            } catch (const std::exception& e) {
+                return {{}, e.what()};
+            }
+        });
+    };
+    // The first keyed enqueue keeps the storage's thread waiting on the
+    // application's row; the two that come meanwhile go in one batch.
+    auto waiting = schedule(2, keyed);
+    session watcher(postgres_conninfo());
+    REQUIRE(test::eventually([&] { return watcher.exec("SELECT count(*) FROM pg_locks WHERE NOT granted") != "0"; },
+                             10s));
+    auto unrelated = schedule(3, free_key);
+    auto also_waiting = schedule(4, keyed);
+
+    REQUIRE(unrelated.wait_for(30s) == std::future_status::ready);
+    const auto [stored, unrelated_error] = unrelated.get();
+    INFO(unrelated_error);
+    CHECK(unrelated_error.empty());
+    CHECK(stored.created);
+    const auto job = store->find(stored.id, false);
+    REQUIRE(job);
+    CHECK(job->state == job_state::scheduled);
+    for (auto* f : {&waiting, &also_waiting}) {
+        REQUIRE(f->wait_for(30s) == std::future_status::ready);
+        const auto error = f->get().second;
+        INFO(error);
+        CHECK(error.rfind("row_lock_timeout: ", 0) == 0);
+        CHECK(error.find("postgres_options::lock_timeout") != std::string::npos);
+    }
+    // Waiting on the application's row is not a storage that fails writes.
+    CHECK(jobs_storage_health(host).status == hosting::health_status::healthy);
+
+    app.exec("COMMIT");
+    const auto found = client.schedule_blocking("quick", 5, 1h, keyed);
+    CHECK_FALSE(found.created);
+    CHECK(found.id == held[0].id);
+    host.stop_blocking();
+    CHECK(host.exit_code() == 0);
+}
+
 TEST_CASE("jobs: a continuation cancelled while its parent's node settles it stays cancelled",
           "[jobs][postgresql]")
 {

@@ -122,6 +122,17 @@ void register_kind(engine& e, kind_entry entry) { e.add_kind(std::move(entry)); 
 
 namespace {
 
+bool is_row_lock_timeout(const std::exception_ptr& error)
+{
+    try {
+        std::rethrow_exception(error);
+    } catch (const row_lock_timeout&) {
+        return true;
+    } catch (...) {
+        return false;
+    }
+}
+
 // The servers of this process that hear of other processes' work through
 // one storage object. A storage calls one function (storage::
 // listen_for_work), and two hosts may share a storage: each server's waker
@@ -493,20 +504,45 @@ void engine::loop()
             } catch (...) {
                 error = std::current_exception();
             }
-            note_write(error);
             for (const auto& j : claimed)
                 held_[j.id] = {j.attempt, false};
-            for (std::size_t i = 0; i < batch.size(); ++i) {
-                if (error)
-                    batch[i].second(error, {});
-                else if (!results[i].error.empty())
-                    batch[i].second(std::make_exception_ptr(job_not_found(requests[i].parent_id)), results[i]);
+            const auto settle = [&](std::size_t i, std::exception_ptr failed, const enqueue_result& r) {
+                if (failed)
+                    batch[i].second(failed, {});
+                else if (!r.error.empty())
+                    batch[i].second(std::make_exception_ptr(job_not_found(requests[i].parent_id)), r);
                 else
-                    batch[i].second(nullptr, results[i]);
+                    batch[i].second(nullptr, r);
+            };
+            bool stored = !error;
+            if (error && batch.size() > 1 && is_row_lock_timeout(error)) {
+                // The batch joined callers that know nothing of each other,
+                // and one's job waited on a row an application holds (its
+                // unique key, uncommitted): the rest were rolled back with
+                // it, and each goes again on its own, so that only those
+                // that wait on that row fail. Renewals go between them.
+                for (std::size_t i = 0; i < batch.size(); ++i) {
+                    renew_if_due();
+                    std::exception_ptr alone;
+                    std::vector<enqueue_result> one;
+                    try {
+                        one = store_->enqueue(std::span(&requests[i], 1), now());
+                    } catch (...) {
+                        alone = std::current_exception();
+                    }
+                    note_write(alone);
+                    if (!alone)
+                        stored = true;
+                    settle(i, alone, alone ? enqueue_result{} : one.front());
+                }
+            } else {
+                note_write(error);
+                for (std::size_t i = 0; i < batch.size(); ++i)
+                    settle(i, error, error ? enqueue_result{} : results[i]);
             }
             if (standing)
                 standing->deliver(std::move(claimed));
-            else if (!error)
+            if (stored && (!standing || error))
                 wake_server();
         }
         for (auto& op : ops) {
@@ -643,6 +679,10 @@ void engine::renew()
 
 void engine::note_write(std::exception_ptr error)
 {
+    // An application's transaction holding a row says nothing of whether
+    // the storage takes writes.
+    if (error && is_row_lock_timeout(error))
+        return;
     std::string why;
     if (error) {
         try {

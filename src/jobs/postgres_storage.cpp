@@ -871,6 +871,8 @@ struct postgres_storage::connection {
             message.append(" (this connection's prepared statements are gone from the server session it reaches: "
                            "behind a pooler in transaction mode, such as PgBouncer's pool_mode = transaction, set "
                            "postgres_options::transaction_pooling, or Jobs:TransactionPooling=true)");
+        if (state && std::string_view(state) == "55P03")
+            throw row_lock_timeout("jobs: " + where() + ": " + what + ": " + message);
         throw server_error("jobs: " + where() + ": " + what + ": " + message, state ? state : "");
     }
 

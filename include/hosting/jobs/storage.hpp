@@ -247,6 +247,17 @@ public:
     using std::runtime_error::runtime_error;
 };
 
+// A write that waited past the storage's bound for a row another
+// transaction holds (an application's uncommitted job with the same unique
+// key, or a job it is changing), and was rolled back whole: nothing of it
+// happened, and it may succeed once that transaction ends. Only a storage
+// that locks rows throws it (PostgreSQL); SQLite's lock is the whole file,
+// and its wait ends in a plain storage_error.
+class row_lock_timeout : public storage_error {
+public:
+    using storage_error::storage_error;
+};
+
 // Each call is one transaction (enqueue_and_claim's default is two) and
 // either fully happens or throws storage_error. Implementations are safe to
 // call from several threads (the engine calls each from one thread at a
