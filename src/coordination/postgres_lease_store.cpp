@@ -5,11 +5,7 @@
 
 #include <libpq-fe.h>
 
-#include <poll.h>
-
-#include <cerrno>
 #include <charconv>
-#include <cstring>
 #include <memory>
 
 namespace hosting::coordination {
@@ -102,18 +98,11 @@ struct postgres_lease_store::impl {
     // the end of a statement's results.
     result next(std::chrono::steady_clock::time_point deadline)
     {
-        while (PQisBusy(conn)) {
-            const auto left =
-                std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-            if (left.count() <= 0)
-                fail("no answer within " + std::to_string((options.timeout + std::chrono::seconds(1)).count()) +
-                     " ms; the connection is given up");
-            pollfd fd{PQsocket(conn), POLLIN, 0};
-            if (::poll(&fd, 1, static_cast<int>(left.count())) < 0 && errno != EINTR)
-                fail(std::string("cannot wait for the server: ") + std::strerror(errno));
-            if (PQconsumeInput(conn) == 0)
-                break; // broken: PQgetResult says so
-        }
+        if (const auto failed = hosting::detail::await_result(conn, deadline))
+            fail(failed->timed_out ? "no answer within " +
+                                         std::to_string((options.timeout + std::chrono::seconds(1)).count()) +
+                                         " ms; the connection is given up"
+                                   : failed->why);
         return result(PQgetResult(conn));
     }
 

@@ -2,6 +2,12 @@
 
 #include <libpq-fe.h>
 
+#include <poll.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <optional>
 #include <string>
 
 namespace hosting::detail {
@@ -26,6 +32,37 @@ inline PGconn* connect_postgres(const std::string& conninfo, const std::string& 
                           "keepalives_count", "tcp_user_timeout", "dbname",          nullptr};
     const char* values[] = {connect_timeout.c_str(), "1", "30", "10", "3", "60000", conninfo.c_str(), nullptr};
     return start ? PQconnectStartParams(keys, values, 1) : PQconnectdbParams(keys, values, 1);
+}
+
+// Why await_result stopped waiting: the deadline passed, or poll() failed.
+struct result_wait_failure {
+    bool timed_out = false;
+    std::string why; // poll()'s error, when not timed out
+};
+
+// Reads what the server sends until PQgetResult can return without
+// waiting: PQgetResult itself would wait without a bound. Nothing when it
+// can (a broken connection included: PQgetResult says so). No deadline:
+// no bound, as on a connection the application owns.
+inline std::optional<result_wait_failure>
+await_result(PGconn* conn, std::optional<std::chrono::steady_clock::time_point> deadline)
+{
+    while (PQisBusy(conn)) {
+        int wait_ms = -1;
+        if (deadline) {
+            const auto left =
+                std::chrono::ceil<std::chrono::milliseconds>(*deadline - std::chrono::steady_clock::now());
+            if (left.count() <= 0)
+                return result_wait_failure{true, {}};
+            wait_ms = static_cast<int>(left.count());
+        }
+        pollfd fd{PQsocket(conn), POLLIN, 0};
+        if (::poll(&fd, 1, wait_ms) < 0 && errno != EINTR)
+            return result_wait_failure{false, std::string("cannot wait for the server: ") + std::strerror(errno)};
+        if (PQconsumeInput(conn) == 0)
+            break;
+    }
+    return std::nullopt;
 }
 
 } // namespace hosting::detail

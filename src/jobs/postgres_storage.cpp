@@ -890,31 +890,16 @@ struct postgres_storage::connection {
         const auto deadline = std::chrono::steady_clock::now() + options.statement_timeout + std::chrono::seconds(2);
         PGresult* kept = nullptr;
         for (;;) {
-            while (PQisBusy(conn.get())) {
-                int wait_ms = -1;
-                if (bounded) {
-                    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-                        deadline - std::chrono::steady_clock::now());
-                    if (left.count() <= 0) {
-                        PQclear(kept);
-                        broken = true;
-                        no_answer = "no answer within " +
-                                    std::to_string((options.statement_timeout + std::chrono::seconds(2)).count()) +
-                                    " ms (the statement_timeout and 2 s); the connection is given up";
-                        return nullptr;
-                    }
-                    wait_ms = static_cast<int>(left.count());
-                }
-                pollfd fd{PQsocket(conn.get()), POLLIN, 0};
-                if (::poll(&fd, 1, wait_ms) < 0 && errno != EINTR) {
-                    // PQgetResult would wait without a bound.
-                    PQclear(kept);
-                    broken = true;
-                    no_answer = std::string("cannot wait for the server: ") + std::strerror(errno);
-                    return nullptr;
-                }
-                if (PQconsumeInput(conn.get()) == 0)
-                    break; // broken: PQgetResult says so
+            if (auto failed =
+                    hosting::detail::await_result(conn.get(), bounded ? std::optional(deadline) : std::nullopt)) {
+                PQclear(kept);
+                broken = true;
+                no_answer = !failed->timed_out
+                                ? std::move(failed->why)
+                                : "no answer within " +
+                                      std::to_string((options.statement_timeout + std::chrono::seconds(2)).count()) +
+                                      " ms (the statement_timeout and 2 s); the connection is given up";
+                return nullptr;
             }
             PGresult* r = PQgetResult(conn.get());
             if (!r)
