@@ -1014,13 +1014,14 @@ TEST_CASE("jobs: enqueues that share a transaction with one that waits on an app
         });
     };
     // The first keyed enqueue keeps the storage's thread waiting on the
-    // application's row; the two that come meanwhile go in one batch.
+    // application's row; those that come meanwhile go in one batch.
     auto waiting = schedule(2, keyed);
     session watcher(postgres_conninfo());
     REQUIRE(test::eventually([&] { return watcher.exec("SELECT count(*) FROM pg_locks WHERE NOT granted") != "0"; },
                              10s));
     auto unrelated = schedule(3, free_key);
     auto also_waiting = schedule(4, keyed);
+    auto third_waiting = schedule(6, keyed);
 
     REQUIRE(unrelated.wait_for(30s) == std::future_status::ready);
     const auto [stored, unrelated_error] = unrelated.get();
@@ -1030,7 +1031,7 @@ TEST_CASE("jobs: enqueues that share a transaction with one that waits on an app
     const auto job = store->find(stored.id, false);
     REQUIRE(job);
     CHECK(job->state == job_state::scheduled);
-    for (auto* f : {&waiting, &also_waiting}) {
+    for (auto* f : {&waiting, &also_waiting, &third_waiting}) {
         REQUIRE(f->wait_for(30s) == std::future_status::ready);
         const auto error = f->get().second;
         INFO(error);

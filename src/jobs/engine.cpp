@@ -520,8 +520,23 @@ void engine::loop()
                 // and one's job waited on a row an application holds (its
                 // unique key, uncommitted): the rest were rolled back with
                 // it, and each goes again on its own, so that only those
-                // that wait on that row fail. Renewals go between them.
+                // that wait on that row fail. Renewals go between them. A
+                // key found held fails the requests after it that carry it
+                // at once: they would wait on the same row, one bound each.
+                std::vector<std::pair<const enqueue_request*, std::exception_ptr>> held_keys;
+                const auto same_key = [](const enqueue_request& a, const enqueue_request& b) {
+                    return !a.unique_key.empty() && a.unique_key == b.unique_key &&
+                           a.unique_across_kinds == b.unique_across_kinds &&
+                           (a.unique_across_kinds || a.kind == b.kind);
+                };
                 for (std::size_t i = 0; i < batch.size(); ++i) {
+                    const auto known = std::find_if(held_keys.begin(), held_keys.end(), [&](const auto& h) {
+                        return same_key(*h.first, requests[i]);
+                    });
+                    if (known != held_keys.end()) {
+                        settle(i, known->second, {});
+                        continue;
+                    }
                     renew_if_due();
                     std::exception_ptr alone;
                     std::vector<enqueue_result> one;
@@ -530,6 +545,8 @@ void engine::loop()
                     } catch (...) {
                         alone = std::current_exception();
                     }
+                    if (alone && is_row_lock_timeout(alone))
+                        held_keys.emplace_back(&requests[i], alone);
                     note_write(alone);
                     if (!alone)
                         stored = true;
