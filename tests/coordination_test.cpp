@@ -7,6 +7,9 @@
 #include <hosting/metrics/metrics.hpp>
 #ifdef HOSTING_TEST_POSTGRES_CONNINFO
 #include <hosting/coordination/postgres_lease_store.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+
 #include <libpq-fe.h>
 #endif
 
@@ -402,6 +405,76 @@ TEST_CASE("coordination: a holder whose renewals fail is stopped before its leas
     a.reset();
     INFO(hold_log::text(log->snapshot()));
     CHECK(hold_log::never_overlapping(log->snapshot()));
+}
+
+TEST_CASE("coordination: a host stopped while a service that lost its lease winds down waits for it to end",
+          "[coordination]")
+{
+    temp_db db;
+    auto faulty = std::make_shared<faulty_store>(make_lease_store("sqlite", db));
+    struct progress {
+        std::atomic<bool> started{false}, winding_down{false}, may_end{false}, ended{false};
+    };
+    auto p = std::make_shared<progress>();
+    // A service that needs time once asked to stop (it flushes what it
+    // holds), and asks for it as services do: with a fresh cancellation
+    // state.
+    class slow_to_stop : public hosting::background_service {
+    public:
+        explicit slow_to_stop(std::shared_ptr<progress> p) : p_(std::move(p)) {}
+
+    protected:
+        asio::awaitable<void> execute(std::stop_token stopping) override
+        {
+            p_->started = true;
+            asio::steady_timer tick(co_await asio::this_coro::executor);
+            tick.expires_after(std::chrono::hours(1));
+            boost::system::error_code ec;
+            co_await tick.async_wait(asio::redirect_error(asio::use_awaitable, ec)); // cancelled by the stop
+            if (!stopping.stop_requested())
+                throw std::logic_error("woken before the stop");
+            p_->winding_down = true;
+            co_await asio::this_coro::reset_cancellation_state();
+            while (!p_->may_end) {
+                tick.expires_after(5ms);
+                co_await tick.async_wait(asio::use_awaitable);
+            }
+            p_->ended = true;
+        }
+
+    private:
+        std::shared_ptr<progress> p_;
+    };
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    coord::add_coordination(builder, faulty, quick_options("a"));
+    builder.services().add_hosted_service<slow_to_stop>(p).name("flusher").single_instance("work");
+    auto host = builder.build();
+    host.start_blocking();
+    REQUIRE(test::eventually([&] { return p->started.load(); }));
+
+    faulty->failing = true; // renewals fail: the lease is lost
+    REQUIRE(test::eventually([&] { return p->winding_down.load(); }));
+    faulty->failing = false;
+    std::promise<bool> stopped;
+    std::thread stopper([&] {
+        host.stop_blocking();
+        stopped.set_value(p->ended.load());
+    });
+    auto returned = stopped.get_future();
+    // The host's stop waits for the service, which has not ended: it does
+    // not say it stopped.
+    REQUIRE(sink->wait_for("Stopping service 'flusher'"));
+    CHECK_FALSE(sink->wait_for("Stopped service 'flusher'", 1s));
+    CHECK(returned.wait_for(0s) == std::future_status::timeout);
+    p->may_end = true;
+    REQUIRE(returned.wait_for(test::patience) == std::future_status::ready);
+    CHECK(returned.get()); // it had ended when the stop returned
+    stopper.join();
+    CHECK(host.exit_code() == 0);
+    INFO(sink->dump());
+    CHECK(sink->has("lost lease 'work' (term 1)"));
+    CHECK(sink->has("Stopped service 'flusher'"));
 }
 
 TEST_CASE("coordination: a lease whose grant comes too late to act on is given back, not handed to its service",

@@ -166,12 +166,18 @@ asio::awaitable<void> single_instance_service::execute(std::stop_token stopping)
                 // await its end, which the host's own deadline bounds. A
                 // lease not lost is renewed meanwhile: the service may
                 // still be running.
+                // The host's stop may come during this wait (after a lost
+                // lease) and cancel it again: that wakes the wait, which
+                // goes on, rather than throwing at the next co_await and
+                // leaving the service running, unreleased.
                 co_await asio::this_coro::reset_cancellation_state();
+                co_await asio::this_coro::throw_if_cancelled(false);
                 background_service_access::request_stop(*inner, inner_executor);
                 while (!run->ended) {
                     boost::system::error_code ec;
                     co_await run->event.async_wait(asio::redirect_error(asio::use_awaitable, ec));
                 }
+                co_await asio::this_coro::throw_if_cancelled(true);
             }
         }
 
