@@ -21,7 +21,13 @@
 //     /health/ready), and ready again (200) once the fault is lifted.
 // Prints the faults injected and the violations; exits 1 on any violation.
 //
-//   postgres_faults [--dir D] [--max-n N] [--modes drop|all]
+// With --pooled the proxy stands in front of the PgBouncer in transaction
+// mode that tests/tools/postgres-server starts, and the storages it serves
+// run with transaction_pooling: the faults then fall in the pipelines that
+// carry each transaction's settings, and in its ROLLBACKs. Without
+// PgBouncer it says so and exits with 77.
+//
+//   postgres_faults [--dir D] [--max-n N] [--modes drop|all] [--pooled]
 #include "support/fault_scenarios.hpp"
 #include "support/postgres_server.hpp"
 #include "support/readiness_probe.hpp"
@@ -309,18 +315,28 @@ int main(int argc, char** argv)
     std::string dir = std::filesystem::temp_directory_path().string();
     long max_n = 100000;
     bool stalls = true;
-    for (int i = 1; i + 1 < argc; i += 2) {
+    bool pooled = false;
+    const auto usage = [] {
+        std::fprintf(stderr, "usage: postgres_faults [--dir D] [--max-n N] [--modes drop|all] [--pooled]\n");
+        return 2;
+    };
+    for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
-        if (a == "--dir")
-            dir = argv[i + 1];
-        else if (a == "--max-n")
-            max_n = std::atol(argv[i + 1]);
-        else if (a == "--modes" && (std::string(argv[i + 1]) == "drop" || std::string(argv[i + 1]) == "all"))
-            stalls = std::string(argv[i + 1]) == "all";
-        else {
-            std::fprintf(stderr, "usage: postgres_faults [--dir D] [--max-n N] [--modes drop|all]\n");
-            return 2;
+        if (a == "--pooled") {
+            pooled = true;
+            continue;
         }
+        if (i + 1 >= argc)
+            return usage();
+        const std::string value = argv[++i];
+        if (a == "--dir")
+            dir = value;
+        else if (a == "--max-n")
+            max_n = std::atol(value.c_str());
+        else if (a == "--modes" && (value == "drop" || value == "all"))
+            stalls = value == "all";
+        else
+            return usage();
     }
     std::filesystem::create_directories(dir);
     postgres_server server(dir + "/postgres_faults_server");
@@ -329,8 +345,15 @@ int main(int argc, char** argv)
         std::printf("VIOLATED: no PostgreSQL server could be started\n");
         return 1;
     }
-    fault_proxy proxy(port_of(direct));
-    const std::string proxied = with_port(direct, proxy.port());
+    const std::string target = pooled ? server.pooled_conninfo() : direct;
+    if (target.empty()) {
+        // As the tests do without one; 77 is CTest's "skipped" here.
+        std::printf("postgres_faults: --pooled, and no PgBouncer stands in front of the server (Debian's pgbouncer "
+                    "is not installed): not tested\n");
+        return 77;
+    }
+    fault_proxy proxy(port_of(target));
+    const std::string proxied = with_port(target, proxy.port());
 
     auto scenarios = common_scenarios();
     scenarios.push_back({
@@ -340,7 +363,8 @@ int main(int argc, char** argv)
             // A stall is given up after 1 s and 2 s more, not 30 and 2.
             jobs::postgres_storage s(proxied, jobs::postgres_options{.schema = schema,
                                                                      .statement_timeout = std::chrono::seconds(1),
-                                                                     .notifications = false});
+                                                                     .notifications = false,
+                                                                     .transaction_pooling = pooled});
         },
         [](jobs::storage& s, const ledger&, bool) -> std::string {
             return total(s) == 0 ? std::string() : "jobs in a new schema";
@@ -382,7 +406,8 @@ int main(int argc, char** argv)
                     live = std::make_unique<jobs::postgres_storage>(
                         proxied, jobs::postgres_options{.schema = schema,
                                                         .statement_timeout = std::chrono::milliseconds(200),
-                                                        .notifications = false});
+                                                        .notifications = false,
+                                                        .transaction_pooling = pooled});
                     live->counts();
                 }
                 // While the server is out of reach (drop always), a host with
@@ -393,7 +418,8 @@ int main(int argc, char** argv)
                         ? std::make_shared<jobs::postgres_storage>(
                               proxied, jobs::postgres_options{.schema = schema,
                                                               .statement_timeout = std::chrono::milliseconds(200),
-                                                              .notifications = false})
+                                                              .notifications = false,
+                                                              .transaction_pooling = pooled})
                         : nullptr);
                 auto while_failing = [&] { return readiness.while_failing(proxy.injected() != 0, readiness_probes); };
                 auto once_lifted = [&] { return readiness.once_lifted(); };
