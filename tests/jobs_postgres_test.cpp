@@ -391,6 +391,29 @@ TEST_CASE("jobs: a PostgreSQL server out of reach is a storage_error that holds 
         CHECK(message.find("cannot connect to postgresql") != std::string::npos);
         CHECK(message.find("s3cret") == std::string::npos);
     }
+    // Strings libpq cannot read: its own message would quote the password.
+    for (const std::string unreadable :
+         {"postgresql://hosting:s3c%zzret@127.0.0.1:1/jobs", "host=127.0.0.1 port=1 password=s3c ret dbname=jobs",
+          "host=127.0.0.1 port=1 password='s3cret dbname=jobs"}) {
+        INFO(unreadable);
+        std::string message;
+        try {
+            jobs::postgres_storage store(unreadable);
+        } catch (const jobs::storage_error& e) {
+            message = e.what();
+        }
+        INFO(message);
+        CHECK(message.find("the connection string cannot be read") != std::string::npos);
+        CHECK(message.find("s3c") == std::string::npos);
+        try {
+            hosting::coordination::postgres_lease_store leases(unreadable);
+            FAIL("a lease store on a string libpq cannot read");
+        } catch (const hosting::coordination::lease_store_error& e) {
+            message = e.what();
+        }
+        CHECK(message.find("the connection string cannot be read") != std::string::npos);
+        CHECK(message.find("s3c") == std::string::npos);
+    }
 }
 
 TEST_CASE("jobs: a PostgreSQL heartbeat folds the counts only when there are changes to fold", "[jobs][postgresql]")

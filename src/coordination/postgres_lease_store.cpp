@@ -65,7 +65,7 @@ struct postgres_lease_store::impl {
         if (!conn)
             throw lease_store_error("coordination: postgresql: out of memory for a connection");
         if (PQstatus(conn) != CONNECTION_OK) {
-            const std::string why = trimmed(PQerrorMessage(conn));
+            const std::string why = hosting::detail::connect_error(conn, conninfo);
             PQfinish(conn);
             conn = nullptr;
             throw lease_store_error("coordination: cannot connect to postgresql: " + why);

@@ -34,6 +34,41 @@ inline PGconn* connect_postgres(const std::string& conninfo, const std::string& 
     return start ? PQconnectStartParams(keys, values, 1) : PQconnectdbParams(keys, values, 1);
 }
 
+// Why a connection failed, as libpq says, unless libpq could not read the
+// connection string at all: its message then quotes the part it could not
+// read ('invalid percent-encoded token: "s3c%zz"', 'missing "=" after
+// "secret"'), which may be a password, and every quoted part is left out.
+inline std::string connect_error(PGconn* conn, const std::string& conninfo)
+{
+    std::string why;
+    // A bare database name is read as one, not as a connection string.
+    const bool a_string = conninfo.find('=') != std::string::npos || conninfo.rfind("postgres://", 0) == 0 ||
+                          conninfo.rfind("postgresql://", 0) == 0;
+    char* error = nullptr;
+    PQconninfoOption* read = a_string ? PQconninfoParse(conninfo.c_str(), &error) : nullptr;
+    if (!a_string || read) {
+        PQconninfoFree(read);
+        why = conn ? PQerrorMessage(conn) : "out of memory for a connection";
+    } else {
+        const std::string said = error ? error : "out of memory";
+        PQfreemem(error);
+        why = "the connection string cannot be read (what it quotes of it is left out: it may be a password): ";
+        bool quoted = false;
+        for (const char c : said) {
+            if (c == '"') {
+                if (!quoted)
+                    why += "\"...\"";
+                quoted = !quoted;
+            } else if (!quoted) {
+                why += c;
+            }
+        }
+    }
+    while (!why.empty() && (why.back() == '\n' || why.back() == ' '))
+        why.pop_back();
+    return why;
+}
+
 // Why await_result stopped waiting: the deadline passed, or poll() failed.
 struct result_wait_failure {
     bool timed_out = false;

@@ -736,7 +736,8 @@ struct postgres_storage::connection {
         if (!conn)
             throw storage_error("jobs: postgresql: out of memory for a connection");
         if (PQstatus(conn.get()) != CONNECTION_OK)
-            throw storage_error("jobs: cannot connect to postgresql: " + trimmed(PQerrorMessage(conn.get())));
+            throw storage_error("jobs: cannot connect to postgresql: " +
+                                hosting::detail::connect_error(conn.get(), conninfo));
         // The server's notices ("already exists, skipping" from a migration
         // that finds its work done) are not the program's to print.
         PQsetNoticeProcessor(conn.get(), [](void*, const char*) {}, nullptr);
