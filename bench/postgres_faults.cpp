@@ -360,9 +360,9 @@ int main(int argc, char** argv)
         "migration (new schema)",
         {},
         [&](jobs::storage*, const std::string& schema, ledger&) {
-            // A stall is given up after 1 s and 2 s more, not 30 and 2.
+            // A stall is given up after 1 s and 2 s more, not 10 minutes.
             jobs::postgres_storage s(proxied, jobs::postgres_options{.schema = schema,
-                                                                     .statement_timeout = std::chrono::seconds(1),
+                                                                     .migration_timeout = std::chrono::seconds(1),
                                                                      .notifications = false,
                                                                      .transaction_pooling = pooled});
         },

@@ -416,6 +416,52 @@ TEST_CASE("jobs: a PostgreSQL server out of reach is a storage_error that holds 
     }
 }
 
+TEST_CASE("jobs: a node that starts while another migrates the schema waits for it past the statement_timeout, up "
+          "to the migration_timeout",
+          "[jobs][postgresql]")
+{
+    REQUIRE_POSTGRES();
+    temp_db db;
+    // Another node's migration, as the lock it holds for as long as it runs.
+    session other(postgres_conninfo());
+    other.exec("BEGIN");
+    other.exec("SELECT pg_advisory_xact_lock(hashtextextended('hosting_jobs_schema:" + db.schema + "', 7200))");
+    session watcher(postgres_conninfo());
+    const auto waiting = [&] {
+        return watcher.exec("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted") != "0";
+    };
+
+    jobs::postgres_options patient{.schema = db.schema};
+    patient.statement_timeout = 200ms;
+    auto started = std::async(std::launch::async, [&] {
+        return std::make_shared<jobs::postgres_storage>(postgres_conninfo(), patient);
+    });
+    REQUIRE(test::eventually(waiting));
+    // Past its statement_timeout (and the 2 s the client adds to it), it
+    // still waits.
+    CHECK(started.wait_for(3s) == std::future_status::timeout);
+    other.exec("COMMIT");
+    REQUIRE(started.wait_for(test::patience) == std::future_status::ready);
+    auto store = started.get();
+    CHECK(store->counts()[job_state::available] == 0);
+
+    // Bounded by migration_timeout: then it says which bound ended it.
+    temp_db second;
+    other.exec("BEGIN");
+    other.exec("SELECT pg_advisory_xact_lock(hashtextextended('hosting_jobs_schema:" + second.schema + "', 7200))");
+    jobs::postgres_options bounded{.schema = second.schema};
+    bounded.migration_timeout = 300ms;
+    std::string error;
+    try {
+        jobs::postgres_storage never(postgres_conninfo(), bounded);
+    } catch (const jobs::storage_error& e) {
+        error = e.what();
+    }
+    other.exec("ROLLBACK");
+    INFO(error);
+    CHECK(error.find("postgres_options::migration_timeout, 300 ms") != std::string::npos);
+}
+
 TEST_CASE("jobs: a PostgreSQL heartbeat folds the counts only when there are changes to fold", "[jobs][postgresql]")
 {
     // Every node's heartbeat folds; a fold with nothing to do rewrote every

@@ -866,6 +866,10 @@ struct postgres_storage::connection {
                     .append(" ms: another transaction holds what this call must change, such as one that "
                             "enqueued a job with the same unique key and has not committed)");
         }
+        if (state && std::string_view(state) == "57014" && migrating_now)
+            message.append(" (after postgres_options::migration_timeout, ")
+                .append(std::to_string(options.migration_timeout.count()))
+                .append(" ms: the schema's migration, or the wait for another node's)");
         // A prepared statement gone from a connection that prepared it: the
         // session behind it changed, as through a pooler in transaction mode.
         if (state && std::string_view(state) == "26000" && !unprepared())
@@ -887,8 +891,9 @@ struct postgres_storage::connection {
         no_answer.clear();
         if (sent == 0)
             return nullptr;
-        const bool bounded = conn.get_deleter().owned && options.statement_timeout.count() > 0;
-        const auto deadline = std::chrono::steady_clock::now() + options.statement_timeout + std::chrono::seconds(2);
+        const auto limit = migrating_now ? options.migration_timeout : options.statement_timeout;
+        const bool bounded = conn.get_deleter().owned && limit.count() > 0;
+        const auto deadline = std::chrono::steady_clock::now() + limit + std::chrono::seconds(2);
         PGresult* kept = nullptr;
         for (;;) {
             if (auto failed =
@@ -897,9 +902,10 @@ struct postgres_storage::connection {
                 broken = true;
                 no_answer = !failed->timed_out
                                 ? std::move(failed->why)
-                                : "no answer within " +
-                                      std::to_string((options.statement_timeout + std::chrono::seconds(2)).count()) +
-                                      " ms (the statement_timeout and 2 s); the connection is given up";
+                                : "no answer within " + std::to_string((limit + std::chrono::seconds(2)).count()) +
+                                      (migrating_now ? " ms (the migration_timeout and 2 s)"
+                                                     : " ms (the statement_timeout and 2 s)") +
+                                      "; the connection is given up";
                 return nullptr;
             }
             PGresult* r = PQgetResult(conn.get());
@@ -1163,12 +1169,23 @@ struct postgres_storage::connection {
             PQclear(answer(PQsendQuery(conn.get(), "ROLLBACK")));
     }
 
+    // The migration's statements are bounded by migration_timeout, not
+    // statement_timeout: the server's bound and the wait for its answer.
+    bool migrating_now = false;
+
     void migrate()
     {
+        migrating_now = true;
+        struct reset {
+            bool& flag;
+            ~reset() { flag = false; }
+        } done{migrating_now};
         write([&] {
             // Nodes that start together migrate one after the other, each
-            // waiting for the one before it however long it takes.
+            // waiting for the one before it (up to migration_timeout).
             exec("SET LOCAL lock_timeout = 0");
+            exec("SET LOCAL statement_timeout = " +
+                 std::to_string(std::max<std::int64_t>(0, options.migration_timeout.count())));
             exec("SELECT pg_advisory_xact_lock(hashtextextended($1, 7200))",
                  params().add("hosting_jobs_schema:" + options.schema));
             exec("CREATE SCHEMA IF NOT EXISTS " + quoted_schema());

@@ -23,6 +23,12 @@ struct postgres_options {
     // included) before the server cancels it and the call fails with
     // storage_error; zero: no limit.
     std::chrono::milliseconds statement_timeout{std::chrono::seconds(30)};
+    // How long the schema's migration may take, in place of the
+    // statement_timeout: a node that starts while another migrates waits
+    // for it this long, and a migration that rewrites a large table gets
+    // this long to do it. zero: no limit. Past it, the constructor throws
+    // storage_error and the migration is rolled back whole.
+    std::chrono::milliseconds migration_timeout{std::chrono::minutes(10)};
     // How long one of the storage's statements waits for a lock that
     // another transaction holds before the call fails with storage_error
     // (an application's transaction that enqueued a job with the same
