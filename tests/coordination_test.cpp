@@ -391,7 +391,7 @@ TEST_CASE("coordination: a holder whose renewals fail is stopped before its leas
     CHECK(hold_log::never_overlapping(events));
     CHECK(events.at(1).node == "a");
     CHECK_FALSE(events.at(1).started);
-    CHECK(a->sink->has("lost lease 'work' (term 1): no renewal succeeded in time"));
+    CHECK(a->sink->wait_for("lost lease 'work' (term 1): no renewal succeeded in time"));
     CHECK(a->sink->has("Service 'recorder' lost lease 'work' (term 1) and was stopped"));
     const auto entry = a->health();
     CHECK(entry.status == hosting::health_status::unhealthy);
@@ -473,8 +473,54 @@ TEST_CASE("coordination: a host stopped while a service that lost its lease wind
     stopper.join();
     CHECK(host.exit_code() == 0);
     INFO(sink->dump());
-    CHECK(sink->has("lost lease 'work' (term 1)"));
+    CHECK(sink->wait_for("lost lease 'work' (term 1)"));
     CHECK(sink->has("Stopped service 'flusher'"));
+}
+
+TEST_CASE("coordination: a log sink that blocks holds up neither the word of a lost lease nor its service's stop",
+          "[coordination]")
+{
+    // As a full pipe to a stalled log reader does: every logging thread
+    // waits in the sink.
+    class stalling_sink : public test::capture_sink {
+    public:
+        std::atomic<bool> stall{false};
+        std::atomic<bool> stalled{false};
+
+    protected:
+        void sink_it_(const spdlog::details::log_msg& msg) override
+        {
+            const std::string_view text(msg.payload.data(), msg.payload.size());
+            if (stall.load() && text.find("renewing lease") != std::string_view::npos) {
+                stalled = true;
+                while (stall.load())
+                    std::this_thread::yield();
+            }
+            test::capture_sink::sink_it_(msg);
+        }
+    };
+    temp_db db;
+    auto faulty = std::make_shared<faulty_store>(make_lease_store("sqlite", db));
+    auto log = std::make_shared<hold_log>();
+    auto sink = std::make_shared<stalling_sink>();
+    auto builder = test::make_builder(sink);
+    coord::add_coordination(builder, faulty, quick_options("a"));
+    builder.services().add_hosted_service<recorder>(log, "a").name("recorder").single_instance("work");
+    auto host = builder.build();
+    host.start_blocking();
+    REQUIRE(log->wait([](const auto& e) { return hold_log::running(e).has_value(); }));
+
+    sink->stall = true;
+    faulty->failing = true;
+    REQUIRE(test::eventually([&] { return sink->stalled.load(); }));
+    // The renewal's failure is stuck in the sink: the lease still lapses,
+    // and its service is stopped.
+    const bool stopped = log->wait([](const auto& e) { return !e.empty() && !e.back().started; });
+    sink->stall = false;
+    CHECK(stopped);
+    faulty->failing = false;
+    host.stop_blocking();
+    CHECK(sink->wait_for("lost lease 'work' (term 1)"));
 }
 
 TEST_CASE("coordination: a lease whose grant comes too late to act on is given back, not handed to its service",

@@ -31,6 +31,7 @@
 #include <optional>
 #include <system_error>
 #include <thread>
+#include <utility>
 
 namespace hosting::coordination {
 
@@ -290,24 +291,32 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
         complete(std::move(error), std::move(lease));
     }
 
+    // Logged outside the mutex, which the watchdog takes: a sink that
+    // blocks (a full pipe) must not hold up the word of a lost lease.
     void note_error(const std::string& what)
     {
-        std::lock_guard lock(mutex);
+        std::string before;
+        {
+            std::lock_guard lock(mutex);
+            before = std::exchange(error, what);
+        }
         // Once when the storage starts failing, not at every try.
         if (log) {
-            if (error.empty())
+            if (before.empty())
                 log->warn("Coordination on {}: {}", store->describe(), what);
-            else if (error != what)
+            else if (before != what)
                 log->debug("Coordination on {}: {}", store->describe(), what);
         }
-        error = what;
     }
     void note_success()
     {
-        std::lock_guard lock(mutex);
-        if (!error.empty() && log)
+        std::string before;
+        {
+            std::lock_guard lock(mutex);
+            before = std::exchange(error, std::string());
+        }
+        if (!before.empty() && log)
             log->info("Coordination on {} answers again", store->describe());
-        error.clear();
     }
 
     void schedule(slot& s, milliseconds after, void (impl::*step)(slot&))
@@ -439,24 +448,32 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
     {
         if (!lease->lose(why))
             return;
-        if (log && why != "released")
-            log->warn("Node '{}' lost lease '{}' (term {}): {}", options.node_id, lease->name(), lease->term(), why);
-        std::lock_guard lock(notifiers_mutex);
-        std::erase_if(notifiers, [](notifier& n) {
-            if (!n.ended->load())
-                return false;
-            n.thread.join();
-            return true;
-        });
-        auto ended = std::make_shared<std::atomic<bool>>(false);
-        try {
-            notifiers.push_back({std::thread([lease, ended] {
-                                     lease->fire();
-                                     *ended = true;
-                                 }),
-                                 ended});
-        } catch (const std::system_error&) {
-            lease->fire(); // no thread to be had: here, then
+        {
+            std::lock_guard lock(notifiers_mutex);
+            std::erase_if(notifiers, [](notifier& n) {
+                if (!n.ended->load())
+                    return false;
+                n.thread.join();
+                return true;
+            });
+            // Told first, logged after, and neither on the watchdog's
+            // thread: a sink that blocks (a full pipe) holds up neither
+            // this stop nor the word of the next lease to lapse.
+            auto tell = [lease, why, log = log, node = options.node_id] {
+                lease->fire();
+                if (log && why != "released")
+                    log->warn("Node '{}' lost lease '{}' (term {}): {}", node, lease->name(), lease->term(), why);
+            };
+            auto ended = std::make_shared<std::atomic<bool>>(false);
+            try {
+                notifiers.push_back({std::thread([tell, ended] {
+                                         tell();
+                                         *ended = true;
+                                     }),
+                                     ended});
+            } catch (const std::system_error&) {
+                tell(); // no thread to be had: here, then
+            }
         }
     }
 
