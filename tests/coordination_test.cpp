@@ -71,10 +71,15 @@ struct faulty_store final : coord::lease_store {
             std::this_thread::sleep_for(std::chrono::milliseconds(ms)); // the answer's way back
         return term;
     }
+    // A renewal that answers this late, as a storage under load does.
+    std::atomic<int> renew_delay_ms{0};
     bool renew(const std::string& n, const std::string& h, std::uint64_t t, std::chrono::milliseconds d) override
     {
         check();
-        return inner->renew(n, h, t, d);
+        const bool kept = inner->renew(n, h, t, d);
+        if (const int ms = renew_delay_ms.load(); ms > 0)
+            std::this_thread::sleep_for(std::chrono::milliseconds(ms)); // the answer's way back
+        return kept;
     }
     void release(const std::string& n, const std::string& h, std::uint64_t t) override
     {
@@ -521,6 +526,32 @@ TEST_CASE("coordination: a log sink that blocks holds up neither the word of a l
     faulty->failing = false;
     host.stop_blocking();
     CHECK(sink->wait_for("lost lease 'work' (term 1)"));
+}
+
+TEST_CASE("coordination: renewals that each take most of the renewal interval keep the lease", "[coordination]")
+{
+    // The next renewal is due renew_interval after the last was sent: were
+    // it due after the last returned, two slow answers in a row would
+    // outlast the lease (900 ms + 1 s + 900 ms > 3 s - 0.6 s here).
+    temp_db db;
+    auto faulty = std::make_shared<faulty_store>(make_lease_store("sqlite", db));
+    faulty->renew_delay_ms = 900;
+    auto log = std::make_shared<hold_log>();
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    auto options = quick_options("a", 3000ms);
+    options.elect_leader = false; // one lease: its renewals alone on the coordinator's thread
+    coord::add_coordination(builder, faulty, options);
+    builder.services().add_hosted_service<recorder>(log, "a").name("recorder").single_instance("work");
+    auto host = builder.build();
+    host.start_blocking();
+    REQUIRE(log->wait([](const auto& e) { return hold_log::running(e).has_value(); }));
+    const bool stopped = log->wait([](const auto& e) { return e.size() > 1; }, 5s);
+    INFO(sink->dump());
+    CHECK_FALSE(stopped);
+    CHECK_FALSE(sink->has("lost lease"));
+    faulty->renew_delay_ms = 0;
+    host.stop_blocking();
 }
 
 TEST_CASE("coordination: a lease whose grant comes too late to act on is given back, not handed to its service",

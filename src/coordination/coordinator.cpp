@@ -379,7 +379,7 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
             s.waiting.pop_front();
             finish(*r, nullptr, lease);
         }
-        schedule(s, options.renew_interval, &impl::renew);
+        schedule(s, renew_interval_from(sent), &impl::renew);
     }
 
     // Nothing when another node holds it or the storage fails (noted).
@@ -433,7 +433,18 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
         lease->valid_until.store(until.time_since_epoch().count());
         lease->renewed.store(sent.time_since_epoch().count());
         watchdog_wake.notify_all();
-        schedule(s, options.renew_interval, &impl::renew);
+        schedule(s, renew_interval_from(sent), &impl::renew);
+    }
+
+    // The next renewal goes renew_interval after this one was sent, not
+    // after it returned: the lease counts from the sending, and a storage
+    // slow to answer would otherwise add its time twice to the gap that
+    // the lease must cover (a renewal's wait, then the interval, then the
+    // next renewal's wait).
+    milliseconds renew_interval_from(clock::time_point sent) const
+    {
+        const auto took = std::chrono::duration_cast<milliseconds>(clock::now() - sent);
+        return std::max(milliseconds(0), options.renew_interval - took);
     }
 
     // A service's lost lease stays in its slot until the service has
