@@ -756,6 +756,9 @@ TEST_CASE("coordination: misuse is refused with errors that say what is wrong", 
         auto bad = quick_options("n");
         bad.renew_interval = 900ms;
         CHECK_THROWS_WITH(coord::coordinator(store, bad), Catch::Contains("renew_interval must be shorter"));
+        auto slow_retry = quick_options("n"); // 1 s lease: 200 ms margin, 333 ms renewals
+        slow_retry.retry_interval = 500ms;
+        CHECK_THROWS_WITH(coord::coordinator(store, slow_retry), Catch::Contains("retry_interval must be shorter"));
         CHECK_THROWS_WITH(coord::coordinator(nullptr, {}), Catch::Contains("the lease store is null"));
     }
     CHECK_THROWS_AS(coord::sqlite_lease_store(""), coord::lease_store_error);

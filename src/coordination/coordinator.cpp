@@ -57,6 +57,10 @@ void coordination_options::validate() const
     if (renew >= lease_duration - margin)
         fail("renew_interval must be shorter than lease_duration - stop_margin, or a holder would stop "
              "before its first renewal");
+    const auto retry = retry_interval.count() ? retry_interval : lease_duration / 20;
+    if (retry >= lease_duration - margin - renew)
+        fail("retry_interval must be shorter than lease_duration - stop_margin - renew_interval, or one failed "
+             "renewal would lose the lease before it is tried again");
 }
 
 // One term of a lease this node holds.
