@@ -893,6 +893,24 @@ TEST_CASE("jobs: jobs enqueued in the caller's own PostgreSQL transaction commit
     app.exec("ROLLBACK");
     CHECK_FALSE(store->find(rolled_back[0].id).has_value());
 
+    // Requests the application made itself, and made wrong: refused before
+    // anything is sent, and its transaction goes on. A key that lets go
+    // while its job is scheduled would stop every node's claims once the
+    // job fell due and found another holding it.
+    app.exec("BEGIN");
+    auto scheduled_unkeyed = client.requests_for(first);
+    scheduled_unkeyed[0].unique_key = "order-9";
+    scheduled_unkeyed[0].unique_states = jobs::state_set{job_state::available};
+    CHECK_THROWS_AS(store->enqueue_in_transaction(app.get(), scheduled_unkeyed), std::invalid_argument);
+    CHECK_THROWS_WITH(store->enqueue_in_transaction(app.get(), scheduled_unkeyed),
+                      Catch::Contains("unique_states must include every state that is not final"));
+    auto no_queue = client.requests_for(first);
+    no_queue[0].queue.clear();
+    CHECK_THROWS_WITH(store->enqueue_in_transaction(app.get(), no_queue),
+                      Catch::Contains("job of kind 'receipt' has an empty queue name"));
+    CHECK(app.exec("SELECT 1") == "1");
+    app.exec("ROLLBACK");
+
     // Committed: both, and the job is invisible to others until then.
     app.exec("BEGIN");
     app.exec("SET LOCAL search_path TO public");

@@ -349,21 +349,7 @@ enqueue_request engine::make_request(std::string kind_name, std::string args, co
         r.unique_states = base.unique_states;
     }
     r.concurrency_key = options.concurrency_key;
-    // A key that lets go in one pending state and is taken again in another
-    // could find another job holding it at a moment the engine cannot fail.
-    constexpr state_set pending = default_unique_states;
-    if (!r.unique_key.empty())
-        for (std::size_t i = 0; i < job_state_count; ++i)
-            if (pending.contains(static_cast<job_state>(i)) && !r.unique_states.contains(static_cast<job_state>(i)))
-                throw std::invalid_argument("jobs: unique_states must include every state that is not final "
-                                            "(scheduled, available, awaiting, running, retryable); it may add "
-                                            "final ones");
-    if (r.queue.empty())
-        throw std::invalid_argument("jobs: job of kind '" + r.kind + "' has an empty queue name");
-    if (r.max_attempts < 1)
-        throw std::invalid_argument("jobs: job of kind '" + r.kind + "' needs max_attempts of at least 1");
-    if (r.timeout < std::chrono::milliseconds::zero())
-        throw std::invalid_argument("jobs: job of kind '" + r.kind + "' has a negative timeout");
+    validate_request(r);
     if (run_at)
         r.reason = "scheduled";
     return r;

@@ -1,6 +1,8 @@
 #include <hosting/jobs/job.hpp>
+#include <hosting/jobs/storage.hpp>
 
 #include <array>
+#include <stdexcept>
 
 namespace hosting::jobs {
 
@@ -68,5 +70,29 @@ invalid_transition::invalid_transition(job_id id, job_state from, job_state to, 
 }
 
 job_not_found::job_not_found(job_id id) : std::runtime_error("jobs: no job " + std::to_string(id)) {}
+
+void validate_request(const enqueue_request& r)
+{
+    if (r.kind.empty())
+        throw std::invalid_argument("jobs: enqueue needs a kind");
+    // A key that lets go in one pending state and is taken again in another
+    // could find another job holding it at a moment the engine cannot fail
+    // (a scheduled job falling due, a retry), and every claim would stop
+    // there.
+    constexpr state_set pending = default_unique_states;
+    if (!r.unique_key.empty())
+        for (std::size_t i = 0; i < job_state_count; ++i)
+            if (pending.contains(static_cast<job_state>(i)) && !r.unique_states.contains(static_cast<job_state>(i)))
+                throw std::invalid_argument("jobs: job of kind '" + r.kind +
+                                            "': unique_states must include every state that is not final "
+                                            "(scheduled, available, awaiting, running, retryable); it may add "
+                                            "final ones");
+    if (r.queue.empty())
+        throw std::invalid_argument("jobs: job of kind '" + r.kind + "' has an empty queue name");
+    if (r.max_attempts < 1)
+        throw std::invalid_argument("jobs: job of kind '" + r.kind + "' needs max_attempts of at least 1");
+    if (r.timeout < std::chrono::milliseconds::zero())
+        throw std::invalid_argument("jobs: job of kind '" + r.kind + "' has a negative timeout");
+}
 
 } // namespace hosting::jobs

@@ -1775,6 +1775,8 @@ std::vector<enqueue_result> postgres_storage::enqueue_in_transaction(pg_conn* ca
                                                                      std::span<const enqueue_request> requests,
                                                                      time_point now)
 {
+    for (const auto& r : requests)
+        validate_request(r); // before anything is sent: the caller's transaction stays as it was
     if (!caller || PQstatus(caller) != CONNECTION_OK)
         throw storage_error("jobs: enqueue_in_transaction: the connection is not open");
     if (PQtransactionStatus(caller) != PQTRANS_INTRANS)

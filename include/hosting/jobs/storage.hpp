@@ -39,6 +39,13 @@ struct enqueue_request {
     std::string reason = "enqueued";
 };
 
+// Throws std::invalid_argument naming what is wrong with a request: an
+// empty kind or queue, max_attempts below 1, a negative timeout, or a
+// unique key whose unique_states leave out a state that is not final. The
+// client checks each request it makes; postgres_storage::
+// enqueue_in_transaction checks those an application makes itself.
+void validate_request(const enqueue_request& r);
+
 // What a storage compares for uniqueness: the key within its kind, or
 // across kinds. The kind's length comes first so that no kind and key can
 // spell another's; '*' is no digit, so a key across kinds spells no kind's.
