@@ -439,6 +439,39 @@ TEST_CASE("jobs dashboard: a page of another site that reaches it through its ow
     }
 }
 
+TEST_CASE("jobs dashboard: without authorize, a request a proxy forwarded is refused though it comes from this "
+          "machine",
+          "[jobs][dashboard]")
+{
+    // A reverse proxy on this machine forwards a remote browser's request
+    // from 127.0.0.1, with a Host the dashboard answers to: only the marks
+    // the proxy leaves tell it apart.
+    const auto get = [](unsigned short port, const std::string& header) {
+        return test::raw_exchange(port, "GET /jobs/api/overview HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header +
+                                            "\r\nConnection: close\r\n\r\n")
+            .received;
+    };
+    {
+        site s;
+        for (const std::string header : {"X-Forwarded-For: 203.0.113.7", "Forwarded: for=203.0.113.7",
+                                         "X-Real-IP: 203.0.113.7", "X-Forwarded-Host: jobs.example"}) {
+            INFO(header);
+            const auto raw = get(s.port, header);
+            CHECK(raw.starts_with("HTTP/1.1 403"));
+            CHECK_THAT(raw, Catch::Contains("set dashboard_options::authorize"));
+        }
+        CHECK(get(s.port, "Accept: */*").starts_with("HTTP/1.1 200"));
+    }
+    {
+        // With authorize, the application decides (it may read the
+        // proxy's headers, or its own login).
+        jobs::dashboard_options options;
+        options.authorize = [](const hosting::http::request&) { return jobs::dashboard_access::read_only; };
+        site s(options);
+        CHECK(get(s.port, "X-Forwarded-For: 203.0.113.7").starts_with("HTTP/1.1 200"));
+    }
+}
+
 TEST_CASE("jobs dashboard: a storage's errors, which name where it is, are shown to users with full access only",
           "[jobs][dashboard]")
 {

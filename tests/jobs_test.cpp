@@ -233,6 +233,36 @@ TEST_CASE("jobs: a SQLite file keeps its jobs and schema across opens, and two c
     CHECK_THROWS_AS(jobs::sqlite_storage("/nonexistent-dir/x.db"), jobs::storage_error);
 }
 
+TEST_CASE("jobs: a SQLite call that waits out busy_timeout says which file and which option, and a database that "
+          "cannot use write-ahead logging is refused",
+          "[jobs][storage]")
+{
+    temp_db db;
+    jobs::sqlite_options quick;
+    quick.busy_timeout = 100ms;
+    jobs::sqlite_storage store(db.path.string(), quick);
+    // Another process's write transaction, as long as it likes.
+    sqlite3* other = nullptr;
+    REQUIRE(sqlite3_open(db.path.string().c_str(), &other) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK);
+    std::string error;
+    try {
+        store.enqueue(std::vector{request("k", "1")}, jobs::clock::now());
+    } catch (const jobs::storage_error& e) {
+        error = e.what();
+    }
+    sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr);
+    sqlite3_close(other);
+    INFO(error);
+    CHECK(error.find("SQLite file '" + db.path.string() + "'") != std::string::npos);
+    CHECK(error.find("busy_timeout") != std::string::npos);
+    CHECK(store.enqueue(std::vector{request("k", "2")}, jobs::clock::now()).size() == 1); // free again
+
+    // In memory, SQLite keeps its own journal mode without a word: nothing
+    // would be durable, and no other process could share the jobs.
+    CHECK_THROWS_WITH(jobs::sqlite_storage(":memory:"), Catch::Contains("cannot use write-ahead logging"));
+}
+
 TEST_CASE("jobs: a SQLite file keeps arguments that are not UTF-8 byte for byte, and an error's text as valid "
           "UTF-8, in a batch or not",
           "[jobs][storage]")

@@ -388,6 +388,16 @@ bool host_allowed(const http::request& r, const dashboard_options& o)
     return o.allow_remote;
 }
 
+// Marks a reverse proxy leaves on what it forwards. Through a proxy on
+// this machine every request comes from a loopback address, whoever sent
+// it: without `authorize`, the dashboard would give a remote browser the
+// access it keeps for this machine's own clients.
+bool came_through_proxy(const http::request& r)
+{
+    return r.header("Forwarded") || r.header("X-Forwarded-For") || r.header("X-Real-IP") ||
+           r.header("X-Forwarded-Host");
+}
+
 // Same-origin for a state-changing request: a browser's Sec-Fetch-Site,
 // or failing that its Origin against the Host it was sent to; a request
 // with neither (not from a browser page) is refused too.
@@ -471,6 +481,10 @@ private:
         if (!host_allowed(r, o))
             co_return http::response::error(403, "the jobs dashboard does not answer to this host name "
                                                  "(allowed_hosts)");
+        if (!o.authorize && came_through_proxy(r))
+            co_return http::response::error(403, "the jobs dashboard without authorize answers this machine's own "
+                                                 "clients only, and this request came through a proxy (Forwarded, "
+                                                 "X-Forwarded-For or X-Real-IP): set dashboard_options::authorize");
         const auto access = o.authorize ? o.authorize(r) : dashboard_access::full;
         seen = access;
         if (access == dashboard_access::none)

@@ -19,13 +19,24 @@ namespace {
 
 using namespace detail;
 
+// What went wrong, naming the file: a process may open several, and
+// "database is locked" alone says neither which nor why.
+std::string failure(sqlite3* db, int rc, const std::string& what)
+{
+    const char* file = sqlite3_db_filename(db, "main");
+    std::string out = "jobs: SQLite file '" + std::string(file ? file : "?") + "': " + what + ": " + sqlite3_errmsg(db);
+    if ((rc & 0xff) == SQLITE_BUSY)
+        out += " (another process held its write lock past sqlite_options::busy_timeout)";
+    return out;
+}
+
 // A prepared statement, reset after each use.
 class statement {
 public:
     statement(sqlite3* db, const char* sql) : db_(db)
     {
-        if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt_, nullptr) != SQLITE_OK)
-            throw storage_error(std::string("jobs: sqlite cannot prepare a statement: ") + sqlite3_errmsg(db));
+        if (const int rc = sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt_, nullptr); rc != SQLITE_OK)
+            throw storage_error(failure(db, rc, "cannot prepare a statement"));
     }
     ~statement() { sqlite3_finalize(stmt_); }
     statement(const statement&) = delete;
@@ -58,9 +69,9 @@ public:
             return true;
         if (rc == SQLITE_DONE)
             return false;
-        std::string message = sqlite3_errmsg(db_);
+        std::string message = failure(db_, rc, "a statement failed");
         sqlite3_reset(stmt_);
-        throw storage_error("jobs: sqlite: " + message);
+        throw storage_error(message);
     }
     void run()
     {
@@ -87,7 +98,7 @@ private:
     void check(int rc)
     {
         if (rc != SQLITE_OK)
-            throw storage_error(std::string("jobs: sqlite cannot bind: ") + sqlite3_errmsg(db_));
+            throw storage_error(failure(db_, rc, "cannot bind a value"));
     }
     sqlite3* db_;
     sqlite3_stmt* stmt_ = nullptr;
@@ -435,7 +446,16 @@ struct sqlite_storage::connection {
             throw storage_error("jobs: cannot open the SQLite file '" + path +
                                 "': " + (db ? sqlite3_errmsg(db) : sqlite3_errstr(rc)));
         sqlite3_busy_timeout(db, static_cast<int>(options.busy_timeout.count()));
-        exec("PRAGMA journal_mode = WAL", path);
+        {
+            // SQLite answers with the mode it is in, and keeps another
+            // without an error where WAL cannot be (a database in memory):
+            // then nothing is durable, and no other process shares it.
+            statement wal(db, "PRAGMA journal_mode = WAL");
+            const std::string mode = wal.step() ? wal.text(0) : std::string();
+            if (mode != "wal")
+                throw storage_error("jobs: SQLite file '" + path + "' cannot use write-ahead logging (its journal "
+                                    "mode is '" + mode + "'): give sqlite_storage a file on a local disk");
+        }
         exec(options.sync == sqlite_options::durability::full ? "PRAGMA synchronous = FULL"
                                                                : "PRAGMA synchronous = NORMAL",
              path);

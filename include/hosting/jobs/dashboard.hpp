@@ -27,7 +27,10 @@ struct dashboard_options {
     // set by an authenticating proxy, a client certificate's name, a token.
     // Called on the server's thread; one that throws refuses. Unset:
     // full access for whoever reaches it, which the next option and the
-    // server's loopback address limit to this machine by default.
+    // server's loopback address limit to this machine by default; then a
+    // request a proxy forwarded (Forwarded, X-Forwarded-For, X-Real-IP,
+    // X-Forwarded-Host) is refused, as a proxy on this machine would
+    // otherwise pass the network's requests off as local.
     std::function<dashboard_access(const http::request&)> authorize{};
     // Requests from an address other than loopback are refused (403) unless
     // this is set: the dashboard changes jobs, so exposing it takes a
