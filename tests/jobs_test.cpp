@@ -3,6 +3,8 @@
 // connections and processes on one file), and examples/jobs as a process.
 #include "jobs_support.hpp"
 
+#include <boost/asio/redirect_error.hpp>
+
 #include "../bench/support/fault_vfs.hpp"
 
 #include <future>
@@ -117,6 +119,64 @@ TEST_CASE("jobs: a handler can discard or cancel its job, a kind can refuse to r
 
 
 
+
+TEST_CASE("jobs: a server that faulted still records the jobs that end in its grace when the host stops meanwhile",
+          "[jobs]")
+{
+    // The server's loop faults (a storage throws what is not a
+    // storage_error) while a handler runs; its shutdown gives the handler
+    // its grace, and the host's stop comes during it.
+    auto store = std::make_shared<failing_storage>();
+    std::atomic<bool> fault_next{false};
+    store->on_claim = [&](std::size_t, const jobs::claim_request&) {
+        if (fault_next.exchange(false))
+            throw std::logic_error("a fault of the storage (test)");
+    };
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    builder.options().shutdown_timeout = 60s;
+    auto options = quick_server();
+    options.shutdown_grace = 30s;
+    test::recorder r;
+    std::atomic<bool> may_end{false};
+    // Deaf to its stop, as a handler stuck in a blocking call's wait is: it
+    // ends when the test lets it.
+    jobs::add_jobs(builder, store, options)
+        .register_kind<std::string>("slow", [&](std::string name, jobs::job_context& ctx) -> asio::awaitable<void> {
+            r.add("started " + name);
+            std::stop_callback asked(ctx.stop_token(), [&r, name] { r.add("asked to stop " + name); });
+            co_await asio::this_coro::reset_cancellation_state(
+                [](asio::cancellation_type) { return asio::cancellation_type::none; });
+            asio::steady_timer tick(co_await asio::this_coro::executor);
+            while (!may_end.load()) {
+                tick.expires_after(5ms);
+                boost::system::error_code ec;
+                co_await tick.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+            }
+            r.add("ended " + name);
+        });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    host.start_blocking();
+    const auto id = client.enqueue_blocking("slow", std::string("a")).id;
+    REQUIRE(r.wait_for("started a"));
+
+    fault_next = true;
+    client.enqueue_blocking("slow", std::string("b")); // its claim faults
+    // The server's shutdown after its fault has begun: a is asked to stop,
+    // and its grace runs.
+    REQUIRE(r.wait_for("asked to stop a"));
+    std::thread stopper([&] { host.stop_blocking(); });
+    REQUIRE(sink->wait_for("Stopping service 'hosting.jobs'"));
+    may_end = true; // a ends within the grace
+    stopper.join();
+    INFO(sink->dump());
+    REQUIRE(r.wait_for("ended a"));
+    const auto a = store->inner.find(id, false);
+    REQUIRE(a);
+    CHECK(a->state == job_state::succeeded);
+    CHECK(sink->has("a fault of the storage (test)"));
+}
 
 TEST_CASE("jobs: the default backoff is Sidekiq's, whose count is 0 after the first attempt", "[jobs]")
 {

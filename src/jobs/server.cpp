@@ -1048,8 +1048,13 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
     }
 
     // Stopping: no more claims; running jobs are asked to stop and get the
-    // grace period; the jobs not started go back to available.
+    // grace period; the jobs not started go back to available. After a
+    // fault the host's stop may come during the grace and cancel its wait:
+    // that wakes the wait, which goes on, rather than throwing at the next
+    // co_await and leaving the buffer unreleased and the handlers' ends
+    // unsent.
     co_await asio::this_coro::reset_cancellation_state();
+    co_await asio::this_coro::throw_if_cancelled(false);
     // The handlers hear first (if the stop token's callback has not told
     // them already): the standing claim may be in an enqueue's transaction
     // that the storage holds, and their grace runs meanwhile.
