@@ -970,6 +970,10 @@ TEST_CASE("jobs: a node renews its leases while an application's open transactio
         .register_kind<int>("child", [&](int, jobs::job_context&) -> asio::awaitable<void> {
             r.add("child ran");
             co_return;
+        })
+        .register_kind<int>("quick", [&](int n, jobs::job_context&) -> asio::awaitable<void> {
+            r.add("quick " + std::to_string(n));
+            co_return;
         });
     auto host = builder.build();
     auto& client = host.services().get<jobs::client>();
@@ -996,7 +1000,10 @@ TEST_CASE("jobs: a node renews its leases while an application's open transactio
         },
         20s);
     CHECK(renewed);
-    CHECK(sink->has("a quarter of the lease"));
+    CHECK(sink->wait_for("its completion waits on a row another transaction holds"));
+    // Meanwhile the node's other work goes on: claimed, run and recorded.
+    const auto quick = client.enqueue_blocking("quick", 4).id;
+    CHECK(test::eventually([&] { return store->find(quick, false)->state == job_state::succeeded; }, 20s));
     CHECK(store->find(parent, false)->state == job_state::running); // not completed yet
     app.exec("COMMIT");
     CHECK(test::eventually([&] { return store->find(parent, false)->state == job_state::succeeded; }, 20s));

@@ -593,6 +593,68 @@ std::vector<job> engine::complete_and_claim(storage& s, std::span<const completi
     return claimed;
 }
 
+std::vector<job> engine::settle_and_claim(storage& s, std::vector<completion>& done, claim_request claim,
+                                          std::vector<job_id>& waiting)
+{
+    const auto steady_now = std::chrono::steady_clock::now();
+    // A job this node no longer holds (its lease lost) is no longer waited for.
+    std::erase_if(lock_waits_, [&](const auto& w) { return !held_.contains(w.first.first); });
+    std::vector<completion> fresh, parked;
+    for (auto& c : done) {
+        const auto it = lock_waits_.find({c.id, c.attempt});
+        if (it == lock_waits_.end())
+            fresh.push_back(std::move(c));
+        else if (steady_now < it->second)
+            parked.push_back(std::move(c));
+        else {
+            // Its turn to be tried again, alone: it may wait the lock bound.
+            renew_if_due();
+            try {
+                complete_and_claim(s, std::span(&c, 1), claim_request{claim.node, {}, {}, {}}, now());
+                lock_waits_.erase(it);
+            } catch (const row_lock_timeout&) {
+                it->second = std::chrono::steady_clock::now() + options_.lease_duration;
+                parked.push_back(std::move(c));
+            }
+        }
+    }
+    done.clear();
+    const auto keep_parked = [&] { done = std::move(parked); };
+    try {
+        claim.lease_until = now() + options_.lease_duration;
+        auto claimed = complete_and_claim(s, fresh, claim, now());
+        keep_parked();
+        return claimed;
+    } catch (const row_lock_timeout&) {
+        if (fresh.empty()) {
+            keep_parked();
+            throw; // the claim itself waited: nothing here to leave out
+        }
+    } catch (...) {
+        // Not recorded: all of them go again with the next call.
+        parked.insert(parked.end(), std::make_move_iterator(fresh.begin()), std::make_move_iterator(fresh.end()));
+        keep_parked();
+        throw;
+    }
+    // One of them waits on a row: each goes on its own, then the claim.
+    for (auto& c : fresh) {
+        renew_if_due();
+        try {
+            complete_and_claim(s, std::span(&c, 1), claim_request{claim.node, {}, {}, {}}, now());
+        } catch (const row_lock_timeout&) {
+            lock_waits_[{c.id, c.attempt}] = std::chrono::steady_clock::now() + options_.lease_duration;
+            waiting.push_back(c.id);
+            parked.push_back(c);
+        } catch (...) {
+            parked.push_back(c); // sent again with the next call; a completion already recorded is fenced off
+        }
+    }
+    keep_parked();
+    renew_if_due();
+    claim.lease_until = now() + options_.lease_duration;
+    return complete_and_claim(s, {}, claim, now());
+}
+
 void engine::set_renewal_listener(renewal_listener fn)
 {
     std::lock_guard lock(mutex_);

@@ -756,9 +756,13 @@ struct server::run : std::enable_shared_from_this<server::run> {
             // (another process's write lock, a long batch) would store
             // leases that run out at once, or have run out already, and
             // another node could take its jobs as they start here.
-            const auto at = e->now();
-            c.lease_until = at + e->options().lease_duration;
-            auto claimed = e->complete_and_claim(s, *d, c, at);
+            std::vector<job_id> waiting;
+            auto claimed = e->settle_and_claim(s, *d, std::move(c), waiting);
+            for (const auto id : waiting)
+                log->warn("Job {}: its completion waits on a row another transaction holds (such as an "
+                          "application's open transaction that enqueued a continuation of it); the node's other "
+                          "completions and claims go on without it, and it is tried again every lease_duration",
+                          id);
             // Only an idle server sleeps, and needs to know until when.
             auto due = claimed.empty() ? s.next_due() : std::nullopt;
             return std::make_pair(std::move(claimed), due);
@@ -999,7 +1003,7 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
                 result = co_await engine_->call<std::pair<std::vector<job>, std::optional<time_point>>>(std::move(op));
                 run::weigh(r->mean_transaction_seconds,
                            std::chrono::duration<double>(std::chrono::steady_clock::now() - sent).count());
-                r->in_flight.reset();
+                r->restore_in_flight(); // those that wait on another transaction's row, for the next call
                 r->taken_back = true;
             } catch (const storage_error& e) {
                 // The storage is unreachable: keep the completions for the
@@ -1086,9 +1090,11 @@ asio::awaitable<void> server::execute(std::stop_token stopping)
         // Once more, each on its own, or the jobs would stay held (and their
         // leases renewed) for as long as this process lives.
         r->log->error("Jobs server: releasing its jobs failed: {}; trying once more", e.what());
-        for (auto& c : *r->in_flight)
-            r->send_late(std::move(c));
     }
+    // What was not recorded (a call that failed, or a completion that waits
+    // on another transaction's row) goes on its own.
+    for (auto& c : *r->in_flight)
+        r->send_late(std::move(c));
     r->in_flight.reset();
     if (outlived > 0)
         r->log->warn("{} jobs did not stop within the shutdown grace; they keep their leases until their handlers "

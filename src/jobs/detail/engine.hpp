@@ -117,6 +117,16 @@ public:
     // Storage thread only.
     std::vector<job> complete_and_claim(storage& s, std::span<const completion> done, const claim_request& claim,
                                         time_point now);
+    // complete_and_claim for a server's batch of completions. A completion
+    // that waits on a row another transaction holds (an application's open
+    // transaction that enqueued a continuation of its job) fails the whole
+    // call after the lock bound: then the others and the claim go without
+    // it, and it stays in `done` for a later call, which tries it on its
+    // own once per lease_duration rather than holding up every batch. What
+    // is left in `done` was not recorded; the ids it adds to `waiting` met
+    // such a row this time. Storage thread only.
+    std::vector<job> settle_and_claim(storage& s, std::vector<completion>& done, claim_request claim,
+                                      std::vector<job_id>& waiting);
     // A claim the server leaves here while it is idle: the next batch of
     // this process's enqueues takes it into its own transaction
     // (storage::enqueue_and_claim), so that a job enqueued beside an idle
@@ -203,6 +213,9 @@ private:
         bool started;      // its handler started (as far as the storage thread knows)
     };
     std::unordered_map<job_id, held> held_;    // storage thread
+    // Completions that met a row another transaction holds, by job and
+    // attempt: when each is tried again. Storage thread only.
+    std::map<std::pair<job_id, int>, std::chrono::steady_clock::time_point> lock_waits_;
     std::chrono::steady_clock::time_point next_renewal_; // storage thread
     std::thread thread_;
     std::thread reader_;
