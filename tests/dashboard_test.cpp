@@ -391,6 +391,16 @@ TEST_CASE("jobs dashboard: a request from another machine is refused unless allo
     }
 }
 
+// The overview's raw answer to a GET that names `host`, with one more
+// header line when given.
+static std::string raw_overview(unsigned short port, const std::string& host, const std::string& header = {})
+{
+    return test::raw_exchange(port, "GET /jobs/api/overview HTTP/1.1\r\nHost: " + host + "\r\n" +
+                                        (header.empty() ? std::string() : header + "\r\n") +
+                                        "Connection: close\r\n\r\n")
+        .received;
+}
+
 TEST_CASE("jobs dashboard: a page of another site that reaches it through its own name is refused (DNS "
           "rebinding)",
           "[jobs][dashboard]")
@@ -398,11 +408,7 @@ TEST_CASE("jobs dashboard: a page of another site that reaches it through its ow
     // The attacker's page, once its name resolves to 127.0.0.1, sends its
     // requests from this machine with the browser's same-origin marks: only
     // the Host it names tells it apart.
-    const auto get = [](unsigned short port, const std::string& host) {
-        return test::raw_exchange(port, "GET /jobs/api/overview HTTP/1.1\r\nHost: " + host +
-                                            "\r\nConnection: close\r\n\r\n")
-            .received;
-    };
+    const auto get = [](unsigned short port, const std::string& host) { return raw_overview(port, host); };
     {
         site s;
         const auto port = std::to_string(s.port);
@@ -447,9 +453,7 @@ TEST_CASE("jobs dashboard: without authorize, a request a proxy forwarded is ref
     // from 127.0.0.1, with a Host the dashboard answers to: only the marks
     // the proxy leaves tell it apart.
     const auto get = [](unsigned short port, const std::string& header) {
-        return test::raw_exchange(port, "GET /jobs/api/overview HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header +
-                                            "\r\nConnection: close\r\n\r\n")
-            .received;
+        return raw_overview(port, "127.0.0.1", header);
     };
     {
         site s;

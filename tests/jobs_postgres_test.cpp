@@ -1016,6 +1016,40 @@ TEST_CASE("jobs: a node renews its leases while an application's open transactio
     CHECK(store->find(long_job, false)->attempt == 1);
 }
 
+// A node of kind "quick" on a schema of its own, and an application's open
+// transaction that enqueued a scheduled job holding `key`: the node's
+// enqueues with that key wait on the application's row.
+struct key_held_by_application {
+    temp_db db;
+    std::shared_ptr<jobs::postgres_storage> store;
+    std::optional<hosting::host> host;
+    jobs::client* client = nullptr;
+    session app{postgres_conninfo()};
+    jobs::enqueue_result held;
+
+    key_held_by_application(std::chrono::milliseconds lock_timeout, std::chrono::milliseconds statement_timeout,
+                            const std::string& key)
+    {
+        jobs::postgres_options storage_options{.schema = db.schema};
+        storage_options.statement_timeout = statement_timeout;
+        storage_options.lock_timeout = lock_timeout;
+        store = std::make_shared<jobs::postgres_storage>(postgres_conninfo(), storage_options);
+        auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+        jobs::add_jobs(builder, store, quick_server())
+            .register_kind<int>("quick", [](int, jobs::job_context&) -> asio::awaitable<void> { co_return; });
+        host.emplace(builder.build());
+        client = &host->services().get<jobs::client>();
+        host->start_blocking();
+        app.exec("BEGIN");
+        auto first = request("quick", "1");
+        first.unique_key = key;
+        first.run_at = jobs::clock::now() + 1h; // stays, so that the key stays taken
+        const auto made = store->enqueue_in_transaction(app.get(), std::vector{first});
+        REQUIRE(made.size() == 1);
+        held = made[0];
+    }
+};
+
 TEST_CASE("jobs: an enqueue that waits on an application's uncommitted job of the same unique key fails after "
           "lock_timeout and says why",
           "[jobs][postgresql]")
@@ -1024,25 +1058,10 @@ TEST_CASE("jobs: an enqueue that waits on an application's uncommitted job of th
     // too: it must not wait there for as long as the application keeps its
     // transaction open.
     REQUIRE_POSTGRES();
-    temp_db db;
-    jobs::postgres_options storage_options{.schema = db.schema};
-    storage_options.statement_timeout = 10s;
-    storage_options.lock_timeout = 300ms;
-    auto store = std::make_shared<jobs::postgres_storage>(postgres_conninfo(), storage_options);
-    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
-    jobs::add_jobs(builder, store, quick_server())
-        .register_kind<int>("quick", [](int, jobs::job_context&) -> asio::awaitable<void> { co_return; });
-    auto host = builder.build();
-    auto& client = host.services().get<jobs::client>();
-    host.start_blocking();
-
-    session app(postgres_conninfo());
-    app.exec("BEGIN");
-    auto first = request("quick", "1");
-    first.unique_key = "only-one";
-    first.run_at = jobs::clock::now() + 1h; // stays, so that the key stays taken
-    const auto held = store->enqueue_in_transaction(app.get(), std::vector{first});
-    REQUIRE(held.size() == 1);
+    key_held_by_application k(300ms, 10s, "only-one");
+    auto& client = *k.client;
+    auto& host = *k.host;
+    auto& app = k.app;
     jobs::job_options keyed;
     keyed.unique_key = "only-one";
     std::string error;
@@ -1059,7 +1078,7 @@ TEST_CASE("jobs: an enqueue that waits on an application's uncommitted job of th
     app.exec("COMMIT");
     const auto found = client.schedule_blocking("quick", 2, 1h, keyed);
     CHECK_FALSE(found.created);
-    CHECK(found.id == held[0].id);
+    CHECK(found.id == k.held.id);
     host.stop_blocking();
     CHECK(host.exit_code() == 0);
 }
@@ -1072,25 +1091,11 @@ TEST_CASE("jobs: enqueues that share a transaction with one that waits on an app
     // transaction; one caller's key held by an application must not fail
     // the others, nor make the node look as if its writes failed.
     REQUIRE_POSTGRES();
-    temp_db db;
-    jobs::postgres_options storage_options{.schema = db.schema};
-    storage_options.statement_timeout = 20s;
-    storage_options.lock_timeout = 3s;
-    auto store = std::make_shared<jobs::postgres_storage>(postgres_conninfo(), storage_options);
-    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
-    jobs::add_jobs(builder, store, quick_server())
-        .register_kind<int>("quick", [](int, jobs::job_context&) -> asio::awaitable<void> { co_return; });
-    auto host = builder.build();
-    auto& client = host.services().get<jobs::client>();
-    host.start_blocking();
-
-    session app(postgres_conninfo());
-    app.exec("BEGIN");
-    auto first = request("quick", "1");
-    first.unique_key = "taken";
-    first.run_at = jobs::clock::now() + 1h;
-    const auto held = store->enqueue_in_transaction(app.get(), std::vector{first});
-    REQUIRE(held.size() == 1);
+    key_held_by_application k(3s, 20s, "taken");
+    auto& client = *k.client;
+    auto& host = *k.host;
+    auto& app = k.app;
+    auto& store = k.store;
 
     jobs::job_options keyed;
     keyed.unique_key = "taken";
@@ -1138,7 +1143,7 @@ TEST_CASE("jobs: enqueues that share a transaction with one that waits on an app
     app.exec("COMMIT");
     const auto found = client.schedule_blocking("quick", 5, 1h, keyed);
     CHECK_FALSE(found.created);
-    CHECK(found.id == held[0].id);
+    CHECK(found.id == k.held.id);
     host.stop_blocking();
     CHECK(host.exit_code() == 0);
 }
