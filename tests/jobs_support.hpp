@@ -445,12 +445,12 @@ public:
         check();
         return inner.list_recurring();
     }
-    std::function<void()> on_fire_recurring; // each firing, first
+    std::function<void(const std::string&)> on_fire_recurring; // each firing (its recurring job's id), first
     bool fire_recurring(const std::string& id, jobs::time_point e, jobs::time_point n,
                         std::span<const jobs::enqueue_request> o, jobs::time_point t) override
     {
         if (on_fire_recurring)
-            on_fire_recurring();
+            on_fire_recurring(id);
         return inner.fire_recurring(id, e, n, o, t);
     }
 };

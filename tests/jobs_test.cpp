@@ -1139,6 +1139,59 @@ TEST_CASE("jobs: a claim's leases run from when it is sent, not from when it was
     CHECK(*stored_until > claimed_at);
 }
 
+TEST_CASE("jobs: a recurring job whose occurrence waits on another transaction's row holds up neither the others "
+          "nor itself for long",
+          "[jobs][server]")
+{
+    // "a" comes first in the pass, and its occurrence's unique key is held
+    // by an application's open transaction (PostgreSQL's row_lock_timeout).
+    auto clock = std::make_shared<jobs::manual_time_source>(jobs::clock::now());
+    auto store = std::make_shared<failing_storage>();
+    for (const std::string id : {"a", "b"}) {
+        jobs::recurring_job r;
+        r.id = id;
+        r.cron = "0 * * * *";
+        r.kind = "count";
+        r.args = "1";
+        r.queue = "default";
+        r.next_fire = clock->now() + 1h;
+        store->inner.upsert_recurring(r);
+    }
+    std::atomic<bool> a_held{true};
+    std::atomic<int> a_tries{0};
+    store->on_fire_recurring = [&](const std::string& id) {
+        if (id == "a" && a_held.load()) {
+            ++a_tries;
+            throw jobs::row_lock_timeout("jobs: a row another transaction holds (test)");
+        }
+    };
+    auto options = quick_server(clock);
+    options.poll_interval = 200ms;
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    jobs::add_jobs(builder, store, options)
+        .register_kind<int>("count", [](int, jobs::job_context&) -> asio::awaitable<void> { co_return; });
+    auto host = builder.build();
+    host.start_blocking();
+    REQUIRE(test::eventually([&] { return store->recurring_reads > 0; }));
+    clock->advance(2h); // both due
+    const auto fired_of = [&](const std::string& id) {
+        return [&store, &clock, id] {
+            for (const auto& r : store->inner.list_recurring())
+                if (r.id == id)
+                    return r.next_fire > clock->now(); // moved on past the hour it was due
+            return false;
+        };
+    };
+    CHECK(test::eventually(fired_of("b")));
+    CHECK(sink->wait_for("recurring job 'a': jobs: a row another transaction holds (test); tried again"));
+    // Tried again once the row is free, not only at its next hour.
+    REQUIRE(test::eventually([&] { return a_tries.load() >= 2; }));
+    a_held = false;
+    CHECK(test::eventually(fired_of("a")));
+    host.stop_blocking();
+}
+
 TEST_CASE("jobs: a recurring pass that fails is tried again after a poll interval, not at once", "[jobs][server]")
 {
     // Its due time in the past and the storage failing, the server's loop
@@ -1227,7 +1280,7 @@ TEST_CASE("jobs: a recurring pass that fires many jobs lets the node's renewals 
     std::atomic<int> fired{0};
     std::atomic<int> at_first{-1};
     std::atomic<int> at_last{-1};
-    store->on_fire_recurring = [&] {
+    store->on_fire_recurring = [&](const std::string&) {
         const int n = ++fired;
         if (n == 1)
             at_first = store->renewals.load();

@@ -122,6 +122,23 @@ void register_kind(engine& e, kind_entry entry) { e.add_kind(std::move(entry)); 
 
 namespace {
 
+// An error of its own for each caller of a batch: the callers, on their
+// own threads, read it and let it go, and the count libstdc++ keeps for an
+// exception_ptr they would share is not seen by ThreadSanitizer, which
+// then takes the last one's destruction for a race with another's read.
+std::exception_ptr own_copy(const std::exception_ptr& error)
+{
+    try {
+        std::rethrow_exception(error);
+    } catch (const row_lock_timeout& e) {
+        return std::make_exception_ptr(row_lock_timeout(e.what()));
+    } catch (const storage_error& e) {
+        return std::make_exception_ptr(storage_error(e.what()));
+    } catch (...) {
+        return error;
+    }
+}
+
 bool is_row_lock_timeout(const std::exception_ptr& error)
 {
     try {
@@ -494,7 +511,7 @@ void engine::loop()
                 held_[j.id] = {j.attempt, false};
             const auto settle = [&](std::size_t i, std::exception_ptr failed, const enqueue_result& r) {
                 if (failed)
-                    batch[i].second(failed, {});
+                    batch[i].second(own_copy(failed), {});
                 else if (!r.error.empty())
                     batch[i].second(std::make_exception_ptr(job_not_found(requests[i].parent_id)), r);
                 else

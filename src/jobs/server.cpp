@@ -93,6 +93,12 @@ recurring_result recurring_pass(storage& s, detail::engine& e, time_point now, c
             if (s.fire_recurring(r.id, r.next_fire, moved_to, occurrences, now))
                 out.fired += occurrences.size();
             earliest(moved_to);
+        } catch (const row_lock_timeout& ex) {
+            // This one's occurrence waits on a row another transaction holds
+            // (its unique key, taken by an application's open transaction):
+            // the others fire, and it is tried again after a poll interval.
+            out.errors.push_back("recurring job '" + r.id + "': " + ex.what() + "; tried again after poll_interval");
+            earliest(now + std::chrono::duration_cast<clock::duration>(e.options().poll_interval));
         } catch (const storage_error&) {
             throw;
         } catch (const std::exception& ex) {
