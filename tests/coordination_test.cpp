@@ -762,6 +762,7 @@ TEST_CASE("coordination: misuse is refused with errors that say what is wrong", 
         CHECK_THROWS_WITH(coord::coordinator(nullptr, {}), Catch::Contains("the lease store is null"));
     }
     CHECK_THROWS_AS(coord::sqlite_lease_store(""), coord::lease_store_error);
+    CHECK_THROWS_WITH(coord::sqlite_lease_store(":memory:"), Catch::Contains("cannot use write-ahead logging"));
     CHECK_THROWS_WITH(coord::sqlite_lease_store("/nonexistent-dir/x.db"), Catch::Contains("/nonexistent-dir/x.db"));
     // Outside a single-instance service there is no term.
     asio::io_context io;

@@ -94,7 +94,22 @@ sqlite_lease_store::sqlite_lease_store(std::string path) : impl_(std::make_uniqu
         const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
         for (;;) {
             try {
-                impl_->exec("PRAGMA journal_mode=WAL");
+                // SQLite answers with the mode it is in, and keeps another
+                // without an error where WAL cannot be (a database in
+                // memory, which no other process could share).
+                std::string mode;
+                if (sqlite3_exec(
+                        impl_->db, "PRAGMA journal_mode=WAL",
+                        [](void* out, int, char** values, char**) {
+                            *static_cast<std::string*>(out) = values[0] ? values[0] : "";
+                            return 0;
+                        },
+                        &mode, nullptr) != SQLITE_OK)
+                    impl_->exec("PRAGMA journal_mode=WAL"); // throws, saying why
+                if (mode != "wal")
+                    throw lease_store_error("coordination: " + impl_->where() +
+                                            " cannot use write-ahead logging (its journal mode is '" + mode +
+                                            "'): give the lease store a file on a local disk");
                 // A lease is worth nothing after the machine lost power:
                 // NORMAL keeps it across a process's crash, which is what
                 // matters.
