@@ -428,8 +428,11 @@ public:
         return inner.set_recurring_paused(id, p, n);
     }
     std::optional<jobs::time_point> next_due() override { return inner.next_due(); }
+    std::function<std::size_t(std::size_t)> on_prune; // each batch (its limit), instead of pruning
     std::size_t prune(job_state s, jobs::time_point b, std::size_t l, jobs::time_point n) override
     {
+        if (on_prune)
+            return on_prune(l);
         return inner.prune(s, b, l, n);
     }
     std::size_t flag_unknown_kinds(const std::vector<std::string>& k, const std::string& n, jobs::time_point t) override

@@ -1192,6 +1192,33 @@ TEST_CASE("jobs: a recurring job whose occurrence waits on another transaction's
     host.stop_blocking();
 }
 
+TEST_CASE("jobs: a prune under way ends at the stop, between its batches", "[jobs][server]")
+{
+    // A backlog of finished jobs: every batch is full, so a prune would go
+    // on for its 400 batches.
+    auto store = std::make_shared<failing_storage>();
+    std::atomic<int> batches{0};
+    store->on_prune = [&](std::size_t limit) {
+        ++batches;
+        std::this_thread::sleep_for(20ms); // a batch's deletes
+        return limit;
+    };
+    auto options = quick_server();
+    options.retention.interval = 10ms;
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    jobs::add_jobs(builder, store, options)
+        .register_kind<int>("count", [](int, jobs::job_context&) -> asio::awaitable<void> { co_return; });
+    auto host = builder.build();
+    host.start_blocking();
+    REQUIRE(test::eventually([&] { return batches.load() >= 3; }));
+    const int before_stop = batches.load();
+    host.stop_blocking();
+    const int after_stop = batches.load();
+    INFO(before_stop << " batches before the stop, " << after_stop << " once it returned");
+    CHECK(after_stop - before_stop <= 2); // the one under way, and at most one already queued
+    CHECK(host.exit_code() == 0);
+}
+
 TEST_CASE("jobs: a recurring pass that fails is tried again after a poll interval, not at once", "[jobs][server]")
 {
     // Its due time in the past and the storage failing, the server's loop

@@ -687,7 +687,9 @@ struct server::run : std::enable_shared_from_this<server::run> {
         for (const auto& [state, age] : rules) {
             if (!age)
                 continue;
-            for (int round = 0; round < 100; ++round) {
+            // The stop ends it between batches: what is left waits for the
+            // next start, and the host's stop does not wait for it.
+            for (int round = 0; round < 100 && !stopping; ++round) {
                 std::function<std::size_t(storage&)> batch = [state = state, at = now(), age = *age,
                                                               limit = keep.batch](storage& s) {
                     return s.prune(state, at - age, limit, at);
