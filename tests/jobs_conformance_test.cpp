@@ -615,6 +615,44 @@ TEST_CASE("jobs: a job claimed again behind its own lost run is dropped when tha
     CHECK(store->find(id)->lease_owner == "node-c");
 }
 
+TEST_CASE("jobs: a cancel of a job claimed again behind its own lost run reaches that claim", "[jobs][conformance][server]")
+{
+    EACH_STORAGE(which, db);
+    auto store = make_storage(which, db);
+    auto sink = std::make_shared<test::capture_sink>();
+    auto builder = test::make_builder(sink);
+    test::recorder r;
+    std::stop_source gate;
+    auto options = quick_server();
+    options.workers = 2;
+    options.prefetch = 1;
+    jobs::add_jobs(builder, store, options).register_kind<int>("deaf", deaf_until(r, gate));
+    auto host = builder.build();
+    host.start_blocking();
+    auto& client = host.services().get<jobs::client>();
+    const auto id = client.enqueue_blocking("deaf", 1).id;
+    REQUIRE(r.wait_for("started"));
+    const auto t0 = jobs::clock::now();
+    // Taken by node-b: this node's run is lost, but deaf, so it goes on.
+    REQUIRE(test::eventually([&] {
+        store->recover_expired(t0 + 1h);
+        return !store->complete_and_claim({}, {"node-b", {{"default", 1}}, {"deaf"}, t0 + 1h + 10s}, t0 + 1h).empty();
+    }));
+    REQUIRE(sink->wait_for("lost its lease while it ran here"));
+    // node-b dies; this node claims the job again: it waits behind the lost
+    // run. Then the job is cancelled.
+    REQUIRE(store->recover_expired(t0 + 2h).size() == 1);
+    REQUIRE(test::eventually([&] { return store->find(id)->lease_owner == "test-node"; }));
+    client.cancel_blocking(id);
+    // The claim waiting behind the lost run is dropped: it never starts.
+    REQUIRE(test::eventually([&] { return store->find(id)->state == job_state::cancelled; }));
+    gate.request_stop();
+    REQUIRE(r.wait_for("ended"));
+    host.stop_blocking();
+    CHECK(r.count("started") == 1);
+    CHECK(store->find(id)->state == job_state::cancelled);
+}
+
 TEST_CASE("jobs: a handler that outlives the shutdown grace keeps its lease until the process ends",
           "[jobs][conformance][server]")
 {

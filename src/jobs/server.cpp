@@ -658,7 +658,10 @@ struct server::run : std::enable_shared_from_this<server::run> {
     {
         if (auto it = running.find(id); it != running.end()) {
             interrupt(*it->second, cause::cancel);
-            return;
+            // A run already lost may have a new claim of the job waiting in
+            // the buffer behind it: that one is what the cancel is about.
+            if (!it->second->lost)
+                return;
         }
         for (auto it = buffered.begin(); it != buffered.end(); ++it) {
             if (it->id != id)
