@@ -565,92 +565,84 @@ TEST_CASE("jobs: a node whose renewal finds a lease gone stops the handler and r
     CHECK(store->find(id)->state == job_state::running);
 }
 
-TEST_CASE("jobs: a job claimed again behind its own lost run is dropped when that claim is lost too",
-          "[jobs][conformance][server]")
-{
-    EACH_STORAGE(which, db);
-    auto store = make_storage(which, db);
-    auto sink = std::make_shared<test::capture_sink>();
-    auto builder = test::make_builder(sink);
+// A deaf job on a node of two workers: its run is lost to node-b and goes
+// on (deaf), node-b dies, and this node claims the job again, which waits
+// in the buffer behind the lost run.
+struct claimed_behind_lost_run {
+    std::shared_ptr<jobs::storage> store;
+    std::shared_ptr<test::capture_sink> sink = std::make_shared<test::capture_sink>();
     test::recorder r;
     std::stop_source gate;
-    auto options = quick_server();
-    options.workers = 2;
-    options.prefetch = 1;
-    jobs::add_jobs(builder, store, options).register_kind<int>("deaf", deaf_until(r, gate));
-    auto host = builder.build();
-    host.start_blocking();
-    const auto id = host.services().get<jobs::client>().enqueue_blocking("deaf", 1);
-    REQUIRE(r.wait_for("started"));
-    const auto t0 = jobs::clock::now();
-    auto lines_with = [&](const std::string& text) {
+    std::optional<hosting::host> host;
+    jobs::client* client = nullptr;
+    jobs::job_id id = 0;
+    jobs::time_point t0;
+
+    explicit claimed_behind_lost_run(std::shared_ptr<jobs::storage> s) : store(std::move(s))
+    {
+        auto builder = test::make_builder(sink);
+        auto options = quick_server();
+        options.workers = 2;
+        options.prefetch = 1;
+        jobs::add_jobs(builder, store, options).register_kind<int>("deaf", deaf_until(r, gate));
+        host.emplace(builder.build());
+        host->start_blocking();
+        client = &host->services().get<jobs::client>();
+        id = client->enqueue_blocking("deaf", 1).id;
+        REQUIRE(r.wait_for("started"));
+        t0 = jobs::clock::now();
+        // (This node has a free worker and may take the job back first;
+        // then node-b takes it from that claim, which waits behind the run.)
+        REQUIRE(test::eventually([&] {
+            store->recover_expired(t0 + 1h);
+            return !store->complete_and_claim({}, {"node-b", {{"default", 1}}, {"deaf"}, t0 + 1h + 10s}, t0 + 1h)
+                        .empty();
+        }));
+        REQUIRE(sink->wait_for("lost its lease while it ran here"));
+        REQUIRE(store->recover_expired(t0 + 2h).size() == 1);
+        REQUIRE(test::eventually([&] { return store->find(id)->lease_owner == "test-node"; }));
+    }
+    std::size_t lines_with(const std::string& text)
+    {
         std::size_t n = 0;
         for (const auto& line : sink->lines())
             n += line.text.find(text) != std::string::npos;
         return n;
-    };
-    // Taken by node-b: this node's run is lost, but deaf, so it goes on.
-    // (This node has a free worker and may take the job back first; then
-    // node-b takes it from that claim, which waits behind the run.)
-    REQUIRE(test::eventually([&] {
-        store->recover_expired(t0 + 1h);
-        return !store->complete_and_claim({}, {"node-b", {{"default", 1}}, {"deaf"}, t0 + 1h + 10s}, t0 + 1h).empty();
-    }));
-    REQUIRE(sink->wait_for("lost its lease while it ran here"));
-    // node-b dies; this node, with a worker free, claims the job again: it
-    // waits behind the lost run.
-    REQUIRE(store->recover_expired(t0 + 2h).size() == 1);
-    REQUIRE(test::eventually([&] { return store->find(id)->lease_owner == "test-node"; }));
-    // And loses it again, to node-c, before the lost run ends (with no free
-    // worker left, this node cannot take it back in between).
-    const auto dropped = lines_with("lost its lease before it started here");
-    REQUIRE(store->recover_expired(t0 + 3h).size() == 1);
-    REQUIRE(store->complete_and_claim({}, {"node-c", {{"default", 1}}, {"deaf"}, t0 + 3h + 10s}, t0 + 3h).size() == 1);
-    REQUIRE(test::eventually([&] { return lines_with("lost its lease before it started here") > dropped; }));
-    gate.request_stop();
-    REQUIRE(r.wait_for("ended"));
-    REQUIRE(sink->wait_for("its end is not recorded here"));
-    host.stop_blocking();
-    CHECK(r.count("started") == 1); // never started again without its lease
-    CHECK(store->find(id)->lease_owner == "node-c");
+    }
+};
+
+TEST_CASE("jobs: a job claimed again behind its own lost run is dropped when that claim is lost too",
+          "[jobs][conformance][server]")
+{
+    EACH_STORAGE(which, db);
+    claimed_behind_lost_run c(make_storage(which, db));
+    // Lost again, to node-c, before the lost run ends (with no free worker
+    // left, this node cannot take it back in between).
+    const auto dropped = c.lines_with("lost its lease before it started here");
+    REQUIRE(c.store->recover_expired(c.t0 + 3h).size() == 1);
+    REQUIRE(c.store->complete_and_claim({}, {"node-c", {{"default", 1}}, {"deaf"}, c.t0 + 3h + 10s}, c.t0 + 3h).size() ==
+            1);
+    REQUIRE(test::eventually([&] { return c.lines_with("lost its lease before it started here") > dropped; }));
+    c.gate.request_stop();
+    REQUIRE(c.r.wait_for("ended"));
+    REQUIRE(c.sink->wait_for("its end is not recorded here"));
+    c.host->stop_blocking();
+    CHECK(c.r.count("started") == 1); // never started again without its lease
+    CHECK(c.store->find(c.id)->lease_owner == "node-c");
 }
 
 TEST_CASE("jobs: a cancel of a job claimed again behind its own lost run reaches that claim", "[jobs][conformance][server]")
 {
     EACH_STORAGE(which, db);
-    auto store = make_storage(which, db);
-    auto sink = std::make_shared<test::capture_sink>();
-    auto builder = test::make_builder(sink);
-    test::recorder r;
-    std::stop_source gate;
-    auto options = quick_server();
-    options.workers = 2;
-    options.prefetch = 1;
-    jobs::add_jobs(builder, store, options).register_kind<int>("deaf", deaf_until(r, gate));
-    auto host = builder.build();
-    host.start_blocking();
-    auto& client = host.services().get<jobs::client>();
-    const auto id = client.enqueue_blocking("deaf", 1).id;
-    REQUIRE(r.wait_for("started"));
-    const auto t0 = jobs::clock::now();
-    // Taken by node-b: this node's run is lost, but deaf, so it goes on.
-    REQUIRE(test::eventually([&] {
-        store->recover_expired(t0 + 1h);
-        return !store->complete_and_claim({}, {"node-b", {{"default", 1}}, {"deaf"}, t0 + 1h + 10s}, t0 + 1h).empty();
-    }));
-    REQUIRE(sink->wait_for("lost its lease while it ran here"));
-    // node-b dies; this node claims the job again: it waits behind the lost
-    // run. Then the job is cancelled.
-    REQUIRE(store->recover_expired(t0 + 2h).size() == 1);
-    REQUIRE(test::eventually([&] { return store->find(id)->lease_owner == "test-node"; }));
-    client.cancel_blocking(id);
+    claimed_behind_lost_run c(make_storage(which, db));
+    c.client->cancel_blocking(c.id);
     // The claim waiting behind the lost run is dropped: it never starts.
-    REQUIRE(test::eventually([&] { return store->find(id)->state == job_state::cancelled; }));
-    gate.request_stop();
-    REQUIRE(r.wait_for("ended"));
-    host.stop_blocking();
-    CHECK(r.count("started") == 1);
-    CHECK(store->find(id)->state == job_state::cancelled);
+    REQUIRE(test::eventually([&] { return c.store->find(c.id)->state == job_state::cancelled; }));
+    c.gate.request_stop();
+    REQUIRE(c.r.wait_for("ended"));
+    c.host->stop_blocking();
+    CHECK(c.r.count("started") == 1);
+    CHECK(c.store->find(c.id)->state == job_state::cancelled);
 }
 
 TEST_CASE("jobs: a handler that outlives the shutdown grace keeps its lease until the process ends",
