@@ -98,14 +98,13 @@ sqlite_lease_store::sqlite_lease_store(std::string path) : impl_(std::make_uniqu
                 // without an error where WAL cannot be (a database in
                 // memory, which no other process could share).
                 std::string mode;
-                if (sqlite3_exec(
-                        impl_->db, "PRAGMA journal_mode=WAL",
-                        [](void* out, int, char** values, char**) {
-                            *static_cast<std::string*>(out) = values[0] ? values[0] : "";
-                            return 0;
-                        },
-                        &mode, nullptr) != SQLITE_OK)
-                    impl_->exec("PRAGMA journal_mode=WAL"); // throws, saying why
+                {
+                    statement wal(impl_->db, "PRAGMA journal_mode=WAL", impl_->where());
+                    if (sqlite3_step(wal.s) != SQLITE_ROW)
+                        impl_->fail("PRAGMA journal_mode=WAL");
+                    if (const auto* text = sqlite3_column_text(wal.s, 0))
+                        mode = reinterpret_cast<const char*>(text);
+                }
                 if (mode != "wal")
                     throw lease_store_error("coordination: " + impl_->where() +
                                             " cannot use write-ahead logging (its journal mode is '" + mode +

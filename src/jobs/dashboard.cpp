@@ -392,10 +392,13 @@ bool host_allowed(const http::request& r, const dashboard_options& o)
 // this machine every request comes from a loopback address, whoever sent
 // it: without `authorize`, the dashboard would give a remote browser the
 // access it keeps for this machine's own clients.
+constexpr std::array<std::string_view, 4> proxy_headers{"Forwarded", "X-Forwarded-For", "X-Real-IP",
+                                                          "X-Forwarded-Host"};
 bool came_through_proxy(const http::request& r)
 {
-    return r.header("Forwarded") || r.header("X-Forwarded-For") || r.header("X-Real-IP") ||
-           r.header("X-Forwarded-Host");
+    return std::any_of(proxy_headers.begin(), proxy_headers.end(), [&](std::string_view h) {
+        return r.header(h).has_value();
+    });
 }
 
 // Same-origin for a state-changing request: a browser's Sec-Fetch-Site,
@@ -483,8 +486,9 @@ private:
                                                  "(allowed_hosts)");
         if (!o.authorize && came_through_proxy(r))
             co_return http::response::error(403, "the jobs dashboard without authorize answers this machine's own "
-                                                 "clients only, and this request came through a proxy (Forwarded, "
-                                                 "X-Forwarded-For or X-Real-IP): set dashboard_options::authorize");
+                                                 "clients only, and this request came through a proxy (it carries "
+                                                 "one of Forwarded, X-Forwarded-For, X-Real-IP, X-Forwarded-Host): "
+                                                 "set dashboard_options::authorize");
         const auto access = o.authorize ? o.authorize(r) : dashboard_access::full;
         seen = access;
         if (access == dashboard_access::none)

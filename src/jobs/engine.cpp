@@ -526,17 +526,11 @@ void engine::loop()
                 // that wait on that row fail. Renewals go between them. A
                 // key found held fails the requests after it that carry it
                 // at once: they would wait on the same row, one bound each.
-                std::vector<std::pair<const enqueue_request*, std::exception_ptr>> held_keys;
-                const auto same_key = [](const enqueue_request& a, const enqueue_request& b) {
-                    return !a.unique_key.empty() && a.unique_key == b.unique_key &&
-                           a.unique_across_kinds == b.unique_across_kinds &&
-                           (a.unique_across_kinds || a.kind == b.kind);
-                };
+                std::map<std::string, std::exception_ptr> held_slots; // by unique_slot()
                 for (std::size_t i = 0; i < batch.size(); ++i) {
-                    const auto known = std::find_if(held_keys.begin(), held_keys.end(), [&](const auto& h) {
-                        return same_key(*h.first, requests[i]);
-                    });
-                    if (known != held_keys.end()) {
+                    const auto& q = requests[i];
+                    const auto slot = unique_slot(q.kind, q.unique_key, q.unique_across_kinds);
+                    if (const auto known = held_slots.find(slot); !slot.empty() && known != held_slots.end()) {
                         settle(i, known->second, {});
                         continue;
                     }
@@ -548,8 +542,8 @@ void engine::loop()
                     } catch (...) {
                         alone = std::current_exception();
                     }
-                    if (alone && is_row_lock_timeout(alone))
-                        held_keys.emplace_back(&requests[i], alone);
+                    if (alone && !slot.empty() && is_row_lock_timeout(alone))
+                        held_slots.emplace(slot, alone);
                     note_write(alone);
                     if (!alone)
                         stored = true;
@@ -613,27 +607,37 @@ std::vector<job> engine::complete_and_claim(storage& s, std::span<const completi
 std::vector<job> engine::settle_and_claim(storage& s, std::vector<completion>& done, claim_request claim,
                                           std::vector<job_id>& waiting)
 {
-    const auto steady_now = std::chrono::steady_clock::now();
     // A job this node no longer holds (its lease lost) is no longer waited for.
     std::erase_if(lock_waits_, [&](const auto& w) { return !held_.contains(w.first.first); });
     std::vector<completion> fresh, parked;
+    // One on its own, claiming nothing (it may wait the lock bound); what is
+    // not recorded stays for a later call, and one already recorded is
+    // fenced off when sent again.
+    const claim_request none{claim.node, {}, {}, {}};
+    const auto alone = [&](completion& c) {
+        renew_if_due();
+        const std::pair key{c.id, c.attempt};
+        try {
+            complete_and_claim(s, std::span(&c, 1), none, now());
+            lock_waits_.erase(key);
+        } catch (const row_lock_timeout&) {
+            if (!lock_waits_.contains(key))
+                waiting.push_back(c.id);
+            lock_waits_[key] = std::chrono::steady_clock::now() + options_.lease_duration;
+            parked.push_back(std::move(c));
+        } catch (...) {
+            parked.push_back(std::move(c));
+        }
+    };
+    const auto steady_now = std::chrono::steady_clock::now();
     for (auto& c : done) {
         const auto it = lock_waits_.find({c.id, c.attempt});
         if (it == lock_waits_.end())
             fresh.push_back(std::move(c));
         else if (steady_now < it->second)
             parked.push_back(std::move(c));
-        else {
-            // Its turn to be tried again, alone: it may wait the lock bound.
-            renew_if_due();
-            try {
-                complete_and_claim(s, std::span(&c, 1), claim_request{claim.node, {}, {}, {}}, now());
-                lock_waits_.erase(it);
-            } catch (const row_lock_timeout&) {
-                it->second = std::chrono::steady_clock::now() + options_.lease_duration;
-                parked.push_back(std::move(c));
-            }
-        }
+        else
+            alone(c); // its turn to be tried again
     }
     done.clear();
     const auto keep_parked = [&] { done = std::move(parked); };
@@ -654,18 +658,8 @@ std::vector<job> engine::settle_and_claim(storage& s, std::vector<completion>& d
         throw;
     }
     // One of them waits on a row: each goes on its own, then the claim.
-    for (auto& c : fresh) {
-        renew_if_due();
-        try {
-            complete_and_claim(s, std::span(&c, 1), claim_request{claim.node, {}, {}, {}}, now());
-        } catch (const row_lock_timeout&) {
-            lock_waits_[{c.id, c.attempt}] = std::chrono::steady_clock::now() + options_.lease_duration;
-            waiting.push_back(c.id);
-            parked.push_back(c);
-        } catch (...) {
-            parked.push_back(c); // sent again with the next call; a completion already recorded is fenced off
-        }
-    }
+    for (auto& c : fresh)
+        alone(c);
     keep_parked();
     renew_if_due();
     claim.lease_until = now() + options_.lease_duration;
