@@ -463,6 +463,15 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
     {
         if (!lease->lose(why))
             return;
+        // Told first, logged after, and neither on the watchdog's thread: a
+        // sink that blocks (a full pipe) holds up neither this stop nor the
+        // word of the next lease to lapse.
+        auto tell = [lease, why, log = log, node = options.node_id] {
+            lease->fire();
+            if (log && why != "released")
+                log->warn("Node '{}' lost lease '{}' (term {}): {}", node, lease->name(), lease->term(), why);
+        };
+        bool no_thread = false;
         {
             std::lock_guard lock(notifiers_mutex);
             std::erase_if(notifiers, [](notifier& n) {
@@ -471,25 +480,26 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
                 n.thread.join();
                 return true;
             });
-            // Told first, logged after, and neither on the watchdog's
-            // thread: a sink that blocks (a full pipe) holds up neither
-            // this stop nor the word of the next lease to lapse.
-            auto tell = [lease, why, log = log, node = options.node_id] {
-                lease->fire();
-                if (log && why != "released")
-                    log->warn("Node '{}' lost lease '{}' (term {}): {}", node, lease->name(), lease->term(), why);
-            };
             auto ended = std::make_shared<std::atomic<bool>>(false);
             try {
-                notifiers.push_back({std::thread([tell, ended] {
-                                         tell();
-                                         *ended = true;
-                                     }),
-                                     ended});
+                std::thread t([tell, ended] {
+                    tell();
+                    *ended = true;
+                });
+                try {
+                    notifiers.push_back({std::move(t), ended});
+                } catch (...) {
+                    t.detach(); // it holds nothing of the coordinator's
+                }
             } catch (const std::system_error&) {
-                tell(); // no thread to be had: here, then
+                no_thread = true;
             }
         }
+        // No thread to be had: here, then, but outside the lock, which a
+        // holder's callback that blocks would otherwise keep from every
+        // later loss.
+        if (no_thread)
+            tell();
     }
 
     // Frees the lease in the storage (when it may still be ours) and the
