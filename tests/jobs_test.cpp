@@ -673,7 +673,11 @@ std::vector<std::string> worker_args(const std::string& which, const temp_db& db
             "--Jobs:TransactionPooling=" + std::string(which == "postgresql-pooled" ? "true" : "false"),
             "--Jobs:Schema=" + db.schema,
             "--Jobs:PrintRuns=true",
-            "--Jobs:LeaseMs=1500",
+            // Long enough that a sanitized child starved by its neighbours
+            // keeps its leases: "never twice while its process lives" is
+            // what these tests check, and a lease that lapses in a living
+            // process is rightly taken over.
+            "--Jobs:LeaseMs=3000",
             "--Jobs:HeartbeatMs=300",
             "--Jobs:PollMs=100",
             "--Logging:LogLevel:Default=Warning"};
@@ -699,11 +703,11 @@ TEST_CASE("jobs: two server processes on one store never run a job twice", "[job
 {
     PROCESS_STORAGE(which, db);
     enqueue_records(which, db, 3000);
-    // Each job takes 3 ms, so that one process alone needs seconds, and b
+    // Each job takes 10 ms, so that one process alone needs seconds, and b
     // starts once a is at work: both then share the queue for a while, however
     // slowly a sanitizer makes them start.
     auto args = worker_args(which, db);
-    args.push_back("--Jobs:RecordMs=3");
+    args.push_back("--Jobs:RecordMs=10");
     test::child_process a(HOSTING_EXAMPLE_JOBS, args);
     REQUIRE(a.wait_for_output("ran ", 60s));
     test::child_process b(HOSTING_EXAMPLE_JOBS, args);
@@ -733,9 +737,9 @@ TEST_CASE("jobs: a worker that blocks its only thread past the lease keeps its j
     // a's first job blocks a's one thread for 3 leases (a synchronous call
     // that hangs); b works all the while. a's storage thread renews a's
     // leases, so b never takes a job a holds, and a never runs one b took.
-    auto args = worker_args(which, db); // leases of 1.5 s
+    auto args = worker_args(which, db); // leases of 3 s
     auto blocking = args;
-    blocking.push_back("--Jobs:BlockOnceMs=4500");
+    blocking.push_back("--Jobs:BlockOnceMs=9000");
     for (auto* v : {&args, &blocking})
         v->push_back("--Jobs:Prefetch=1"); // so that b has work to take, if a lost its leases
     test::child_process a(HOSTING_EXAMPLE_JOBS, blocking);
@@ -848,7 +852,7 @@ TEST_CASE("jobs: of three server processes, one killed with SIGKILL: nothing los
     PROCESS_STORAGE(which, db);
     constexpr int total = 3000;
     enqueue_records(which, db, total);
-    auto args = worker_args(which, db); // leases of 1.5 s
+    auto args = worker_args(which, db); // leases of 3 s
     args.push_back("--Jobs:RecordMs=10"); // 3000 jobs: seconds of work for 12 workers
     test::child_process a(HOSTING_EXAMPLE_JOBS, args);
     test::child_process b(HOSTING_EXAMPLE_JOBS, args);
@@ -1195,27 +1199,44 @@ TEST_CASE("jobs: a recurring job whose occurrence waits on another transaction's
 TEST_CASE("jobs: a prune under way ends at the stop, between its batches", "[jobs][server]")
 {
     // A backlog of finished jobs: every batch is full, so a prune would go
-    // on for its 400 batches.
+    // on for its 400 batches. Once a job runs, a batch is held until the
+    // server has begun its stop, which that job hears on its token.
     auto store = std::make_shared<failing_storage>();
     std::atomic<int> batches{0};
+    hold_first held;
     store->on_prune = [&](std::size_t limit) {
         ++batches;
-        std::this_thread::sleep_for(20ms); // a batch's deletes
+        held.pass();
         return limit;
     };
     auto options = quick_server();
     options.retention.interval = 10ms;
+    test::recorder r;
     auto builder = test::make_builder(std::make_shared<test::capture_sink>());
-    jobs::add_jobs(builder, store, options)
-        .register_kind<int>("count", [](int, jobs::job_context&) -> asio::awaitable<void> { co_return; });
+    auto registry = jobs::add_jobs(builder, store, options);
+    registry.register_kind<int>("count", [](int, jobs::job_context&) -> asio::awaitable<void> { co_return; });
+    registry.register_kind<int>("wait", [&r](int, jobs::job_context& ctx) -> asio::awaitable<void> {
+        r.add("running");
+        try {
+            co_await hosting::delay(std::chrono::hours(1), ctx.stop_token());
+        } catch (const hosting::operation_canceled&) {
+            r.add("told to stop");
+            throw;
+        }
+    });
     auto host = builder.build();
     host.start_blocking();
-    REQUIRE(test::eventually([&] { return batches.load() >= 3; }));
-    const int before_stop = batches.load();
-    host.stop_blocking();
-    const int after_stop = batches.load();
-    INFO(before_stop << " batches before the stop, " << after_stop << " once it returned");
-    CHECK(after_stop - before_stop <= 2); // the one under way, and at most one already queued
+    host.services().get<jobs::client>().enqueue_blocking("wait", 1);
+    REQUIRE(r.wait_for("running"));
+    held.arm();
+    REQUIRE(held.entered_within(test::patience));
+    const int under_way = batches.load(); // the storage's thread waits in it
+    std::thread stopper([&] { host.stop_blocking(); });
+    const bool told = r.wait_for("told to stop");
+    held.release();
+    stopper.join();
+    REQUIRE(told);
+    CHECK(batches.load() == under_way); // none after the one under way
     CHECK(host.exit_code() == 0);
 }
 
