@@ -204,12 +204,14 @@ private:
     std::string node_;
 };
 
-coord::coordination_options quick_options(std::string node, std::chrono::milliseconds lease = 1000ms)
+coord::coordination_options quick_options(std::string node, std::chrono::milliseconds lease = 1000ms,
+                                          std::chrono::milliseconds stop_margin = {})
 {
     coord::coordination_options o;
     o.node_id = std::move(node);
     o.lease_duration = lease;
     o.retry_interval = 50ms;
+    o.stop_margin = stop_margin; // zero: the default
     return o;
 }
 
@@ -219,10 +221,11 @@ struct node {
     std::optional<hosting::host> host;
 
     node(std::shared_ptr<coord::lease_store> store, const std::string& name, std::shared_ptr<hold_log> log,
-         std::chrono::milliseconds lease = 1000ms)
+         std::chrono::milliseconds lease = 1000ms, std::chrono::milliseconds stop_margin = {})
     {
         auto builder = test::make_builder(sink);
-        coordinator = coord::add_coordination(builder, std::move(store), quick_options(name, lease));
+        coordinator =
+            coord::add_coordination(builder, std::move(store), quick_options(name, lease, stop_margin));
         builder.services().add_hosted_service<recorder>(log, name).name("recorder").single_instance("work");
         host.emplace(builder.build());
         host->start_blocking();
@@ -385,9 +388,11 @@ TEST_CASE("coordination: a holder whose renewals fail is stopped before its leas
     EACH_LEASE_STORAGE(which, db);
     auto log = std::make_shared<hold_log>();
     auto faulty = std::make_shared<faulty_store>(make_lease_store(which, db));
-    auto a = std::make_unique<node>(faulty, "a", log);
+    // Its stop is recorded on a's host thread, which may be slow to run on
+    // a busy machine: a margin of a whole second before the lease can pass.
+    auto a = std::make_unique<node>(faulty, "a", log, 2000ms, 1000ms);
     REQUIRE(log->wait([](const auto& e) { return hold_log::running(e).has_value(); }));
-    auto b = std::make_unique<node>(make_lease_store(which, db), "b", log);
+    auto b = std::make_unique<node>(make_lease_store(which, db), "b", log, 2000ms, 1000ms);
 
     faulty->failing = true;
     const auto events = log->until_started("b");
@@ -397,7 +402,7 @@ TEST_CASE("coordination: a holder whose renewals fail is stopped before its leas
     CHECK(events.at(1).node == "a");
     CHECK_FALSE(events.at(1).started);
     CHECK(a->sink->wait_for("lost lease 'work' (term 1): no renewal succeeded in time"));
-    CHECK(a->sink->has("Service 'recorder' lost lease 'work' (term 1) and was stopped"));
+    CHECK(a->sink->wait_for("Service 'recorder' lost lease 'work' (term 1) and was stopped"));
     const auto entry = a->health();
     CHECK(entry.status == hosting::health_status::unhealthy);
     CHECK_THAT(entry.description, Catch::Contains("the storage does not answer"));
