@@ -537,21 +537,22 @@ TEST_CASE("coordination: renewals that each take most of the renewal interval ke
 {
     // The next renewal is due renew_interval after the last was sent: were
     // it due after the last returned, two slow answers in a row would
-    // outlast the lease (900 ms + 1 s + 900 ms > 3 s - 0.6 s here).
+    // outlast the lease (1.8 s + 2 s + 1.8 s > 6 s - 1.2 s here). Due after
+    // the send, a renewal's timer may be a second late on a busy machine.
     temp_db db;
     auto faulty = std::make_shared<faulty_store>(make_lease_store("sqlite", db));
-    faulty->renew_delay_ms = 900;
+    faulty->renew_delay_ms = 1800;
     auto log = std::make_shared<hold_log>();
     auto sink = std::make_shared<test::capture_sink>();
     auto builder = test::make_builder(sink);
-    auto options = quick_options("a", 3000ms);
+    auto options = quick_options("a", 6000ms);
     options.elect_leader = false; // one lease: its renewals alone on the coordinator's thread
     coord::add_coordination(builder, faulty, options);
     builder.services().add_hosted_service<recorder>(log, "a").name("recorder").single_instance("work");
     auto host = builder.build();
     host.start_blocking();
     REQUIRE(log->wait([](const auto& e) { return hold_log::running(e).has_value(); }));
-    const bool stopped = log->wait([](const auto& e) { return e.size() > 1; }, 5s);
+    const bool stopped = log->wait([](const auto& e) { return e.size() > 1; }, 8s);
     INFO(sink->dump());
     CHECK_FALSE(stopped);
     CHECK_FALSE(sink->has("lost lease"));
@@ -829,8 +830,10 @@ TEST_CASE("coordination: across processes, kill -9, SIGSTOP and SIGTERM of the h
           "[coordination][process]")
 {
     EACH_LEASE_STORAGE(which, db);
+    // Leases of 3 s: a sanitized child starved by its neighbours for most
+    // of a shorter one would rightly lose it, and add a term.
     std::vector<std::string> args{"--Coordination:Storage=" + storage_for(which, db),
-                                  "--Coordination:Schema=" + db.schema, "--Coordination:LeaseMs=1500",
+                                  "--Coordination:Schema=" + db.schema, "--Coordination:LeaseMs=3000",
                                   "--Export:TickMs=100"};
     std::vector<std::unique_ptr<test::child_process>> procs;
     std::vector<std::string> output_of_dead;
