@@ -480,18 +480,16 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
                 n.thread.join();
                 return true;
             });
-            auto ended = std::make_shared<std::atomic<bool>>(false);
             try {
-                std::thread t([tell, ended] {
-                    tell();
-                    *ended = true;
-                });
-                try {
-                    notifiers.push_back({std::move(t), ended});
-                } catch (...) {
-                    t.detach(); // it holds nothing of the coordinator's
-                }
-            } catch (const std::system_error&) {
+                auto ended = std::make_shared<std::atomic<bool>>(false);
+                // Room first: once the thread runs, storing it cannot throw.
+                notifiers.reserve(notifiers.size() + 1);
+                notifiers.push_back({std::thread([tell, ended] {
+                                         tell();
+                                         *ended = true;
+                                     }),
+                                     ended});
+            } catch (...) {
                 no_thread = true;
             }
         }
