@@ -16,6 +16,7 @@
 #include <future>
 #include <regex>
 #include <thread>
+#include <utility>
 
 namespace coord = hosting::coordination;
 
@@ -669,6 +670,18 @@ TEST_CASE("coordination: a holder whose stop blocks holds up neither another hol
         .single_instance("x");
     builder.services().add_hosted_service<told_to_stop>(r, "y").name("y").single_instance("y");
     auto host = builder.build();
+    // Lets x's stop go on however the test ends, before the host's stop
+    // waits for it.
+    struct let_go {
+        std::promise<void>& go_on;
+        bool done = false;
+        void now()
+        {
+            if (!std::exchange(done, true))
+                go_on.set_value();
+        }
+        ~let_go() { now(); }
+    } release{go_on};
     host.start_blocking();
     REQUIRE(r->wait_for("x runs"));
     REQUIRE(r->wait_for("y runs"));
@@ -677,13 +690,15 @@ TEST_CASE("coordination: a holder whose stop blocks holds up neither another hol
     // Every renewal fails: each lease's holder must hear of its loss.
     faulty->failing = true;
     const bool x_told = r->wait_for("x told");
-    if (!x_told)
-        go_on.set_value();
-    INFO(sink->dump());
-    REQUIRE(x_told);
+    if (!x_told) {
+        release.now();
+        INFO(sink->dump());
+        REQUIRE(x_told);
+    }
     const bool y_told = r->wait_for("y told");
     const bool leader_gone = test::eventually([&] { return !coordinator->is_leader(); });
-    go_on.set_value(); // whatever happened, let x's stop go on
+    release.now(); // whatever happened, let x's stop go on
+    INFO(sink->dump());
     CHECK(y_told);
     CHECK(leader_gone);
     faulty->failing = false;
