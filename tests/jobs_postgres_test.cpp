@@ -954,7 +954,11 @@ TEST_CASE("jobs: a node renews its leases while an application's open transactio
     std::atomic<bool> parent_may_end{false};
     std::atomic<bool> long_may_end{false};
     auto builder = test::make_builder(sink);
-    auto options = quick_server(); // a lease of 1 s, renewed every 100 ms
+    // A lease of 2 s, renewed every 100 ms: the held completion, tried
+    // alone once per lease, takes a quarter of it on the storage's thread,
+    // and a busy machine must not make that outlast the rest.
+    auto options = quick_server();
+    options.lease_duration = 2s;
     jobs::add_jobs(builder, store, options)
         .register_kind<int>("parent", [&](int, jobs::job_context& context) -> asio::awaitable<void> {
             r.add("parent started");
