@@ -40,6 +40,18 @@ namespace {
 using clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
+// The options with each zero replaced by its default, which derives from
+// lease_duration.
+coordination_options with_defaults(coordination_options o)
+{
+    if (!o.renew_interval.count())
+        o.renew_interval = o.lease_duration / 3;
+    if (!o.retry_interval.count())
+        o.retry_interval = o.lease_duration / 20;
+    if (!o.stop_margin.count())
+        o.stop_margin = o.lease_duration / 5;
+    return o;
+}
 
 } // namespace
 
@@ -50,15 +62,15 @@ void coordination_options::validate() const
         fail("lease_duration must be at least 100 ms");
     if (renew_interval.count() < 0 || retry_interval.count() < 0 || stop_margin.count() < 0)
         fail("renew_interval, retry_interval and stop_margin must not be negative");
-    const auto margin = stop_margin.count() ? stop_margin : lease_duration / 5;
-    const auto renew = renew_interval.count() ? renew_interval : lease_duration / 3;
+    const auto resolved = with_defaults(*this);
+    const auto margin = resolved.stop_margin;
+    const auto renew = resolved.renew_interval;
     if (margin >= lease_duration)
         fail("stop_margin must be shorter than lease_duration");
     if (renew >= lease_duration - margin)
         fail("renew_interval must be shorter than lease_duration - stop_margin, or a holder would stop "
              "before its first renewal");
-    const auto retry = retry_interval.count() ? retry_interval : lease_duration / 20;
-    if (retry >= lease_duration - margin - renew)
+    if (resolved.retry_interval >= lease_duration - margin - renew)
         fail("retry_interval must be shorter than lease_duration - stop_margin - renew_interval, or one failed "
              "renewal would lose the lease before it is tried again");
 }
@@ -126,14 +138,9 @@ struct coordinator::impl : std::enable_shared_from_this<coordinator::impl> {
         if (!store)
             throw std::invalid_argument("coordination: the lease store is null");
         options.validate();
+        options = with_defaults(std::move(options));
         if (options.node_id.empty())
             options.node_id = hosting::detail::default_node_id();
-        if (!options.renew_interval.count())
-            options.renew_interval = options.lease_duration / 3;
-        if (!options.retry_interval.count())
-            options.retry_interval = options.lease_duration / 20;
-        if (!options.stop_margin.count())
-            options.stop_margin = options.lease_duration / 5;
     }
 
     // A shut_down() from the coordinator's own thread joined nothing.
