@@ -1,5 +1,7 @@
 #pragma once
 
+#include "detail/trimmed.hpp"
+
 #include <libpq-fe.h>
 
 #include <poll.h>
@@ -64,9 +66,7 @@ inline std::string connect_error(PGconn* conn, const std::string& conninfo)
             }
         }
     }
-    while (!why.empty() && (why.back() == '\n' || why.back() == ' '))
-        why.pop_back();
-    return why;
+    return trimmed(why.c_str());
 }
 
 // Why await_result stopped waiting: the deadline passed, or poll() failed.
