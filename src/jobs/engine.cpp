@@ -629,15 +629,19 @@ std::vector<job> engine::settle_and_claim(storage& s, std::vector<completion>& d
             parked.push_back(std::move(c));
         }
     };
-    const auto steady_now = std::chrono::steady_clock::now();
-    for (auto& c : done) {
-        const auto it = lock_waits_.find({c.id, c.attempt});
-        if (it == lock_waits_.end())
-            fresh.push_back(std::move(c));
-        else if (steady_now < it->second)
-            parked.push_back(std::move(c));
-        else
-            alone(c); // its turn to be tried again
+    if (lock_waits_.empty()) {
+        fresh = std::move(done); // nearly always: no completion sorted, none moved
+    } else {
+        const auto steady_now = std::chrono::steady_clock::now();
+        for (auto& c : done) {
+            const auto it = lock_waits_.find({c.id, c.attempt});
+            if (it == lock_waits_.end())
+                fresh.push_back(std::move(c));
+            else if (steady_now < it->second)
+                parked.push_back(std::move(c));
+            else
+                alone(c); // its turn to be tried again
+        }
     }
     done.clear();
     const auto keep_parked = [&] { done = std::move(parked); };
