@@ -165,6 +165,20 @@ inline jobs::enqueue_request request(std::string kind, std::string args, int max
     return r;
 }
 
+// A recurring job at the top of every hour, with args "1" on the default
+// queue, next due at `next_fire`.
+inline jobs::recurring_job hourly(std::string id, std::string kind, jobs::time_point next_fire)
+{
+    jobs::recurring_job r;
+    r.id = std::move(id);
+    r.cron = std::string("0 * * * *");
+    r.kind = std::move(kind);
+    r.args = std::string("1");
+    r.queue = std::string("default");
+    r.next_fire = next_fire;
+    return r;
+}
+
 // What a node's renewal says of jobs whose handlers started: a crash then
 // charges their attempts.
 inline void report_started(jobs::storage& store, const std::string& node, const std::vector<jobs::job>& claimed,

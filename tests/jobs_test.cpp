@@ -460,13 +460,7 @@ TEST_CASE("jobs: a SQLite file of schema 1 migrates, and its counts match its ro
 TEST_CASE("jobs: a SQLite file of schema 2 migrates, and its recurring jobs behave as they did", "[jobs][storage]")
 {
     temp_db db;
-    jobs::recurring_job r;
-    r.id = "hourly";
-    r.cron = "0 * * * *";
-    r.kind = "k";
-    r.args = "1";
-    r.queue = "default";
-    r.next_fire = utc(2026, 6, 1, 13, 0);
+    auto r = hourly("hourly", "k", utc(2026, 6, 1, 13, 0));
     {
         jobs::sqlite_storage store(db.path.string());
         store.upsert_recurring(r);
@@ -940,14 +934,7 @@ TEST_CASE("jobs: of two servers racing for a recurring occurrence, one wins", "[
     const auto t0 = utc(2026, 6, 1, 12, 0);
     jobs::sqlite_storage a(db.path.string());
     jobs::sqlite_storage b(db.path.string());
-    jobs::recurring_job r;
-    r.id = "r";
-    r.cron = "0 * * * *";
-    r.kind = "k";
-    r.args = "1";
-    r.queue = "default";
-    r.next_fire = t0;
-    a.upsert_recurring(r);
+    a.upsert_recurring(hourly("r", "k", t0));
     auto occurrence = request("k", "1");
     occurrence.unique_key = std::string("recurring:r:1");
     occurrence.unique_states = jobs::state_set::all();
@@ -1151,16 +1138,8 @@ TEST_CASE("jobs: a recurring job whose occurrence waits on another transaction's
     // by an application's open transaction (PostgreSQL's row_lock_timeout).
     auto clock = std::make_shared<jobs::manual_time_source>(jobs::clock::now());
     auto store = std::make_shared<failing_storage>();
-    for (const std::string id : {"a", "b"}) {
-        jobs::recurring_job r;
-        r.id = id;
-        r.cron = "0 * * * *";
-        r.kind = "count";
-        r.args = "1";
-        r.queue = "default";
-        r.next_fire = clock->now() + 1h;
-        store->inner.upsert_recurring(r);
-    }
+    for (const std::string id : {"a", "b"})
+        store->inner.upsert_recurring(hourly(id, "count", clock->now() + 1h));
     std::atomic<bool> a_held{true};
     std::atomic<int> a_tries{0};
     store->on_fire_recurring = [&](const std::string& id) {
@@ -1246,14 +1225,7 @@ TEST_CASE("jobs: a recurring pass that fails is tried again after a poll interva
     // tried the pass again at once, as fast as the storage could fail.
     auto clock = std::make_shared<jobs::manual_time_source>(jobs::clock::now());
     auto store = std::make_shared<failing_storage>();
-    jobs::recurring_job hourly;
-    hourly.id = "hourly";
-    hourly.cron = "0 * * * *";
-    hourly.kind = "count";
-    hourly.args = "1";
-    hourly.queue = "default";
-    hourly.next_fire = clock->now() + 1h;
-    store->inner.upsert_recurring(hourly);
+    store->inner.upsert_recurring(hourly("hourly", "count", clock->now() + 1h));
     auto options = quick_server(clock); // heartbeats every 100 ms
     options.poll_interval = 200ms;
     auto builder = test::make_builder(std::make_shared<test::capture_sink>());
@@ -1342,14 +1314,7 @@ TEST_CASE("jobs: a recurring pass that fires many jobs lets the node's renewals 
     client.enqueue_blocking("hold", std::string("a"));
     REQUIRE(r.wait_for("started a"));
 
-    // Copies of one, each renamed: GCC 12 at -O3 warns of an overlap
-    // (a false -Wrestrict) in string literals assigned inside this loop.
-    jobs::recurring_job tick;
-    tick.cron = "0 * * * *";
-    tick.kind = "tick";
-    tick.args = "1";
-    tick.queue = "default";
-    tick.next_fire = jobs::clock::now() - 1min;
+    const auto tick = hourly("", "tick", jobs::clock::now() - 1min);
     for (int i = 0; i < due; ++i) {
         auto one = tick;
         one.id = std::string("tick-") + std::to_string(i);
