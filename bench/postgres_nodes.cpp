@@ -2,7 +2,7 @@
 // host with 2 workers and connections of its own), the commits each job
 // cost (pg_stat_database), and enqueue-to-start across nodes, beside a bare
 // SKIP LOCKED loop measured in the same run: one connection per node,
-// claims of the engine's size (2 workers x prefetch 64 = 128) fused with
+// claims of the engine's size (2 workers x the default prefetch) fused with
 // the previous batch's completion in one transaction, no engine, no handler.
 //
 //   postgres_nodes [jobs=50000] [latency_samples=500]
@@ -43,7 +43,7 @@ using bench::with_commas;
 
 namespace {
 
-constexpr std::size_t claim_size = 128; // the engine's: 2 workers, prefetch 64
+const std::size_t claim_size = 2 * hosting::jobs::server_options{}.prefetch; // the engine's: 2 workers
 
 struct connection {
     PGconn* c;
