@@ -89,6 +89,47 @@ TEST_CASE("jobs: storages claim, complete, recover and reject invalid transition
                                          job_state::running, job_state::succeeded, job_state::available});
 }
 
+// The attempt fences a completion as the owner does: a node whose lease
+// lapsed and that claimed the job again must not end the new attempt with
+// the old one's result, however the batch carries it (storages may send
+// plain successes and other outcomes by different statements).
+TEST_CASE("jobs: a late completion of an earlier attempt changes nothing, even from the node that holds the next one",
+          "[jobs][conformance][storage]")
+{
+    EACH_STORAGE(which, db);
+    auto store = make_storage(which, db);
+    const auto t0 = jobs::clock::now();
+    const auto r = request("k", "{}", 5);
+    const auto ids = store->enqueue(std::vector<jobs::enqueue_request>{r, r}, t0);
+    jobs::claim_request claim{"node-a", {{"default", 2}}, {"k"}, t0 + 10s};
+    auto first = store->complete_and_claim({}, claim, t0);
+    REQUIRE(first.size() == 2);
+    report_started(*store, "node-a", first, t0 + 10s, t0); // or the recovery would give the attempts back
+    REQUIRE(store->recover_expired(t0 + 11s).size() == 2);
+    claim.lease_until = t0 + 30s;
+    auto second = store->complete_and_claim({}, claim, t0 + 12s);
+    REQUIRE(second.size() == 2);
+    for (const auto& j : second)
+        REQUIRE(j.attempt == 2);
+    // The first attempt's results: a success and a failure, in one batch.
+    std::vector<jobs::completion> late{{ids[0].id, 1, jobs::outcome::succeeded, {}, {}, "succeeded"},
+                                       {ids[1].id, 1, jobs::outcome::failed, {}, "boom", "failed"}};
+    jobs::claim_request none{"node-a", {}, {"k"}, t0 + 30s};
+    store->complete_and_claim(late, none, t0 + 13s);
+    for (const auto& id : ids) {
+        const auto j = store->find(id.id);
+        REQUIRE(j);
+        CHECK(j->state == job_state::running);
+        CHECK(j->attempt == 2);
+    }
+    // The second attempt's own results end it.
+    std::vector<jobs::completion> own{{ids[0].id, 2, jobs::outcome::succeeded, {}, {}, "succeeded"},
+                                      {ids[1].id, 2, jobs::outcome::failed, {}, "boom", "failed"}};
+    store->complete_and_claim(own, none, t0 + 14s);
+    CHECK(store->find(ids[0].id)->state == job_state::succeeded);
+    CHECK(store->find(ids[1].id)->state == job_state::failed);
+}
+
 TEST_CASE("jobs: storages' counts match their rows after every kind of change, those counted by the statements "
           "and those counted by triggers",
           "[jobs][conformance][storage]")

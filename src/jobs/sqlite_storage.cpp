@@ -387,7 +387,7 @@ struct sqlite_storage::connection {
     std::unique_ptr<sqlite3, database_closer> handle;
     sqlite3* db = nullptr; // handle's
     std::unique_ptr<statement> begin, commit, rollback;
-    std::unique_ptr<statement> insert, find_unique, complete, complete_many, promote, candidates, claim, renew, expired, held,
+    std::unique_ptr<statement> insert, find_unique, complete, complete_many, complete_succeeded, promote, candidates, claim, renew, expired, held,
         state_of, transition, key_holder, requeue, find, next_due, counts, children, refunded, paused, add_count, awaited;
     // add_plain()'s inserts of 1 to rows_per_insert rows, each prepared
     // when first needed.
@@ -560,6 +560,22 @@ struct sqlite_storage::connection {
                  "FROM json_each(?3)) AS d "
                  "WHERE jobs.id = d.d_id AND +jobs.state = 3 AND +jobs.lease_owner = ?2 AND +jobs.attempt = d.d_attempt "
                  "RETURNING jobs.id, jobs.state, jobs.queue, jobs.kind")
+                    .c_str());
+        // The completions that are plain successes (no error), most of a
+        // drain's, as complete_many does them: ?3 a JSON object of id to
+        // attempt, ?4 their reason. Its keys and values are read in one
+        // parse, where each field complete_many reads from its array costs
+        // a parse of that array: this statement makes a completion a
+        // quarter of the instructions of a claim and its completion fewer
+        // (callgrind).
+        complete_succeeded = std::make_unique<statement>(
+            db, ("UPDATE jobs SET " +
+                 completion_set(std::to_string(code(job_state::succeeded)),
+                                std::to_string(effect_of(outcome::succeeded).attempt_delta), "NULL", "NULL", "?1",
+                                "?4") +
+                 " FROM json_each(?3) AS d WHERE jobs.id = CAST(d.key AS INTEGER) AND +jobs.state = 3 "
+                 "AND +jobs.lease_owner = ?2 AND +jobs.attempt = d.value RETURNING jobs.id, jobs.state, jobs.queue, "
+                 "jobs.kind")
                     .c_str());
         promote = std::make_unique<statement>(
             db, "UPDATE jobs SET state = 1, updated_at = ?1, "
@@ -1061,9 +1077,22 @@ std::vector<job> sqlite_storage::complete_and_claim_in(connection& c, std::span<
     const auto at = micros(now);
     if (!done.empty()) {
         // A history is JSON: its texts are made valid first, which also
-        // lets the whole batch travel as JSON.
-        std::string each = "[";
+        // lets the whole batch travel as JSON. Successes with no error and
+        // the first one's reason go in complete_succeeded, the rest in
+        // complete_many.
+        const auto succeeded_plainly = [](const completion& d) {
+            return d.what == outcome::succeeded && d.error.empty();
+        };
+        const auto first = std::find_if(done.begin(), done.end(), succeeded_plainly);
+        const auto plain_reason = first == done.end() ? std::string() : valid_text(first->reason);
+        std::string succeeded = "{", each = "[";
         for (const auto& d : done) {
+            if (first != done.end() && succeeded_plainly(d) && d.reason == first->reason) {
+                if (succeeded.size() > 1)
+                    succeeded += ',';
+                succeeded += '"' + std::to_string(d.id) + "\":" + std::to_string(d.attempt);
+                continue;
+            }
             const auto effect = effect_of(d.what);
             if (each.size() > 1)
                 each += ',';
@@ -1073,14 +1102,16 @@ std::vector<job> sqlite_storage::complete_and_claim_in(connection& c, std::span<
                     (d.error.empty() ? std::string("null") : json_string(valid_text(d.error))) + ',' +
                     json_string(valid_text(d.reason)) + ',' + std::to_string(d.attempt) + ']';
         }
+        succeeded += '}';
         each += ']';
         // Those not this node's attempt any more are not returned: their
         // result is moot.
         std::vector<std::pair<job_id, job_state>> finished;
-        {
-            auto& s = *c.complete_many;
+        const auto complete = [&](statement& s, const std::string& batch) {
             using_statement u{s};
-            s.bind(1, at).bind(2, claim.node).bind(3, each);
+            s.bind(1, at).bind(2, claim.node).bind(3, batch);
+            if (&s == c.complete_succeeded.get())
+                s.bind(4, plain_reason);
             while (s.step()) {
                 const auto id = s.integer(0);
                 const auto ended = stored_state(s.integer(1), id);
@@ -1088,7 +1119,11 @@ std::vector<job> sqlite_storage::complete_and_claim_in(connection& c, std::span<
                 if (is_final(ended))
                     finished.emplace_back(id, ended);
             }
-        }
+        };
+        if (succeeded.size() > 2)
+            complete(*c.complete_succeeded, succeeded);
+        if (each.size() > 2)
+            complete(*c.complete_many, each);
         // In id order, as one job at a time would have settled them;
         // only those that continuations wait for, found by one
         // statement rather than one per job.
