@@ -1521,6 +1521,48 @@ TEST_CASE("jobs: a node whose quick jobs wait behind two long runs holds at most
     CHECK(empty <= 10);
 }
 
+TEST_CASE("jobs: a claim takes at most half of max_rows_per_write jobs, whatever workers and prefetch say",
+          "[jobs][server]")
+{
+    // 256 workers with a prefetch of 10,000, once they have seen quick runs,
+    // would claim as many jobs as they start within 20 ms: thousands in one
+    // transaction, with their completions in the next.
+    auto store = std::make_shared<failing_storage>();
+    std::mutex mutex;
+    std::size_t most = 0;
+    store->on_claim = [&](std::size_t, const jobs::claim_request& claim) {
+        // What it may take: a claim with no queues (at the stop) takes none.
+        std::size_t queues = 0;
+        for (const auto& q : claim.queues)
+            queues += q.second;
+        std::lock_guard lock(mutex);
+        most = std::max(most, std::min(claim.total, queues));
+    };
+    auto options = quick_server();
+    options.workers = 256; // even runs of 1 ms would fill 2,500 in 20 ms
+    options.prefetch = 10'000;
+    std::atomic<int> runs{0};
+    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
+    jobs::add_jobs(builder, store, options).register_kind<int>("quick", [&runs](int, jobs::job_context&) -> asio::awaitable<void> {
+        ++runs;
+        co_return;
+    });
+    auto host = builder.build();
+    auto& client = host.services().get<jobs::client>();
+    host.start_blocking();
+    for (int i = 0; i < 20; ++i)
+        client.enqueue_blocking("quick", i);
+    REQUIRE(test::eventually([&] { return runs == 20; }, 30s));
+    std::vector<jobs::enqueue_request> batch(6000, request("quick", "0"));
+    store->enqueue(batch, jobs::clock::now());
+    client.enqueue_blocking("quick", 0); // wakes the node
+    REQUIRE(test::eventually([&] { return store->counts()[job_state::succeeded] == 20 + 6001; }, 60s));
+    host.stop_blocking();
+    std::lock_guard lock(mutex);
+    // Reached: the bound is what held the claims, not the 20 ms of work.
+    CHECK(most == jobs::max_rows_per_write / 2);
+}
+
 TEST_CASE("jobs: a node holding quick jobs behind two long runs still records the ones that ended", "[jobs][server]")
 {
     auto store = std::make_shared<failing_storage>();

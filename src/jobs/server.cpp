@@ -228,8 +228,12 @@ struct server::run : std::enable_shared_from_this<server::run> {
             return c;
         const auto prefetch = claim_ahead();
         // The room is shared: what an earlier queue does not find goes to
-        // the later ones, in the same claim.
-        c.total = room_for(options().workers * prefetch, buffered.size() + running.size());
+        // the later ones, in the same claim. However many workers and
+        // prefetch say, a claim takes half of max_rows_per_write at most:
+        // its transaction carries the completions since the last one too,
+        // and another process's lease renewal waits for all of it.
+        c.total = std::min(room_for(options().workers * prefetch, buffered.size() + running.size()),
+                           max_rows_per_write / 2);
         for (const auto& q : options().queues) {
             const auto held = count(buffered_in_queue, q.name) + count(running_in_queue, q.name);
             c.queues.emplace_back(q.name, std::min(c.total, room_for(capacity(q) * prefetch, held)));
