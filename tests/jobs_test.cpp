@@ -770,8 +770,9 @@ TEST_CASE("jobs: two server processes share slow jobs fairly", "[jobs][process]"
 {
     PROCESS_STORAGE(which, db);
     enqueue_records(which, db, 200);
-    // 200 jobs of 200 ms, 4 workers each, the default prefetch: before, the
-    // first node to look claimed all 200 (4 workers * 64) and the other idled.
+    // 200 jobs of 200 ms, 4 workers each, the default prefetch: before
+    // claims went by free workers, the first node to look claimed all 200
+    // (4 workers * a prefetch of 64) and the other idled.
     auto args = worker_args(which, db);
     args.push_back("--Jobs:RecordMs=200");
     test::child_process a(HOSTING_EXAMPLE_JOBS, args);
@@ -888,8 +889,9 @@ TEST_CASE("jobs: of three server processes, one killed with SIGKILL: nothing los
     auto owned = make_storage(which, db);
     auto& store = *owned;
     CHECK(store.counts()[job_state::succeeded] == total);
-    // Duplicates are bounded by b's claims: at most its 4 workers' runs, and
-    // those it had finished but not yet committed.
+    // Duplicates are bounded by what b held: its 4 workers' runs, and those
+    // it had finished but not yet committed. Runs of 10 ms are claimed a
+    // few per worker ahead (20 ms of work); 4 * 64 leaves a slow machine room.
     CHECK(again <= 4 * 64);
 }
 
@@ -1553,13 +1555,12 @@ TEST_CASE("jobs: a claim takes at most half of max_rows_per_write jobs, whatever
     for (int i = 0; i < 20; ++i)
         client.enqueue_blocking("quick", i);
     REQUIRE(test::eventually([&] { return runs == 20; }, 30s));
-    std::vector<jobs::enqueue_request> batch(6000, request("quick", "0"));
-    store->enqueue(batch, jobs::clock::now());
-    client.enqueue_blocking("quick", 0); // wakes the node
-    REQUIRE(test::eventually([&] { return store->counts()[job_state::succeeded] == 20 + 6001; }, 60s));
+    client.enqueue_blocking("quick", 0); // claimed by a node that has seen quick runs
+    REQUIRE(test::eventually([&] { return store->counts()[job_state::succeeded] == 21; }, 30s));
     host.stop_blocking();
     std::lock_guard lock(mutex);
-    // Reached: the bound is what held the claims, not the 20 ms of work.
+    // What the claims asked for reached the bound: the bound held them, not
+    // the 20 ms of work (whatever jobs were there to take).
     CHECK(most == jobs::max_rows_per_write / 2);
 }
 

@@ -230,8 +230,9 @@ struct server::run : std::enable_shared_from_this<server::run> {
         // The room is shared: what an earlier queue does not find goes to
         // the later ones, in the same claim. However many workers and
         // prefetch say, a claim takes half of max_rows_per_write at most:
-        // its transaction carries the completions since the last one too,
-        // and another process's lease renewal waits for all of it.
+        // another process's lease renewal waits for the whole transaction,
+        // which carries the completions since the last one too (as many as
+        // the jobs this node held, which its claims bound).
         c.total = std::min(room_for(options().workers * prefetch, buffered.size() + running.size()),
                            max_rows_per_write / 2);
         for (const auto& q : options().queues) {

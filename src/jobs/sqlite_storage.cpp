@@ -565,9 +565,8 @@ struct sqlite_storage::connection {
         // drain's, as complete_many does them: ?3 a JSON object of id to
         // attempt, ?4 their reason. Its keys and values are read in one
         // parse, where each field complete_many reads from its array costs
-        // a parse of that array: this statement makes a completion a
-        // quarter of the instructions of a claim and its completion fewer
-        // (callgrind).
+        // a parse of that array: a job's claim and completion take a
+        // quarter fewer instructions with this statement (callgrind).
         complete_succeeded = std::make_unique<statement>(
             db, ("UPDATE jobs SET " +
                  completion_set(std::to_string(code(job_state::succeeded)),
