@@ -65,7 +65,8 @@ namespace {
 // The claims of the engine's drain below (2 workers, the default prefetch),
 // which the bare loop and the storage alone make too: a commit's fsync is
 // shared by as many jobs in each.
-const std::size_t claim_size = 2 * jobs::server_options{}.prefetch;
+const std::size_t default_prefetch = jobs::server_options{}.prefetch;
+const std::size_t claim_size = 2 * default_prefetch;
 
 std::string temp_file(const char* name)
 {
@@ -86,7 +87,7 @@ void remove_file(const std::string& path)
 struct setup {
     const char* label;
     std::function<std::shared_ptr<jobs::storage>()> make;
-    std::size_t prefetch = claim_size / 2;
+    std::size_t prefetch = default_prefetch;
     // Another node's connection to the same store, for the latency across nodes.
     std::function<std::shared_ptr<jobs::storage>()> elsewhere{};
     // A store of its own to measure the storage without the engine, if any.
@@ -422,7 +423,7 @@ int main(int argc, char** argv)
     const auto single_path = temp_file("prefetch1");
     std::vector<setup> setups = {
         {"memory", [] { return std::make_shared<jobs::memory_storage>(); }},
-        {"sqlite FULL", [&] { return std::make_shared<jobs::sqlite_storage>(full_path); }, claim_size / 2, {},
+        {"sqlite FULL", [&] { return std::make_shared<jobs::sqlite_storage>(full_path); }, default_prefetch, {},
          [&] { return std::make_shared<jobs::sqlite_storage>(alone_path); }},
         {"sqlite NORMAL",
          [&] {
@@ -430,7 +431,7 @@ int main(int argc, char** argv)
              o.sync = jobs::sqlite_options::durability::normal;
              return std::make_shared<jobs::sqlite_storage>(normal_path, o);
          },
-         claim_size / 2, {},
+         default_prefetch, {},
          // Without an fsync per commit, what the storage's SQL costs in CPU.
          [&] {
              jobs::sqlite_options o;

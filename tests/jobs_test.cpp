@@ -1441,13 +1441,13 @@ TEST_CASE("jobs: a node draining quick jobs waits for room before each transacti
 }
 
 namespace {
-// A started host of two workers with a "quick" kind and a "long" one whose
+// A started host of `workers` with a "quick" kind and a "long" one whose
 // runs last `long_run`, that has run twenty quick jobs: it claims ahead.
 hosting::host quick_learned_host(const std::shared_ptr<jobs::storage>& store, std::size_t prefetch,
-                                 std::chrono::milliseconds long_run, test::recorder& r)
+                                 std::chrono::milliseconds long_run, test::recorder& r, std::size_t workers = 2)
 {
     auto options = quick_server();
-    options.workers = 2;
+    options.workers = workers;
     options.prefetch = prefetch;
     auto builder = test::make_builder(std::make_shared<test::capture_sink>());
     jobs::add_jobs(builder, store, options)
@@ -1528,7 +1528,8 @@ TEST_CASE("jobs: a claim takes at most half of max_rows_per_write jobs, whatever
 {
     // 256 workers with a prefetch of 10,000, once they have seen quick runs,
     // would claim as many jobs as they start within 20 ms: thousands in one
-    // transaction, with their completions in the next.
+    // transaction (even runs of 1 ms would make 2,500), with their
+    // completions in the next.
     auto store = std::make_shared<failing_storage>();
     std::mutex mutex;
     std::size_t most = 0;
@@ -1540,22 +1541,9 @@ TEST_CASE("jobs: a claim takes at most half of max_rows_per_write jobs, whatever
         std::lock_guard lock(mutex);
         most = std::max(most, std::min(claim.total, queues));
     };
-    auto options = quick_server();
-    options.workers = 256; // even runs of 1 ms would fill 2,500 in 20 ms
-    options.prefetch = 10'000;
-    std::atomic<int> runs{0};
-    auto builder = test::make_builder(std::make_shared<test::capture_sink>());
-    jobs::add_jobs(builder, store, options).register_kind<int>("quick", [&runs](int, jobs::job_context&) -> asio::awaitable<void> {
-        ++runs;
-        co_return;
-    });
-    auto host = builder.build();
-    auto& client = host.services().get<jobs::client>();
-    host.start_blocking();
-    for (int i = 0; i < 20; ++i)
-        client.enqueue_blocking("quick", i);
-    REQUIRE(test::eventually([&] { return runs == 20; }, 30s));
-    client.enqueue_blocking("quick", 0); // claimed by a node that has seen quick runs
+    test::recorder r;
+    auto host = quick_learned_host(store, 10'000, std::chrono::milliseconds(1), r, 256);
+    host.services().get<jobs::client>().enqueue_blocking("quick", 0); // claimed by a node that has seen quick runs
     REQUIRE(test::eventually([&] { return store->counts()[job_state::succeeded] == 21; }, 30s));
     host.stop_blocking();
     std::lock_guard lock(mutex);

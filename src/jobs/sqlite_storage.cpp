@@ -387,8 +387,9 @@ struct sqlite_storage::connection {
     std::unique_ptr<sqlite3, database_closer> handle;
     sqlite3* db = nullptr; // handle's
     std::unique_ptr<statement> begin, commit, rollback;
-    std::unique_ptr<statement> insert, find_unique, complete, complete_many, complete_succeeded, promote, candidates, claim, renew, expired, held,
-        state_of, transition, key_holder, requeue, find, next_due, counts, children, refunded, paused, add_count, awaited;
+    std::unique_ptr<statement> insert, find_unique, complete, complete_many, complete_succeeded, promote, candidates,
+        claim, renew, expired, held, state_of, transition, key_holder, requeue, find, next_due, counts, children,
+        refunded, paused, add_count, awaited;
     // add_plain()'s inserts of 1 to rows_per_insert rows, each prepared
     // when first needed.
     static constexpr std::size_t rows_per_insert = 64;
@@ -1083,7 +1084,6 @@ std::vector<job> sqlite_storage::complete_and_claim_in(connection& c, std::span<
             return d.what == outcome::succeeded && d.error.empty();
         };
         const auto first = std::find_if(done.begin(), done.end(), succeeded_plainly);
-        const auto plain_reason = first == done.end() ? std::string() : valid_text(first->reason);
         std::string succeeded = "{", each = "[";
         for (const auto& d : done) {
             if (first != done.end() && succeeded_plainly(d) && d.reason == first->reason) {
@@ -1106,11 +1106,11 @@ std::vector<job> sqlite_storage::complete_and_claim_in(connection& c, std::span<
         // Those not this node's attempt any more are not returned: their
         // result is moot.
         std::vector<std::pair<job_id, job_state>> finished;
+        // ?1 to ?3 are alike in both statements; complete_succeeded's ?4,
+        // the reason, is bound where it is called.
         const auto complete = [&](statement& s, const std::string& batch) {
             using_statement u{s};
             s.bind(1, at).bind(2, claim.node).bind(3, batch);
-            if (&s == c.complete_succeeded.get())
-                s.bind(4, plain_reason);
             while (s.step()) {
                 const auto id = s.integer(0);
                 const auto ended = stored_state(s.integer(1), id);
@@ -1120,7 +1120,7 @@ std::vector<job> sqlite_storage::complete_and_claim_in(connection& c, std::span<
             }
         };
         if (succeeded.size() > 2)
-            complete(*c.complete_succeeded, succeeded);
+            complete(c.complete_succeeded->bind(4, valid_text(first->reason)), succeeded);
         if (each.size() > 2)
             complete(*c.complete_many, each);
         // In id order, as one job at a time would have settled them;
