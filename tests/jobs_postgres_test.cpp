@@ -230,6 +230,7 @@ TEST_CASE("jobs: through a pooler in transaction mode the storage leaves nothing
     CHECK(other.exec("SHOW search_path") == "public");
     CHECK(other.exec("SHOW statement_timeout") == "0");
     CHECK(other.exec("SHOW lock_timeout") == "0");
+    CHECK(other.exec("SHOW plan_cache_mode") == "auto"); // claims and completions run on generic plans
     CHECK(other.exec("SELECT count(*) FROM pg_prepared_statements") == "0");
     CHECK(other.exec("SELECT count(*) FROM pg_listening_channels()") == "0");
 }
