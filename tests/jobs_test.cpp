@@ -293,6 +293,38 @@ TEST_CASE("jobs: a SQLite file keeps its jobs and schema across opens, and two c
     CHECK_THROWS_AS(jobs::sqlite_storage("/nonexistent-dir/x.db"), jobs::storage_error);
 }
 
+TEST_CASE("jobs: a SQLite job's history takes its lines as text, and one that was emptied stays JSON",
+          "[jobs][storage]")
+{
+    temp_db db;
+    jobs::sqlite_storage store(db.path.string());
+    const auto t0 = std::chrono::floor<std::chrono::microseconds>(jobs::clock::now());
+    const auto ids = store.enqueue(std::vector{request("k", "1"), request("k", "2")}, t0);
+    // Claimed and ended: each line goes in after the last one.
+    const auto claimed = store.complete_and_claim({}, {"node", {{"default", 1}}, {"k"}, t0 + 60s}, t0);
+    REQUIRE(claimed.size() == 1);
+    const jobs::completion done{claimed[0].id, claimed[0].attempt, jobs::outcome::failed, {}, "it broke ]]", "failed"};
+    store.complete_and_claim(std::span(&done, 1), {"node", {}, {}, t0 + 60s}, t0 + 1s);
+    const auto ended = store.find(claimed[0].id);
+    REQUIRE(ended->history.size() == 3);
+    CHECK(ended->history[1].to == job_state::running);
+    CHECK(ended->history[2].to == job_state::failed);
+    CHECK(ended->history[2].error == "it broke ]]");
+    // An empty history, which this library never writes (a job's first
+    // line goes in with it), is not made invalid by the next line.
+    const auto other = ids[0].id == claimed[0].id ? ids[1].id : ids[0].id;
+    sqlite3* raw = nullptr;
+    REQUIRE(sqlite3_open(db.path.string().c_str(), &raw) == SQLITE_OK);
+    CHECK(sqlite3_exec(raw, ("UPDATE jobs SET history = '[]' WHERE id = " + std::to_string(other)).c_str(), nullptr,
+                       nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(raw);
+    CHECK(store.change_state(other, job_state::cancelled, "no longer wanted", t0 + 2s) == job_state::cancelled);
+    const auto emptied = store.find(other);
+    REQUIRE(emptied->history.size() == 1);
+    CHECK(emptied->history[0].to == job_state::cancelled);
+    CHECK(emptied->history[0].reason == "no longer wanted");
+}
+
 TEST_CASE("jobs: a SQLite call that waits out busy_timeout says which file and which option, and a database that "
           "cannot use write-ahead logging is refused",
           "[jobs][storage]")
