@@ -293,26 +293,39 @@ TEST_CASE("jobs: a SQLite file keeps its jobs and schema across opens, and two c
     CHECK_THROWS_AS(jobs::sqlite_storage("/nonexistent-dir/x.db"), jobs::storage_error);
 }
 
-TEST_CASE("jobs: a SQLite job's history takes its lines as text, and one that was emptied stays JSON",
+TEST_CASE("jobs: a SQLite job's history stays JSON through lines after an error that ends in brackets, and after "
+          "it was emptied",
           "[jobs][storage]")
 {
     temp_db db;
     jobs::sqlite_storage store(db.path.string());
     const auto t0 = std::chrono::floor<std::chrono::microseconds>(jobs::clock::now());
-    const auto ids = store.enqueue(std::vector{request("k", "1"), request("k", "2")}, t0);
-    // Claimed and ended: each line goes in after the last one.
-    const auto claimed = store.complete_and_claim({}, {"node", {{"default", 1}}, {"k"}, t0 + 60s}, t0);
+    store.enqueue(std::vector{request("k", "1", 2)}, t0);
+    const jobs::claim_request one{"node", {{"default", 1}}, {"k"}, t0 + 60s};
+    const jobs::claim_request none{"node", {}, {}, t0 + 60s};
+    // Claimed, failed with an error whose text ends in brackets, due again
+    // and claimed again: each line goes in after one that ends so.
+    const auto claimed = store.complete_and_claim({}, one, t0);
     REQUIRE(claimed.size() == 1);
-    const jobs::completion done{claimed[0].id, claimed[0].attempt, jobs::outcome::failed, {}, "it broke ]]", "failed"};
-    store.complete_and_claim(std::span(&done, 1), {"node", {}, {}, t0 + 60s}, t0 + 1s);
+    const jobs::completion retry{claimed[0].id, 1, jobs::outcome::retry, t0 + 1s, "it broke ]]", "retry"};
+    store.complete_and_claim(std::span(&retry, 1), none, t0 + 1s);
+    const auto again = store.complete_and_claim({}, one, t0 + 2s);
+    REQUIRE(again.size() == 1);
+    REQUIRE(again[0].id == claimed[0].id);
+    const jobs::completion failed{again[0].id, 2, jobs::outcome::failed, {}, "[still]", "failed"};
+    store.complete_and_claim(std::span(&failed, 1), none, t0 + 3s);
     const auto ended = store.find(claimed[0].id);
-    REQUIRE(ended->history.size() == 3);
-    CHECK(ended->history[1].to == job_state::running);
-    CHECK(ended->history[2].to == job_state::failed);
+    REQUIRE(ended->history.size() == 6);
+    CHECK(ended->history[2].to == job_state::retryable);
     CHECK(ended->history[2].error == "it broke ]]");
+    CHECK(ended->history[3].to == job_state::available);
+    CHECK(ended->history[3].reason == "due");
+    CHECK(ended->history[4].to == job_state::running);
+    CHECK(ended->history[5].to == job_state::failed);
+    CHECK(ended->history[5].error == "[still]");
     // An empty history, which this library never writes (a job's first
     // line goes in with it), is not made invalid by the next line.
-    const auto other = ids[0].id == claimed[0].id ? ids[1].id : ids[0].id;
+    const auto other = store.enqueue(std::vector{request("k", "2")}, t0 + 4s).at(0).id;
     sqlite3* raw = nullptr;
     REQUIRE(sqlite3_open(db.path.string().c_str(), &raw) == SQLITE_OK);
     CHECK(sqlite3_exec(raw, ("UPDATE jobs SET history = '[]' WHERE id = " + std::to_string(other)).c_str(), nullptr,
