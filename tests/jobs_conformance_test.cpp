@@ -189,6 +189,24 @@ TEST_CASE("jobs: storages' counts match their rows after every kind of change, t
     for (const auto& j : one_queue)
         done.push_back({j.id, j.attempt, jobs::outcome::succeeded, {}, {}, "ok"});
     store.complete_and_claim(done, {"n", {}, {"a", "b"}, t0 + 3h}, t0 + 2h);
+    // A continuation its parent's success deletes, and a job cancelled while
+    // it ran whose node then died (its recovery ends it cancelled).
+    const auto parent = store.enqueue(std::vector<jobs::enqueue_request>{in("mail", "a")}, t0 + 3h).at(0).id;
+    auto on_deleted = in("mail", "b");
+    on_deleted.parent_id = parent;
+    on_deleted.condition = jobs::continuation_condition::on_deleted;
+    store.enqueue(std::vector<jobs::enqueue_request>{on_deleted, in("default", "b")}, t0 + 3h);
+    const auto last = store.complete_and_claim({}, claim, t0 + 3h);
+    REQUIRE(last.size() == 2);
+    for (const auto& j : last) {
+        if (j.id == parent) {
+            const jobs::completion ok{j.id, j.attempt, jobs::outcome::succeeded, {}, {}, "ok"};
+            store.complete_and_claim(std::span(&ok, 1), {"n", {}, {}, t0 + 4h}, t0 + 3h);
+        } else {
+            CHECK(store.change_state(j.id, job_state::cancelled, "stop", t0 + 3h) == job_state::running);
+        }
+    }
+    CHECK(store.recover_expired(t0 + 5h).size() == 1);
 
     using row = std::tuple<std::string, std::string, job_state, std::int64_t>;
     std::vector<row> counted;

@@ -421,6 +421,13 @@ TEST_CASE("jobs: a SQLite file keeps arguments that are not UTF-8 byte for byte,
 const std::string insert_trigger_of_6 =
     "CREATE TRIGGER jobs_counted_insert AFTER INSERT ON jobs BEGIN INSERT INTO job_counts "
     "VALUES (new.queue, new.kind, new.state, 1) ON CONFLICT DO UPDATE SET n = n + 1; END; ";
+// And schema 12 dropped the update trigger that schemas 2 to 11 had, which
+// the migrations to 6 and 10 replace.
+const std::string update_trigger_of_10 =
+    "CREATE TRIGGER jobs_counted_update AFTER UPDATE OF state ON jobs WHEN old.state <> new.state "
+    "AND NOT (old.state = 1 AND new.state = 3) AND NOT (old.state = 3 AND new.state = 5) BEGIN "
+    "UPDATE job_counts SET n = n - 1 WHERE queue = old.queue AND kind = old.kind AND state = old.state; "
+    "INSERT INTO job_counts VALUES (new.queue, new.kind, new.state, 1) ON CONFLICT DO UPDATE SET n = n + 1; END; ";
 
 namespace {
 // Runs `sql` on the file on a connection of its own, as an older program
@@ -448,8 +455,7 @@ TEST_CASE("jobs: a SQLite file of schema 1 migrates, and its counts match its ro
     // Back to what schema 1 wrote: no counts table, triggers or kinds index,
     // nor the recurring jobs' keys.
     run_sql(db, "DROP INDEX jobs_unique_held; ALTER TABLE jobs DROP COLUMN unique_held; "
-                "DROP TRIGGER jobs_counted_delete; "
-                "DROP TRIGGER jobs_counted_update; DROP TABLE job_counts; "
+                "DROP TRIGGER jobs_counted_delete; DROP TABLE job_counts; "
                 "ALTER TABLE recurring_jobs DROP COLUMN unique_key; "
                 "ALTER TABLE recurring_jobs DROP COLUMN unique_states; "
                 "ALTER TABLE recurring_jobs DROP COLUMN concurrency_key; "
@@ -464,8 +470,8 @@ TEST_CASE("jobs: a SQLite file of schema 1 migrates, and its counts match its ro
     auto counts = store.counts();
     CHECK(counts[job_state::available] == 6);
     CHECK(counts[job_state::running] == 2);
-    // From here the triggers keep them: through claims, transitions,
-    // unknown-kind notes and pruning.
+    // From here the statements and the delete trigger keep them: through
+    // claims, transitions, unknown-kind notes and pruning.
     std::vector<jobs::completion> done{{1, 1, jobs::outcome::succeeded, {}, {}, "ok"}};
     jobs::claim_request none{"a", {}, {"k"}, t0 + 60s};
     store.complete_and_claim(done, none, t0 + 1s);
@@ -511,7 +517,8 @@ TEST_CASE("jobs: a SQLite file of schema 2 migrates, and its recurring jobs beha
         store.upsert_recurring(r);
     }
     // Back to what schema 2 wrote: recurring jobs without keys or overlap.
-    run_sql(db, insert_trigger_of_6 + "DROP INDEX jobs_unique_held; ALTER TABLE jobs DROP COLUMN unique_held; "
+    run_sql(db, insert_trigger_of_6 + update_trigger_of_10 +
+                "DROP INDEX jobs_unique_held; ALTER TABLE jobs DROP COLUMN unique_held; "
                 "ALTER TABLE recurring_jobs DROP COLUMN unique_key; ALTER TABLE recurring_jobs DROP COLUMN unique_states; "
                 "ALTER TABLE recurring_jobs DROP COLUMN concurrency_key; ALTER TABLE recurring_jobs DROP COLUMN overlap; "
                 "ALTER TABLE recurring_jobs DROP COLUMN unique_across_kinds; ALTER TABLE jobs DROP COLUMN unique_scoped; "
@@ -544,14 +551,14 @@ TEST_CASE("jobs: a SQLite file of a newer schema opens when it only added, and i
     temp_db db;
     jobs::sqlite_storage(db.path.string());
     {
-        // Schema 10 changed what a claim and a completion must write (their
-        // counts): a program of schema 9 is told to keep out.
+        // Schema 12 changed what every change of state must write (its
+        // counts): a program of schema 11 is told to keep out.
         sqlite3* raw = nullptr;
         REQUIRE(sqlite3_open(db.path.string().c_str(), &raw) == SQLITE_OK);
         sqlite3_stmt* s = nullptr;
         REQUIRE(sqlite3_prepare_v2(raw, "SELECT max(oldest) FROM hosting_jobs_readers", -1, &s, nullptr) == SQLITE_OK);
         REQUIRE(sqlite3_step(s) == SQLITE_ROW);
-        CHECK(sqlite3_column_int(s, 0) == 10);
+        CHECK(sqlite3_column_int(s, 0) == 12);
         sqlite3_finalize(s);
         sqlite3_close(raw);
     }
@@ -585,8 +592,10 @@ TEST_CASE("jobs: a SQLite file of schema 10 migrates, and pruning still finds ol
             store.complete_and_claim(done, {"a", {}, {"k"}, t0 + 60s}, i < 2 ? t0 : t0 + 2h);
         }
     }
-    // Back to schema 10's index, whose predicate was an IN list.
-    run_sql(db, "DROP INDEX jobs_aged; CREATE INDEX jobs_aged ON jobs (state, updated_at) WHERE state IN (5, 6, 7, 8); "
+    // Back to schema 10: its index, whose predicate was an IN list, and its
+    // update trigger.
+    run_sql(db, update_trigger_of_10 +
+                "DROP INDEX jobs_aged; CREATE INDEX jobs_aged ON jobs (state, updated_at) WHERE state IN (5, 6, 7, 8); "
                 "DELETE FROM hosting_jobs_schema WHERE version >= 11;");
     jobs::sqlite_storage store(db.path.string());
     {
@@ -637,7 +646,8 @@ TEST_CASE("jobs: a SQLite file of schema 3 migrates, and the unique keys of its 
                       t0);
     }
     // Back to what schema 3 wrote: the slot held the bare key.
-    run_sql(db, insert_trigger_of_6 + "DROP INDEX jobs_unique_held; ALTER TABLE jobs DROP COLUMN unique_held; "
+    run_sql(db, insert_trigger_of_6 + update_trigger_of_10 +
+                "DROP INDEX jobs_unique_held; ALTER TABLE jobs DROP COLUMN unique_held; "
                 "UPDATE jobs SET unique_slot = NULL; "
                 "UPDATE jobs SET unique_slot = unique_key WHERE kind <> 'naïve'; "
                 "ALTER TABLE jobs DROP COLUMN unique_scoped; "

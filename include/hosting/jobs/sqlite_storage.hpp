@@ -68,7 +68,7 @@ public:
 
     const std::string& path() const noexcept { return path_; }
     // The schema version this library writes.
-    static constexpr int schema_version = 11;
+    static constexpr int schema_version = 12;
 
 private:
     struct connection;
