@@ -81,6 +81,10 @@ void downgrade_to_5(const std::string& path)
                       "DROP TABLE hosting_jobs_readers; "
                       "CREATE TRIGGER jobs_counted_insert AFTER INSERT ON jobs BEGIN INSERT INTO job_counts "
                       "VALUES (new.queue, new.kind, new.state, 1) ON CONFLICT DO UPDATE SET n = n + 1; END; "
+                      "CREATE TRIGGER jobs_counted_update AFTER UPDATE OF state ON jobs WHEN old.state <> new.state "
+                      "BEGIN UPDATE job_counts SET n = n - 1 WHERE queue = old.queue AND kind = old.kind "
+                      "AND state = old.state; INSERT INTO job_counts VALUES (new.queue, new.kind, new.state, 1) "
+                      "ON CONFLICT DO UPDATE SET n = n + 1; END; "
                       "DROP TABLE nodes; DROP TABLE paused_queues; ALTER TABLE recurring_jobs DROP COLUMN paused; "
                       "DELETE FROM hosting_jobs_schema WHERE version >= 6;";
     char* error = nullptr;

@@ -610,7 +610,7 @@ struct sqlite_storage::connection {
         promote = std::make_unique<statement>(
             db, ("UPDATE jobs SET state = 1, updated_at = ?1, " + history_plus("json_array(state, 1, ?1, 'due', '')") +
                  ", unique_held = CASE WHEN (unique_states >> 1) & 1 THEN unique_scoped END "
-                 "WHERE id IN (SELECT value FROM json_each(?2))")
+                 "WHERE id IN (SELECT value FROM json_each(?2)) AND state IN (0, 4)")
                     .c_str());
         // ?1 queue, ?2 kinds (JSON array). In claim order along jobs_ready,
         // with no window: the caller steps until it has what it wants, so a
