@@ -323,6 +323,23 @@ TEST_CASE("jobs: a SQLite job's history stays JSON through lines after an error 
     CHECK(ended->history[4].to == job_state::running);
     CHECK(ended->history[5].to == job_state::failed);
     CHECK(ended->history[5].error == "[still]");
+    // The lines a batch binds once: its claim's, and its plain successes'.
+    CHECK(ended->history[1].from == job_state::available);
+    CHECK(ended->history[1].reason == "claimed by node");
+    CHECK(ended->history[1].at == t0);
+    const auto quick = store.enqueue(std::vector{request("k", "3")}, t0 + 3s).at(0).id;
+    const auto took = store.complete_and_claim({}, one, t0 + 3s);
+    REQUIRE(took.size() == 1);
+    REQUIRE(took[0].id == quick);
+    const jobs::completion ok{quick, 1, jobs::outcome::succeeded, {}, {}, "all \"done\""};
+    store.complete_and_claim(std::span(&ok, 1), none, t0 + 4s);
+    const auto succeeded = store.find(quick);
+    REQUIRE(succeeded->history.size() == 3);
+    CHECK(succeeded->history[2].from == job_state::running);
+    CHECK(succeeded->history[2].to == job_state::succeeded);
+    CHECK(succeeded->history[2].at == t0 + 4s);
+    CHECK(succeeded->history[2].reason == "all \"done\"");
+    CHECK(succeeded->history[2].error.empty());
     // An empty history, which this library never writes (a job's first
     // line goes in with it), is not made invalid by the next line.
     const auto other = store.enqueue(std::vector{request("k", "2")}, t0 + 4s).at(0).id;
