@@ -342,17 +342,35 @@ TEST_CASE("jobs: a SQLite job's history stays JSON through lines after an error 
     CHECK(succeeded->history[2].error.empty());
     // An empty history, which this library never writes (a job's first
     // line goes in with it), is not made invalid by the next line.
+    const auto empty_history = [&](jobs::job_id id) {
+        sqlite3* raw = nullptr;
+        REQUIRE(sqlite3_open(db.path.string().c_str(), &raw) == SQLITE_OK);
+        CHECK(sqlite3_exec(raw, ("UPDATE jobs SET history = '[]' WHERE id = " + std::to_string(id)).c_str(), nullptr,
+                           nullptr, nullptr) == SQLITE_OK);
+        sqlite3_close(raw);
+    };
     const auto other = store.enqueue(std::vector{request("k", "2")}, t0 + 4s).at(0).id;
-    sqlite3* raw = nullptr;
-    REQUIRE(sqlite3_open(db.path.string().c_str(), &raw) == SQLITE_OK);
-    CHECK(sqlite3_exec(raw, ("UPDATE jobs SET history = '[]' WHERE id = " + std::to_string(other)).c_str(), nullptr,
-                       nullptr, nullptr) == SQLITE_OK);
-    sqlite3_close(raw);
+    empty_history(other);
     CHECK(store.change_state(other, job_state::cancelled, "no longer wanted", t0 + 2s) == job_state::cancelled);
     const auto emptied = store.find(other);
     REQUIRE(emptied->history.size() == 1);
     CHECK(emptied->history[0].to == job_state::cancelled);
     CHECK(emptied->history[0].reason == "no longer wanted");
+    // Nor by the lines a batch binds: a claim's, then a plain success's.
+    const auto last = store.enqueue(std::vector{request("k", "4")}, t0 + 5s).at(0).id;
+    empty_history(last);
+    const auto last_claimed = store.complete_and_claim({}, one, t0 + 5s);
+    REQUIRE(last_claimed.size() == 1);
+    REQUIRE(last_claimed[0].id == last);
+    auto bound = store.find(last);
+    REQUIRE(bound->history.size() == 1);
+    CHECK(bound->history[0].reason == "claimed by node");
+    empty_history(last);
+    const jobs::completion last_ok{last, 1, jobs::outcome::succeeded, {}, {}, "ok"};
+    store.complete_and_claim(std::span(&last_ok, 1), none, t0 + 6s);
+    bound = store.find(last);
+    REQUIRE(bound->history.size() == 1);
+    CHECK(bound->history[0].to == job_state::succeeded);
 }
 
 TEST_CASE("jobs: a SQLite call that waits out busy_timeout says which file and which option, and a database that "

@@ -135,17 +135,19 @@ std::string job_columns(bool with_history)
 }
 
 // The assignment that appends one line to a job's history, `line` SQL for
-// its JSON array (json_array, which is never NULL). The line goes in as
-// text, between the history's last line and its closing bracket, where
-// json_insert parsed the whole history for each line: about 2% of a claim's
-// and a completion's instructions (callgrind). Every line ends in a string
-// (its error, "" if none), so trimming the brackets at the end stops at that
-// string's closing quote, whatever the string holds. A history is never
-// empty (its first line is written with the job), but one that were ('[]')
-// would still come out as JSON.
+// its JSON array as text (a json_array(), which is never NULL, or a bound
+// history_line()). The line goes in as text, between the history's last
+// line and its closing bracket, where json_insert parsed the whole history
+// for each line: about 2% of a claim's and a completion's instructions
+// (callgrind). Every line ends in a string (its error, "" if none), so
+// trimming the brackets at the end stops at that string's closing quote,
+// whatever the string holds. A history is never empty (its first line is
+// written with the job), but one that were ('[]') would still come out as
+// JSON: put in brackets as text, since json_array() would take a bound
+// line for a string.
 std::string history_plus(const std::string& line)
 {
-    return "history = CASE history WHEN '[]' THEN json_array(" + line + ") ELSE rtrim(history, ']') || '],' || " +
+    return "history = CASE history WHEN '[]' THEN '[' || " + line + " || ']' ELSE rtrim(history, ']') || '],' || " +
            line + " || ']' END";
 }
 
